@@ -1,0 +1,282 @@
+#include "service/matcher.h"
+
+#include <optional>
+#include <random>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "service/errors.h"
+
+namespace irqbypass {
+namespace {
+
+// The two sides of a token differ only in which slot they occupy and the
+// argument order of the dispatcher calls; the contract is the same mirror
+// image, so one implementation serves both.
+struct ProducerSide {
+  using Record = ProducerRecord;
+  using Other = ConsumerRecord;
+  static constexpr const char* kName = "producer";
+  static constexpr const char* kOtherName = "consumer";
+  static std::optional<Record>& Mine(BindingState& s) { return s.producer; }
+  static const std::optional<Record>& Mine(const BindingState& s) {
+    return s.producer;
+  }
+  static const std::optional<Other>& Theirs(const BindingState& s) {
+    return s.consumer;
+  }
+  static std::string ObjectKey(const Record& r) {
+    return TokenIndex::ProducerObjectKey(r);
+  }
+  static absl::Status Connect(AgentDispatcher& d, absl::string_view token,
+                              const Record& mine, const Other& theirs) {
+    return d.Connect(token, mine, theirs);
+  }
+  static void Disconnect(AgentDispatcher& d, absl::string_view token,
+                         const Record& mine, const Other& theirs) {
+    d.Disconnect(token, mine, theirs);
+  }
+};
+
+struct ConsumerSide {
+  using Record = ConsumerRecord;
+  using Other = ProducerRecord;
+  static constexpr const char* kName = "consumer";
+  static constexpr const char* kOtherName = "producer";
+  static std::optional<Record>& Mine(BindingState& s) { return s.consumer; }
+  static const std::optional<Record>& Mine(const BindingState& s) {
+    return s.consumer;
+  }
+  static const std::optional<Other>& Theirs(const BindingState& s) {
+    return s.producer;
+  }
+  static std::string ObjectKey(const Record& r) {
+    return TokenIndex::ConsumerObjectKey(r);
+  }
+  static absl::Status Connect(AgentDispatcher& d, absl::string_view token,
+                              const Record& mine, const Other& theirs) {
+    return d.Connect(token, theirs, mine);
+  }
+  static void Disconnect(AgentDispatcher& d, absl::string_view token,
+                         const Record& mine, const Other& theirs) {
+    d.Disconnect(token, theirs, mine);
+  }
+};
+
+template <typename Side>
+absl::StatusOr<RegisterResult> Register(TokenIndex& index,
+                                        AgentDispatcher& dispatcher,
+                                        absl::string_view token,
+                                        typename Side::Record record) {
+  TokenIndex::TokenLock lock = index.Lock(token);
+  const BindingState& current = lock.state();
+
+  if (Side::Mine(current).has_value()) {
+    ErrorContext ctx;
+    ctx.token = std::string(token);
+    ctx.node = Side::Mine(current)->node;
+    return MakeError(absl::StatusCode::kAlreadyExists, ErrorReason::kTokenBusy,
+                     absl::StrCat("token \"", token, "\" already has a ",
+                                  Side::kName),
+                     ctx);
+  }
+  const auto& other = Side::Theirs(current);
+  if (other.has_value() && other->node != record.node) {
+    ErrorContext ctx;
+    ctx.token = std::string(token);
+    ctx.node = record.node;
+    return MakeError(
+        absl::StatusCode::kFailedPrecondition, ErrorReason::kNodeMismatch,
+        absl::StrCat(Side::kName, " is on node \"", record.node, "\" but the ",
+                     Side::kOtherName, " of token \"", token,
+                     "\" is on node \"", other->node,
+                     "\"; both sides must be on one node"),
+        ctx);
+  }
+  const std::string object_key = Side::ObjectKey(record);
+  if (auto holder = index.ClaimObject(object_key, token)) {
+    ErrorContext ctx;
+    ctx.token = std::string(token);
+    ctx.node = record.node;
+    ctx.other_token = *holder;
+    return MakeError(absl::StatusCode::kAlreadyExists,
+                     ErrorReason::kObjectBusy,
+                     absl::StrCat("the same ", Side::kName,
+                                  " is already registered under token \"",
+                                  *holder, "\""),
+                     ctx);
+  }
+
+  record.registration_id = NewRegistrationId();
+  RegisterResult result;
+  result.registration_id = record.registration_id;
+
+  if (other.has_value()) {
+    absl::Status connected = Side::Connect(dispatcher, token, record, *other);
+    if (!connected.ok()) {
+      // Contract: the new side is not recorded; the other stays untouched.
+      index.ReleaseObject(object_key, token);
+      LogWarn("connect failed", {{"token", std::string(token)},
+                                 {"node", record.node},
+                                 {"side", Side::kName},
+                                 {"error", connected.ToString()}});
+      return connected;
+    }
+    result.connected = true;
+  }
+
+  BindingState next = current;
+  Side::Mine(next) = std::move(record);
+  next.connected = result.connected;
+  lock.Commit(std::move(next));
+  return result;
+}
+
+template <typename Side>
+absl::StatusOr<bool> Unregister(TokenIndex& index, AgentDispatcher& dispatcher,
+                                absl::string_view token,
+                                uint64_t registration_id) {
+  TokenIndex::TokenLock lock = index.Lock(token);
+  const BindingState& current = lock.state();
+  const auto& mine = Side::Mine(current);
+  if (!mine.has_value()) {
+    ErrorContext ctx;
+    ctx.token = std::string(token);
+    return MakeError(absl::StatusCode::kNotFound, ErrorReason::kNotRegistered,
+                     absl::StrCat("token \"", token, "\" has no ", Side::kName),
+                     ctx);
+  }
+  if (registration_id != 0 && registration_id != mine->registration_id) {
+    ErrorContext ctx;
+    ctx.token = std::string(token);
+    ctx.node = mine->node;
+    return MakeError(absl::StatusCode::kFailedPrecondition,
+                     ErrorReason::kRegistrationMismatch,
+                     absl::StrCat("registration_id does not match the ",
+                                  Side::kName, " that holds token \"", token,
+                                  "\"; nothing was changed"),
+                     ctx);
+  }
+  bool disconnected = false;
+  if (current.connected && Side::Theirs(current).has_value()) {
+    Side::Disconnect(dispatcher, token, *mine, *Side::Theirs(current));
+    disconnected = true;
+  }
+  index.ReleaseObject(Side::ObjectKey(*mine), token);
+  BindingState next = current;
+  Side::Mine(next).reset();
+  next.connected = false;
+  lock.Commit(std::move(next));
+  return disconnected;
+}
+
+bool SameWiring(const BindingState& st, const WiredPair& w) {
+  return st.producer.has_value() && st.consumer.has_value() &&
+         st.producer->node == w.producer.node &&
+         st.producer->device == w.producer.device &&
+         st.producer->vector == w.producer.vector &&
+         st.producer->irq_index == w.producer.irq_index &&
+         st.consumer->node == w.consumer.node &&
+         st.consumer->vm == w.consumer.vm && st.consumer->gsi == w.consumer.gsi;
+}
+
+}  // namespace
+
+uint64_t NewRegistrationId() {
+  thread_local std::mt19937_64 gen{std::random_device{}()};
+  uint64_t id = 0;
+  while (id == 0) id = gen();
+  return id;
+}
+
+absl::StatusOr<RegisterResult> Matcher::RegisterProducer(
+    absl::string_view token, ProducerRecord producer) {
+  return Register<ProducerSide>(index_, dispatcher_, token,
+                                std::move(producer));
+}
+
+absl::StatusOr<RegisterResult> Matcher::RegisterConsumer(
+    absl::string_view token, ConsumerRecord consumer) {
+  return Register<ConsumerSide>(index_, dispatcher_, token,
+                                std::move(consumer));
+}
+
+absl::StatusOr<bool> Matcher::UnregisterProducer(absl::string_view token,
+                                                 uint64_t registration_id) {
+  return Unregister<ProducerSide>(index_, dispatcher_, token, registration_id);
+}
+
+absl::StatusOr<bool> Matcher::UnregisterConsumer(absl::string_view token,
+                                                 uint64_t registration_id) {
+  return Unregister<ConsumerSide>(index_, dispatcher_, token, registration_id);
+}
+
+ReconcileResult Matcher::Reconcile(absl::string_view node,
+                                   const std::vector<WiredPair>& wired) {
+  ReconcileResult result;
+  absl::flat_hash_map<std::string, const WiredPair*> reported;
+  for (const WiredPair& w : wired) reported.emplace(w.token, &w);
+
+  // 1. What the agent has: keep it if it is exactly what we hold, otherwise
+  //    remove it there.
+  for (const WiredPair& w : wired) {
+    TokenIndex::TokenLock lock = index_.Lock(w.token);
+    const BindingState& st = lock.state();
+    if (SameWiring(st, w)) {
+      ++result.kept;
+      if (!st.connected) {
+        BindingState next = st;
+        next.connected = true;
+        lock.Commit(std::move(next));
+      }
+      continue;
+    }
+    dispatcher_.Disconnect(w.token, w.producer, w.consumer);
+    ++result.disconnected;
+    LogInfo("reconcile: removed stale wiring",
+            {{"token", w.token}, {"node", std::string(node)}});
+  }
+
+  // 2. Pairs we hold on this node that the agent lacks (lost, or never
+  //    connected after an earlier failure): connect them. Collect first;
+  //    each token is re-checked under its lock.
+  std::vector<std::string> missing;
+  index_.ForEachCommitted([&](const std::string& token, const BindingState& st) {
+    if (st.producer && st.consumer && st.node() == node &&
+        !reported.contains(token)) {
+      missing.push_back(token);
+    }
+  });
+  for (const std::string& token : missing) {
+    TokenIndex::TokenLock lock = index_.Lock(token);
+    const BindingState& st = lock.state();
+    if (!st.producer || !st.consumer || st.node() != node) {
+      continue;  // changed meanwhile
+    }
+    absl::Status s = dispatcher_.Connect(token, *st.producer, *st.consumer);
+    if (s.ok()) {
+      ++result.reconnected;
+      if (!st.connected) {
+        BindingState next = st;
+        next.connected = true;
+        lock.Commit(std::move(next));
+      }
+      continue;
+    }
+    ++result.failed;
+    LogWarn("reconcile: connect failed; binding reported as not connected",
+            {{"token", token},
+             {"node", std::string(node)},
+             {"error", s.ToString()}});
+    if (st.connected) {
+      BindingState next = st;
+      next.connected = false;
+      lock.Commit(std::move(next));
+    }
+  }
+  return result;
+}
+
+}  // namespace irqbypass

@@ -1,0 +1,89 @@
+// Matcher: the kernel's irqbypass contract (see README "Contract") over the
+// sharded TokenIndex. Register/unregister producers and consumers; when both
+// sides of a token exist, connect them through the AgentDispatcher, and
+// disconnect when either goes away.
+//
+// Per token, operations are serialised by the index's TokenLock, held across
+// the agent round trip; unrelated tokens proceed in parallel. Inputs are
+// assumed validated (validation.h). Thread-safe.
+#ifndef IRQBYPASS_SERVICE_MATCHER_H_
+#define IRQBYPASS_SERVICE_MATCHER_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "service/agent_dispatcher.h"
+#include "service/token_index.h"
+
+namespace irqbypass {
+
+struct RegisterResult {
+  uint64_t registration_id = 0;
+  bool connected = false;
+};
+
+// A pair an agent reports as wired (AgentHello).
+struct WiredPair {
+  std::string token;
+  ProducerRecord producer;
+  ConsumerRecord consumer;
+};
+
+struct ReconcileResult {
+  int kept = 0;          // wired on the agent as registered here
+  int disconnected = 0;  // stale wiring removed from the agent
+  int reconnected = 0;   // registered here but missing there: connected
+  int failed = 0;        // that connect failed: reported as not connected
+};
+
+class Matcher {
+ public:
+  // Neither is owned; both must outlive the matcher.
+  Matcher(TokenIndex& index, AgentDispatcher& dispatcher)
+      : index_(index), dispatcher_(dispatcher) {}
+
+  // Contract 1. ALREADY_EXISTS (kTokenBusy) when the token has a producer,
+  // (kObjectBusy) when the same node/device/index/vector is registered under
+  // another token; FAILED_PRECONDITION (kNodeMismatch) when the consumer is
+  // on another node; otherwise the connect's error, with nothing recorded.
+  // The record's registration_id is assigned here.
+  absl::StatusOr<RegisterResult> RegisterProducer(absl::string_view token,
+                                                  ProducerRecord producer);
+  // Contract 2, the mirror image.
+  absl::StatusOr<RegisterResult> RegisterConsumer(absl::string_view token,
+                                                  ConsumerRecord consumer);
+
+  // Contract 3. registration_id 0 means whatever producer holds the token.
+  // NOT_FOUND (kNotRegistered) when no producer holds it;
+  // FAILED_PRECONDITION (kRegistrationMismatch) when another registration
+  // holds it (left untouched). Returns whether a disconnect was issued.
+  absl::StatusOr<bool> UnregisterProducer(absl::string_view token,
+                                          uint64_t registration_id);
+  // Contract 4, the mirror image.
+  absl::StatusOr<bool> UnregisterConsumer(absl::string_view token,
+                                          uint64_t registration_id);
+
+  // Brings `node`'s agent in line with the index after it (re)connects:
+  // pairs it reports that differ from what is registered here are
+  // disconnected there (stale wiring, or disconnects it missed); pairs
+  // registered here on both sides that it lacks are connected (again). A
+  // pair whose connect fails stays registered and is reported as not
+  // connected until a later reconcile succeeds. Blocks on agent round trips.
+  ReconcileResult Reconcile(absl::string_view node,
+                            const std::vector<WiredPair>& wired);
+
+ private:
+  TokenIndex& index_;
+  AgentDispatcher& dispatcher_;
+};
+
+// A fresh random, non-zero registration id.
+uint64_t NewRegistrationId();
+
+}  // namespace irqbypass
+
+#endif  // IRQBYPASS_SERVICE_MATCHER_H_

@@ -1,0 +1,471 @@
+// The kernel contract, line by line (see README "Contract"), against the
+// matcher with a fake dispatcher standing in for the node agents.
+#include "service/matcher.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "service/errors.h"
+
+namespace irqbypass {
+namespace {
+
+ProducerRecord Prod(const std::string& node = "n1",
+                    const std::string& device = "0000:3b:00.1",
+                    uint32_t vector = 0) {
+  ProducerRecord p;
+  p.node = node;
+  p.device = device;
+  p.vector = vector;
+  return p;
+}
+
+ConsumerRecord Cons(const std::string& node = "n1",
+                    const std::string& vm = "vm-a", uint32_t gsi = 24) {
+  ConsumerRecord c;
+  c.node = node;
+  c.vm = vm;
+  c.gsi = gsi;
+  return c;
+}
+
+// Records calls; can fail connects, and can hold a connect until released.
+class FakeDispatcher : public AgentDispatcher {
+ public:
+  absl::Status Connect(absl::string_view token, const ProducerRecord& p,
+                       const ConsumerRecord& c) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      ++connects_;
+      calls_.push_back("connect:" + std::string(token));
+      if (hold_) {
+        ++held_;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return !hold_; });
+      }
+    }
+    if (on_connect_) on_connect_(token);
+    return fail_with_;
+  }
+  void Disconnect(absl::string_view token, const ProducerRecord& p,
+                  const ConsumerRecord& c) override {
+    if (on_disconnect_) on_disconnect_(token);
+    std::lock_guard<std::mutex> lock(mu_);
+    ++disconnects_;
+    calls_.push_back("disconnect:" + std::string(token));
+  }
+
+  void Hold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_ = true;
+  }
+  void WaitHeld(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return held_ >= n; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_ = false;
+    cv_.notify_all();
+  }
+  int connects() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return connects_;
+  }
+  int disconnects() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return disconnects_;
+  }
+  std::vector<std::string> calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+
+  absl::Status fail_with_;
+  std::function<void(absl::string_view)> on_connect_;
+  std::function<void(absl::string_view)> on_disconnect_;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool hold_ = false;
+  int held_ = 0;
+  int connects_ = 0;
+  int disconnects_ = 0;
+  std::vector<std::string> calls_;
+};
+
+absl::Status ConnectStepFailed(const std::string& step, int err) {
+  ErrorContext ctx;
+  ctx.step = step;
+  ctx.err = err;
+  return MakeError(absl::StatusCode::kFailedPrecondition,
+                   ErrorReason::kConnectFailed, "connect step failed", ctx);
+}
+
+class MatcherTest : public ::testing::Test {
+ protected:
+  TokenIndex index_{16};
+  FakeDispatcher agent_;
+  Matcher matcher_{index_, agent_};
+};
+
+// --- 1. Register producer -------------------------------------------------
+
+TEST_F(MatcherTest, RegisterProducer_NoConsumer_RecordedNotConnected) {
+  auto r = matcher_.RegisterProducer("t1", Prod());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->connected);
+  EXPECT_NE(r->registration_id, 0u);
+  auto st = index_.Get("t1");
+  ASSERT_TRUE(st && st->producer);
+  EXPECT_EQ(st->producer->registration_id, r->registration_id);
+  EXPECT_FALSE(st->consumer.has_value());
+  EXPECT_EQ(agent_.connects(), 0);
+}
+
+TEST_F(MatcherTest, RegisterProducer_ProducerHoldsToken_AlreadyExistsNothingChanges) {
+  auto first = matcher_.RegisterProducer("t1", Prod("n1", "0000:00:01.0"));
+  ASSERT_TRUE(first.ok());
+  auto second = matcher_.RegisterProducer("t1", Prod("n1", "0000:00:02.0"));
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(GetErrorReason(second.status()), ErrorReason::kTokenBusy);
+  auto st = index_.Get("t1");
+  EXPECT_EQ(st->producer->device, "0000:00:01.0");
+  EXPECT_EQ(st->producer->registration_id, first->registration_id);
+  EXPECT_EQ(st->revision, 1u);
+}
+
+TEST_F(MatcherTest, RegisterProducer_ObjectAlreadyRegistered_AlreadyExistsNamingToken) {
+  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+  auto dup = matcher_.RegisterProducer("t2", Prod());
+  EXPECT_EQ(dup.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(GetErrorReason(dup.status()), ErrorReason::kObjectBusy);
+  EXPECT_EQ(GetErrorContext(dup.status()).other_token, "t1");
+  EXPECT_FALSE(index_.Get("t2").has_value());
+}
+
+TEST_F(MatcherTest, RegisterProducer_ConsumerPresent_ConnectsAndRecordsPair) {
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  auto r = matcher_.RegisterProducer("t1", Prod());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->connected);
+  EXPECT_EQ(agent_.connects(), 1);
+  auto st = index_.Get("t1");
+  EXPECT_TRUE(st->producer && st->consumer && st->connected);
+}
+
+TEST_F(MatcherTest, RegisterProducer_ConsumerPresent_ConnectFails_ProducerNotRecordedConsumerUntouched) {
+  auto c = matcher_.RegisterConsumer("t1", Cons());
+  ASSERT_TRUE(c.ok());
+  const uint64_t revision_before = index_.Get("t1")->revision;
+  agent_.fail_with_ = ConnectStepFailed("add_producer", ENOENT);
+  auto r = matcher_.RegisterProducer("t1", Prod());
+  // The failing step's error is returned as is.
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(GetErrorContext(r.status()).step, "add_producer");
+  EXPECT_EQ(GetErrorContext(r.status()).err, ENOENT);
+  auto st = index_.Get("t1");
+  ASSERT_TRUE(st.has_value());
+  EXPECT_FALSE(st->producer.has_value());
+  EXPECT_FALSE(st->connected);
+  EXPECT_EQ(st->consumer->registration_id, c->registration_id);
+  EXPECT_EQ(st->revision, revision_before);  // consumer untouched
+  // The rolled-back producer's object is free again.
+  agent_.fail_with_ = absl::OkStatus();
+  EXPECT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+}
+
+TEST_F(MatcherTest, RegisterProducer_ConsumerOnOtherNode_FailedPreconditionNotRecorded) {
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons("n2")).ok());
+  auto r = matcher_.RegisterProducer("t1", Prod("n1"));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(GetErrorReason(r.status()), ErrorReason::kNodeMismatch);
+  EXPECT_FALSE(index_.Get("t1")->producer.has_value());
+  EXPECT_EQ(agent_.connects(), 0);
+}
+
+TEST_F(MatcherTest, RegisterProducer_AgentUnavailable_RolledBackWithUnavailable) {
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  agent_.fail_with_ = absl::UnavailableError("no agent for node n1");
+  auto r = matcher_.RegisterProducer("t1", Prod());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(index_.Get("t1")->producer.has_value());
+}
+
+TEST_F(MatcherTest, ConnectInFlight_ReadersSeeOnlyCommittedState) {
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  agent_.Hold();
+  std::thread registrar([&] { ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok()); });
+  agent_.WaitHeld(1);
+  auto mid = index_.Get("t1");
+  EXPECT_FALSE(mid->producer.has_value());
+  EXPECT_FALSE(mid->connected);
+  agent_.Release();
+  registrar.join();
+  EXPECT_TRUE(index_.Get("t1")->connected);
+}
+
+TEST_F(MatcherTest, ConnectInFlight_UnrelatedTokensProceed) {
+  ASSERT_TRUE(matcher_.RegisterConsumer("slow", Cons("n1", "vm-a", 1)).ok());
+  agent_.Hold();
+  std::thread registrar([&] { (void)matcher_.RegisterProducer("slow", Prod("n1", "0000:00:01.0")); });
+  agent_.WaitHeld(1);
+  // While "slow" waits on its agent, another token registers freely.
+  EXPECT_TRUE(matcher_.RegisterProducer("fast", Prod("n1", "0000:00:02.0")).ok());
+  EXPECT_TRUE(matcher_.UnregisterProducer("fast", 0).ok());
+  agent_.Release();
+  registrar.join();
+}
+
+// --- 2. Register consumer (mirror image) -----------------------------------
+
+TEST_F(MatcherTest, RegisterConsumer_NoProducer_RecordedNotConnected) {
+  auto r = matcher_.RegisterConsumer("t1", Cons());
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->connected);
+  EXPECT_TRUE(index_.Get("t1")->consumer.has_value());
+}
+
+TEST_F(MatcherTest, RegisterConsumer_ConsumerHoldsToken_AlreadyExists) {
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons("n1", "vm-a", 1)).ok());
+  auto r = matcher_.RegisterConsumer("t1", Cons("n1", "vm-b", 2));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(index_.Get("t1")->consumer->vm, "vm-a");
+}
+
+TEST_F(MatcherTest, RegisterConsumer_ProducerPresent_ConnectFails_ConsumerNotRecordedProducerUntouched) {
+  auto p = matcher_.RegisterProducer("t1", Prod());
+  ASSERT_TRUE(p.ok());
+  agent_.fail_with_ = ConnectStepFailed("add_consumer", EBUSY);
+  auto r = matcher_.RegisterConsumer("t1", Cons());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(GetErrorContext(r.status()).step, "add_consumer");
+  auto st = index_.Get("t1");
+  EXPECT_FALSE(st->consumer.has_value());
+  EXPECT_EQ(st->producer->registration_id, p->registration_id);
+}
+
+TEST_F(MatcherTest, RegisterConsumer_ProducerPresent_ConnectsAndRecordsPair) {
+  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+  auto r = matcher_.RegisterConsumer("t1", Cons());
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->connected);
+  EXPECT_TRUE(index_.Get("t1")->connected);
+}
+
+// --- 3. Unregister producer -------------------------------------------------
+
+TEST_F(MatcherTest, UnregisterProducer_NeverRegistered_NotFoundNoChange) {
+  auto r = matcher_.UnregisterProducer("t1", 0);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(index_.Get("t1").has_value());
+}
+
+TEST_F(MatcherTest, UnregisterProducer_AfterFailedRegistration_NotFoundConsumerKept) {
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  agent_.fail_with_ = ConnectStepFailed("add_producer", EIO);
+  ASSERT_FALSE(matcher_.RegisterProducer("t1", Prod()).ok());
+  EXPECT_EQ(matcher_.UnregisterProducer("t1", 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(index_.Get("t1")->consumer.has_value());
+  EXPECT_EQ(agent_.disconnects(), 0);
+}
+
+TEST_F(MatcherTest, UnregisterProducer_Paired_DisconnectsFirstThenForgets) {
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+  bool producer_visible_during_disconnect = false;
+  agent_.on_disconnect_ = [&](absl::string_view token) {
+    auto st = index_.Get(token);
+    producer_visible_during_disconnect = st && st->producer && st->connected;
+  };
+  auto r = matcher_.UnregisterProducer("t1", 0);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(*r);
+  EXPECT_TRUE(producer_visible_during_disconnect);
+  auto st = index_.Get("t1");
+  EXPECT_FALSE(st->producer.has_value());
+  EXPECT_FALSE(st->connected);
+  EXPECT_TRUE(st->consumer.has_value());
+  EXPECT_EQ(agent_.disconnects(), 1);
+}
+
+TEST_F(MatcherTest, UnregisterProducer_OtherRegistrationId_FailedPreconditionUntouched) {
+  auto p = matcher_.RegisterProducer("t1", Prod());
+  ASSERT_TRUE(p.ok());
+  auto r = matcher_.UnregisterProducer("t1", p->registration_id + 1);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(GetErrorReason(r.status()), ErrorReason::kRegistrationMismatch);
+  EXPECT_EQ(index_.Get("t1")->producer->registration_id, p->registration_id);
+}
+
+TEST_F(MatcherTest, UnregisterProducer_MatchingRegistrationId_Removes) {
+  auto p = matcher_.RegisterProducer("t1", Prod());
+  ASSERT_TRUE(p.ok());
+  ASSERT_TRUE(matcher_.UnregisterProducer("t1", p->registration_id).ok());
+  EXPECT_FALSE(index_.Get("t1").has_value());
+  // Its object is free for another token.
+  EXPECT_TRUE(matcher_.RegisterProducer("t2", Prod()).ok());
+}
+
+TEST_F(MatcherTest, UnregisterProducer_StaleIdAfterReRegistration_RemovesNothing) {
+  auto old_reg = matcher_.RegisterProducer("t1", Prod());
+  ASSERT_TRUE(matcher_.UnregisterProducer("t1", old_reg->registration_id).ok());
+  auto new_reg = matcher_.RegisterProducer("t1", Prod());
+  ASSERT_TRUE(new_reg.ok());
+  EXPECT_FALSE(matcher_.UnregisterProducer("t1", old_reg->registration_id).ok());
+  EXPECT_EQ(index_.Get("t1")->producer->registration_id, new_reg->registration_id);
+}
+
+// --- 4. Unregister consumer (mirror image) -----------------------------------
+
+TEST_F(MatcherTest, UnregisterConsumer_Paired_DisconnectsAndKeepsProducer) {
+  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  auto r = matcher_.UnregisterConsumer("t1", 0);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(*r);
+  EXPECT_EQ(agent_.disconnects(), 1);
+  auto st = index_.Get("t1");
+  EXPECT_TRUE(st->producer.has_value());
+  EXPECT_FALSE(st->consumer.has_value());
+}
+
+TEST_F(MatcherTest, UnregisterConsumer_NotRegistered_NotFound) {
+  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+  EXPECT_EQ(matcher_.UnregisterConsumer("t1", 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(index_.Get("t1")->producer.has_value());
+}
+
+TEST_F(MatcherTest, UnregisterConsumer_Unpaired_NoDisconnect) {
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  auto r = matcher_.UnregisterConsumer("t1", 0);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(*r);
+  EXPECT_EQ(agent_.disconnects(), 0);
+  EXPECT_FALSE(index_.Get("t1").has_value());
+}
+
+// --- Concurrency -------------------------------------------------------------
+
+TEST_F(MatcherTest, Race_ManyProducersOnOneToken_ExactlyOneWins) {
+  constexpr int kThreads = 8;
+  std::atomic<int> wins{0};
+  std::atomic<int> busy{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      auto r = matcher_.RegisterProducer(
+          "hot", Prod("n1", "0000:00:0" + std::to_string(t) + ".0"));
+      if (r.ok()) ++wins;
+      else if (r.status().code() == absl::StatusCode::kAlreadyExists) ++busy;
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wins.load(), 1);
+  EXPECT_EQ(busy.load(), kThreads - 1);
+}
+
+TEST_F(MatcherTest, Race_BothSidesArriveTogether_ConnectedExactlyOnceNoDeadlock) {
+  constexpr int kTokens = 300;
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] {
+    for (int i = 0; i < kTokens; ++i) {
+      ASSERT_TRUE(matcher_.RegisterProducer("t" + std::to_string(i),
+                                            Prod("n1", "dev", i)).ok());
+    }
+  });
+  threads.emplace_back([&] {
+    for (int i = kTokens - 1; i >= 0; --i) {
+      ASSERT_TRUE(matcher_.RegisterConsumer("t" + std::to_string(i),
+                                            Cons("n1", "vm", i)).ok());
+    }
+  });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(agent_.connects(), kTokens);
+  EXPECT_EQ(index_.CountAll().connected, static_cast<size_t>(kTokens));
+}
+
+TEST_F(MatcherTest, Race_RegisterUnregisterChurn_NoLostDisconnect) {
+  constexpr int kTokens = 40;
+  constexpr int kRounds = 50;
+  std::vector<std::thread> threads;
+  for (int side = 0; side < 2; ++side) {
+    threads.emplace_back([&, side] {
+      for (int round = 0; round < kRounds; ++round) {
+        for (int i = 0; i < kTokens; ++i) {
+          const std::string token = "t" + std::to_string(i);
+          if (side == 0) {
+            ASSERT_TRUE(matcher_.RegisterProducer(token, Prod("n1", "dev", i)).ok());
+            ASSERT_TRUE(matcher_.UnregisterProducer(token, 0).ok());
+          } else {
+            ASSERT_TRUE(matcher_.RegisterConsumer(token, Cons("n1", "vm", i)).ok());
+            ASSERT_TRUE(matcher_.UnregisterConsumer(token, 0).ok());
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  // Every connect was matched by exactly one disconnect; nothing is left.
+  EXPECT_EQ(agent_.connects(), agent_.disconnects());
+  EXPECT_EQ(index_.CountAll().tokens, 0u);
+}
+
+// --- Reconcile ---------------------------------------------------------------
+
+TEST_F(MatcherTest, Reconcile_StaleWiringOnAgent_Disconnected) {
+  WiredPair stale{"gone", Prod(), Cons()};
+  auto r = matcher_.Reconcile("n1", {stale});
+  EXPECT_EQ(r.disconnected, 1);
+  EXPECT_EQ(agent_.calls(), std::vector<std::string>{"disconnect:gone"});
+}
+
+TEST_F(MatcherTest, Reconcile_MatchingWiring_Kept) {
+  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  auto r = matcher_.Reconcile("n1", {WiredPair{"t1", Prod(), Cons()}});
+  EXPECT_EQ(r.kept, 1);
+  EXPECT_EQ(agent_.disconnects(), 0);
+  EXPECT_EQ(agent_.connects(), 1);  // only the original connect
+}
+
+TEST_F(MatcherTest, Reconcile_MissingOnAgent_ConnectedAgain) {
+  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  auto r = matcher_.Reconcile("n1", {});
+  EXPECT_EQ(r.reconnected, 1);
+  EXPECT_EQ(agent_.connects(), 2);
+  EXPECT_TRUE(index_.Get("t1")->connected);
+}
+
+TEST_F(MatcherTest, Reconcile_ReconnectFails_ReportedNotConnectedThenRecovers) {
+  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  agent_.fail_with_ = ConnectStepFailed("add_producer", ENOENT);
+  EXPECT_EQ(matcher_.Reconcile("n1", {}).failed, 1);
+  auto st = index_.Get("t1");
+  EXPECT_TRUE(st->producer && st->consumer);
+  EXPECT_FALSE(st->connected);
+  agent_.fail_with_ = absl::OkStatus();
+  EXPECT_EQ(matcher_.Reconcile("n1", {}).reconnected, 1);
+  EXPECT_TRUE(index_.Get("t1")->connected);
+}
+
+TEST_F(MatcherTest, Reconcile_OtherNodesBindings_Untouched) {
+  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod("n2")).ok());
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons("n2")).ok());
+  auto r = matcher_.Reconcile("n1", {});
+  EXPECT_EQ(r.reconnected, 0);
+  EXPECT_EQ(agent_.connects(), 1);
+}
+
+}  // namespace
+}  // namespace irqbypass

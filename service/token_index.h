@@ -1,0 +1,167 @@
+// TokenIndex: the manager's table of what every token holds (a producer, a
+// consumer, whether they are connected), sharded so that unrelated tokens
+// never wait on one another.
+//
+// Two kinds of locking:
+//  * Shard mutexes guard the maps and the committed state. They are held only
+//    for a lookup or a copy, never across I/O.
+//  * A per-token "op lock" (TokenLock) serialises the operations on one token
+//    (register, unregister, reconcile). It is held across the round trip to
+//    a node agent, but it is a flag in the token's slot, not a mutex: other
+//    tokens, and readers of this token, never wait for it.
+//
+// Readers (Get, List, ForEachCommitted) see only committed state: a side
+// whose connect is still in flight is invisible until TokenLock::Commit.
+// Every state change goes through TokenLock::Commit, which is where a durable
+// store and the watch stream hook in (ChangeListener).
+//
+// Lock order: a thread holding a TokenLock may take any one shard mutex at a
+// time; no thread ever holds two shard mutexes. Thread-safe.
+#ifndef IRQBYPASS_SERVICE_TOKEN_INDEX_H_
+#define IRQBYPASS_SERVICE_TOKEN_INDEX_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/mutex.h"
+
+namespace irqbypass {
+
+// The index's own compact records (the API's protos are built at the edge).
+struct ProducerRecord {
+  std::string node;
+  std::string device;  // PCI address
+  uint32_t vector = 0;
+  uint8_t irq_index = 3;  // irqbypass.v1.IrqIndex value; MSIX by default
+  uint64_t registration_id = 0;
+};
+
+struct ConsumerRecord {
+  std::string node;
+  std::string vm;
+  uint32_t gsi = 0;
+  uint64_t registration_id = 0;
+};
+
+struct BindingState {
+  std::optional<ProducerRecord> producer;
+  std::optional<ConsumerRecord> consumer;
+  bool connected = false;
+  // Bumped by every commit to this token (set by TokenIndex).
+  uint64_t revision = 0;
+
+  bool empty() const { return !producer.has_value() && !consumer.has_value(); }
+  // The node of whichever side is present ("" when empty).
+  const std::string& node() const;
+};
+
+// Called after every commit, in commit order for a given token, while the
+// committing thread still holds that token's op lock.
+class ChangeListener {
+ public:
+  virtual ~ChangeListener() = default;
+  virtual void OnCommit(absl::string_view token, const BindingState& state) = 0;
+};
+
+class TokenIndex {
+  struct Shard;
+  struct Slot;
+
+ public:
+  static constexpr size_t kDefaultShards = 256;
+
+  // `listener` may be null; it must outlive the index.
+  explicit TokenIndex(size_t num_shards = kDefaultShards,
+                      ChangeListener* listener = nullptr);
+  ~TokenIndex();
+  TokenIndex(const TokenIndex&) = delete;
+  TokenIndex& operator=(const TokenIndex&) = delete;
+
+  // Exclusive hold on one token's operations. Move-only; releases on
+  // destruction.
+  class TokenLock {
+   public:
+    TokenLock(TokenLock&& other) noexcept;
+    TokenLock& operator=(TokenLock&&) = delete;
+    ~TokenLock();
+
+    const std::string& token() const;
+    // The committed state (including this holder's own commits).
+    const BindingState& state() const;
+    // Replaces the committed state; the only way state changes. Bumps the
+    // revision and notifies the listener.
+    void Commit(BindingState next);
+
+   private:
+    friend class TokenIndex;
+    TokenLock(TokenIndex* index, Shard* shard, Slot* slot, std::string token)
+        : index_(index), shard_(shard), slot_(slot), token_(std::move(token)) {}
+    TokenIndex* index_;
+    Shard* shard_;
+    Slot* slot_;
+    std::string token_;
+  };
+
+  // Waits until no other TokenLock holds `token`, then takes it.
+  TokenLock Lock(absl::string_view token);
+
+  // Committed state of `token`; nullopt when it holds neither side.
+  std::optional<BindingState> Get(absl::string_view token) const;
+
+  // Reserves a physical object (see ObjectKey) for `token`. Returns nullopt
+  // when reserved now or already reserved by `token`; otherwise the token
+  // that holds it. Call with `token`'s TokenLock held.
+  std::optional<std::string> ClaimObject(const std::string& key,
+                                         absl::string_view token);
+  // Releases a reservation made by `token` (no-op if another token holds it).
+  void ReleaseObject(const std::string& key, absl::string_view token);
+
+  static std::string ProducerObjectKey(const ProducerRecord& p);
+  static std::string ConsumerObjectKey(const ConsumerRecord& c);
+
+  struct Page {
+    std::vector<std::pair<std::string, BindingState>> items;
+    std::string next_page_token;  // empty at the end
+  };
+  // Committed bindings, optionally on one node, `page_size` at a time.
+  // INVALID_ARGUMENT for a malformed page_token.
+  absl::StatusOr<Page> List(absl::string_view node, size_t page_size,
+                            absl::string_view page_token) const;
+
+  // Calls fn(token, state) for every committed binding (each shard is
+  // copied under its mutex, fn runs without any lock held).
+  void ForEachCommitted(
+      const std::function<void(const std::string&, const BindingState&)>& fn)
+      const;
+
+  struct Counts {
+    size_t tokens = 0;
+    size_t producers = 0;
+    size_t consumers = 0;
+    size_t connected = 0;
+  };
+  Counts CountAll() const;
+  size_t num_shards() const { return shards_.size(); }
+
+ private:
+  Shard& ShardFor(absl::string_view key) const;
+  size_t ShardIndex(absl::string_view key) const;
+  void Release(Shard* shard, Slot* slot, const std::string& token);
+
+  std::vector<std::unique_ptr<Shard>> shards_;
+  ChangeListener* const listener_;
+};
+
+}  // namespace irqbypass
+
+#endif  // IRQBYPASS_SERVICE_TOKEN_INDEX_H_

@@ -1,0 +1,195 @@
+#include "service/token_index.h"
+
+#include <atomic>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace irqbypass {
+namespace {
+
+BindingState WithProducer(const std::string& node) {
+  BindingState st;
+  st.producer = ProducerRecord{node, "0000:00:01.0", 1, 3, 7};
+  return st;
+}
+
+class RecordingListener : public ChangeListener {
+ public:
+  void OnCommit(absl::string_view token, const BindingState& st) override {
+    commits.emplace_back(std::string(token), st.revision);
+  }
+  std::vector<std::pair<std::string, uint64_t>> commits;
+};
+
+TEST(TokenIndexTest, Get_UnknownToken_ReturnsNothing) {
+  TokenIndex index(8);
+  EXPECT_FALSE(index.Get("nope").has_value());
+}
+
+TEST(TokenIndexTest, Commit_ThenGet_SeesCommittedStateWithRevision) {
+  TokenIndex index(8);
+  {
+    auto lock = index.Lock("t1");
+    lock.Commit(WithProducer("n1"));
+  }
+  auto st = index.Get("t1");
+  ASSERT_TRUE(st.has_value());
+  ASSERT_TRUE(st->producer.has_value());
+  EXPECT_EQ(st->producer->node, "n1");
+  EXPECT_EQ(st->revision, 1u);
+}
+
+TEST(TokenIndexTest, UncommittedLock_IsInvisibleToReaders) {
+  TokenIndex index(8);
+  auto lock = index.Lock("t1");
+  EXPECT_FALSE(index.Get("t1").has_value());
+  EXPECT_EQ(index.CountAll().tokens, 0u);
+}
+
+TEST(TokenIndexTest, CommitEmptyState_RemovesTokenOnRelease) {
+  TokenIndex index(8);
+  {
+    auto lock = index.Lock("t1");
+    lock.Commit(WithProducer("n1"));
+  }
+  {
+    auto lock = index.Lock("t1");
+    lock.Commit(BindingState{});
+  }
+  EXPECT_FALSE(index.Get("t1").has_value());
+  EXPECT_EQ(index.CountAll().tokens, 0u);
+}
+
+TEST(TokenIndexTest, Listener_SeesEveryCommitInOrder) {
+  RecordingListener listener;
+  TokenIndex index(8, &listener);
+  for (int i = 0; i < 3; ++i) {
+    auto lock = index.Lock("t1");
+    lock.Commit(WithProducer("n1"));
+  }
+  ASSERT_EQ(listener.commits.size(), 3u);
+  EXPECT_EQ(listener.commits[0].second, 1u);
+  EXPECT_EQ(listener.commits[2].second, 3u);
+}
+
+TEST(TokenIndexTest, Lock_SameToken_SerialisesHolders) {
+  TokenIndex index(4);
+  std::atomic<int> inside{0};
+  std::atomic<int> max_inside{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 200; ++i) {
+        auto lock = index.Lock("hot");
+        int now = ++inside;
+        int prev = max_inside.load();
+        while (now > prev && !max_inside.compare_exchange_weak(prev, now)) {
+        }
+        BindingState st = lock.state();
+        if (!st.producer) st.producer = ProducerRecord{"n", "d", 0, 3, 1};
+        st.producer->vector++;
+        lock.Commit(st);
+        --inside;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(max_inside.load(), 1);
+  auto st = index.Get("hot");
+  ASSERT_TRUE(st.has_value());
+  EXPECT_EQ(st->producer->vector, 8u * 200u);  // no lost update
+  EXPECT_EQ(st->revision, 8u * 200u);
+}
+
+TEST(TokenIndexTest, Lock_HeldOnOneToken_DoesNotBlockOtherTokens) {
+  TokenIndex index(1);  // one shard: even same-shard tokens must not wait
+  auto held = index.Lock("a");
+  std::atomic<bool> done{false};
+  std::thread other([&] {
+    auto lock = index.Lock("b");
+    lock.Commit(WithProducer("n1"));
+    done = true;
+  });
+  other.join();  // would hang if "b" waited for "a"
+  EXPECT_TRUE(done.load());
+  EXPECT_TRUE(index.Get("b").has_value());
+}
+
+TEST(TokenIndexTest, ClaimObject_SecondTokenSeesHolder_SameTokenReclaims) {
+  TokenIndex index(8);
+  EXPECT_FALSE(index.ClaimObject("obj", "t1").has_value());
+  EXPECT_FALSE(index.ClaimObject("obj", "t1").has_value());
+  auto holder = index.ClaimObject("obj", "t2");
+  ASSERT_TRUE(holder.has_value());
+  EXPECT_EQ(*holder, "t1");
+  index.ReleaseObject("obj", "t2");  // not the holder: no effect
+  EXPECT_TRUE(index.ClaimObject("obj", "t2").has_value());
+  index.ReleaseObject("obj", "t1");
+  EXPECT_FALSE(index.ClaimObject("obj", "t2").has_value());
+}
+
+TEST(TokenIndexTest, List_PagesVisitEveryBindingOnce) {
+  TokenIndex index(16);
+  for (int i = 0; i < 250; ++i) {
+    auto lock = index.Lock("tok-" + std::to_string(i));
+    lock.Commit(WithProducer(i % 2 == 0 ? "even" : "odd"));
+  }
+  std::set<std::string> seen;
+  std::string page_token;
+  int pages = 0;
+  do {
+    auto page = index.List("", 7, page_token);
+    ASSERT_TRUE(page.ok()) << page.status();
+    for (const auto& item : page->items) {
+      EXPECT_TRUE(seen.insert(item.first).second) << "duplicate " << item.first;
+    }
+    page_token = page->next_page_token;
+    ++pages;
+  } while (!page_token.empty() && pages < 1000);
+  EXPECT_EQ(seen.size(), 250u);
+}
+
+TEST(TokenIndexTest, List_NodeFilter_ReturnsOnlyThatNode) {
+  TokenIndex index(16);
+  for (int i = 0; i < 20; ++i) {
+    auto lock = index.Lock("tok-" + std::to_string(i));
+    lock.Commit(WithProducer(i % 2 == 0 ? "even" : "odd"));
+  }
+  auto page = index.List("even", 100, "");
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->items.size(), 10u);
+  for (const auto& item : page->items) EXPECT_EQ(item.second.node(), "even");
+  EXPECT_TRUE(page->next_page_token.empty());
+}
+
+TEST(TokenIndexTest, List_MalformedPageToken_InvalidArgument) {
+  TokenIndex index(16);
+  for (const char* bad : {"x", "99999/a", "3/", "/a"}) {
+    auto page = index.List("", 10, bad);
+    EXPECT_EQ(page.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(TokenIndexTest, ConcurrentCommitsOnManyTokens_CountsAddUp) {
+  TokenIndex index(64);
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 2000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        auto lock = index.Lock("t" + std::to_string(t) + "-" + std::to_string(i));
+        lock.Commit(WithProducer("n1"));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(index.CountAll().producers, static_cast<size_t>(kThreads * kPerThread));
+}
+
+}  // namespace
+}  // namespace irqbypass
