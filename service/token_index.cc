@@ -1,6 +1,7 @@
 #include "service/token_index.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/hash/hash.h"
 #include "absl/status/status.h"
@@ -111,13 +112,14 @@ const BindingState& TokenIndex::TokenLock::state() const {
 }
 
 void TokenIndex::TokenLock::Commit(BindingState next) {
+  BindingState before;
   {
     MutexLock lock(&shard_->mu);
     next.revision = slot_->committed.revision + 1;
-    slot_->committed = std::move(next);
+    before = std::exchange(slot_->committed, std::move(next));
   }
   if (index_->listener_ != nullptr) {
-    index_->listener_->OnCommit(token_, slot_->committed);
+    index_->listener_->OnCommit(token_, before, slot_->committed);
   }
 }
 

@@ -66,11 +66,12 @@ struct BindingState {
 };
 
 // Called after every commit, in commit order for a given token, while the
-// committing thread still holds that token's op lock.
+// committing thread still holds that token's op lock (and no shard mutex).
 class ChangeListener {
  public:
   virtual ~ChangeListener() = default;
-  virtual void OnCommit(absl::string_view token, const BindingState& state) = 0;
+  virtual void OnCommit(absl::string_view token, const BindingState& before,
+                        const BindingState& after) = 0;
 };
 
 class TokenIndex {

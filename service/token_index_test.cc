@@ -19,8 +19,10 @@ BindingState WithProducer(const std::string& node) {
 
 class RecordingListener : public ChangeListener {
  public:
-  void OnCommit(absl::string_view token, const BindingState& st) override {
-    commits.emplace_back(std::string(token), st.revision);
+  void OnCommit(absl::string_view token, const BindingState& before,
+                const BindingState& after) override {
+    EXPECT_EQ(before.revision + 1, after.revision);
+    commits.emplace_back(std::string(token), after.revision);
   }
   std::vector<std::pair<std::string, uint64_t>> commits;
 };

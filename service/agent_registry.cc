@@ -1,0 +1,422 @@
+#include "service/agent_registry.h"
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/errno_name.h"
+#include "common/log.h"
+#include "service/errors.h"
+#include "service/validation.h"
+
+namespace irqbypass {
+
+using Stream = grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>;
+
+// One agent's stream. Commands get ids; acks complete the waiting caller.
+class AgentRegistry::AgentSession {
+ public:
+  struct Pending {
+    uint64_t id = 0;
+    CondVar done_cv;
+    bool done = false;    // guarded by the session's mu_
+    bool closed = false;  // the session ended before the ack
+    v1::CommandAck ack;
+  };
+
+  AgentSession(std::string node, grpc::ServerContext* context, Stream* stream)
+      : node_(std::move(node)), context_(context), stream_(stream) {}
+
+  const std::string& node() const { return node_; }
+
+  // Writes `command` with a fresh id. With expect_ack, returns the slot the
+  // ack will complete; returns null when the session is closed or the write
+  // failed.
+  std::shared_ptr<Pending> Send(v1::Command command, bool expect_ack) {
+    std::shared_ptr<Pending> pending;
+    {
+      MutexLock lock(&mu_);
+      if (closed_) return nullptr;
+      command.set_id(next_id_++);
+      if (expect_ack) {
+        pending = std::make_shared<Pending>();
+        pending->id = command.id();
+        pending_.emplace(command.id(), pending);
+      }
+    }
+    v1::ManagerMessage msg;
+    *msg.mutable_command() = std::move(command);
+    const uint64_t id = msg.command().id();
+    bool written;
+    {
+      MutexLock lock(&write_mu_);
+      written = stream_->Write(msg);
+    }
+    if (!written) {
+      MutexLock lock(&mu_);
+      pending_.erase(id);
+      return nullptr;
+    }
+    // Without an ack expected, a non-null result only means "written".
+    return pending != nullptr ? pending : std::make_shared<Pending>();
+  }
+
+  // Waits for the ack until `deadline`. Returns false on timeout (the slot
+  // is dropped; a late ack is ignored).
+  bool Wait(Pending& pending, std::chrono::steady_clock::time_point deadline) {
+    MutexLock lock(&mu_);
+    while (!pending.done) {
+      if (!pending.done_cv.WaitUntil(&mu_, deadline) && !pending.done) {
+        pending_.erase(pending.id);
+        return false;
+      }
+    }
+    return true;
+  }
+
+  void Complete(const v1::CommandAck& ack) {
+    MutexLock lock(&mu_);
+    auto it = pending_.find(ack.id());
+    if (it == pending_.end()) return;  // timed out earlier, or not awaited
+    it->second->ack = ack;
+    it->second->done = true;
+    it->second->done_cv.SignalAll();
+    pending_.erase(it);
+  }
+
+  bool WriteHello(const v1::ManagerMessage& msg) {
+    MutexLock lock(&write_mu_);
+    return stream_->Write(msg);
+  }
+
+  // Fails every waiting command and refuses new ones.
+  void Close() {
+    MutexLock lock(&mu_);
+    closed_ = true;
+    for (auto& [id, pending] : pending_) {
+      pending->closed = true;
+      pending->done = true;
+      pending->done_cv.SignalAll();
+    }
+    pending_.clear();
+  }
+
+  void Cancel() { context_->TryCancel(); }
+
+  bool reconciled() const {
+    MutexLock lock(&mu_);
+    return reconciled_;
+  }
+  void set_reconciled() {
+    MutexLock lock(&mu_);
+    reconciled_ = true;
+  }
+
+ private:
+  const std::string node_;
+  grpc::ServerContext* const context_;
+  Stream* const stream_;
+  Mutex write_mu_;  // one Write at a time
+  mutable Mutex mu_;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_
+      ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool reconciled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+namespace {
+
+void AddStep(v1::Command* command, v1::StepKind kind, bool always,
+             v1::StepKind undo = v1::STEP_UNSPECIFIED) {
+  v1::Step* step = command->add_steps();
+  step->set_kind(kind);
+  step->set_always(always);
+  step->set_undo(undo);
+}
+
+v1::Command MakeCommand(v1::Command::Kind kind, absl::string_view token,
+                        const ProducerRecord& producer,
+                        const ConsumerRecord& consumer) {
+  v1::Command command;
+  command.set_kind(kind);
+  command.set_token(std::string(token));
+  ProducerToProto(token, producer, command.mutable_producer());
+  ConsumerToProto(token, consumer, command.mutable_consumer());
+  if (kind == v1::Command::CONNECT) {
+    AddConnectSteps(&command);
+  } else {
+    AddDisconnectSteps(&command);
+  }
+  return command;
+}
+
+}  // namespace
+
+void AddConnectSteps(v1::Command* command) {
+  AddStep(command, v1::STOP_PRODUCER, false);
+  AddStep(command, v1::STOP_CONSUMER, false);
+  AddStep(command, v1::ADD_CONSUMER, false, v1::DEL_CONSUMER);
+  AddStep(command, v1::ADD_PRODUCER, false);
+  AddStep(command, v1::START_CONSUMER, true);
+  AddStep(command, v1::START_PRODUCER, true);
+}
+
+void AddDisconnectSteps(v1::Command* command) {
+  AddStep(command, v1::STOP_PRODUCER, false);
+  AddStep(command, v1::STOP_CONSUMER, false);
+  AddStep(command, v1::DEL_PRODUCER, false);
+  AddStep(command, v1::DEL_CONSUMER, false);
+  AddStep(command, v1::START_CONSUMER, true);
+  AddStep(command, v1::START_PRODUCER, true);
+}
+
+std::string StepName(v1::StepKind kind) {
+  return absl::AsciiStrToLower(v1::StepKind_Name(kind));
+}
+
+AgentRegistry::AgentRegistry(Options options) : options_(options) {}
+
+AgentRegistry::~AgentRegistry() { Shutdown(); }
+
+std::shared_ptr<AgentRegistry::AgentSession> AgentRegistry::Find(
+    absl::string_view node) const {
+  MutexLock lock(&mu_);
+  auto it = sessions_.find(node);
+  return it == sessions_.end() ? nullptr : it->second;
+}
+
+std::vector<std::string> AgentRegistry::ConnectedNodes() const {
+  std::vector<std::string> nodes;
+  {
+    MutexLock lock(&mu_);
+    for (const auto& [node, session] : sessions_) nodes.push_back(node);
+  }
+  std::sort(nodes.begin(), nodes.end());
+  return nodes;
+}
+
+bool AgentRegistry::WaitForAgent(absl::string_view node,
+                                 absl::Duration timeout) const {
+  const auto deadline =
+      std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
+  MutexLock lock(&mu_);
+  while (true) {
+    auto it = sessions_.find(node);
+    if (it != sessions_.end() && it->second->reconciled()) return true;
+    if (!changed_.WaitUntil(&mu_, deadline)) {
+      it = sessions_.find(node);
+      return it != sessions_.end() && it->second->reconciled();
+    }
+  }
+}
+
+void AgentRegistry::Shutdown() {
+  std::vector<std::shared_ptr<AgentSession>> sessions;
+  {
+    MutexLock lock(&mu_);
+    shutting_down_ = true;
+    for (auto& [node, session] : sessions_) sessions.push_back(session);
+  }
+  for (auto& session : sessions) {
+    session->Close();
+    session->Cancel();
+  }
+}
+
+grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
+                                    Stream* stream) {
+  v1::AgentMessage first;
+  if (!stream->Read(&first)) return grpc::Status::OK;
+  if (!first.has_hello()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "hello: the first message of a session must be "
+                        "AgentHello");
+  }
+  const v1::AgentHello& hello = first.hello();
+  if (auto s = ValidateNode("hello.node", hello.node()); !s.ok()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        std::string(s.message()));
+  }
+  std::vector<WiredPair> wired;
+  wired.reserve(hello.wired_size());
+  for (const v1::WiredPair& w : hello.wired()) {
+    auto p = ProducerFromProto(w.producer());
+    auto c = ConsumerFromProto(w.consumer());
+    if (!p.ok() || !c.ok()) {
+      LogWarn("agent reported malformed wiring; ignored",
+              {{"node", hello.node()}, {"token", w.token()}});
+      continue;
+    }
+    wired.push_back(WiredPair{w.token(), *std::move(p), *std::move(c)});
+  }
+
+  auto session = std::make_shared<AgentSession>(hello.node(), context, stream);
+  std::shared_ptr<AgentSession> replaced;
+  {
+    MutexLock lock(&mu_);
+    if (shutting_down_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "manager is shutting down");
+    }
+    auto& slot = sessions_[hello.node()];
+    replaced = std::exchange(slot, session);
+    changed_.SignalAll();
+  }
+  if (replaced != nullptr) {
+    LogWarn("agent session replaced by a newer one", {{"node", hello.node()}});
+    replaced->Close();
+    replaced->Cancel();
+  }
+  LogInfo("agent connected", {{"node", hello.node()},
+                              {"backend", hello.backend()},
+                              {"wired", absl::StrCat(wired.size())},
+                              {"peer", context->peer()}});
+
+  v1::ManagerMessage hello_ack;
+  hello_ack.mutable_hello();
+  session->WriteHello(hello_ack);
+
+  // Reconcile on its own thread: its commands' acks arrive through the read
+  // loop below.
+  std::thread reconciler([this, session, wired = std::move(wired)] {
+    if (matcher_ != nullptr) {
+      ReconcileResult r = matcher_->Reconcile(session->node(), wired);
+      LogInfo("agent reconciled", {{"node", session->node()},
+                                   {"kept", absl::StrCat(r.kept)},
+                                   {"disconnected", absl::StrCat(r.disconnected)},
+                                   {"reconnected", absl::StrCat(r.reconnected)},
+                                   {"failed", absl::StrCat(r.failed)}});
+    }
+    session->set_reconciled();
+    MutexLock lock(&mu_);
+    changed_.SignalAll();
+  });
+
+  v1::AgentMessage msg;
+  while (stream->Read(&msg)) {
+    if (msg.has_ack()) {
+      session->Complete(msg.ack());
+    } else {
+      LogWarn("unexpected message from agent; ignored",
+              {{"node", session->node()}});
+    }
+  }
+
+  session->Close();  // wakes waiters, including the reconciler's
+  {
+    MutexLock lock(&mu_);
+    auto it = sessions_.find(session->node());
+    if (it != sessions_.end() && it->second == session) sessions_.erase(it);
+    changed_.SignalAll();
+  }
+  reconciler.join();
+  LogInfo("agent disconnected", {{"node", session->node()}});
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<v1::CommandAck> AgentRegistry::RoundTrip(
+    const std::string& node, v1::Command command,
+    std::shared_ptr<AgentSession>* used) {
+  std::shared_ptr<AgentSession> session = Find(node);
+  *used = session;
+  ErrorContext ctx;
+  ctx.token = command.token();
+  ctx.node = node;
+  if (session == nullptr) {
+    return MakeError(absl::StatusCode::kUnavailable,
+                     ErrorReason::kAgentUnavailable,
+                     absl::StrCat("no agent connected for node \"", node, "\""),
+                     ctx);
+  }
+  const auto deadline = std::chrono::steady_clock::now() +
+                        absl::ToChronoNanoseconds(options_.command_timeout);
+  std::shared_ptr<AgentSession::Pending> pending =
+      session->Send(std::move(command), /*expect_ack=*/true);
+  if (pending == nullptr) {
+    return MakeError(
+        absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
+        absl::StrCat("agent for node \"", node, "\" went away"), ctx);
+  }
+  if (!session->Wait(*pending, deadline)) {
+    return MakeError(absl::StatusCode::kDeadlineExceeded,
+                     ErrorReason::kAgentTimeout,
+                     absl::StrCat("agent for node \"", node,
+                                  "\" did not acknowledge within ",
+                                  absl::FormatDuration(options_.command_timeout)),
+                     ctx);
+  }
+  if (pending->closed) {
+    return MakeError(absl::StatusCode::kUnavailable,
+                     ErrorReason::kAgentUnavailable,
+                     absl::StrCat("agent for node \"", node,
+                                  "\" went away before acknowledging"),
+                     ctx);
+  }
+  return pending->ack;
+}
+
+absl::Status AgentRegistry::Connect(absl::string_view token,
+                                    const ProducerRecord& producer,
+                                    const ConsumerRecord& consumer) {
+  const std::string& node = producer.node;
+  std::shared_ptr<AgentSession> session;
+  absl::StatusOr<v1::CommandAck> ack = RoundTrip(
+      node, MakeCommand(v1::Command::CONNECT, token, producer, consumer),
+      &session);
+  if (!ack.ok()) {
+    if (ack.status().code() == absl::StatusCode::kDeadlineExceeded &&
+        session != nullptr) {
+      // The agent may still run the connect late: queue a disconnect behind
+      // it (the agent runs commands in order) so nothing stays wired.
+      session->Send(MakeCommand(v1::Command::DISCONNECT, token, producer,
+                                consumer),
+                    /*expect_ack=*/false);
+    }
+    return ack.status();
+  }
+  if (ack->ok()) return absl::OkStatus();
+  ErrorContext ctx;
+  ctx.token = std::string(token);
+  ctx.node = node;
+  ctx.step = StepName(ack->failed_step());
+  ctx.err = ack->errno_value();
+  ctx.agent_message = ack->message();
+  return MakeError(
+      absl::StatusCode::kFailedPrecondition, ErrorReason::kConnectFailed,
+      absl::StrCat("connect step ", ctx.step, " failed on node \"", node,
+                   "\": ", ErrnoName(ctx.err), " (", ack->message(), ")"),
+      ctx);
+}
+
+void AgentRegistry::Disconnect(absl::string_view token,
+                               const ProducerRecord& producer,
+                               const ConsumerRecord& consumer) {
+  const std::string& node = producer.node;
+  std::shared_ptr<AgentSession> session;
+  absl::StatusOr<v1::CommandAck> ack = RoundTrip(
+      node, MakeCommand(v1::Command::DISCONNECT, token, producer, consumer),
+      &session);
+  if (!ack.ok()) {
+    // Delivered by reconciliation when the agent is back: it will report
+    // the pair as wired, and the manager no longer holds it.
+    LogWarn("disconnect deferred until the agent reconnects",
+            {{"token", std::string(token)},
+             {"node", node},
+             {"reason", std::string(ack.status().message())}});
+    return;
+  }
+  if (!ack->ok()) {
+    LogWarn("agent reported an error during disconnect",
+            {{"token", std::string(token)},
+             {"node", node},
+             {"step", StepName(ack->failed_step())},
+             {"errno", ErrnoName(ack->errno_value())},
+             {"message", ack->message()}});
+  }
+}
+
+}  // namespace irqbypass

@@ -1,0 +1,94 @@
+// AgentRegistry: the manager's side of the AgentControl protocol. It serves
+// the agents' long-lived Session streams (one per node; a newer stream for a
+// node replaces the older), and implements AgentDispatcher by sending
+// Connect/Disconnect commands on the right stream and waiting for the ack
+// with a deadline, so that no RPC ever hangs on a dead agent.
+//
+// When an agent (re)connects, its AgentHello lists what it has wired; the
+// registry runs Matcher::Reconcile for that node on a thread of the session,
+// which re-sends missing connects and removes stale wiring (including
+// disconnects that could not be delivered while the agent was away).
+//
+// Thread-safe. Lock order: registry mu_ before a session's mu.
+#ifndef IRQBYPASS_SERVICE_AGENT_REGISTRY_H_
+#define IRQBYPASS_SERVICE_AGENT_REGISTRY_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+#include "common/mutex.h"
+#include "protos/irqbypass/v1/agent.grpc.pb.h"
+#include "service/agent_dispatcher.h"
+#include "service/matcher.h"
+
+namespace irqbypass {
+
+class AgentRegistry final : public AgentDispatcher,
+                            public v1::AgentControl::Service {
+ public:
+  struct Options {
+    // How long a connect or disconnect may wait for the agent's ack.
+    absl::Duration command_timeout = absl::Seconds(5);
+  };
+
+  explicit AgentRegistry(Options options);
+  ~AgentRegistry() override;
+
+  // The matcher used for reconciliation; set once before serving.
+  void SetMatcher(Matcher* matcher) { matcher_ = matcher; }
+
+  // AgentControl.
+  grpc::Status Session(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>* stream)
+      override;
+
+  // AgentDispatcher.
+  absl::Status Connect(absl::string_view token, const ProducerRecord& producer,
+                       const ConsumerRecord& consumer) override;
+  void Disconnect(absl::string_view token, const ProducerRecord& producer,
+                  const ConsumerRecord& consumer) override;
+
+  // Nodes with a live session, sorted.
+  std::vector<std::string> ConnectedNodes() const;
+  // Blocks until `node` has a session whose reconciliation finished, or the
+  // timeout passes; true if so. For start-up ordering and tests.
+  bool WaitForAgent(absl::string_view node, absl::Duration timeout) const;
+
+  // Ends every session (agents will reconnect to the next manager) and
+  // refuses new ones. Called on shutdown before the server stops.
+  void Shutdown();
+
+ private:
+  class AgentSession;
+
+  std::shared_ptr<AgentSession> Find(absl::string_view node) const;
+  // Sends `command` on the node's session and waits for its ack.
+  absl::StatusOr<v1::CommandAck> RoundTrip(const std::string& node,
+                                           v1::Command command,
+                                           std::shared_ptr<AgentSession>* used);
+
+  const Options options_;
+  Matcher* matcher_ = nullptr;
+  mutable Mutex mu_;
+  mutable CondVar changed_;
+  absl::flat_hash_map<std::string, std::shared_ptr<AgentSession>> sessions_
+      ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// The contract's connect and disconnect steps, in order (agent.proto).
+void AddConnectSteps(v1::Command* command);
+void AddDisconnectSteps(v1::Command* command);
+// "add_producer" for ADD_PRODUCER.
+std::string StepName(v1::StepKind kind);
+
+}  // namespace irqbypass
+
+#endif  // IRQBYPASS_SERVICE_AGENT_REGISTRY_H_

@@ -1,0 +1,224 @@
+#include "service/bypass_service.h"
+
+#include <chrono>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/errno_name.h"
+#include "common/log.h"
+#include "service/errors.h"
+#include "service/validation.h"
+
+namespace irqbypass {
+namespace {
+
+constexpr int kDefaultPageSize = 100;
+constexpr int kMaxPageSize = 1000;
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  v1::ErrorDetail detail;
+  detail.set_reason(static_cast<v1::ErrorDetail::Reason>(GetErrorReason(status)));
+  const ErrorContext ctx = GetErrorContext(status);
+  detail.set_field(ctx.field);
+  detail.set_token(ctx.token);
+  detail.set_node(ctx.node);
+  detail.set_step(ctx.step);
+  if (ctx.err != 0) {
+    detail.set_errno_value(ctx.err);
+    detail.set_errno_name(ErrnoName(ctx.err));
+  }
+  detail.set_agent_message(ctx.agent_message);
+  detail.set_other_token(ctx.other_token);
+  v1::RpcStatus rpc_status;
+  rpc_status.set_code(static_cast<int>(status.code()));
+  rpc_status.set_message(std::string(status.message()));
+  rpc_status.add_details()->PackFrom(detail);
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()),
+                      rpc_status.SerializeAsString());
+}
+
+grpc::Status BypassService::RegisterProducer(
+    grpc::ServerContext*, const v1::RegisterProducerRequest* request,
+    v1::RegisterProducerResponse* response) {
+  if (!request->has_producer()) {
+    return ToGrpcStatus(InvalidField("producer", "producer: required"));
+  }
+  absl::StatusOr<ProducerRecord> record = ProducerFromProto(request->producer());
+  if (!record.ok()) return ToGrpcStatus(record.status());
+  const std::string& token = request->producer().token();
+  absl::StatusOr<RegisterResult> result =
+      matcher_.RegisterProducer(token, *std::move(record));
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  response->set_registration_id(
+      FormatRegistrationId('p', result->registration_id));
+  response->set_connected(result->connected);
+  LogDebug("producer registered",
+           {{"token", token},
+            {"node", request->producer().node()},
+            {"connected", result->connected ? "true" : "false"}});
+  return grpc::Status::OK;
+}
+
+grpc::Status BypassService::RegisterConsumer(
+    grpc::ServerContext*, const v1::RegisterConsumerRequest* request,
+    v1::RegisterConsumerResponse* response) {
+  if (!request->has_consumer()) {
+    return ToGrpcStatus(InvalidField("consumer", "consumer: required"));
+  }
+  absl::StatusOr<ConsumerRecord> record = ConsumerFromProto(request->consumer());
+  if (!record.ok()) return ToGrpcStatus(record.status());
+  const std::string& token = request->consumer().token();
+  absl::StatusOr<RegisterResult> result =
+      matcher_.RegisterConsumer(token, *std::move(record));
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  response->set_registration_id(
+      FormatRegistrationId('c', result->registration_id));
+  response->set_connected(result->connected);
+  LogDebug("consumer registered",
+           {{"token", token},
+            {"node", request->consumer().node()},
+            {"connected", result->connected ? "true" : "false"}});
+  return grpc::Status::OK;
+}
+
+grpc::Status BypassService::UnregisterProducer(
+    grpc::ServerContext*, const v1::UnregisterProducerRequest* request,
+    v1::UnregisterProducerResponse* response) {
+  if (auto s = ValidateToken("token", request->token()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  absl::StatusOr<uint64_t> id = ParseRegistrationId(
+      "registration_id", 'p', request->registration_id());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  absl::StatusOr<bool> disconnected =
+      matcher_.UnregisterProducer(request->token(), *id);
+  if (!disconnected.ok()) return ToGrpcStatus(disconnected.status());
+  response->set_disconnected(*disconnected);
+  return grpc::Status::OK;
+}
+
+grpc::Status BypassService::UnregisterConsumer(
+    grpc::ServerContext*, const v1::UnregisterConsumerRequest* request,
+    v1::UnregisterConsumerResponse* response) {
+  if (auto s = ValidateToken("token", request->token()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  absl::StatusOr<uint64_t> id = ParseRegistrationId(
+      "registration_id", 'c', request->registration_id());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  absl::StatusOr<bool> disconnected =
+      matcher_.UnregisterConsumer(request->token(), *id);
+  if (!disconnected.ok()) return ToGrpcStatus(disconnected.status());
+  response->set_disconnected(*disconnected);
+  return grpc::Status::OK;
+}
+
+grpc::Status BypassService::GetBinding(grpc::ServerContext*,
+                                       const v1::GetBindingRequest* request,
+                                       v1::Binding* response) {
+  if (auto s = ValidateToken("token", request->token()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  std::optional<BindingState> st = index_.Get(request->token());
+  if (!st.has_value()) {
+    ErrorContext ctx;
+    ctx.token = request->token();
+    return ToGrpcStatus(MakeError(
+        absl::StatusCode::kNotFound, ErrorReason::kNotRegistered,
+        absl::StrCat("token \"", request->token(),
+                     "\" holds neither a producer nor a consumer"),
+        ctx));
+  }
+  BindingToProto(request->token(), *st, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status BypassService::ListBindings(grpc::ServerContext*,
+                                         const v1::ListBindingsRequest* request,
+                                         v1::ListBindingsResponse* response) {
+  if (!request->node().empty()) {
+    if (auto s = ValidateNode("node", request->node()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
+  }
+  int page_size = request->page_size();
+  if (page_size < 0 || page_size > kMaxPageSize) {
+    return ToGrpcStatus(InvalidField(
+        "page_size", absl::StrCat("page_size: ", page_size, " not in 0..",
+                                  kMaxPageSize)));
+  }
+  if (page_size == 0) page_size = kDefaultPageSize;
+  auto page = index_.List(request->node(), static_cast<size_t>(page_size),
+                          request->page_token());
+  if (!page.ok()) {
+    return ToGrpcStatus(
+        InvalidField("page_token", page.status().message()));
+  }
+  for (const auto& [token, st] : page->items) {
+    BindingToProto(token, st, response->add_bindings());
+  }
+  response->set_next_page_token(page->next_page_token);
+  return grpc::Status::OK;
+}
+
+grpc::Status BypassService::WatchBindings(
+    grpc::ServerContext* context, const v1::WatchBindingsRequest* request,
+    grpc::ServerWriter<v1::BindingEvent>* writer) {
+  if (!request->node().empty()) {
+    if (auto s = ValidateNode("node", request->node()); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
+  }
+  // Subscribe first so nothing committed after the snapshot is missed (an
+  // item may then appear both as EXISTING and UPDATED; revisions order them).
+  auto sub = watch_hub_.Subscribe(request->node());
+  struct Unsubscribe {
+    WatchHub& hub;
+    std::shared_ptr<WatchHub::Subscriber> sub;
+    ~Unsubscribe() { hub.Unsubscribe(sub); }
+  } unsubscribe{watch_hub_, sub};
+
+  if (request->include_existing()) {
+    bool ok = true;
+    index_.ForEachCommitted([&](const std::string& token,
+                                const BindingState& st) {
+      if (!ok) return;
+      if (!request->node().empty() && st.node() != request->node()) return;
+      v1::BindingEvent event;
+      event.set_type(v1::BindingEvent::EXISTING);
+      BindingToProto(token, st, event.mutable_binding());
+      ok = writer->Write(event);
+    });
+    if (!ok) return grpc::Status::OK;
+    v1::BindingEvent synced;
+    synced.set_type(v1::BindingEvent::SYNCED);
+    if (!writer->Write(synced)) return grpc::Status::OK;
+  }
+
+  v1::BindingEvent event;
+  while (!context->IsCancelled()) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+    switch (sub->Next(&event, deadline)) {
+      case WatchHub::Subscriber::Result::kEvent:
+        if (!writer->Write(event)) return grpc::Status::OK;
+        break;
+      case WatchHub::Subscriber::Result::kTimeout:
+        break;
+      case WatchHub::Subscriber::Result::kClosed:
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                            "manager is shutting down; watch again");
+      case WatchHub::Subscriber::Result::kOverflow:
+        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "watcher fell too far behind; list and watch "
+                            "again");
+    }
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace irqbypass

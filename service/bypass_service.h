@@ -1,0 +1,58 @@
+// BypassService: the gRPC edge of irqbypass.v1.BypassManager. Validates
+// requests, converts protos to the index's records, calls the Matcher, and
+// maps absl::Status to grpc::Status once, here (with an ErrorDetail in the
+// status details). Thread-safe.
+#ifndef IRQBYPASS_SERVICE_BYPASS_SERVICE_H_
+#define IRQBYPASS_SERVICE_BYPASS_SERVICE_H_
+
+#include <atomic>
+
+#include "absl/status/status.h"
+#include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
+#include "service/matcher.h"
+#include "service/token_index.h"
+#include "service/watch_hub.h"
+
+namespace irqbypass {
+
+class BypassService final : public v1::BypassManager::Service {
+ public:
+  // None owned; all must outlive the service.
+  BypassService(Matcher& matcher, TokenIndex& index, WatchHub& watch_hub)
+      : matcher_(matcher), index_(index), watch_hub_(watch_hub) {}
+
+  grpc::Status RegisterProducer(grpc::ServerContext* context,
+                                const v1::RegisterProducerRequest* request,
+                                v1::RegisterProducerResponse* response) override;
+  grpc::Status RegisterConsumer(grpc::ServerContext* context,
+                                const v1::RegisterConsumerRequest* request,
+                                v1::RegisterConsumerResponse* response) override;
+  grpc::Status UnregisterProducer(
+      grpc::ServerContext* context, const v1::UnregisterProducerRequest* request,
+      v1::UnregisterProducerResponse* response) override;
+  grpc::Status UnregisterConsumer(
+      grpc::ServerContext* context, const v1::UnregisterConsumerRequest* request,
+      v1::UnregisterConsumerResponse* response) override;
+  grpc::Status GetBinding(grpc::ServerContext* context,
+                          const v1::GetBindingRequest* request,
+                          v1::Binding* response) override;
+  grpc::Status ListBindings(grpc::ServerContext* context,
+                            const v1::ListBindingsRequest* request,
+                            v1::ListBindingsResponse* response) override;
+  grpc::Status WatchBindings(
+      grpc::ServerContext* context, const v1::WatchBindingsRequest* request,
+      grpc::ServerWriter<v1::BindingEvent>* writer) override;
+
+ private:
+  Matcher& matcher_;
+  TokenIndex& index_;
+  WatchHub& watch_hub_;
+};
+
+// absl::Status from this service -> grpc::Status whose error_details hold an
+// irqbypass.v1.RpcStatus carrying an ErrorDetail.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+}  // namespace irqbypass
+
+#endif  // IRQBYPASS_SERVICE_BYPASS_SERVICE_H_

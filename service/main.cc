@@ -1,0 +1,149 @@
+// irqbypassd: the fleet IRQ bypass manager. Serves irqbypass.v1.BypassManager
+// for orchestrators and irqbypass.v1.AgentControl for node agents on one
+// port. See README.md.
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/log.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "service/agent_registry.h"
+#include "service/bypass_service.h"
+#include "service/matcher.h"
+#include "service/metrics_endpoint.h"
+#include "service/token_index.h"
+#include "service/watch_hub.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "HOST:PORT for the gRPC API and the agents' streams (port 0: any "
+          "free port; see --port_file)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "HOST:PORT for the Prometheus /metrics endpoint (empty: off)");
+ABSL_FLAG(std::string, port_file, "",
+          "If set, write the bound gRPC port to this file once serving");
+ABSL_FLAG(absl::Duration, agent_command_timeout, absl::Seconds(5),
+          "How long a connect/disconnect waits for the agent's ack");
+ABSL_FLAG(int, shards, 256, "Number of token index shards");
+ABSL_FLAG(std::string, log_level, "info", "debug|info|warn|error");
+ABSL_FLAG(std::string, log_format, "kv", "kv|json");
+
+namespace irqbypass {
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "irqbypassd: %s\n", message.c_str());
+  return 2;
+}
+
+int Run() {
+  LogLevel level;
+  if (!ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    return Fail("--log_level: expected debug|info|warn|error");
+  }
+  SetLogLevel(level);
+  LogFormat format;
+  if (!ParseLogFormat(absl::GetFlag(FLAGS_log_format), &format)) {
+    return Fail("--log_format: expected kv|json");
+  }
+  SetLogFormat(format);
+  const int shards = absl::GetFlag(FLAGS_shards);
+  if (shards < 1 || shards > 65536) return Fail("--shards: expected 1..65536");
+  const absl::Duration timeout = absl::GetFlag(FLAGS_agent_command_timeout);
+  if (timeout <= absl::ZeroDuration()) {
+    return Fail("--agent_command_timeout: must be positive");
+  }
+
+  // Block the signals we wait for before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  WatchHub watch_hub;
+  TokenIndex index(static_cast<size_t>(shards), &watch_hub);
+  AgentRegistry::Options registry_options;
+  registry_options.command_timeout = timeout;
+  AgentRegistry registry(registry_options);
+  Matcher matcher(index, registry);
+  registry.SetMatcher(&matcher);
+  BypassService service(matcher, index, watch_hub);
+
+  std::unique_ptr<MetricsEndpoint> metrics;
+  const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (!metrics_listen.empty()) {
+    auto created = MetricsEndpoint::Create(metrics_listen, index, registry);
+    if (!created.ok()) {
+      return Fail(absl::StrCat("--metrics_listen: ",
+                               created.status().message()));
+    }
+    metrics = *std::move(created);
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen),
+                           grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.RegisterService(&registry);
+  // Agents keep one stream open for days: find dead peers, and let agents
+  // ping while idle.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return Fail(absl::StrCat("--listen: cannot listen on ",
+                             absl::GetFlag(FLAGS_listen)));
+  }
+  const std::string port_file = absl::GetFlag(FLAGS_port_file);
+  if (!port_file.empty()) {
+    const std::string tmp = port_file + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << port << "\n";
+    }
+    std::rename(tmp.c_str(), port_file.c_str());
+  }
+  LogInfo("irqbypassd serving",
+          {{"listen", absl::GetFlag(FLAGS_listen)},
+           {"port", absl::StrCat(port)},
+           {"metrics_listen", metrics_listen},
+           {"shards", absl::StrCat(shards)}});
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  LogInfo("shutting down", {{"signal", absl::StrCat(sig)}});
+  server->GetHealthCheckService()->Shutdown();  // probes now see NOT_SERVING
+  registry.Shutdown();
+  watch_hub.Shutdown();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Wait();
+  LogInfo("stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace irqbypass
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "irqbypassd: fleet IRQ bypass manager (gRPC irqbypass.v1).\n"
+      "  irqbypassd --listen=127.0.0.1:50051 --metrics_listen=127.0.0.1:9464");
+  absl::ParseCommandLine(argc, argv);
+  return irqbypass::Run();
+}
