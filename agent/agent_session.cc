@@ -1,0 +1,275 @@
+#include "agent/agent_session.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/errno_name.h"
+#include "common/log.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "grpcpp/support/status.h"
+#include "protos/irqbypass/v1/agent.grpc.pb.h"
+
+namespace irqbypass {
+namespace agent {
+namespace {
+
+using SessionStream =
+    grpc::ClientReaderWriter<v1::AgentMessage, v1::ManagerMessage>;
+
+std::string CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return absl::StrCat(static_cast<int>(code));
+  }
+}
+
+std::string CommandKindName(v1::Command::Kind kind) {
+  if (!v1::Command::Kind_IsValid(kind)) {
+    return absl::StrCat("kind_", static_cast<int>(kind));
+  }
+  return absl::AsciiStrToLower(v1::Command::Kind_Name(kind));
+}
+
+// "stop_producer,stop_consumer,..."
+std::string ExecutedList(const v1::CommandAck& ack) {
+  std::vector<std::string> names;
+  names.reserve(ack.executed_size());
+  for (int kind : ack.executed()) {
+    names.push_back(StepName(static_cast<v1::StepKind>(kind)));
+  }
+  return absl::StrJoin(names, ",");
+}
+
+std::shared_ptr<grpc::Channel> NewChannel(const AgentSessionOptions& options) {
+  grpc::ChannelArguments args;
+  // A fresh channel per attempt that shares no subchannel (and so no
+  // connection backoff state) with the previous one: every attempt really
+  // dials, on our own backoff schedule rather than gRPC's (up to 120 s).
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  if (options.keepalive_time > absl::ZeroDuration()) {
+    args.SetInt(
+        GRPC_ARG_KEEPALIVE_TIME_MS,
+        static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_time)));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
+    // The stream can be idle for long; keep pinging all the same.
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  }
+  return grpc::CreateCustomChannel(options.manager_address,
+                                   grpc::InsecureChannelCredentials(), args);
+}
+
+// Executes one command and writes its ack. False if the ack could not be
+// written (the stream is broken).
+bool HandleCommand(StepExecutor& executor, const std::string& node,
+                   const v1::Command& command, SessionStream& stream) {
+  const std::string id = absl::StrCat(command.id());
+  const std::string kind = CommandKindName(command.kind());
+  LogDebug(
+      "command received",
+      {{"node", node}, {"token", command.token()}, {"id", id}, {"kind", kind}});
+  v1::AgentMessage out;
+  v1::CommandAck& ack = *out.mutable_ack();
+  ack = executor.Execute(command);
+  if (ack.ok()) {
+    LogDebug("command done", {{"node", node},
+                              {"token", command.token()},
+                              {"id", id},
+                              {"kind", kind},
+                              {"executed", ExecutedList(ack)}});
+  } else {
+    LogWarn("command failed", {{"node", node},
+                               {"token", command.token()},
+                               {"id", id},
+                               {"kind", kind},
+                               {"failed_step", StepName(ack.failed_step())},
+                               {"errno", ErrnoName(ack.errno_value())},
+                               {"error", ack.message()},
+                               {"executed", ExecutedList(ack)}});
+  }
+  if (!stream.Write(out)) {
+    LogWarn("could not send command ack; the manager reconciles on reconnect",
+            {{"node", node}, {"token", command.token()}, {"id", id}});
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+AgentSession::AgentSession(AgentSessionOptions options, Backend& backend)
+    : options_(std::move(options)), backend_(backend), executor_(backend) {}
+
+void AgentSession::Run() {
+  absl::Duration backoff = options_.initial_backoff;
+  uint64_t failed_attempts = 0;
+  while (true) {
+    const absl::Time started = absl::Now();
+    const SessionOutcome outcome = RunOneSession();
+    const bool established = outcome.established;
+    const grpc::Status& status = outcome.status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (shutdown_) break;
+    }
+    // Reset the backoff only after a session that held for a while, so a
+    // manager that ends every stream at once (e.g. another agent claiming
+    // this node name) is not hammered.
+    if (established && absl::Now() - started >= options_.max_backoff) {
+      backoff = options_.initial_backoff;
+    }
+    failed_attempts = established ? 0 : failed_attempts + 1;
+    const absl::Duration delay = Jittered(backoff);
+    backoff = std::min(backoff * 2, options_.max_backoff);
+
+    const std::string retry_in =
+        absl::FormatDuration(absl::Trunc(delay, absl::Milliseconds(1)));
+    if (established && status.ok()) {
+      LogDebug("session ended by manager",
+               {{"node", options_.node},
+                {"manager", options_.manager_address},
+                {"retry_in", retry_in}});
+    } else {
+      LogWarn(established ? "session failed" : "cannot reach manager",
+              {{"node", options_.node},
+               {"manager", options_.manager_address},
+               {"code", CodeName(status.error_code())},
+               {"error", status.error_message()},
+               {"attempt", absl::StrCat(failed_attempts)},
+               {"retry_in", retry_in}});
+    }
+    if (!SleepUnlessShutdown(delay)) break;
+  }
+  LogDebug("session stopped",
+           {{"node", options_.node}, {"manager", options_.manager_address}});
+}
+
+AgentSession::SessionOutcome AgentSession::RunOneSession() {
+  std::unique_ptr<v1::AgentControl::Stub> stub =
+      v1::AgentControl::NewStub(NewChannel(options_));
+  grpc::ClientContext context;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutdown_) {
+      return {false,
+              grpc::Status(grpc::StatusCode::CANCELLED, "shutting down")};
+    }
+    context_ = &context;
+  }
+  // Unpublish the context before it is destroyed, on every path.
+  absl::Cleanup unpublish = [this] {
+    absl::MutexLock lock(&mu_);
+    context_ = nullptr;
+  };
+
+  LogDebug("session connecting",
+           {{"node", options_.node}, {"manager", options_.manager_address}});
+  // Blocks until the channel connects or fails (or Shutdown cancels it).
+  std::unique_ptr<SessionStream> stream = stub->Session(&context);
+
+  v1::AgentMessage hello_message;
+  v1::AgentHello& hello = *hello_message.mutable_hello();
+  hello.set_node(options_.node);
+  hello.set_backend(backend_.Name());
+  hello.set_agent_version(options_.agent_version);
+  for (v1::WiredPair& pair : backend_.Inventory()) {
+    *hello.add_wired() = std::move(pair);
+  }
+  const std::string wired = absl::StrCat(hello.wired_size());
+
+  bool established = false;
+  if (stream->Write(hello_message)) {
+    v1::ManagerMessage in;
+    while (stream->Read(&in)) {
+      if (!established) {
+        established = true;
+        absl::MutexLock lock(&mu_);
+        ++sessions_established_;
+      }
+      if (in.has_hello()) {
+        LogDebug("session connected",
+                 {{"node", options_.node},
+                  {"manager", options_.manager_address},
+                  {"wired", wired},
+                  {"reconcile_commands",
+                   absl::StrCat(in.hello().reconcile_commands())}});
+      } else if (in.has_command()) {
+        if (!HandleCommand(executor_, options_.node, in.command(), *stream)) {
+          break;
+        }
+      } else {
+        LogWarn("ignoring empty message from manager",
+                {{"node", options_.node}});
+      }
+    }
+  }
+  // Half-close then collect the status; both are no-ops on a dead call.
+  stream->WritesDone();
+  return {established, stream->Finish()};
+}
+
+bool AgentSession::SleepUnlessShutdown(absl::Duration delay) {
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(&shutdown_), delay);
+  return !shutdown_;
+}
+
+absl::Duration AgentSession::Jittered(absl::Duration delay) {
+  return delay * absl::Uniform(bitgen_, 0.8, 1.2);
+}
+
+void AgentSession::Shutdown() {
+  absl::MutexLock lock(&mu_);
+  if (shutdown_) return;
+  shutdown_ = true;  // Wakes SleepUnlessShutdown.
+  // Safe before the call has started too: gRPC cancels it when it starts.
+  if (context_ != nullptr) context_->TryCancel();
+}
+
+uint64_t AgentSession::sessions_established() const {
+  absl::MutexLock lock(&mu_);
+  return sessions_established_;
+}
+
+}  // namespace agent
+}  // namespace irqbypass

@@ -1,0 +1,105 @@
+// AgentSession: the node agent's connection to the manager (irqbypassd). It
+// keeps one irqbypass.v1.AgentControl/Session stream open: on every (re)connect
+// it sends AgentHello {node, backend name, Backend::Inventory(), version},
+// then executes each Command the manager sends with StepExecutor, strictly in
+// the order received, and writes one CommandAck (same id) per command.
+//
+// When the stream fails or ends it reconnects forever with exponential
+// backoff (100 ms doubling to 5 s, +/-20% jitter; reset once a session is
+// established), so the agent survives manager restarts: the new hello
+// re-reports what is wired. A command that has started always runs to the
+// end, even if the stream breaks meanwhile; the manager reconciles from the
+// next hello.
+//
+// Uses the gRPC synchronous API on the thread that calls Run().
+//
+// Thread-safety: Run() is called once, on one thread; Shutdown() may be
+// called from any thread, any number of times.
+//
+// (Namespace irqbypass::agent: the manager has its own, unrelated session
+// type for the other end of this stream.)
+#ifndef IRQBYPASS_AGENT_AGENT_SESSION_H_
+#define IRQBYPASS_AGENT_AGENT_SESSION_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/random/random.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "agent/backend.h"
+#include "agent/step_executor.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/support/status.h"
+
+namespace irqbypass {
+namespace agent {
+
+struct AgentSessionOptions {
+  // The manager's AgentControl address: "host:port" or any gRPC target.
+  std::string manager_address = "127.0.0.1:50051";
+  // This host's name, as producers and consumers name it (Producer.node).
+  std::string node;
+  // Reported in AgentHello.agent_version.
+  std::string agent_version;
+  // Reconnect backoff: the first delay, doubled per failed attempt up to the
+  // maximum; each delay is jittered by +/-20%.
+  absl::Duration initial_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(5);
+  // HTTP/2 keepalive pings, to notice a manager host that vanished without
+  // closing the connection. irqbypassd accepts pings every 5 s or more
+  // (a stock gRPC server only every 5 min: raise this for one). Zero
+  // disables.
+  absl::Duration keepalive_time = absl::Seconds(30);
+};
+
+class AgentSession {
+ public:
+  // `backend` must outlive the session.
+  AgentSession(AgentSessionOptions options, Backend& backend);
+
+  AgentSession(const AgentSession&) = delete;
+  AgentSession& operator=(const AgentSession&) = delete;
+
+  // Connects, serves, reconnects; returns only after Shutdown(). Call once.
+  void Run();
+
+  // Makes Run() return promptly: cancels the open stream (or the connect in
+  // progress) and wakes a backoff sleep. A command being executed finishes
+  // first. Idempotent.
+  void Shutdown();
+
+  // Number of sessions established so far (a ManagerHello was received).
+  // For tests and diagnostics.
+  uint64_t sessions_established() const;
+
+ private:
+  struct SessionOutcome {
+    bool established;     // the manager sent at least one message
+    grpc::Status status;  // how the stream ended
+  };
+
+  // One stream: connect, hello, serve commands until the stream ends.
+  SessionOutcome RunOneSession();
+  // Sleeps `delay`, or less if Shutdown() is called. False on shutdown.
+  bool SleepUnlessShutdown(absl::Duration delay);
+  absl::Duration Jittered(absl::Duration delay);
+
+  const AgentSessionOptions options_;
+  Backend& backend_;
+  StepExecutor executor_;
+  absl::BitGen bitgen_;  // Used by the Run() thread only.
+
+  mutable absl::Mutex mu_;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  // The context of the stream in progress, so Shutdown() can cancel it.
+  grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
+  uint64_t sessions_established_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace agent
+}  // namespace irqbypass
+
+#endif  // IRQBYPASS_AGENT_AGENT_SESSION_H_

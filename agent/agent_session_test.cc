@@ -1,0 +1,343 @@
+// AgentSession against an in-process fake manager on a loopback port chosen
+// by the OS.
+#include "agent/agent_session.h"
+
+#include <cerrno>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "agent/sim_backend.h"
+#include "gmock/gmock.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "gtest/gtest.h"
+#include "protos/irqbypass/v1/agent.grpc.pb.h"
+
+namespace irqbypass {
+namespace agent {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
+
+constexpr absl::Duration kWait = absl::Seconds(10);
+
+// The manager's end of the stream: records each hello, answers with a
+// ManagerHello, sends the scripted commands one at a time (reading each
+// ack), then holds the stream open until EndStreams() or cancellation.
+class FakeManager final : public v1::AgentControl::Service {
+ public:
+  explicit FakeManager(std::vector<v1::Command> script = {})
+      : script_(std::move(script)) {}
+
+  grpc::Status Session(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>* stream)
+      override {
+    v1::AgentMessage in;
+    if (!stream->Read(&in) || !in.has_hello()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "want hello");
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      hellos_.push_back(in.hello());
+    }
+    v1::ManagerMessage out;
+    out.mutable_hello()->set_reconcile_commands(0);
+    if (!stream->Write(out)) return grpc::Status::CANCELLED;
+    for (const v1::Command& command : script_) {
+      *out.mutable_command() = command;
+      if (!stream->Write(out) || !stream->Read(&in)) {
+        return grpc::Status::CANCELLED;
+      }
+      absl::MutexLock lock(&mu_);
+      acks_.push_back(in.ack());
+    }
+    absl::MutexLock lock(&mu_);
+    while (!end_streams_ && !context->IsCancelled()) {
+      mu_.AwaitWithTimeout(absl::Condition(&end_streams_),
+                           absl::Milliseconds(10));
+    }
+    return grpc::Status::OK;
+  }
+
+  void EndStreams() {
+    absl::MutexLock lock(&mu_);
+    end_streams_ = true;
+  }
+
+  bool WaitForHellos(size_t n) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return hellos_.size() >= n;
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), kWait);
+  }
+  bool WaitForAcks(size_t n) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return acks_.size() >= n;
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), kWait);
+  }
+  std::vector<v1::AgentHello> hellos() {
+    absl::MutexLock lock(&mu_);
+    return hellos_;
+  }
+  std::vector<v1::CommandAck> acks() {
+    absl::MutexLock lock(&mu_);
+    return acks_;
+  }
+
+ private:
+  const std::vector<v1::Command> script_;
+  absl::Mutex mu_;
+  bool end_streams_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<v1::AgentHello> hellos_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::CommandAck> acks_ ABSL_GUARDED_BY(mu_);
+};
+
+// A gRPC server for one FakeManager on 127.0.0.1 (port 0: the OS picks).
+class ManagerServer {
+ public:
+  explicit ManagerServer(FakeManager& service, int port = 0)
+      : service_(service) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(absl::StrCat("127.0.0.1:", port),
+                             grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+  }
+  ~ManagerServer() { Stop(); }
+
+  bool started() const { return server_ != nullptr && port_ > 0; }
+  int port() const { return port_; }
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+  void Stop() {
+    if (server_ == nullptr) return;
+    service_.EndStreams();
+    server_->Shutdown();
+    server_->Wait();
+    server_.reset();
+  }
+
+ private:
+  FakeManager& service_;
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+// Runs AgentSession::Run() on its own thread; shuts down on destruction.
+class RunningAgent {
+ public:
+  RunningAgent(AgentSessionOptions options, Backend& backend)
+      : session_(std::move(options), backend),
+        thread_([this] { session_.Run(); }) {}
+  ~RunningAgent() { Stop(); }
+
+  // Shuts the session down and returns how long Run() took to return.
+  absl::Duration Stop() {
+    if (!thread_.joinable()) return absl::ZeroDuration();
+    const absl::Time start = absl::Now();
+    session_.Shutdown();
+    thread_.join();
+    return absl::Now() - start;
+  }
+
+  AgentSession& session() { return session_; }
+
+ private:
+  AgentSession session_;
+  std::thread thread_;
+};
+
+AgentSessionOptions Options(const std::string& address) {
+  AgentSessionOptions options;
+  options.manager_address = address;
+  options.node = "n1";
+  options.agent_version = "test";
+  options.initial_backoff = absl::Milliseconds(20);
+  options.max_backoff = absl::Milliseconds(200);
+  return options;
+}
+
+SimBackend MakeSim() {
+  SimBackendOptions options;
+  options.node = "n1";
+  options.vms = absl::flat_hash_set<std::string>{"vm-1", "vm-2"};
+  return SimBackend(std::move(options));
+}
+
+v1::Command Connect(uint64_t id, const std::string& token,
+                    const std::string& vm, uint32_t vector) {
+  v1::Command command;
+  command.set_id(id);
+  command.set_kind(v1::Command::CONNECT);
+  command.set_token(token);
+  command.mutable_producer()->set_token(token);
+  command.mutable_producer()->set_node("n1");
+  command.mutable_producer()->set_device("0000:3b:00.1");
+  command.mutable_producer()->set_vector(vector);
+  command.mutable_consumer()->set_token(token);
+  command.mutable_consumer()->set_node("n1");
+  command.mutable_consumer()->set_vm(vm);
+  command.mutable_consumer()->set_gsi(40 + vector);
+  for (v1::StepKind kind :
+       {v1::STOP_PRODUCER, v1::STOP_CONSUMER, v1::ADD_CONSUMER,
+        v1::ADD_PRODUCER, v1::START_CONSUMER, v1::START_PRODUCER}) {
+    v1::Step& step = *command.add_steps();
+    step.set_kind(kind);
+    step.set_always(kind == v1::START_CONSUMER || kind == v1::START_PRODUCER);
+    if (kind == v1::ADD_CONSUMER) step.set_undo(v1::DEL_CONSUMER);
+  }
+  return command;
+}
+
+v1::Command Disconnect(uint64_t id, v1::Command connect) {
+  connect.set_id(id);
+  connect.set_kind(v1::Command::DISCONNECT);
+  connect.clear_steps();
+  for (v1::StepKind kind :
+       {v1::STOP_PRODUCER, v1::STOP_CONSUMER, v1::DEL_PRODUCER,
+        v1::DEL_CONSUMER, v1::START_CONSUMER, v1::START_PRODUCER}) {
+    connect.add_steps()->set_kind(kind);
+  }
+  return connect;
+}
+
+// Reserves a loopback port with nothing listening on it (for a while).
+int UnusedPort() {
+  FakeManager service;
+  ManagerServer server(service);
+  return server.port();
+}
+
+TEST(AgentSessionTest, Hello_CarriesNodeBackendVersionAndInventory) {
+  SimBackend sim = MakeSim();
+  const v1::Command wired = Connect(1, "t-old", "vm-1", 1);
+  ASSERT_TRUE(
+      sim.AddConsumer("t-old", wired.producer(), wired.consumer()).ok());
+  ASSERT_TRUE(
+      sim.AddProducer("t-old", wired.producer(), wired.consumer()).ok());
+  FakeManager manager;
+  ManagerServer server(manager);
+  ASSERT_TRUE(server.started());
+
+  RunningAgent agent(Options(server.address()), sim);
+
+  ASSERT_TRUE(manager.WaitForHellos(1));
+  const v1::AgentHello hello = manager.hellos()[0];
+  EXPECT_EQ(hello.node(), "n1");
+  EXPECT_EQ(hello.backend(), "sim");
+  EXPECT_EQ(hello.agent_version(), "test");
+  ASSERT_THAT(hello.wired(), SizeIs(1));
+  EXPECT_EQ(hello.wired(0).token(), "t-old");
+  EXPECT_EQ(hello.wired(0).consumer().vm(), "vm-1");
+}
+
+TEST(AgentSessionTest, Commands_ExecuteInOrderAndEachAckCarriesItsId) {
+  SimBackend sim = MakeSim();
+  const v1::Command connect_t1 = Connect(7, "t1", "vm-1", 1);
+  FakeManager manager(
+      {connect_t1, Connect(8, "t2", "vm-x", 2), Disconnect(9, connect_t1)});
+  ManagerServer server(manager);
+  ASSERT_TRUE(server.started());
+
+  RunningAgent agent(Options(server.address()), sim);
+
+  ASSERT_TRUE(manager.WaitForAcks(3));
+  const std::vector<v1::CommandAck> acks = manager.acks();
+  EXPECT_EQ(acks[0].id(), 7u);
+  EXPECT_TRUE(acks[0].ok());
+  EXPECT_EQ(acks[1].id(), 8u);
+  EXPECT_FALSE(acks[1].ok());
+  EXPECT_EQ(acks[1].failed_step(), v1::ADD_PRODUCER);
+  EXPECT_EQ(acks[1].errno_value(), ENOENT);
+  EXPECT_EQ(acks[1].message(), "vm \"vm-x\" not held by agent on node n1");
+  EXPECT_THAT(acks[1].executed(),
+              ElementsAre(v1::STOP_PRODUCER, v1::STOP_CONSUMER,
+                          v1::ADD_CONSUMER, v1::ADD_PRODUCER, v1::DEL_CONSUMER,
+                          v1::START_CONSUMER, v1::START_PRODUCER));
+  EXPECT_EQ(acks[2].id(), 9u);
+  EXPECT_TRUE(acks[2].ok());
+  EXPECT_THAT(sim.Inventory(), IsEmpty());
+}
+
+TEST(AgentSessionTest, ManagerRestart_AgentReconnectsAndReReportsInventory) {
+  SimBackend sim = MakeSim();
+  FakeManager first({Connect(1, "t1", "vm-1", 1)});
+  auto server = std::make_unique<ManagerServer>(first);
+  ASSERT_TRUE(server->started());
+  const int port = server->port();
+  RunningAgent agent(Options(server->address()), sim);
+  ASSERT_TRUE(first.WaitForAcks(1));
+  ASSERT_TRUE(first.acks()[0].ok());
+
+  server.reset();  // The manager goes away...
+  FakeManager second;
+  ManagerServer restarted(second, port);  // ...and comes back.
+  ASSERT_TRUE(restarted.started());
+
+  ASSERT_TRUE(second.WaitForHellos(1));
+  const v1::AgentHello hello = second.hellos()[0];
+  ASSERT_THAT(hello.wired(), SizeIs(1));
+  EXPECT_EQ(hello.wired(0).token(), "t1");
+  // The agent counts the session once it reads the ManagerHello.
+  const absl::Time deadline = absl::Now() + kWait;
+  while (agent.session().sessions_established() < 2 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(agent.session().sessions_established(), 2u);
+}
+
+TEST(AgentSessionTest, ManagerDownAtStart_AgentConnectsOnceItComesUp) {
+  SimBackend sim = MakeSim();
+  const int port = UnusedPort();
+  RunningAgent agent(Options(absl::StrCat("127.0.0.1:", port)), sim);
+  absl::SleepFor(absl::Milliseconds(300));  // Let a few attempts fail.
+
+  FakeManager manager;
+  ManagerServer server(manager, port);
+  ASSERT_TRUE(server.started());
+
+  EXPECT_TRUE(manager.WaitForHellos(1));
+}
+
+TEST(AgentSessionTest, Shutdown_WhileBackingOff_ReturnsPromptly) {
+  SimBackend sim = MakeSim();
+  AgentSessionOptions options =
+      Options(absl::StrCat("127.0.0.1:", UnusedPort()));
+  options.initial_backoff = absl::Seconds(30);
+  options.max_backoff = absl::Seconds(30);
+  RunningAgent agent(options, sim);
+  absl::SleepFor(absl::Milliseconds(300));  // First attempt fails; sleeping.
+
+  EXPECT_LT(agent.Stop(), absl::Seconds(1));
+}
+
+TEST(AgentSessionTest, Shutdown_WhileConnected_ReturnsPromptly) {
+  SimBackend sim = MakeSim();
+  FakeManager manager;
+  ManagerServer server(manager);
+  ASSERT_TRUE(server.started());
+  RunningAgent agent(Options(server.address()), sim);
+  ASSERT_TRUE(manager.WaitForHellos(1));
+
+  EXPECT_LT(agent.Stop(), absl::Seconds(1));
+}
+
+}  // namespace
+}  // namespace agent
+}  // namespace irqbypass

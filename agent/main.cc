@@ -1,0 +1,267 @@
+// irqbypass-agent: the node agent, one per host. Keeps a session with the
+// manager (irqbypassd) and executes its connect/disconnect commands on the
+// chosen backend. SIGTERM/SIGINT shut it down gracefully (exit 0); bad flag
+// values exit 2 with a message naming the flag.
+#include <limits.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
+#include "absl/time/time.h"
+#include "agent/agent_session.h"
+#include "agent/sim_backend.h"
+#include "common/log.h"
+
+ABSL_FLAG(std::string, manager, "127.0.0.1:50051",
+          "The manager's AgentControl address, HOST:PORT.");
+ABSL_FLAG(std::string, node, "",
+          "This host's node name, as producers and consumers name it "
+          "(default: the hostname).");
+ABSL_FLAG(std::string, backend, "sim", "Backend: sim or kvm.");
+ABSL_FLAG(std::string, sim_vms, "",
+          "sim: comma-separated VM names on this host (empty: every VM "
+          "exists).");
+ABSL_FLAG(std::string, sim_devices, "",
+          "sim: comma-separated PCI addresses of the devices on this host "
+          "(empty: every device exists).");
+ABSL_FLAG(std::string, sim_fail_step, "",
+          "sim, for tests: STEP:ERRNO makes every STEP (add_consumer or "
+          "add_producer) fail with ERRNO (a name such as EIO, or a number).");
+ABSL_FLAG(std::string, sim_step_delay_ms, "0",
+          "sim, for tests: sleep N milliseconds in every add step.");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error.");
+ABSL_FLAG(std::string, log_format, "kv", "kv (key=value) or json.");
+
+namespace irqbypass {
+namespace agent {
+namespace {
+
+constexpr char kAgentVersion[] = "0.1.0";
+constexpr int kExitUsage = 2;
+
+// Reports a bad flag value and exits with kExitUsage.
+[[noreturn]] void FlagError(absl::string_view flag, absl::string_view what) {
+  std::fprintf(stderr, "irqbypass-agent: --%s: %s\n", std::string(flag).c_str(),
+               std::string(what).c_str());
+  std::exit(kExitUsage);
+}
+
+// absl's own flags, which FindCommandLineFlag does not know.
+bool IsAbslBuiltinFlag(absl::string_view name) {
+  for (absl::string_view builtin :
+       {"help", "helpfull", "helpshort", "helppackage", "helpon", "helpmatch",
+        "version", "only_check_args", "flagfile", "fromenv", "tryfromenv",
+        "undefok"}) {
+    if (name == builtin) return true;
+  }
+  return false;
+}
+
+// absl exits 1 on an unknown flag; every usage error here exits 2.
+void RejectUnknownFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "-")) continue;
+    absl::ConsumePrefix(&arg, "-");
+    const absl::string_view name = arg.substr(0, arg.find('='));
+    if (name.empty() || IsAbslBuiltinFlag(name) ||
+        absl::FindCommandLineFlag(name) != nullptr) {
+      continue;
+    }
+    absl::string_view negated = name;  // --nofoo for a boolean --foo
+    if (absl::ConsumePrefix(&negated, "no") &&
+        absl::FindCommandLineFlag(negated) != nullptr) {
+      continue;
+    }
+    FlagError(name, "unknown flag (see --help)");
+  }
+}
+
+std::string Hostname() {
+  char name[HOST_NAME_MAX + 1] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "";
+  return name;
+}
+
+// The node name: 1..256 bytes of printable ASCII without spaces (as tokens).
+bool ValidNodeName(absl::string_view node) {
+  if (node.empty() || node.size() > 256) return false;
+  for (char c : node) {
+    if (c <= ' ' || c > '~') return false;
+  }
+  return true;
+}
+
+// HOST:PORT with a port in 1..65535, or a target with a gRPC URI scheme
+// ("dns:///...", "unix:...", "ipv4:...") passed through as is.
+bool ValidManagerAddress(absl::string_view address) {
+  if (address.empty()) return false;
+  if (absl::StrContains(address, "://") || absl::StartsWith(address, "unix:") ||
+      absl::StartsWith(address, "ipv4:") ||
+      absl::StartsWith(address, "ipv6:")) {
+    return true;
+  }
+  const size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0) return false;
+  int port = 0;
+  return absl::SimpleAtoi(address.substr(colon + 1), &port) && port > 0 &&
+         port <= 65535;
+}
+
+// "a, b,,c" -> {a, b, c}; nullopt for an empty list (everything exists).
+std::optional<absl::flat_hash_set<std::string>> ParseNameList(
+    absl::string_view flag, absl::string_view value) {
+  absl::flat_hash_set<std::string> names;
+  for (absl::string_view part : absl::StrSplit(value, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    if (part.empty()) continue;
+    if (!ValidNodeName(part)) {
+      FlagError(flag, absl::StrCat("bad name \"", part, "\""));
+    }
+    names.insert(std::string(part));
+  }
+  if (names.empty()) return std::nullopt;
+  return names;
+}
+
+SimBackendOptions SimOptionsFromFlags(const std::string& node) {
+  SimBackendOptions options;
+  options.node = node;
+  options.vms = ParseNameList("sim_vms", absl::GetFlag(FLAGS_sim_vms));
+  options.devices =
+      ParseNameList("sim_devices", absl::GetFlag(FLAGS_sim_devices));
+
+  const std::string fail_step = absl::GetFlag(FLAGS_sim_fail_step);
+  if (!fail_step.empty()) {
+    absl::StatusOr<SimFault> fault = ParseSimFault(fail_step);
+    if (!fault.ok()) FlagError("sim_fail_step", fault.status().message());
+    options.fault = *fault;
+  }
+
+  const std::string delay = absl::GetFlag(FLAGS_sim_step_delay_ms);
+  int delay_ms = 0;
+  if (!absl::SimpleAtoi(delay, &delay_ms) || delay_ms < 0) {
+    FlagError(
+        "sim_step_delay_ms",
+        absl::StrCat("\"", delay, "\": want a number of milliseconds >= 0"));
+  }
+  options.add_step_delay = absl::Milliseconds(delay_ms);
+  return options;
+}
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "irqbypass node agent.\n  irqbypass-agent --manager=HOST:PORT "
+      "[--node=NAME] [--backend=sim]");
+  absl::FlagsUsageConfig usage_config;
+  usage_config.version_string = [] {
+    return absl::StrCat("irqbypass-agent ", kAgentVersion, "\n");
+  };
+  // --help lists this file's flags (absl's default matches the file name).
+  usage_config.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "agent/main.cc");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
+  RejectUnknownFlags(argc, argv);
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    std::fprintf(stderr, "irqbypass-agent: unexpected argument \"%s\"\n",
+                 rest[1]);
+    return kExitUsage;
+  }
+
+  LogLevel level;
+  if (!ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    FlagError("log_level", absl::StrCat("\"", absl::GetFlag(FLAGS_log_level),
+                                        "\": want debug, info, warn or error"));
+  }
+  LogFormat format;
+  if (!ParseLogFormat(absl::GetFlag(FLAGS_log_format), &format)) {
+    FlagError("log_format", absl::StrCat("\"", absl::GetFlag(FLAGS_log_format),
+                                         "\": want kv or json"));
+  }
+  SetLogLevel(level);
+  SetLogFormat(format);
+
+  const std::string manager = absl::GetFlag(FLAGS_manager);
+  if (!ValidManagerAddress(manager)) {
+    FlagError("manager", absl::StrCat("\"", manager, "\": want HOST:PORT"));
+  }
+  std::string node = absl::GetFlag(FLAGS_node);
+  if (node.empty()) node = Hostname();
+  if (!ValidNodeName(node)) {
+    FlagError("node", absl::StrCat("\"", node,
+                                   "\": want 1..256 printable characters "
+                                   "without spaces"));
+  }
+
+  const std::string backend_name = absl::GetFlag(FLAGS_backend);
+  std::unique_ptr<Backend> backend;
+  if (backend_name == "sim") {
+    backend = std::make_unique<SimBackend>(SimOptionsFromFlags(node));
+  } else if (backend_name == "kvm") {
+    FlagError("backend", "backend kvm is not built yet (use --backend=sim)");
+  } else {
+    FlagError("backend", absl::StrCat("unknown backend \"", backend_name,
+                                      "\" (want sim or kvm)"));
+  }
+
+  // Block the shutdown signals before any thread starts (gRPC's included),
+  // so they are delivered only to sigwait below.
+  sigset_t shutdown_signals;
+  sigemptyset(&shutdown_signals);
+  sigaddset(&shutdown_signals, SIGTERM);
+  sigaddset(&shutdown_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &shutdown_signals, nullptr);
+
+  AgentSessionOptions session_options;
+  session_options.manager_address = manager;
+  session_options.node = node;
+  session_options.agent_version = kAgentVersion;
+  AgentSession session(session_options, *backend);
+
+  LogInfo("agent started", {{"node", node},
+                            {"manager", manager},
+                            {"backend", backend->Name()},
+                            {"version", kAgentVersion}});
+  std::thread session_thread([&session] { session.Run(); });
+
+  int signal_number = 0;
+  while (sigwait(&shutdown_signals, &signal_number) != 0) {
+  }
+  LogInfo("agent stopping",
+          {{"node", node},
+           {"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  session.Shutdown();
+  session_thread.join();
+  LogInfo("agent stopped", {{"node", node}});
+  return 0;
+}
+
+}  // namespace
+}  // namespace agent
+}  // namespace irqbypass
+
+int main(int argc, char** argv) { return irqbypass::agent::Main(argc, argv); }

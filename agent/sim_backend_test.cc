@@ -1,0 +1,310 @@
+#include "agent/sim_backend.h"
+
+#include <cerrno>
+#include <string>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace irqbypass {
+namespace agent {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
+
+v1::Producer MakeProducer(const std::string& device, uint32_t vector,
+                          v1::IrqIndex index = v1::IRQ_INDEX_MSIX) {
+  v1::Producer producer;
+  producer.set_node("n1");
+  producer.set_device(device);
+  producer.set_vector(vector);
+  producer.set_index(index);
+  return producer;
+}
+
+v1::Consumer MakeConsumer(const std::string& vm, uint32_t gsi) {
+  v1::Consumer consumer;
+  consumer.set_node("n1");
+  consumer.set_vm(vm);
+  consumer.set_gsi(gsi);
+  return consumer;
+}
+
+SimBackendOptions Options() {
+  SimBackendOptions options;
+  options.node = "n1";
+  return options;
+}
+
+// The usual objects: a device vector and a VM GSI.
+v1::Producer Dev() { return MakeProducer("0000:3b:00.1", 3); }
+v1::Consumer Vm() { return MakeConsumer("vm-1", 40); }
+
+// Both add steps, as a connect runs them.
+void Wire(SimBackend& sim, const std::string& token, const v1::Producer& p,
+          const v1::Consumer& c) {
+  ASSERT_TRUE(sim.AddConsumer(token, p, c).ok());
+  ASSERT_TRUE(sim.AddProducer(token, p, c).ok());
+}
+
+TEST(SimBackendTest, Name_IsSim) {
+  SimBackend sim(Options());
+  EXPECT_EQ(sim.Name(), "sim");
+}
+
+TEST(SimBackendTest, NoVmOrDeviceList_EverythingExists) {
+  SimBackend sim(Options());
+
+  EXPECT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
+  EXPECT_TRUE(sim.AddProducer("t1", Dev(), Vm()).ok());
+}
+
+TEST(SimBackendTest, AddProducer_VmNotHeld_FailsWithEnoentNamingVmAndNode) {
+  SimBackendOptions options = Options();
+  options.vms = absl::flat_hash_set<std::string>{"vm-a"};
+  SimBackend sim(std::move(options));
+
+  const StepResult result =
+      sim.AddProducer("t1", Dev(), MakeConsumer("vm-x", 40));
+
+  EXPECT_EQ(result.errno_value(), ENOENT);
+  EXPECT_EQ(result.message(), "vm \"vm-x\" not held by agent on node n1");
+  EXPECT_TRUE(sim.AddProducer("t1", Dev(), MakeConsumer("vm-a", 40)).ok());
+}
+
+TEST(SimBackendTest, AddConsumer_DeviceNotHeld_FailsWithEnoentNamingDevice) {
+  SimBackendOptions options = Options();
+  options.devices = absl::flat_hash_set<std::string>{"0000:3b:00.0"};
+  SimBackend sim(std::move(options));
+
+  const StepResult result =
+      sim.AddConsumer("t1", MakeProducer("0000:3b:00.1", 3), Vm());
+
+  EXPECT_EQ(result.errno_value(), ENOENT);
+  EXPECT_EQ(result.message(),
+            "device \"0000:3b:00.1\" not held by agent on node n1");
+  EXPECT_TRUE(
+      sim.AddConsumer("t1", MakeProducer("0000:3b:00.0", 3), Vm()).ok());
+}
+
+TEST(SimBackendTest, AddConsumer_VectorBoundToOtherToken_FailsWithEbusy) {
+  SimBackend sim(Options());
+  ASSERT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
+
+  const StepResult result =
+      sim.AddConsumer("t2", Dev(), MakeConsumer("vm-2", 41));
+
+  EXPECT_EQ(result.errno_value(), EBUSY);
+  EXPECT_THAT(result.message(), HasSubstr("token \"t1\""));
+}
+
+TEST(SimBackendTest, AddConsumer_UnspecifiedIndexIsMsix_SoSameVectorIsBusy) {
+  SimBackend sim(Options());
+  ASSERT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
+
+  const StepResult result = sim.AddConsumer(
+      "t2", MakeProducer("0000:3b:00.1", 3, v1::IRQ_INDEX_UNSPECIFIED), Vm());
+
+  EXPECT_EQ(result.errno_value(), EBUSY);
+}
+
+TEST(SimBackendTest, AddConsumer_SameVectorNumberOnOtherIndex_Succeeds) {
+  SimBackend sim(Options());
+  ASSERT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
+
+  EXPECT_TRUE(
+      sim.AddConsumer("t2", MakeProducer("0000:3b:00.1", 3, v1::IRQ_INDEX_MSI),
+                      Vm())
+          .ok());
+}
+
+TEST(SimBackendTest,
+     AddConsumer_TokenAlreadyDrivesAnotherVector_FailsWithEbusy) {
+  SimBackend sim(Options());
+  ASSERT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
+
+  const StepResult result =
+      sim.AddConsumer("t1", MakeProducer("0000:3b:00.1", 4), Vm());
+
+  EXPECT_EQ(result.errno_value(), EBUSY);
+}
+
+TEST(SimBackendTest, AddSteps_SameTokenSameObjects_AreIdempotent) {
+  SimBackend sim(Options());
+  Wire(sim, "t1", Dev(), Vm());
+
+  EXPECT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
+  EXPECT_TRUE(sim.AddProducer("t1", Dev(), Vm()).ok());
+  EXPECT_THAT(sim.Inventory(), SizeIs(1));
+}
+
+TEST(SimBackendTest, AddProducer_GsiBoundToOtherToken_FailsWithEbusy) {
+  SimBackend sim(Options());
+  ASSERT_TRUE(sim.AddProducer("t1", Dev(), Vm()).ok());
+
+  const StepResult result =
+      sim.AddProducer("t2", MakeProducer("0000:3b:00.1", 9), Vm());
+
+  EXPECT_EQ(result.errno_value(), EBUSY);
+  EXPECT_THAT(result.message(), HasSubstr("token \"t1\""));
+}
+
+TEST(SimBackendTest, AddProducer_SameGsiInAnotherVm_Succeeds) {
+  SimBackend sim(Options());
+  ASSERT_TRUE(sim.AddProducer("t1", Dev(), Vm()).ok());
+
+  EXPECT_TRUE(sim.AddProducer("t2", Dev(), MakeConsumer("vm-2", 40)).ok());
+}
+
+TEST(SimBackendTest, AddProducer_GsiAtOrAbove4096_FailsWithEinval) {
+  SimBackend sim(Options());
+
+  const StepResult result =
+      sim.AddProducer("t1", Dev(), MakeConsumer("vm-1", 4096));
+
+  EXPECT_EQ(result.errno_value(), EINVAL);
+  EXPECT_THAT(result.message(), HasSubstr("gsi 4096"));
+  EXPECT_TRUE(sim.AddProducer("t1", Dev(), MakeConsumer("vm-1", 4095)).ok());
+}
+
+TEST(SimBackendTest, Inventory_ListsOnlyTokensWithBothSidesWired) {
+  SimBackend sim(Options());
+  Wire(sim, "both", Dev(), Vm());
+  ASSERT_TRUE(
+      sim.AddConsumer("producer-only", MakeProducer("0000:3b:00.1", 5), Vm())
+          .ok());
+  ASSERT_TRUE(
+      sim.AddProducer("consumer-only", Dev(), MakeConsumer("vm-1", 41)).ok());
+
+  const std::vector<v1::WiredPair> pairs = sim.Inventory();
+
+  ASSERT_THAT(pairs, SizeIs(1));
+  EXPECT_EQ(pairs[0].token(), "both");
+}
+
+TEST(SimBackendTest, Inventory_ReportsProducerAndConsumerExactlyAsGiven) {
+  SimBackend sim(Options());
+  const v1::Producer producer =
+      MakeProducer("0000:3b:00.1", 3, v1::IRQ_INDEX_UNSPECIFIED);
+  Wire(sim, "t1", producer, Vm());
+
+  const std::vector<v1::WiredPair> pairs = sim.Inventory();
+
+  ASSERT_THAT(pairs, SizeIs(1));
+  EXPECT_EQ(pairs[0].producer().SerializeAsString(),
+            producer.SerializeAsString());
+  EXPECT_EQ(pairs[0].consumer().SerializeAsString(), Vm().SerializeAsString());
+}
+
+TEST(SimBackendTest, Del_NothingWired_IsNoOpAndSucceeds) {
+  SimBackend sim(Options());
+
+  EXPECT_TRUE(sim.DelProducer("t1", Dev(), Vm()).ok());
+  EXPECT_TRUE(sim.DelConsumer("t1", Dev(), Vm()).ok());
+  EXPECT_THAT(sim.Inventory(), IsEmpty());
+}
+
+TEST(SimBackendTest, Del_BothSides_UnwiresAndFreesObjectsForOtherTokens) {
+  SimBackend sim(Options());
+  Wire(sim, "t1", Dev(), Vm());
+
+  ASSERT_TRUE(sim.DelProducer("t1", Dev(), Vm()).ok());
+  ASSERT_TRUE(sim.DelConsumer("t1", Dev(), Vm()).ok());
+
+  EXPECT_THAT(sim.Inventory(), IsEmpty());
+  EXPECT_TRUE(sim.AddConsumer("t2", Dev(), Vm()).ok());
+  EXPECT_TRUE(sim.AddProducer("t2", Dev(), Vm()).ok());
+}
+
+TEST(SimBackendTest, DelProducer_OneSide_RemovesPairFromInventory) {
+  SimBackend sim(Options());
+  Wire(sim, "t1", Dev(), Vm());
+
+  ASSERT_TRUE(sim.DelProducer("t1", Dev(), Vm()).ok());
+
+  EXPECT_THAT(sim.Inventory(), IsEmpty());
+}
+
+TEST(SimBackendTest, Del_OtherTokenOrOtherObject_LeavesWiringAlone) {
+  SimBackend sim(Options());
+  Wire(sim, "t1", Dev(), Vm());
+
+  ASSERT_TRUE(sim.DelProducer("t2", Dev(), Vm()).ok());
+  ASSERT_TRUE(sim.DelConsumer("t2", Dev(), Vm()).ok());
+  ASSERT_TRUE(sim.DelProducer("t1", Dev(), MakeConsumer("vm-1", 41)).ok());
+  ASSERT_TRUE(
+      sim.DelConsumer("t1", MakeProducer("0000:3b:00.1", 4), Vm()).ok());
+
+  EXPECT_THAT(sim.Inventory(), SizeIs(1));
+}
+
+TEST(SimBackendTest, FaultAddProducer_FailsWithGivenErrnoAndWiresNothing) {
+  SimBackendOptions options = Options();
+  options.fault = SimFault{SimStep::kAddProducer, EIO};
+  SimBackend sim(std::move(options));
+
+  EXPECT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
+  const StepResult result = sim.AddProducer("t1", Dev(), Vm());
+
+  EXPECT_EQ(result.errno_value(), EIO);
+  EXPECT_THAT(result.message(), HasSubstr("add_producer"));
+  EXPECT_THAT(sim.Inventory(), IsEmpty());
+}
+
+TEST(SimBackendTest, FaultAddConsumer_FailsWithGivenErrno) {
+  SimBackendOptions options = Options();
+  options.fault = SimFault{SimStep::kAddConsumer, 5};
+  SimBackend sim(std::move(options));
+
+  EXPECT_EQ(sim.AddConsumer("t1", Dev(), Vm()).errno_value(), 5);
+  EXPECT_TRUE(sim.AddProducer("t1", Dev(), Vm()).ok());
+}
+
+TEST(SimBackendTest, StepDelay_MakesEachAddStepTakeAtLeastThatLong) {
+  SimBackendOptions options = Options();
+  options.add_step_delay = absl::Milliseconds(50);
+  SimBackend sim(std::move(options));
+
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
+  ASSERT_TRUE(sim.AddProducer("t1", Dev(), Vm()).ok());
+
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(100));
+}
+
+TEST(ParseSimFaultTest, StepAndErrnoName_Parse) {
+  absl::StatusOr<SimFault> fault = ParseSimFault("add_producer:EIO");
+
+  ASSERT_TRUE(fault.ok()) << fault.status();
+  EXPECT_EQ(fault->step, SimStep::kAddProducer);
+  EXPECT_EQ(fault->errno_value, EIO);
+}
+
+TEST(ParseSimFaultTest, StepAndErrnoNumber_Parse) {
+  absl::StatusOr<SimFault> fault = ParseSimFault("add_consumer:5");
+
+  ASSERT_TRUE(fault.ok()) << fault.status();
+  EXPECT_EQ(fault->step, SimStep::kAddConsumer);
+  EXPECT_EQ(fault->errno_value, 5);
+}
+
+TEST(ParseSimFaultTest, BadSpecs_AreInvalidArgument) {
+  for (const char* spec :
+       {"", "add_producer", "add_producer:", "start:EIO", "add_producer:ENOPE",
+        "add_producer:0", "add_producer:-3"}) {
+    EXPECT_EQ(ParseSimFault(spec).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << spec;
+  }
+}
+
+}  // namespace
+}  // namespace agent
+}  // namespace irqbypass

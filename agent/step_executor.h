@@ -1,0 +1,61 @@
+// StepExecutor: runs the steps of one AgentControl Command against a Backend
+// and builds its CommandAck. The agent session calls it once per Command, in
+// the order received.
+//
+// The rules are generic (agent.proto, Step):
+//   * steps run in order;
+//   * once a step has failed, later steps run only if marked `always` (the
+//     start steps);
+//   * on the first failure, before anything else, the `undo` kinds of the
+//     steps completed so far run in reverse order (for connect: DEL_CONSUMER
+//     undoes ADD_CONSUMER when ADD_PRODUCER fails);
+//   * stop/start/del steps cannot fail; a backend error from a del step is
+//     logged and otherwise ignored.
+// The ack reports the first failure (step, errno exactly as the backend gave
+// it, message) and `executed`: every step kind that ran, undos included.
+//
+// Thread-safety: holds no state besides the Backend reference; as thread-safe
+// as the Backend (all backends are thread-safe).
+#ifndef IRQBYPASS_AGENT_STEP_EXECUTOR_H_
+#define IRQBYPASS_AGENT_STEP_EXECUTOR_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "agent/backend.h"
+#include "protos/irqbypass/v1/agent.pb.h"
+
+namespace irqbypass {
+namespace agent {
+
+class StepExecutor {
+ public:
+  // `backend` must outlive the executor.
+  explicit StepExecutor(Backend& backend) : backend_(backend) {}
+
+  // Runs `command` and returns its ack (same id). Never fails itself: a
+  // malformed command (see ValidateCommand) runs no step and is acked with
+  // ok=false, failed_step=STEP_UNSPECIFIED, errno_value=EINVAL.
+  v1::CommandAck Execute(const v1::Command& command);
+
+ private:
+  StepResult RunStep(v1::StepKind kind, const v1::Command& command);
+
+  Backend& backend_;
+};
+
+// OK if `command` can be executed: kind CONNECT or DISCONNECT, a token, a
+// producer with a device, a consumer with a vm, at least one step, and every
+// step's kind (and undo, if set) a known StepKind. Otherwise
+// INVALID_ARGUMENT naming the offending field, e.g. "steps[2].kind: unknown
+// step kind 42".
+absl::Status ValidateCommand(const v1::Command& command);
+
+// "add_producer" for ADD_PRODUCER; "step_unspecified"; "step_<n>" for a value
+// without a name. Used in logs and by the manager's error details.
+std::string StepName(v1::StepKind kind);
+
+}  // namespace agent
+}  // namespace irqbypass
+
+#endif  // IRQBYPASS_AGENT_STEP_EXECUTOR_H_

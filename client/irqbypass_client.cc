@@ -1,0 +1,254 @@
+#include "client/irqbypass_client.h"
+
+#include <utility>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/support/channel_arguments.h"
+
+namespace irqbypass::client {
+namespace {
+
+using ::irqbypass::v1::Binding;
+using ::irqbypass::v1::BindingEvent;
+using ::irqbypass::v1::BypassManager;
+using ::irqbypass::v1::Consumer;
+using ::irqbypass::v1::ListBindingsResponse;
+using ::irqbypass::v1::Producer;
+
+constexpr char kUserAgentPrefix[] = "irqbypass-client";
+
+absl::Status ValidateOptions(const ClientOptions& options) {
+  if (options.call_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("call_timeout must be positive, got ",
+                     absl::FormatDuration(options.call_timeout)));
+  }
+  if (options.watch_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("watch_timeout must be positive, got ",
+                     absl::FormatDuration(options.watch_timeout)));
+  }
+  return absl::OkStatus();
+}
+
+// An infinite timeout leaves the context without a deadline.
+void SetTimeout(absl::Duration timeout, grpc::ClientContext* context) {
+  if (timeout == absl::InfiniteDuration()) return;
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+}  // namespace
+
+// --- WatchCanceller ---
+
+void WatchCanceller::Cancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  // TryCancel only flags the call and never calls back into us, so holding
+  // mu_ is safe; it also keeps context_ alive until Detach().
+  if (context_ != nullptr) context_->TryCancel();
+}
+
+bool WatchCanceller::IsCancelled() const {
+  absl::MutexLock lock(&mu_);
+  return cancelled_;
+}
+
+bool WatchCanceller::Attach(grpc::ClientContext* context) {
+  absl::MutexLock lock(&mu_);
+  if (cancelled_) return false;
+  context_ = context;
+  return true;
+}
+
+void WatchCanceller::Detach() {
+  absl::MutexLock lock(&mu_);
+  context_ = nullptr;
+}
+
+// --- Client ---
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(
+    const std::string& target, ClientOptions options) {
+  if (target.empty()) {
+    return absl::InvalidArgumentError("target must not be empty");
+  }
+  if (absl::Status status = ValidateOptions(options); !status.ok()) {
+    return status;
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      options.credentials != nullptr ? options.credentials
+                                     : grpc::InsecureChannelCredentials();
+  grpc::ChannelArguments args;
+  args.SetUserAgentPrefix(kUserAgentPrefix);
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(target, credentials, args);
+  if (channel == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("cannot create a gRPC channel to ", target));
+  }
+  return CreateWithChannel(std::move(channel), std::move(options));
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::CreateWithChannel(
+    std::shared_ptr<grpc::ChannelInterface> channel, ClientOptions options) {
+  if (channel == nullptr) {
+    return absl::InvalidArgumentError("channel must not be null");
+  }
+  if (absl::Status status = ValidateOptions(options); !status.ok()) {
+    return status;
+  }
+  return std::unique_ptr<Client>(
+      new Client(BypassManager::NewStub(channel), std::move(options)));
+}
+
+Client::Client(std::unique_ptr<BypassManager::StubInterface> stub,
+               ClientOptions options)
+    : stub_(std::move(stub)), options_(std::move(options)) {}
+
+template <typename Response, typename Rpc>
+absl::StatusOr<Response> Client::CallUnary(const Rpc& rpc) const {
+  grpc::ClientContext context;
+  SetTimeout(options_.call_timeout, &context);
+  Response response;
+  grpc::Status status = rpc(&context, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+absl::StatusOr<RegisterResult> Client::RegisterProducer(
+    const Producer& producer) const {
+  v1::RegisterProducerRequest request;
+  *request.mutable_producer() = producer;
+  absl::StatusOr<v1::RegisterProducerResponse> response =
+      CallUnary<v1::RegisterProducerResponse>(
+          [&](grpc::ClientContext* context, v1::RegisterProducerResponse* out) {
+            return stub_->RegisterProducer(context, request, out);
+          });
+  if (!response.ok()) return response.status();
+  return RegisterResult{response->registration_id(), response->connected()};
+}
+
+absl::StatusOr<RegisterResult> Client::RegisterConsumer(
+    const Consumer& consumer) const {
+  v1::RegisterConsumerRequest request;
+  *request.mutable_consumer() = consumer;
+  absl::StatusOr<v1::RegisterConsumerResponse> response =
+      CallUnary<v1::RegisterConsumerResponse>(
+          [&](grpc::ClientContext* context, v1::RegisterConsumerResponse* out) {
+            return stub_->RegisterConsumer(context, request, out);
+          });
+  if (!response.ok()) return response.status();
+  return RegisterResult{response->registration_id(), response->connected()};
+}
+
+absl::StatusOr<bool> Client::UnregisterProducer(
+    const std::string& token, const std::string& registration_id) const {
+  v1::UnregisterProducerRequest request;
+  request.set_token(token);
+  request.set_registration_id(registration_id);
+  absl::StatusOr<v1::UnregisterProducerResponse> response =
+      CallUnary<v1::UnregisterProducerResponse>(
+          [&](grpc::ClientContext* context,
+              v1::UnregisterProducerResponse* out) {
+            return stub_->UnregisterProducer(context, request, out);
+          });
+  if (!response.ok()) return response.status();
+  return response->disconnected();
+}
+
+absl::StatusOr<bool> Client::UnregisterConsumer(
+    const std::string& token, const std::string& registration_id) const {
+  v1::UnregisterConsumerRequest request;
+  request.set_token(token);
+  request.set_registration_id(registration_id);
+  absl::StatusOr<v1::UnregisterConsumerResponse> response =
+      CallUnary<v1::UnregisterConsumerResponse>(
+          [&](grpc::ClientContext* context,
+              v1::UnregisterConsumerResponse* out) {
+            return stub_->UnregisterConsumer(context, request, out);
+          });
+  if (!response.ok()) return response.status();
+  return response->disconnected();
+}
+
+absl::StatusOr<Binding> Client::GetBinding(const std::string& token) const {
+  v1::GetBindingRequest request;
+  request.set_token(token);
+  return CallUnary<Binding>([&](grpc::ClientContext* context, Binding* out) {
+    return stub_->GetBinding(context, request, out);
+  });
+}
+
+absl::StatusOr<ListBindingsResponse> Client::ListBindings(
+    const std::string& node, int32_t page_size,
+    const std::string& page_token) const {
+  v1::ListBindingsRequest request;
+  request.set_node(node);
+  request.set_page_size(page_size);
+  request.set_page_token(page_token);
+  return CallUnary<ListBindingsResponse>(
+      [&](grpc::ClientContext* context, ListBindingsResponse* out) {
+        return stub_->ListBindings(context, request, out);
+      });
+}
+
+absl::StatusOr<std::vector<Binding>> Client::ListAllBindings(
+    const std::string& node, int32_t page_size) const {
+  std::vector<Binding> bindings;
+  std::string page_token;
+  do {
+    absl::StatusOr<ListBindingsResponse> page =
+        ListBindings(node, page_size, page_token);
+    if (!page.ok()) return page.status();
+    for (Binding& binding : *page->mutable_bindings()) {
+      bindings.push_back(std::move(binding));
+    }
+    if (!page->next_page_token().empty() &&
+        page->next_page_token() == page_token) {
+      return absl::InternalError(
+          absl::StrCat("ListBindings returned the page token it was given (\"",
+                       page_token, "\"); stopping to avoid a loop"));
+    }
+    page_token = page->next_page_token();
+  } while (!page_token.empty());
+  return bindings;
+}
+
+absl::Status Client::WatchBindings(const v1::WatchBindingsRequest& request,
+                                   const BindingEventCallback& on_event,
+                                   WatchCanceller* canceller) const {
+  // Destruction order matters: the reader goes first, then the canceller lets
+  // go of the context, then the context itself.
+  grpc::ClientContext context;
+  SetTimeout(options_.watch_timeout, &context);
+  if (canceller != nullptr && !canceller->Attach(&context)) {
+    return absl::OkStatus();
+  }
+  absl::Cleanup detach = [canceller] {
+    if (canceller != nullptr) canceller->Detach();
+  };
+
+  std::unique_ptr<grpc::ClientReaderInterface<BindingEvent>> reader =
+      stub_->WatchBindings(&context, request);
+  BindingEvent event;
+  bool stopped_by_callback = false;
+  while (reader->Read(&event)) {
+    if (!on_event(event)) {
+      stopped_by_callback = true;
+      context.TryCancel();
+      break;
+    }
+  }
+  grpc::Status status = reader->Finish();
+  if (stopped_by_callback) return absl::OkStatus();
+  if (status.error_code() == grpc::StatusCode::CANCELLED &&
+      canceller != nullptr && canceller->IsCancelled()) {
+    return absl::OkStatus();
+  }
+  return FromGrpcStatus(status);
+}
+
+}  // namespace irqbypass::client

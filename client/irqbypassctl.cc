@@ -1,0 +1,513 @@
+// irqbypassctl: command-line front end to irqbypassd (service
+// irqbypass.v1.BypassManager), built on irqbypass::client::Client.
+//
+//   irqbypassctl [--server=HOST:PORT] [--output=text|json] [--timeout=10s]
+//                <command> [command flags]
+//
+// Commands: register-producer, register-consumer, unregister-producer,
+// unregister-consumer, get, list, watch (see kUsage below or --help).
+//
+// All commands share one absl flag namespace. The command line is parsed here
+// rather than by absl::ParseCommandLine so that every usage error (unknown
+// flag, bad value, a flag that does not belong to the command, a missing
+// required flag) exits with code 2 before any server is contacted.
+//
+// Output: text by default; with --output=json one JSON object per line on
+// stdout, errors included ({"error":{...}}). In text mode errors go to stderr.
+//
+// Exit codes (ctl_format.h, ExitCodeForStatus):
+//   0 ok; 1 other/internal error; 2 invalid arguments (INVALID_ARGUMENT or
+//   bad command line); 3 NOT_FOUND; 4 ALREADY_EXISTS; 5 connect failed
+//   (FAILED_PRECONDITION, reason CONNECT_FAILED); 6 other FAILED_PRECONDITION
+//   (node mismatch, registration id mismatch); 7 UNAVAILABLE; 8
+//   DEADLINE_EXCEEDED.
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/flags/commandlineflag.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "client/ctl_format.h"
+#include "client/irqbypass_client.h"
+#include "protos/irqbypass/v1/irqbypass.pb.h"
+
+// Global flags.
+ABSL_FLAG(std::string, server, "127.0.0.1:50051",
+          "irqbypassd address HOST:PORT (env IRQBYPASS_SERVER when the flag "
+          "is not given)");
+ABSL_FLAG(std::string, output, "text", "Output format: text or json");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10),
+          "Deadline of each call, e.g. 10s or 500ms; for watch it bounds the "
+          "whole watch, and only when given");
+
+// Command flags.
+ABSL_FLAG(std::string, token, "", "Pairing token");
+ABSL_FLAG(std::string, node, "", "Node (agent --node name)");
+ABSL_FLAG(std::string, device, "", "PCI address of the VFIO device");
+ABSL_FLAG(uint32_t, vector, 0, "Vector within the interrupt index");
+ABSL_FLAG(std::string, index, "msix", "Interrupt index: msix, msi or intx");
+ABSL_FLAG(std::string, vm, "", "VM name as the node agent knows it");
+ABSL_FLAG(uint32_t, gsi, 0, "Guest GSI");
+ABSL_FLAG(std::string, registration_id, "",
+          "Only unregister this registration");
+ABSL_FLAG(int32_t, page_size, 0,
+          "Bindings per ListBindings page (0: server "
+          "default)");
+ABSL_FLAG(bool, include_existing, false,
+          "watch: first report every current binding");
+ABSL_FLAG(int64_t, max_events, 0,
+          "watch: exit after this many events "
+          "(0: no limit)");
+
+namespace irqbypass::ctl {
+namespace {
+
+constexpr char kProgram[] = "irqbypassctl";
+constexpr char kServerEnv[] = "IRQBYPASS_SERVER";
+
+constexpr char kUsage[] =
+    R"(Usage: irqbypassctl [global flags] <command> [command flags]
+
+Calls irqbypassd, the IRQ bypass manager (irqbypass.v1.BypassManager).
+
+Commands:
+  register-producer --token=T --node=N --device=BDF --vector=V
+                    [--index=msix|msi|intx]
+  register-consumer --token=T --node=N --vm=NAME --gsi=G
+  unregister-producer --token=T [--registration_id=ID]
+  unregister-consumer --token=T [--registration_id=ID]
+  get --token=T
+  list [--node=N] [--page_size=N]          (follows all pages)
+  watch [--node=N] [--include_existing] [--max_events=N]
+                                           (one line per event)
+
+Global flags:
+  --server=HOST:PORT   irqbypassd address (default 127.0.0.1:50051; the
+                       environment variable IRQBYPASS_SERVER is used when the
+                       flag is not given)
+  --output=text|json   text (default), or one JSON object per line on stdout,
+                       errors included as {"error":{"code","message","detail"}}
+  --timeout=DURATION   deadline of each call, e.g. 10s, 500ms (default 10s);
+                       for watch it bounds the whole watch, and only if given
+
+Flags may come before or after the command; "--flag value" and "--flag=value"
+both work; boolean flags also take --noflag. A flag that does not belong to
+the command is an error.
+
+)";
+
+// Flags every command accepts.
+const std::vector<absl::string_view>& GlobalFlags() {
+  static const auto* const kFlags =
+      new std::vector<absl::string_view>{"server", "output", "timeout"};
+  return *kFlags;
+}
+
+// What a command needs, once the command line has been checked.
+struct Invocation {
+  OutputFormat output = OutputFormat::kText;
+  const client::Client* client = nullptr;
+};
+
+void Print(const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+}
+
+void PrintError(const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), stderr);
+  std::fflush(stderr);
+}
+
+// --- Commands ---
+
+absl::Status RunRegisterProducer(const Invocation& inv) {
+  absl::StatusOr<v1::IrqIndex> index =
+      ParseIrqIndex(absl::GetFlag(FLAGS_index));
+  if (!index.ok()) return index.status();
+  v1::Producer producer;
+  producer.set_token(absl::GetFlag(FLAGS_token));
+  producer.set_node(absl::GetFlag(FLAGS_node));
+  producer.set_device(absl::GetFlag(FLAGS_device));
+  producer.set_vector(absl::GetFlag(FLAGS_vector));
+  producer.set_index(*index);
+  absl::StatusOr<client::RegisterResult> result =
+      inv.client->RegisterProducer(producer);
+  if (!result.ok()) return result.status();
+  if (inv.output == OutputFormat::kJson) {
+    v1::RegisterProducerResponse response;
+    response.set_registration_id(result->registration_id);
+    response.set_connected(result->connected);
+    Print(FormatJson(response));
+  } else {
+    Print(FormatRegisterText("producer", producer.token(), *result));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunRegisterConsumer(const Invocation& inv) {
+  v1::Consumer consumer;
+  consumer.set_token(absl::GetFlag(FLAGS_token));
+  consumer.set_node(absl::GetFlag(FLAGS_node));
+  consumer.set_vm(absl::GetFlag(FLAGS_vm));
+  consumer.set_gsi(absl::GetFlag(FLAGS_gsi));
+  absl::StatusOr<client::RegisterResult> result =
+      inv.client->RegisterConsumer(consumer);
+  if (!result.ok()) return result.status();
+  if (inv.output == OutputFormat::kJson) {
+    v1::RegisterConsumerResponse response;
+    response.set_registration_id(result->registration_id);
+    response.set_connected(result->connected);
+    Print(FormatJson(response));
+  } else {
+    Print(FormatRegisterText("consumer", consumer.token(), *result));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunUnregisterProducer(const Invocation& inv) {
+  const std::string token = absl::GetFlag(FLAGS_token);
+  absl::StatusOr<bool> disconnected = inv.client->UnregisterProducer(
+      token, absl::GetFlag(FLAGS_registration_id));
+  if (!disconnected.ok()) return disconnected.status();
+  if (inv.output == OutputFormat::kJson) {
+    v1::UnregisterProducerResponse response;
+    response.set_disconnected(*disconnected);
+    Print(FormatJson(response));
+  } else {
+    Print(FormatUnregisterText("producer", token, *disconnected));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunUnregisterConsumer(const Invocation& inv) {
+  const std::string token = absl::GetFlag(FLAGS_token);
+  absl::StatusOr<bool> disconnected = inv.client->UnregisterConsumer(
+      token, absl::GetFlag(FLAGS_registration_id));
+  if (!disconnected.ok()) return disconnected.status();
+  if (inv.output == OutputFormat::kJson) {
+    v1::UnregisterConsumerResponse response;
+    response.set_disconnected(*disconnected);
+    Print(FormatJson(response));
+  } else {
+    Print(FormatUnregisterText("consumer", token, *disconnected));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunGet(const Invocation& inv) {
+  absl::StatusOr<v1::Binding> binding =
+      inv.client->GetBinding(absl::GetFlag(FLAGS_token));
+  if (!binding.ok()) return binding.status();
+  Print(inv.output == OutputFormat::kJson ? FormatJson(*binding)
+                                          : FormatBindingText(*binding));
+  return absl::OkStatus();
+}
+
+absl::Status RunList(const Invocation& inv) {
+  absl::StatusOr<std::vector<v1::Binding>> bindings =
+      inv.client->ListAllBindings(absl::GetFlag(FLAGS_node),
+                                  absl::GetFlag(FLAGS_page_size));
+  if (!bindings.ok()) return bindings.status();
+  if (inv.output == OutputFormat::kJson) {
+    // All pages merged into one response object with no next page.
+    v1::ListBindingsResponse response;
+    for (v1::Binding& binding : *bindings) {
+      *response.add_bindings() = std::move(binding);
+    }
+    Print(FormatJson(response));
+  } else {
+    Print(FormatBindingTable(*bindings));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunWatch(const Invocation& inv) {
+  v1::WatchBindingsRequest request;
+  request.set_node(absl::GetFlag(FLAGS_node));
+  request.set_include_existing(absl::GetFlag(FLAGS_include_existing));
+  const int64_t max_events = absl::GetFlag(FLAGS_max_events);
+  int64_t seen = 0;
+  return inv.client->WatchBindings(request, [&](const v1::BindingEvent& event) {
+    Print(inv.output == OutputFormat::kJson ? FormatJson(event)
+                                            : FormatEventText(event));
+    ++seen;
+    return max_events == 0 || seen < max_events;
+  });
+}
+
+struct Command {
+  absl::string_view name;
+  std::vector<absl::string_view> required;
+  std::vector<absl::string_view> optional;
+  std::function<absl::Status(const Invocation&)> run;
+};
+
+const std::vector<Command>& Commands() {
+  static const auto* const kCommands = new std::vector<Command>{
+      {"register-producer",
+       {"token", "node", "device", "vector"},
+       {"index"},
+       RunRegisterProducer},
+      {"register-consumer",
+       {"token", "node", "vm", "gsi"},
+       {},
+       RunRegisterConsumer},
+      {"unregister-producer",
+       {"token"},
+       {"registration_id"},
+       RunUnregisterProducer},
+      {"unregister-consumer",
+       {"token"},
+       {"registration_id"},
+       RunUnregisterConsumer},
+      {"get", {"token"}, {}, RunGet},
+      {"list", {}, {"node", "page_size"}, RunList},
+      {"watch", {}, {"node", "include_existing", "max_events"}, RunWatch},
+  };
+  return *kCommands;
+}
+
+const Command* FindCommand(absl::string_view name) {
+  for (const Command& command : Commands()) {
+    if (command.name == name) return &command;
+  }
+  return nullptr;
+}
+
+// Every flag name some command (or the global set) accepts.
+bool IsKnownFlag(absl::string_view name) {
+  for (absl::string_view flag : GlobalFlags()) {
+    if (flag == name) return true;
+  }
+  for (const Command& command : Commands()) {
+    for (const auto* list : {&command.required, &command.optional}) {
+      for (absl::string_view flag : *list) {
+        if (flag == name) return true;
+      }
+    }
+  }
+  return false;
+}
+
+// --- Command line ---
+
+struct CommandLine {
+  bool help = false;
+  std::vector<std::string> positional;
+  std::set<std::string> specified;  // flags given on the command line
+};
+
+// Sets the flags named on the command line and collects positional arguments.
+// INVALID_ARGUMENT names the offending argument.
+absl::StatusOr<CommandLine> ParseArgs(int argc, char** argv) {
+  CommandLine result;
+  bool only_positional = false;
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (only_positional || arg.size() < 2 || arg[0] != '-') {
+      result.positional.emplace_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      only_positional = true;
+      continue;
+    }
+    absl::string_view body = arg.substr(arg[1] == '-' ? 2 : 1);
+    absl::string_view name = body;
+    std::optional<std::string> value;
+    if (const size_t eq = body.find('='); eq != absl::string_view::npos) {
+      name = body.substr(0, eq);
+      value = std::string(body.substr(eq + 1));
+    }
+    if (name == "help" || name == "h") {
+      result.help = true;
+      continue;
+    }
+    absl::CommandLineFlag* flag =
+        IsKnownFlag(name) ? absl::FindCommandLineFlag(name) : nullptr;
+    if (flag == nullptr && absl::StartsWith(name, "no") && !value.has_value()) {
+      // --noinclude_existing
+      absl::string_view positive = name.substr(2);
+      absl::CommandLineFlag* bool_flag =
+          IsKnownFlag(positive) ? absl::FindCommandLineFlag(positive) : nullptr;
+      if (bool_flag != nullptr && bool_flag->IsOfType<bool>()) {
+        flag = bool_flag;
+        name = positive;
+        value = "false";
+      }
+    }
+    if (flag == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    }
+    if (!value.has_value()) {
+      if (flag->IsOfType<bool>()) {
+        value = "true";
+      } else if (i + 1 < argc) {
+        value = std::string(argv[++i]);
+      } else {
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag --", name, " needs a value"));
+      }
+    }
+    std::string error;
+    if (!flag->ParseFrom(*value, &error)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "invalid value \"", *value, "\" for --", name, ": ", error));
+    }
+    result.specified.insert(std::string(name));
+  }
+  return result;
+}
+
+// Checks that the flags given fit `command`: nothing foreign, every required
+// flag present (and, for strings, not empty).
+absl::Status CheckFlagsFitCommand(const Command& command,
+                                  const std::set<std::string>& specified) {
+  for (const std::string& name : specified) {
+    bool allowed = false;
+    for (const auto* list :
+         {&GlobalFlags(), &command.required, &command.optional}) {
+      for (absl::string_view flag : *list) allowed |= flag == name;
+    }
+    if (!allowed) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("flag --", name, " does not apply to ", command.name));
+    }
+  }
+  for (absl::string_view name : command.required) {
+    bool missing = specified.count(std::string(name)) == 0;
+    if (!missing) {
+      absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+      missing = flag != nullptr && flag->IsOfType<std::string>() &&
+                flag->CurrentValue().empty();
+    }
+    if (missing) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(command.name, ": missing required flag --", name));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string Usage() { return absl::StrCat(kUsage, ExitCodeHelp()); }
+
+// Reports a bad command line: always on stderr, and as a JSON error object on
+// stdout in json mode. Returns kExitUsage.
+int UsageError(const absl::Status& status, OutputFormat output) {
+  PrintError(absl::StrCat(kProgram, ": ", status.message(), "\nRun '", kProgram,
+                          " --help' for usage.\n"));
+  if (output == OutputFormat::kJson) Print(FormatErrorJson(status));
+  return kExitUsage;
+}
+
+std::string ServerAddress(const std::set<std::string>& specified) {
+  if (specified.count("server") == 0) {
+    const char* env = std::getenv(kServerEnv);
+    if (env != nullptr && env[0] != '\0') return env;
+  }
+  return absl::GetFlag(FLAGS_server);
+}
+
+int Main(int argc, char** argv) {
+  absl::StatusOr<CommandLine> command_line = ParseArgs(argc, argv);
+  if (!command_line.ok()) {
+    return UsageError(command_line.status(), OutputFormat::kText);
+  }
+  if (command_line->help || (!command_line->positional.empty() &&
+                             command_line->positional.front() == "help")) {
+    Print(Usage());
+    return kExitOk;
+  }
+
+  absl::StatusOr<OutputFormat> output =
+      ParseOutputFormat(absl::GetFlag(FLAGS_output));
+  if (!output.ok()) return UsageError(output.status(), OutputFormat::kText);
+
+  if (command_line->positional.empty()) {
+    return UsageError(
+        absl::InvalidArgumentError(
+            "missing command (register-producer, register-consumer, "
+            "unregister-producer, unregister-consumer, get, list, watch)"),
+        *output);
+  }
+  const std::string& name = command_line->positional.front();
+  const Command* command = FindCommand(name);
+  if (command == nullptr) {
+    return UsageError(absl::InvalidArgumentError(
+                          absl::StrCat("unknown command \"", name, "\"")),
+                      *output);
+  }
+  if (command_line->positional.size() > 1) {
+    return UsageError(
+        absl::InvalidArgumentError(absl::StrCat(
+            "unexpected argument \"", command_line->positional[1], "\"")),
+        *output);
+  }
+  if (absl::Status status =
+          CheckFlagsFitCommand(*command, command_line->specified);
+      !status.ok()) {
+    return UsageError(status, *output);
+  }
+  const absl::Duration timeout = absl::GetFlag(FLAGS_timeout);
+  if (timeout <= absl::ZeroDuration()) {
+    return UsageError(absl::InvalidArgumentError("--timeout must be positive"),
+                      *output);
+  }
+  if (absl::GetFlag(FLAGS_page_size) < 0) {
+    return UsageError(
+        absl::InvalidArgumentError("--page_size must not be negative"),
+        *output);
+  }
+  if (absl::GetFlag(FLAGS_max_events) < 0) {
+    return UsageError(
+        absl::InvalidArgumentError("--max_events must not be negative"),
+        *output);
+  }
+  if (command->name == "register-producer") {
+    absl::StatusOr<v1::IrqIndex> index =
+        ParseIrqIndex(absl::GetFlag(FLAGS_index));
+    if (!index.ok()) return UsageError(index.status(), *output);
+  }
+
+  client::ClientOptions options;
+  options.call_timeout = timeout;
+  if (command_line->specified.count("timeout") > 0) {
+    options.watch_timeout = timeout;
+  }
+  absl::StatusOr<std::unique_ptr<client::Client>> client =
+      client::Client::Create(ServerAddress(command_line->specified), options);
+  if (!client.ok()) return UsageError(client.status(), *output);
+
+  Invocation invocation;
+  invocation.output = *output;
+  invocation.client = client->get();
+  const absl::Status status = command->run(invocation);
+  if (!status.ok()) {
+    if (*output == OutputFormat::kJson) {
+      Print(FormatErrorJson(status));
+    } else {
+      PrintError(absl::StrCat(kProgram, ": ", FormatErrorText(status)));
+    }
+  }
+  return ExitCodeForStatus(status);
+}
+
+}  // namespace
+}  // namespace irqbypass::ctl
+
+int main(int argc, char** argv) { return irqbypass::ctl::Main(argc, argv); }

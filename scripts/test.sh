@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Sets up (system packages), builds and runs every test:
+#   1. all test targets (unit, contract, end-to-end, CLI) in the default build;
+#   2. the index, matcher and step-executor tests again under ThreadSanitizer
+#      and AddressSanitizer.
+# Ends with one line "N passed, M failed", counted from the gtest results of
+# what ran (a target that failed to build or crashed counts as one failure).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh || { echo "0 passed, 1 failed"; exit 1; }
+
+SANITIZED_TESTS=(
+  //service:token_index_test
+  //service:matcher_test
+  //agent:step_executor_test
+)
+
+passed=0
+failed=0
+logdir=$(mktemp -d)
+
+# Adds the results of one `bazel test` run (its output in $1) to the totals.
+count_results() {
+  local out=$1 line target status xml tests failures errors
+  while read -r line; do
+    target=$(awk '{print $1}' <<<"$line")
+    if grep -qE '\bPASSED\b|\bFAILED\b' <<<"$line" &&
+       ! grep -q 'FAILED TO BUILD' <<<"$line"; then
+      xml="bazel-testlogs/${target#//}"
+      xml="${xml/://}/test.xml"
+      if [ -f "$xml" ]; then
+        tests=$(grep -o '<testsuites [^>]*' "$xml" | grep -o ' tests="[0-9]*"' | grep -o '[0-9]*' | head -1)
+        failures=$(grep -o '<testsuites [^>]*' "$xml" | grep -o ' failures="[0-9]*"' | grep -o '[0-9]*' | head -1)
+        errors=$(grep -o '<testsuites [^>]*' "$xml" | grep -o ' errors="[0-9]*"' | grep -o '[0-9]*' | head -1)
+        tests=${tests:-0}; failures=${failures:-0}; errors=${errors:-0}
+        if grep -q '\bFAILED\b' <<<"$line" && [ $((failures + errors)) -eq 0 ]; then
+          failures=1  # crashed or timed out after the XML was written
+        fi
+        passed=$((passed + tests - failures - errors))
+        failed=$((failed + failures + errors))
+        continue
+      fi
+    fi
+    # No per-case results: the target itself passed or failed.
+    if grep -q '\bPASSED\b' <<<"$line"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+  done < <(grep -E '^//[^ ]+ +(\(cached\) )?(PASSED|FAILED|TIMEOUT|NO STATUS|FAILED TO BUILD|INCOMPLETE)' "$out")
+}
+
+run_bazel_test() {
+  local name=$1; shift
+  local out="$logdir/$name.log"
+  echo "== bazel test $* =="
+  bazel test --color=no --curses=no "$@" 2>&1 | tee "$out" | grep -E '^//|Executed|ERROR|FAIL' || true
+  if ! grep -qE '^//' "$out"; then
+    echo "bazel test $* produced no results"
+    failed=$((failed + 1))
+  fi
+  count_results "$out"
+}
+
+run_bazel_test default //...
+run_bazel_test tsan --config=tsan "${SANITIZED_TESTS[@]}"
+run_bazel_test asan --config=asan "${SANITIZED_TESTS[@]}"
+# Leave the default build in bazel-bin for the run script.
+bazel build --color=no --curses=no //... >/dev/null 2>&1 || true
+
+rm -rf "$logdir"
+echo "${passed} passed, ${failed} failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -1,0 +1,92 @@
+#include "tests/cluster.h"
+
+#include <signal.h>
+
+#include <cstdlib>
+
+namespace irqbypass::testing {
+
+Cluster::Cluster() : dir_(MakeTempDir("cluster")) {}
+
+Cluster::~Cluster() {
+  for (auto& [node, agent] : agents_) agent->Signal(SIGKILL);
+  manager_.Signal(SIGKILL);
+}
+
+std::string Cluster::target() const {
+  return "127.0.0.1:" + std::to_string(port_);
+}
+
+bool Cluster::StartManager(const std::vector<std::string>& flags) {
+  const std::string port_file =
+      dir_ + "/port." + std::to_string(++manager_starts_);
+  std::vector<std::string> args = {
+      "--listen=127.0.0.1:" + std::to_string(port_),
+      "--metrics_listen=",
+      "--port_file=" + port_file,
+  };
+  args.insert(args.end(), flags.begin(), flags.end());
+  if (!manager_.Start(BinaryPath("service/irqbypassd"), args,
+                      dir_ + "/irqbypassd.log")) {
+    return false;
+  }
+  if (!WaitFor([&] { return !ReadFile(port_file).empty(); })) return false;
+  port_ = std::atoi(ReadFile(port_file).c_str());
+  {
+    // A fresh channel: the old one may be in reconnect backoff after a
+    // manager restart.
+    client::ClientOptions options;
+    options.call_timeout = absl::Seconds(30);
+    auto created = client::Client::Create(target(), options);
+    if (!created.ok()) return false;
+    client_ = *std::move(created);
+  }
+  return port_ > 0;
+}
+
+int Cluster::Reconciles(const std::string& node) const {
+  return CountOccurrences(ReadFile(dir_ + "/irqbypassd.log"),
+                          "msg=\"agent reconciled\" node=" + node + " ");
+}
+
+bool Cluster::WaitReconciles(const std::string& node, int at_least) const {
+  return WaitFor([&] { return Reconciles(node) >= at_least; });
+}
+
+bool Cluster::StartAgent(const std::string& node,
+                         const std::vector<std::string>& flags) {
+  const int before = Reconciles(node);
+  auto& agent = agents_[node];
+  if (agent != nullptr) agent->Signal(SIGKILL), agent->Wait();
+  agent = std::make_unique<Process>();
+  std::vector<std::string> args = {"--manager=" + target(), "--node=" + node,
+                                   "--backend=sim", "--log_level=debug"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  if (!agent->Start(BinaryPath("agent/irqbypass-agent"), args,
+                    dir_ + "/agent-" + node + ".log")) {
+    return false;
+  }
+  return WaitReconciles(node, before + 1);
+}
+
+v1::Producer MakeProducer(const std::string& token, const std::string& node,
+                          const std::string& device, uint32_t vector) {
+  v1::Producer p;
+  p.set_token(token);
+  p.set_node(node);
+  p.set_device(device);
+  p.set_vector(vector);
+  return p;
+}
+
+v1::Consumer MakeConsumer(const std::string& token, const std::string& node,
+                          const std::string& vm, uint32_t gsi) {
+  v1::Consumer c;
+  c.set_token(token);
+  c.set_node(node);
+  c.set_vm(vm);
+  c.set_gsi(gsi);
+  return c;
+}
+
+}  // namespace irqbypass::testing

@@ -1,0 +1,57 @@
+// Test support: a manager (the real irqbypassd) and node agents (the real
+// irqbypass-agent, sim backend) on loopback, and a client for them. The
+// manager listens on a port the OS picks; restarts reuse it. Not thread-safe.
+#ifndef IRQBYPASS_TESTS_CLUSTER_H_
+#define IRQBYPASS_TESTS_CLUSTER_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/irqbypass_client.h"
+#include "tests/process.h"
+
+namespace irqbypass::testing {
+
+class Cluster {
+ public:
+  Cluster();
+  ~Cluster();
+
+  // Starts irqbypassd (again, on the same port after the first start) and
+  // waits until it serves. Extra flags are appended.
+  bool StartManager(const std::vector<std::string>& flags = {});
+  Process& manager() { return manager_; }
+  std::string target() const;
+  int port() const { return port_; }
+
+  // Starts an agent for `node` and waits until the manager has reconciled it
+  // (one more "agent reconciled" line for that node).
+  bool StartAgent(const std::string& node,
+                  const std::vector<std::string>& flags = {});
+  Process& agent(const std::string& node) { return *agents_[node]; }
+  // How many times the manager reconciled `node` so far.
+  int Reconciles(const std::string& node) const;
+  bool WaitReconciles(const std::string& node, int at_least) const;
+
+  client::Client& client() { return *client_; }
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_;
+  int port_ = 0;
+  int manager_starts_ = 0;
+  Process manager_;
+  std::map<std::string, std::unique_ptr<Process>> agents_;
+  std::unique_ptr<client::Client> client_;
+};
+
+v1::Producer MakeProducer(const std::string& token, const std::string& node,
+                          const std::string& device, uint32_t vector = 0);
+v1::Consumer MakeConsumer(const std::string& token, const std::string& node,
+                          const std::string& vm, uint32_t gsi);
+
+}  // namespace irqbypass::testing
+
+#endif  // IRQBYPASS_TESTS_CLUSTER_H_

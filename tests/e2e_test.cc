@@ -1,0 +1,337 @@
+// End-to-end: the real irqbypassd and irqbypass-agent (sim backend) on
+// loopback, driven through the client library.
+#include <signal.h>
+
+#include <atomic>
+#include <thread>
+
+#include "client/error_detail.h"
+#include "client/irqbypass_client.h"
+#include "gtest/gtest.h"
+#include "tests/cluster.h"
+
+namespace irqbypass::testing {
+namespace {
+
+using client::GetErrorDetail;
+
+class EndToEndTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(cluster_.StartManager()); }
+  client::Client& api() { return cluster_.client(); }
+  Cluster cluster_;
+};
+
+TEST_F(EndToEndTest, ProducerAndConsumer_Paired_ThroughRealAgent_ThenDisconnected) {
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  auto c = api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->connected);
+  auto p = api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1"));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->connected);
+
+  auto b = api().GetBinding("t1");
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(b->connected());
+  EXPECT_EQ(b->node(), "n1");
+  EXPECT_EQ(b->producer().device(), "0000:3b:00.1");
+  EXPECT_EQ(b->consumer().vm(), "vm-a");
+  EXPECT_EQ(b->producer_registration_id(), p->registration_id);
+
+  auto d = api().UnregisterConsumer("t1", c->registration_id);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(*d);
+  b = api().GetBinding("t1");
+  ASSERT_TRUE(b.ok());
+  EXPECT_FALSE(b->connected());
+  EXPECT_FALSE(b->has_consumer());
+  ASSERT_TRUE(api().UnregisterProducer("t1").ok());
+  EXPECT_EQ(api().GetBinding("t1").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(EndToEndTest, ConnectFails_VmNotOnAgent_RolledBackWithStepAndErrno) {
+  ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-a"}));
+  auto c = api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 24));
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto p = api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1"));
+  ASSERT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition) << p.status();
+  auto detail = GetErrorDetail(p.status());
+  ASSERT_TRUE(detail.has_value());
+  EXPECT_EQ(detail->reason(), v1::ErrorDetail::CONNECT_FAILED);
+  EXPECT_EQ(detail->step(), "add_producer");
+  EXPECT_EQ(detail->errno_name(), "ENOENT");
+  EXPECT_EQ(detail->errno_value(), ENOENT);
+
+  auto b = api().GetBinding("t1");
+  ASSERT_TRUE(b.ok());
+  EXPECT_FALSE(b->has_producer());
+  EXPECT_EQ(b->consumer_registration_id(), c->registration_id);
+  EXPECT_FALSE(b->connected());
+  // The rolled-back device vector is free: it pairs under another token.
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t2", "n1", "vm-a", 25)).ok());
+  auto p2 = api().RegisterProducer(MakeProducer("t2", "n1", "0000:3b:00.1"));
+  ASSERT_TRUE(p2.ok()) << p2.status();
+  EXPECT_TRUE(p2->connected);
+}
+
+TEST_F(EndToEndTest, ConnectFails_EachStepInTurn_ErrnoOfThatStep) {
+  const struct {
+    const char* flag;
+    const char* step;
+    int err;
+  } cases[] = {{"add_consumer:EIO", "add_consumer", EIO},
+               {"add_producer:EBUSY", "add_producer", EBUSY}};
+  for (const auto& tc : cases) {
+    ASSERT_TRUE(cluster_.StartAgent("n1", {std::string("--sim_fail_step=") + tc.flag}));
+    const std::string token = std::string("t-") + tc.step;
+    ASSERT_TRUE(api().RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1")).ok());
+    auto c = api().RegisterConsumer(MakeConsumer(token, "n1", "vm-a", 24));
+    ASSERT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition) << c.status();
+    auto detail = GetErrorDetail(c.status());
+    ASSERT_TRUE(detail.has_value());
+    EXPECT_EQ(detail->step(), tc.step);
+    EXPECT_EQ(detail->errno_value(), tc.err);
+    auto b = api().GetBinding(token);
+    ASSERT_TRUE(b.ok());
+    EXPECT_TRUE(b->has_producer());
+    EXPECT_FALSE(b->has_consumer());
+    ASSERT_TRUE(api().UnregisterProducer(token).ok());
+  }
+}
+
+TEST_F(EndToEndTest, SidesOnDifferentNodes_SecondRefusedFailedPrecondition) {
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
+  auto p = api().RegisterProducer(MakeProducer("t1", "n2", "0000:3b:00.1"));
+  ASSERT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(GetErrorDetail(p.status())->reason(), v1::ErrorDetail::NODE_MISMATCH);
+  EXPECT_FALSE(api().GetBinding("t1")->has_producer());
+}
+
+TEST_F(EndToEndTest, NoAgentForNode_UnavailableAndRolledBack) {
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t1", "ghost", "vm-a", 24)).ok());
+  auto p = api().RegisterProducer(MakeProducer("t1", "ghost", "0000:3b:00.1"));
+  ASSERT_EQ(p.status().code(), absl::StatusCode::kUnavailable) << p.status();
+  EXPECT_EQ(GetErrorDetail(p.status())->reason(), v1::ErrorDetail::AGENT_UNAVAILABLE);
+  EXPECT_FALSE(api().GetBinding("t1")->has_producer());
+}
+
+TEST_F(EndToEndTest, TokenTaken_AlreadyExists_ObjectTaken_AlreadyExistsNamingToken) {
+  ASSERT_TRUE(api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1")).ok());
+  auto again = api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.2"));
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(GetErrorDetail(again.status())->reason(), v1::ErrorDetail::TOKEN_BUSY);
+  auto same_object = api().RegisterProducer(MakeProducer("t2", "n1", "0000:3b:00.1"));
+  EXPECT_EQ(same_object.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(GetErrorDetail(same_object.status())->other_token(), "t1");
+}
+
+TEST_F(EndToEndTest, InvalidRequests_InvalidArgumentNamingField) {
+  auto no_token = api().RegisterProducer(MakeProducer("", "n1", "0000:3b:00.1"));
+  EXPECT_EQ(no_token.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GetErrorDetail(no_token.status())->field(), "producer.token");
+  auto no_node = api().RegisterConsumer(MakeConsumer("t1", "", "vm-a", 1));
+  EXPECT_EQ(GetErrorDetail(no_node.status())->field(), "consumer.node");
+  auto no_vm = api().RegisterConsumer(MakeConsumer("t1", "n1", "", 1));
+  EXPECT_EQ(GetErrorDetail(no_vm.status())->field(), "consumer.vm");
+  auto bad_device = api().RegisterProducer(MakeProducer("t1", "n1", "nope"));
+  EXPECT_EQ(GetErrorDetail(bad_device.status())->field(), "producer.device");
+  auto long_token = api().RegisterConsumer(
+      MakeConsumer(std::string(300, 't'), "n1", "vm-a", 1));
+  EXPECT_EQ(GetErrorDetail(long_token.status())->field(), "consumer.token");
+  auto bad_id = api().UnregisterProducer("t1", "garbage");
+  EXPECT_EQ(GetErrorDetail(bad_id.status())->field(), "registration_id");
+  auto empty_get = api().GetBinding("");
+  EXPECT_EQ(empty_get.status().code(), absl::StatusCode::kInvalidArgument);
+  auto bad_page = api().ListBindings("", 0, "not-a-page-token");
+  EXPECT_EQ(GetErrorDetail(bad_page.status())->field(), "page_token");
+  // Nothing was recorded by any of these.
+  EXPECT_TRUE(api().ListAllBindings("")->empty());
+}
+
+TEST_F(EndToEndTest, Unregister_WrongRegistrationId_FailedPreconditionUntouched) {
+  auto p = api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1"));
+  ASSERT_TRUE(p.ok());
+  auto wrong = api().UnregisterProducer("t1", "p-00000000000000aa");
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(api().GetBinding("t1")->producer_registration_id(), p->registration_id);
+  EXPECT_EQ(api().UnregisterConsumer("t1").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(EndToEndTest, ListBindings_PagesAndNodeFilter) {
+  for (int i = 0; i < 25; ++i) {
+    const std::string node = i % 5 == 0 ? "n2" : "n1";
+    ASSERT_TRUE(api().RegisterConsumer(
+        MakeConsumer("t" + std::to_string(i), node, "vm", i)).ok());
+  }
+  auto all = api().ListAllBindings("", 4);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->size(), 25u);
+  auto n2 = api().ListAllBindings("n2", 2);
+  ASSERT_TRUE(n2.ok());
+  EXPECT_EQ(n2->size(), 5u);
+}
+
+TEST_F(EndToEndTest, WatchBindings_SeesUpdatesAndRemoval) {
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("before", "n1", "vm-a", 1)).ok());
+  client::WatchCanceller canceller;
+  std::vector<v1::BindingEvent> events;
+  std::atomic<bool> synced{false};
+  std::thread watcher([&] {
+    v1::WatchBindingsRequest req;
+    req.set_include_existing(true);
+    auto s = api().WatchBindings(
+        req,
+        [&](const v1::BindingEvent& e) {
+          events.push_back(e);
+          if (e.type() == v1::BindingEvent::SYNCED) synced = true;
+          return !(e.type() == v1::BindingEvent::REMOVED &&
+                   e.binding().token() == "t1");
+        },
+        &canceller);
+    EXPECT_TRUE(s.ok()) << s;
+  });
+  ASSERT_TRUE(WaitFor([&] { return synced.load(); }));
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
+  ASSERT_TRUE(api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1")).ok());
+  ASSERT_TRUE(api().UnregisterProducer("t1").ok());
+  ASSERT_TRUE(api().UnregisterConsumer("t1").ok());
+  watcher.join();
+  ASSERT_GE(events.size(), 6u);
+  EXPECT_EQ(events[0].type(), v1::BindingEvent::EXISTING);
+  EXPECT_EQ(events[0].binding().token(), "before");
+  EXPECT_EQ(events[1].type(), v1::BindingEvent::SYNCED);
+  EXPECT_EQ(events[2].type(), v1::BindingEvent::UPDATED);
+  EXPECT_FALSE(events[2].binding().connected());
+  EXPECT_EQ(events[3].type(), v1::BindingEvent::UPDATED);
+  EXPECT_TRUE(events[3].binding().connected());
+  EXPECT_EQ(events.back().type(), v1::BindingEvent::REMOVED);
+  EXPECT_EQ(events.back().binding().node(), "n1");
+}
+
+TEST_F(EndToEndTest, AgentKilledMidCommand_RegistrationFailsUnavailableAndRollsBack) {
+  ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_step_delay_ms=30000"}));
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("kill-1", "n1", "vm-a", 24)).ok());
+  absl::Status result;
+  std::thread registrar([&] {
+    result = api().RegisterProducer(MakeProducer("kill-1", "n1", "0000:3b:00.1")).status();
+  });
+  // Wait until the agent is executing the command, then kill it.
+  ASSERT_TRUE(WaitFor([&] {
+    return cluster_.agent("n1").Log().find("token=kill-1") != std::string::npos;
+  }));
+  cluster_.agent("n1").Signal(SIGKILL);
+  registrar.join();
+  EXPECT_EQ(result.code(), absl::StatusCode::kUnavailable) << result;
+  auto b = api().GetBinding("kill-1");
+  ASSERT_TRUE(b.ok());
+  EXPECT_FALSE(b->has_producer());
+  EXPECT_TRUE(b->has_consumer());
+}
+
+TEST_F(EndToEndTest, AgentNeverAcks_DeadlineExceededAndRollsBack) {
+  cluster_.manager().Signal(SIGKILL);
+  cluster_.manager().Wait();
+  ASSERT_TRUE(cluster_.StartManager({"--agent_command_timeout=500ms"}));
+  ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_step_delay_ms=3000"}));
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("slow", "n1", "vm-a", 24)).ok());
+  auto p = api().RegisterProducer(MakeProducer("slow", "n1", "0000:3b:00.1"));
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kDeadlineExceeded) << p.status();
+  EXPECT_FALSE(api().GetBinding("slow")->has_producer());
+}
+
+TEST_F(EndToEndTest, AgentRestarted_WhileBindingsExist_ReconciledWithManager) {
+  ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-a,vm-b"}));
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("keep", "n1", "vm-a", 24)).ok());
+  ASSERT_TRUE(api().RegisterProducer(MakeProducer("keep", "n1", "0000:3b:00.1")).ok());
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("drop", "n1", "vm-b", 25)).ok());
+  ASSERT_TRUE(api().RegisterProducer(MakeProducer("drop", "n1", "0000:3b:00.2")).ok());
+
+  cluster_.agent("n1").Signal(SIGKILL);
+  cluster_.agent("n1").Wait();
+  // While the agent is away: disconnect cannot fail, so unregister succeeds.
+  ASSERT_TRUE(WaitFor([&] {
+    return api().UnregisterProducer("drop").ok();
+  }));
+  // It comes back without vm-a: the manager re-sends the missing connect,
+  // which fails, so "keep" is reported as not connected.
+  ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-b"}));
+  auto keep = api().GetBinding("keep");
+  ASSERT_TRUE(keep.ok());
+  EXPECT_TRUE(keep->has_producer() && keep->has_consumer());
+  EXPECT_FALSE(keep->connected());
+  // Back with vm-a: reconciled and connected again.
+  ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-a,vm-b"}));
+  EXPECT_TRUE(api().GetBinding("keep")->connected());
+  EXPECT_FALSE(api().GetBinding("drop")->has_producer());
+}
+
+TEST_F(EndToEndTest, ManagerRestarted_AgentReconnects_StaleWiringRemoved) {
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
+  ASSERT_TRUE(api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1")).ok());
+  const int reconciles = cluster_.Reconciles("n1");
+  cluster_.manager().Signal(SIGKILL);
+  cluster_.manager().Wait();
+  // The new manager holds nothing (no durable store yet): the agent's
+  // surviving wiring is stale and must be removed when it reconnects.
+  ASSERT_TRUE(cluster_.StartManager());
+  ASSERT_TRUE(cluster_.WaitReconciles("n1", reconciles + 1));
+  // The same device vector and VM GSI pair again under a new token: this
+  // only connects if the stale wiring was removed (else EBUSY).
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t2", "n1", "vm-a", 24)).ok());
+  auto p = api().RegisterProducer(MakeProducer("t2", "n1", "0000:3b:00.1"));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->connected);
+}
+
+TEST_F(EndToEndTest, Sigterm_ManagerShutsDownGracefully) {
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  ASSERT_TRUE(cluster_.manager().Signal(SIGTERM));
+  EXPECT_EQ(cluster_.manager().Wait(), 0);
+  EXPECT_NE(cluster_.manager().Log().find("msg=stopped"), std::string::npos);
+}
+
+TEST_F(EndToEndTest, ManyConcurrentPairs_AllConnectedThenAllRemoved) {
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 25;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const int n = t * kPerThread + i;
+        const std::string token = "c" + std::to_string(n);
+        char device[16];
+        snprintf(device, sizeof(device), "0000:%02x:%02x.0", n / 32, n % 32);
+        // Alternate which side arrives first.
+        bool ok;
+        if (n % 2 == 0) {
+          ok = api().RegisterProducer(MakeProducer(token, "n1", device)).ok() &&
+               api().RegisterConsumer(MakeConsumer(token, "n1", "vm-a", n)).ok();
+        } else {
+          ok = api().RegisterConsumer(MakeConsumer(token, "n1", "vm-a", n)).ok() &&
+               api().RegisterProducer(MakeProducer(token, "n1", device)).ok();
+        }
+        if (!ok) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  auto all = api().ListAllBindings("n1", 1000);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), static_cast<size_t>(kThreads * kPerThread));
+  for (const auto& b : *all) EXPECT_TRUE(b.connected()) << b.token();
+  for (const auto& b : *all) {
+    ASSERT_TRUE(api().UnregisterProducer(b.token()).ok());
+    ASSERT_TRUE(api().UnregisterConsumer(b.token()).ok());
+  }
+  EXPECT_TRUE(api().ListAllBindings("")->empty());
+}
+
+}  // namespace
+}  // namespace irqbypass::testing
