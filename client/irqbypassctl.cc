@@ -58,7 +58,7 @@ ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10),
 ABSL_FLAG(std::string, token, "", "Pairing token");
 ABSL_FLAG(std::string, node, "", "Node (agent --node name)");
 ABSL_FLAG(std::string, device, "", "PCI address of the VFIO device");
-ABSL_FLAG(uint32_t, vector, 0, "Vector within the interrupt index");
+ABSL_FLAG(uint32_t, vector, 0, "Vector within the interrupt index (default 0)");
 ABSL_FLAG(std::string, index, "msix", "Interrupt index: msix, msi or intx");
 ABSL_FLAG(std::string, vm, "", "VM name as the node agent knows it");
 ABSL_FLAG(uint32_t, gsi, 0, "Guest GSI");
@@ -85,7 +85,7 @@ constexpr char kUsage[] =
 Calls irqbypassd, the IRQ bypass manager (irqbypass.v1.BypassManager).
 
 Commands:
-  register-producer --token=T --node=N --device=BDF --vector=V
+  register-producer --token=T --node=N --device=BDF [--vector=V]
                     [--index=msix|msi|intx]
   register-consumer --token=T --node=N --vm=NAME --gsi=G
   unregister-producer --token=T [--registration_id=ID]
@@ -260,8 +260,8 @@ struct Command {
 const std::vector<Command>& Commands() {
   static const auto* const kCommands = new std::vector<Command>{
       {"register-producer",
-       {"token", "node", "device", "vector"},
-       {"index"},
+       {"token", "node", "device"},
+       {"vector", "index"},
        RunRegisterProducer},
       {"register-consumer",
        {"token", "node", "vm", "gsi"},

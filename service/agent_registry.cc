@@ -138,6 +138,8 @@ void AddStep(v1::Command* command, v1::StepKind kind, bool always,
   step->set_undo(undo);
 }
 
+}  // namespace
+
 v1::Command MakeCommand(v1::Command::Kind kind, absl::string_view token,
                         const ProducerRecord& producer,
                         const ConsumerRecord& consumer) {
@@ -153,8 +155,6 @@ v1::Command MakeCommand(v1::Command::Kind kind, absl::string_view token,
   }
   return command;
 }
-
-}  // namespace
 
 void AddConnectSteps(v1::Command* command) {
   AddStep(command, v1::STOP_PRODUCER, false);
@@ -172,6 +172,23 @@ void AddDisconnectSteps(v1::Command* command) {
   AddStep(command, v1::DEL_CONSUMER, false);
   AddStep(command, v1::START_CONSUMER, true);
   AddStep(command, v1::START_PRODUCER, true);
+}
+
+absl::Status ConnectAckToStatus(absl::string_view token,
+                                const std::string& node,
+                                const v1::CommandAck& ack) {
+  if (ack.ok()) return absl::OkStatus();
+  ErrorContext ctx;
+  ctx.token = std::string(token);
+  ctx.node = node;
+  ctx.step = StepName(ack.failed_step());
+  ctx.err = ack.errno_value();
+  ctx.agent_message = ack.message();
+  return MakeError(
+      absl::StatusCode::kFailedPrecondition, ErrorReason::kConnectFailed,
+      absl::StrCat("connect step ", ctx.step, " failed on node \"", node,
+                   "\": ", ErrnoName(ctx.err), " (", ack.message(), ")"),
+      ctx);
 }
 
 std::string StepName(v1::StepKind kind) {
@@ -378,18 +395,7 @@ absl::Status AgentRegistry::Connect(absl::string_view token,
     }
     return ack.status();
   }
-  if (ack->ok()) return absl::OkStatus();
-  ErrorContext ctx;
-  ctx.token = std::string(token);
-  ctx.node = node;
-  ctx.step = StepName(ack->failed_step());
-  ctx.err = ack->errno_value();
-  ctx.agent_message = ack->message();
-  return MakeError(
-      absl::StatusCode::kFailedPrecondition, ErrorReason::kConnectFailed,
-      absl::StrCat("connect step ", ctx.step, " failed on node \"", node,
-                   "\": ", ErrnoName(ctx.err), " (", ack->message(), ")"),
-      ctx);
+  return ConnectAckToStatus(token, node, *ack);
 }
 
 void AgentRegistry::Disconnect(absl::string_view token,

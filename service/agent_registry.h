@@ -86,6 +86,15 @@ class AgentRegistry final : public AgentDispatcher,
 // The contract's connect and disconnect steps, in order (agent.proto).
 void AddConnectSteps(v1::Command* command);
 void AddDisconnectSteps(v1::Command* command);
+// A CONNECT or DISCONNECT command for the pair, with its steps (no id yet).
+v1::Command MakeCommand(v1::Command::Kind kind, absl::string_view token,
+                        const ProducerRecord& producer,
+                        const ConsumerRecord& consumer);
+// The outcome of a connect as the matcher sees it: OK, or
+// FAILED_PRECONDITION (kConnectFailed) with the step, errno and message.
+absl::Status ConnectAckToStatus(absl::string_view token,
+                                const std::string& node,
+                                const v1::CommandAck& ack);
 // "add_producer" for ADD_PRODUCER.
 std::string StepName(v1::StepKind kind);
 

@@ -1,0 +1,111 @@
+// irqbypassctl against the real irqbypassd and irqbypass-agent: output and
+// the distinct exit codes.
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/cluster.h"
+
+namespace irqbypass::testing {
+namespace {
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(cluster_.StartManager());
+    ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-a"}));
+  }
+  CommandResult Ctl(std::vector<std::string> args) {
+    args.insert(args.begin(), "--server=" + cluster_.target());
+    return RunCommand(BinaryPath("client/irqbypassctl"), args);
+  }
+  Cluster cluster_;
+};
+
+TEST_F(CliTest, RegisterBothSides_Connected_ExitZero) {
+  auto c = Ctl({"register-consumer", "--token=t1", "--node=n1", "--vm=vm-a",
+                "--gsi=24"});
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_NE(c.out.find("connected=false"), std::string::npos) << c.out;
+  auto p = Ctl({"register-producer", "--token=t1", "--node=n1",
+                "--device=0000:3b:00.1", "--vector=2"});
+  EXPECT_EQ(p.exit_code, 0) << p.err;
+  EXPECT_NE(p.out.find("connected=true"), std::string::npos) << p.out;
+  auto g = Ctl({"--output=json", "get", "--token=t1"});
+  EXPECT_EQ(g.exit_code, 0) << g.err;
+  EXPECT_NE(g.out.find("\"connected\":true"), std::string::npos) << g.out;
+  EXPECT_NE(g.out.find("\"device\":\"0000:3b:00.1\""), std::string::npos);
+  auto l = Ctl({"list", "--node=n1"});
+  EXPECT_EQ(l.exit_code, 0) << l.err;
+  EXPECT_NE(l.out.find("t1"), std::string::npos) << l.out;
+  auto u = Ctl({"unregister-producer", "--token=t1"});
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  EXPECT_NE(u.out.find("disconnected=true"), std::string::npos) << u.out;
+}
+
+TEST_F(CliTest, ConnectFailed_Exit5_NamesStepAndErrno) {
+  ASSERT_EQ(Ctl({"register-consumer", "--token=t1", "--node=n1", "--vm=vm-x",
+                 "--gsi=24"}).exit_code, 0);
+  auto p = Ctl({"register-producer", "--token=t1", "--node=n1",
+                "--device=0000:3b:00.1", "--vector=0"});
+  EXPECT_EQ(p.exit_code, 5) << p.out << p.err;
+  EXPECT_NE(p.err.find("add_producer"), std::string::npos) << p.err;
+  EXPECT_NE(p.err.find("ENOENT"), std::string::npos) << p.err;
+}
+
+TEST_F(CliTest, ConnectFailed_JsonOutput_CarriesDetail) {
+  ASSERT_EQ(Ctl({"register-producer", "--token=t1", "--node=n1",
+                 "--device=0000:3b:00.1"}).exit_code, 0);
+  auto c = Ctl({"--output=json", "register-consumer", "--token=t1",
+                "--node=n1", "--vm=vm-x", "--gsi=24"});
+  EXPECT_EQ(c.exit_code, 5);
+  EXPECT_NE(c.out.find("\"error\""), std::string::npos) << c.out;
+  EXPECT_NE(c.out.find("\"errno_name\":\"ENOENT\""), std::string::npos) << c.out;
+}
+
+TEST_F(CliTest, AlreadyExists_Exit4) {
+  ASSERT_EQ(Ctl({"register-consumer", "--token=t1", "--node=n1", "--vm=vm-a",
+                 "--gsi=24"}).exit_code, 0);
+  auto again = Ctl({"register-consumer", "--token=t1", "--node=n1",
+                    "--vm=vm-a", "--gsi=25"});
+  EXPECT_EQ(again.exit_code, 4) << again.err;
+}
+
+TEST_F(CliTest, NotFound_Exit3) {
+  EXPECT_EQ(Ctl({"get", "--token=nothing"}).exit_code, 3);
+  EXPECT_EQ(Ctl({"unregister-consumer", "--token=nothing"}).exit_code, 3);
+}
+
+TEST_F(CliTest, Invalid_Exit2_FromServerAndFromUsage) {
+  auto server_side = Ctl({"register-producer", "--token=t1", "--node=n1",
+                          "--device=not-a-bdf"});
+  EXPECT_EQ(server_side.exit_code, 2);
+  EXPECT_NE(server_side.err.find("producer.device"), std::string::npos)
+      << server_side.err;
+  auto usage = Ctl({"register-consumer", "--node=n1", "--vm=vm-a"});
+  EXPECT_EQ(usage.exit_code, 2);
+  EXPECT_NE(usage.err.find("token"), std::string::npos) << usage.err;
+}
+
+TEST_F(CliTest, NodeMismatch_Exit6) {
+  ASSERT_EQ(Ctl({"register-consumer", "--token=t1", "--node=n1", "--vm=vm-a",
+                 "--gsi=24"}).exit_code, 0);
+  auto p = Ctl({"register-producer", "--token=t1", "--node=n2",
+                "--device=0000:3b:00.1"});
+  EXPECT_EQ(p.exit_code, 6) << p.err;
+}
+
+TEST_F(CliTest, Unavailable_Exit7_NoAgentAndNoServer) {
+  ASSERT_EQ(Ctl({"register-consumer", "--token=t1", "--node=ghost",
+                 "--vm=vm-a", "--gsi=24"}).exit_code, 0);
+  auto no_agent = Ctl({"register-producer", "--token=t1", "--node=ghost",
+                       "--device=0000:3b:00.1"});
+  EXPECT_EQ(no_agent.exit_code, 7) << no_agent.err;
+  auto no_server = RunCommand(BinaryPath("client/irqbypassctl"),
+                              {"--server=127.0.0.1:1", "--timeout=2s", "get",
+                               "--token=t1"});
+  EXPECT_EQ(no_server.exit_code, 7) << no_server.err;
+}
+
+}  // namespace
+}  // namespace irqbypass::testing
