@@ -20,6 +20,8 @@ struct ProducerSide {
   using Other = ConsumerRecord;
   static constexpr const char* kName = "producer";
   static constexpr const char* kOtherName = "consumer";
+  static constexpr LockOp kRegisterOp = LockOp::kRegisterProducer;
+  static constexpr LockOp kUnregisterOp = LockOp::kUnregisterProducer;
   static std::optional<Record>& Mine(BindingState& s) { return s.producer; }
   static const std::optional<Record>& Mine(const BindingState& s) {
     return s.producer;
@@ -45,6 +47,8 @@ struct ConsumerSide {
   using Other = ProducerRecord;
   static constexpr const char* kName = "consumer";
   static constexpr const char* kOtherName = "producer";
+  static constexpr LockOp kRegisterOp = LockOp::kRegisterConsumer;
+  static constexpr LockOp kUnregisterOp = LockOp::kUnregisterConsumer;
   static std::optional<Record>& Mine(BindingState& s) { return s.consumer; }
   static const std::optional<Record>& Mine(const BindingState& s) {
     return s.consumer;
@@ -70,7 +74,7 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
                                         AgentDispatcher& dispatcher,
                                         absl::string_view token,
                                         typename Side::Record record) {
-  TokenIndex::TokenLock lock = index.Lock(token);
+  TokenIndex::TokenLock lock = index.Lock(token, Side::kRegisterOp);
   const BindingState& current = lock.state();
 
   if (Side::Mine(current).has_value()) {
@@ -138,7 +142,7 @@ template <typename Side>
 absl::StatusOr<bool> Unregister(TokenIndex& index, AgentDispatcher& dispatcher,
                                 absl::string_view token,
                                 uint64_t registration_id) {
-  TokenIndex::TokenLock lock = index.Lock(token);
+  TokenIndex::TokenLock lock = index.Lock(token, Side::kUnregisterOp);
   const BindingState& current = lock.state();
   const auto& mine = Side::Mine(current);
   if (!mine.has_value()) {
@@ -222,7 +226,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
   // 1. What the agent has: keep it if it is exactly what we hold, otherwise
   //    remove it there.
   for (const WiredPair& w : wired) {
-    TokenIndex::TokenLock lock = index_.Lock(w.token);
+    TokenIndex::TokenLock lock = index_.Lock(w.token, LockOp::kReconcile);
     const BindingState& st = lock.state();
     if (SameWiring(st, w)) {
       ++result.kept;
@@ -250,7 +254,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
     }
   });
   for (const std::string& token : missing) {
-    TokenIndex::TokenLock lock = index_.Lock(token);
+    TokenIndex::TokenLock lock = index_.Lock(token, LockOp::kReconcile);
     const BindingState& st = lock.state();
     if (!st.producer || !st.consumer || st.node() != node) {
       continue;  // changed meanwhile

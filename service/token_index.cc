@@ -1,6 +1,7 @@
 #include "service/token_index.h"
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
 
 #include "absl/hash/hash.h"
@@ -35,8 +36,27 @@ struct TokenIndex::Shard {
   absl::flat_hash_map<std::string, std::string> objects ABSL_GUARDED_BY(mu);
 };
 
-TokenIndex::TokenIndex(size_t num_shards, ChangeListener* listener)
-    : listener_(listener) {
+const char* LockOpName(LockOp op) {
+  switch (op) {
+    case LockOp::kRegisterProducer:
+      return "register_producer";
+    case LockOp::kRegisterConsumer:
+      return "register_consumer";
+    case LockOp::kUnregisterProducer:
+      return "unregister_producer";
+    case LockOp::kUnregisterConsumer:
+      return "unregister_consumer";
+    case LockOp::kReconcile:
+      return "reconcile";
+    case LockOp::kOther:
+      return "other";
+  }
+  return "other";
+}
+
+TokenIndex::TokenIndex(size_t num_shards, ChangeListener* listener,
+                       LockWaitObserver* observer)
+    : listener_(listener), observer_(observer) {
   if (num_shards == 0) num_shards = 1;
   shards_.reserve(num_shards);
   for (size_t i = 0; i < num_shards; ++i) {
@@ -58,22 +78,45 @@ TokenIndex::Shard& TokenIndex::ShardFor(absl::string_view key) const {
   return *shards_[ShardIndex(key)];
 }
 
-TokenIndex::TokenLock TokenIndex::Lock(absl::string_view token) {
-  Shard& shard = ShardFor(token);
-  MutexLock lock(&shard.mu);
-  auto it = shard.slots.find(token);
-  if (it == shard.slots.end()) {
-    it = shard.slots.emplace(std::string(token), std::make_unique<Slot>())
-             .first;
+TokenIndex::TokenLock TokenIndex::Lock(absl::string_view token, LockOp op) {
+  const size_t shard_index = ShardIndex(token);
+  Shard& shard = *shards_[shard_index];
+  const bool timed = observer_ != nullptr;
+  std::chrono::steady_clock::time_point start;
+  if (timed) start = std::chrono::steady_clock::now();
+  int64_t wait_ns = 0;
+  Slot* slot;
+  {
+    MutexLock lock(&shard.mu);
+    if (timed) {
+      wait_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                    std::chrono::steady_clock::now() - start)
+                    .count();
+    }
+    auto it = shard.slots.find(token);
+    if (it == shard.slots.end()) {
+      it = shard.slots.emplace(std::string(token), std::make_unique<Slot>())
+               .first;
+    }
+    slot = it->second.get();
+    // The slot cannot be erased while we wait: waiters > 0 keeps it.
+    if (slot->busy) {
+      std::chrono::steady_clock::time_point op_start;
+      if (timed) op_start = std::chrono::steady_clock::now();
+      while (slot->busy) {
+        ++slot->waiters;
+        shard.released.Wait(&shard.mu);
+        --slot->waiters;
+      }
+      if (timed) {
+        wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       std::chrono::steady_clock::now() - op_start)
+                       .count();
+      }
+    }
+    slot->busy = true;
   }
-  Slot* slot = it->second.get();
-  // The slot cannot be erased while we wait: waiters > 0 keeps it.
-  while (slot->busy) {
-    ++slot->waiters;
-    shard.released.Wait(&shard.mu);
-    --slot->waiters;
-  }
-  slot->busy = true;
+  if (timed) observer_->OnLockWait(op, shard_index, wait_ns);
   return TokenLock(this, &shard, slot, std::string(token));
 }
 

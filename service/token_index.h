@@ -74,6 +74,28 @@ class ChangeListener {
                         const BindingState& after) = 0;
 };
 
+// Which operation took a token's lock (a metrics label).
+enum class LockOp : uint8_t {
+  kRegisterProducer = 0,
+  kRegisterConsumer,
+  kUnregisterProducer,
+  kUnregisterConsumer,
+  kReconcile,
+  kOther,
+};
+inline constexpr int kNumLockOps = 6;
+const char* LockOpName(LockOp op);  // "register_producer", ...
+
+// Told how long each TokenIndex::Lock waited: for the shard mutex, plus for
+// the token's op lock when another operation on the same token held it.
+// Called on the locking thread with no lock held; must be cheap and
+// thread-safe (per-shard or per-thread cells, not one shared counter).
+class LockWaitObserver {
+ public:
+  virtual ~LockWaitObserver() = default;
+  virtual void OnLockWait(LockOp op, size_t shard, int64_t wait_ns) = 0;
+};
+
 class TokenIndex {
   struct Shard;
   struct Slot;
@@ -81,9 +103,10 @@ class TokenIndex {
  public:
   static constexpr size_t kDefaultShards = 256;
 
-  // `listener` may be null; it must outlive the index.
+  // `listener` and `observer` may be null; they must outlive the index.
   explicit TokenIndex(size_t num_shards = kDefaultShards,
-                      ChangeListener* listener = nullptr);
+                      ChangeListener* listener = nullptr,
+                      LockWaitObserver* observer = nullptr);
   ~TokenIndex();
   TokenIndex(const TokenIndex&) = delete;
   TokenIndex& operator=(const TokenIndex&) = delete;
@@ -113,8 +136,9 @@ class TokenIndex {
     std::string token_;
   };
 
-  // Waits until no other TokenLock holds `token`, then takes it.
-  TokenLock Lock(absl::string_view token);
+  // Waits until no other TokenLock holds `token`, then takes it. `op` labels
+  // the wait for the LockWaitObserver.
+  TokenLock Lock(absl::string_view token, LockOp op = LockOp::kOther);
 
   // Committed state of `token`; nullopt when it holds neither side.
   std::optional<BindingState> Get(absl::string_view token) const;
@@ -161,6 +185,7 @@ class TokenIndex {
 
   std::vector<std::unique_ptr<Shard>> shards_;
   ChangeListener* const listener_;
+  LockWaitObserver* const observer_;
 };
 
 }  // namespace irqbypass

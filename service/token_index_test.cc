@@ -1,6 +1,9 @@
 #include "service/token_index.h"
 
 #include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -191,6 +194,40 @@ TEST(TokenIndexTest, ConcurrentCommitsOnManyTokens_CountsAddUp) {
   }
   for (auto& th : threads) th.join();
   EXPECT_EQ(index.CountAll().producers, static_cast<size_t>(kThreads * kPerThread));
+}
+
+class RecordingObserver : public LockWaitObserver {
+ public:
+  void OnLockWait(LockOp op, size_t shard, int64_t wait_ns) override {
+    std::lock_guard<std::mutex> lock(mu);
+    waits.emplace_back(op, wait_ns);
+  }
+  std::mutex mu;
+  std::vector<std::pair<LockOp, int64_t>> waits;
+};
+
+TEST(TokenIndexTest, LockWaitObserver_SeesEveryLockAndTheOpLockWait) {
+  RecordingObserver observer;
+  TokenIndex index(4, nullptr, &observer);
+  auto held = std::make_unique<TokenIndex::TokenLock>(
+      index.Lock("t1", LockOp::kRegisterProducer));
+  std::atomic<bool> about_to_lock{false};
+  std::thread waiter([&] {
+    about_to_lock = true;
+    auto lock = index.Lock("t1", LockOp::kUnregisterConsumer);
+  });
+  while (!about_to_lock) std::this_thread::yield();
+  // The waiter is blocked on the op lock (no observable condition for it);
+  // hold it for a measurable time.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  held.reset();
+  waiter.join();
+  std::lock_guard<std::mutex> lock(observer.mu);
+  ASSERT_EQ(observer.waits.size(), 2u);
+  EXPECT_EQ(observer.waits[0].first, LockOp::kRegisterProducer);
+  EXPECT_EQ(observer.waits[1].first, LockOp::kUnregisterConsumer);
+  EXPECT_GE(observer.waits[1].second, 5 * 1000 * 1000);  // >= 5 ms
+  EXPECT_STREQ(LockOpName(LockOp::kUnregisterConsumer), "unregister_consumer");
 }
 
 }  // namespace
