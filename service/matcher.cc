@@ -100,7 +100,7 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
         ctx);
   }
   const std::string object_key = Side::ObjectKey(record);
-  if (auto holder = index.ClaimObject(object_key, token)) {
+  if (auto holder = lock.ClaimObject(object_key)) {
     ErrorContext ctx;
     ctx.token = std::string(token);
     ctx.node = record.node;
@@ -121,7 +121,7 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
     absl::Status connected = Side::Connect(dispatcher, token, record, *other);
     if (!connected.ok()) {
       // Contract: the new side is not recorded; the other stays untouched.
-      index.ReleaseObject(object_key, token);
+      lock.ReleaseObject(object_key);
       LogWarn("connect failed", {{"token", std::string(token)},
                                  {"node", record.node},
                                  {"side", Side::kName},
@@ -168,7 +168,7 @@ absl::StatusOr<bool> Unregister(TokenIndex& index, AgentDispatcher& dispatcher,
     Side::Disconnect(dispatcher, token, *mine, *Side::Theirs(current));
     disconnected = true;
   }
-  index.ReleaseObject(Side::ObjectKey(*mine), token);
+  lock.ReleaseObject(Side::ObjectKey(*mine));
   BindingState next = current;
   Side::Mine(next).reset();
   next.connected = false;

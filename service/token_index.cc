@@ -48,11 +48,45 @@ const char* LockOpName(LockOp op) {
       return "unregister_consumer";
     case LockOp::kReconcile:
       return "reconcile";
+    case LockOp::kRead:
+      return "read";
     case LockOp::kOther:
       return "other";
   }
   return "other";
 }
+
+// A shard-mutex hold that reports its wait to the observer, if any. An
+// uncontended acquisition (TryLock succeeds) waited 0 ns and reads no clock;
+// only a contended one is timed.
+class ABSL_SCOPED_LOCKABLE TokenIndex::TimedLock {
+ public:
+  TimedLock(const TokenIndex& index, size_t shard, LockOp op)
+      ABSL_EXCLUSIVE_LOCK_FUNCTION(index.shards_[shard]->mu)
+      : mu_(&index.shards_[shard]->mu) {
+    if (index.observer_ == nullptr) {
+      mu_->Lock();
+      return;
+    }
+    if (mu_->TryLock()) {
+      index.observer_->OnLockWait(op, shard, 0);
+      return;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    mu_->Lock();
+    index.observer_->OnLockWait(
+        op, shard,
+        std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::chrono::steady_clock::now() - start)
+            .count());
+  }
+  ~TimedLock() ABSL_UNLOCK_FUNCTION() { mu_->Unlock(); }
+  TimedLock(const TimedLock&) = delete;
+  TimedLock& operator=(const TimedLock&) = delete;
+
+ private:
+  Mutex* const mu_;
+};
 
 TokenIndex::TokenIndex(size_t num_shards, ChangeListener* listener,
                        LockWaitObserver* observer)
@@ -74,64 +108,61 @@ size_t TokenIndex::ShardIndex(absl::string_view key) const {
   return static_cast<size_t>((mixed >> 32) % shards_.size());
 }
 
-TokenIndex::Shard& TokenIndex::ShardFor(absl::string_view key) const {
-  return *shards_[ShardIndex(key)];
-}
-
 TokenIndex::TokenLock TokenIndex::Lock(absl::string_view token, LockOp op) {
   const size_t shard_index = ShardIndex(token);
   Shard& shard = *shards_[shard_index];
-  const bool timed = observer_ != nullptr;
-  std::chrono::steady_clock::time_point start;
-  if (timed) start = std::chrono::steady_clock::now();
-  int64_t wait_ns = 0;
+  // Allocate outside the lock: a preempted holder stalls the whole shard.
+  std::string key(token);
+  auto fresh = std::make_unique<Slot>();
   Slot* slot;
+  std::chrono::steady_clock::time_point op_start;
+  bool waited = false;
   {
-    MutexLock lock(&shard.mu);
-    if (timed) {
-      wait_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                    std::chrono::steady_clock::now() - start)
-                    .count();
-    }
-    auto it = shard.slots.find(token);
-    if (it == shard.slots.end()) {
-      it = shard.slots.emplace(std::string(token), std::make_unique<Slot>())
-               .first;
-    }
+    TimedLock lock(*this, shard_index, op);
+    auto [it, inserted] = shard.slots.try_emplace(key, nullptr);
+    if (inserted) it->second = std::move(fresh);
     slot = it->second.get();
     // The slot cannot be erased while we wait: waiters > 0 keeps it.
     if (slot->busy) {
-      std::chrono::steady_clock::time_point op_start;
-      if (timed) op_start = std::chrono::steady_clock::now();
+      waited = true;
+      if (observer_ != nullptr) op_start = std::chrono::steady_clock::now();
       while (slot->busy) {
         ++slot->waiters;
         shard.released.Wait(&shard.mu);
         --slot->waiters;
       }
-      if (timed) {
-        wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
-                       std::chrono::steady_clock::now() - op_start)
-                       .count();
-      }
     }
     slot->busy = true;
   }
-  if (timed) observer_->OnLockWait(op, shard_index, wait_ns);
-  return TokenLock(this, &shard, slot, std::string(token));
+  if (waited && observer_ != nullptr) {
+    observer_->OnLockWait(
+        op, shard_index,
+        std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::chrono::steady_clock::now() - op_start)
+            .count());
+  }
+  return TokenLock(this, shard_index, slot, std::move(key), op);
 }
 
-void TokenIndex::Release(Shard* shard, Slot* slot, const std::string& token) {
+void TokenIndex::Release(size_t shard_index, Slot* slot,
+                         const std::string& token, LockOp op) {
+  Shard& shard = *shards_[shard_index];
   bool wake = false;
+  std::unique_ptr<Slot> dropped;  // freed after the lock is released
   {
-    MutexLock lock(&shard->mu);
+    TimedLock lock(*this, shard_index, op);
     slot->busy = false;
     wake = slot->waiters > 0;
     if (!wake && slot->committed.empty()) {
       // Nobody holds or wants it and it records nothing: drop it.
-      shard->slots.erase(token);
+      auto it = shard.slots.find(token);
+      if (it != shard.slots.end()) {
+        dropped = std::move(it->second);
+        shard.slots.erase(it);
+      }
     }
   }
-  if (wake) shard->released.SignalAll();
+  if (wake) shard.released.SignalAll();
 }
 
 TokenIndex::TokenLock::TokenLock(TokenLock&& other) noexcept
@@ -143,7 +174,7 @@ TokenIndex::TokenLock::TokenLock(TokenLock&& other) noexcept
 }
 
 TokenIndex::TokenLock::~TokenLock() {
-  if (slot_ != nullptr) index_->Release(shard_, slot_, token_);
+  if (slot_ != nullptr) index_->Release(shard_, slot_, token_, op_);
 }
 
 const std::string& TokenIndex::TokenLock::token() const { return token_; }
@@ -157,7 +188,7 @@ const BindingState& TokenIndex::TokenLock::state() const {
 void TokenIndex::TokenLock::Commit(BindingState next) {
   BindingState before;
   {
-    MutexLock lock(&shard_->mu);
+    TimedLock lock(*index_, shard_, op_);
     next.revision = slot_->committed.revision + 1;
     before = std::exchange(slot_->committed, std::move(next));
   }
@@ -167,8 +198,9 @@ void TokenIndex::TokenLock::Commit(BindingState next) {
 }
 
 std::optional<BindingState> TokenIndex::Get(absl::string_view token) const {
-  Shard& shard = ShardFor(token);
-  MutexLock lock(&shard.mu);
+  const size_t shard_index = ShardIndex(token);
+  const Shard& shard = *shards_[shard_index];
+  TimedLock lock(*this, shard_index, LockOp::kRead);
   auto it = shard.slots.find(token);
   if (it == shard.slots.end() || it->second->committed.empty()) {
     return std::nullopt;
@@ -176,21 +208,22 @@ std::optional<BindingState> TokenIndex::Get(absl::string_view token) const {
   return it->second->committed;
 }
 
-std::optional<std::string> TokenIndex::ClaimObject(const std::string& key,
-                                                   absl::string_view token) {
-  Shard& shard = ShardFor(key);
-  MutexLock lock(&shard.mu);
-  auto [it, inserted] = shard.objects.try_emplace(key, std::string(token));
-  if (inserted || it->second == token) return std::nullopt;
+std::optional<std::string> TokenIndex::TokenLock::ClaimObject(
+    const std::string& key) {
+  const size_t shard_index = index_->ShardIndex(key);
+  Shard& shard = *index_->shards_[shard_index];
+  TimedLock lock(*index_, shard_index, op_);
+  auto [it, inserted] = shard.objects.try_emplace(key, token_);
+  if (inserted || it->second == token_) return std::nullopt;
   return it->second;
 }
 
-void TokenIndex::ReleaseObject(const std::string& key,
-                               absl::string_view token) {
-  Shard& shard = ShardFor(key);
-  MutexLock lock(&shard.mu);
+void TokenIndex::TokenLock::ReleaseObject(const std::string& key) {
+  const size_t shard_index = index_->ShardIndex(key);
+  Shard& shard = *index_->shards_[shard_index];
+  TimedLock lock(*index_, shard_index, op_);
   auto it = shard.objects.find(key);
-  if (it != shard.objects.end() && it->second == token) {
+  if (it != shard.objects.end() && it->second == token_) {
     shard.objects.erase(it);
   }
 }
@@ -231,7 +264,7 @@ absl::StatusOr<TokenIndex::Page> TokenIndex::List(
     std::vector<std::pair<std::string, BindingState>> found;
     {
       const Shard& shard = *shards_[s];
-      MutexLock lock(&shard.mu);
+      TimedLock lock(*this, s, LockOp::kRead);
       for (const auto& [token, slot] : shard.slots) {
         const BindingState& st = slot->committed;
         if (st.empty()) continue;
@@ -258,10 +291,11 @@ absl::StatusOr<TokenIndex::Page> TokenIndex::List(
 void TokenIndex::ForEachCommitted(
     const std::function<void(const std::string&, const BindingState&)>& fn)
     const {
-  for (const auto& shard_ptr : shards_) {
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    const auto& shard_ptr = shards_[s];
     std::vector<std::pair<std::string, BindingState>> found;
     {
-      MutexLock lock(&shard_ptr->mu);
+      TimedLock lock(*this, s, LockOp::kRead);
       for (const auto& [token, slot] : shard_ptr->slots) {
         if (!slot->committed.empty()) found.emplace_back(token, slot->committed);
       }
@@ -272,8 +306,9 @@ void TokenIndex::ForEachCommitted(
 
 TokenIndex::Counts TokenIndex::CountAll() const {
   Counts c;
-  for (const auto& shard_ptr : shards_) {
-    MutexLock lock(&shard_ptr->mu);
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    const auto& shard_ptr = shards_[s];
+    TimedLock lock(*this, s, LockOp::kRead);
     for (const auto& [token, slot] : shard_ptr->slots) {
       const BindingState& st = slot->committed;
       if (st.empty()) continue;

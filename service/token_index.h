@@ -81,15 +81,18 @@ enum class LockOp : uint8_t {
   kUnregisterProducer,
   kUnregisterConsumer,
   kReconcile,
+  kRead,  // Get, List, watch snapshots, gauges
   kOther,
 };
-inline constexpr int kNumLockOps = 6;
+inline constexpr int kNumLockOps = 7;
 const char* LockOpName(LockOp op);  // "register_producer", ...
 
-// Told how long each TokenIndex::Lock waited: for the shard mutex, plus for
-// the token's op lock when another operation on the same token held it.
-// Called on the locking thread with no lock held; must be cheap and
-// thread-safe (per-shard or per-thread cells, not one shared counter).
+// Told how long the index waited for its locks: once per shard-mutex
+// acquisition (lookups, commits, object claims, release), and in
+// TokenIndex::Lock also for the token's op lock when another operation on the
+// same token held it. Called on the operating thread with no lock held; must
+// be cheap and thread-safe (per-shard or per-thread cells, not one shared
+// counter).
 class LockWaitObserver {
  public:
   virtual ~LockWaitObserver() = default;
@@ -101,7 +104,7 @@ class TokenIndex {
   struct Slot;
 
  public:
-  static constexpr size_t kDefaultShards = 256;
+  static constexpr size_t kDefaultShards = 65536;
 
   // `listener` and `observer` may be null; they must outlive the index.
   explicit TokenIndex(size_t num_shards = kDefaultShards,
@@ -126,14 +129,28 @@ class TokenIndex {
     // revision and notifies the listener.
     void Commit(BindingState next);
 
+    // Reserves a physical object (see ProducerObjectKey) for this token.
+    // Returns nullopt when reserved now or already reserved by this token;
+    // otherwise the token that holds it.
+    std::optional<std::string> ClaimObject(const std::string& key);
+    // Releases this token's reservation of `key` (no-op if another token
+    // holds it).
+    void ReleaseObject(const std::string& key);
+
    private:
     friend class TokenIndex;
-    TokenLock(TokenIndex* index, Shard* shard, Slot* slot, std::string token)
-        : index_(index), shard_(shard), slot_(slot), token_(std::move(token)) {}
+    TokenLock(TokenIndex* index, size_t shard, Slot* slot, std::string token,
+              LockOp op)
+        : index_(index),
+          shard_(shard),
+          slot_(slot),
+          token_(std::move(token)),
+          op_(op) {}
     TokenIndex* index_;
-    Shard* shard_;
+    size_t shard_;
     Slot* slot_;
     std::string token_;
+    LockOp op_;
   };
 
   // Waits until no other TokenLock holds `token`, then takes it. `op` labels
@@ -142,14 +159,6 @@ class TokenIndex {
 
   // Committed state of `token`; nullopt when it holds neither side.
   std::optional<BindingState> Get(absl::string_view token) const;
-
-  // Reserves a physical object (see ObjectKey) for `token`. Returns nullopt
-  // when reserved now or already reserved by `token`; otherwise the token
-  // that holds it. Call with `token`'s TokenLock held.
-  std::optional<std::string> ClaimObject(const std::string& key,
-                                         absl::string_view token);
-  // Releases a reservation made by `token` (no-op if another token holds it).
-  void ReleaseObject(const std::string& key, absl::string_view token);
 
   static std::string ProducerObjectKey(const ProducerRecord& p);
   static std::string ConsumerObjectKey(const ConsumerRecord& c);
@@ -179,9 +188,9 @@ class TokenIndex {
   size_t num_shards() const { return shards_.size(); }
 
  private:
-  Shard& ShardFor(absl::string_view key) const;
+  class TimedLock;
   size_t ShardIndex(absl::string_view key) const;
-  void Release(Shard* shard, Slot* slot, const std::string& token);
+  void Release(size_t shard, Slot* slot, const std::string& token, LockOp op);
 
   std::vector<std::unique_ptr<Shard>> shards_;
   ChangeListener* const listener_;

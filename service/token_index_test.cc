@@ -1,5 +1,6 @@
 #include "service/token_index.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -126,15 +127,21 @@ TEST(TokenIndexTest, Lock_HeldOnOneToken_DoesNotBlockOtherTokens) {
 
 TEST(TokenIndexTest, ClaimObject_SecondTokenSeesHolder_SameTokenReclaims) {
   TokenIndex index(8);
-  EXPECT_FALSE(index.ClaimObject("obj", "t1").has_value());
-  EXPECT_FALSE(index.ClaimObject("obj", "t1").has_value());
-  auto holder = index.ClaimObject("obj", "t2");
-  ASSERT_TRUE(holder.has_value());
-  EXPECT_EQ(*holder, "t1");
-  index.ReleaseObject("obj", "t2");  // not the holder: no effect
-  EXPECT_TRUE(index.ClaimObject("obj", "t2").has_value());
-  index.ReleaseObject("obj", "t1");
-  EXPECT_FALSE(index.ClaimObject("obj", "t2").has_value());
+  {
+    auto t1 = index.Lock("t1");
+    EXPECT_FALSE(t1.ClaimObject("obj").has_value());
+    EXPECT_FALSE(t1.ClaimObject("obj").has_value());
+  }
+  {
+    auto t2 = index.Lock("t2");
+    auto holder = t2.ClaimObject("obj");
+    ASSERT_TRUE(holder.has_value());
+    EXPECT_EQ(*holder, "t1");
+    t2.ReleaseObject("obj");  // not the holder: no effect
+    EXPECT_TRUE(t2.ClaimObject("obj").has_value());
+  }
+  index.Lock("t1").ReleaseObject("obj");
+  EXPECT_FALSE(index.Lock("t2").ClaimObject("obj").has_value());
 }
 
 TEST(TokenIndexTest, List_PagesVisitEveryBindingOnce) {
@@ -223,10 +230,16 @@ TEST(TokenIndexTest, LockWaitObserver_SeesEveryLockAndTheOpLockWait) {
   held.reset();
   waiter.join();
   std::lock_guard<std::mutex> lock(observer.mu);
-  ASSERT_EQ(observer.waits.size(), 2u);
-  EXPECT_EQ(observer.waits[0].first, LockOp::kRegisterProducer);
-  EXPECT_EQ(observer.waits[1].first, LockOp::kUnregisterConsumer);
-  EXPECT_GE(observer.waits[1].second, 5 * 1000 * 1000);  // >= 5 ms
+  int64_t longest_unregister_wait = 0;
+  bool saw_register = false;
+  for (const auto& [op, ns] : observer.waits) {
+    if (op == LockOp::kRegisterProducer) saw_register = true;
+    if (op == LockOp::kUnregisterConsumer) {
+      longest_unregister_wait = std::max(longest_unregister_wait, ns);
+    }
+  }
+  EXPECT_TRUE(saw_register);
+  EXPECT_GE(longest_unregister_wait, 5 * 1000 * 1000);  // >= 5 ms
   EXPECT_STREQ(LockOpName(LockOp::kUnregisterConsumer), "unregister_consumer");
 }
 
