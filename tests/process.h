@@ -41,6 +41,7 @@ class Process {
   // timeout.
   int Wait(std::chrono::milliseconds timeout = std::chrono::seconds(20));
   bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
   const std::string& log_path() const { return log_path_; }
   std::string Log() const { return ReadFile(log_path_); }
 

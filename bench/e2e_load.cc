@@ -1,0 +1,469 @@
+// End-to-end benchmark: an async gRPC load generator (one completion queue,
+// --callers concurrent callers) driving irqbypassd with a sim agent on
+// loopback, and in the same run the same generator against bare_server
+// (the same service with empty handlers, same server options).
+//
+// One cycle = RegisterProducer, RegisterConsumer (connects through the agent),
+// UnregisterProducer (disconnects through the agent), UnregisterConsumer.
+// Reports cycles ("pairs") per second and cycle latency p50/p99/p99.9 for
+// both, and irqbypassd's throughput as a fraction of bare gRPC's.
+//
+// --scale: registration latency with --scale_small (1,000) and then
+// --scale_large (1,000,000) connected pairs already registered, and
+// irqbypassd's resident memory per registered pair at the large size.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "bench/latency_stats.h"
+#include "grpcpp/grpcpp.h"
+#include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
+#include "tests/process.h"
+
+ABSL_FLAG(int, callers, 64, "Concurrent callers");
+ABSL_FLAG(absl::Duration, duration, absl::Seconds(10),
+          "How long each measurement runs");
+ABSL_FLAG(bool, scale, false, "Run the scale measurement instead");
+ABSL_FLAG(int, scale_small, 1000, "Pairs registered for the small case");
+ABSL_FLAG(int, scale_large, 1000000, "Pairs registered for the large case");
+ABSL_FLAG(std::string, json_out, "", "Write results as JSON to this file");
+
+namespace irqbypass::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using testing::Process;
+
+constexpr char kNode[] = "bench-node";
+
+std::string Runfile(const std::string& rel) {
+  // bazel run: cwd is the runfiles tree; bazel test: TEST_SRCDIR.
+  if (const char* dir = std::getenv("RUNFILES_DIR")) {
+    return std::string(dir) + "/irqbypass/" + rel;
+  }
+  if (std::getenv("TEST_SRCDIR") != nullptr) return testing::BinaryPath(rel);
+  return rel;
+}
+
+std::string Device(uint64_t n) {
+  const uint64_t bdf = n % 65536;
+  return absl::StrFormat("0000:%02x:%02x.%d", bdf >> 8, (bdf >> 3) & 0x1f,
+                         bdf & 7);
+}
+
+// A caller: runs cycles (or, preloading, registers pairs) one RPC at a time
+// on the shared completion queue.
+class Caller {
+ public:
+  enum class Mode { kCycle, kPreload };
+
+  Caller(v1::BypassManager::Stub* stub, grpc::CompletionQueue* cq, int id,
+         Mode mode)
+      : stub_(stub), cq_(cq), id_(id), mode_(mode) {}
+
+  // Starts the first RPC for pair number `n`.
+  void Begin(uint64_t n) {
+    n_ = n;
+    step_ = 0;
+    cycle_start_ = Clock::now();
+    Issue();
+  }
+
+  // Handles a completion; returns false when this caller's pair is done.
+  bool Complete() {
+    if (!status_.ok()) {
+      ++errors_;
+      if (errors_ <= 3) {
+        std::fprintf(stderr, "caller %d step %d: %s\n", id_, step_,
+                     status_.error_message().c_str());
+      }
+    }
+    ++step_;
+    const int steps = mode_ == Mode::kCycle ? 4 : 2;
+    if (step_ == steps) {
+      samples_.Add(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       Clock::now() - cycle_start_)
+                       .count());
+      return false;
+    }
+    Issue();
+    return true;
+  }
+
+  LatencySamples& samples() { return samples_; }
+  uint64_t errors() const { return errors_; }
+
+ private:
+  std::string Token() const {
+    return mode_ == Mode::kCycle ? absl::StrCat("load-", id_, "-", n_)
+                                 : absl::StrCat("pre-", n_);
+  }
+
+  void Issue() {
+    ctx_ = std::make_unique<grpc::ClientContext>();
+    ctx_->set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(60));
+    const std::string token = Token();
+    // Cycling callers reuse their own device and GSI (freed every cycle);
+    // preloaded pairs each get their own.
+    const uint64_t obj = mode_ == Mode::kCycle ? 4000000 + id_ : n_;
+    switch (step_) {
+      case 0: {
+        v1::RegisterProducerRequest req;
+        auto* p = req.mutable_producer();
+        p->set_token(token);
+        p->set_node(kNode);
+        p->set_device(Device(obj));
+        p->set_vector(static_cast<uint32_t>((obj / 65536) % 2048));
+        rp_reader_ = stub_->PrepareAsyncRegisterProducer(ctx_.get(), req, cq_);
+        rp_reader_->StartCall();
+        rp_reader_->Finish(&rp_, &status_, this);
+        break;
+      }
+      case 1: {
+        v1::RegisterConsumerRequest req;
+        auto* c = req.mutable_consumer();
+        c->set_token(token);
+        c->set_node(kNode);
+        c->set_vm(absl::StrCat("vm-", obj / 4096));
+        c->set_gsi(static_cast<uint32_t>(obj % 4096));
+        rc_reader_ = stub_->PrepareAsyncRegisterConsumer(ctx_.get(), req, cq_);
+        rc_reader_->StartCall();
+        rc_reader_->Finish(&rc_, &status_, this);
+        break;
+      }
+      case 2: {
+        v1::UnregisterProducerRequest req;
+        req.set_token(token);
+        up_reader_ =
+            stub_->PrepareAsyncUnregisterProducer(ctx_.get(), req, cq_);
+        up_reader_->StartCall();
+        up_reader_->Finish(&up_, &status_, this);
+        break;
+      }
+      case 3: {
+        v1::UnregisterConsumerRequest req;
+        req.set_token(token);
+        uc_reader_ =
+            stub_->PrepareAsyncUnregisterConsumer(ctx_.get(), req, cq_);
+        uc_reader_->StartCall();
+        uc_reader_->Finish(&uc_, &status_, this);
+        break;
+      }
+    }
+  }
+
+  v1::BypassManager::Stub* const stub_;
+  grpc::CompletionQueue* const cq_;
+  const int id_;
+  const Mode mode_;
+  uint64_t n_ = 0;
+  int step_ = 0;
+  Clock::time_point cycle_start_;
+  std::unique_ptr<grpc::ClientContext> ctx_;
+  grpc::Status status_;
+  v1::RegisterProducerResponse rp_;
+  v1::RegisterConsumerResponse rc_;
+  v1::UnregisterProducerResponse up_;
+  v1::UnregisterConsumerResponse uc_;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<v1::RegisterProducerResponse>>
+      rp_reader_;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<v1::RegisterConsumerResponse>>
+      rc_reader_;
+  std::unique_ptr<
+      grpc::ClientAsyncResponseReader<v1::UnregisterProducerResponse>>
+      up_reader_;
+  std::unique_ptr<
+      grpc::ClientAsyncResponseReader<v1::UnregisterConsumerResponse>>
+      uc_reader_;
+  LatencySamples samples_;
+  uint64_t errors_ = 0;
+};
+
+struct LoadResult {
+  double seconds = 0;
+  uint64_t pairs = 0;
+  uint64_t errors = 0;
+  LatencySummary latency;
+  double pairs_per_second() const { return seconds > 0 ? pairs / seconds : 0; }
+};
+
+// Runs `callers` callers until `duration` passes (kCycle) or until `total`
+// pairs were started (kPreload, numbering pairs from `first`).
+LoadResult RunLoad(const std::string& target, int callers, Caller::Mode mode,
+                   absl::Duration duration, uint64_t first = 0,
+                   uint64_t total = 0) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto channel = grpc::CreateCustomChannel(
+      target, grpc::InsecureChannelCredentials(), args);
+  auto stub = v1::BypassManager::NewStub(channel);
+  grpc::CompletionQueue cq;
+  std::vector<std::unique_ptr<Caller>> all;
+  for (int i = 0; i < callers; ++i) {
+    all.push_back(std::make_unique<Caller>(stub.get(), &cq, i, mode));
+  }
+  const auto start = Clock::now();
+  const auto stop_at = start + absl::ToChronoNanoseconds(duration);
+  uint64_t next = first;
+  const uint64_t end = first + total;
+  auto more = [&] {
+    return mode == Caller::Mode::kCycle ? Clock::now() < stop_at : next < end;
+  };
+  int active = 0;
+  for (auto& c : all) {
+    if (!more()) break;
+    c->Begin(next++);
+    ++active;
+  }
+  void* tag;
+  bool ok;
+  while (active > 0 && cq.Next(&tag, &ok)) {
+    auto* c = static_cast<Caller*>(tag);
+    if (c->Complete()) continue;
+    if (more()) {
+      c->Begin(next++);
+    } else {
+      --active;
+    }
+  }
+  LoadResult r;
+  r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  LatencySamples merged;
+  for (auto& c : all) {
+    merged.Merge(c->samples());
+    r.errors += c->errors();
+  }
+  r.pairs = merged.size();
+  r.latency = merged.Summarise();
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return r;
+}
+
+// irqbypassd + one sim agent, or bare_server, as child processes.
+class Servers {
+ public:
+  Servers() : dir_(testing::MakeTempDir("e2e-bench")) {}
+
+  bool StartManager() {
+    const std::string port_file = dir_ + "/manager.port";
+    if (!manager_.Start(Runfile("service/irqbypassd"),
+                        {"--listen=127.0.0.1:0", "--metrics_listen=",
+                         "--port_file=" + port_file},
+                        dir_ + "/irqbypassd.log")) {
+      return false;
+    }
+    if (!testing::WaitFor([&] {
+          return !testing::ReadFile(port_file).empty();
+        })) {
+      return false;
+    }
+    manager_port_ = std::atoi(testing::ReadFile(port_file).c_str());
+    if (!agent_.Start(Runfile("agent/irqbypass-agent"),
+                      {"--manager=127.0.0.1:" + std::to_string(manager_port_),
+                       std::string("--node=") + kNode, "--backend=sim",
+                       "--log_level=warn"},
+                      dir_ + "/agent.log")) {
+      return false;
+    }
+    return testing::WaitFor([&] {
+      return testing::ReadFile(dir_ + "/irqbypassd.log")
+                 .find("msg=\"agent reconciled\"") != std::string::npos;
+    });
+  }
+
+  bool StartBare() {
+    const std::string port_file = dir_ + "/bare.port";
+    if (!bare_.Start(Runfile("bench/bare_server"),
+                     {"--listen=127.0.0.1:0", "--port_file=" + port_file},
+                     dir_ + "/bare.log")) {
+      return false;
+    }
+    if (!testing::WaitFor(
+            [&] { return !testing::ReadFile(port_file).empty(); })) {
+      return false;
+    }
+    bare_port_ = std::atoi(testing::ReadFile(port_file).c_str());
+    return true;
+  }
+
+  std::string manager() const {
+    return "127.0.0.1:" + std::to_string(manager_port_);
+  }
+  std::string bare() const { return "127.0.0.1:" + std::to_string(bare_port_); }
+  // Resident set of irqbypassd, bytes.
+  int64_t ManagerRss() const {
+    std::istringstream in(testing::ReadFile(
+        "/proc/" + std::to_string(manager_.pid()) + "/status"));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("VmRSS:", 0) == 0) {
+        return std::atoll(line.c_str() + 6) * 1024;
+      }
+    }
+    return -1;
+  }
+
+ private:
+  std::string dir_;
+  Process manager_;
+  Process agent_;
+  Process bare_;
+  int manager_port_ = 0;
+  int bare_port_ = 0;
+};
+
+void PrintLoad(const char* name, const LoadResult& r) {
+  std::printf("%-12s %10.0f %10lu %10s %10s %10s %8lu\n", name,
+              r.pairs_per_second(), static_cast<unsigned long>(r.pairs),
+              HumanNs(static_cast<double>(r.latency.p50_ns)).c_str(),
+              HumanNs(static_cast<double>(r.latency.p99_ns)).c_str(),
+              HumanNs(static_cast<double>(r.latency.p999_ns)).c_str(),
+              static_cast<unsigned long>(r.errors));
+}
+
+std::string LoadJson(const LoadResult& r) {
+  return absl::StrFormat(
+      "{\"pairs_per_second\": %.1f, \"pairs\": %u, \"errors\": %u, "
+      "\"latency\": %s}",
+      r.pairs_per_second(), r.pairs, r.errors, SummaryJson(r.latency));
+}
+
+int RunThroughput(int callers, absl::Duration duration) {
+  Servers servers;
+  if (!servers.StartManager() || !servers.StartBare()) {
+    std::fprintf(stderr, "could not start the servers\n");
+    return 1;
+  }
+  // Warm up both (connections, allocator, first-use paths).
+  RunLoad(servers.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
+  RunLoad(servers.bare(), callers, Caller::Mode::kCycle, absl::Seconds(1));
+  const LoadResult ours =
+      RunLoad(servers.manager(), callers, Caller::Mode::kCycle, duration);
+  const LoadResult bare =
+      RunLoad(servers.bare(), callers, Caller::Mode::kCycle, duration);
+  const double ratio = bare.pairs_per_second() > 0
+                           ? ours.pairs_per_second() / bare.pairs_per_second()
+                           : 0;
+  std::printf(
+      "end-to-end: %d callers, %s each; cycle = register producer + register "
+      "consumer (connect via sim agent) + unregister both; %u cores\n",
+      callers, absl::FormatDuration(duration).c_str(),
+      std::thread::hardware_concurrency());
+  std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "server", "pairs/s",
+              "pairs", "p50", "p99", "p99.9", "errors");
+  PrintLoad("irqbypassd", ours);
+  PrintLoad("bare gRPC", bare);
+  std::printf("irqbypassd / bare gRPC throughput: %.1f%%\n", ratio * 100);
+  const std::string json_out = absl::GetFlag(FLAGS_json_out);
+  if (!json_out.empty()) {
+    std::ofstream(json_out) << "{\"callers\": " << callers
+                            << ", \"irqbypassd\": " << LoadJson(ours)
+                            << ", \"bare_grpc\": " << LoadJson(bare)
+                            << ", \"ratio\": " << ratio << "}\n";
+  }
+  return ours.errors == 0 && bare.errors == 0 ? 0 : 1;
+}
+
+int RunScale(int callers, absl::Duration duration) {
+  const int small = absl::GetFlag(FLAGS_scale_small);
+  const int large = absl::GetFlag(FLAGS_scale_large);
+  if (small < 0 || large < small) {
+    std::fprintf(stderr, "--scale_small/--scale_large: need 0 <= small <= large\n");
+    return 2;
+  }
+  Servers servers;
+  if (!servers.StartManager()) {
+    std::fprintf(stderr, "could not start irqbypassd\n");
+    return 1;
+  }
+  RunLoad(servers.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
+  const int64_t rss_empty = servers.ManagerRss();
+  LoadResult pre = RunLoad(servers.manager(), callers, Caller::Mode::kPreload,
+                           absl::ZeroDuration(), 0, small);
+  const LoadResult at_small =
+      RunLoad(servers.manager(), callers, Caller::Mode::kCycle, duration);
+  const int64_t rss_small = servers.ManagerRss();
+  std::fprintf(stderr, "preloading %d pairs ...\n", large - small);
+  const auto t0 = Clock::now();
+  LoadResult pre_large =
+      RunLoad(servers.manager(), callers, Caller::Mode::kPreload,
+              absl::ZeroDuration(), small, large - small);
+  const double preload_s =
+      std::chrono::duration<double>(Clock::now() - t0).count();
+  const int64_t rss_large = servers.ManagerRss();
+  const LoadResult at_large =
+      RunLoad(servers.manager(), callers, Caller::Mode::kCycle, duration);
+  const double p99_ratio =
+      at_small.latency.p99_ns > 0
+          ? static_cast<double>(at_large.latency.p99_ns) /
+                at_small.latency.p99_ns
+          : 0;
+  const double bytes_per_pair =
+      large > small ? static_cast<double>(rss_large - rss_small) /
+                          (large - small)
+                    : 0;
+  std::printf("scale: %d callers, %s per measurement\n", callers,
+              absl::FormatDuration(duration).c_str());
+  std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "registered", "pairs/s",
+              "pairs", "p50", "p99", "p99.9", "errors");
+  PrintLoad(absl::StrCat(small).c_str(), at_small);
+  PrintLoad(absl::StrCat(large).c_str(), at_large);
+  std::printf("p99 at %d / p99 at %d: %.2fx\n", large, small, p99_ratio);
+  std::printf(
+      "preload: %d pairs in %.1f s (%.0f pairs/s, %lu errors)\n", large - small,
+      preload_s, (large - small) / preload_s,
+      static_cast<unsigned long>(pre.errors + pre_large.errors));
+  std::printf(
+      "irqbypassd resident memory: %.1f MiB empty, %.1f MiB at %d, %.1f MiB "
+      "at %d pairs: %.0f bytes per registered pair\n",
+      rss_empty / 1048576.0, rss_small / 1048576.0, small,
+      rss_large / 1048576.0, large, bytes_per_pair);
+  const std::string json_out = absl::GetFlag(FLAGS_json_out);
+  if (!json_out.empty()) {
+    std::ofstream(json_out)
+        << "{\"callers\": " << callers << ", \"small\": " << small
+        << ", \"large\": " << large << ", \"at_small\": " << LoadJson(at_small)
+        << ", \"at_large\": " << LoadJson(at_large)
+        << ", \"p99_ratio\": " << p99_ratio
+        << ", \"rss_bytes\": {\"empty\": " << rss_empty
+        << ", \"small\": " << rss_small << ", \"large\": " << rss_large
+        << "}, \"bytes_per_pair\": " << bytes_per_pair << "}\n";
+  }
+  return at_small.errors == 0 && at_large.errors == 0 &&
+                 pre.errors + pre_large.errors == 0
+             ? 0
+             : 1;
+}
+
+}  // namespace
+}  // namespace irqbypass::bench
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const int callers = absl::GetFlag(FLAGS_callers);
+  const absl::Duration duration = absl::GetFlag(FLAGS_duration);
+  if (callers < 1 || callers > 4000 || duration <= absl::ZeroDuration()) {
+    std::fprintf(stderr, "--callers: 1..4000; --duration: positive\n");
+    return 2;
+  }
+  return absl::GetFlag(FLAGS_scale)
+             ? irqbypass::bench::RunScale(callers, duration)
+             : irqbypass::bench::RunThroughput(callers, duration);
+}
