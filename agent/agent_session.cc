@@ -1,6 +1,7 @@
 #include "agent/agent_session.h"
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
 #include <vector>
 
@@ -8,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "agent/agent_metrics.h"
 #include "common/errno_name.h"
 #include "common/log.h"
 #include "grpcpp/create_channel.h"
@@ -102,7 +104,8 @@ std::shared_ptr<grpc::Channel> NewChannel(const AgentSessionOptions& options) {
 // Executes one command and writes its ack. False if the ack could not be
 // written (the stream is broken).
 bool HandleCommand(StepExecutor& executor, const std::string& node,
-                   const v1::Command& command, SessionStream& stream) {
+                   const v1::Command& command, SessionStream& stream,
+                   AgentMetrics* metrics) {
   const std::string id = absl::StrCat(command.id());
   const std::string kind = CommandKindName(command.kind());
   LogDebug(
@@ -110,7 +113,15 @@ bool HandleCommand(StepExecutor& executor, const std::string& node,
       {{"node", node}, {"token", command.token()}, {"id", id}, {"kind", kind}});
   v1::AgentMessage out;
   v1::CommandAck& ack = *out.mutable_ack();
+  const auto started = std::chrono::steady_clock::now();
   ack = executor.Execute(command);
+  if (metrics != nullptr) {
+    metrics->CommandExecuted(
+        command.kind(), ack.ok(),
+        std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::chrono::steady_clock::now() - started)
+            .count());
+  }
   if (ack.ok()) {
     LogDebug("command done", {{"node", node},
                               {"token", command.token()},
@@ -148,9 +159,16 @@ void AgentSession::Run() {
     const SessionOutcome outcome = RunOneSession();
     const bool established = outcome.established;
     const grpc::Status& status = outcome.status;
+    bool resync = false;
     {
       absl::MutexLock lock(&mu_);
       if (shutdown_) break;
+      resync = std::exchange(resync_, false);
+    }
+    if (resync) {
+      LogInfo("re-reporting wiring to the manager",
+              {{"node", options_.node}, {"manager", options_.manager_address}});
+      continue;
     }
     // Reset the backoff only after a session that held for a while, so a
     // manager that ends every stream at once (e.g. another agent claiming
@@ -223,6 +241,9 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
     while (stream->Read(&in)) {
       if (!established) {
         established = true;
+        if (options_.metrics != nullptr) {
+          options_.metrics->ManagerSessionStarted();
+        }
         absl::MutexLock lock(&mu_);
         ++sessions_established_;
       }
@@ -234,7 +255,8 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
                   {"reconcile_commands",
                    absl::StrCat(in.hello().reconcile_commands())}});
       } else if (in.has_command()) {
-        if (!HandleCommand(executor_, options_.node, in.command(), *stream)) {
+        if (!HandleCommand(executor_, options_.node, in.command(), *stream,
+                           options_.metrics)) {
           break;
         }
       } else {
@@ -243,6 +265,9 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
       }
     }
   }
+  if (established && options_.metrics != nullptr) {
+    options_.metrics->ManagerSessionEnded();
+  }
   // Half-close then collect the status; both are no-ops on a dead call.
   stream->WritesDone();
   return {established, stream->Finish()};
@@ -250,7 +275,13 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
 
 bool AgentSession::SleepUnlessShutdown(absl::Duration delay) {
   absl::MutexLock lock(&mu_);
-  mu_.AwaitWithTimeout(absl::Condition(&shutdown_), delay);
+  mu_.AwaitWithTimeout(
+      absl::Condition(
+          +[](AgentSession* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
+            return self->shutdown_ || self->resync_;
+          },
+          this),
+      delay);
   return !shutdown_;
 }
 
@@ -263,6 +294,13 @@ void AgentSession::Shutdown() {
   if (shutdown_) return;
   shutdown_ = true;  // Wakes SleepUnlessShutdown.
   // Safe before the call has started too: gRPC cancels it when it starts.
+  if (context_ != nullptr) context_->TryCancel();
+}
+
+void AgentSession::Resync() {
+  absl::MutexLock lock(&mu_);
+  if (shutdown_) return;
+  resync_ = true;  // Wakes SleepUnlessShutdown.
   if (context_ != nullptr) context_->TryCancel();
 }
 

@@ -37,6 +37,8 @@
 namespace irqbypass {
 namespace agent {
 
+class AgentMetrics;
+
 struct AgentSessionOptions {
   // The manager's AgentControl address: "host:port" or any gRPC target.
   std::string manager_address = "127.0.0.1:50051";
@@ -53,6 +55,9 @@ struct AgentSessionOptions {
   // (a stock gRPC server only every 5 min: raise this for one). Zero
   // disables.
   absl::Duration keepalive_time = absl::Seconds(30);
+  // Commands executed and sessions (agent_metrics.h); may be null. Must
+  // outlive the session.
+  AgentMetrics* metrics = nullptr;
 };
 
 class AgentSession {
@@ -70,6 +75,15 @@ class AgentSession {
   // progress) and wakes a backoff sleep. A command being executed finishes
   // first. Idempotent.
   void Shutdown();
+
+  // Makes the agent re-report its wiring now: ends the open stream (or the
+  // connect in progress, or the backoff sleep) and reconnects at once, so
+  // the manager reconciles from a fresh AgentHello. For wiring that changed
+  // outside of a command (a VMM went away: kvm_backend.h). A command being
+  // executed finishes first; its ack may be lost, and the manager then
+  // treats it as failed and reconciles. Thread-safe; idempotent until the
+  // reconnect happens.
+  void Resync();
 
   // Number of sessions established so far (a ManagerHello was received).
   // For tests and diagnostics.
@@ -94,6 +108,7 @@ class AgentSession {
 
   mutable absl::Mutex mu_;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  bool resync_ ABSL_GUARDED_BY(mu_) = false;
   // The context of the stream in progress, so Shutdown() can cancel it.
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
   uint64_t sessions_established_ ABSL_GUARDED_BY(mu_) = 0;

@@ -338,6 +338,29 @@ TEST(AgentSessionTest, Shutdown_WhileConnected_ReturnsPromptly) {
   EXPECT_LT(agent.Stop(), absl::Seconds(1));
 }
 
+TEST(AgentSessionTest, Resync_ReReportsCurrentWiringAtOnce) {
+  SimBackend sim = MakeSim();
+  FakeManager manager;
+  ManagerServer server(manager);
+  ASSERT_TRUE(server.started());
+  AgentSessionOptions options = Options(server.address());
+  options.initial_backoff = absl::Seconds(30);  // a resync must not wait
+  options.max_backoff = absl::Seconds(30);
+  RunningAgent agent(options, sim);
+  ASSERT_TRUE(manager.WaitForHellos(1));
+  EXPECT_THAT(manager.hellos()[0].wired(), IsEmpty());
+
+  // Wiring changes outside of a command (kvm: a VMM handed a VM over).
+  const v1::Command wired = Connect(1, "t1", "vm-1", 1);
+  ASSERT_TRUE(sim.AddConsumer("t1", wired.producer(), wired.consumer()).ok());
+  ASSERT_TRUE(sim.AddProducer("t1", wired.producer(), wired.consumer()).ok());
+  agent.session().Resync();
+
+  ASSERT_TRUE(manager.WaitForHellos(2));
+  ASSERT_THAT(manager.hellos()[1].wired(), SizeIs(1));
+  EXPECT_EQ(manager.hellos()[1].wired(0).token(), "t1");
+}
+
 }  // namespace
 }  // namespace agent
 }  // namespace irqbypass

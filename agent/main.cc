@@ -28,9 +28,15 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
+#include "agent/agent_metrics.h"
 #include "agent/agent_session.h"
+#include "agent/handoff_server.h"
+#include "agent/kvm_backend.h"
+#include "agent/metered_backend.h"
 #include "agent/sim_backend.h"
+#include "agent/vfio_device.h"
 #include "common/log.h"
+#include "metrics/metrics_server.h"
 
 ABSL_FLAG(std::string, manager, "127.0.0.1:50051",
           "The manager's AgentControl address, HOST:PORT.");
@@ -49,6 +55,26 @@ ABSL_FLAG(std::string, sim_fail_step, "",
           "add_producer) fail with ERRNO (a name such as EIO, or a number).");
 ABSL_FLAG(std::string, sim_step_delay_ms, "0",
           "sim, for tests: sleep N milliseconds in every add step.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT for this agent's Prometheus /metrics, e.g. "
+          "127.0.0.1:9465 (empty: off; port 0: any free port).");
+ABSL_FLAG(std::string, kvm_device, "/dev/kvm",
+          "kvm: the KVM device to create VMs on.");
+ABSL_FLAG(std::string, kvm_create_vms, "",
+          "kvm: comma-separated names of VMs the agent creates on /dev/kvm at "
+          "start (in-kernel irqchip, agent-owned GSI routing), for demos and "
+          "tests.");
+ABSL_FLAG(std::string, kvm_fake_devices, "",
+          "kvm: comma-separated PCI addresses (DDDD:BB:DD.F) of fake VFIO "
+          "devices that record VFIO_DEVICE_SET_IRQS instead of programming "
+          "hardware, for hosts without a device bound to vfio-pci. The KVM "
+          "side stays real.");
+ABSL_FLAG(std::string, handoff_socket, "",
+          "kvm: path of the Unix socket on which VMMs hand over their KVM VM "
+          "and VFIO device fds (wire format: agent/handoff.h). Empty: off.");
+ABSL_FLAG(std::string, handoff_allowed_uids, "",
+          "kvm: comma-separated uids allowed to hand over fds (checked with "
+          "SO_PEERCRED; empty: the agent's own uid).");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error.");
 ABSL_FLAG(std::string, log_format, "kv", "kv (key=value) or json.");
 
@@ -170,10 +196,72 @@ SimBackendOptions SimOptionsFromFlags(const std::string& node) {
   return options;
 }
 
+// --backend=kvm: the backend, with the VMs and fake devices the flags ask
+// for. Exits kExitUsage on a bad flag, 1 if KVM cannot be used.
+std::unique_ptr<KvmBackend> KvmBackendFromFlags(const std::string& node) {
+  KvmBackendOptions options;
+  options.node = node;
+  options.kvm_device = absl::GetFlag(FLAGS_kvm_device);
+  absl::StatusOr<std::unique_ptr<KvmBackend>> created =
+      KvmBackend::Create(options);
+  if (!created.ok()) {
+    std::fprintf(stderr, "irqbypass-agent: --backend=kvm: %s\n",
+                 std::string(created.status().message()).c_str());
+    std::exit(1);
+  }
+  std::unique_ptr<KvmBackend> backend = *std::move(created);
+  if (auto vms = ParseNameList("kvm_create_vms",
+                               absl::GetFlag(FLAGS_kvm_create_vms))) {
+    for (const std::string& name : *vms) {
+      if (absl::Status s = backend->CreateVm(name); !s.ok()) {
+        std::fprintf(stderr, "irqbypass-agent: --kvm_create_vms: %s\n",
+                     std::string(s.message()).c_str());
+        std::exit(1);
+      }
+    }
+  }
+  if (auto devices = ParseNameList("kvm_fake_devices",
+                                   absl::GetFlag(FLAGS_kvm_fake_devices))) {
+    for (const std::string& address : *devices) {
+      if (!IsPciAddress(address)) {
+        FlagError("kvm_fake_devices",
+                  absl::StrCat("\"", address,
+                               "\": want a PCI address DDDD:BB:DD.F"));
+      }
+      backend->AddDevice(std::make_unique<FakeVfioIrqs>(address));
+    }
+  }
+  return backend;
+}
+
+// --handoff_socket: the server VMMs hand their fds to; null when off. Exits
+// kExitUsage on a bad flag, 1 if the socket cannot be served.
+std::unique_ptr<HandoffServer> HandoffFromFlags(const std::string& node,
+                                                KvmBackend& backend) {
+  HandoffServerOptions options;
+  options.path = absl::GetFlag(FLAGS_handoff_socket);
+  options.node = node;
+  if (options.path.empty()) return nullptr;
+  absl::StatusOr<absl::flat_hash_set<uid_t>> uids =
+      ParseUidList(absl::GetFlag(FLAGS_handoff_allowed_uids));
+  if (!uids.ok()) FlagError("handoff_allowed_uids", uids.status().message());
+  options.allowed_uids = *std::move(uids);
+  absl::StatusOr<std::unique_ptr<HandoffServer>> server =
+      HandoffServer::Start(options, backend);
+  if (!server.ok()) {
+    std::fprintf(stderr, "irqbypass-agent: --handoff_socket: %s\n",
+                 std::string(server.status().message()).c_str());
+    std::exit(1);
+  }
+  LogInfo("handoff socket listening",
+          {{"node", node}, {"path", options.path}});
+  return *std::move(server);
+}
+
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "irqbypass node agent.\n  irqbypass-agent --manager=HOST:PORT "
-      "[--node=NAME] [--backend=sim]");
+      "[--node=NAME] [--backend=sim|kvm]");
   absl::FlagsUsageConfig usage_config;
   usage_config.version_string = [] {
     return absl::StrCat("irqbypass-agent ", kAgentVersion, "\n");
@@ -219,14 +307,21 @@ int Main(int argc, char** argv) {
 
   const std::string backend_name = absl::GetFlag(FLAGS_backend);
   std::unique_ptr<Backend> backend;
+  KvmBackend* kvm_backend = nullptr;  // --backend=kvm; owned by `backend`
   if (backend_name == "sim") {
     backend = std::make_unique<SimBackend>(SimOptionsFromFlags(node));
   } else if (backend_name == "kvm") {
-    FlagError("backend", "backend kvm is not built yet (use --backend=sim)");
+    std::unique_ptr<KvmBackend> kvm = KvmBackendFromFlags(node);
+    kvm_backend = kvm.get();
+    backend = std::move(kvm);
   } else {
     FlagError("backend", absl::StrCat("unknown backend \"", backend_name,
                                       "\" (want sim or kvm)"));
   }
+
+  // Every backend step is timed, and its errors counted, for /metrics.
+  AgentMetrics metrics;
+  backend = std::make_unique<MeteredBackend>(std::move(backend), metrics);
 
   // Block the shutdown signals before any thread starts (gRPC's included),
   // so they are delivered only to sigwait below.
@@ -236,16 +331,42 @@ int Main(int argc, char** argv) {
   sigaddset(&shutdown_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &shutdown_signals, nullptr);
 
+  // After the signal mask: civetweb's threads must not take SIGTERM.
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (!metrics_listen.empty()) {
+    auto started = metrics::MetricsServer::Start(metrics_listen);
+    if (!started.ok()) FlagError("metrics_listen", started.status().message());
+    metrics_server = *std::move(started);
+    for (auto& collectable : metrics.Collectables()) {
+      metrics_server->Register(std::move(collectable));
+    }
+  }
+
   AgentSessionOptions session_options;
   session_options.manager_address = manager;
   session_options.node = node;
   session_options.agent_version = kAgentVersion;
+  session_options.metrics = &metrics;
   AgentSession session(session_options, *backend);
 
+  // kvm: VMs and devices come and go (handoff); each change makes the
+  // session re-report its wiring, so the manager reconciles.
+  std::unique_ptr<HandoffServer> handoff;
+  if (kvm_backend != nullptr) {
+    kvm_backend->SetChangeCallback([&session] { session.Resync(); });
+    handoff = HandoffFromFlags(node, *kvm_backend);
+  } else if (!absl::GetFlag(FLAGS_handoff_socket).empty()) {
+    FlagError("handoff_socket", "needs --backend=kvm");
+  }
+
+  const int metrics_port =
+      metrics_server != nullptr ? metrics_server->port() : 0;
   LogInfo("agent started", {{"node", node},
                             {"manager", manager},
                             {"backend", backend->Name()},
-                            {"version", kAgentVersion}});
+                            {"version", kAgentVersion},
+                            {"metrics_port", absl::StrCat(metrics_port)}});
   std::thread session_thread([&session] { session.Run(); });
 
   int signal_number = 0;
@@ -254,6 +375,8 @@ int Main(int argc, char** argv) {
   LogInfo("agent stopping",
           {{"node", node},
            {"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  if (handoff != nullptr) handoff->Stop();
+  if (kvm_backend != nullptr) kvm_backend->SetChangeCallback(nullptr);
   session.Shutdown();
   session_thread.join();
   LogInfo("agent stopped", {{"node", node}});

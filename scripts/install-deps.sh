@@ -17,6 +17,8 @@ packages=(
   libgmock-dev
   libbenchmark-dev
   prometheus-cpp-dev
+  prometheus  # promtool and the server, for the observability tests
+  jq          # checks the Grafana dashboard JSON (//deploy:deploy_files_test)
 )
 
 missing=()

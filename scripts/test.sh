@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up (system packages), builds and runs every test:
 #   1. all test targets (unit, contract, end-to-end, CLI) in the default build;
-#   2. the index, matcher and step-executor tests again under ThreadSanitizer
-#      and AddressSanitizer.
+#   2. the index, matcher, step-executor and sharded-histogram tests again
+#      under ThreadSanitizer and AddressSanitizer.
 # Ends with one line "N passed, M failed", counted from the gtest results of
 # what ran (a target that failed to build or crashed counts as one failure).
 set -uo pipefail
@@ -14,6 +14,7 @@ SANITIZED_TESTS=(
   //service:token_index_test
   //service:matcher_test
   //agent:step_executor_test
+  //metrics:sharded_histogram_test
 )
 
 passed=0

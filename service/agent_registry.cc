@@ -1,6 +1,7 @@
 #include "service/agent_registry.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <thread>
 #include <utility>
@@ -129,6 +130,33 @@ class AgentRegistry::AgentSession {
 };
 
 namespace {
+
+// Latency and outcome of one connect/disconnect round trip; for a connect
+// that failed, also the failing step and errno.
+void RecordRoundTrip(ServiceMetrics* metrics, AgentCommand command,
+                     std::chrono::steady_clock::time_point started,
+                     const absl::StatusOr<v1::CommandAck>& ack) {
+  if (metrics == nullptr) return;
+  const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                         std::chrono::steady_clock::now() - started)
+                         .count();
+  AgentCommandResult result = AgentCommandResult::kOk;
+  if (!ack.ok()) {
+    const bool timeout =
+        ack.status().code() == absl::StatusCode::kDeadlineExceeded;
+    result = timeout ? AgentCommandResult::kTimeout
+                     : AgentCommandResult::kUnavailable;
+    if (command == AgentCommand::kConnect) {
+      metrics->ConnectFailed("dispatch", timeout ? ETIMEDOUT : ENOTCONN);
+    }
+  } else if (!ack->ok()) {
+    result = AgentCommandResult::kFailed;
+    if (command == AgentCommand::kConnect) {
+      metrics->ConnectFailed(StepName(ack->failed_step()), ack->errno_value());
+    }
+  }
+  metrics->ObserveAgentRoundTrip(command, result, ns);
+}
 
 void AddStep(v1::Command* command, v1::StepKind kind, bool always,
              v1::StepKind undo = v1::STEP_UNSPECIFIED) {
@@ -283,6 +311,9 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
     replaced = std::exchange(slot, session);
     changed_.SignalAll();
   }
+  if (options_.metrics != nullptr) {
+    options_.metrics->AgentSessionStarted(hello.node());
+  }
   if (replaced != nullptr) {
     LogWarn("agent session replaced by a newer one", {{"node", hello.node()}});
     replaced->Close();
@@ -302,6 +333,12 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
   std::thread reconciler([this, session, wired = std::move(wired)] {
     if (matcher_ != nullptr) {
       ReconcileResult r = matcher_->Reconcile(session->node(), wired);
+      if (options_.metrics != nullptr) {
+        options_.metrics->CommandsRetried(AgentCommand::kConnect,
+                                          r.reconnected + r.failed);
+        options_.metrics->CommandsRetried(AgentCommand::kDisconnect,
+                                          r.disconnected);
+      }
       LogInfo("agent reconciled", {{"node", session->node()},
                                    {"kept", absl::StrCat(r.kept)},
                                    {"disconnected", absl::StrCat(r.disconnected)},
@@ -381,9 +418,11 @@ absl::Status AgentRegistry::Connect(absl::string_view token,
                                     const ConsumerRecord& consumer) {
   const std::string& node = producer.node;
   std::shared_ptr<AgentSession> session;
+  const auto started = std::chrono::steady_clock::now();
   absl::StatusOr<v1::CommandAck> ack = RoundTrip(
       node, MakeCommand(v1::Command::CONNECT, token, producer, consumer),
       &session);
+  RecordRoundTrip(options_.metrics, AgentCommand::kConnect, started, ack);
   if (!ack.ok()) {
     if (ack.status().code() == absl::StatusCode::kDeadlineExceeded &&
         session != nullptr) {
@@ -403,10 +442,13 @@ void AgentRegistry::Disconnect(absl::string_view token,
                                const ConsumerRecord& consumer) {
   const std::string& node = producer.node;
   std::shared_ptr<AgentSession> session;
+  const auto started = std::chrono::steady_clock::now();
   absl::StatusOr<v1::CommandAck> ack = RoundTrip(
       node, MakeCommand(v1::Command::DISCONNECT, token, producer, consumer),
       &session);
+  RecordRoundTrip(options_.metrics, AgentCommand::kDisconnect, started, ack);
   if (!ack.ok()) {
+    if (options_.metrics != nullptr) options_.metrics->DisconnectDeferred();
     // Delivered by reconciliation when the agent is back: it will report
     // the pair as wired, and the manager no longer holds it.
     LogWarn("disconnect deferred until the agent reconnects",

@@ -26,6 +26,7 @@
 #include "protos/irqbypass/v1/agent.grpc.pb.h"
 #include "service/agent_dispatcher.h"
 #include "service/matcher.h"
+#include "service/service_metrics.h"
 
 namespace irqbypass {
 
@@ -35,6 +36,9 @@ class AgentRegistry final : public AgentDispatcher,
   struct Options {
     // How long a connect or disconnect may wait for the agent's ack.
     absl::Duration command_timeout = absl::Seconds(5);
+    // Round-trip latency, connect failures, sessions, retries; may be null.
+    // Must outlive the registry.
+    ServiceMetrics* metrics = nullptr;
   };
 
   explicit AgentRegistry(Options options);

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -15,12 +16,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/log.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "service/agent_registry.h"
 #include "service/bypass_service.h"
 #include "service/matcher.h"
 #include "service/metrics_endpoint.h"
+#include "service/rpc_metrics_interceptor.h"
+#include "service/service_metrics.h"
 #include "service/token_index.h"
 #include "service/watch_hub.h"
 
@@ -33,7 +37,9 @@ ABSL_FLAG(std::string, port_file, "",
           "If set, write the bound gRPC port to this file once serving");
 ABSL_FLAG(absl::Duration, agent_command_timeout, absl::Seconds(5),
           "How long a connect/disconnect waits for the agent's ack");
-ABSL_FLAG(int, shards, 256, "Number of token index shards");
+ABSL_FLAG(int, shards, 65536,
+          "Number of token index shards (more shards: fewer collisions with a "
+          "lock holder that the scheduler preempted)");
 ABSL_FLAG(std::string, log_level, "info", "debug|info|warn|error");
 ABSL_FLAG(std::string, log_format, "kv", "kv|json");
 
@@ -57,7 +63,9 @@ int Run() {
   }
   SetLogFormat(format);
   const int shards = absl::GetFlag(FLAGS_shards);
-  if (shards < 1 || shards > 65536) return Fail("--shards: expected 1..65536");
+  if (shards < 1 || shards > (1 << 20)) {
+    return Fail("--shards: expected 1..1048576");
+  }
   const absl::Duration timeout = absl::GetFlag(FLAGS_agent_command_timeout);
   if (timeout <= absl::ZeroDuration()) {
     return Fail("--agent_command_timeout: must be positive");
@@ -71,9 +79,14 @@ int Run() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   WatchHub watch_hub;
-  TokenIndex index(static_cast<size_t>(shards), &watch_hub);
+  // Lock waits are timed only when someone can scrape them.
+  ServiceMetrics service_metrics;
+  TokenIndex index(
+      static_cast<size_t>(shards), &watch_hub,
+      absl::GetFlag(FLAGS_metrics_listen).empty() ? nullptr : &service_metrics);
   AgentRegistry::Options registry_options;
   registry_options.command_timeout = timeout;
+  registry_options.metrics = &service_metrics;
   AgentRegistry registry(registry_options);
   Matcher matcher(index, registry);
   registry.SetMatcher(&matcher);
@@ -82,7 +95,8 @@ int Run() {
   std::unique_ptr<MetricsEndpoint> metrics;
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   if (!metrics_listen.empty()) {
-    auto created = MetricsEndpoint::Create(metrics_listen, index, registry);
+    auto created = MetricsEndpoint::Create(metrics_listen, index, registry,
+                                           service_metrics);
     if (!created.ok()) {
       return Fail(absl::StrCat("--metrics_listen: ",
                                created.status().message()));
@@ -91,7 +105,16 @@ int Run() {
   }
 
   grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();  // grpcurl
   grpc::ServerBuilder builder;
+  {
+    std::vector<
+        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(
+        std::make_unique<RpcMetricsInterceptorFactory>(service_metrics));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   int port = 0;
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen),
                            grpc::InsecureServerCredentials(), &port);
@@ -110,6 +133,11 @@ int Run() {
     return Fail(absl::StrCat("--listen: cannot listen on ",
                              absl::GetFlag(FLAGS_listen)));
   }
+  // Besides the server as a whole (""), probes may name either service.
+  server->GetHealthCheckService()->SetServingStatus(
+      "irqbypass.v1.BypassManager", true);
+  server->GetHealthCheckService()->SetServingStatus("irqbypass.v1.AgentControl",
+                                                    true);
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {
     const std::string tmp = port_file + ".tmp";
@@ -123,6 +151,7 @@ int Run() {
           {{"listen", absl::GetFlag(FLAGS_listen)},
            {"port", absl::StrCat(port)},
            {"metrics_listen", metrics_listen},
+           {"metrics_port", absl::StrCat(metrics ? metrics->port() : 0)},
            {"shards", absl::StrCat(shards)}});
 
   int sig = 0;

@@ -1,11 +1,9 @@
 #include "service/metrics_endpoint.h"
 
-#include <exception>
+#include <utility>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "prometheus/collectable.h"
-#include "prometheus/exposer.h"
 #include "prometheus/metric_family.h"
 
 namespace irqbypass {
@@ -30,6 +28,17 @@ class StateCollector : public prometheus::Collectable {
 
   std::vector<prometheus::MetricFamily> Collect() const override {
     const TokenIndex::Counts counts = index_.CountAll();
+    const std::vector<std::string> nodes = registry_.ConnectedNodes();
+    prometheus::MetricFamily per_node;
+    per_node.name = "irqbypass_agent_connected";
+    per_node.help = "1 for each node whose agent has a live session.";
+    per_node.type = prometheus::MetricType::Gauge;
+    for (const std::string& node : nodes) {
+      prometheus::ClientMetric metric;
+      metric.label.push_back({"node", node});
+      metric.gauge.value = 1;
+      per_node.metric.push_back(std::move(metric));
+    }
     return {
         Gauge("irqbypass_producers", "Registered producers.",
               static_cast<double>(counts.producers)),
@@ -38,9 +47,9 @@ class StateCollector : public prometheus::Collectable {
         Gauge("irqbypass_connected_pairs",
               "Tokens whose producer and consumer are connected.",
               static_cast<double>(counts.connected)),
-        Gauge("irqbypass_agents_connected",
-              "Node agents with a live session.",
-              static_cast<double>(registry_.ConnectedNodes().size())),
+        Gauge("irqbypass_agents_connected", "Node agents with a live session.",
+              static_cast<double>(nodes.size())),
+        std::move(per_node),
     };
   }
 
@@ -53,26 +62,21 @@ class StateCollector : public prometheus::Collectable {
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Create(
     const std::string& listen, const TokenIndex& index,
-    const AgentRegistry& registry) {
+    const AgentRegistry& registry, const ServiceMetrics& metrics) {
+  auto server = metrics::MetricsServer::Start(listen);
+  if (!server.ok()) return server.status();
   std::unique_ptr<MetricsEndpoint> endpoint(new MetricsEndpoint());
-  try {
-    // civetweb reports a bind failure by throwing; keep it inside here.
-    endpoint->exposer_ = std::make_unique<prometheus::Exposer>(listen);
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
+  endpoint->server_ = *std::move(server);
+  endpoint->server_->Register(
+      std::make_shared<StateCollector>(index, registry));
+  for (auto& collectable : metrics.Collectables()) {
+    endpoint->server_->Register(std::move(collectable));
   }
-  auto collector = std::make_shared<StateCollector>(index, registry);
-  endpoint->exposer_->RegisterCollectable(collector);
-  endpoint->collectable_ = collector;
   return endpoint;
 }
 
 MetricsEndpoint::~MetricsEndpoint() = default;
 
-int MetricsEndpoint::port() const {
-  auto ports = exposer_->GetListeningPorts();
-  return ports.empty() ? 0 : ports.front();
-}
+int MetricsEndpoint::port() const { return server_->port(); }
 
 }  // namespace irqbypass

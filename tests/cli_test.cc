@@ -15,6 +15,9 @@ class CliTest : public ::testing::Test {
     ASSERT_TRUE(cluster_.StartManager());
     ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-a"}));
   }
+  void TearDown() override {
+    if (HasFailure()) cluster_.DumpLogs();
+  }
   CommandResult Ctl(std::vector<std::string> args) {
     args.insert(args.begin(), "--server=" + cluster_.target());
     return RunCommand(BinaryPath("client/irqbypassctl"), args);

@@ -2,6 +2,7 @@
 
 #include <signal.h>
 
+#include <cstdio>
 #include <cstdlib>
 
 namespace irqbypass::testing {
@@ -42,6 +43,23 @@ bool Cluster::StartManager(const std::vector<std::string>& flags) {
     client_ = *std::move(created);
   }
   return port_ > 0;
+}
+
+void Cluster::DumpLogs() const {
+  auto tail = [](const std::string& text) {
+    size_t pos = text.size();
+    for (int lines = 0; lines < 60 && pos > 0; ++lines) {
+      pos = text.rfind('\n', pos - 1);
+      if (pos == std::string::npos) return text;
+    }
+    return text.substr(pos + 1);
+  };
+  std::fprintf(stderr, "--- irqbypassd log (tail) ---\n%s\n",
+               tail(ReadFile(dir_ + "/irqbypassd.log")).c_str());
+  for (const auto& [node, agent] : agents_) {
+    std::fprintf(stderr, "--- agent %s log (tail) ---\n%s\n", node.c_str(),
+                 tail(agent->Log()).c_str());
+  }
 }
 
 int Cluster::Reconciles(const std::string& node) const {

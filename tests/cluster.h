@@ -36,6 +36,8 @@ class Cluster {
   bool WaitReconciles(const std::string& node, int at_least) const;
 
   client::Client& client() { return *client_; }
+  // Prints the last lines of every process's log to stderr (for failures).
+  void DumpLogs() const;
   const std::string& dir() const { return dir_; }
 
  private:

@@ -18,6 +18,9 @@ using client::GetErrorDetail;
 class EndToEndTest : public ::testing::Test {
  protected:
   void SetUp() override { ASSERT_TRUE(cluster_.StartManager()); }
+  void TearDown() override {
+    if (HasFailure()) cluster_.DumpLogs();
+  }
   client::Client& api() { return cluster_.client(); }
   Cluster cluster_;
 };

@@ -1,0 +1,279 @@
+#include "agent/handoff_server.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "agent/errno_status.h"
+#include "agent/kvm_vm.h"
+#include "agent/vfio_device.h"
+#include "common/errno_name.h"
+#include "common/log.h"
+
+namespace irqbypass {
+namespace agent {
+namespace {
+
+// Waits until `fd` is readable or hung up (true), or `stop` is readable
+// (false).
+bool WaitReadable(int fd, int stop) {
+  pollfd fds[2] = {{fd, POLLIN, 0}, {stop, POLLIN, 0}};
+  while (true) {
+    const int n = ::poll(fds, 2, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    if (fds[1].revents != 0) return false;
+    if (fds[0].revents != 0) return true;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<absl::flat_hash_set<uid_t>> ParseUidList(
+    absl::string_view list) {
+  absl::flat_hash_set<uid_t> uids;
+  for (absl::string_view part : absl::StrSplit(list, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    if (part.empty()) continue;
+    uint32_t uid = 0;
+    if (!absl::SimpleAtoi(part, &uid)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad uid \"", part, "\" (want a number)"));
+    }
+    uids.insert(static_cast<uid_t>(uid));
+  }
+  return uids;
+}
+
+absl::StatusOr<std::unique_ptr<HandoffServer>> HandoffServer::Start(
+    HandoffServerOptions options, KvmBackend& backend) {
+  sockaddr_un address;
+  std::memset(&address, 0, sizeof(address));
+  address.sun_family = AF_UNIX;
+  if (options.path.empty() || options.path.size() >= sizeof(address.sun_path)) {
+    return ErrnoErrorWithMessage(
+        ENAMETOOLONG,
+        absl::StrFormat("handoff socket path \"%s\": want 1..%d bytes",
+                        options.path, sizeof(address.sun_path) - 1));
+  }
+  std::memcpy(address.sun_path, options.path.data(), options.path.size());
+
+  struct stat st;
+  if (::lstat(options.path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return ErrnoErrorWithMessage(
+          EEXIST, absl::StrCat(options.path, " exists and is not a socket"));
+    }
+    ::unlink(options.path.c_str());  // stale, from an earlier run
+  }
+  Fd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!listener.valid()) return ErrnoError(errno, "handoff socket()");
+  if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&address),
+             sizeof(address)) != 0) {
+    return ErrnoError(errno, absl::StrCat("bind ", options.path));
+  }
+  // Anyone may connect; SO_PEERCRED and the allow-list decide who is served.
+  if (::chmod(options.path.c_str(), 0666) != 0 ||
+      ::listen(listener.get(), 16) != 0) {
+    const int err = errno;
+    ::unlink(options.path.c_str());
+    return ErrnoError(err, absl::StrCat("listen on ", options.path));
+  }
+  Fd stop(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stop.valid()) {
+    const int err = errno;
+    ::unlink(options.path.c_str());
+    return ErrnoError(err, "eventfd");
+  }
+  if (options.allowed_uids.empty()) options.allowed_uids.insert(::geteuid());
+  std::unique_ptr<HandoffServer> server(new HandoffServer(
+      std::move(options), backend, std::move(listener), std::move(stop)));
+  server->acceptor_ = std::thread([s = server.get()] { s->AcceptLoop(); });
+  return server;
+}
+
+HandoffServer::HandoffServer(HandoffServerOptions options, KvmBackend& backend,
+                             Fd listener, Fd stop)
+    : options_(std::move(options)),
+      backend_(backend),
+      listener_(std::move(listener)),
+      stop_(std::move(stop)) {}
+
+HandoffServer::~HandoffServer() { Stop(); }
+
+void HandoffServer::Stop() {
+  std::vector<std::thread> connections;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopped_) return;
+    stopped_ = true;
+    const uint64_t one = 1;
+    (void)!::write(stop_.get(), &one, sizeof(one));
+  }
+  if (acceptor_.joinable()) acceptor_.join();
+  {
+    absl::MutexLock lock(&mu_);
+    connections.swap(connections_);
+  }
+  for (std::thread& t : connections) t.join();
+  ::unlink(options_.path.c_str());
+}
+
+void HandoffServer::AcceptLoop() {
+  while (WaitReadable(listener_.get(), stop_.get())) {
+    Fd socket(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!socket.valid()) continue;  // the peer gave up, or EMFILE: retry
+    ucred peer;
+    socklen_t length = sizeof(peer);
+    if (::getsockopt(socket.get(), SOL_SOCKET, SO_PEERCRED, &peer, &length) !=
+        0) {
+      continue;
+    }
+    if (!options_.allowed_uids.contains(peer.uid)) {
+      LogWarn("handoff refused: uid not allowed",
+              {{"node", options_.node},
+               {"uid", absl::StrCat(peer.uid)},
+               {"pid", absl::StrCat(peer.pid)}});
+      (void)SendHandoffPacket(
+          socket.get(),
+          EncodeHandoffReply(ErrnoErrorWithMessage(
+              EACCES, absl::StrCat("uid ", peer.uid,
+                                   " is not allowed to hand over to this "
+                                   "agent (--handoff_allowed_uids)"))),
+          {});
+      continue;
+    }
+    if (!SendHandoffPacket(socket.get(), EncodeHandoffReply(absl::OkStatus()),
+                           {})
+             .ok()) {
+      continue;
+    }
+    absl::MutexLock lock(&mu_);
+    if (stopped_) return;
+    const uint64_t id = next_connection_++;
+    LogInfo("vmm connected", {{"node", options_.node},
+                              {"connection", absl::StrCat(id)},
+                              {"uid", absl::StrCat(peer.uid)},
+                              {"pid", absl::StrCat(peer.pid)}});
+    connections_.emplace_back([this, id, s = std::move(socket)]() mutable {
+      Serve(id, std::move(s));
+    });
+  }
+}
+
+void HandoffServer::Serve(uint64_t connection, Fd socket) {
+  while (WaitReadable(socket.get(), stop_.get())) {
+    absl::StatusOr<HandoffPacket> packet = ReceiveHandoffPacket(socket.get());
+    if (!packet.ok() && ErrnoOf(packet.status()) != EMSGSIZE) break;
+    const absl::Status result =
+        packet.ok() ? Handle(connection, *std::move(packet)) : packet.status();
+    if (!SendHandoffPacket(socket.get(), EncodeHandoffReply(result), {}).ok()) {
+      break;
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopped_) return;  // shutting down: the backend releases everything
+  }
+  LogInfo("vmm disconnected",
+          {{"node", options_.node}, {"connection", absl::StrCat(connection)}});
+  ReleaseOwned(connection);
+}
+
+absl::Status HandoffServer::Handle(uint64_t connection, HandoffPacket packet) {
+  absl::StatusOr<HandoffRequest> request = ParseHandoffRequest(packet.text);
+  if (!request.ok()) return request.status();
+  const std::string& name = request->name;
+  if (packet.fds.size() != request->fds()) {
+    return ErrnoErrorWithMessage(
+        EINVAL, absl::StrFormat("%s: want %d fd, got %d", packet.text,
+                                request->fds(), packet.fds.size()));
+  }
+  switch (request->kind) {
+    case HandoffRequest::Kind::kVm: {
+      absl::StatusOr<std::unique_ptr<KvmVm>> vm = KvmVm::Adopt(
+          std::move(packet.fds[0]), name,
+          request->agent_routing ? RoutingOwner::kAgent : RoutingOwner::kVmm);
+      if (!vm.ok()) return vm.status();
+      {
+        absl::MutexLock lock(&mu_);
+        vm_owner_[name] = connection;
+      }
+      backend_.AddVm(*std::move(vm));
+      return absl::OkStatus();
+    }
+    case HandoffRequest::Kind::kDevice: {
+      absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> device =
+          VfioDeviceIrqs::Adopt(std::move(packet.fds[0]), name);
+      if (!device.ok()) return device.status();
+      {
+        absl::MutexLock lock(&mu_);
+        device_owner_[name] = connection;
+      }
+      backend_.AddDevice(*std::move(device));
+      return absl::OkStatus();
+    }
+    case HandoffRequest::Kind::kReleaseVm:
+    case HandoffRequest::Kind::kReleaseDevice: {
+      const bool is_vm = request->kind == HandoffRequest::Kind::kReleaseVm;
+      {
+        absl::MutexLock lock(&mu_);
+        auto& owners = is_vm ? vm_owner_ : device_owner_;
+        auto it = owners.find(name);
+        if (it == owners.end() || it->second != connection) {
+          return ErrnoErrorWithMessage(
+              ENOENT, absl::StrFormat("%s \"%s\" was not handed over on this "
+                                      "connection",
+                                      is_vm ? "vm" : "device", name));
+        }
+        owners.erase(it);
+      }
+      if (is_vm) {
+        backend_.RemoveVm(name);
+      } else {
+        backend_.RemoveDevice(name);
+      }
+      return absl::OkStatus();
+    }
+  }
+  return ErrnoErrorWithMessage(EINVAL, "unknown request");
+}
+
+void HandoffServer::ReleaseOwned(uint64_t connection) {
+  std::vector<std::string> vms, devices;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = vm_owner_.begin(); it != vm_owner_.end();) {
+      if (it->second == connection) {
+        vms.push_back(it->first);
+        vm_owner_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = device_owner_.begin(); it != device_owner_.end();) {
+      if (it->second == connection) {
+        devices.push_back(it->first);
+        device_owner_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const std::string& name : vms) backend_.RemoveVm(name);
+  for (const std::string& address : devices) backend_.RemoveDevice(address);
+}
+
+}  // namespace agent
+}  // namespace irqbypass

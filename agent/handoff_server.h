@@ -1,0 +1,96 @@
+// HandoffServer: the agent's end of the handoff socket (wire format in
+// handoff.h). VMMs connect, pass their KVM VM fd and VFIO device fds, and
+// keep the connection open for as long as the agent may use them. The
+// server checks each peer's uid (SO_PEERCRED) against an allow-list, adopts
+// what it receives into the KvmBackend (KvmVm::Adopt, VfioDeviceIrqs::Adopt),
+// and when a connection closes releases everything that connection still
+// owns (KvmBackend::RemoveVm / RemoveDevice, which tear down the wiring and
+// notify the manager).
+//
+// Threads: one accepting, one per connected VMM (VMMs are few, and a
+// teardown of thousands of irqfds, ~100 us each, then blocks only that VMM's
+// thread, never the command path).
+//
+// Thread-safety: Start() and Stop() from one thread; the rest is internal.
+#ifndef IRQBYPASS_AGENT_HANDOFF_SERVER_H_
+#define IRQBYPASS_AGENT_HANDOFF_SERVER_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "agent/fd.h"
+#include "agent/handoff.h"
+#include "agent/kvm_backend.h"
+
+namespace irqbypass {
+namespace agent {
+
+struct HandoffServerOptions {
+  // Where to listen. An existing socket file there is replaced (a stale one
+  // from an earlier run); any other file is an error (EEXIST).
+  std::string path;
+  // Peer uids served. Empty: only the agent's own effective uid.
+  absl::flat_hash_set<uid_t> allowed_uids;
+  // This host's node name, for logs.
+  std::string node;
+};
+
+class HandoffServer {
+ public:
+  // Binds and listens, then serves on its own threads. `backend` must
+  // outlive the server. Errors carry the errno (socket, bind, listen).
+  static absl::StatusOr<std::unique_ptr<HandoffServer>> Start(
+      HandoffServerOptions options, KvmBackend& backend);
+
+  HandoffServer(const HandoffServer&) = delete;
+  HandoffServer& operator=(const HandoffServer&) = delete;
+  ~HandoffServer();  // Stop()
+
+  // Stops accepting, disconnects every VMM (without releasing what they
+  // handed over: the backend still holds it until it is destroyed), joins the
+  // threads and removes the socket file. Idempotent.
+  void Stop();
+
+ private:
+  HandoffServer(HandoffServerOptions options, KvmBackend& backend, Fd listener,
+                Fd stop);
+
+  void AcceptLoop();
+  void Serve(uint64_t connection, Fd socket);
+  // Handles one request from `connection`; the reply's status.
+  absl::Status Handle(uint64_t connection, HandoffPacket packet);
+  // Releases what `connection` still owns (it closed).
+  void ReleaseOwned(uint64_t connection);
+
+  const HandoffServerOptions options_;
+  KvmBackend& backend_;
+  const Fd listener_;
+  const Fd stop_;  // an eventfd; readable once Stop() was called
+
+  std::thread acceptor_;
+  mutable absl::Mutex mu_;
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_connection_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<std::thread> connections_ ABSL_GUARDED_BY(mu_);
+  // Which connection handed over each VM name / device address last.
+  absl::flat_hash_map<std::string, uint64_t> vm_owner_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> device_owner_ ABSL_GUARDED_BY(mu_);
+};
+
+// Parses "0,107,1000" into uids; INVALID_ARGUMENT naming a bad entry.
+absl::StatusOr<absl::flat_hash_set<uid_t>> ParseUidList(absl::string_view list);
+
+}  // namespace agent
+}  // namespace irqbypass
+
+#endif  // IRQBYPASS_AGENT_HANDOFF_SERVER_H_

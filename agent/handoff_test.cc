@@ -1,0 +1,235 @@
+// The handoff socket: wire format, SO_PEERCRED allow-list, adopting real KVM
+// VM fds (on /dev/kvm; those tests skip, saying so, without it), and the
+// teardown when the VMM's connection closes.
+#include "agent/handoff.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/time/clock.h"
+#include "agent/errno_status.h"
+#include "agent/handoff_client.h"
+#include "agent/handoff_server.h"
+#include "agent/kvm_backend.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace irqbypass {
+namespace agent {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
+
+TEST(HandoffWireTest, Requests_RoundTrip) {
+  for (const char* text :
+       {"VM vm-a vmm", "VM vm-a agent", "DEVICE 0000:3b:00.1",
+        "RELEASE-VM vm-a", "RELEASE-DEVICE 0000:3b:00.1"}) {
+    auto request = ParseHandoffRequest(text);
+    ASSERT_TRUE(request.ok()) << text << ": " << request.status();
+    EXPECT_EQ(request->Encode(), text);
+  }
+}
+
+TEST(HandoffWireTest, BadRequests_Einval) {
+  for (const char* text :
+       {"", "VM", "VM vm-a", "VM vm-a maybe", "DEVICE 3b:00.1", "HELLO x",
+        "VM  vmm", "RELEASE-VM a b"}) {
+    auto request = ParseHandoffRequest(text);
+    EXPECT_EQ(ErrnoOf(request.status()), EINVAL) << "\"" << text << "\"";
+  }
+}
+
+TEST(HandoffWireTest, Replies_KeepErrno) {
+  EXPECT_EQ(EncodeHandoffReply(absl::OkStatus()), "OK");
+  const std::string err =
+      EncodeHandoffReply(ErrnoErrorWithMessage(ENOTTY, "not a VM fd"));
+  EXPECT_EQ(err, "ERR 25 not a VM fd");
+  const absl::Status parsed = ParseHandoffReply(err);
+  EXPECT_EQ(ErrnoOf(parsed), ENOTTY);
+  EXPECT_EQ(parsed.message(), "not a VM fd");
+  EXPECT_EQ(ErrnoOf(ParseHandoffReply("WHAT")), EPROTO);
+}
+
+int OpenFdCount() {
+  int count = 0;
+  DIR* dir = ::opendir("/proc/self/fd");
+  while (dirent* entry = ::readdir(dir)) count += entry->d_name[0] != '.';
+  ::closedir(dir);
+  return count - 1;
+}
+
+template <typename F>
+bool Eventually(F condition) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline) {
+    if (condition()) return true;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  return condition();
+}
+
+class HandoffServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fds_before_ = OpenFdCount();
+    kvm_ = Fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
+    if (!kvm_.valid()) {
+      GTEST_SKIP() << "/dev/kvm cannot be opened here (" << std::strerror(errno)
+                   << "): these tests need it";
+    }
+    KvmBackendOptions options;
+    options.node = "n1";
+    auto backend = KvmBackend::Create(options);
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    backend_ = *std::move(backend);
+    backend_->AddDevice(std::make_unique<FakeVfioIrqs>("0000:3b:00.1"));
+    backend_->SetChangeCallback([this] { ++changes_; });
+    // sun_path holds 107 bytes; TEST_TMPDIR can be longer.
+    char dir[] = "/tmp/irqbypass-handoff-XXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr);
+    dir_ = dir;
+    path_ = dir_ + "/handoff.sock";
+    StartServer({});
+  }
+  void TearDown() override {
+    server_.reset();
+    if (!dir_.empty()) ::rmdir(dir_.c_str());
+    backend_.reset();
+    kvm_.reset();
+    if (fds_before_ > 0) {
+      EXPECT_EQ(OpenFdCount(), fds_before_);
+    }
+  }
+  void StartServer(absl::flat_hash_set<uid_t> uids) {
+    server_.reset();
+    HandoffServerOptions options;
+    options.path = path_;
+    options.node = "n1";
+    options.allowed_uids = std::move(uids);
+    auto server = HandoffServer::Start(options, *backend_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+  // A VMM's VM: KVM_CREATE_VM + KVM_CREATE_IRQCHIP.
+  Fd NewVmFd() {
+    Fd vm(::ioctl(kvm_.get(), KVM_CREATE_VM, 0));
+    EXPECT_TRUE(vm.valid());
+    EXPECT_EQ(::ioctl(vm.get(), KVM_CREATE_IRQCHIP, 0), 0);
+    return vm;
+  }
+  StepResult Connect(const std::string& token, const std::string& vm,
+                     uint32_t gsi) {
+    v1::Producer p;
+    p.set_device("0000:3b:00.1");
+    p.set_vector(gsi);
+    v1::Consumer c;
+    c.set_vm(vm);
+    c.set_gsi(gsi);
+    StepResult r = backend_->AddConsumer(token, p, c);
+    if (!r.ok()) return r;
+    return backend_->AddProducer(token, p, c);
+  }
+
+  int fds_before_ = 0;
+  Fd kvm_;
+  std::unique_ptr<KvmBackend> backend_;
+  std::unique_ptr<HandoffServer> server_;
+  std::atomic<int> changes_{0};
+  std::string dir_;
+  std::string path_;
+};
+
+TEST_F(HandoffServerTest, VmHandedOver_Wired_VmmGoesAway_TornDownAndNotified) {
+  auto client = HandoffClient::Connect(path_);
+  ASSERT_TRUE(client.ok()) << client.status();
+  Fd vm = NewVmFd();
+  ASSERT_TRUE((*client)->HandOverVm("vmm-vm", vm.get(), true).ok());
+  ASSERT_NE(backend_->FindVm("vmm-vm"), nullptr);
+  ASSERT_TRUE(Connect("t1", "vmm-vm", 40).ok());
+  std::shared_ptr<const Fd> eventfd = backend_->EventfdOf("t1");
+  EXPECT_THAT(backend_->Inventory(), SizeIs(1));
+  const int changes_before = changes_;
+
+  client->reset();  // the VMM exits
+
+  ASSERT_TRUE(
+      Eventually([&] { return backend_->FindVm("vmm-vm") == nullptr; }));
+  ASSERT_TRUE(Eventually([&] { return changes_ > changes_before; }));
+  EXPECT_THAT(backend_->Inventory(), IsEmpty());
+  // The kernel no longer holds the irqfd: the VMM's VM (still open here)
+  // accepts the same eventfd again.
+  kvm_irqfd request;
+  std::memset(&request, 0, sizeof(request));
+  request.fd = eventfd->get();
+  request.gsi = 41;
+  EXPECT_EQ(::ioctl(vm.get(), KVM_IRQFD, &request), 0) << std::strerror(errno);
+}
+
+TEST_F(HandoffServerTest, SameNameHandedOverAgain_OldWiringTornDown) {
+  auto first = HandoffClient::Connect(path_);
+  auto second = HandoffClient::Connect(path_);
+  ASSERT_TRUE(first.ok() && second.ok());
+  Fd vm1 = NewVmFd(), vm2 = NewVmFd();
+  ASSERT_TRUE((*first)->HandOverVm("vm-a", vm1.get(), true).ok());
+  ASSERT_TRUE(Connect("t1", "vm-a", 40).ok());
+  ASSERT_TRUE((*second)->HandOverVm("vm-a", vm2.get(), true).ok());
+  EXPECT_THAT(backend_->Inventory(), IsEmpty());
+  EXPECT_EQ(backend_->FindVm("vm-a")->irqfd_count(), 0);
+  // The first VMM leaving does not take the replacement with it.
+  first->reset();
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_NE(backend_->FindVm("vm-a"), nullptr);
+  EXPECT_TRUE(Connect("t1", "vm-a", 40).ok());
+}
+
+TEST_F(HandoffServerTest, Release_ExplicitByOwnerOnly) {
+  auto owner = HandoffClient::Connect(path_);
+  auto other = HandoffClient::Connect(path_);
+  Fd vm = NewVmFd();
+  ASSERT_TRUE((*owner)->HandOverVm("vm-a", vm.get(), false).ok());
+  EXPECT_EQ(ErrnoOf((*other)->ReleaseVm("vm-a")), ENOENT);
+  EXPECT_TRUE((*owner)->ReleaseVm("vm-a").ok());
+  EXPECT_EQ(backend_->FindVm("vm-a"), nullptr);
+}
+
+TEST_F(HandoffServerTest, WrongFds_AgentErrnoReturned_ConnectionStaysUsable) {
+  auto client = HandoffClient::Connect(path_);
+  ASSERT_TRUE(client.ok());
+  Fd not_a_vm(::eventfd(0, EFD_CLOEXEC));
+  absl::Status s = (*client)->HandOverVm("vm-a", not_a_vm.get(), false);
+  EXPECT_EQ(ErrnoOf(s), ENOTTY) << s;
+  s = (*client)->HandOverDevice("0000:3b:00.2", not_a_vm.get());
+  EXPECT_EQ(ErrnoOf(s), ENOTTY) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("VFIO_DEVICE_GET_INFO"));
+  // A VM request without its fd.
+  ASSERT_TRUE(SendHandoffPacket((*client)->socket(), "VM vm-a vmm", {}).ok());
+  auto reply = ReceiveHandoffPacket((*client)->socket());
+  ASSERT_TRUE(reply.ok());
+  EXPECT_EQ(ErrnoOf(ParseHandoffReply(reply->text)), EINVAL) << reply->text;
+  Fd vm = NewVmFd();
+  EXPECT_TRUE((*client)->HandOverVm("vm-a", vm.get(), false).ok());
+}
+
+TEST_F(HandoffServerTest, UidNotAllowed_Eacces) {
+  StartServer({::geteuid() + 4242});
+  auto client = HandoffClient::Connect(path_);
+  ASSERT_FALSE(client.ok());
+  const absl::Status s = client.status();
+  EXPECT_EQ(ErrnoOf(s), EACCES) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("not allowed"));
+  EXPECT_EQ(backend_->FindVm("vm-a"), nullptr);
+}
+
+}  // namespace
+}  // namespace agent
+}  // namespace irqbypass

@@ -1,0 +1,615 @@
+#include "agent/kvm_backend.h"
+
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "agent/errno_status.h"
+#include "common/errno_name.h"
+#include "common/log.h"
+
+namespace irqbypass {
+namespace agent {
+namespace {
+
+StepResult ToStepResult(const absl::Status& status) {
+  if (status.ok()) return StepResult::Ok();
+  return StepResult::Error(ErrnoOf(status), std::string(status.message()));
+}
+
+std::string Describe(const v1::Producer& p) {
+  return absl::StrFormat("device \"%s\" %s vector %u", p.device(),
+                         VfioIndexName(VfioIndexOf(p.index())), p.vector());
+}
+
+std::string Describe(const v1::Consumer& c) {
+  return absl::StrFormat("vm \"%s\" gsi %u", c.vm(), c.gsi());
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<KvmBackend>> KvmBackend::Create(
+    KvmBackendOptions options) {
+  Fd kvm_dev(::open(options.kvm_device.c_str(), O_RDWR | O_CLOEXEC));
+  if (!kvm_dev.valid()) {
+    return ErrnoError(errno, absl::StrCat("open ", options.kvm_device));
+  }
+  const int api = ::ioctl(kvm_dev.get(), KVM_GET_API_VERSION, 0);
+  if (api != KVM_API_VERSION) {
+    return ErrnoErrorWithMessage(
+        api < 0 ? errno : EINVAL,
+        absl::StrFormat("%s: KVM_GET_API_VERSION is %d, want %d",
+                        options.kvm_device, api, KVM_API_VERSION));
+  }
+  return std::unique_ptr<KvmBackend>(
+      new KvmBackend(std::move(options), std::move(kvm_dev)));
+}
+
+KvmBackend::KvmBackend(KvmBackendOptions options, Fd kvm_dev)
+    : options_(std::move(options)), kvm_dev_(std::move(kvm_dev)) {}
+
+KvmBackend::~KvmBackend() {
+  // Deassign and release everything still wired, so a clean shutdown leaves
+  // nothing behind in VMs and devices that outlive the agent.
+  std::vector<std::string> vms = VmNames();
+  std::vector<std::string> devices = DeviceAddresses();
+  {
+    absl::MutexLock lock(&mu_);
+    on_change_ = nullptr;
+  }
+  for (const std::string& name : vms) RemoveVm(name);
+  for (const std::string& address : devices) RemoveDevice(address);
+}
+
+void KvmBackend::SetChangeCallback(std::function<void()> callback) {
+  absl::MutexLock lock(&mu_);
+  on_change_ = std::move(callback);
+}
+
+void KvmBackend::NotifyChanged() {
+  std::function<void()> callback;
+  {
+    absl::MutexLock lock(&mu_);
+    callback = on_change_;
+  }
+  if (callback) callback();
+}
+
+absl::StatusOr<KvmBackend::Wiring*> KvmBackend::WiringForAdd(
+    const std::string& token) {
+  Wiring& wiring = tokens_[token];
+  if (wiring.eventfd == nullptr) {
+    auto eventfd =
+        std::make_shared<Fd>(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!eventfd->valid()) {
+      const int err = errno;
+      tokens_.erase(token);
+      return ErrnoError(err, absl::StrCat("eventfd for token \"", token, "\""));
+    }
+    wiring.eventfd = std::move(eventfd);
+  }
+  return &wiring;
+}
+
+void KvmBackend::EraseIfEmpty(const std::string& token) {
+  auto it = tokens_.find(token);
+  if (it == tokens_.end()) return;
+  const Wiring& w = it->second;
+  if (!w.producer && !w.consumer && !w.producer_pending &&
+      !w.consumer_pending) {
+    tokens_.erase(it);  // closes the eventfd unless a VM or device holds it
+  }
+}
+
+// ---- stop / start ----
+
+void KvmBackend::SetMasked(absl::string_view token,
+                           const v1::Producer& producer, bool masked) {
+  std::shared_ptr<VfioIrqs> device = FindDevice(producer.device());
+  if (device == nullptr) return;  // add_consumer will report ENOENT
+  const uint32_t index = VfioIndexOf(producer.index());
+  absl::StatusOr<VfioIrqInfo> info = device->GetIrqInfo(index);
+  if (!info.ok() || !(info->flags & VFIO_IRQ_INFO_MASKABLE)) return;
+  const absl::Status s =
+      device->SetIrqs(masked ? VfioMask(index, producer.vector())
+                             : VfioUnmask(index, producer.vector()));
+  if (!s.ok()) {
+    LogWarn(masked ? "stop producer: mask failed"
+                   : "start producer: unmask "
+                     "failed",
+            {{"token", std::string(token)},
+             {"node", options_.node},
+             {"device", producer.device()},
+             {"errno", ErrnoName(ErrnoOf(s))},
+             {"error", std::string(s.message())}});
+  }
+}
+
+void KvmBackend::StopProducer(absl::string_view token,
+                              const v1::Producer& producer,
+                              const v1::Consumer& consumer) {
+  SetMasked(token, producer, true);
+}
+
+void KvmBackend::StartProducer(absl::string_view token,
+                               const v1::Producer& producer,
+                               const v1::Consumer& consumer) {
+  SetMasked(token, producer, false);
+}
+
+// ---- add ----
+
+StepResult KvmBackend::AddConsumer(absl::string_view token,
+                                   const v1::Producer& producer,
+                                   const v1::Consumer& consumer) {
+  const std::string t(token);
+  const uint32_t index = VfioIndexOf(producer.index());
+  const VectorKey key(producer.device(), index, producer.vector());
+  std::shared_ptr<VfioIrqs> device;
+  std::shared_ptr<const Fd> eventfd;
+  {
+    absl::MutexLock lock(&mu_);
+    auto device_it = devices_.find(producer.device());
+    if (device_it == devices_.end()) {
+      return StepResult::Error(
+          ENOENT, absl::StrFormat("device \"%s\" not held by agent on node %s",
+                                  producer.device(), options_.node));
+    }
+    auto token_it = tokens_.find(t);
+    if (token_it != tokens_.end()) {
+      const Wiring& w = token_it->second;
+      if (w.producer.has_value()) {
+        const Wiring& held = w;
+        if (VectorKey(held.producer->device(),
+                      VfioIndexOf(held.producer->index()),
+                      held.producer->vector()) == key &&
+            held.device == device_it->second) {
+          return StepResult::Ok();  // already wired
+        }
+        return StepResult::Error(
+            EBUSY,
+            absl::StrFormat("token \"%s\" already wired to %s on node %s", t,
+                            Describe(*held.producer), options_.node));
+      }
+      if (w.producer_pending) {
+        return StepResult::Error(
+            EBUSY, absl::StrFormat("token \"%s\": add_consumer already in "
+                                   "progress on node %s",
+                                   t, options_.node));
+      }
+    }
+    auto owner_it = vector_owner_.find(key);
+    if (owner_it != vector_owner_.end() && owner_it->second != t) {
+      return StepResult::Error(
+          EBUSY,
+          absl::StrFormat("%s already bound to token \"%s\" on node %s",
+                          Describe(producer), owner_it->second, options_.node));
+    }
+    absl::StatusOr<Wiring*> wiring = WiringForAdd(t);
+    if (!wiring.ok()) return ToStepResult(wiring.status());
+    (*wiring)->producer_pending = true;
+    vector_owner_[key] = t;
+    device = device_it->second;
+    eventfd = (*wiring)->eventfd;
+  }
+
+  absl::Status s =
+      device->SetIrqs(VfioTrigger(index, producer.vector(), eventfd->get()));
+
+  bool device_gone = false;
+  {
+    absl::MutexLock lock(&mu_);
+    Wiring& w = tokens_[t];
+    w.producer_pending = false;
+    auto device_it = devices_.find(producer.device());
+    if (s.ok() &&
+        (device_it == devices_.end() || device_it->second != device)) {
+      device_gone = true;
+      s = ErrnoErrorWithMessage(
+          ENOENT, absl::StrFormat("device \"%s\" released on node %s while "
+                                  "being wired",
+                                  producer.device(), options_.node));
+    }
+    if (s.ok()) {
+      w.producer = producer;
+      w.device = device;
+    } else {
+      auto owner_it = vector_owner_.find(key);
+      if (owner_it != vector_owner_.end() && owner_it->second == t) {
+        vector_owner_.erase(owner_it);
+      }
+      EraseIfEmpty(t);
+    }
+  }
+  if (device_gone) {
+    (void)device->SetIrqs(VfioRelease(index, producer.vector()));
+  }
+  if (s.ok()) {
+    LogInfo("vfio trigger set",
+            {{"token", t},
+             {"node", options_.node},
+             {"device", producer.device()},
+             {"index", VfioIndexName(index)},
+             {"vector", std::to_string(producer.vector())},
+             {"fake_device", device->fake() ? "true" : "false"}});
+  }
+  return ToStepResult(s);
+}
+
+StepResult KvmBackend::AddProducer(absl::string_view token,
+                                   const v1::Producer& producer,
+                                   const v1::Consumer& consumer) {
+  const std::string t(token);
+  const GsiKey key(consumer.vm(), consumer.gsi());
+  std::shared_ptr<KvmVm> vm;
+  std::shared_ptr<const Fd> eventfd;
+  {
+    absl::MutexLock lock(&mu_);
+    auto vm_it = vms_.find(consumer.vm());
+    if (vm_it == vms_.end()) {
+      return StepResult::Error(
+          ENOENT, absl::StrFormat("vm \"%s\" not held by agent on node %s",
+                                  consumer.vm(), options_.node));
+    }
+    if (consumer.gsi() >= KvmVm::kMaxGsi) {
+      return StepResult::Error(
+          EINVAL,
+          absl::StrFormat("gsi %u out of range (max %u) for vm \"%s\"",
+                          consumer.gsi(), KvmVm::kMaxGsi - 1, consumer.vm()));
+    }
+    auto token_it = tokens_.find(t);
+    if (token_it != tokens_.end()) {
+      const Wiring& w = token_it->second;
+      if (w.consumer.has_value()) {
+        if (GsiKey(w.consumer->vm(), w.consumer->gsi()) == key &&
+            w.vm == vm_it->second) {
+          return StepResult::Ok();  // already wired
+        }
+        return StepResult::Error(
+            EBUSY,
+            absl::StrFormat("token \"%s\" already wired to %s on node %s", t,
+                            Describe(*w.consumer), options_.node));
+      }
+      if (w.consumer_pending) {
+        return StepResult::Error(
+            EBUSY, absl::StrFormat("token \"%s\": add_producer already in "
+                                   "progress on node %s",
+                                   t, options_.node));
+      }
+    }
+    auto owner_it = gsi_owner_.find(key);
+    if (owner_it != gsi_owner_.end() && owner_it->second != t) {
+      return StepResult::Error(
+          EBUSY,
+          absl::StrFormat("%s already bound to token \"%s\" on node %s",
+                          Describe(consumer), owner_it->second, options_.node));
+    }
+    absl::StatusOr<Wiring*> wiring = WiringForAdd(t);
+    if (!wiring.ok()) return ToStepResult(wiring.status());
+    (*wiring)->consumer_pending = true;
+    gsi_owner_[key] = t;
+    vm = vm_it->second;
+    eventfd = (*wiring)->eventfd;
+  }
+
+  absl::Status s = vm->AssignIrqfd(eventfd, consumer.gsi());
+
+  {
+    absl::MutexLock lock(&mu_);
+    Wiring& w = tokens_[t];
+    w.consumer_pending = false;
+    auto vm_it = vms_.find(consumer.vm());
+    if (s.ok() && (vm_it == vms_.end() || vm_it->second != vm)) {
+      // Retired meanwhile; its Retire() deassigns what we just assigned.
+      s = ErrnoErrorWithMessage(
+          ENOENT, absl::StrFormat("vm \"%s\" released on node %s while being "
+                                  "wired",
+                                  consumer.vm(), options_.node));
+    }
+    if (s.ok()) {
+      w.consumer = consumer;
+      w.vm = vm;
+    } else {
+      auto owner_it = gsi_owner_.find(key);
+      if (owner_it != gsi_owner_.end() && owner_it->second == t) {
+        gsi_owner_.erase(owner_it);
+      }
+      EraseIfEmpty(t);
+    }
+  }
+  if (s.ok()) {
+    LogInfo("irqfd assigned",
+            {{"token", t},
+             {"node", options_.node},
+             {"vm", consumer.vm()},
+             {"gsi", std::to_string(consumer.gsi())},
+             {"eventfd", std::to_string(eventfd->get())},
+             {"verified", "KVM_IRQFD accepted (wired; posted not known)"}});
+  }
+  return ToStepResult(s);
+}
+
+// ---- del ----
+
+StepResult KvmBackend::DelProducer(absl::string_view token,
+                                   const v1::Producer& producer,
+                                   const v1::Consumer& consumer) {
+  const std::string t(token);
+  const GsiKey key(consumer.vm(), consumer.gsi());
+  std::shared_ptr<KvmVm> vm;
+  std::shared_ptr<const Fd> eventfd;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = tokens_.find(t);
+    // Like KVM_IRQFD deassign: only the (eventfd, gsi) actually assigned.
+    if (it == tokens_.end() || !it->second.consumer.has_value() ||
+        GsiKey(it->second.consumer->vm(), it->second.consumer->gsi()) != key) {
+      return StepResult::Ok();
+    }
+    vm = it->second.vm;
+    eventfd = it->second.eventfd;
+  }
+  const absl::Status s = vm->DeassignIrqfd(eventfd->get(), consumer.gsi());
+  if (!s.ok()) return ToStepResult(s);  // still recorded: it may be held
+  LogInfo("irqfd deassigned", {{"token", t},
+                               {"node", options_.node},
+                               {"vm", consumer.vm()},
+                               {"gsi", std::to_string(consumer.gsi())}});
+  absl::MutexLock lock(&mu_);
+  auto it = tokens_.find(t);
+  if (it != tokens_.end() && it->second.vm == vm) {
+    it->second.consumer.reset();
+    it->second.vm.reset();
+    auto owner_it = gsi_owner_.find(key);
+    if (owner_it != gsi_owner_.end() && owner_it->second == t) {
+      gsi_owner_.erase(owner_it);
+    }
+    EraseIfEmpty(t);
+  }
+  return StepResult::Ok();
+}
+
+StepResult KvmBackend::DelConsumer(absl::string_view token,
+                                   const v1::Producer& producer,
+                                   const v1::Consumer& consumer) {
+  const std::string t(token);
+  const uint32_t index = VfioIndexOf(producer.index());
+  const VectorKey key(producer.device(), index, producer.vector());
+  std::shared_ptr<VfioIrqs> device;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = tokens_.find(t);
+    if (it == tokens_.end() || !it->second.producer.has_value()) {
+      return StepResult::Ok();
+    }
+    const v1::Producer& held = *it->second.producer;
+    if (VectorKey(held.device(), VfioIndexOf(held.index()), held.vector()) !=
+        key) {
+      return StepResult::Ok();
+    }
+    device = it->second.device;
+  }
+  const absl::Status s = device->SetIrqs(VfioRelease(index, producer.vector()));
+  if (!s.ok()) return ToStepResult(s);
+  LogInfo("vfio trigger released",
+          {{"token", t},
+           {"node", options_.node},
+           {"device", producer.device()},
+           {"index", VfioIndexName(index)},
+           {"vector", std::to_string(producer.vector())}});
+  absl::MutexLock lock(&mu_);
+  auto it = tokens_.find(t);
+  if (it != tokens_.end() && it->second.device == device) {
+    it->second.producer.reset();
+    it->second.device.reset();
+    auto owner_it = vector_owner_.find(key);
+    if (owner_it != vector_owner_.end() && owner_it->second == t) {
+      vector_owner_.erase(owner_it);
+    }
+    EraseIfEmpty(t);
+  }
+  return StepResult::Ok();
+}
+
+std::vector<v1::WiredPair> KvmBackend::Inventory() const {
+  std::vector<v1::WiredPair> pairs;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [token, wiring] : tokens_) {
+    if (!wiring.producer.has_value() || !wiring.consumer.has_value()) continue;
+    v1::WiredPair& pair = pairs.emplace_back();
+    pair.set_token(token);
+    *pair.mutable_producer() = *wiring.producer;
+    *pair.mutable_consumer() = *wiring.consumer;
+  }
+  return pairs;
+}
+
+// ---- VMs and devices ----
+
+absl::Status KvmBackend::CreateVm(const std::string& name) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (vms_.contains(name)) {
+      return ErrnoErrorWithMessage(
+          EEXIST, absl::StrFormat("vm \"%s\" already held", name));
+    }
+  }
+  absl::StatusOr<std::unique_ptr<KvmVm>> vm = KvmVm::Create(kvm_dev_, name);
+  if (!vm.ok()) return vm.status();
+  AddVm(*std::move(vm));
+  return absl::OkStatus();
+}
+
+void KvmBackend::AddVm(std::unique_ptr<KvmVm> vm) {
+  const std::string name = vm->name();
+  std::shared_ptr<KvmVm> old;
+  {
+    absl::MutexLock lock(&mu_);
+    std::shared_ptr<KvmVm>& slot = vms_[name];
+    old = std::exchange(slot, std::shared_ptr<KvmVm>(std::move(vm)));
+    if (old != nullptr) {
+      std::vector<std::string> emptied;
+      for (auto& [token, w] : tokens_) {
+        if (w.vm != old) continue;
+        gsi_owner_.erase(GsiKey(name, w.consumer->gsi()));
+        w.consumer.reset();
+        w.vm.reset();
+        emptied.push_back(token);
+      }
+      for (const std::string& token : emptied) EraseIfEmpty(token);
+    }
+  }
+  LogInfo(old != nullptr ? "vm replaced" : "vm held",
+          {{"node", options_.node}, {"vm", name}});
+  if (old != nullptr) TearDownVm(old);
+  NotifyChanged();
+}
+
+bool KvmBackend::RemoveVm(const std::string& name) {
+  std::shared_ptr<KvmVm> vm;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = vms_.find(name);
+    if (it == vms_.end()) return false;
+    vm = std::move(it->second);
+    vms_.erase(it);
+    std::vector<std::string> emptied;
+    for (auto& [token, w] : tokens_) {
+      if (w.vm != vm) continue;
+      gsi_owner_.erase(GsiKey(name, w.consumer->gsi()));
+      w.consumer.reset();
+      w.vm.reset();
+      emptied.push_back(token);
+    }
+    for (const std::string& token : emptied) EraseIfEmpty(token);
+  }
+  TearDownVm(vm);
+  NotifyChanged();
+  return true;
+}
+
+void KvmBackend::TearDownVm(const std::shared_ptr<KvmVm>& vm) {
+  const absl::Time start = absl::Now();
+  const int deassigned = vm->Retire();
+  LogInfo("vm released",
+          {{"node", options_.node},
+           {"vm", vm->name()},
+           {"irqfds_deassigned", std::to_string(deassigned)},
+           {"duration", absl::FormatDuration(absl::Now() - start)}});
+}
+
+void KvmBackend::AddDevice(std::unique_ptr<VfioIrqs> device) {
+  const std::string address = device->address();
+  std::shared_ptr<VfioIrqs> old;
+  std::vector<std::pair<uint32_t, uint32_t>> vectors;
+  {
+    absl::MutexLock lock(&mu_);
+    std::shared_ptr<VfioIrqs>& slot = devices_[address];
+    old = std::exchange(slot, std::shared_ptr<VfioIrqs>(std::move(device)));
+    if (old != nullptr) {
+      std::vector<std::string> emptied;
+      for (auto& [token, w] : tokens_) {
+        if (w.device != old) continue;
+        const uint32_t index = VfioIndexOf(w.producer->index());
+        vectors.emplace_back(index, w.producer->vector());
+        vector_owner_.erase(VectorKey(address, index, w.producer->vector()));
+        w.producer.reset();
+        w.device.reset();
+        emptied.push_back(token);
+      }
+      for (const std::string& token : emptied) EraseIfEmpty(token);
+    }
+  }
+  LogInfo(old != nullptr ? "device replaced" : "device held",
+          {{"node", options_.node}, {"device", address}});
+  if (old != nullptr) TearDownDevice(old, std::move(vectors));
+  NotifyChanged();
+}
+
+bool KvmBackend::RemoveDevice(const std::string& address) {
+  std::shared_ptr<VfioIrqs> device;
+  std::vector<std::pair<uint32_t, uint32_t>> vectors;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = devices_.find(address);
+    if (it == devices_.end()) return false;
+    device = std::move(it->second);
+    devices_.erase(it);
+    std::vector<std::string> emptied;
+    for (auto& [token, w] : tokens_) {
+      if (w.device != device) continue;
+      const uint32_t index = VfioIndexOf(w.producer->index());
+      vectors.emplace_back(index, w.producer->vector());
+      vector_owner_.erase(VectorKey(address, index, w.producer->vector()));
+      w.producer.reset();
+      w.device.reset();
+      emptied.push_back(token);
+    }
+    for (const std::string& token : emptied) EraseIfEmpty(token);
+  }
+  TearDownDevice(device, std::move(vectors));
+  NotifyChanged();
+  return true;
+}
+
+void KvmBackend::TearDownDevice(
+    const std::shared_ptr<VfioIrqs>& device,
+    std::vector<std::pair<uint32_t, uint32_t>> vectors) {
+  int released = 0;
+  for (const auto& [index, vector] : vectors) {
+    const absl::Status s = device->SetIrqs(VfioRelease(index, vector));
+    if (s.ok()) {
+      ++released;
+      continue;
+    }
+    LogWarn("vfio trigger release failed while releasing device",
+            {{"node", options_.node},
+             {"device", device->address()},
+             {"errno", ErrnoName(ErrnoOf(s))},
+             {"error", std::string(s.message())}});
+  }
+  LogInfo("device released", {{"node", options_.node},
+                              {"device", device->address()},
+                              {"triggers_released", std::to_string(released)}});
+}
+
+std::shared_ptr<KvmVm> KvmBackend::FindVm(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = vms_.find(name);
+  return it == vms_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<VfioIrqs> KvmBackend::FindDevice(
+    const std::string& address) const {
+  absl::MutexLock lock(&mu_);
+  auto it = devices_.find(address);
+  return it == devices_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<const Fd> KvmBackend::EventfdOf(absl::string_view token) const {
+  absl::MutexLock lock(&mu_);
+  auto it = tokens_.find(std::string(token));
+  return it == tokens_.end() ? nullptr : it->second.eventfd;
+}
+
+std::vector<std::string> KvmBackend::VmNames() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> names;
+  for (const auto& [name, vm] : vms_) names.push_back(name);
+  return names;
+}
+
+std::vector<std::string> KvmBackend::DeviceAddresses() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> addresses;
+  for (const auto& [address, device] : devices_) addresses.push_back(address);
+  return addresses;
+}
+
+}  // namespace agent
+}  // namespace irqbypass

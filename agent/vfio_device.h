@@ -1,0 +1,165 @@
+// VfioIrqs: the VFIO half of the wiring - one device's interrupts, driven by
+// VFIO_DEVICE_SET_IRQS. Small interface, two implementations:
+//   * VfioDeviceIrqs: the real thing, on a VFIO device fd a VMM handed over
+//     (handoff.h). The agent never opens devices itself.
+//   * FakeVfioIrqs: an in-memory device that records every call and models
+//     what vfio-pci accepts. For tests, and for hosts without a device bound
+//     to vfio-pci (agent flag --kvm_fake_devices): the KVM side stays real.
+//
+// The calls the backend makes (kvm_backend.h has the step mapping):
+//   trigger   {DATA_EVENTFD | ACTION_TRIGGER, index, start=vector, count=1,
+//              data=s32 eventfd}: the vector signals the eventfd
+//   release   the same with data=-1: the vector signals nothing
+//   mask      {DATA_NONE | ACTION_MASK, index, start=vector, count=1}
+//   unmask    {DATA_NONE | ACTION_UNMASK, ...}
+// vfio-pci can mask only INTx (MSI/MSI-X: the kernel answers ENOTTY/EINVAL),
+// so callers check VFIO_IRQ_INFO_MASKABLE first.
+//
+// Thread-safety: implementations are thread-safe.
+#ifndef IRQBYPASS_AGENT_VFIO_DEVICE_H_
+#define IRQBYPASS_AGENT_VFIO_DEVICE_H_
+
+#include <linux/vfio.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "agent/fd.h"
+#include "protos/irqbypass/v1/irqbypass.pb.h"
+
+namespace irqbypass {
+namespace agent {
+
+// One VFIO_DEVICE_SET_IRQS request, before encoding.
+struct VfioIrqSet {
+  uint32_t flags = 0;  // VFIO_IRQ_SET_DATA_* | VFIO_IRQ_SET_ACTION_*
+  uint32_t index = 0;  // VFIO_PCI_*_IRQ_INDEX
+  uint32_t start = 0;  // first vector
+  uint32_t count = 0;
+  // DATA_EVENTFD: one s32 per vector (-1 releases that vector).
+  std::vector<int32_t> eventfds;
+
+  friend bool operator==(const VfioIrqSet& a, const VfioIrqSet& b) {
+    return a.flags == b.flags && a.index == b.index && a.start == b.start &&
+           a.count == b.count && a.eventfds == b.eventfds;
+  }
+};
+
+// What VFIO_DEVICE_GET_IRQ_INFO reports for one index.
+struct VfioIrqInfo {
+  uint32_t flags = 0;  // VFIO_IRQ_INFO_*
+  uint32_t count = 0;  // vectors in this index (0: the device has none)
+};
+
+// The requests the backend sends (see the header comment).
+VfioIrqSet VfioTrigger(uint32_t index, uint32_t vector, int eventfd);
+VfioIrqSet VfioRelease(uint32_t index, uint32_t vector);
+VfioIrqSet VfioMask(uint32_t index, uint32_t vector);
+VfioIrqSet VfioUnmask(uint32_t index, uint32_t vector);
+
+// The bytes of struct vfio_irq_set for `set`: {argsz, flags, index, start,
+// count} then the data (argsz = 20 + 4 * eventfds.size()). Exposed for tests.
+std::vector<uint8_t> EncodeVfioIrqSet(const VfioIrqSet& set);
+
+// Whether `address` is a PCI address in the kernel's full form
+// "DDDD:BB:DD.F" (hex domain, bus, device < 0x20, function < 8), as sysfs
+// and vfio-pci name devices.
+bool IsPciAddress(absl::string_view address);
+
+// VFIO_PCI_{INTX,MSI,MSIX}_IRQ_INDEX for the API's index (UNSPECIFIED is
+// MSIX, as irqbypass.proto says).
+uint32_t VfioIndexOf(v1::IrqIndex index);
+// "intx", "msi", "msix", or "index<n>".
+std::string VfioIndexName(uint32_t vfio_index);
+
+class VfioIrqs {
+ public:
+  virtual ~VfioIrqs() = default;
+
+  // The device's PCI address ("0000:3b:00.1").
+  virtual const std::string& address() const = 0;
+  // True for FakeVfioIrqs (reported in logs, so nobody mistakes a fake for
+  // wiring).
+  virtual bool fake() const = 0;
+
+  // VFIO_DEVICE_GET_IRQ_INFO for `index`. Errors carry the errno (ErrnoOf).
+  virtual absl::StatusOr<VfioIrqInfo> GetIrqInfo(uint32_t index) = 0;
+  // VFIO_DEVICE_SET_IRQS. Errors carry the kernel's errno (ErrnoOf), e.g.
+  // EINVAL for a vector beyond the index's count.
+  virtual absl::Status SetIrqs(const VfioIrqSet& set) = 0;
+};
+
+class VfioDeviceIrqs final : public VfioIrqs {
+ public:
+  // Takes a VFIO device fd (from VFIO_GROUP_GET_DEVICE_FD or
+  // /dev/vfio/devices/vfioN). Checks it with VFIO_DEVICE_GET_INFO: the errno
+  // of that ioctl (ENOTTY: not a VFIO device fd) otherwise.
+  static absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> Adopt(
+      Fd device_fd, std::string address);
+
+  const std::string& address() const override { return address_; }
+  bool fake() const override { return false; }
+  absl::StatusOr<VfioIrqInfo> GetIrqInfo(uint32_t index) override;
+  absl::Status SetIrqs(const VfioIrqSet& set) override;
+
+ private:
+  VfioDeviceIrqs(Fd device_fd, std::string address)
+      : device_fd_(std::move(device_fd)), address_(std::move(address)) {}
+
+  const Fd device_fd_;
+  const std::string address_;
+};
+
+// A fake vfio-pci device: INTx (1 vector, maskable), MSI (32), MSI-X
+// (`msix_count`, default 2048), no other index. SetIrqs validates like the
+// kernel (EINVAL for bad flags, an index without vectors or a range beyond
+// the count; ENOTTY for mask/unmask of MSI/MSI-X; EBADF for a negative fd
+// other than -1), records the call, and keeps a duplicate of each trigger
+// eventfd so that Fire() can raise the vector the way the device would.
+class FakeVfioIrqs final : public VfioIrqs {
+ public:
+  explicit FakeVfioIrqs(std::string address, uint32_t msix_count = 2048);
+
+  const std::string& address() const override { return address_; }
+  bool fake() const override { return true; }
+  absl::StatusOr<VfioIrqInfo> GetIrqInfo(uint32_t index) override;
+  absl::Status SetIrqs(const VfioIrqSet& set) override;
+
+  // Every SetIrqs call, accepted or not, in order.
+  std::vector<VfioIrqSet> calls() const;
+  // Whether (index, vector) has a trigger eventfd, and whether it is masked.
+  bool HasTrigger(uint32_t index, uint32_t vector) const;
+  bool masked(uint32_t index, uint32_t vector) const;
+  // Raises (index, vector) as the hardware would: writes 1 to its trigger
+  // eventfd. FAILED_PRECONDITION if it has none; the write's errno otherwise.
+  absl::Status Fire(uint32_t index, uint32_t vector);
+  // Makes the next SetIrqs fail with `errno_value` (tests).
+  void FailNextSetIrqs(int errno_value);
+
+ private:
+  using Vector = std::pair<uint32_t, uint32_t>;  // (index, vector)
+
+  const std::string address_;
+  const uint32_t msix_count_;
+
+  mutable absl::Mutex mu_;
+  std::vector<VfioIrqSet> calls_ ABSL_GUARDED_BY(mu_);
+  std::map<Vector, Fd> triggers_ ABSL_GUARDED_BY(mu_);
+  std::map<Vector, bool> masked_ ABSL_GUARDED_BY(mu_);
+  int fail_next_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace agent
+}  // namespace irqbypass
+
+#endif  // IRQBYPASS_AGENT_VFIO_DEVICE_H_

@@ -1,0 +1,250 @@
+// End-to-end on the real /dev/kvm: irqbypassd and irqbypass-agent
+// --backend=kvm (a VM the agent creates, a fake VFIO device: no device is
+// bound to vfio-pci on CI machines) on loopback, driven through the client
+// library. Proves from outside the agent that the kernel holds the irqfd: the
+// test takes a copy of the agent's eventfd for the token (pidfd_getfd; the
+// agent logs its number) and asks the kernel to assign it to a VM of its
+// own: EBUSY while the pair is wired, accepted after unregister.
+// Skips, saying why, where /dev/kvm cannot be opened.
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+
+#include "agent/errno_status.h"
+#include "agent/handoff_client.h"
+#include "client/error_detail.h"
+#include "client/irqbypass_client.h"
+#include "gtest/gtest.h"
+#include "tests/cluster.h"
+
+namespace irqbypass::testing {
+namespace {
+
+using client::GetErrorDetail;
+
+constexpr char kDevice[] = "0000:3b:00.1";
+
+// An owning fd, local to this test.
+struct TestFd {
+  explicit TestFd(int fd = -1) : fd(fd) {}
+  ~TestFd() {
+    if (fd >= 0) ::close(fd);
+  }
+  TestFd(const TestFd&) = delete;
+  TestFd& operator=(const TestFd&) = delete;
+  int fd;
+};
+
+// The pid of the irqbypass-agent whose command line has `arg`.
+pid_t FindProcessWithArg(const std::string& arg) {
+  DIR* proc = ::opendir("/proc");
+  pid_t found = -1;
+  while (dirent* entry = proc ? ::readdir(proc) : nullptr) {
+    const pid_t pid = std::atoi(entry->d_name);
+    if (pid <= 0) continue;
+    std::ifstream in(std::string("/proc/") + entry->d_name + "/cmdline");
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    const std::string cmdline = buffer.str();
+    if (cmdline.find("irqbypass-agent") != std::string::npos &&
+        cmdline.find(arg + '\0') != std::string::npos) {
+      found = pid;
+      break;
+    }
+  }
+  if (proc) ::closedir(proc);
+  return found;
+}
+
+// The eventfd number from the agent's `irqfd assigned` line for `token`.
+int LoggedEventfd(const std::string& log, const std::string& token) {
+  const std::regex line("msg=\"irqfd assigned\" token=" + token +
+                        " [^\n]* eventfd=([0-9]+)");
+  std::smatch match;
+  if (!std::regex_search(log, match, line)) return -1;
+  return std::atoi(match[1].str().c_str());
+}
+
+int AssignIrqfd(int vm_fd, int eventfd, uint32_t gsi, bool deassign = false) {
+  kvm_irqfd request;
+  std::memset(&request, 0, sizeof(request));
+  request.fd = eventfd;
+  request.gsi = gsi;
+  request.flags = deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0;
+  return ::ioctl(vm_fd, KVM_IRQFD, &request) == 0 ? 0 : errno;
+}
+
+class KvmEndToEndTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    kvm_ = std::make_unique<TestFd>(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
+    if (kvm_->fd < 0) {
+      GTEST_SKIP() << "/dev/kvm cannot be opened here (" << std::strerror(errno)
+                   << "): the kvm end-to-end tests need it";
+    }
+    ASSERT_TRUE(cluster_.StartManager());
+    // Cluster starts agents with --backend=sim; a later flag wins.
+    ASSERT_TRUE(cluster_.StartAgent(
+        "n1", {"--backend=kvm", "--kvm_create_vms=vm-a",
+               std::string("--kvm_fake_devices=") + kDevice}))
+        << cluster_.agent("n1").Log();
+  }
+  client::Client& api() { return cluster_.client(); }
+
+  std::unique_ptr<TestFd> kvm_;
+  Cluster cluster_;
+};
+
+TEST_F(KvmEndToEndTest, Paired_KernelHoldsIrqfd_UnregisterReleasesIt) {
+  auto c = api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 40));
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto p = api().RegisterProducer(MakeProducer("t1", "n1", kDevice, 3));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->connected);
+
+  // Take the agent's eventfd for t1.
+  const int agent_eventfd = LoggedEventfd(cluster_.agent("n1").Log(), "t1");
+  ASSERT_GE(agent_eventfd, 0) << cluster_.agent("n1").Log();
+  const pid_t agent = FindProcessWithArg("--manager=" + cluster_.target());
+  ASSERT_GT(agent, 0);
+  TestFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, agent, 0)));
+  ASSERT_GE(pidfd.fd, 0) << std::strerror(errno);
+  TestFd eventfd(
+      static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.fd, agent_eventfd, 0)));
+  ASSERT_GE(eventfd.fd, 0) << std::strerror(errno);
+  ASSERT_EQ(std::string(std::filesystem::read_symlink(
+                "/proc/self/fd/" + std::to_string(eventfd.fd))),
+            "anon_inode:[eventfd]");
+
+  // A VM of our own; the kernel refuses the eventfd while the agent's irqfd
+  // holds it.
+  TestFd vm(::ioctl(kvm_->fd, KVM_CREATE_VM, 0));
+  ASSERT_GE(vm.fd, 0);
+  ASSERT_EQ(::ioctl(vm.fd, KVM_CREATE_IRQCHIP, 0), 0);
+  EXPECT_EQ(AssignIrqfd(vm.fd, eventfd.fd, 5), EBUSY);
+
+  auto d = api().UnregisterProducer("t1", p->registration_id);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(*d);
+  // Acked means deassigned: the kernel lets us have it now.
+  EXPECT_EQ(AssignIrqfd(vm.fd, eventfd.fd, 5), 0);
+  EXPECT_EQ(AssignIrqfd(vm.fd, eventfd.fd, 5, /*deassign=*/true), 0);
+  EXPECT_NE(
+      cluster_.agent("n1").Log().find("msg=\"irqfd deassigned\" token=t1 "),
+      std::string::npos);
+}
+
+TEST_F(KvmEndToEndTest, UnknownVm_ConnectFailsAtAddProducer_Enoent) {
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 40)).ok());
+  auto p = api().RegisterProducer(MakeProducer("t1", "n1", kDevice, 0));
+  ASSERT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition)
+      << p.status();
+  auto detail = GetErrorDetail(p.status());
+  ASSERT_TRUE(detail.has_value());
+  EXPECT_EQ(detail->reason(), v1::ErrorDetail::CONNECT_FAILED);
+  EXPECT_EQ(detail->step(), "add_producer");
+  EXPECT_EQ(detail->errno_value(), ENOENT);
+  EXPECT_NE(detail->agent_message().find("vm \"vm-x\" not held"),
+            std::string::npos);
+  // Rolled back on the device too: the vector pairs under another token.
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t2", "n1", "vm-a", 41)).ok());
+  auto p2 = api().RegisterProducer(MakeProducer("t2", "n1", kDevice, 0));
+  ASSERT_TRUE(p2.ok()) << p2.status();
+  EXPECT_TRUE(p2->connected);
+}
+
+TEST_F(KvmEndToEndTest, UnknownDevice_ConnectFailsAtAddConsumer_Enoent) {
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 40)).ok());
+  auto p = api().RegisterProducer(MakeProducer("t1", "n1", "0000:00:1f.0", 0));
+  ASSERT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto detail = GetErrorDetail(p.status());
+  ASSERT_TRUE(detail.has_value());
+  EXPECT_EQ(detail->step(), "add_consumer");
+  EXPECT_EQ(detail->errno_value(), ENOENT);
+}
+
+// A VMM hands its VM to the agent over the handoff socket, then goes away.
+class KvmHandoffEndToEndTest : public KvmEndToEndTest {
+ protected:
+  void SetUp() override {
+    kvm_ = std::make_unique<TestFd>(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
+    if (kvm_->fd < 0) {
+      GTEST_SKIP() << "/dev/kvm cannot be opened here (" << std::strerror(errno)
+                   << "): the kvm end-to-end tests need it";
+    }
+    char dir[] = "/tmp/irqbypass-e2e-XXXXXX";  // sun_path: 107 bytes at most
+    ASSERT_NE(::mkdtemp(dir), nullptr);
+    dir_ = dir;
+    socket_ = dir_ + "/handoff.sock";
+    ASSERT_TRUE(cluster_.StartManager());
+    ASSERT_TRUE(cluster_.StartAgent(
+        "n1", {"--backend=kvm", std::string("--kvm_fake_devices=") + kDevice,
+               "--handoff_socket=" + socket_}))
+        << cluster_.agent("n1").Log();
+  }
+  void TearDown() override {
+    cluster_.agent("n1").Signal(SIGTERM);
+    cluster_.agent("n1").Wait();
+    ::rmdir(dir_.c_str());
+  }
+  // A VMM's VM: KVM_CREATE_VM + KVM_CREATE_IRQCHIP.
+  int NewVm() {
+    const int vm = ::ioctl(kvm_->fd, KVM_CREATE_VM, 0);
+    EXPECT_GE(vm, 0);
+    EXPECT_EQ(::ioctl(vm, KVM_CREATE_IRQCHIP, 0), 0);
+    return vm;
+  }
+
+  std::string dir_;
+  std::string socket_;
+};
+
+TEST_F(KvmHandoffEndToEndTest, VmFromAnotherProcess_RefusedWithKernelEio) {
+  // KVM serves VM ioctls only to the VM's creator (kvm->mm): the agent can
+  // not drive a VMM's VM, and says so with the kernel's errno.
+  TestFd vm(NewVm());
+  auto vmm = agent::HandoffClient::Connect(socket_);
+  ASSERT_TRUE(vmm.ok()) << vmm.status();
+  const absl::Status s = (*vmm)->HandOverVm("vm-h", vm.fd, true);
+  EXPECT_EQ(agent::ErrnoOf(s), EIO) << s;
+  EXPECT_NE(s.message().find("process but the one that created the VM"),
+            absl::string_view::npos)
+      << s;
+  // Nothing was adopted: a consumer on it fails to connect with ENOENT.
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-h", 40)).ok());
+  auto p = api().RegisterProducer(MakeProducer("t1", "n1", kDevice, 2));
+  ASSERT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(GetErrorDetail(p.status())->errno_value(), ENOENT);
+}
+
+TEST_F(KvmHandoffEndToEndTest, Cli_ConnectsAndReportsAgentErrno) {
+  const CommandResult result =
+      RunCommand(BinaryPath("agent/irqbypass-handoff"),
+                 {"--socket=" + socket_, "--create_vm=vm-cli"});
+  EXPECT_EQ(result.exit_code, 1) << result.err;
+  EXPECT_NE(result.err.find("(EIO)"), std::string::npos) << result.err;
+  const CommandResult no_agent =
+      RunCommand(BinaryPath("agent/irqbypass-handoff"),
+                 {"--socket=" + dir_ + "/nothing.sock", "--create_vm=vm-cli"});
+  EXPECT_EQ(no_agent.exit_code, 1);
+  EXPECT_NE(no_agent.err.find("(ENOENT)"), std::string::npos) << no_agent.err;
+}
+
+}  // namespace
+}  // namespace irqbypass::testing
