@@ -26,6 +26,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
@@ -41,6 +42,9 @@ ABSL_FLAG(bool, scale, false, "Run the scale measurement instead");
 ABSL_FLAG(int, scale_small, 1000, "Pairs registered for the small case");
 ABSL_FLAG(int, scale_large, 1000000, "Pairs registered for the large case");
 ABSL_FLAG(std::string, json_out, "", "Write results as JSON to this file");
+ABSL_FLAG(std::string, target, "",
+          "Drive an irqbypassd already running here (its agent must serve "
+          "node bench-node) instead of starting the servers; for profiling");
 
 namespace irqbypass::bench {
 namespace {
@@ -345,6 +349,15 @@ std::string LoadJson(const LoadResult& r) {
       r.pairs_per_second(), r.pairs, r.errors, SummaryJson(r.latency));
 }
 
+int RunAgainstTarget(const std::string& target, int callers,
+                     absl::Duration duration) {
+  const LoadResult r = RunLoad(target, callers, Caller::Mode::kCycle, duration);
+  std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "server", "pairs/s",
+              "pairs", "p50", "p99", "p99.9", "errors");
+  PrintLoad(target.c_str(), r);
+  return r.errors == 0 ? 0 : 1;
+}
+
 int RunThroughput(int callers, absl::Duration duration) {
   Servers servers;
   if (!servers.StartManager() || !servers.StartBare()) {
@@ -457,11 +470,17 @@ int RunScale(int callers, absl::Duration duration) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  // As in the servers: no lock-graph bookkeeping inside gRPC's mutexes.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const int callers = absl::GetFlag(FLAGS_callers);
   const absl::Duration duration = absl::GetFlag(FLAGS_duration);
   if (callers < 1 || callers > 4000 || duration <= absl::ZeroDuration()) {
     std::fprintf(stderr, "--callers: 1..4000; --duration: positive\n");
     return 2;
+  }
+  const std::string target = absl::GetFlag(FLAGS_target);
+  if (!target.empty()) {
+    return irqbypass::bench::RunAgainstTarget(target, callers, duration);
   }
   return absl::GetFlag(FLAGS_scale)
              ? irqbypass::bench::RunScale(callers, duration)

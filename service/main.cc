@@ -12,6 +12,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
@@ -40,6 +41,8 @@ ABSL_FLAG(absl::Duration, agent_command_timeout, absl::Seconds(5),
 ABSL_FLAG(int, shards, 65536,
           "Number of token index shards (more shards: fewer collisions with a "
           "lock holder that the scheduler preempted)");
+ABSL_FLAG(int, grpc_max_pollers, 64,
+          "Most idle gRPC server threads kept waiting for calls");
 ABSL_FLAG(std::string, log_level, "info", "debug|info|warn|error");
 ABSL_FLAG(std::string, log_format, "kv", "kv|json");
 
@@ -128,6 +131,11 @@ int Run() {
   builder.AddChannelArgument(
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // Registrations wait on agent round trips, so many handlers block at
+  // once; with gRPC's default of 2 idle pollers the sync server would end
+  // and re-create threads for nearly every call.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
+                              absl::GetFlag(FLAGS_grpc_max_pollers));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::StrCat("--listen: cannot listen on ",
@@ -174,5 +182,8 @@ int main(int argc, char** argv) {
       "irqbypassd: fleet IRQ bypass manager (gRPC irqbypass.v1).\n"
       "  irqbypassd --listen=127.0.0.1:50051 --metrics_listen=127.0.0.1:9464");
   absl::ParseCommandLine(argc, argv);
+  // gRPC locks absl::Mutex on every call; the system Abseil is built with
+  // deadlock detection on, which costs a lock-graph update per acquisition.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   return irqbypass::Run();
 }
