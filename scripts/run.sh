@@ -4,19 +4,29 @@
 # a failed connect being rolled back, and a clean disconnect. Keeps serving
 # until Ctrl-C; with --once (or IRQBYPASS_ONCE=1) it stops after the demo.
 #
-#   scripts/run.sh [--once] [--port=50051]
+#   scripts/run.sh [--once] [--port=50051] [--backend=sim|kvm]
+#
+# --backend=kvm wires for real on /dev/kvm (root): the agent creates VMs
+# vm-a and vm-b with an in-kernel irqchip, and (no VFIO device on most test
+# hosts) uses fake VFIO devices for the producer side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 once=${IRQBYPASS_ONCE:-0}
 port=50051
+backend=sim
 for arg in "$@"; do
   case "$arg" in
     --once) once=1 ;;
     --port=*) port=${arg#--port=} ;;
-    *) echo "usage: scripts/run.sh [--once] [--port=N]" >&2; exit 2 ;;
+    --backend=sim|--backend=kvm) backend=${arg#--backend=} ;;
+    *) echo "usage: scripts/run.sh [--once] [--port=N] [--backend=sim|kvm]" >&2; exit 2 ;;
   esac
 done
+if [ "$backend" = kvm ] && ! [ -r /dev/kvm ]; then
+  echo "--backend=kvm needs a readable /dev/kvm (run as root on a KVM host)" >&2
+  exit 2
+fi
 
 bash scripts/install-deps.sh
 echo "== building =="
@@ -40,9 +50,15 @@ pids+=($!)
 for _ in $(seq 1 100); do [ -s "$rundir/port" ] && break; sleep 0.1; done
 [ -s "$rundir/port" ] || { echo "irqbypassd did not start:"; cat "$rundir/irqbypassd.log"; exit 1; }
 
-echo "== starting irqbypass-agent --node=node-1 --backend=sim (VMs vm-a, vm-b) =="
-"$bin/agent/irqbypass-agent" --manager="$server" --node=node-1 --backend=sim \
-  --sim_vms=vm-a,vm-b 2>"$rundir/agent.log" &
+if [ "$backend" = kvm ]; then
+  agent_flags=(--backend=kvm --kvm_create_vms=vm-a,vm-b
+               --kvm_fake_devices=0000:3b:00.1,0000:3b:00.2,0000:3b:00.3)
+else
+  agent_flags=(--backend=sim --sim_vms=vm-a,vm-b)
+fi
+echo "== starting irqbypass-agent --node=node-1 ${agent_flags[*]} =="
+"$bin/agent/irqbypass-agent" --manager="$server" --node=node-1 \
+  "${agent_flags[@]}" 2>"$rundir/agent.log" &
 pids+=($!)
 for _ in $(seq 1 100); do
   grep -q 'msg="agent reconciled" node=node-1' "$rundir/irqbypassd.log" && break

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <utility>
 
 #include "absl/hash/hash.h"
@@ -27,13 +28,38 @@ struct TokenIndex::Slot {
   uint32_t waiters = 0;    // threads waiting for the op lock; shard mu
 };
 
+namespace {
+
+// An object key reduced to 128 bits by two unrelated hash functions (Abseil's
+// and libstdc++'s), so that each claim costs a fixed 16-byte key instead of a
+// heap-allocated string. Two different objects would have to collide in both
+// 64-bit hashes at once to be confused (about 2^-128 per pair).
+struct ObjectFingerprint {
+  uint64_t a = 0;
+  uint64_t b = 0;
+
+  static ObjectFingerprint Of(const std::string& key) {
+    return {absl::Hash<absl::string_view>{}(key), std::hash<std::string>{}(key)};
+  }
+  bool operator==(const ObjectFingerprint& o) const {
+    return a == o.a && b == o.b;
+  }
+  template <typename H>
+  friend H AbslHashValue(H h, const ObjectFingerprint& f) {
+    return H::combine(std::move(h), f.a, f.b);
+  }
+};
+
+}  // namespace
+
 struct TokenIndex::Shard {
   mutable Mutex mu;
   CondVar released;  // signalled when a slot's op lock is released
   absl::flat_hash_map<std::string, std::unique_ptr<Slot>> slots
       ABSL_GUARDED_BY(mu);
-  // Object key -> token holding it.
-  absl::flat_hash_map<std::string, std::string> objects ABSL_GUARDED_BY(mu);
+  // Object (fingerprint of its key) -> token holding it.
+  absl::flat_hash_map<ObjectFingerprint, std::string> objects
+      ABSL_GUARDED_BY(mu);
 };
 
 const char* LockOpName(LockOp op) {
@@ -101,10 +127,13 @@ TokenIndex::TokenIndex(size_t num_shards, ChangeListener* listener,
 TokenIndex::~TokenIndex() = default;
 
 size_t TokenIndex::ShardIndex(absl::string_view key) const {
+  return ShardIndexForHash(absl::Hash<absl::string_view>{}(key));
+}
+
+size_t TokenIndex::ShardIndexForHash(uint64_t hash) const {
   // The hash maps inside a shard use the low bits of the same hash; pick the
   // shard from well-mixed high bits so the two do not correlate.
-  const uint64_t h = absl::Hash<absl::string_view>{}(key);
-  const uint64_t mixed = h * 0x9E3779B97F4A7C15ull;
+  const uint64_t mixed = hash * 0x9E3779B97F4A7C15ull;
   return static_cast<size_t>((mixed >> 32) % shards_.size());
 }
 
@@ -210,19 +239,21 @@ std::optional<BindingState> TokenIndex::Get(absl::string_view token) const {
 
 std::optional<std::string> TokenIndex::TokenLock::ClaimObject(
     const std::string& key) {
-  const size_t shard_index = index_->ShardIndex(key);
+  const ObjectFingerprint fp = ObjectFingerprint::Of(key);
+  const size_t shard_index = index_->ShardIndexForHash(fp.a);
   Shard& shard = *index_->shards_[shard_index];
   TimedLock lock(*index_, shard_index, op_);
-  auto [it, inserted] = shard.objects.try_emplace(key, token_);
+  auto [it, inserted] = shard.objects.try_emplace(fp, token_);
   if (inserted || it->second == token_) return std::nullopt;
   return it->second;
 }
 
 void TokenIndex::TokenLock::ReleaseObject(const std::string& key) {
-  const size_t shard_index = index_->ShardIndex(key);
+  const ObjectFingerprint fp = ObjectFingerprint::Of(key);
+  const size_t shard_index = index_->ShardIndexForHash(fp.a);
   Shard& shard = *index_->shards_[shard_index];
   TimedLock lock(*index_, shard_index, op_);
-  auto it = shard.objects.find(key);
+  auto it = shard.objects.find(fp);
   if (it != shard.objects.end() && it->second == token_) {
     shard.objects.erase(it);
   }

@@ -190,6 +190,7 @@ class TokenIndex {
  private:
   class TimedLock;
   size_t ShardIndex(absl::string_view key) const;
+  size_t ShardIndexForHash(uint64_t hash) const;
   void Release(size_t shard, Slot* slot, const std::string& token, LockOp op);
 
   std::vector<std::unique_ptr<Shard>> shards_;
