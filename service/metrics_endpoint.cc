@@ -1,8 +1,11 @@
 #include "service/metrics_endpoint.h"
 
+#include <algorithm>
+#include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 
@@ -27,7 +30,26 @@ class StateCollector : public prometheus::Collectable {
       : index_(index), registry_(registry) {}
 
   std::vector<prometheus::MetricFamily> Collect() const override {
-    const TokenIndex::Counts counts = index_.CountAll();
+    absl::flat_hash_map<std::string, TokenIndex::Counts> by_node;
+    const TokenIndex::Counts counts = index_.CountAll(&by_node);
+    std::vector<std::pair<std::string, TokenIndex::Counts>> sorted(
+        by_node.begin(), by_node.end());
+    std::sort(sorted.begin(), sorted.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    auto per_node_gauge = [&](const char* name, const char* help,
+                              size_t TokenIndex::Counts::*field) {
+      prometheus::MetricFamily family;
+      family.name = name;
+      family.help = help;
+      family.type = prometheus::MetricType::Gauge;
+      for (const auto& [node, node_counts] : sorted) {
+        prometheus::ClientMetric metric;
+        metric.label.push_back({"node", node});
+        metric.gauge.value = static_cast<double>(node_counts.*field);
+        family.metric.push_back(std::move(metric));
+      }
+      return family;
+    };
     const std::vector<std::string> nodes = registry_.ConnectedNodes();
     prometheus::MetricFamily per_node;
     per_node.name = "irqbypass_agent_connected";
@@ -50,6 +72,15 @@ class StateCollector : public prometheus::Collectable {
         Gauge("irqbypass_agents_connected", "Node agents with a live session.",
               static_cast<double>(nodes.size())),
         std::move(per_node),
+        per_node_gauge("irqbypass_node_producers",
+                       "Registered producers on each node.",
+                       &TokenIndex::Counts::producers),
+        per_node_gauge("irqbypass_node_consumers",
+                       "Registered consumers on each node.",
+                       &TokenIndex::Counts::consumers),
+        per_node_gauge("irqbypass_node_connected_pairs",
+                       "Connected pairs on each node.",
+                       &TokenIndex::Counts::connected),
     };
   }
 

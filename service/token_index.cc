@@ -335,8 +335,15 @@ void TokenIndex::ForEachCommitted(
   }
 }
 
-TokenIndex::Counts TokenIndex::CountAll() const {
+TokenIndex::Counts TokenIndex::CountAll(
+    absl::flat_hash_map<std::string, Counts>* by_node) const {
   Counts c;
+  auto add = [](Counts& to, const BindingState& st) {
+    ++to.tokens;
+    if (st.producer) ++to.producers;
+    if (st.consumer) ++to.consumers;
+    if (st.connected) ++to.connected;
+  };
   // Not reported to the observer: a scrape of the gauges would otherwise add
   // one "read" observation per shard.
   for (const auto& shard_ptr : shards_) {
@@ -344,10 +351,8 @@ TokenIndex::Counts TokenIndex::CountAll() const {
     for (const auto& [token, slot] : shard_ptr->slots) {
       const BindingState& st = slot->committed;
       if (st.empty()) continue;
-      ++c.tokens;
-      if (st.producer) ++c.producers;
-      if (st.consumer) ++c.consumers;
-      if (st.connected) ++c.connected;
+      add(c, st);
+      if (by_node != nullptr) add((*by_node)[st.node()], st);
     }
   }
   return c;

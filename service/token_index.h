@@ -184,7 +184,9 @@ class TokenIndex {
     size_t consumers = 0;
     size_t connected = 0;
   };
-  Counts CountAll() const;
+  // Totals; with `by_node`, also per node (one pass over every shard).
+  Counts CountAll(absl::flat_hash_map<std::string, Counts>* by_node =
+                      nullptr) const;
   size_t num_shards() const { return shards_.size(); }
 
  private:

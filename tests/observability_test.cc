@@ -120,6 +120,10 @@ TEST_F(ObservabilityTest,
   EXPECT_TRUE(Has(text, "irqbypass_connected_pairs 1\n")) << text;
   EXPECT_TRUE(Has(text, "irqbypass_producers 1\n")) << text;
   EXPECT_TRUE(Has(text, "irqbypass_consumers 2\n")) << text;
+  EXPECT_TRUE(Has(text, "irqbypass_node_producers{node=\"n1\"} 1\n")) << text;
+  EXPECT_TRUE(Has(text, "irqbypass_node_consumers{node=\"n1\"} 2\n")) << text;
+  EXPECT_TRUE(Has(text, "irqbypass_node_connected_pairs{node=\"n1\"} 1\n"))
+      << text;
 }
 
 TEST_F(ObservabilityTest, AgentExposition_PassesPromtool_WithDocumentedSeries) {
