@@ -345,6 +345,28 @@ int Main() {
     std::fprintf(stderr, "--tokens and --threads must be positive\n");
     return 2;
   }
+  std::printf(
+      "index contention: %d tokens (producer + consumer each, then both "
+      "unregistered), %d threads, %u cores\n",
+      tokens, threads, std::thread::hardware_concurrency());
+  std::printf("lock wait per operation (sum over the locks it takes):\n");
+  std::printf("%-8s %12s %10s %10s %10s %10s %10s %10s %10s %7s\n", "design",
+              "ops/s", "ops", "locks/op", "avg", "p50", "p99", "p99.9", "max",
+              "errors");
+  auto print_row = [](const Result& r) {
+    const double ops_per_s =
+        r.operations / (r.register_seconds + r.unregister_seconds);
+    std::printf("%-8s %12.0f %10lu %10.1f %10s %10s %10s %10s %10s %7lu\n",
+                r.design.c_str(), ops_per_s,
+                static_cast<unsigned long>(r.wait.count), r.locks_per_op,
+                HumanNs(r.wait.avg_ns).c_str(),
+                HumanNs(static_cast<double>(r.wait.p50_ns)).c_str(),
+                HumanNs(static_cast<double>(r.wait.p99_ns)).c_str(),
+                HumanNs(static_cast<double>(r.wait.p999_ns)).c_str(),
+                HumanNs(static_cast<double>(r.wait.max_ns)).c_str(),
+                static_cast<unsigned long>(r.errors));
+    std::fflush(stdout);
+  };
   std::vector<Result> results;
   for (absl::string_view name :
        absl::StrSplit(absl::GetFlag(FLAGS_designs), ',', absl::SkipEmpty())) {
@@ -360,31 +382,10 @@ int Main() {
                    std::string(name).c_str());
       return 2;
     }
-    std::fprintf(stderr, "running %s ...\n", design->name());
     results.push_back(Run(*design, tokens, threads));
+    print_row(results.back());
   }
 
-  std::printf(
-      "index contention: %d tokens (producer + consumer each, then both "
-      "unregistered), %d threads, %u cores\n",
-      tokens, threads, std::thread::hardware_concurrency());
-  std::printf("lock wait per operation (sum over the locks it takes):\n");
-  std::printf("%-8s %12s %10s %10s %10s %10s %10s %10s %10s %7s\n", "design",
-              "ops/s", "ops", "locks/op", "avg", "p50", "p99", "p99.9", "max",
-              "errors");
-  for (const Result& r : results) {
-    const double ops_per_s =
-        r.operations / (r.register_seconds + r.unregister_seconds);
-    std::printf("%-8s %12.0f %10lu %10.1f %10s %10s %10s %10s %10s %7lu\n",
-                r.design.c_str(), ops_per_s,
-                static_cast<unsigned long>(r.wait.count), r.locks_per_op,
-                HumanNs(r.wait.avg_ns).c_str(),
-                HumanNs(static_cast<double>(r.wait.p50_ns)).c_str(),
-                HumanNs(static_cast<double>(r.wait.p99_ns)).c_str(),
-                HumanNs(static_cast<double>(r.wait.p999_ns)).c_str(),
-                HumanNs(static_cast<double>(r.wait.max_ns)).c_str(),
-                static_cast<unsigned long>(r.errors));
-  }
   std::printf(
       "review (144 cores, 174,000 irqfds): list 117.9 ms avg / 11.4 s max; "
       "XArray 314 ns avg / 47.6 us max\n");
