@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -40,6 +41,8 @@ std::string HandoffRequest::Encode() const {
       return absl::StrCat("RELEASE-VM ", name);
     case Kind::kReleaseDevice:
       return absl::StrCat("RELEASE-DEVICE ", name);
+    case Kind::kServeVm:
+      return absl::StrCat("SERVE-VM ", version, " ", name);
   }
   return "";
 }
@@ -57,6 +60,18 @@ absl::StatusOr<HandoffRequest> ParseHandoffRequest(absl::string_view text) {
       return Invalid(
           absl::StrCat("VM: routing \"", words[2], "\": want vmm or agent"));
     }
+  } else if (verb == "SERVE-VM") {
+    if (words.size() != 3 || !absl::SimpleAtoi(words[1], &request.version) ||
+        request.version == 0) {
+      return Invalid("SERVE-VM: want \"SERVE-VM <version> <name>\"");
+    }
+    request.kind = HandoffRequest::Kind::kServeVm;
+    request.name = std::string(words[2]);
+    if (!ValidVmName(request.name)) {
+      return Invalid(
+          absl::StrCat("SERVE-VM: bad VM name \"", request.name, "\""));
+    }
+    return request;
   } else if (verb == "DEVICE" || verb == "RELEASE-VM" ||
              verb == "RELEASE-DEVICE") {
     if (words.size() != 2)
@@ -67,8 +82,8 @@ absl::StatusOr<HandoffRequest> ParseHandoffRequest(absl::string_view text) {
                        : HandoffRequest::Kind::kReleaseDevice;
   } else {
     return Invalid(absl::StrCat("unknown request \"", verb,
-                                "\" (want VM, DEVICE, RELEASE-VM or "
-                                "RELEASE-DEVICE)"));
+                                "\" (want SERVE-VM, DEVICE, VM, RELEASE-VM "
+                                "or RELEASE-DEVICE)"));
   }
   request.name = std::string(words[1]);
   const bool is_device = request.kind == HandoffRequest::Kind::kDevice ||
@@ -79,6 +94,71 @@ absl::StatusOr<HandoffRequest> ParseHandoffRequest(absl::string_view text) {
                                 request.name, "\""));
   }
   return request;
+}
+
+std::string IrqfdRequest::Encode() const {
+  return absl::StrCat("IRQFD ", version, " ", id, " ", vm, " ", gsi,
+                      deassign ? " deassign" : " assign");
+}
+
+std::string IrqfdReply::Encode() const {
+  std::string text =
+      absl::StrCat("IRQFD-REPLY ", version, " ", id, " ", errno_value);
+  if (!message.empty()) absl::StrAppend(&text, " ", message);
+  if (text.size() > kHandoffMaxMessage) text.resize(kHandoffMaxMessage);
+  return text;
+}
+
+bool IsIrqfdRequest(absl::string_view text) {
+  return absl::StartsWith(text, "IRQFD ");
+}
+
+bool IsIrqfdReply(absl::string_view text) {
+  return absl::StartsWith(text, "IRQFD-REPLY ");
+}
+
+absl::StatusOr<IrqfdRequest> ParseIrqfdRequest(absl::string_view text) {
+  const std::vector<absl::string_view> words = absl::StrSplit(text, ' ');
+  IrqfdRequest request;
+  if (words.size() < 3 || words[0] != "IRQFD" ||
+      !absl::SimpleAtoi(words[1], &request.version) || request.version == 0 ||
+      !absl::SimpleAtoi(words[2], &request.id) || request.id == 0) {
+    return Invalid(absl::StrCat("bad IRQFD request \"", text,
+                                "\" (want \"IRQFD <version> <id> ...\")"));
+  }
+  if (request.version != kHandoffIrqfdVersion) return request;
+  if (words.size() != 6 || !ValidVmName(words[3]) ||
+      !absl::SimpleAtoi(words[4], &request.gsi) ||
+      (words[5] != "assign" && words[5] != "deassign")) {
+    return Invalid(absl::StrCat("bad IRQFD request \"", text,
+                                "\" (want \"IRQFD 1 <id> <vm> <gsi> "
+                                "assign|deassign\")"));
+  }
+  request.vm = std::string(words[3]);
+  request.deassign = words[5] == "deassign";
+  return request;
+}
+
+absl::StatusOr<IrqfdReply> ParseIrqfdReply(absl::string_view text) {
+  const std::vector<absl::string_view> words =
+      absl::StrSplit(text, absl::MaxSplits(' ', 4));
+  IrqfdReply reply;
+  if (words.size() < 3 || words[0] != "IRQFD-REPLY" ||
+      !absl::SimpleAtoi(words[1], &reply.version) || reply.version == 0 ||
+      !absl::SimpleAtoi(words[2], &reply.id) || reply.id == 0) {
+    return Invalid(
+        absl::StrCat("bad IRQFD-REPLY \"", text,
+                     "\" (want \"IRQFD-REPLY <version> <id> ...\")"));
+  }
+  if (reply.version != kHandoffIrqfdVersion) return reply;
+  if (words.size() < 4 || !absl::SimpleAtoi(words[3], &reply.errno_value) ||
+      reply.errno_value < 0) {
+    return Invalid(absl::StrCat("bad IRQFD-REPLY \"", text,
+                                "\" (want \"IRQFD-REPLY 1 <id> <errno> "
+                                "[<message>]\")"));
+  }
+  if (words.size() == 5) reply.message = std::string(words[4]);
+  return reply;
 }
 
 std::string EncodeHandoffReply(const absl::Status& status) {
@@ -103,7 +183,7 @@ absl::Status ParseHandoffReply(absl::string_view text) {
 }
 
 absl::Status SendHandoffPacket(int socket, absl::string_view text,
-                               const std::vector<int>& fds) {
+                               const std::vector<int>& fds, bool wait) {
   if (fds.size() > kHandoffMaxFds) return Invalid("too many fds");
   iovec iov;
   iov.iov_base = const_cast<char*>(text.data());
@@ -124,13 +204,13 @@ absl::Status SendHandoffPacket(int socket, absl::string_view text,
   }
   ssize_t sent;
   do {
-    sent = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
+    sent = ::sendmsg(socket, &msg, MSG_NOSIGNAL | (wait ? 0 : MSG_DONTWAIT));
   } while (sent < 0 && errno == EINTR);
   if (sent < 0) return ErrnoError(errno, "handoff sendmsg");
   return absl::OkStatus();
 }
 
-absl::StatusOr<HandoffPacket> ReceiveHandoffPacket(int socket) {
+absl::StatusOr<HandoffPacket> ReceiveHandoffPacket(int socket, bool wait) {
   char buffer[kHandoffMaxMessage];
   iovec iov;
   iov.iov_base = buffer;
@@ -144,7 +224,8 @@ absl::StatusOr<HandoffPacket> ReceiveHandoffPacket(int socket) {
   msg.msg_controllen = sizeof(control);
   ssize_t received;
   do {
-    received = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC);
+    received =
+        ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC | (wait ? 0 : MSG_DONTWAIT));
   } while (received < 0 && errno == EINTR);
   if (received < 0) return ErrnoError(errno, "handoff recvmsg");
 

@@ -1,20 +1,32 @@
-// irqbypass-handoff: hands a VMM's KVM VM fd and VFIO device fds to the
-// local irqbypass agent over its handoff socket (handoff.h), then holds the
-// connection until SIGTERM/SIGINT: exiting is how a VMM says it went away.
+// irqbypass-handoff: talks to the local irqbypass agent over its handoff
+// socket (handoff.h) on behalf of a VMM, then holds the connection until
+// SIGTERM/SIGINT: exiting is how a VMM says it went away.
 //
-//   # a VMM that exec()s this with its fds inherited as 3 and 4:
-//   irqbypass-handoff --socket=/run/irqbypass/handoff.sock \
-//       --vm=vm-a --vm_fd=3 --device=0000:3b:00.1 --device_fd=4
-//   # a stand-in VMM for demos: create a VM (with its irqchip) and hand it over
-//   irqbypass-handoff --socket=/run/irqbypass/handoff.sock --create_vm=vm-b
+//   # a stand-in VMM for demos and tests: create VM vm-v on /dev/kvm (with
+//   # its in-kernel irqchip) in this process, offer it to the agent, and run
+//   # the agent's irqfd requests (KVM_IRQFD) on it
+//   irqbypass-handoff --socket=/run/irqbypass/handoff.sock --serve_vm=vm-v
+//   # hand over a VFIO device fd inherited as fd 4 (from a VMM that exec()s
+//   # this):
+//   irqbypass-handoff --socket=/run/irqbypass/handoff.sock
+//       --device=0000:3b:00.1 --device_fd=4
 //
-// Prints "ready" on stdout once everything is handed over. Exit codes: 0 on
-// a signal after success, 1 if the agent refused something (the message has
-// its errno), 2 for bad flags.
+// A VM fd cannot usefully be passed to another process (KVM serves VM
+// ioctls only to the VM's creator): --vm/--vm_fd and --create_vm hand one
+// over anyway and the agent refuses it with EIO; they remain for that
+// demonstration. A real VMM serves its own VMs with the handoff_client
+// library (HandoffClient::ServeVm + Serve).
+//
+// Prints "ready" on stdout once everything is offered / handed over, and one
+// line on stderr per irqfd request served ("irqfd assign vm=vm-v gsi=40
+// errno=0"). Exit codes: 0 on a signal after success, 1 if the agent refused
+// something (the message has its errno) or closed the connection while
+// serving, 2 for bad flags.
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -39,6 +51,10 @@ ABSL_FLAG(std::string, routing, "vmm",
 ABSL_FLAG(std::string, create_vm, "",
           "Create a VM on /dev/kvm (with an in-kernel irqchip) under this "
           "name and hand it over with agent routing (demos, tests).");
+ABSL_FLAG(std::string, serve_vm, "",
+          "Create a VM on /dev/kvm (with an in-kernel irqchip) in this "
+          "process under this name, offer it to the agent (SERVE-VM) and run "
+          "the agent's irqfd requests on it until SIGTERM (demos, tests).");
 ABSL_FLAG(std::string, device, "", "PCI address of the device --device_fd.");
 ABSL_FLAG(int, device_fd, -1, "An inherited VFIO device fd.");
 
@@ -55,9 +71,9 @@ int Fail(const std::string& what, const absl::Status& status) {
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "hand VM and VFIO device fds to the irqbypass agent.\n"
-      "  irqbypass-handoff --socket=PATH [--vm=NAME --vm_fd=N] "
-      "[--device=BDF --device_fd=N] [--create_vm=NAME]");
+      "offer VMs and hand VFIO device fds to the irqbypass agent.\n"
+      "  irqbypass-handoff --socket=PATH [--serve_vm=NAME] "
+      "[--device=BDF --device_fd=N] [--vm=NAME --vm_fd=N] [--create_vm=NAME]");
   absl::ParseCommandLine(argc, argv);
   const std::string path = absl::GetFlag(FLAGS_socket);
   const std::string routing = absl::GetFlag(FLAGS_routing);
@@ -80,6 +96,27 @@ int Main(int argc, char** argv) {
 
   auto client = HandoffClient::Connect(path);
   if (!client.ok()) return Fail("connect", client.status());
+  (*client)->SetIrqfdObserver([](const IrqfdRequest& request, int err) {
+    std::fprintf(stderr, "irqbypass-handoff: irqfd %s vm=%s gsi=%u errno=%s\n",
+                 request.deassign ? "deassign" : "assign", request.vm.c_str(),
+                 request.gsi, err == 0 ? "0" : ErrnoName(err).c_str());
+  });
+
+  Fd served_vm;
+  const std::string serve_name = absl::GetFlag(FLAGS_serve_vm);
+  if (!serve_name.empty()) {
+    Fd kvm(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
+    if (!kvm.valid()) return Fail("open /dev/kvm", ErrnoError(errno, "open"));
+    served_vm = Fd(::ioctl(kvm.get(), KVM_CREATE_VM, 0));
+    if (!served_vm.valid() ||
+        ::ioctl(served_vm.get(), KVM_CREATE_IRQCHIP, 0) != 0) {
+      return Fail("create vm", ErrnoError(errno, "KVM_CREATE_VM/IRQCHIP"));
+    }
+    if (absl::Status s = (*client)->ServeVm(serve_name, served_vm.get());
+        !s.ok()) {
+      return Fail("serve vm " + serve_name, s);
+    }
+  }
 
   Fd created_vm;
   if (const std::string name = absl::GetFlag(FLAGS_create_vm); !name.empty()) {
@@ -112,8 +149,11 @@ int Main(int argc, char** argv) {
   }
   std::printf("ready\n");
   std::fflush(stdout);
-  int signal_number = 0;
-  while (sigwait(&signals, &signal_number) != 0) {
+  // Serve the agent's irqfd requests (if any VM is served) until a signal.
+  Fd stop(::signalfd(-1, &signals, SFD_CLOEXEC));
+  if (!stop.valid()) return Fail("signalfd", ErrnoError(errno, "signalfd"));
+  if (absl::Status s = (*client)->Serve(stop.get()); !s.ok()) {
+    return Fail("serving the agent", s);
   }
   return 0;  // closing the connection releases everything handed over
 }

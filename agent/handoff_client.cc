@@ -1,5 +1,8 @@
 #include "agent/handoff_client.h"
 
+#include <linux/kvm.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -7,10 +10,24 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "agent/errno_status.h"
 
 namespace irqbypass {
 namespace agent {
+namespace {
+
+// KVM_IRQFD on `vm_fd`; 0 or the errno.
+int RunIrqfd(int vm_fd, int eventfd, uint32_t gsi, bool deassign) {
+  kvm_irqfd request;
+  std::memset(&request, 0, sizeof(request));
+  request.fd = static_cast<uint32_t>(eventfd);
+  request.gsi = gsi;
+  request.flags = deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0;
+  return ::ioctl(vm_fd, KVM_IRQFD, &request) == 0 ? 0 : errno;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<HandoffClient>> HandoffClient::Connect(
     const std::string& path) {
@@ -42,9 +59,45 @@ absl::Status HandoffClient::Call(const HandoffRequest& request, int fd) {
       !s.ok()) {
     return s;
   }
-  absl::StatusOr<HandoffPacket> reply = ReceiveHandoffPacket(socket_.get());
-  if (!reply.ok()) return reply.status();
-  return ParseHandoffReply(reply->text);
+  // The agent answers in order; irqfd requests may come first.
+  while (true) {
+    absl::StatusOr<HandoffPacket> packet = ReceiveHandoffPacket(socket_.get());
+    if (!packet.ok()) return packet.status();
+    if (IsIrqfdRequest(packet->text)) {
+      if (absl::Status s = ServeIrqfd(*packet); !s.ok()) return s;
+      continue;
+    }
+    return ParseHandoffReply(packet->text);
+  }
+}
+
+absl::Status HandoffClient::ServeVm(absl::string_view name, int vm_fd) {
+  const std::string vm(name);
+  if (served_vms_.contains(vm)) {
+    return ErrnoErrorWithMessage(
+        EEXIST, absl::StrFormat("vm \"%s\" is served already", vm));
+  }
+  const int has_irqfd = ::ioctl(vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_IRQFD);
+  if (has_irqfd < 0) {
+    return ErrnoError(errno, absl::StrFormat("vm \"%s\": KVM_CHECK_EXTENSION "
+                                             "(is it this process's KVM VM "
+                                             "fd?)",
+                                             vm));
+  }
+  if (has_irqfd == 0) {
+    return ErrnoErrorWithMessage(
+        ENOTTY, absl::StrFormat("vm \"%s\": KVM without KVM_CAP_IRQFD", vm));
+  }
+  Fd copy = Fd::DuplicateOf(vm_fd);
+  if (!copy.valid()) return ErrnoError(errno, "dup of the VM fd");
+  // Before asking: the agent may send requests before its OK.
+  served_vms_.emplace(vm, std::move(copy));
+  HandoffRequest request;
+  request.kind = HandoffRequest::Kind::kServeVm;
+  request.name = vm;
+  absl::Status s = Call(request, -1);
+  if (!s.ok()) served_vms_.erase(vm);
+  return s;
 }
 
 absl::Status HandoffClient::HandOverVm(absl::string_view name, int vm_fd,
@@ -68,7 +121,11 @@ absl::Status HandoffClient::ReleaseVm(absl::string_view name) {
   HandoffRequest request;
   request.kind = HandoffRequest::Kind::kReleaseVm;
   request.name = std::string(name);
-  return Call(request, -1);
+  // The agent's deassigns for the VM arrive before its OK: keep serving the
+  // VM until then.
+  absl::Status s = Call(request, -1);
+  if (s.ok()) served_vms_.erase(request.name);
+  return s;
 }
 
 absl::Status HandoffClient::ReleaseDevice(absl::string_view pci_address) {
@@ -76,6 +133,77 @@ absl::Status HandoffClient::ReleaseDevice(absl::string_view pci_address) {
   request.kind = HandoffRequest::Kind::kReleaseDevice;
   request.name = std::string(pci_address);
   return Call(request, -1);
+}
+
+absl::Status HandoffClient::ServeIrqfd(const HandoffPacket& packet) {
+  absl::StatusOr<IrqfdRequest> request = ParseIrqfdRequest(packet.text);
+  if (!request.ok()) {
+    // Without an id there is nothing to answer; the agent times out.
+    return absl::OkStatus();
+  }
+  IrqfdReply reply;
+  reply.id = request->id;
+  auto vm = served_vms_.find(request->vm);
+  if (request->version != kHandoffIrqfdVersion) {
+    reply.errno_value = EPROTONOSUPPORT;
+    reply.message = absl::StrFormat("IRQFD version %d not supported (want %d)",
+                                    request->version, kHandoffIrqfdVersion);
+  } else if (packet.fds.size() != 1) {
+    reply.errno_value = EINVAL;
+    reply.message = absl::StrFormat("IRQFD: want 1 fd (the eventfd), got %d",
+                                    packet.fds.size());
+  } else if (vm == served_vms_.end()) {
+    reply.errno_value = ENOENT;
+    reply.message =
+        absl::StrFormat("vm \"%s\" is not served by this VMM", request->vm);
+  } else {
+    reply.errno_value = RunIrqfd(vm->second.get(), packet.fds[0].get(),
+                                 request->gsi, request->deassign);
+    if (reply.errno_value != 0) {
+      reply.message =
+          absl::StrCat("KVM_IRQFD: ", std::strerror(reply.errno_value));
+    }
+  }
+  // packet.fds (our copy of the eventfd) close when the packet goes: the
+  // kernel's irqfd holds its own reference.
+  if (observer_) observer_(*request, reply.errno_value);
+  return SendHandoffPacket(socket_.get(), reply.Encode(), {});
+}
+
+absl::Status HandoffClient::HandleUnsolicited(HandoffPacket packet) {
+  if (IsIrqfdRequest(packet.text)) return ServeIrqfd(packet);
+  return absl::OkStatus();  // nothing else is sent unasked
+}
+
+absl::Status HandoffClient::Serve(int stop_fd) {
+  pollfd fds[2] = {{socket_.get(), POLLIN, 0}, {stop_fd, POLLIN, 0}};
+  const nfds_t count = stop_fd >= 0 ? 2 : 1;
+  while (true) {
+    const int n = ::poll(fds, count, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError(errno, "poll");
+    if (count == 2 && fds[1].revents != 0) return absl::OkStatus();
+    if (fds[0].revents == 0) continue;
+    absl::StatusOr<HandoffPacket> packet = ReceiveHandoffPacket(socket_.get());
+    if (!packet.ok()) return packet.status();
+    if (absl::Status s = HandleUnsolicited(*std::move(packet)); !s.ok()) {
+      return s;
+    }
+  }
+}
+
+absl::Status HandoffClient::ServePending() {
+  while (true) {
+    absl::StatusOr<HandoffPacket> packet =
+        ReceiveHandoffPacket(socket_.get(), /*wait=*/false);
+    if (!packet.ok()) {
+      if (ErrnoOf(packet.status()) == EAGAIN) return absl::OkStatus();
+      return packet.status();
+    }
+    if (absl::Status s = HandleUnsolicited(*std::move(packet)); !s.ok()) {
+      return s;
+    }
+  }
 }
 
 }  // namespace agent

@@ -166,22 +166,44 @@ void HandoffServer::AcceptLoop() {
                               {"connection", absl::StrCat(id)},
                               {"uid", absl::StrCat(peer.uid)},
                               {"pid", absl::StrCat(peer.pid)}});
-    connections_.emplace_back([this, id, s = std::move(socket)]() mutable {
-      Serve(id, std::move(s));
-    });
+    connections_.emplace_back(
+        [this, id, pid = peer.pid, s = std::move(socket)]() mutable {
+          Serve(id, pid, std::move(s));
+        });
   }
 }
 
-void HandoffServer::Serve(uint64_t connection, Fd socket) {
-  while (WaitReadable(socket.get(), stop_.get())) {
-    absl::StatusOr<HandoffPacket> packet = ReceiveHandoffPacket(socket.get());
+void HandoffServer::Serve(uint64_t connection, pid_t pid, Fd socket_fd) {
+  // Shared with the channel: RemoteVms on it may still post deassigns after
+  // this thread returned (the agent stopping).
+  const auto socket = std::make_shared<const Fd>(std::move(socket_fd));
+  const auto channel = std::make_shared<VmmChannel>(
+      socket, absl::StrCat("connection ", connection, " pid ", pid));
+  while (WaitReadable(socket->get(), stop_.get())) {
+    absl::StatusOr<HandoffPacket> packet = ReceiveHandoffPacket(socket->get());
     if (!packet.ok() && ErrnoOf(packet.status()) != EMSGSIZE) break;
+    if (packet.ok() && IsIrqfdReply(packet->text)) {
+      // An answer to one of our IRQFD requests: no reply to it.
+      absl::StatusOr<IrqfdReply> reply = ParseIrqfdReply(packet->text);
+      if (reply.ok()) {
+        channel->Deliver(*reply);
+      } else {
+        LogWarn("bad IRQFD-REPLY from vmm",
+                {{"node", options_.node},
+                 {"connection", absl::StrCat(connection)},
+                 {"error", std::string(reply.status().message())}});
+      }
+      continue;
+    }
     const absl::Status result =
-        packet.ok() ? Handle(connection, *std::move(packet)) : packet.status();
-    if (!SendHandoffPacket(socket.get(), EncodeHandoffReply(result), {}).ok()) {
+        packet.ok() ? Handle(connection, channel, *std::move(packet))
+                    : packet.status();
+    if (!SendHandoffPacket(socket->get(), EncodeHandoffReply(result), {})
+             .ok()) {
       break;
     }
   }
+  channel->Close();  // waiting requests fail now (ENOTCONN)
   {
     absl::MutexLock lock(&mu_);
     if (stopped_) return;  // shutting down: the backend releases everything
@@ -191,7 +213,9 @@ void HandoffServer::Serve(uint64_t connection, Fd socket) {
   ReleaseOwned(connection);
 }
 
-absl::Status HandoffServer::Handle(uint64_t connection, HandoffPacket packet) {
+absl::Status HandoffServer::Handle(uint64_t connection,
+                                   const std::shared_ptr<VmmChannel>& channel,
+                                   HandoffPacket packet) {
   absl::StatusOr<HandoffRequest> request = ParseHandoffRequest(packet.text);
   if (!request.ok()) return request.status();
   const std::string& name = request->name;
@@ -201,6 +225,25 @@ absl::Status HandoffServer::Handle(uint64_t connection, HandoffPacket packet) {
                                 request->fds(), packet.fds.size()));
   }
   switch (request->kind) {
+    case HandoffRequest::Kind::kServeVm: {
+      if (request->version != kHandoffIrqfdVersion) {
+        return ErrnoErrorWithMessage(
+            EPROTONOSUPPORT,
+            absl::StrFormat("SERVE-VM: protocol version %d not supported "
+                            "(this agent speaks %d)",
+                            request->version, kHandoffIrqfdVersion));
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        vm_owner_[name] = connection;
+      }
+      backend_.AddVm(
+          std::make_unique<RemoteVm>(name, channel, options_.irqfd_timeout));
+      LogInfo("vmm serves vm", {{"node", options_.node},
+                                {"connection", absl::StrCat(connection)},
+                                {"vm", name}});
+      return absl::OkStatus();
+    }
     case HandoffRequest::Kind::kVm: {
       absl::StatusOr<std::unique_ptr<KvmVm>> vm = KvmVm::Adopt(
           std::move(packet.fds[0]), name,

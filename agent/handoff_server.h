@@ -1,15 +1,20 @@
 // HandoffServer: the agent's end of the handoff socket (wire format in
-// handoff.h). VMMs connect, pass their KVM VM fd and VFIO device fds, and
-// keep the connection open for as long as the agent may use them. The
-// server checks each peer's uid (SO_PEERCRED) against an allow-list, adopts
-// what it receives into the KvmBackend (KvmVm::Adopt, VfioDeviceIrqs::Adopt),
-// and when a connection closes releases everything that connection still
-// owns (KvmBackend::RemoveVm / RemoveDevice, which tear down the wiring and
+// handoff.h). VMMs connect, offer the VMs they hold (SERVE-VM), pass their
+// VFIO device fds, and keep the connection open for as long as the agent
+// may use them. The server checks each peer's uid (SO_PEERCRED) against an
+// allow-list, puts what it receives into the KvmBackend (a RemoteVm per
+// SERVE-VM, VfioDeviceIrqs::Adopt, KvmVm::Adopt), and when a connection
+// closes releases everything that connection still owns
+// (KvmBackend::RemoveVm / RemoveDevice, which tear down the wiring and
 // notify the manager).
 //
 // Threads: one accepting, one per connected VMM (VMMs are few, and a
 // teardown of thousands of irqfds, ~100 us each, then blocks only that VMM's
-// thread, never the command path).
+// thread, never the command path). A VMM's thread is the only reader of its
+// socket: it answers the VMM's requests and hands the VMM's IRQFD-REPLYs to
+// the connection's VmmChannel (remote_vm.h), on which command threads wait.
+// Nothing it runs waits for a reply itself (RemoteVm::Retire only posts), so
+// it cannot deadlock on its own connection.
 //
 // Thread-safety: Start() and Stop() from one thread; the rest is internal.
 #ifndef IRQBYPASS_AGENT_HANDOFF_SERVER_H_
@@ -28,9 +33,11 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "agent/fd.h"
 #include "agent/handoff.h"
 #include "agent/kvm_backend.h"
+#include "agent/remote_vm.h"
 
 namespace irqbypass {
 namespace agent {
@@ -43,6 +50,9 @@ struct HandoffServerOptions {
   absl::flat_hash_set<uid_t> allowed_uids;
   // This host's node name, for logs.
   std::string node;
+  // How long the agent waits for a VMM's answer to one irqfd request
+  // (SERVE-VM VMs) before failing the step with ETIMEDOUT.
+  absl::Duration irqfd_timeout = absl::Seconds(2);
 };
 
 class HandoffServer {
@@ -56,9 +66,12 @@ class HandoffServer {
   HandoffServer& operator=(const HandoffServer&) = delete;
   ~HandoffServer();  // Stop()
 
-  // Stops accepting, disconnects every VMM (without releasing what they
+  // Stops accepting and serving every VMM (without releasing what they
   // handed over: the backend still holds it until it is destroyed), joins the
-  // threads and removes the socket file. Idempotent.
+  // threads and removes the socket file. A connection whose VMM serves a VM
+  // the backend holds stays open until the backend lets go of that VM (its
+  // retirement posts the deassigns to the VMM); the others close now.
+  // Idempotent.
   void Stop();
 
  private:
@@ -66,9 +79,11 @@ class HandoffServer {
                 Fd stop);
 
   void AcceptLoop();
-  void Serve(uint64_t connection, Fd socket);
+  void Serve(uint64_t connection, pid_t pid, Fd socket);
   // Handles one request from `connection`; the reply's status.
-  absl::Status Handle(uint64_t connection, HandoffPacket packet);
+  absl::Status Handle(uint64_t connection,
+                      const std::shared_ptr<VmmChannel>& channel,
+                      HandoffPacket packet);
   // Releases what `connection` still owns (it closed).
   void ReleaseOwned(uint64_t connection);
 

@@ -33,7 +33,8 @@ using ::testing::SizeIs;
 TEST(HandoffWireTest, Requests_RoundTrip) {
   for (const char* text :
        {"VM vm-a vmm", "VM vm-a agent", "DEVICE 0000:3b:00.1",
-        "RELEASE-VM vm-a", "RELEASE-DEVICE 0000:3b:00.1"}) {
+        "RELEASE-VM vm-a", "RELEASE-DEVICE 0000:3b:00.1", "SERVE-VM 1 vm-a",
+        "SERVE-VM 7 vm-a"}) {
     auto request = ParseHandoffRequest(text);
     ASSERT_TRUE(request.ok()) << text << ": " << request.status();
     EXPECT_EQ(request->Encode(), text);
@@ -43,7 +44,8 @@ TEST(HandoffWireTest, Requests_RoundTrip) {
 TEST(HandoffWireTest, BadRequests_Einval) {
   for (const char* text :
        {"", "VM", "VM vm-a", "VM vm-a maybe", "DEVICE 3b:00.1", "HELLO x",
-        "VM  vmm", "RELEASE-VM a b"}) {
+        "VM  vmm", "RELEASE-VM a b", "SERVE-VM vm-a", "SERVE-VM 0 vm-a",
+        "SERVE-VM x vm-a", "SERVE-VM 1 vm a", "SERVE-VM 1"}) {
     auto request = ParseHandoffRequest(text);
     EXPECT_EQ(ErrnoOf(request.status()), EINVAL) << "\"" << text << "\"";
   }
@@ -58,6 +60,55 @@ TEST(HandoffWireTest, Replies_KeepErrno) {
   EXPECT_EQ(ErrnoOf(parsed), ENOTTY);
   EXPECT_EQ(parsed.message(), "not a VM fd");
   EXPECT_EQ(ErrnoOf(ParseHandoffReply("WHAT")), EPROTO);
+}
+
+TEST(HandoffWireTest, IrqfdRequest_RoundTrip) {
+  IrqfdRequest request;
+  request.id = 17;
+  request.vm = "vm-v";
+  request.gsi = 40;
+  request.deassign = true;
+  EXPECT_EQ(request.Encode(), "IRQFD 1 17 vm-v 40 deassign");
+  EXPECT_TRUE(IsIrqfdRequest(request.Encode()));
+  EXPECT_FALSE(IsIrqfdReply(request.Encode()));
+  auto parsed = ParseIrqfdRequest("IRQFD 1 18 vm-v 5 assign");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->id, 18u);
+  EXPECT_EQ(parsed->vm, "vm-v");
+  EXPECT_EQ(parsed->gsi, 5u);
+  EXPECT_FALSE(parsed->deassign);
+  // Another version parses as far as its id, for the EPROTONOSUPPORT reply.
+  parsed = ParseIrqfdRequest("IRQFD 2 19 whatever comes next");
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(parsed->version, 2u);
+  EXPECT_EQ(parsed->id, 19u);
+  for (const char* text :
+       {"IRQFD", "IRQFD 1", "IRQFD 1 0 vm-v 5 assign",
+        "IRQFD 1 x vm-v 5 assign", "IRQFD 1 3 vm-v 5",
+        "IRQFD 1 3 vm-v five assign", "IRQFD 1 3 vm-v 5 maybe"}) {
+    EXPECT_EQ(ErrnoOf(ParseIrqfdRequest(text).status()), EINVAL) << text;
+  }
+}
+
+TEST(HandoffWireTest, IrqfdReply_RoundTrip_KeepsErrnoAndMessage) {
+  IrqfdReply ok;
+  ok.id = 3;
+  EXPECT_EQ(ok.Encode(), "IRQFD-REPLY 1 3 0");
+  IrqfdReply err;
+  err.id = 4;
+  err.errno_value = EINVAL;
+  err.message = "KVM_IRQFD: Invalid argument";
+  EXPECT_EQ(err.Encode(), "IRQFD-REPLY 1 4 22 KVM_IRQFD: Invalid argument");
+  EXPECT_TRUE(IsIrqfdReply(err.Encode()));
+  auto parsed = ParseIrqfdReply(err.Encode());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->id, 4u);
+  EXPECT_EQ(parsed->errno_value, EINVAL);
+  EXPECT_EQ(parsed->message, "KVM_IRQFD: Invalid argument");
+  for (const char* text : {"IRQFD-REPLY", "IRQFD-REPLY 1 4",
+                           "IRQFD-REPLY 1 0 0", "IRQFD-REPLY 1 4 -1"}) {
+    EXPECT_EQ(ErrnoOf(ParseIrqfdReply(text).status()), EINVAL) << text;
+  }
 }
 
 int OpenFdCount() {

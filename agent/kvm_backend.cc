@@ -184,6 +184,12 @@ StepResult KvmBackend::AddConsumer(absl::string_view token,
       }
     }
     auto owner_it = vector_owner_.find(key);
+    if (owner_it != vector_owner_.end() && owner_it->second.empty()) {
+      return StepResult::Error(
+          EBUSY, absl::StrFormat("%s is being released on node %s (its VM "
+                                 "went away); retry",
+                                 Describe(producer), options_.node));
+    }
     if (owner_it != vector_owner_.end() && owner_it->second != t) {
       return StepResult::Error(
           EBUSY,
@@ -246,7 +252,7 @@ StepResult KvmBackend::AddProducer(absl::string_view token,
                                    const v1::Consumer& consumer) {
   const std::string t(token);
   const GsiKey key(consumer.vm(), consumer.gsi());
-  std::shared_ptr<KvmVm> vm;
+  std::shared_ptr<IrqfdTarget> vm;
   std::shared_ptr<const Fd> eventfd;
   {
     absl::MutexLock lock(&mu_);
@@ -256,11 +262,11 @@ StepResult KvmBackend::AddProducer(absl::string_view token,
           ENOENT, absl::StrFormat("vm \"%s\" not held by agent on node %s",
                                   consumer.vm(), options_.node));
     }
-    if (consumer.gsi() >= KvmVm::kMaxGsi) {
+    if (consumer.gsi() >= IrqfdTarget::kMaxGsi) {
       return StepResult::Error(
-          EINVAL,
-          absl::StrFormat("gsi %u out of range (max %u) for vm \"%s\"",
-                          consumer.gsi(), KvmVm::kMaxGsi - 1, consumer.vm()));
+          EINVAL, absl::StrFormat("gsi %u out of range (max %u) for vm \"%s\"",
+                                  consumer.gsi(), IrqfdTarget::kMaxGsi - 1,
+                                  consumer.vm()));
     }
     auto token_it = tokens_.find(t);
     if (token_it != tokens_.end()) {
@@ -329,6 +335,7 @@ StepResult KvmBackend::AddProducer(absl::string_view token,
              {"vm", consumer.vm()},
              {"gsi", std::to_string(consumer.gsi())},
              {"eventfd", std::to_string(eventfd->get())},
+             {"held_by", vm->held_by()},
              {"verified", "KVM_IRQFD accepted (wired; posted not known)"}});
   }
   return ToStepResult(s);
@@ -341,7 +348,7 @@ StepResult KvmBackend::DelProducer(absl::string_view token,
                                    const v1::Consumer& consumer) {
   const std::string t(token);
   const GsiKey key(consumer.vm(), consumer.gsi());
-  std::shared_ptr<KvmVm> vm;
+  std::shared_ptr<IrqfdTarget> vm;
   std::shared_ptr<const Fd> eventfd;
   {
     absl::MutexLock lock(&mu_);
@@ -445,61 +452,100 @@ absl::Status KvmBackend::CreateVm(const std::string& name) {
   return absl::OkStatus();
 }
 
-void KvmBackend::AddVm(std::unique_ptr<KvmVm> vm) {
+void KvmBackend::AddVm(std::unique_ptr<IrqfdTarget> vm) {
   const std::string name = vm->name();
-  std::shared_ptr<KvmVm> old;
+  const std::string held_by = vm->held_by();
+  std::shared_ptr<IrqfdTarget> old;
+  std::vector<Trigger> triggers;
   {
     absl::MutexLock lock(&mu_);
-    std::shared_ptr<KvmVm>& slot = vms_[name];
-    old = std::exchange(slot, std::shared_ptr<KvmVm>(std::move(vm)));
-    if (old != nullptr) {
-      std::vector<std::string> emptied;
-      for (auto& [token, w] : tokens_) {
-        if (w.vm != old) continue;
-        gsi_owner_.erase(GsiKey(name, w.consumer->gsi()));
-        w.consumer.reset();
-        w.vm.reset();
-        emptied.push_back(token);
-      }
-      for (const std::string& token : emptied) EraseIfEmpty(token);
-    }
+    std::shared_ptr<IrqfdTarget>& slot = vms_[name];
+    old = std::exchange(slot, std::shared_ptr<IrqfdTarget>(std::move(vm)));
+    if (old != nullptr) triggers = DetachVmLocked(name, old);
   }
   LogInfo(old != nullptr ? "vm replaced" : "vm held",
-          {{"node", options_.node}, {"vm", name}});
-  if (old != nullptr) TearDownVm(old);
+          {{"node", options_.node}, {"vm", name}, {"held_by", held_by}});
+  if (old != nullptr) TearDownVm(old, triggers);
   NotifyChanged();
 }
 
 bool KvmBackend::RemoveVm(const std::string& name) {
-  std::shared_ptr<KvmVm> vm;
+  std::shared_ptr<IrqfdTarget> vm;
+  std::vector<Trigger> triggers;
   {
     absl::MutexLock lock(&mu_);
     auto it = vms_.find(name);
     if (it == vms_.end()) return false;
     vm = std::move(it->second);
     vms_.erase(it);
-    std::vector<std::string> emptied;
-    for (auto& [token, w] : tokens_) {
-      if (w.vm != vm) continue;
-      gsi_owner_.erase(GsiKey(name, w.consumer->gsi()));
-      w.consumer.reset();
-      w.vm.reset();
-      emptied.push_back(token);
-    }
-    for (const std::string& token : emptied) EraseIfEmpty(token);
+    triggers = DetachVmLocked(name, vm);
   }
-  TearDownVm(vm);
+  TearDownVm(vm, triggers);
   NotifyChanged();
   return true;
 }
 
-void KvmBackend::TearDownVm(const std::shared_ptr<KvmVm>& vm) {
+std::vector<KvmBackend::Trigger> KvmBackend::DetachVmLocked(
+    const std::string& name, const std::shared_ptr<IrqfdTarget>& vm) {
+  std::vector<Trigger> triggers;
+  std::vector<std::string> emptied;
+  for (auto& [token, w] : tokens_) {
+    if (w.vm != vm) continue;
+    gsi_owner_.erase(GsiKey(name, w.consumer->gsi()));
+    w.consumer.reset();
+    w.vm.reset();
+    // The pair cannot work without its VM: let go of the device side too,
+    // so the token's eventfd closes. Reconciliation connects it again.
+    if (w.producer.has_value() && w.device != nullptr) {
+      const VectorKey key(w.producer->device(),
+                          VfioIndexOf(w.producer->index()),
+                          w.producer->vector());
+      vector_owner_[key] = "";  // reserved until released (TearDownVm)
+      triggers.push_back(Trigger{w.device, key});
+      w.producer.reset();
+      w.device.reset();
+    }
+    emptied.push_back(token);
+  }
+  for (const std::string& token : emptied) EraseIfEmpty(token);
+  return triggers;
+}
+
+void KvmBackend::TearDownVm(const std::shared_ptr<IrqfdTarget>& vm,
+                            const std::vector<Trigger>& triggers) {
   const absl::Time start = absl::Now();
+  // Irqfds first, then the triggers: nothing fires into a half-torn pair.
   const int deassigned = vm->Retire();
+  int released = 0;
+  for (const Trigger& trigger : triggers) {
+    const auto& [address, index, vector] = trigger.key;
+    const absl::Status s = trigger.device->SetIrqs(VfioRelease(index, vector));
+    if (s.ok()) {
+      ++released;
+      continue;
+    }
+    LogWarn("vfio trigger release failed while releasing vm",
+            {{"node", options_.node},
+             {"vm", vm->name()},
+             {"device", address},
+             {"errno", ErrnoName(ErrnoOf(s))},
+             {"error", std::string(s.message())}});
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    for (const Trigger& trigger : triggers) {
+      auto it = vector_owner_.find(trigger.key);
+      if (it != vector_owner_.end() && it->second.empty()) {
+        vector_owner_.erase(it);
+      }
+    }
+  }
   LogInfo("vm released",
           {{"node", options_.node},
            {"vm", vm->name()},
+           {"held_by", vm->held_by()},
            {"irqfds_deassigned", std::to_string(deassigned)},
+           {"triggers_released", std::to_string(released)},
            {"duration", absl::FormatDuration(absl::Now() - start)}});
 }
 
@@ -578,10 +624,15 @@ void KvmBackend::TearDownDevice(
                               {"triggers_released", std::to_string(released)}});
 }
 
-std::shared_ptr<KvmVm> KvmBackend::FindVm(const std::string& name) const {
+std::shared_ptr<IrqfdTarget> KvmBackend::FindIrqfdTarget(
+    const std::string& name) const {
   absl::MutexLock lock(&mu_);
   auto it = vms_.find(name);
   return it == vms_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<KvmVm> KvmBackend::FindVm(const std::string& name) const {
+  return std::dynamic_pointer_cast<KvmVm>(FindIrqfdTarget(name));
 }
 
 std::shared_ptr<VfioIrqs> KvmBackend::FindDevice(

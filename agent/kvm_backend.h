@@ -16,10 +16,14 @@
 //                    {DATA_EVENTFD|ACTION_TRIGGER, index, start=vector,
 //                    count=1, data=token's eventfd} on the device fd.
 //   add_producer     (consumer takes the producer) KVM_IRQFD {fd=token's
-//                    eventfd, gsi} on the VM fd; first, if the agent owns the
-//                    VM's routing, KVM_SET_GSI_ROUTING with a route for the
-//                    GSI (kvm_vm.h).
-//   del_producer     KVM_IRQFD {.., flags=KVM_IRQFD_FLAG_DEASSIGN}.
+//                    eventfd, gsi} on the VM, through the VM's IrqfdTarget
+//                    (irqfd_target.h): for a VM the agent created (KvmVm),
+//                    on its VM fd, after KVM_SET_GSI_ROUTING with a route
+//                    for the GSI when the agent owns the routing (kvm_vm.h);
+//                    for a VM its VMM holds (RemoteVm, handoff.h SERVE-VM),
+//                    the VMM runs it on request and answers with the errno.
+//   del_producer     KVM_IRQFD {.., flags=KVM_IRQFD_FLAG_DEASSIGN}, the same
+//                    way.
 //   del_consumer     VFIO_DEVICE_SET_IRQS {DATA_EVENTFD|ACTION_TRIGGER, ..,
 //                    data=-1}: the vector signals nothing.
 // The token's eventfd is created by its first add step and closed when the
@@ -48,15 +52,22 @@
 //                         another GSI (agent checks); or the kernel's EBUSY
 //                         (the eventfd already backs an irqfd on this host)
 //                 ENOSPC  the VM's routing table is full
-//                 ...     any other errno of KVM_SET_GSI_ROUTING / KVM_IRQFD
+//                 ETIMEDOUT / ENOTCONN  VMM-held VM: the VMM did not answer
+//                         in time / is gone (remote_vm.h)
+//                 ...     any other errno of KVM_SET_GSI_ROUTING / KVM_IRQFD,
+//                         whichever process ran it
 //   del_*         the ioctl's errno; the side then stays recorded (and in
 //                 Inventory) since the kernel may still hold it.
 //
 // VMs and devices come and go at run time (handoff.h, --kvm_create_vms,
 // --kvm_fake_devices). Removing one tears down every token's wiring on it
-// (blocking: ~100 us per irqfd) on the caller's thread, never under the
-// backend's lock, then calls the change callback so the agent can tell the
-// manager (agent_session.h: Resync).
+// on the caller's thread, never under the backend's lock, then calls the
+// change callback so the agent can tell the manager (agent_session.h:
+// Resync). Removing a VM drops both sides of the bindings wired to it: the
+// irqfds (deassigned where possible: ~100 us each for a KvmVm; nothing to do
+// for a VMM-held VM whose VMM is gone) and the device triggers, so their
+// eventfds close; the manager's reconciliation connects them again once the
+// VM is back. Removing a device drops the producer side only.
 //
 // Thread-safety: thread-safe. Lock order: the backend's mu_ before a KvmVm's
 // or a device's own lock; no ioctl runs under mu_.
@@ -80,6 +91,7 @@
 #include "absl/synchronization/mutex.h"
 #include "agent/backend.h"
 #include "agent/fd.h"
+#include "agent/irqfd_target.h"
 #include "agent/kvm_vm.h"
 #include "agent/vfio_device.h"
 
@@ -131,13 +143,16 @@ class KvmBackend final : public Backend {
   // Creates VM `name` on /dev/kvm (KvmVm::Create) and holds it.
   // ALREADY_EXISTS (errno EEXIST) if a VM of that name is held.
   absl::Status CreateVm(const std::string& name);
-  // Holds `vm` under its name. A VM already held under that name is replaced
-  // (its VMM handed over a new one): its wiring is torn down first, as by
-  // RemoveVm. Blocking while tearing down.
-  void AddVm(std::unique_ptr<KvmVm> vm);
-  // Stops holding VM `name`: deassigns every irqfd on it, forgets the
-  // consumer side of those tokens, then runs the change callback. Blocking
-  // (~100 us per irqfd); call it off the command path. False if not held.
+  // Holds `vm` (a KvmVm, or a RemoteVm its VMM serves) under its name. A VM
+  // already held under that name is replaced (its VMM handed over a new
+  // one): its wiring is torn down first, as by RemoveVm. Then runs the
+  // change callback. Blocking while tearing down.
+  void AddVm(std::unique_ptr<IrqfdTarget> vm);
+  // Stops holding VM `name`: retires it (deassigning its irqfds where that
+  // is possible), releases the device triggers of the tokens wired to it,
+  // forgets both sides of those tokens (closing their eventfds), then runs
+  // the change callback. Blocking (~100 us per irqfd of a KvmVm); call it
+  // off the command path. False if not held.
   bool RemoveVm(const std::string& name);
 
   // Holds `device` under its address; replaces (and tears down) one held
@@ -153,6 +168,9 @@ class KvmBackend final : public Backend {
   void SetChangeCallback(std::function<void()> callback);
 
   // ---- Introspection, for tests and diagnostics ----
+  // VM `name`, however held; null if not held.
+  std::shared_ptr<IrqfdTarget> FindIrqfdTarget(const std::string& name) const;
+  // VM `name` if the agent itself drives it (a KvmVm); null otherwise.
   std::shared_ptr<KvmVm> FindVm(const std::string& name) const;
   std::shared_ptr<VfioIrqs> FindDevice(const std::string& address) const;
   // The token's eventfd (null if the token has no wiring). Tests use it to
@@ -175,7 +193,7 @@ class KvmBackend final : public Backend {
     std::shared_ptr<VfioIrqs> device;
     // Set once AddProducer succeeded: the eventfd is an irqfd on `vm`.
     std::optional<v1::Consumer> consumer;
-    std::shared_ptr<KvmVm> vm;
+    std::shared_ptr<IrqfdTarget> vm;
     // An add step is in flight for this side (reserved).
     bool producer_pending = false;
     bool consumer_pending = false;
@@ -191,8 +209,21 @@ class KvmBackend final : public Backend {
   // Masks or unmasks the producer's vector where the index is maskable.
   void SetMasked(absl::string_view token, const v1::Producer& producer,
                  bool masked);
-  // Tears down what `vm` / `device` wired (no lock held) and notifies.
-  void TearDownVm(const std::shared_ptr<KvmVm>& vm);
+  // A device vector trigger to release.
+  struct Trigger {
+    std::shared_ptr<VfioIrqs> device;
+    VectorKey key;
+  };
+  // Forgets both sides of every token wired to `vm` (held as `name`);
+  // returns the device triggers to release. Their vectors stay reserved
+  // (vector_owner_ "", kReleasing) until TearDownVm released them, so no
+  // add_consumer can set a trigger that the release would then clear.
+  std::vector<Trigger> DetachVmLocked(const std::string& name,
+                                      const std::shared_ptr<IrqfdTarget>& vm)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tears down what `vm` / `device` wired (no lock held).
+  void TearDownVm(const std::shared_ptr<IrqfdTarget>& vm,
+                  const std::vector<Trigger>& triggers);
   void TearDownDevice(const std::shared_ptr<VfioIrqs>& device,
                       std::vector<std::pair<uint32_t, uint32_t>> vectors);
   void NotifyChanged();
@@ -201,7 +232,7 @@ class KvmBackend final : public Backend {
   const Fd kvm_dev_;
 
   mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, std::shared_ptr<KvmVm>> vms_
+  absl::flat_hash_map<std::string, std::shared_ptr<IrqfdTarget>> vms_
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::shared_ptr<VfioIrqs>> devices_
       ABSL_GUARDED_BY(mu_);

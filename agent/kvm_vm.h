@@ -1,6 +1,7 @@
 // KvmVm: one KVM virtual machine the agent holds, by its VM file descriptor,
 // and the KVM half of the wiring: KVM_IRQFD assign/deassign of an eventfd to
-// a GSI, and (when the agent owns it) the VM's GSI routing table.
+// a GSI, and (when the agent owns it) the VM's GSI routing table. The local
+// IrqfdTarget (irqfd_target.h); RemoteVm is the one for VMs a VMM holds.
 //
 // Where a VM comes from:
 //   * Create(): the agent creates it on /dev/kvm (--kvm_create_vms, tests):
@@ -14,7 +15,8 @@
 //     KVM serves VM ioctls only to the process that created the VM
 //     (kvm_vm_ioctl: kvm->mm != current->mm -> EIO), so this works only for
 //     VMs created in the agent's own process; a VM fd from another process
-//     is refused with EIO.
+//     is refused with EIO. A separate VMM registers its VM instead
+//     (handoff.h "SERVE-VM", remote_vm.h) and runs KVM_IRQFD itself.
 //
 // The routing table, when the agent owns it. KVM_SET_GSI_ROUTING replaces the
 // whole table (at most KVM_MAX_IRQ_ROUTES = 4096 entries), so the agent keeps
@@ -53,6 +55,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/fd.h"
+#include "agent/irqfd_target.h"
 
 namespace irqbypass {
 namespace agent {
@@ -62,11 +65,8 @@ enum class RoutingOwner {
   kVmm,    // the VMM routes its GSIs; the agent never touches the table
 };
 
-class KvmVm {
+class KvmVm final : public IrqfdTarget {
  public:
-  // KVM accepts GSIs below KVM_MAX_IRQ_ROUTES; KVM_IRQFD itself does not
-  // check (it would accept 5000 and never deliver), so the agent does.
-  static constexpr uint32_t kMaxGsi = 4096;
   // GSIs below this are the irqchip's pins; their routes are KVM's defaults.
   static constexpr uint32_t kIrqchipPins = 24;
 
@@ -87,9 +87,10 @@ class KvmVm {
 
   KvmVm(const KvmVm&) = delete;
   KvmVm& operator=(const KvmVm&) = delete;
-  ~KvmVm();  // closes the VM fd; the kernel drops this fd's reference only
+  ~KvmVm() override;  // closes the VM fd; drops this fd's reference only
 
-  const std::string& name() const { return name_; }
+  const std::string& name() const override { return name_; }
+  const char* held_by() const override { return "agent"; }
   RoutingOwner routing_owner() const { return routing_; }
   // The VM fd, for tests and diagnostics (vCPUs, KVM_GET_IRQCHIP). Owned by
   // this object: do not close it.
@@ -104,22 +105,23 @@ class KvmVm {
   //   ENOSPC  the routing table is full of routes in use
   //   ENOENT  the VM was retired (its VMM went away)
   //   anything else KVM_SET_GSI_ROUTING or KVM_IRQFD returns.
-  absl::Status AssignIrqfd(std::shared_ptr<const Fd> eventfd, uint32_t gsi);
+  absl::Status AssignIrqfd(std::shared_ptr<const Fd> eventfd,
+                           uint32_t gsi) override;
 
   // KVM_IRQFD_FLAG_DEASSIGN for (eventfd, gsi) if this object assigned it;
   // OK and no ioctl otherwise (as the kernel: deassigning what is not
   // assigned is a no-op). The route is kept (see above).
-  absl::Status DeassignIrqfd(int eventfd, uint32_t gsi);
+  absl::Status DeassignIrqfd(int eventfd, uint32_t gsi) override;
 
   // Marks the VM gone (later AssignIrqfd fails ENOENT) and deassigns every
   // irqfd it holds. Blocking (~100 us per irqfd); call it on a thread that
   // does not serve commands. Returns how many were deassigned; errors are
   // logged. Idempotent.
-  int Retire();
+  int Retire() override;
 
-  bool retired() const;
-  int irqfd_count() const;
-  bool HoldsIrqfd(int eventfd, uint32_t gsi) const;
+  bool retired() const override;
+  int irqfd_count() const override;
+  bool HoldsIrqfd(int eventfd, uint32_t gsi) const override;
   // GSIs >= 24 with an agent-installed route.
   std::vector<uint32_t> RoutedGsis() const;
 

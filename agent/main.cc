@@ -71,8 +71,12 @@ ABSL_FLAG(std::string, kvm_fake_devices, "",
           "hardware, for hosts without a device bound to vfio-pci. The KVM "
           "side stays real.");
 ABSL_FLAG(std::string, handoff_socket, "",
-          "kvm: path of the Unix socket on which VMMs hand over their KVM VM "
-          "and VFIO device fds (wire format: agent/handoff.h). Empty: off.");
+          "kvm: path of the Unix socket on which VMMs offer the VMs they hold "
+          "(the VMM runs KVM_IRQFD on the agent's request) and hand over VFIO "
+          "device fds (wire format: agent/handoff.h). Empty: off.");
+ABSL_FLAG(absl::Duration, handoff_irqfd_timeout, absl::Seconds(2),
+          "kvm: how long to wait for a VMM's answer to one irqfd request "
+          "before the step fails with ETIMEDOUT, e.g. 2s or 500ms.");
 ABSL_FLAG(std::string, handoff_allowed_uids, "",
           "kvm: comma-separated uids allowed to hand over fds (checked with "
           "SO_PEERCRED; empty: the agent's own uid).");
@@ -247,6 +251,10 @@ std::unique_ptr<HandoffServer> HandoffFromFlags(const std::string& node,
       ParseUidList(absl::GetFlag(FLAGS_handoff_allowed_uids));
   if (!uids.ok()) FlagError("handoff_allowed_uids", uids.status().message());
   options.allowed_uids = *std::move(uids);
+  options.irqfd_timeout = absl::GetFlag(FLAGS_handoff_irqfd_timeout);
+  if (options.irqfd_timeout <= absl::ZeroDuration()) {
+    FlagError("handoff_irqfd_timeout", "want a duration > 0, e.g. 2s");
+  }
   absl::StatusOr<std::unique_ptr<HandoffServer>> server =
       HandoffServer::Start(options, backend);
   if (!server.ok()) {

@@ -5,6 +5,9 @@
 // test takes a copy of the agent's eventfd for the token (pidfd_getfd; the
 // agent logs its number) and asks the kernel to assign it to a VM of its
 // own: EBUSY while the pair is wired, accepted after unregister.
+// A VMM process serving its own VM (irqbypass-handoff --serve_vm): the
+// binding connects through the VMM's KVM_IRQFD, goes not-connected when the
+// VMM dies and connects again when a VMM serves the VM again.
 // Skips, saying why, where /dev/kvm cannot be opened.
 #include <dirent.h>
 #include <fcntl.h>
@@ -244,6 +247,88 @@ TEST_F(KvmHandoffEndToEndTest, Cli_ConnectsAndReportsAgentErrno) {
                  {"--socket=" + dir_ + "/nothing.sock", "--create_vm=vm-cli"});
   EXPECT_EQ(no_agent.exit_code, 1);
   EXPECT_NE(no_agent.err.find("(ENOENT)"), std::string::npos) << no_agent.err;
+}
+
+// The fix for the kernel's creator-only VM ioctls: a VMM process (the
+// irqbypass-handoff CLI with --serve_vm: its own VM on /dev/kvm, with an
+// irqchip) offers VM vm-v, and runs the agent's KVM_IRQFD requests itself.
+class KvmServedVmEndToEndTest : public KvmHandoffEndToEndTest {
+ protected:
+  // Starts a VMM serving vm-v and waits until it is ready and the manager
+  // reconciled the agent's re-report (a new VM makes the agent resync; a
+  // register in between would find no agent session: UNAVAILABLE).
+  bool StartVmm(Process& vmm, const std::string& log_name) {
+    const int reconciles = cluster_.Reconciles("n1");
+    if (!vmm.Start(BinaryPath("agent/irqbypass-handoff"),
+                   {"--socket=" + socket_, "--serve_vm=vm-v"},
+                   cluster_.dir() + "/" + log_name)) {
+      return false;
+    }
+    return WaitFor([&] {
+             return vmm.Log().find("ready") != std::string::npos ||
+                    !vmm.running();
+           }) &&
+           vmm.Log().find("ready") != std::string::npos &&
+           cluster_.WaitReconciles("n1", reconciles + 1);
+  }
+  bool Connected(const std::string& token) {
+    auto binding = api().GetBinding(token);
+    return binding.ok() && binding->connected();
+  }
+};
+
+TEST_F(KvmServedVmEndToEndTest,
+       VmmServesVm_Connected_VmmGone_NotConnected_Back) {
+  Process vmm;
+  ASSERT_TRUE(StartVmm(vmm, "vmm.log")) << vmm.Log();
+
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-v", 40)).ok());
+  auto p = api().RegisterProducer(MakeProducer("t1", "n1", kDevice, 3));
+  ASSERT_TRUE(p.ok()) << p.status() << cluster_.agent("n1").Log();
+  EXPECT_TRUE(p->connected);
+  EXPECT_TRUE(Connected("t1"));
+  // The VMM process ran the KVM_IRQFD; the agent logged it as VMM-held.
+  EXPECT_NE(vmm.Log().find("irqfd assign vm=vm-v gsi=40 errno=0"),
+            std::string::npos)
+      << vmm.Log();
+  EXPECT_NE(cluster_.agent("n1").Log().find("held_by=vmm"), std::string::npos);
+
+  // The VMM dies: its VM goes with it; the manager learns the pair is down.
+  ASSERT_TRUE(vmm.Signal(SIGKILL));
+  vmm.Wait();
+  EXPECT_TRUE(WaitFor([&] { return !Connected("t1"); }))
+      << cluster_.agent("n1").Log();
+  auto binding = api().GetBinding("t1");
+  ASSERT_TRUE(binding.ok());
+  EXPECT_TRUE(binding->has_producer() && binding->has_consumer());
+
+  // A VMM serves vm-v again: reconciliation connects the pair again.
+  Process again;
+  ASSERT_TRUE(StartVmm(again, "vmm2.log")) << again.Log();
+  EXPECT_TRUE(WaitFor([&] { return Connected("t1"); }))
+      << cluster_.agent("n1").Log();
+  EXPECT_TRUE(WaitFor([&] {
+    return again.Log().find("irqfd assign vm=vm-v gsi=40 errno=0") !=
+           std::string::npos;
+  })) << again.Log();
+
+  // Unregistering deassigns in the VMM; a clean VMM exit is 0.
+  auto d = api().UnregisterProducer("t1", p->registration_id);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_NE(again.Log().find("irqfd deassign vm=vm-v gsi=40 errno=0"),
+            std::string::npos)
+      << again.Log();
+  ASSERT_TRUE(again.Signal(SIGTERM));
+  EXPECT_EQ(again.Wait(), 0) << again.Log();
+}
+
+TEST_F(KvmServedVmEndToEndTest, Cli_ServeVm_NoAgent_Enoent) {
+  const CommandResult result =
+      RunCommand(BinaryPath("agent/irqbypass-handoff"),
+                 {"--socket=" + dir_ + "/nothing.sock", "--serve_vm=vm-v"});
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_NE(result.err.find("(ENOENT)"), std::string::npos) << result.err;
 }
 
 }  // namespace
