@@ -16,7 +16,6 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
@@ -28,6 +27,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/agent_metrics.h"
 #include "agent/agent_session.h"
@@ -229,9 +229,9 @@ std::unique_ptr<KvmBackend> KvmBackendFromFlags(const std::string& node) {
                                    absl::GetFlag(FLAGS_kvm_fake_devices))) {
     for (const std::string& address : *devices) {
       if (!IsPciAddress(address)) {
-        FlagError("kvm_fake_devices",
-                  absl::StrCat("\"", address,
-                               "\": want a PCI address DDDD:BB:DD.F"));
+        FlagError(
+            "kvm_fake_devices",
+            absl::StrCat("\"", address, "\": want a PCI address DDDD:BB:DD.F"));
       }
       backend->AddDevice(std::make_unique<FakeVfioIrqs>(address));
     }
@@ -262,8 +262,7 @@ std::unique_ptr<HandoffServer> HandoffFromFlags(const std::string& node,
                  std::string(server.status().message()).c_str());
     std::exit(1);
   }
-  LogInfo("handoff socket listening",
-          {{"node", node}, {"path", options.path}});
+  LogInfo("handoff socket listening", {{"node", node}, {"path", options.path}});
   return *std::move(server);
 }
 

@@ -26,9 +26,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "bench/latency_stats.h"
 #include "grpcpp/grpcpp.h"
@@ -268,14 +268,13 @@ class Servers {
   bool StartManager() {
     const std::string port_file = dir_ + "/manager.port";
     if (!manager_.Start(Runfile("service/irqbypassd"),
-                        {"--listen=127.0.0.1:0", "--metrics_listen=",
-                         "--port_file=" + port_file},
+                        {"--listen=127.0.0.1:0",
+                         "--metrics_listen=", "--port_file=" + port_file},
                         dir_ + "/irqbypassd.log")) {
       return false;
     }
-    if (!testing::WaitFor([&] {
-          return !testing::ReadFile(port_file).empty();
-        })) {
+    if (!testing::WaitFor(
+            [&] { return !testing::ReadFile(port_file).empty(); })) {
       return false;
     }
     manager_port_ = std::atoi(testing::ReadFile(port_file).c_str());
@@ -386,10 +385,10 @@ int RunThroughput(int callers, absl::Duration duration) {
   std::printf("irqbypassd / bare gRPC throughput: %.1f%%\n", ratio * 100);
   const std::string json_out = absl::GetFlag(FLAGS_json_out);
   if (!json_out.empty()) {
-    std::ofstream(json_out) << "{\"callers\": " << callers
-                            << ", \"irqbypassd\": " << LoadJson(ours)
-                            << ", \"bare_grpc\": " << LoadJson(bare)
-                            << ", \"ratio\": " << ratio << "}\n";
+    std::ofstream(json_out)
+        << "{\"callers\": " << callers << ", \"irqbypassd\": " << LoadJson(ours)
+        << ", \"bare_grpc\": " << LoadJson(bare) << ", \"ratio\": " << ratio
+        << "}\n";
   }
   return ours.errors == 0 && bare.errors == 0 ? 0 : 1;
 }
@@ -398,7 +397,8 @@ int RunScale(int callers, absl::Duration duration) {
   const int small = absl::GetFlag(FLAGS_scale_small);
   const int large = absl::GetFlag(FLAGS_scale_large);
   if (small < 0 || large < small) {
-    std::fprintf(stderr, "--scale_small/--scale_large: need 0 <= small <= large\n");
+    std::fprintf(stderr,
+                 "--scale_small/--scale_large: need 0 <= small <= large\n");
     return 2;
   }
   Servers servers;
@@ -423,15 +423,14 @@ int RunScale(int callers, absl::Duration duration) {
   const int64_t rss_large = servers.ManagerRss();
   const LoadResult at_large =
       RunLoad(servers.manager(), callers, Caller::Mode::kCycle, duration);
-  const double p99_ratio =
-      at_small.latency.p99_ns > 0
-          ? static_cast<double>(at_large.latency.p99_ns) /
-                at_small.latency.p99_ns
-          : 0;
+  const double p99_ratio = at_small.latency.p99_ns > 0
+                               ? static_cast<double>(at_large.latency.p99_ns) /
+                                     at_small.latency.p99_ns
+                               : 0;
   const double bytes_per_pair =
-      large > small ? static_cast<double>(rss_large - rss_small) /
-                          (large - small)
-                    : 0;
+      large > small
+          ? static_cast<double>(rss_large - rss_small) / (large - small)
+          : 0;
   std::printf("scale: %d callers, %s per measurement\n", callers,
               absl::FormatDuration(duration).c_str());
   std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "registered", "pairs/s",
@@ -439,10 +438,9 @@ int RunScale(int callers, absl::Duration duration) {
   PrintLoad(absl::StrCat(small).c_str(), at_small);
   PrintLoad(absl::StrCat(large).c_str(), at_large);
   std::printf("p99 at %d / p99 at %d: %.2fx\n", large, small, p99_ratio);
-  std::printf(
-      "preload: %d pairs in %.1f s (%.0f pairs/s, %lu errors)\n", large - small,
-      preload_s, (large - small) / preload_s,
-      static_cast<unsigned long>(pre.errors + pre_large.errors));
+  std::printf("preload: %d pairs in %.1f s (%.0f pairs/s, %lu errors)\n",
+              large - small, preload_s, (large - small) / preload_s,
+              static_cast<unsigned long>(pre.errors + pre_large.errors));
   std::printf(
       "irqbypassd resident memory: %.1f MiB empty, %.1f MiB at %d, %.1f MiB "
       "at %d pairs: %.0f bytes per registered pair\n",

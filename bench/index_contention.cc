@@ -140,7 +140,8 @@ class ShardedDesign : public Design {
   Matcher matcher_;
 };
 
-// --- global mutex designs ------------------------------------------------------
+// --- global mutex designs
+// ------------------------------------------------------
 
 struct Side {
   std::string token;
@@ -322,7 +323,8 @@ Result Run(Design& design, int tokens, int threads) {
     for (auto& w : workers) w.join();
     return NsSince(t0) / 1e9;
   };
-  for (auto& w : waits) w.Reserve(static_cast<size_t>(4 * tokens / threads + 16));
+  for (auto& w : waits)
+    w.Reserve(static_cast<size_t>(4 * tokens / threads + 16));
 
   Result r;
   r.design = design.name();
@@ -411,8 +413,7 @@ int Main() {
       out << (i ? ", " : "") << "{\"design\": \"" << r.design
           << "\", \"register_seconds\": " << r.register_seconds
           << ", \"unregister_seconds\": " << r.unregister_seconds
-          << ", \"operations\": " << r.operations
-          << ", \"ops_per_second\": "
+          << ", \"operations\": " << r.operations << ", \"ops_per_second\": "
           << r.operations / (r.register_seconds + r.unregister_seconds)
           << ", \"errors\": " << r.errors
           << ", \"locks_per_operation\": " << r.locks_per_op

@@ -74,18 +74,26 @@ void SetLogLevel(LogLevel level) { g_level = static_cast<int>(level); }
 void SetLogFormat(LogFormat format) { g_format = static_cast<int>(format); }
 
 bool ParseLogLevel(absl::string_view name, LogLevel* level) {
-  if (name == "debug") *level = LogLevel::kDebug;
-  else if (name == "info") *level = LogLevel::kInfo;
-  else if (name == "warn") *level = LogLevel::kWarn;
-  else if (name == "error") *level = LogLevel::kError;
-  else return false;
+  if (name == "debug")
+    *level = LogLevel::kDebug;
+  else if (name == "info")
+    *level = LogLevel::kInfo;
+  else if (name == "warn")
+    *level = LogLevel::kWarn;
+  else if (name == "error")
+    *level = LogLevel::kError;
+  else
+    return false;
   return true;
 }
 
 bool ParseLogFormat(absl::string_view name, LogFormat* format) {
-  if (name == "kv") *format = LogFormat::kKeyValue;
-  else if (name == "json") *format = LogFormat::kJson;
-  else return false;
+  if (name == "kv")
+    *format = LogFormat::kKeyValue;
+  else if (name == "json")
+    *format = LogFormat::kJson;
+  else
+    return false;
   return true;
 }
 
@@ -113,11 +121,16 @@ void Log(LogLevel level, absl::string_view msg,
     line.append("}\n");
   } else {
     absl::StrAppend(&line, "ts=", ts, " level=", LevelName(level), " msg=");
-    if (NeedsQuoting(msg)) AppendQuoted(&line, msg); else line.append(msg.data(), msg.size());
+    if (NeedsQuoting(msg))
+      AppendQuoted(&line, msg);
+    else
+      line.append(msg.data(), msg.size());
     for (const auto& f : fields) {
       absl::StrAppend(&line, " ", f.first, "=");
-      if (NeedsQuoting(f.second)) AppendQuoted(&line, f.second);
-      else line.append(f.second);
+      if (NeedsQuoting(f.second))
+        AppendQuoted(&line, f.second);
+      else
+        line.append(f.second);
     }
     line.push_back('\n');
   }

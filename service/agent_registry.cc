@@ -339,11 +339,12 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
         options_.metrics->CommandsRetried(AgentCommand::kDisconnect,
                                           r.disconnected);
       }
-      LogInfo("agent reconciled", {{"node", session->node()},
-                                   {"kept", absl::StrCat(r.kept)},
-                                   {"disconnected", absl::StrCat(r.disconnected)},
-                                   {"reconnected", absl::StrCat(r.reconnected)},
-                                   {"failed", absl::StrCat(r.failed)}});
+      LogInfo("agent reconciled",
+              {{"node", session->node()},
+               {"kept", absl::StrCat(r.kept)},
+               {"disconnected", absl::StrCat(r.disconnected)},
+               {"reconnected", absl::StrCat(r.reconnected)},
+               {"failed", absl::StrCat(r.failed)}});
     }
     session->set_reconciled();
     MutexLock lock(&mu_);
@@ -381,10 +382,9 @@ absl::StatusOr<v1::CommandAck> AgentRegistry::RoundTrip(
   ctx.token = command.token();
   ctx.node = node;
   if (session == nullptr) {
-    return MakeError(absl::StatusCode::kUnavailable,
-                     ErrorReason::kAgentUnavailable,
-                     absl::StrCat("no agent connected for node \"", node, "\""),
-                     ctx);
+    return MakeError(
+        absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
+        absl::StrCat("no agent connected for node \"", node, "\""), ctx);
   }
   const auto deadline = std::chrono::steady_clock::now() +
                         absl::ToChronoNanoseconds(options_.command_timeout);
@@ -396,12 +396,12 @@ absl::StatusOr<v1::CommandAck> AgentRegistry::RoundTrip(
         absl::StrCat("agent for node \"", node, "\" went away"), ctx);
   }
   if (!session->Wait(*pending, deadline)) {
-    return MakeError(absl::StatusCode::kDeadlineExceeded,
-                     ErrorReason::kAgentTimeout,
-                     absl::StrCat("agent for node \"", node,
-                                  "\" did not acknowledge within ",
-                                  absl::FormatDuration(options_.command_timeout)),
-                     ctx);
+    return MakeError(
+        absl::StatusCode::kDeadlineExceeded, ErrorReason::kAgentTimeout,
+        absl::StrCat("agent for node \"", node,
+                     "\" did not acknowledge within ",
+                     absl::FormatDuration(options_.command_timeout)),
+        ctx);
   }
   if (pending->closed) {
     return MakeError(absl::StatusCode::kUnavailable,
@@ -428,9 +428,9 @@ absl::Status AgentRegistry::Connect(absl::string_view token,
         session != nullptr) {
       // The agent may still run the connect late: queue a disconnect behind
       // it (the agent runs commands in order) so nothing stays wired.
-      session->Send(MakeCommand(v1::Command::DISCONNECT, token, producer,
-                                consumer),
-                    /*expect_ack=*/false);
+      session->Send(
+          MakeCommand(v1::Command::DISCONNECT, token, producer, consumer),
+          /*expect_ack=*/false);
     }
     return ack.status();
   }

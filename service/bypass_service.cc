@@ -20,7 +20,8 @@ constexpr int kMaxPageSize = 1000;
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   v1::ErrorDetail detail;
-  detail.set_reason(static_cast<v1::ErrorDetail::Reason>(GetErrorReason(status)));
+  detail.set_reason(
+      static_cast<v1::ErrorDetail::Reason>(GetErrorReason(status)));
   const ErrorContext ctx = GetErrorContext(status);
   detail.set_field(ctx.field);
   detail.set_token(ctx.token);
@@ -47,7 +48,8 @@ grpc::Status BypassService::RegisterProducer(
   if (!request->has_producer()) {
     return ToGrpcStatus(InvalidField("producer", "producer: required"));
   }
-  absl::StatusOr<ProducerRecord> record = ProducerFromProto(request->producer());
+  absl::StatusOr<ProducerRecord> record =
+      ProducerFromProto(request->producer());
   if (!record.ok()) return ToGrpcStatus(record.status());
   const std::string& token = request->producer().token();
   absl::StatusOr<RegisterResult> result =
@@ -69,7 +71,8 @@ grpc::Status BypassService::RegisterConsumer(
   if (!request->has_consumer()) {
     return ToGrpcStatus(InvalidField("consumer", "consumer: required"));
   }
-  absl::StatusOr<ConsumerRecord> record = ConsumerFromProto(request->consumer());
+  absl::StatusOr<ConsumerRecord> record =
+      ConsumerFromProto(request->consumer());
   if (!record.ok()) return ToGrpcStatus(record.status());
   const std::string& token = request->consumer().token();
   absl::StatusOr<RegisterResult> result =
@@ -91,8 +94,8 @@ grpc::Status BypassService::UnregisterProducer(
   if (auto s = ValidateToken("token", request->token()); !s.ok()) {
     return ToGrpcStatus(s);
   }
-  absl::StatusOr<uint64_t> id = ParseRegistrationId(
-      "registration_id", 'p', request->registration_id());
+  absl::StatusOr<uint64_t> id =
+      ParseRegistrationId("registration_id", 'p', request->registration_id());
   if (!id.ok()) return ToGrpcStatus(id.status());
   absl::StatusOr<bool> disconnected =
       matcher_.UnregisterProducer(request->token(), *id);
@@ -107,8 +110,8 @@ grpc::Status BypassService::UnregisterConsumer(
   if (auto s = ValidateToken("token", request->token()); !s.ok()) {
     return ToGrpcStatus(s);
   }
-  absl::StatusOr<uint64_t> id = ParseRegistrationId(
-      "registration_id", 'c', request->registration_id());
+  absl::StatusOr<uint64_t> id =
+      ParseRegistrationId("registration_id", 'c', request->registration_id());
   if (!id.ok()) return ToGrpcStatus(id.status());
   absl::StatusOr<bool> disconnected =
       matcher_.UnregisterConsumer(request->token(), *id);
@@ -127,11 +130,11 @@ grpc::Status BypassService::GetBinding(grpc::ServerContext*,
   if (!st.has_value()) {
     ErrorContext ctx;
     ctx.token = request->token();
-    return ToGrpcStatus(MakeError(
-        absl::StatusCode::kNotFound, ErrorReason::kNotRegistered,
-        absl::StrCat("token \"", request->token(),
-                     "\" holds neither a producer nor a consumer"),
-        ctx));
+    return ToGrpcStatus(
+        MakeError(absl::StatusCode::kNotFound, ErrorReason::kNotRegistered,
+                  absl::StrCat("token \"", request->token(),
+                               "\" holds neither a producer nor a consumer"),
+                  ctx));
   }
   BindingToProto(request->token(), *st, response);
   return grpc::Status::OK;
@@ -148,15 +151,14 @@ grpc::Status BypassService::ListBindings(grpc::ServerContext*,
   int page_size = request->page_size();
   if (page_size < 0 || page_size > kMaxPageSize) {
     return ToGrpcStatus(InvalidField(
-        "page_size", absl::StrCat("page_size: ", page_size, " not in 0..",
-                                  kMaxPageSize)));
+        "page_size",
+        absl::StrCat("page_size: ", page_size, " not in 0..", kMaxPageSize)));
   }
   if (page_size == 0) page_size = kDefaultPageSize;
   auto page = index_.List(request->node(), static_cast<size_t>(page_size),
                           request->page_token());
   if (!page.ok()) {
-    return ToGrpcStatus(
-        InvalidField("page_token", page.status().message()));
+    return ToGrpcStatus(InvalidField("page_token", page.status().message()));
   }
   for (const auto& [token, st] : page->items) {
     BindingToProto(token, st, response->add_bindings());
@@ -184,15 +186,15 @@ grpc::Status BypassService::WatchBindings(
 
   if (request->include_existing()) {
     bool ok = true;
-    index_.ForEachCommitted([&](const std::string& token,
-                                const BindingState& st) {
-      if (!ok) return;
-      if (!request->node().empty() && st.node() != request->node()) return;
-      v1::BindingEvent event;
-      event.set_type(v1::BindingEvent::EXISTING);
-      BindingToProto(token, st, event.mutable_binding());
-      ok = writer->Write(event);
-    });
+    index_.ForEachCommitted(
+        [&](const std::string& token, const BindingState& st) {
+          if (!ok) return;
+          if (!request->node().empty() && st.node() != request->node()) return;
+          v1::BindingEvent event;
+          event.set_type(v1::BindingEvent::EXISTING);
+          BindingToProto(token, st, event.mutable_binding());
+          ok = writer->Write(event);
+        });
     if (!ok) return grpc::Status::OK;
     v1::BindingEvent synced;
     synced.set_type(v1::BindingEvent::SYNCED);

@@ -21,17 +21,19 @@ class BypassService final : public v1::BypassManager::Service {
   BypassService(Matcher& matcher, TokenIndex& index, WatchHub& watch_hub)
       : matcher_(matcher), index_(index), watch_hub_(watch_hub) {}
 
-  grpc::Status RegisterProducer(grpc::ServerContext* context,
-                                const v1::RegisterProducerRequest* request,
-                                v1::RegisterProducerResponse* response) override;
-  grpc::Status RegisterConsumer(grpc::ServerContext* context,
-                                const v1::RegisterConsumerRequest* request,
-                                v1::RegisterConsumerResponse* response) override;
+  grpc::Status RegisterProducer(
+      grpc::ServerContext* context, const v1::RegisterProducerRequest* request,
+      v1::RegisterProducerResponse* response) override;
+  grpc::Status RegisterConsumer(
+      grpc::ServerContext* context, const v1::RegisterConsumerRequest* request,
+      v1::RegisterConsumerResponse* response) override;
   grpc::Status UnregisterProducer(
-      grpc::ServerContext* context, const v1::UnregisterProducerRequest* request,
+      grpc::ServerContext* context,
+      const v1::UnregisterProducerRequest* request,
       v1::UnregisterProducerResponse* response) override;
   grpc::Status UnregisterConsumer(
-      grpc::ServerContext* context, const v1::UnregisterConsumerRequest* request,
+      grpc::ServerContext* context,
+      const v1::UnregisterConsumerRequest* request,
       v1::UnregisterConsumerResponse* response) override;
   grpc::Status GetBinding(grpc::ServerContext* context,
                           const v1::GetBindingRequest* request,

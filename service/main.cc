@@ -12,9 +12,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/log.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -101,8 +101,8 @@ int Run() {
     auto created = MetricsEndpoint::Create(metrics_listen, index, registry,
                                            service_metrics);
     if (!created.ok()) {
-      return Fail(absl::StrCat("--metrics_listen: ",
-                               created.status().message()));
+      return Fail(
+          absl::StrCat("--metrics_listen: ", created.status().message()));
     }
     metrics = *std::move(created);
   }
@@ -134,8 +134,9 @@ int Run() {
   // Registrations wait on agent round trips, so many handlers block at
   // once; with gRPC's default of 2 idle pollers the sync server would end
   // and re-create threads for nearly every call.
-  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
-                              absl::GetFlag(FLAGS_grpc_max_pollers));
+  builder.SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
+      absl::GetFlag(FLAGS_grpc_max_pollers));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::StrCat("--listen: cannot listen on ",

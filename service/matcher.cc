@@ -81,10 +81,9 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
     ErrorContext ctx;
     ctx.token = std::string(token);
     ctx.node = Side::Mine(current)->node;
-    return MakeError(absl::StatusCode::kAlreadyExists, ErrorReason::kTokenBusy,
-                     absl::StrCat("token \"", token, "\" already has a ",
-                                  Side::kName),
-                     ctx);
+    return MakeError(
+        absl::StatusCode::kAlreadyExists, ErrorReason::kTokenBusy,
+        absl::StrCat("token \"", token, "\" already has a ", Side::kName), ctx);
   }
   const auto& other = Side::Theirs(current);
   if (other.has_value() && other->node != record.node) {
@@ -105,12 +104,11 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
     ctx.token = std::string(token);
     ctx.node = record.node;
     ctx.other_token = *holder;
-    return MakeError(absl::StatusCode::kAlreadyExists,
-                     ErrorReason::kObjectBusy,
-                     absl::StrCat("the same ", Side::kName,
-                                  " is already registered under token \"",
-                                  *holder, "\""),
-                     ctx);
+    return MakeError(
+        absl::StatusCode::kAlreadyExists, ErrorReason::kObjectBusy,
+        absl::StrCat("the same ", Side::kName,
+                     " is already registered under token \"", *holder, "\""),
+        ctx);
   }
 
   record.registration_id = NewRegistrationId();
@@ -156,12 +154,12 @@ absl::StatusOr<bool> Unregister(TokenIndex& index, AgentDispatcher& dispatcher,
     ErrorContext ctx;
     ctx.token = std::string(token);
     ctx.node = mine->node;
-    return MakeError(absl::StatusCode::kFailedPrecondition,
-                     ErrorReason::kRegistrationMismatch,
-                     absl::StrCat("registration_id does not match the ",
-                                  Side::kName, " that holds token \"", token,
-                                  "\"; nothing was changed"),
-                     ctx);
+    return MakeError(
+        absl::StatusCode::kFailedPrecondition,
+        ErrorReason::kRegistrationMismatch,
+        absl::StrCat("registration_id does not match the ", Side::kName,
+                     " that holds token \"", token, "\"; nothing was changed"),
+        ctx);
   }
   bool disconnected = false;
   if (current.connected && Side::Theirs(current).has_value()) {
@@ -247,12 +245,13 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
   //    connected after an earlier failure): connect them. Collect first;
   //    each token is re-checked under its lock.
   std::vector<std::string> missing;
-  index_.ForEachCommitted([&](const std::string& token, const BindingState& st) {
-    if (st.producer && st.consumer && st.node() == node &&
-        !reported.contains(token)) {
-      missing.push_back(token);
-    }
-  });
+  index_.ForEachCommitted(
+      [&](const std::string& token, const BindingState& st) {
+        if (st.producer && st.consumer && st.node() == node &&
+            !reported.contains(token)) {
+          missing.push_back(token);
+        }
+      });
   for (const std::string& token : missing) {
     TokenIndex::TokenLock lock = index_.Lock(token, LockOp::kReconcile);
     const BindingState& st = lock.state();

@@ -129,7 +129,8 @@ TEST_F(MatcherTest, RegisterProducer_NoConsumer_RecordedNotConnected) {
   EXPECT_EQ(agent_.connects(), 0);
 }
 
-TEST_F(MatcherTest, RegisterProducer_ProducerHoldsToken_AlreadyExistsNothingChanges) {
+TEST_F(MatcherTest,
+       RegisterProducer_ProducerHoldsToken_AlreadyExistsNothingChanges) {
   auto first = matcher_.RegisterProducer("t1", Prod("n1", "0000:00:01.0"));
   ASSERT_TRUE(first.ok());
   auto second = matcher_.RegisterProducer("t1", Prod("n1", "0000:00:02.0"));
@@ -141,7 +142,8 @@ TEST_F(MatcherTest, RegisterProducer_ProducerHoldsToken_AlreadyExistsNothingChan
   EXPECT_EQ(st->revision, 1u);
 }
 
-TEST_F(MatcherTest, RegisterProducer_ObjectAlreadyRegistered_AlreadyExistsNamingToken) {
+TEST_F(MatcherTest,
+       RegisterProducer_ObjectAlreadyRegistered_AlreadyExistsNamingToken) {
   ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
   auto dup = matcher_.RegisterProducer("t2", Prod());
   EXPECT_EQ(dup.status().code(), absl::StatusCode::kAlreadyExists);
@@ -160,7 +162,9 @@ TEST_F(MatcherTest, RegisterProducer_ConsumerPresent_ConnectsAndRecordsPair) {
   EXPECT_TRUE(st->producer && st->consumer && st->connected);
 }
 
-TEST_F(MatcherTest, RegisterProducer_ConsumerPresent_ConnectFails_ProducerNotRecordedConsumerUntouched) {
+TEST_F(
+    MatcherTest,
+    RegisterProducer_ConsumerPresent_ConnectFails_ProducerNotRecordedConsumerUntouched) {
   auto c = matcher_.RegisterConsumer("t1", Cons());
   ASSERT_TRUE(c.ok());
   const uint64_t revision_before = index_.Get("t1")->revision;
@@ -181,7 +185,8 @@ TEST_F(MatcherTest, RegisterProducer_ConsumerPresent_ConnectFails_ProducerNotRec
   EXPECT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
 }
 
-TEST_F(MatcherTest, RegisterProducer_ConsumerOnOtherNode_FailedPreconditionNotRecorded) {
+TEST_F(MatcherTest,
+       RegisterProducer_ConsumerOnOtherNode_FailedPreconditionNotRecorded) {
   ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons("n2")).ok());
   auto r = matcher_.RegisterProducer("t1", Prod("n1"));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -190,7 +195,8 @@ TEST_F(MatcherTest, RegisterProducer_ConsumerOnOtherNode_FailedPreconditionNotRe
   EXPECT_EQ(agent_.connects(), 0);
 }
 
-TEST_F(MatcherTest, RegisterProducer_AgentUnavailable_RolledBackWithUnavailable) {
+TEST_F(MatcherTest,
+       RegisterProducer_AgentUnavailable_RolledBackWithUnavailable) {
   ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
   agent_.fail_with_ = absl::UnavailableError("no agent for node n1");
   auto r = matcher_.RegisterProducer("t1", Prod());
@@ -201,7 +207,8 @@ TEST_F(MatcherTest, RegisterProducer_AgentUnavailable_RolledBackWithUnavailable)
 TEST_F(MatcherTest, ConnectInFlight_ReadersSeeOnlyCommittedState) {
   ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
   agent_.Hold();
-  std::thread registrar([&] { ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok()); });
+  std::thread registrar(
+      [&] { ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok()); });
   agent_.WaitHeld(1);
   auto mid = index_.Get("t1");
   EXPECT_FALSE(mid->producer.has_value());
@@ -214,10 +221,13 @@ TEST_F(MatcherTest, ConnectInFlight_ReadersSeeOnlyCommittedState) {
 TEST_F(MatcherTest, ConnectInFlight_UnrelatedTokensProceed) {
   ASSERT_TRUE(matcher_.RegisterConsumer("slow", Cons("n1", "vm-a", 1)).ok());
   agent_.Hold();
-  std::thread registrar([&] { (void)matcher_.RegisterProducer("slow", Prod("n1", "0000:00:01.0")); });
+  std::thread registrar([&] {
+    (void)matcher_.RegisterProducer("slow", Prod("n1", "0000:00:01.0"));
+  });
   agent_.WaitHeld(1);
   // While "slow" waits on its agent, another token registers freely.
-  EXPECT_TRUE(matcher_.RegisterProducer("fast", Prod("n1", "0000:00:02.0")).ok());
+  EXPECT_TRUE(
+      matcher_.RegisterProducer("fast", Prod("n1", "0000:00:02.0")).ok());
   EXPECT_TRUE(matcher_.UnregisterProducer("fast", 0).ok());
   agent_.Release();
   registrar.join();
@@ -239,7 +249,9 @@ TEST_F(MatcherTest, RegisterConsumer_ConsumerHoldsToken_AlreadyExists) {
   EXPECT_EQ(index_.Get("t1")->consumer->vm, "vm-a");
 }
 
-TEST_F(MatcherTest, RegisterConsumer_ProducerPresent_ConnectFails_ConsumerNotRecordedProducerUntouched) {
+TEST_F(
+    MatcherTest,
+    RegisterConsumer_ProducerPresent_ConnectFails_ConsumerNotRecordedProducerUntouched) {
   auto p = matcher_.RegisterProducer("t1", Prod());
   ASSERT_TRUE(p.ok());
   agent_.fail_with_ = ConnectStepFailed("add_consumer", EBUSY);
@@ -267,7 +279,8 @@ TEST_F(MatcherTest, UnregisterProducer_NeverRegistered_NotFoundNoChange) {
   EXPECT_FALSE(index_.Get("t1").has_value());
 }
 
-TEST_F(MatcherTest, UnregisterProducer_AfterFailedRegistration_NotFoundConsumerKept) {
+TEST_F(MatcherTest,
+       UnregisterProducer_AfterFailedRegistration_NotFoundConsumerKept) {
   ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
   agent_.fail_with_ = ConnectStepFailed("add_producer", EIO);
   ASSERT_FALSE(matcher_.RegisterProducer("t1", Prod()).ok());
@@ -296,7 +309,8 @@ TEST_F(MatcherTest, UnregisterProducer_Paired_DisconnectsFirstThenForgets) {
   EXPECT_EQ(agent_.disconnects(), 1);
 }
 
-TEST_F(MatcherTest, UnregisterProducer_OtherRegistrationId_FailedPreconditionUntouched) {
+TEST_F(MatcherTest,
+       UnregisterProducer_OtherRegistrationId_FailedPreconditionUntouched) {
   auto p = matcher_.RegisterProducer("t1", Prod());
   ASSERT_TRUE(p.ok());
   auto r = matcher_.UnregisterProducer("t1", p->registration_id + 1);
@@ -314,13 +328,16 @@ TEST_F(MatcherTest, UnregisterProducer_MatchingRegistrationId_Removes) {
   EXPECT_TRUE(matcher_.RegisterProducer("t2", Prod()).ok());
 }
 
-TEST_F(MatcherTest, UnregisterProducer_StaleIdAfterReRegistration_RemovesNothing) {
+TEST_F(MatcherTest,
+       UnregisterProducer_StaleIdAfterReRegistration_RemovesNothing) {
   auto old_reg = matcher_.RegisterProducer("t1", Prod());
   ASSERT_TRUE(matcher_.UnregisterProducer("t1", old_reg->registration_id).ok());
   auto new_reg = matcher_.RegisterProducer("t1", Prod());
   ASSERT_TRUE(new_reg.ok());
-  EXPECT_FALSE(matcher_.UnregisterProducer("t1", old_reg->registration_id).ok());
-  EXPECT_EQ(index_.Get("t1")->producer->registration_id, new_reg->registration_id);
+  EXPECT_FALSE(
+      matcher_.UnregisterProducer("t1", old_reg->registration_id).ok());
+  EXPECT_EQ(index_.Get("t1")->producer->registration_id,
+            new_reg->registration_id);
 }
 
 // --- 4. Unregister consumer (mirror image) -----------------------------------
@@ -364,8 +381,10 @@ TEST_F(MatcherTest, Race_ManyProducersOnOneToken_ExactlyOneWins) {
     threads.emplace_back([&, t] {
       auto r = matcher_.RegisterProducer(
           "hot", Prod("n1", "0000:00:0" + std::to_string(t) + ".0"));
-      if (r.ok()) ++wins;
-      else if (r.status().code() == absl::StatusCode::kAlreadyExists) ++busy;
+      if (r.ok())
+        ++wins;
+      else if (r.status().code() == absl::StatusCode::kAlreadyExists)
+        ++busy;
     });
   }
   for (auto& th : threads) th.join();
@@ -373,19 +392,24 @@ TEST_F(MatcherTest, Race_ManyProducersOnOneToken_ExactlyOneWins) {
   EXPECT_EQ(busy.load(), kThreads - 1);
 }
 
-TEST_F(MatcherTest, Race_BothSidesArriveTogether_ConnectedExactlyOnceNoDeadlock) {
+TEST_F(MatcherTest,
+       Race_BothSidesArriveTogether_ConnectedExactlyOnceNoDeadlock) {
   constexpr int kTokens = 300;
   std::vector<std::thread> threads;
   threads.emplace_back([&] {
     for (int i = 0; i < kTokens; ++i) {
-      ASSERT_TRUE(matcher_.RegisterProducer("t" + std::to_string(i),
-                                            Prod("n1", "dev", i)).ok());
+      ASSERT_TRUE(
+          matcher_
+              .RegisterProducer("t" + std::to_string(i), Prod("n1", "dev", i))
+              .ok());
     }
   });
   threads.emplace_back([&] {
     for (int i = kTokens - 1; i >= 0; --i) {
-      ASSERT_TRUE(matcher_.RegisterConsumer("t" + std::to_string(i),
-                                            Cons("n1", "vm", i)).ok());
+      ASSERT_TRUE(
+          matcher_
+              .RegisterConsumer("t" + std::to_string(i), Cons("n1", "vm", i))
+              .ok());
     }
   });
   for (auto& th : threads) th.join();
@@ -403,10 +427,12 @@ TEST_F(MatcherTest, Race_RegisterUnregisterChurn_NoLostDisconnect) {
         for (int i = 0; i < kTokens; ++i) {
           const std::string token = "t" + std::to_string(i);
           if (side == 0) {
-            ASSERT_TRUE(matcher_.RegisterProducer(token, Prod("n1", "dev", i)).ok());
+            ASSERT_TRUE(
+                matcher_.RegisterProducer(token, Prod("n1", "dev", i)).ok());
             ASSERT_TRUE(matcher_.UnregisterProducer(token, 0).ok());
           } else {
-            ASSERT_TRUE(matcher_.RegisterConsumer(token, Cons("n1", "vm", i)).ok());
+            ASSERT_TRUE(
+                matcher_.RegisterConsumer(token, Cons("n1", "vm", i)).ok());
             ASSERT_TRUE(matcher_.UnregisterConsumer(token, 0).ok());
           }
         }

@@ -42,8 +42,8 @@ TEST(ServiceMetricsTest, LockWait_ByOp_EveryOpExportedFromTheStart) {
                   "irqbypass_index_lock_wait_seconds_count{op=\"register_"
                   "producer\"} 1"))
       << text;
-  EXPECT_TRUE(Has(
-      text, "irqbypass_index_lock_wait_seconds_count{op=\"reconcile\"} 0"))
+  EXPECT_TRUE(
+      Has(text, "irqbypass_index_lock_wait_seconds_count{op=\"reconcile\"} 0"))
       << text;
   EXPECT_TRUE(Has(text,
                   "irqbypass_index_lock_wait_seconds_bucket{op=\"register_"

@@ -39,7 +39,8 @@ struct ObjectFingerprint {
   uint64_t b = 0;
 
   static ObjectFingerprint Of(const std::string& key) {
-    return {absl::Hash<absl::string_view>{}(key), std::hash<std::string>{}(key)};
+    return {absl::Hash<absl::string_view>{}(key),
+            std::hash<std::string>{}(key)};
   }
   bool operator==(const ObjectFingerprint& o) const {
     return a == o.a && b == o.b;
@@ -164,11 +165,10 @@ TokenIndex::TokenLock TokenIndex::Lock(absl::string_view token, LockOp op) {
     slot->busy = true;
   }
   if (waited && observer_ != nullptr) {
-    observer_->OnLockWait(
-        op, shard_index,
-        std::chrono::duration_cast<std::chrono::nanoseconds>(
-            std::chrono::steady_clock::now() - op_start)
-            .count());
+    observer_->OnLockWait(op, shard_index,
+                          std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now() - op_start)
+                              .count());
   }
   return TokenLock(this, shard_index, slot, std::move(key), op);
 }
@@ -328,7 +328,8 @@ void TokenIndex::ForEachCommitted(
     {
       TimedLock lock(*this, s, LockOp::kRead);
       for (const auto& [token, slot] : shard_ptr->slots) {
-        if (!slot->committed.empty()) found.emplace_back(token, slot->committed);
+        if (!slot->committed.empty())
+          found.emplace_back(token, slot->committed);
       }
     }
     for (const auto& [token, st] : found) fn(token, st);

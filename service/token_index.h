@@ -185,8 +185,8 @@ class TokenIndex {
     size_t connected = 0;
   };
   // Totals; with `by_node`, also per node (one pass over every shard).
-  Counts CountAll(absl::flat_hash_map<std::string, Counts>* by_node =
-                      nullptr) const;
+  Counts CountAll(
+      absl::flat_hash_map<std::string, Counts>* by_node = nullptr) const;
   size_t num_shards() const { return shards_.size(); }
 
  private:

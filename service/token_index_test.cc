@@ -194,13 +194,15 @@ TEST(TokenIndexTest, ConcurrentCommitsOnManyTokens_CountsAddUp) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kPerThread; ++i) {
-        auto lock = index.Lock("t" + std::to_string(t) + "-" + std::to_string(i));
+        auto lock =
+            index.Lock("t" + std::to_string(t) + "-" + std::to_string(i));
         lock.Commit(WithProducer("n1"));
       }
     });
   }
   for (auto& th : threads) th.join();
-  EXPECT_EQ(index.CountAll().producers, static_cast<size_t>(kThreads * kPerThread));
+  EXPECT_EQ(index.CountAll().producers,
+            static_cast<size_t>(kThreads * kPerThread));
 }
 
 class RecordingObserver : public LockWaitObserver {

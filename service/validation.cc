@@ -92,19 +92,19 @@ absl::StatusOr<ProducerRecord> ProducerFromProto(const v1::Producer& p) {
     case v1::IRQ_INDEX_MSIX:
       r.irq_index = v1::IRQ_INDEX_MSIX;
       if (r.vector > kMaxMsixVector) {
-        return InvalidField("producer.vector",
-                            absl::StrCat("producer.vector: ", r.vector,
-                                         " exceeds the MSI-X maximum ",
-                                         kMaxMsixVector));
+        return InvalidField(
+            "producer.vector",
+            absl::StrCat("producer.vector: ", r.vector,
+                         " exceeds the MSI-X maximum ", kMaxMsixVector));
       }
       break;
     case v1::IRQ_INDEX_MSI:
       r.irq_index = v1::IRQ_INDEX_MSI;
       if (r.vector > kMaxMsiVector) {
-        return InvalidField("producer.vector",
-                            absl::StrCat("producer.vector: ", r.vector,
-                                         " exceeds the MSI maximum ",
-                                         kMaxMsiVector));
+        return InvalidField(
+            "producer.vector",
+            absl::StrCat("producer.vector: ", r.vector,
+                         " exceeds the MSI maximum ", kMaxMsiVector));
       }
       break;
     case v1::IRQ_INDEX_INTX:
@@ -127,8 +127,8 @@ absl::StatusOr<ConsumerRecord> ConsumerFromProto(const v1::Consumer& c) {
   if (auto s = ValidateNode("consumer.node", c.node()); !s.ok()) return s;
   if (auto s = Required("consumer.vm", c.vm(), kMaxVmBytes); !s.ok()) return s;
   if (!IsPrintableNoSpace(c.vm())) {
-    return InvalidField(
-        "consumer.vm", "consumer.vm: only printable ASCII without spaces");
+    return InvalidField("consumer.vm",
+                        "consumer.vm: only printable ASCII without spaces");
   }
   if (c.gsi() > kMaxGsi) {
     return InvalidField("consumer.gsi",
@@ -181,17 +181,18 @@ std::string FormatRegistrationId(char side, uint64_t id) {
   return absl::StrFormat("%c-%016x", side, id);
 }
 
-absl::StatusOr<uint64_t> ParseRegistrationId(absl::string_view field,
-                                             char side, absl::string_view id) {
+absl::StatusOr<uint64_t> ParseRegistrationId(absl::string_view field, char side,
+                                             absl::string_view id) {
   if (id.empty()) return 0;
   uint64_t value = 0;
   if (id.size() != 18 || id[0] != side || id[1] != '-' ||
       !IsHex(id.substr(2)) || !absl::SimpleHexAtoi(id.substr(2), &value) ||
       value == 0) {
     return InvalidField(
-        field, absl::StrCat(field, ": malformed; expected \"", std::string(1, side),
-                            "-\" and 16 hex digits as returned by Register",
-                            side == 'p' ? "Producer" : "Consumer"));
+        field,
+        absl::StrCat(field, ": malformed; expected \"", std::string(1, side),
+                     "-\" and 16 hex digits as returned by Register",
+                     side == 'p' ? "Producer" : "Consumer"));
   }
   return value;
 }

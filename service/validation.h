@@ -40,8 +40,8 @@ void BindingToProto(absl::string_view token, const BindingState& st,
 // digits. Parse returns 0 for an empty string (meaning "whatever holds the
 // token"), INVALID_ARGUMENT naming `field` for anything malformed.
 std::string FormatRegistrationId(char side, uint64_t id);
-absl::StatusOr<uint64_t> ParseRegistrationId(absl::string_view field,
-                                             char side, absl::string_view id);
+absl::StatusOr<uint64_t> ParseRegistrationId(absl::string_view field, char side,
+                                             absl::string_view id);
 
 }  // namespace irqbypass
 

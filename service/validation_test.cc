@@ -167,8 +167,8 @@ TEST(ValidationTest, RegistrationId_EmptyMeansAny) {
 }
 
 TEST(ValidationTest, RegistrationId_Malformed_NamesField) {
-  for (const char* bad : {"x", "c-abcdef0123456789", "p-abc", "p-zzzzzzzzzzzzzzzz",
-                          "p-0000000000000000"}) {
+  for (const char* bad : {"x", "c-abcdef0123456789", "p-abc",
+                          "p-zzzzzzzzzzzzzzzz", "p-0000000000000000"}) {
     ExpectInvalidField(
         ParseRegistrationId("registration_id", 'p', bad).status(),
         "registration_id");

@@ -48,7 +48,9 @@ TEST_F(CliTest, RegisterBothSides_Connected_ExitZero) {
 
 TEST_F(CliTest, ConnectFailed_Exit5_NamesStepAndErrno) {
   ASSERT_EQ(Ctl({"register-consumer", "--token=t1", "--node=n1", "--vm=vm-x",
-                 "--gsi=24"}).exit_code, 0);
+                 "--gsi=24"})
+                .exit_code,
+            0);
   auto p = Ctl({"register-producer", "--token=t1", "--node=n1",
                 "--device=0000:3b:00.1", "--vector=0"});
   EXPECT_EQ(p.exit_code, 5) << p.out << p.err;
@@ -58,19 +60,24 @@ TEST_F(CliTest, ConnectFailed_Exit5_NamesStepAndErrno) {
 
 TEST_F(CliTest, ConnectFailed_JsonOutput_CarriesDetail) {
   ASSERT_EQ(Ctl({"register-producer", "--token=t1", "--node=n1",
-                 "--device=0000:3b:00.1"}).exit_code, 0);
-  auto c = Ctl({"--output=json", "register-consumer", "--token=t1",
-                "--node=n1", "--vm=vm-x", "--gsi=24"});
+                 "--device=0000:3b:00.1"})
+                .exit_code,
+            0);
+  auto c = Ctl({"--output=json", "register-consumer", "--token=t1", "--node=n1",
+                "--vm=vm-x", "--gsi=24"});
   EXPECT_EQ(c.exit_code, 5);
   EXPECT_NE(c.out.find("\"error\""), std::string::npos) << c.out;
-  EXPECT_NE(c.out.find("\"errno_name\":\"ENOENT\""), std::string::npos) << c.out;
+  EXPECT_NE(c.out.find("\"errno_name\":\"ENOENT\""), std::string::npos)
+      << c.out;
 }
 
 TEST_F(CliTest, AlreadyExists_Exit4) {
   ASSERT_EQ(Ctl({"register-consumer", "--token=t1", "--node=n1", "--vm=vm-a",
-                 "--gsi=24"}).exit_code, 0);
-  auto again = Ctl({"register-consumer", "--token=t1", "--node=n1",
-                    "--vm=vm-a", "--gsi=25"});
+                 "--gsi=24"})
+                .exit_code,
+            0);
+  auto again = Ctl({"register-consumer", "--token=t1", "--node=n1", "--vm=vm-a",
+                    "--gsi=25"});
   EXPECT_EQ(again.exit_code, 4) << again.err;
 }
 
@@ -80,8 +87,8 @@ TEST_F(CliTest, NotFound_Exit3) {
 }
 
 TEST_F(CliTest, Invalid_Exit2_FromServerAndFromUsage) {
-  auto server_side = Ctl({"register-producer", "--token=t1", "--node=n1",
-                          "--device=not-a-bdf"});
+  auto server_side = Ctl(
+      {"register-producer", "--token=t1", "--node=n1", "--device=not-a-bdf"});
   EXPECT_EQ(server_side.exit_code, 2);
   EXPECT_NE(server_side.err.find("producer.device"), std::string::npos)
       << server_side.err;
@@ -92,21 +99,25 @@ TEST_F(CliTest, Invalid_Exit2_FromServerAndFromUsage) {
 
 TEST_F(CliTest, NodeMismatch_Exit6) {
   ASSERT_EQ(Ctl({"register-consumer", "--token=t1", "--node=n1", "--vm=vm-a",
-                 "--gsi=24"}).exit_code, 0);
+                 "--gsi=24"})
+                .exit_code,
+            0);
   auto p = Ctl({"register-producer", "--token=t1", "--node=n2",
                 "--device=0000:3b:00.1"});
   EXPECT_EQ(p.exit_code, 6) << p.err;
 }
 
 TEST_F(CliTest, Unavailable_Exit7_NoAgentAndNoServer) {
-  ASSERT_EQ(Ctl({"register-consumer", "--token=t1", "--node=ghost",
-                 "--vm=vm-a", "--gsi=24"}).exit_code, 0);
+  ASSERT_EQ(Ctl({"register-consumer", "--token=t1", "--node=ghost", "--vm=vm-a",
+                 "--gsi=24"})
+                .exit_code,
+            0);
   auto no_agent = Ctl({"register-producer", "--token=t1", "--node=ghost",
                        "--device=0000:3b:00.1"});
   EXPECT_EQ(no_agent.exit_code, 7) << no_agent.err;
-  auto no_server = RunCommand(BinaryPath("client/irqbypassctl"),
-                              {"--server=127.0.0.1:1", "--timeout=2s", "get",
-                               "--token=t1"});
+  auto no_server =
+      RunCommand(BinaryPath("client/irqbypassctl"),
+                 {"--server=127.0.0.1:1", "--timeout=2s", "get", "--token=t1"});
   EXPECT_EQ(no_server.exit_code, 7) << no_server.err;
 }
 

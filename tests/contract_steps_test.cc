@@ -120,7 +120,8 @@ class ContractStepsTest : public ::testing::Test {
 
 using Calls = std::vector<std::string>;
 
-TEST_F(ContractStepsTest, Connect_Succeeds_StopsAddsInOrderThenStartsConsumerFirst) {
+TEST_F(ContractStepsTest,
+       Connect_Succeeds_StopsAddsInOrderThenStartsConsumerFirst) {
   ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
   ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
   EXPECT_EQ(backend_.calls,
@@ -130,7 +131,8 @@ TEST_F(ContractStepsTest, Connect_Succeeds_StopsAddsInOrderThenStartsConsumerFir
   EXPECT_TRUE(backend_.consumer_holds_producer);
 }
 
-TEST_F(ContractStepsTest, Connect_AddConsumerFails_SkipsAddProducerStillStartsBoth) {
+TEST_F(ContractStepsTest,
+       Connect_AddConsumerFails_SkipsAddProducerStillStartsBoth) {
   backend_.fail_step = "add_consumer";
   backend_.fail_errno = EIO;
   ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
@@ -146,7 +148,8 @@ TEST_F(ContractStepsTest, Connect_AddConsumerFails_SkipsAddProducerStillStartsBo
   EXPECT_FALSE(index_.Get("t1")->producer.has_value());
 }
 
-TEST_F(ContractStepsTest, Connect_AddProducerFails_UndoesAddConsumerThenStartsBoth) {
+TEST_F(ContractStepsTest,
+       Connect_AddProducerFails_UndoesAddConsumerThenStartsBoth) {
   backend_.fail_step = "add_producer";
   backend_.fail_errno = ENOENT;
   ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
@@ -154,10 +157,10 @@ TEST_F(ContractStepsTest, Connect_AddProducerFails_UndoesAddConsumerThenStartsBo
   ASSERT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(GetErrorContext(r.status()).step, "add_producer");
   EXPECT_EQ(GetErrorContext(r.status()).err, ENOENT);
-  EXPECT_EQ(backend_.calls,
-            (Calls{"stop_producer", "stop_consumer", "add_consumer",
-                   "add_producer", "del_consumer", "start_consumer",
-                   "start_producer"}));
+  EXPECT_EQ(
+      backend_.calls,
+      (Calls{"stop_producer", "stop_consumer", "add_consumer", "add_producer",
+             "del_consumer", "start_consumer", "start_producer"}));
   EXPECT_FALSE(backend_.producer_holds_consumer);  // rolled back
   EXPECT_FALSE(backend_.consumer_holds_producer);
   auto st = index_.Get("t1");

@@ -25,7 +25,8 @@ class EndToEndTest : public ::testing::Test {
   Cluster cluster_;
 };
 
-TEST_F(EndToEndTest, ProducerAndConsumer_Paired_ThroughRealAgent_ThenDisconnected) {
+TEST_F(EndToEndTest,
+       ProducerAndConsumer_Paired_ThroughRealAgent_ThenDisconnected) {
   ASSERT_TRUE(cluster_.StartAgent("n1"));
   auto c = api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24));
   ASSERT_TRUE(c.ok()) << c.status();
@@ -50,7 +51,8 @@ TEST_F(EndToEndTest, ProducerAndConsumer_Paired_ThroughRealAgent_ThenDisconnecte
   EXPECT_FALSE(b->connected());
   EXPECT_FALSE(b->has_consumer());
   ASSERT_TRUE(api().UnregisterProducer("t1").ok());
-  EXPECT_EQ(api().GetBinding("t1").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(api().GetBinding("t1").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST_F(EndToEndTest, ConnectFails_VmNotOnAgent_RolledBackWithStepAndErrno) {
@@ -58,7 +60,8 @@ TEST_F(EndToEndTest, ConnectFails_VmNotOnAgent_RolledBackWithStepAndErrno) {
   auto c = api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 24));
   ASSERT_TRUE(c.ok()) << c.status();
   auto p = api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1"));
-  ASSERT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition) << p.status();
+  ASSERT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition)
+      << p.status();
   auto detail = GetErrorDetail(p.status());
   ASSERT_TRUE(detail.has_value());
   EXPECT_EQ(detail->reason(), v1::ErrorDetail::CONNECT_FAILED);
@@ -72,7 +75,8 @@ TEST_F(EndToEndTest, ConnectFails_VmNotOnAgent_RolledBackWithStepAndErrno) {
   EXPECT_EQ(b->consumer_registration_id(), c->registration_id);
   EXPECT_FALSE(b->connected());
   // The rolled-back device vector is free: it pairs under another token.
-  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t2", "n1", "vm-a", 25)).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t2", "n1", "vm-a", 25)).ok());
   auto p2 = api().RegisterProducer(MakeProducer("t2", "n1", "0000:3b:00.1"));
   ASSERT_TRUE(p2.ok()) << p2.status();
   EXPECT_TRUE(p2->connected);
@@ -86,11 +90,14 @@ TEST_F(EndToEndTest, ConnectFails_EachStepInTurn_ErrnoOfThatStep) {
   } cases[] = {{"add_consumer:EIO", "add_consumer", EIO},
                {"add_producer:EBUSY", "add_producer", EBUSY}};
   for (const auto& tc : cases) {
-    ASSERT_TRUE(cluster_.StartAgent("n1", {std::string("--sim_fail_step=") + tc.flag}));
+    ASSERT_TRUE(
+        cluster_.StartAgent("n1", {std::string("--sim_fail_step=") + tc.flag}));
     const std::string token = std::string("t-") + tc.step;
-    ASSERT_TRUE(api().RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1")).ok());
+    ASSERT_TRUE(
+        api().RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1")).ok());
     auto c = api().RegisterConsumer(MakeConsumer(token, "n1", "vm-a", 24));
-    ASSERT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition) << c.status();
+    ASSERT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition)
+        << c.status();
     auto detail = GetErrorDetail(c.status());
     ASSERT_TRUE(detail.has_value());
     EXPECT_EQ(detail->step(), tc.step);
@@ -104,33 +111,42 @@ TEST_F(EndToEndTest, ConnectFails_EachStepInTurn_ErrnoOfThatStep) {
 }
 
 TEST_F(EndToEndTest, SidesOnDifferentNodes_SecondRefusedFailedPrecondition) {
-  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
   auto p = api().RegisterProducer(MakeProducer("t1", "n2", "0000:3b:00.1"));
   ASSERT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(GetErrorDetail(p.status())->reason(), v1::ErrorDetail::NODE_MISMATCH);
+  EXPECT_EQ(GetErrorDetail(p.status())->reason(),
+            v1::ErrorDetail::NODE_MISMATCH);
   EXPECT_FALSE(api().GetBinding("t1")->has_producer());
 }
 
 TEST_F(EndToEndTest, NoAgentForNode_UnavailableAndRolledBack) {
-  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t1", "ghost", "vm-a", 24)).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "ghost", "vm-a", 24)).ok());
   auto p = api().RegisterProducer(MakeProducer("t1", "ghost", "0000:3b:00.1"));
   ASSERT_EQ(p.status().code(), absl::StatusCode::kUnavailable) << p.status();
-  EXPECT_EQ(GetErrorDetail(p.status())->reason(), v1::ErrorDetail::AGENT_UNAVAILABLE);
+  EXPECT_EQ(GetErrorDetail(p.status())->reason(),
+            v1::ErrorDetail::AGENT_UNAVAILABLE);
   EXPECT_FALSE(api().GetBinding("t1")->has_producer());
 }
 
-TEST_F(EndToEndTest, TokenTaken_AlreadyExists_ObjectTaken_AlreadyExistsNamingToken) {
-  ASSERT_TRUE(api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1")).ok());
+TEST_F(EndToEndTest,
+       TokenTaken_AlreadyExists_ObjectTaken_AlreadyExistsNamingToken) {
+  ASSERT_TRUE(
+      api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1")).ok());
   auto again = api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.2"));
   EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(GetErrorDetail(again.status())->reason(), v1::ErrorDetail::TOKEN_BUSY);
-  auto same_object = api().RegisterProducer(MakeProducer("t2", "n1", "0000:3b:00.1"));
+  EXPECT_EQ(GetErrorDetail(again.status())->reason(),
+            v1::ErrorDetail::TOKEN_BUSY);
+  auto same_object =
+      api().RegisterProducer(MakeProducer("t2", "n1", "0000:3b:00.1"));
   EXPECT_EQ(same_object.status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(GetErrorDetail(same_object.status())->other_token(), "t1");
 }
 
 TEST_F(EndToEndTest, InvalidRequests_InvalidArgumentNamingField) {
-  auto no_token = api().RegisterProducer(MakeProducer("", "n1", "0000:3b:00.1"));
+  auto no_token =
+      api().RegisterProducer(MakeProducer("", "n1", "0000:3b:00.1"));
   EXPECT_EQ(no_token.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(GetErrorDetail(no_token.status())->field(), "producer.token");
   auto no_node = api().RegisterConsumer(MakeConsumer("t1", "", "vm-a", 1));
@@ -152,12 +168,14 @@ TEST_F(EndToEndTest, InvalidRequests_InvalidArgumentNamingField) {
   EXPECT_TRUE(api().ListAllBindings("")->empty());
 }
 
-TEST_F(EndToEndTest, Unregister_WrongRegistrationId_FailedPreconditionUntouched) {
+TEST_F(EndToEndTest,
+       Unregister_WrongRegistrationId_FailedPreconditionUntouched) {
   auto p = api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1"));
   ASSERT_TRUE(p.ok());
   auto wrong = api().UnregisterProducer("t1", "p-00000000000000aa");
   EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(api().GetBinding("t1")->producer_registration_id(), p->registration_id);
+  EXPECT_EQ(api().GetBinding("t1")->producer_registration_id(),
+            p->registration_id);
   EXPECT_EQ(api().UnregisterConsumer("t1").status().code(),
             absl::StatusCode::kNotFound);
 }
@@ -165,8 +183,10 @@ TEST_F(EndToEndTest, Unregister_WrongRegistrationId_FailedPreconditionUntouched)
 TEST_F(EndToEndTest, ListBindings_PagesAndNodeFilter) {
   for (int i = 0; i < 25; ++i) {
     const std::string node = i % 5 == 0 ? "n2" : "n1";
-    ASSERT_TRUE(api().RegisterConsumer(
-        MakeConsumer("t" + std::to_string(i), node, "vm", i)).ok());
+    ASSERT_TRUE(api()
+                    .RegisterConsumer(
+                        MakeConsumer("t" + std::to_string(i), node, "vm", i))
+                    .ok());
   }
   auto all = api().ListAllBindings("", 4);
   ASSERT_TRUE(all.ok()) << all.status();
@@ -178,7 +198,8 @@ TEST_F(EndToEndTest, ListBindings_PagesAndNodeFilter) {
 
 TEST_F(EndToEndTest, WatchBindings_SeesUpdatesAndRemoval) {
   ASSERT_TRUE(cluster_.StartAgent("n1"));
-  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("before", "n1", "vm-a", 1)).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("before", "n1", "vm-a", 1)).ok());
   client::WatchCanceller canceller;
   std::vector<v1::BindingEvent> events;
   std::atomic<bool> synced{false};
@@ -197,8 +218,10 @@ TEST_F(EndToEndTest, WatchBindings_SeesUpdatesAndRemoval) {
     EXPECT_TRUE(s.ok()) << s;
   });
   ASSERT_TRUE(WaitFor([&] { return synced.load(); }));
-  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
-  ASSERT_TRUE(api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1")).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
+  ASSERT_TRUE(
+      api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1")).ok());
   ASSERT_TRUE(api().UnregisterProducer("t1").ok());
   ASSERT_TRUE(api().UnregisterConsumer("t1").ok());
   watcher.join();
@@ -214,12 +237,16 @@ TEST_F(EndToEndTest, WatchBindings_SeesUpdatesAndRemoval) {
   EXPECT_EQ(events.back().binding().node(), "n1");
 }
 
-TEST_F(EndToEndTest, AgentKilledMidCommand_RegistrationFailsUnavailableAndRollsBack) {
+TEST_F(EndToEndTest,
+       AgentKilledMidCommand_RegistrationFailsUnavailableAndRollsBack) {
   ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_step_delay_ms=30000"}));
-  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("kill-1", "n1", "vm-a", 24)).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("kill-1", "n1", "vm-a", 24)).ok());
   absl::Status result;
   std::thread registrar([&] {
-    result = api().RegisterProducer(MakeProducer("kill-1", "n1", "0000:3b:00.1")).status();
+    result = api()
+                 .RegisterProducer(MakeProducer("kill-1", "n1", "0000:3b:00.1"))
+                 .status();
   });
   // Wait until the agent is executing the command, then kill it.
   ASSERT_TRUE(WaitFor([&] {
@@ -239,25 +266,29 @@ TEST_F(EndToEndTest, AgentNeverAcks_DeadlineExceededAndRollsBack) {
   cluster_.manager().Wait();
   ASSERT_TRUE(cluster_.StartManager({"--agent_command_timeout=500ms"}));
   ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_step_delay_ms=3000"}));
-  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("slow", "n1", "vm-a", 24)).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("slow", "n1", "vm-a", 24)).ok());
   auto p = api().RegisterProducer(MakeProducer("slow", "n1", "0000:3b:00.1"));
-  EXPECT_EQ(p.status().code(), absl::StatusCode::kDeadlineExceeded) << p.status();
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kDeadlineExceeded)
+      << p.status();
   EXPECT_FALSE(api().GetBinding("slow")->has_producer());
 }
 
 TEST_F(EndToEndTest, AgentRestarted_WhileBindingsExist_ReconciledWithManager) {
   ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-a,vm-b"}));
-  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("keep", "n1", "vm-a", 24)).ok());
-  ASSERT_TRUE(api().RegisterProducer(MakeProducer("keep", "n1", "0000:3b:00.1")).ok());
-  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("drop", "n1", "vm-b", 25)).ok());
-  ASSERT_TRUE(api().RegisterProducer(MakeProducer("drop", "n1", "0000:3b:00.2")).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("keep", "n1", "vm-a", 24)).ok());
+  ASSERT_TRUE(
+      api().RegisterProducer(MakeProducer("keep", "n1", "0000:3b:00.1")).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("drop", "n1", "vm-b", 25)).ok());
+  ASSERT_TRUE(
+      api().RegisterProducer(MakeProducer("drop", "n1", "0000:3b:00.2")).ok());
 
   cluster_.agent("n1").Signal(SIGKILL);
   cluster_.agent("n1").Wait();
   // While the agent is away: disconnect cannot fail, so unregister succeeds.
-  ASSERT_TRUE(WaitFor([&] {
-    return api().UnregisterProducer("drop").ok();
-  }));
+  ASSERT_TRUE(WaitFor([&] { return api().UnregisterProducer("drop").ok(); }));
   // It comes back without vm-a: the manager re-sends the missing connect,
   // which fails, so "keep" is reported as not connected.
   ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-b"}));
@@ -273,8 +304,10 @@ TEST_F(EndToEndTest, AgentRestarted_WhileBindingsExist_ReconciledWithManager) {
 
 TEST_F(EndToEndTest, ManagerRestarted_AgentReconnects_StaleWiringRemoved) {
   ASSERT_TRUE(cluster_.StartAgent("n1"));
-  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
-  ASSERT_TRUE(api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1")).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
+  ASSERT_TRUE(
+      api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1")).ok());
   const int reconciles = cluster_.Reconciles("n1");
   cluster_.manager().Signal(SIGKILL);
   cluster_.manager().Wait();
@@ -284,7 +317,8 @@ TEST_F(EndToEndTest, ManagerRestarted_AgentReconnects_StaleWiringRemoved) {
   ASSERT_TRUE(cluster_.WaitReconciles("n1", reconciles + 1));
   // The same device vector and VM GSI pair again under a new token: this
   // only connects if the stale wiring was removed (else EBUSY).
-  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t2", "n1", "vm-a", 24)).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t2", "n1", "vm-a", 24)).ok());
   auto p = api().RegisterProducer(MakeProducer("t2", "n1", "0000:3b:00.1"));
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_TRUE(p->connected);
@@ -313,10 +347,13 @@ TEST_F(EndToEndTest, ManyConcurrentPairs_AllConnectedThenAllRemoved) {
         // Alternate which side arrives first.
         bool ok;
         if (n % 2 == 0) {
-          ok = api().RegisterProducer(MakeProducer(token, "n1", device)).ok() &&
-               api().RegisterConsumer(MakeConsumer(token, "n1", "vm-a", n)).ok();
+          ok =
+              api().RegisterProducer(MakeProducer(token, "n1", device)).ok() &&
+              api().RegisterConsumer(MakeConsumer(token, "n1", "vm-a", n)).ok();
         } else {
-          ok = api().RegisterConsumer(MakeConsumer(token, "n1", "vm-a", n)).ok() &&
+          ok = api()
+                   .RegisterConsumer(MakeConsumer(token, "n1", "vm-a", n))
+                   .ok() &&
                api().RegisterProducer(MakeProducer(token, "n1", device)).ok();
         }
         if (!ok) ++failures;

@@ -26,8 +26,8 @@ std::string BinaryPath(const std::string& workspace_relative) {
 
 std::string MakeTempDir(const std::string& prefix) {
   const char* base = std::getenv("TEST_TMPDIR");
-  std::string templ = std::string(base != nullptr ? base : "/tmp") + "/" +
-                      prefix + ".XXXXXX";
+  std::string templ =
+      std::string(base != nullptr ? base : "/tmp") + "/" + prefix + ".XXXXXX";
   std::vector<char> buf(templ.begin(), templ.end());
   buf.push_back('\0');
   if (mkdtemp(buf.data()) == nullptr) return "";

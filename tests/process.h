@@ -56,10 +56,9 @@ struct CommandResult {
   std::string out;
   std::string err;
 };
-CommandResult RunCommand(const std::string& path,
-                         const std::vector<std::string>& args,
-                         std::chrono::milliseconds timeout =
-                             std::chrono::seconds(30));
+CommandResult RunCommand(
+    const std::string& path, const std::vector<std::string>& args,
+    std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
 // Counts occurrences of `needle` in `haystack`.
 int CountOccurrences(const std::string& haystack, const std::string& needle);
