@@ -268,8 +268,8 @@ class Servers {
   bool StartManager() {
     const std::string port_file = dir_ + "/manager.port";
     if (!manager_.Start(Runfile("service/irqbypassd"),
-                        {"--listen=127.0.0.1:0",
-                         "--metrics_listen=", "--port_file=" + port_file},
+                        {"--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+                         "--port_file=" + port_file},
                         dir_ + "/irqbypassd.log")) {
       return false;
     }

@@ -352,13 +352,13 @@ int Main() {
       "unregistered), %d threads, %u cores\n",
       tokens, threads, std::thread::hardware_concurrency());
   std::printf("lock wait per operation (sum over the locks it takes):\n");
-  std::printf("%-8s %12s %10s %10s %10s %10s %10s %10s %10s %7s\n", "design",
+  std::printf("%-8s %12s %10s %9s %10s %8s %8s %10s %10s %8s %7s\n", "design",
               "ops/s", "ops", "locks/op", "avg", "p50", "p99", "p99.9", "max",
-              "errors");
+              ">=1ms", "errors");
   auto print_row = [](const Result& r) {
     const double ops_per_s =
         r.operations / (r.register_seconds + r.unregister_seconds);
-    std::printf("%-8s %12.0f %10lu %10.1f %10s %10s %10s %10s %10s %7lu\n",
+    std::printf("%-8s %12.0f %10lu %9.1f %10s %8s %8s %10s %10s %8lu %7lu\n",
                 r.design.c_str(), ops_per_s,
                 static_cast<unsigned long>(r.wait.count), r.locks_per_op,
                 HumanNs(r.wait.avg_ns).c_str(),
@@ -366,6 +366,7 @@ int Main() {
                 HumanNs(static_cast<double>(r.wait.p99_ns)).c_str(),
                 HumanNs(static_cast<double>(r.wait.p999_ns)).c_str(),
                 HumanNs(static_cast<double>(r.wait.max_ns)).c_str(),
+                static_cast<unsigned long>(r.wait.over_1ms),
                 static_cast<unsigned long>(r.errors));
     std::fflush(stdout);
   };

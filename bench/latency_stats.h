@@ -20,6 +20,7 @@ struct LatencySummary {
   int64_t p99_ns = 0;
   int64_t p999_ns = 0;
   int64_t max_ns = 0;
+  uint64_t over_1ms = 0;  // samples of 1 ms or more
 };
 
 class LatencySamples {
@@ -48,6 +49,8 @@ class LatencySamples {
     s.p99_ns = at(0.99);
     s.p999_ns = at(0.999);
     s.max_ns = ns_.back();
+    s.over_1ms = static_cast<uint64_t>(
+        ns_.end() - std::lower_bound(ns_.begin(), ns_.end(), 1000000));
     return s;
   }
 
@@ -66,8 +69,8 @@ inline std::string HumanNs(double ns) {
 inline std::string SummaryJson(const LatencySummary& s) {
   return absl::StrFormat(
       "{\"count\": %u, \"avg_ns\": %.1f, \"p50_ns\": %d, \"p99_ns\": %d, "
-      "\"p999_ns\": %d, \"max_ns\": %d}",
-      s.count, s.avg_ns, s.p50_ns, s.p99_ns, s.p999_ns, s.max_ns);
+      "\"p999_ns\": %d, \"max_ns\": %d, \"over_1ms\": %u}",
+      s.count, s.avg_ns, s.p50_ns, s.p99_ns, s.p999_ns, s.max_ns, s.over_1ms);
 }
 
 }  // namespace irqbypass::bench
