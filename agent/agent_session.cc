@@ -248,12 +248,9 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
         ++sessions_established_;
       }
       if (in.has_hello()) {
-        LogDebug("session connected",
-                 {{"node", options_.node},
-                  {"manager", options_.manager_address},
-                  {"wired", wired},
-                  {"reconcile_commands",
-                   absl::StrCat(in.hello().reconcile_commands())}});
+        LogDebug("session connected", {{"node", options_.node},
+                                       {"manager", options_.manager_address},
+                                       {"wired", wired}});
       } else if (in.has_command()) {
         if (!HandleCommand(executor_, options_.node, in.command(), *stream,
                            options_.metrics)) {

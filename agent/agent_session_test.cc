@@ -54,7 +54,7 @@ class FakeManager final : public v1::AgentControl::Service {
       hellos_.push_back(in.hello());
     }
     v1::ManagerMessage out;
-    out.mutable_hello()->set_reconcile_commands(0);
+    out.mutable_hello();
     if (!stream->Write(out)) return grpc::Status::CANCELLED;
     for (const v1::Command& command : script_) {
       *out.mutable_command() = command;

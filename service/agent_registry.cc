@@ -51,10 +51,11 @@ class AgentRegistry::AgentSession {
     v1::ManagerMessage msg;
     *msg.mutable_command() = std::move(command);
     const uint64_t id = msg.command().id();
-    bool written;
+    bool written = false;
     {
       MutexLock lock(&write_mu_);
-      written = stream_->Write(msg);
+      // The stream is gone once the session's handler returned (Finish).
+      if (!finished()) written = stream_->Write(msg);
     }
     if (!written) {
       MutexLock lock(&mu_);
@@ -90,7 +91,7 @@ class AgentRegistry::AgentSession {
 
   bool WriteHello(const v1::ManagerMessage& msg) {
     MutexLock lock(&write_mu_);
-    return stream_->Write(msg);
+    return !finished() && stream_->Write(msg);
   }
 
   // Fails every waiting command and refuses new ones.
@@ -105,15 +106,25 @@ class AgentRegistry::AgentSession {
     pending_.clear();
   }
 
-  void Cancel() { context_->TryCancel(); }
-
-  bool reconciled() const {
+  // Ends the stream from the manager's side (the agent sees CANCELLED).
+  void Cancel() {
     MutexLock lock(&mu_);
-    return reconciled_;
+    if (!finished_) context_->TryCancel();
   }
-  void set_reconciled() {
+
+  // Called by the handler just before it returns: gRPC then frees the
+  // context and the stream, so nothing may touch them afterwards. Waits for
+  // a Write in progress. Lock order: write_mu_, then mu_.
+  void Finish() {
+    MutexLock write_lock(&write_mu_);
     MutexLock lock(&mu_);
-    reconciled_ = true;
+    finished_ = true;
+    closed_ = true;
+  }
+
+  bool closed() const {
+    MutexLock lock(&mu_);
+    return closed_;
   }
 
  private:
@@ -126,7 +137,33 @@ class AgentRegistry::AgentSession {
   absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_
       ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  bool reconciled_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+
+  bool finished() const {
+    MutexLock lock(&mu_);
+    return finished_;
+  }
+};
+
+// Routes a reconciliation's commands to the session whose hello it is
+// reconciling, never to a newer one.
+class AgentRegistry::BoundDispatcher : public AgentDispatcher {
+ public:
+  BoundDispatcher(AgentRegistry& registry,
+                  std::shared_ptr<AgentSession> session)
+      : registry_(registry), session_(std::move(session)) {}
+  absl::Status Connect(absl::string_view token, const ProducerRecord& p,
+                       const ConsumerRecord& c) override {
+    return registry_.ConnectOn(session_, token, p, c);
+  }
+  void Disconnect(absl::string_view token, const ProducerRecord& p,
+                  const ConsumerRecord& c) override {
+    registry_.DisconnectOn(session_, token, p, c);
+  }
+
+ private:
+  AgentRegistry& registry_;
+  const std::shared_ptr<AgentSession> session_;
 };
 
 namespace {
@@ -250,12 +287,8 @@ bool AgentRegistry::WaitForAgent(absl::string_view node,
       std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
   MutexLock lock(&mu_);
   while (true) {
-    auto it = sessions_.find(node);
-    if (it != sessions_.end() && it->second->reconciled()) return true;
-    if (!changed_.WaitUntil(&mu_, deadline)) {
-      it = sessions_.find(node);
-      return it != sessions_.end() && it->second->reconciled();
-    }
+    if (sessions_.contains(node)) return true;
+    if (!changed_.WaitUntil(&mu_, deadline)) return sessions_.contains(node);
   }
 }
 
@@ -264,7 +297,7 @@ void AgentRegistry::Shutdown() {
   {
     MutexLock lock(&mu_);
     shutting_down_ = true;
-    for (auto& [node, session] : sessions_) sessions.push_back(session);
+    for (auto& [node, session] : latest_) sessions.push_back(session);
   }
   for (auto& session : sessions) {
     session->Close();
@@ -307,8 +340,9 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
       return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                           "manager is shutting down");
     }
-    auto& slot = sessions_[hello.node()];
-    replaced = std::exchange(slot, session);
+    // The node takes no new commands until this session is reconciled.
+    replaced = std::exchange(latest_[hello.node()], session);
+    sessions_.erase(hello.node());
     changed_.SignalAll();
   }
   if (options_.metrics != nullptr) {
@@ -328,27 +362,35 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
   hello_ack.mutable_hello();
   session->WriteHello(hello_ack);
 
-  // Reconcile on its own thread: its commands' acks arrive through the read
-  // loop below.
+  // Reconcile on its own thread (its commands' acks arrive through the read
+  // loop below), on this session only; then open the node to commands.
   std::thread reconciler([this, session, wired = std::move(wired)] {
+    ReconcileResult r;
     if (matcher_ != nullptr) {
-      ReconcileResult r = matcher_->Reconcile(session->node(), wired);
+      BoundDispatcher via(*this, session);
+      r = matcher_->Reconcile(session->node(), wired, via,
+                              [&session] { return !session->closed(); });
       if (options_.metrics != nullptr) {
         options_.metrics->CommandsRetried(AgentCommand::kConnect,
                                           r.reconnected + r.failed);
         options_.metrics->CommandsRetried(AgentCommand::kDisconnect,
                                           r.disconnected);
       }
-      LogInfo("agent reconciled",
-              {{"node", session->node()},
-               {"kept", absl::StrCat(r.kept)},
-               {"disconnected", absl::StrCat(r.disconnected)},
-               {"reconnected", absl::StrCat(r.reconnected)},
-               {"failed", absl::StrCat(r.failed)}});
     }
-    session->set_reconciled();
-    MutexLock lock(&mu_);
-    changed_.SignalAll();
+    {
+      MutexLock lock(&mu_);
+      auto it = latest_.find(session->node());
+      if (!shutting_down_ && !session->closed() && it != latest_.end() &&
+          it->second == session) {
+        sessions_[session->node()] = session;
+      }
+      changed_.SignalAll();
+    }
+    LogInfo("agent reconciled", {{"node", session->node()},
+                                 {"kept", absl::StrCat(r.kept)},
+                                 {"disconnected", absl::StrCat(r.disconnected)},
+                                 {"reconnected", absl::StrCat(r.reconnected)},
+                                 {"failed", absl::StrCat(r.failed)}});
   });
 
   v1::AgentMessage msg;
@@ -366,25 +408,30 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
     MutexLock lock(&mu_);
     auto it = sessions_.find(session->node());
     if (it != sessions_.end() && it->second == session) sessions_.erase(it);
+    auto latest = latest_.find(session->node());
+    if (latest != latest_.end() && latest->second == session) {
+      latest_.erase(latest);
+    }
     changed_.SignalAll();
   }
   reconciler.join();
+  session->Finish();  // after this, nobody touches the context or stream
   LogInfo("agent disconnected", {{"node", session->node()}});
   return grpc::Status::OK;
 }
 
 absl::StatusOr<v1::CommandAck> AgentRegistry::RoundTrip(
-    const std::string& node, v1::Command command,
-    std::shared_ptr<AgentSession>* used) {
-  std::shared_ptr<AgentSession> session = Find(node);
-  *used = session;
+    const std::shared_ptr<AgentSession>& session, const std::string& node,
+    v1::Command command) {
   ErrorContext ctx;
   ctx.token = command.token();
   ctx.node = node;
   if (session == nullptr) {
     return MakeError(
         absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
-        absl::StrCat("no agent connected for node \"", node, "\""), ctx);
+        absl::StrCat("no agent connected (and reconciled) for node \"", node,
+                     "\""),
+        ctx);
   }
   const auto deadline = std::chrono::steady_clock::now() +
                         absl::ToChronoNanoseconds(options_.command_timeout);
@@ -416,12 +463,23 @@ absl::StatusOr<v1::CommandAck> AgentRegistry::RoundTrip(
 absl::Status AgentRegistry::Connect(absl::string_view token,
                                     const ProducerRecord& producer,
                                     const ConsumerRecord& consumer) {
+  return ConnectOn(Find(producer.node), token, producer, consumer);
+}
+
+void AgentRegistry::Disconnect(absl::string_view token,
+                               const ProducerRecord& producer,
+                               const ConsumerRecord& consumer) {
+  DisconnectOn(Find(producer.node), token, producer, consumer);
+}
+
+absl::Status AgentRegistry::ConnectOn(
+    const std::shared_ptr<AgentSession>& session, absl::string_view token,
+    const ProducerRecord& producer, const ConsumerRecord& consumer) {
   const std::string& node = producer.node;
-  std::shared_ptr<AgentSession> session;
   const auto started = std::chrono::steady_clock::now();
-  absl::StatusOr<v1::CommandAck> ack = RoundTrip(
-      node, MakeCommand(v1::Command::CONNECT, token, producer, consumer),
-      &session);
+  absl::StatusOr<v1::CommandAck> ack =
+      RoundTrip(session, node,
+                MakeCommand(v1::Command::CONNECT, token, producer, consumer));
   RecordRoundTrip(options_.metrics, AgentCommand::kConnect, started, ack);
   if (!ack.ok()) {
     if (ack.status().code() == absl::StatusCode::kDeadlineExceeded &&
@@ -437,15 +495,15 @@ absl::Status AgentRegistry::Connect(absl::string_view token,
   return ConnectAckToStatus(token, node, *ack);
 }
 
-void AgentRegistry::Disconnect(absl::string_view token,
-                               const ProducerRecord& producer,
-                               const ConsumerRecord& consumer) {
+void AgentRegistry::DisconnectOn(const std::shared_ptr<AgentSession>& session,
+                                 absl::string_view token,
+                                 const ProducerRecord& producer,
+                                 const ConsumerRecord& consumer) {
   const std::string& node = producer.node;
-  std::shared_ptr<AgentSession> session;
   const auto started = std::chrono::steady_clock::now();
   absl::StatusOr<v1::CommandAck> ack = RoundTrip(
-      node, MakeCommand(v1::Command::DISCONNECT, token, producer, consumer),
-      &session);
+      session, node,
+      MakeCommand(v1::Command::DISCONNECT, token, producer, consumer));
   RecordRoundTrip(options_.metrics, AgentCommand::kDisconnect, started, ack);
   if (!ack.ok()) {
     if (options_.metrics != nullptr) options_.metrics->DisconnectDeferred();

@@ -6,8 +6,10 @@
 //
 // When an agent (re)connects, its AgentHello lists what it has wired; the
 // registry runs Matcher::Reconcile for that node on a thread of the session,
-// which re-sends missing connects and removes stale wiring (including
-// disconnects that could not be delivered while the agent was away).
+// with commands bound to that session, which re-sends missing connects and
+// removes stale wiring (including disconnects that could not be delivered
+// while the agent was away). Only then does the node take commands from
+// registrations again (until then they fail UNAVAILABLE).
 //
 // Thread-safe. Lock order: registry mu_ before a session's mu.
 #ifndef IRQBYPASS_SERVICE_AGENT_REGISTRY_H_
@@ -59,7 +61,7 @@ class AgentRegistry final : public AgentDispatcher,
   void Disconnect(absl::string_view token, const ProducerRecord& producer,
                   const ConsumerRecord& consumer) override;
 
-  // Nodes with a live session, sorted.
+  // Nodes with a live, reconciled session, sorted.
   std::vector<std::string> ConnectedNodes() const;
   // Blocks until `node` has a session whose reconciliation finished, or the
   // timeout passes; true if so. For start-up ordering and tests.
@@ -71,17 +73,30 @@ class AgentRegistry final : public AgentDispatcher,
 
  private:
   class AgentSession;
+  class BoundDispatcher;
 
+  // The node's session that is open to commands (reconciled), or null.
   std::shared_ptr<AgentSession> Find(absl::string_view node) const;
-  // Sends `command` on the node's session and waits for its ack.
-  absl::StatusOr<v1::CommandAck> RoundTrip(const std::string& node,
-                                           v1::Command command,
-                                           std::shared_ptr<AgentSession>* used);
+  // Sends `command` on `session` (null: UNAVAILABLE) and waits for its ack.
+  absl::StatusOr<v1::CommandAck> RoundTrip(
+      const std::shared_ptr<AgentSession>& session, const std::string& node,
+      v1::Command command);
+  absl::Status ConnectOn(const std::shared_ptr<AgentSession>& session,
+                         absl::string_view token,
+                         const ProducerRecord& producer,
+                         const ConsumerRecord& consumer);
+  void DisconnectOn(const std::shared_ptr<AgentSession>& session,
+                    absl::string_view token, const ProducerRecord& producer,
+                    const ConsumerRecord& consumer);
 
   const Options options_;
   Matcher* matcher_ = nullptr;
   mutable Mutex mu_;
   mutable CondVar changed_;
+  // Per node: the newest session (reconciling or open), and the session open
+  // to commands (the same one, once it is reconciled).
+  absl::flat_hash_map<std::string, std::shared_ptr<AgentSession>> latest_
+      ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::shared_ptr<AgentSession>> sessions_
       ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;

@@ -99,16 +99,27 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
         ctx);
   }
   const std::string object_key = Side::ObjectKey(record);
-  if (auto holder = lock.ClaimObject(object_key)) {
+  // While a connect decides this registration, its claim is tentative: a
+  // competing registration of the same object is told to retry, not that
+  // the object is taken (the connect may still fail and free it).
+  if (auto holder = lock.ClaimObject(object_key, other.has_value())) {
     ErrorContext ctx;
     ctx.token = std::string(token);
     ctx.node = record.node;
-    ctx.other_token = *holder;
-    return MakeError(
-        absl::StatusCode::kAlreadyExists, ErrorReason::kObjectBusy,
-        absl::StrCat("the same ", Side::kName,
-                     " is already registered under token \"", *holder, "\""),
-        ctx);
+    ctx.other_token = holder->token;
+    if (holder->tentative) {
+      return MakeError(
+          absl::StatusCode::kAborted, ErrorReason::kObjectBusy,
+          absl::StrCat("the same ", Side::kName,
+                       " is being registered under token \"", holder->token,
+                       "\" (its connect is in progress); retry"),
+          ctx);
+    }
+    return MakeError(absl::StatusCode::kAlreadyExists, ErrorReason::kObjectBusy,
+                     absl::StrCat("the same ", Side::kName,
+                                  " is already registered under token \"",
+                                  holder->token, "\""),
+                     ctx);
   }
 
   record.registration_id = NewRegistrationId();
@@ -126,6 +137,7 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
                                  {"error", connected.ToString()}});
       return connected;
     }
+    lock.ConfirmObject(object_key);
     result.connected = true;
   }
 
@@ -216,7 +228,9 @@ absl::StatusOr<bool> Matcher::UnregisterConsumer(absl::string_view token,
 }
 
 ReconcileResult Matcher::Reconcile(absl::string_view node,
-                                   const std::vector<WiredPair>& wired) {
+                                   const std::vector<WiredPair>& wired,
+                                   AgentDispatcher& via,
+                                   const std::function<bool()>& current) {
   ReconcileResult result;
   absl::flat_hash_map<std::string, const WiredPair*> reported;
   for (const WiredPair& w : wired) reported.emplace(w.token, &w);
@@ -225,6 +239,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
   //    remove it there.
   for (const WiredPair& w : wired) {
     TokenIndex::TokenLock lock = index_.Lock(w.token, LockOp::kReconcile);
+    if (!current()) return result;
     const BindingState& st = lock.state();
     if (SameWiring(st, w)) {
       ++result.kept;
@@ -235,7 +250,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
       }
       continue;
     }
-    dispatcher_.Disconnect(w.token, w.producer, w.consumer);
+    via.Disconnect(w.token, w.producer, w.consumer);
     ++result.disconnected;
     LogInfo("reconcile: removed stale wiring",
             {{"token", w.token}, {"node", std::string(node)}});
@@ -254,11 +269,12 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
       });
   for (const std::string& token : missing) {
     TokenIndex::TokenLock lock = index_.Lock(token, LockOp::kReconcile);
+    if (!current()) return result;
     const BindingState& st = lock.state();
     if (!st.producer || !st.consumer || st.node() != node) {
       continue;  // changed meanwhile
     }
-    absl::Status s = dispatcher_.Connect(token, *st.producer, *st.consumer);
+    absl::Status s = via.Connect(token, *st.producer, *st.consumer);
     if (s.ok()) {
       ++result.reconnected;
       if (!st.connected) {

@@ -10,6 +10,7 @@
 #define IRQBYPASS_SERVICE_MATCHER_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -48,8 +49,10 @@ class Matcher {
 
   // Contract 1. ALREADY_EXISTS (kTokenBusy) when the token has a producer,
   // (kObjectBusy) when the same node/device/index/vector is registered under
-  // another token; FAILED_PRECONDITION (kNodeMismatch) when the consumer is
-  // on another node; otherwise the connect's error, with nothing recorded.
+  // another token; ABORTED (kObjectBusy) when it is being registered under
+  // another token whose connect is still in flight (retry);
+  // FAILED_PRECONDITION (kNodeMismatch) when the consumer is on another
+  // node; otherwise the connect's error, with nothing recorded.
   // The record's registration_id is assigned here.
   absl::StatusOr<RegisterResult> RegisterProducer(absl::string_view token,
                                                   ProducerRecord producer);
@@ -73,8 +76,13 @@ class Matcher {
   // registered here on both sides that it lacks are connected (again). A
   // pair whose connect fails stays registered and is reported as not
   // connected until a later reconcile succeeds. Blocks on agent round trips.
+  // Commands go through `via` (bound to the reporting agent's session);
+  // once `current()` turns false (that session ended or was replaced), the
+  // remaining tokens are left to the newer session's reconcile.
   ReconcileResult Reconcile(absl::string_view node,
-                            const std::vector<WiredPair>& wired);
+                            const std::vector<WiredPair>& wired,
+                            AgentDispatcher& via,
+                            const std::function<bool()>& current);
 
  private:
   TokenIndex& index_;

@@ -100,6 +100,8 @@ class FakeDispatcher : public AgentDispatcher {
   std::vector<std::string> calls_;
 };
 
+bool Always() { return true; }
+
 absl::Status ConnectStepFailed(const std::string& step, int err) {
   ErrorContext ctx;
   ctx.step = step;
@@ -216,6 +218,25 @@ TEST_F(MatcherTest, ConnectInFlight_ReadersSeeOnlyCommittedState) {
   agent_.Release();
   registrar.join();
   EXPECT_TRUE(index_.Get("t1")->connected);
+}
+
+TEST_F(MatcherTest,
+       ConnectInFlight_SameObjectElsewhere_AbortedNotAlreadyExists) {
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  agent_.Hold();
+  agent_.fail_with_ = ConnectStepFailed("add_producer", ENOENT);
+  std::thread registrar(
+      [&] { EXPECT_FALSE(matcher_.RegisterProducer("t1", Prod()).ok()); });
+  agent_.WaitHeld(1);
+  // t1's producer may still be rolled back: the caller is told to retry.
+  auto racing = matcher_.RegisterProducer("t2", Prod());
+  EXPECT_EQ(racing.status().code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(GetErrorReason(racing.status()), ErrorReason::kObjectBusy);
+  EXPECT_EQ(GetErrorContext(racing.status()).other_token, "t1");
+  agent_.Release();
+  registrar.join();
+  // t1's connect failed, so the object is free.
+  EXPECT_TRUE(matcher_.RegisterProducer("t2", Prod()).ok());
 }
 
 TEST_F(MatcherTest, ConnectInFlight_UnrelatedTokensProceed) {
@@ -449,7 +470,7 @@ TEST_F(MatcherTest, Race_RegisterUnregisterChurn_NoLostDisconnect) {
 
 TEST_F(MatcherTest, Reconcile_StaleWiringOnAgent_Disconnected) {
   WiredPair stale{"gone", Prod(), Cons()};
-  auto r = matcher_.Reconcile("n1", {stale});
+  auto r = matcher_.Reconcile("n1", {stale}, agent_, Always);
   EXPECT_EQ(r.disconnected, 1);
   EXPECT_EQ(agent_.calls(), std::vector<std::string>{"disconnect:gone"});
 }
@@ -457,7 +478,8 @@ TEST_F(MatcherTest, Reconcile_StaleWiringOnAgent_Disconnected) {
 TEST_F(MatcherTest, Reconcile_MatchingWiring_Kept) {
   ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
   ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
-  auto r = matcher_.Reconcile("n1", {WiredPair{"t1", Prod(), Cons()}});
+  auto r = matcher_.Reconcile("n1", {WiredPair{"t1", Prod(), Cons()}}, agent_,
+                              Always);
   EXPECT_EQ(r.kept, 1);
   EXPECT_EQ(agent_.disconnects(), 0);
   EXPECT_EQ(agent_.connects(), 1);  // only the original connect
@@ -466,7 +488,7 @@ TEST_F(MatcherTest, Reconcile_MatchingWiring_Kept) {
 TEST_F(MatcherTest, Reconcile_MissingOnAgent_ConnectedAgain) {
   ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
   ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
-  auto r = matcher_.Reconcile("n1", {});
+  auto r = matcher_.Reconcile("n1", {}, agent_, Always);
   EXPECT_EQ(r.reconnected, 1);
   EXPECT_EQ(agent_.connects(), 2);
   EXPECT_TRUE(index_.Get("t1")->connected);
@@ -476,19 +498,33 @@ TEST_F(MatcherTest, Reconcile_ReconnectFails_ReportedNotConnectedThenRecovers) {
   ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
   ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
   agent_.fail_with_ = ConnectStepFailed("add_producer", ENOENT);
-  EXPECT_EQ(matcher_.Reconcile("n1", {}).failed, 1);
+  EXPECT_EQ(matcher_.Reconcile("n1", {}, agent_, Always).failed, 1);
   auto st = index_.Get("t1");
   EXPECT_TRUE(st->producer && st->consumer);
   EXPECT_FALSE(st->connected);
   agent_.fail_with_ = absl::OkStatus();
-  EXPECT_EQ(matcher_.Reconcile("n1", {}).reconnected, 1);
+  EXPECT_EQ(matcher_.Reconcile("n1", {}, agent_, Always).reconnected, 1);
   EXPECT_TRUE(index_.Get("t1")->connected);
+}
+
+TEST_F(MatcherTest, Reconcile_SessionNoLongerCurrent_StopsWithoutChanges) {
+  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  const uint64_t revision = index_.Get("t1")->revision;
+  auto r = matcher_.Reconcile(
+      "n1",
+      {WiredPair{"stale", Prod("n1", "0000:00:09.0"), Cons("n1", "vm-z", 9)}},
+      agent_, [] { return false; });
+  EXPECT_EQ(r.disconnected + r.reconnected + r.kept + r.failed, 0);
+  EXPECT_EQ(agent_.connects(), 1);  // only the original connect
+  EXPECT_EQ(agent_.disconnects(), 0);
+  EXPECT_EQ(index_.Get("t1")->revision, revision);
 }
 
 TEST_F(MatcherTest, Reconcile_OtherNodesBindings_Untouched) {
   ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod("n2")).ok());
   ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons("n2")).ok());
-  auto r = matcher_.Reconcile("n1", {});
+  auto r = matcher_.Reconcile("n1", {}, agent_, Always);
   EXPECT_EQ(r.reconnected, 0);
   EXPECT_EQ(agent_.connects(), 1);
 }

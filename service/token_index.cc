@@ -56,10 +56,11 @@ struct ObjectFingerprint {
 struct TokenIndex::Shard {
   mutable Mutex mu;
   CondVar released;  // signalled when a slot's op lock is released
+  uint64_t revision ABSL_GUARDED_BY(mu) = 0;  // last revision handed out
   absl::flat_hash_map<std::string, std::unique_ptr<Slot>> slots
       ABSL_GUARDED_BY(mu);
   // Object (fingerprint of its key) -> token holding it.
-  absl::flat_hash_map<ObjectFingerprint, std::string> objects
+  absl::flat_hash_map<ObjectFingerprint, TokenLock::ObjectHolder> objects
       ABSL_GUARDED_BY(mu);
 };
 
@@ -198,7 +199,8 @@ TokenIndex::TokenLock::TokenLock(TokenLock&& other) noexcept
     : index_(other.index_),
       shard_(other.shard_),
       slot_(other.slot_),
-      token_(std::move(other.token_)) {
+      token_(std::move(other.token_)),
+      op_(other.op_) {
   other.slot_ = nullptr;
 }
 
@@ -218,7 +220,9 @@ void TokenIndex::TokenLock::Commit(BindingState next) {
   BindingState before;
   {
     TimedLock lock(*index_, shard_, op_);
-    next.revision = slot_->committed.revision + 1;
+    // From the shard's counter, so a token's revisions keep rising even
+    // after it was emptied and its slot dropped.
+    next.revision = ++index_->shards_[shard_]->revision;
     before = std::exchange(slot_->committed, std::move(next));
   }
   if (index_->listener_ != nullptr) {
@@ -237,15 +241,27 @@ std::optional<BindingState> TokenIndex::Get(absl::string_view token) const {
   return it->second->committed;
 }
 
-std::optional<std::string> TokenIndex::TokenLock::ClaimObject(
-    const std::string& key) {
+std::optional<TokenIndex::TokenLock::ObjectHolder>
+TokenIndex::TokenLock::ClaimObject(const std::string& key, bool tentative) {
   const ObjectFingerprint fp = ObjectFingerprint::Of(key);
   const size_t shard_index = index_->ShardIndexForHash(fp.a);
   Shard& shard = *index_->shards_[shard_index];
   TimedLock lock(*index_, shard_index, op_);
-  auto [it, inserted] = shard.objects.try_emplace(fp, token_);
-  if (inserted || it->second == token_) return std::nullopt;
+  auto [it, inserted] =
+      shard.objects.try_emplace(fp, ObjectHolder{token_, tentative});
+  if (inserted || it->second.token == token_) return std::nullopt;
   return it->second;
+}
+
+void TokenIndex::TokenLock::ConfirmObject(const std::string& key) {
+  const ObjectFingerprint fp = ObjectFingerprint::Of(key);
+  const size_t shard_index = index_->ShardIndexForHash(fp.a);
+  Shard& shard = *index_->shards_[shard_index];
+  TimedLock lock(*index_, shard_index, op_);
+  auto it = shard.objects.find(fp);
+  if (it != shard.objects.end() && it->second.token == token_) {
+    it->second.tentative = false;
+  }
 }
 
 void TokenIndex::TokenLock::ReleaseObject(const std::string& key) {
@@ -254,7 +270,7 @@ void TokenIndex::TokenLock::ReleaseObject(const std::string& key) {
   Shard& shard = *index_->shards_[shard_index];
   TimedLock lock(*index_, shard_index, op_);
   auto it = shard.objects.find(fp);
-  if (it != shard.objects.end() && it->second == token_) {
+  if (it != shard.objects.end() && it->second.token == token_) {
     shard.objects.erase(it);
   }
 }
@@ -269,8 +285,8 @@ std::string TokenIndex::ConsumerObjectKey(const ConsumerRecord& c) {
   return absl::StrCat("c\n", c.node, "\n", c.vm, "\n", c.gsi);
 }
 
-// Page tokens are "<shard>/<last token returned from that shard>": tokens
-// never contain '/', see validation.
+// Page tokens are "<shard>/<last token returned from that shard>"; the
+// shard is parsed up to the first '/', so tokens may contain '/' too.
 absl::StatusOr<TokenIndex::Page> TokenIndex::List(
     absl::string_view node, size_t page_size,
     absl::string_view page_token) const {

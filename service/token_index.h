@@ -57,7 +57,9 @@ struct BindingState {
   std::optional<ProducerRecord> producer;
   std::optional<ConsumerRecord> consumer;
   bool connected = false;
-  // Bumped by every commit to this token (set by TokenIndex).
+  // Set by every commit to this token, from a counter that only rises (per
+  // shard, so never reused by a token, even after it was emptied); not
+  // contiguous.
   uint64_t revision = 0;
 
   bool empty() const { return !producer.has_value() && !consumer.has_value(); }
@@ -125,14 +127,22 @@ class TokenIndex {
     const std::string& token() const;
     // The committed state (including this holder's own commits).
     const BindingState& state() const;
-    // Replaces the committed state; the only way state changes. Bumps the
-    // revision and notifies the listener.
+    // Replaces the committed state; the only way state changes. Assigns a
+    // new, higher revision and notifies the listener.
     void Commit(BindingState next);
 
-    // Reserves a physical object (see ProducerObjectKey) for this token.
-    // Returns nullopt when reserved now or already reserved by this token;
-    // otherwise the token that holds it.
-    std::optional<std::string> ClaimObject(const std::string& key);
+    // Reserves a physical object (see ProducerObjectKey) for this token;
+    // `tentative` while the registration still depends on a connect (see
+    // ConfirmObject). Returns nullopt when reserved now or already reserved
+    // by this token; otherwise who holds it.
+    struct ObjectHolder {
+      std::string token;
+      bool tentative = false;  // that registration may still be rolled back
+    };
+    std::optional<ObjectHolder> ClaimObject(const std::string& key,
+                                            bool tentative = false);
+    // Makes this token's tentative reservation of `key` final.
+    void ConfirmObject(const std::string& key);
     // Releases this token's reservation of `key` (no-op if another token
     // holds it).
     void ReleaseObject(const std::string& key);

@@ -26,6 +26,11 @@ std::shared_ptr<WatchHub::Subscriber> WatchHub::Subscribe(
     const std::string& node) {
   std::shared_ptr<Subscriber> sub(new Subscriber(node));
   MutexLock lock(&mu_);
+  if (shut_down_) {
+    // Arrived after Shutdown: closed from the start, so its stream ends now.
+    MutexLock sub_lock(&sub->mu_);
+    sub->closed_ = true;
+  }
   subscribers_.push_back(sub);
   count_.fetch_add(1, std::memory_order_relaxed);
   return sub;
@@ -42,6 +47,7 @@ void WatchHub::Unsubscribe(const std::shared_ptr<Subscriber>& subscriber) {
 
 void WatchHub::Shutdown() {
   MutexLock lock(&mu_);
+  shut_down_ = true;
   for (auto& sub : subscribers_) {
     MutexLock sub_lock(&sub->mu_);
     sub->closed_ = true;

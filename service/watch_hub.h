@@ -56,6 +56,7 @@ class WatchHub : public ChangeListener {
   std::atomic<int> count_{0};
   Mutex mu_;
   std::vector<std::shared_ptr<Subscriber>> subscribers_ ABSL_GUARDED_BY(mu_);
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace irqbypass
