@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -101,11 +103,45 @@ std::shared_ptr<grpc::Channel> NewChannel(const AgentSessionOptions& options) {
                                    grpc::InsecureChannelCredentials(), args);
 }
 
+// Messages from the manager, handed from the session's reader thread to the
+// thread that executes them. Thread-safe.
+class InboundQueue {
+ public:
+  void Push(v1::ManagerMessage message) {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(std::move(message));
+  }
+  void Close() {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+  }
+  // Waits for the next message; false once closed and drained.
+  // `*more` tells whether further messages are already queued.
+  bool Pop(v1::ManagerMessage* message, bool* more) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](InboundQueue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(q->mu_) {
+          return !q->queue_.empty() || q->closed_;
+        },
+        this));
+    if (queue_.empty()) return false;
+    *message = std::move(queue_.front());
+    queue_.pop_front();
+    *more = !queue_.empty();
+    return true;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::deque<v1::ManagerMessage> queue_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 // Executes one command and writes its ack. False if the ack could not be
 // written (the stream is broken).
 bool HandleCommand(StepExecutor& executor, const std::string& node,
                    const v1::Command& command, SessionStream& stream,
-                   AgentMetrics* metrics) {
+                   AgentMetrics* metrics, bool more_queued) {
   const std::string id = absl::StrCat(command.id());
   const std::string kind = CommandKindName(command.kind());
   LogDebug(
@@ -138,7 +174,11 @@ bool HandleCommand(StepExecutor& executor, const std::string& node,
                                {"error", ack.message()},
                                {"executed", ExecutedList(ack)}});
   }
-  if (!stream.Write(out)) {
+  // With more commands already queued, let gRPC hold this ack and send it
+  // with the next one(s): under load, one TCP write carries many acks.
+  grpc::WriteOptions write_options;
+  if (more_queued) write_options.set_buffer_hint();
+  if (!stream.Write(out, write_options)) {
     LogWarn("could not send command ack; the manager reconciles on reconnect",
             {{"node", node}, {"token", command.token()}, {"id", id}});
     return false;
@@ -237,8 +277,19 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
 
   bool established = false;
   if (stream->Write(hello_message)) {
+    // A reader thread queues what the manager sends, so that this thread
+    // knows whether more commands wait while it executes one (and can let
+    // gRPC coalesce the acks). Commands still run one at a time, in order.
+    InboundQueue inbound;
+    std::thread reader([&stream, &inbound] {
+      v1::ManagerMessage message;
+      while (stream->Read(&message)) inbound.Push(std::move(message));
+      inbound.Close();
+    });
     v1::ManagerMessage in;
-    while (stream->Read(&in)) {
+    bool more_queued = false;
+    bool stopped_early = false;
+    while (inbound.Pop(&in, &more_queued)) {
       if (!established) {
         established = true;
         if (options_.metrics != nullptr) {
@@ -253,7 +304,8 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
                                        {"wired", wired}});
       } else if (in.has_command()) {
         if (!HandleCommand(executor_, options_.node, in.command(), *stream,
-                           options_.metrics)) {
+                           options_.metrics, more_queued)) {
+          stopped_early = true;
           break;
         }
       } else {
@@ -261,6 +313,9 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
                 {{"node", options_.node}});
       }
     }
+    // The reader ends when the call does; end the call if we stopped first.
+    if (stopped_early) context.TryCancel();
+    reader.join();
   }
   if (established && options_.metrics != nullptr) {
     options_.metrics->ManagerSessionEnded();
