@@ -15,6 +15,7 @@ SANITIZED_TESTS=(
   //service:matcher_test
   //agent:step_executor_test
   //metrics:sharded_histogram_test
+  //service:watch_hub_test
 )
 
 passed=0

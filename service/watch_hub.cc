@@ -1,58 +1,178 @@
 #include "service/watch_hub.h"
 
 #include <algorithm>
+#include <functional>
+#include <string_view>
+#include <utility>
 
 #include "service/validation.h"
 
 namespace irqbypass {
+namespace {
+
+// The snapshot slot of the calling thread: threads take slots round robin, so
+// up to kSnapshotSlots committing threads never share one.
+size_t ThisThreadSlot() {
+  static std::atomic<size_t> next_slot{0};
+  thread_local const size_t slot =
+      next_slot.fetch_add(1, std::memory_order_relaxed) %
+      WatchHub::kSnapshotSlots;
+  return slot;
+}
+
+size_t SubQueueOf(absl::string_view token) {
+  return std::hash<std::string_view>{}(
+             std::string_view(token.data(), token.size())) %
+         WatchHub::kSubQueues;
+}
+
+}  // namespace
+
+// ---- Subscriber: the commit side ----
+
+void WatchHub::Subscriber::Push(size_t queue, const v1::BindingEvent& event) {
+  SubQueue& q = queues_[queue];
+  std::deque<v1::BindingEvent> dropped;  // freed after the lock is released
+  {
+    MutexLock lock(&q.mu);
+    if (state_.load(std::memory_order_relaxed) != kOpen) return;
+    if (q.events.size() < capacity_) {
+      q.events.push_back(event);
+    } else {
+      dropped.swap(q.events);
+    }
+  }
+  if (!dropped.empty()) {
+    Close(kOverflow);
+    return;
+  }
+  // The reader sets sleeping_ before it re-checks the sub-queues under their
+  // mutexes. Either it saw this event there, or its check came before our
+  // push and, through q.mu, its sleeping_ = true is visible here. Only the
+  // committer that flips it back to false takes wait_mu_; that waits until
+  // the reader is inside its wait, so the signal is not lost.
+  if (sleeping_.load(std::memory_order_relaxed) &&
+      sleeping_.exchange(false, std::memory_order_acq_rel)) {
+    MutexLock lock(&wait_mu_);
+    cv_.Signal();
+  }
+}
+
+void WatchHub::Subscriber::Close(State state) {
+  MutexLock lock(&wait_mu_);
+  uint8_t expected = kOpen;
+  state_.compare_exchange_strong(expected, state, std::memory_order_acq_rel);
+  cv_.SignalAll();
+}
+
+// ---- Subscriber: the reader side ----
+
+void WatchHub::Subscriber::Refill() {
+  for (size_t i = 0; i < kSubQueues; ++i) {
+    const size_t index = (next_queue_ + i) % kSubQueues;
+    SubQueue& q = queues_[index];
+    MutexLock lock(&q.mu);
+    if (q.events.empty()) continue;
+    // ready_ is empty; take the whole sub-queue in its (per-token) order.
+    ready_.swap(q.events);
+    next_queue_ = (index + 1) % kSubQueues;
+    return;
+  }
+}
+
+bool WatchHub::Subscriber::AnyQueued() {
+  for (SubQueue& q : queues_) {
+    MutexLock lock(&q.mu);
+    if (!q.events.empty()) return true;
+  }
+  return false;
+}
+
+void WatchHub::Subscriber::DropAll() {
+  ready_.clear();
+  for (SubQueue& q : queues_) {
+    std::deque<v1::BindingEvent> dropped;
+    MutexLock lock(&q.mu);
+    dropped.swap(q.events);
+  }
+}
 
 WatchHub::Subscriber::Result WatchHub::Subscriber::Next(
     v1::BindingEvent* event, std::chrono::steady_clock::time_point deadline) {
-  MutexLock lock(&mu_);
-  while (queue_.empty()) {
-    if (overflow_) return Result::kOverflow;
-    if (closed_) return Result::kClosed;
-    if (!cv_.WaitUntil(&mu_, deadline) && queue_.empty()) {
-      if (overflow_) return Result::kOverflow;
-      return closed_ ? Result::kClosed : Result::kTimeout;
+  for (;;) {
+    const uint8_t state = state_.load(std::memory_order_acquire);
+    if (state == kOverflow) {
+      DropAll();
+      return Result::kOverflow;
     }
+    if (ready_.empty()) Refill();
+    if (!ready_.empty()) {
+      *event = std::move(ready_.front());
+      ready_.pop_front();
+      return Result::kEvent;
+    }
+    if (state == kClosed) return Result::kClosed;
+    if (std::chrono::steady_clock::now() >= deadline) return Result::kTimeout;
+
+    MutexLock lock(&wait_mu_);
+    sleeping_.store(true, std::memory_order_seq_cst);
+    // Re-check after announcing the sleep (see Push); Close changes state_
+    // under wait_mu_, so it cannot slip in between either.
+    if (state_.load(std::memory_order_relaxed) == kOpen && !AnyQueued()) {
+      cv_.WaitUntil(&wait_mu_, deadline);
+    }
+    sleeping_.store(false, std::memory_order_relaxed);
   }
-  *event = std::move(queue_.front());
-  queue_.pop_front();
-  return Result::kEvent;
+}
+
+// ---- WatchHub ----
+
+WatchHub::WatchHub(size_t max_queue)
+    : sub_queue_capacity_(
+          std::max<size_t>(1, (max_queue + kSubQueues - 1) / kSubQueues)),
+      subscribers_(std::make_shared<SubscriberList>()) {}
+
+void WatchHub::Publish(std::shared_ptr<const SubscriberList> list) {
+  for (SnapshotSlot& slot : slots_) {
+    std::shared_ptr<const SubscriberList> old;  // freed outside slot.mu
+    MutexLock lock(&slot.mu);
+    old = std::exchange(slot.list, list);
+  }
+  count_.store(static_cast<int>(list->size()), std::memory_order_relaxed);
+  subscribers_ = std::move(list);
 }
 
 std::shared_ptr<WatchHub::Subscriber> WatchHub::Subscribe(
     const std::string& node) {
-  std::shared_ptr<Subscriber> sub(new Subscriber(node));
+  std::shared_ptr<Subscriber> sub(new Subscriber(node, sub_queue_capacity_));
   MutexLock lock(&mu_);
   if (shut_down_) {
     // Arrived after Shutdown: closed from the start, so its stream ends now.
-    MutexLock sub_lock(&sub->mu_);
-    sub->closed_ = true;
+    sub->Close(Subscriber::kClosed);
+    return sub;
   }
-  subscribers_.push_back(sub);
-  count_.fetch_add(1, std::memory_order_relaxed);
+  auto next = std::make_shared<SubscriberList>(*subscribers_);
+  next->push_back(sub);
+  Publish(std::move(next));
   return sub;
 }
 
 void WatchHub::Unsubscribe(const std::shared_ptr<Subscriber>& subscriber) {
   MutexLock lock(&mu_);
-  auto it = std::find(subscribers_.begin(), subscribers_.end(), subscriber);
-  if (it != subscribers_.end()) {
-    subscribers_.erase(it);
-    count_.fetch_sub(1, std::memory_order_relaxed);
-  }
+  auto it = std::find(subscribers_->begin(), subscribers_->end(), subscriber);
+  if (it == subscribers_->end()) return;
+  auto next = std::make_shared<SubscriberList>(*subscribers_);
+  next->erase(next->begin() + (it - subscribers_->begin()));
+  Publish(std::move(next));
 }
 
 void WatchHub::Shutdown() {
   MutexLock lock(&mu_);
   shut_down_ = true;
-  for (auto& sub : subscribers_) {
-    MutexLock sub_lock(&sub->mu_);
-    sub->closed_ = true;
-    sub->cv_.SignalAll();
-  }
+  for (const auto& sub : *subscribers_) sub->Close(Subscriber::kClosed);
+  // Closed subscribers take no events: drop them so commits go back to the
+  // fast path.
+  Publish(std::make_shared<SubscriberList>());
 }
 
 void WatchHub::OnCommit(absl::string_view token, const BindingState& before,
@@ -69,18 +189,17 @@ void WatchHub::OnCommit(absl::string_view token, const BindingState& before,
     BindingToProto(token, after, event.mutable_binding());
   }
   const std::string& node = event.binding().node();
-  MutexLock lock(&mu_);
-  for (auto& sub : subscribers_) {
+  const size_t queue = SubQueueOf(token);
+  // The list is read in place under this thread's slot mutex rather than
+  // copied out: copying the shared_ptr would bump one reference count shared
+  // by every committing thread. Holding the slot also lets Unsubscribe and
+  // Shutdown wait out in-flight deliveries.
+  SnapshotSlot& slot = slots_[ThisThreadSlot()];
+  MutexLock lock(&slot.mu);
+  if (slot.list == nullptr) return;
+  for (const auto& sub : *slot.list) {
     if (!sub->node_.empty() && sub->node_ != node) continue;
-    MutexLock sub_lock(&sub->mu_);
-    if (sub->overflow_ || sub->closed_) continue;
-    if (sub->queue_.size() >= max_queue_) {
-      sub->overflow_ = true;
-      sub->queue_.clear();
-    } else {
-      sub->queue_.push_back(event);
-    }
-    sub->cv_.SignalAll();
+    sub->Push(queue, event);
   }
 }
 

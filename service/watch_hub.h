@@ -2,12 +2,38 @@
 // is the TokenIndex's ChangeListener; each subscriber has a bounded queue,
 // and one that falls too far behind is closed with an overflow flag (its
 // stream ends with RESOURCE_EXHAUSTED) rather than slowing registrations.
-// With no subscribers a commit costs one relaxed atomic load. Thread-safe.
+//
+// The commit path (OnCommit) keeps the index's rule that unrelated tokens
+// never wait on one another:
+//  * With no subscribers a commit costs one relaxed atomic load.
+//  * Otherwise it takes no hub-wide lock. The subscriber list is an immutable
+//    snapshot, replaced copy-on-write by Subscribe/Unsubscribe/Shutdown (which
+//    are rare) and published into kSnapshotSlots cache-line-sized slots, each
+//    behind its own mutex; a committing thread reads the slot assigned to it.
+//  * Each subscriber's queue is kSubQueues sub-queues, each with its own
+//    mutex; a token always maps to the same one (by hash), so one token's
+//    events keep their commit order, while events of different tokens may be
+//    delivered in any order.
+//
+// Bound: each sub-queue holds at most ceil(max_queue / kSubQueues) undelivered
+// events; a commit that finds its sub-queue full closes the subscriber with
+// kOverflow. So a subscriber never has more than about max_queue events
+// queued (tokens spread evenly over the sub-queues, so in practice it
+// overflows when roughly max_queue events are pending; events of one token
+// all land in one sub-queue).
+//
+// Lock order: snapshot slot mutex -> sub-queue mutex; snapshot slot mutex ->
+// subscriber wait mutex; subscriber wait mutex -> sub-queue mutex; hub mutex
+// -> snapshot slot mutex / subscriber wait mutex. Never two of one kind.
+//
+// Thread-safe.
 #ifndef IRQBYPASS_SERVICE_WATCH_HUB_H_
 #define IRQBYPASS_SERVICE_WATCH_HUB_H_
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <string>
@@ -22,41 +48,108 @@ namespace irqbypass {
 
 class WatchHub : public ChangeListener {
  public:
+  // Sub-queues per subscriber (see the bound above).
+  static constexpr size_t kSubQueues = 16;
+  // Copies of the subscriber-list pointer read by committing threads.
+  static constexpr size_t kSnapshotSlots = 64;
+
+  // One watch stream's view of the hub. Next() is for one reader (the
+  // stream's handler): it must not be called from two threads at once.
+  // Everything else about it is internal to the hub.
   class Subscriber {
    public:
     enum class Result { kEvent, kTimeout, kClosed, kOverflow };
-    // Waits for the next event until `deadline`.
+    // Waits for the next event until `deadline`. kEvent: *event is set.
+    // kTimeout: nothing arrived by `deadline`. kClosed: the hub shut down
+    // (events queued before that are delivered first). kOverflow: the
+    // subscriber fell behind; queued events are dropped and it stays closed.
+    // Never busy-waits: sleeps until an event, a close or the deadline.
     Result Next(v1::BindingEvent* event,
                 std::chrono::steady_clock::time_point deadline);
 
+    Subscriber(const Subscriber&) = delete;
+    Subscriber& operator=(const Subscriber&) = delete;
+
    private:
     friend class WatchHub;
-    explicit Subscriber(std::string node) : node_(std::move(node)) {}
+    enum State : uint8_t { kOpen = 0, kClosed, kOverflow };
+    struct alignas(64) SubQueue {
+      Mutex mu;
+      std::deque<v1::BindingEvent> events ABSL_GUARDED_BY(mu);
+    };
+
+    Subscriber(std::string node, size_t capacity)
+        : node_(std::move(node)), capacity_(capacity) {}
+
+    // Commit path: appends `event` to sub-queue `queue`, or closes the
+    // subscriber with kOverflow when that sub-queue is full; wakes the reader
+    // if it sleeps.
+    void Push(size_t queue, const v1::BindingEvent& event);
+    // Leaves kOpen for `state` (no-op if already closed) and wakes the reader.
+    void Close(State state);
+    // Reader side: moves one non-empty sub-queue (round robin) into ready_.
+    void Refill();
+    // Reader side: whether any sub-queue holds an event.
+    bool AnyQueued();
+    // Reader side: frees everything queued (after an overflow).
+    void DropAll();
+
     const std::string node_;
-    Mutex mu_;
+    const size_t capacity_;  // per sub-queue
+    SubQueue queues_[kSubQueues];
+
+    // Leaves kOpen at most once; written under wait_mu_ (so a reader about
+    // to sleep cannot miss it), read lock-free by committers.
+    alignas(64) std::atomic<uint8_t> state_{kOpen};
+    // Set by the reader (under wait_mu_) just before it re-checks the
+    // sub-queues and sleeps; a committer that pushed afterwards sees it and
+    // signals (an eventcount: no lost wakeups, no lock when nobody sleeps).
+    std::atomic<bool> sleeping_{false};
+    Mutex wait_mu_;
     CondVar cv_;
-    std::deque<v1::BindingEvent> queue_ ABSL_GUARDED_BY(mu_);
-    bool overflow_ ABSL_GUARDED_BY(mu_) = false;
-    bool closed_ ABSL_GUARDED_BY(mu_) = false;
+
+    // Reader-only state (touched only inside Next).
+    std::deque<v1::BindingEvent> ready_;
+    size_t next_queue_ = 0;
   };
 
-  explicit WatchHub(size_t max_queue = 10000) : max_queue_(max_queue) {}
+  explicit WatchHub(size_t max_queue = 10000);
+  WatchHub(const WatchHub&) = delete;
+  WatchHub& operator=(const WatchHub&) = delete;
 
-  // Events for `node` only (empty: all).
+  // Events for `node` only (empty: all). After Shutdown the subscriber is
+  // closed at once (its Next returns kClosed).
   std::shared_ptr<Subscriber> Subscribe(const std::string& node);
+  // Stops delivery to `subscriber`: once this returns, no commit adds to it.
+  // No-op for a subscriber that is not subscribed.
   void Unsubscribe(const std::shared_ptr<Subscriber>& subscriber);
-  // Closes every subscriber (their streams end); used at shutdown.
+  // Closes every subscriber (their streams end) and every later one; used at
+  // shutdown.
   void Shutdown();
 
+  // Called by the TokenIndex on the committing thread (see ChangeListener).
   void OnCommit(absl::string_view token, const BindingState& before,
                 const BindingState& after) override;
 
  private:
-  const size_t max_queue_;
+  using SubscriberList = std::vector<std::shared_ptr<Subscriber>>;
+  struct alignas(64) SnapshotSlot {
+    Mutex mu;
+    std::shared_ptr<const SubscriberList> list ABSL_GUARDED_BY(mu);
+  };
+
+  // Makes `list` current in every snapshot slot (one slot lock at a time).
+  void Publish(std::shared_ptr<const SubscriberList> list)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const size_t sub_queue_capacity_;
+  // Size of the current list; OnCommit's fast path.
   std::atomic<int> count_{0};
+  // Serialises Subscribe, Unsubscribe and Shutdown; never taken by OnCommit.
   Mutex mu_;
-  std::vector<std::shared_ptr<Subscriber>> subscribers_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const SubscriberList> subscribers_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  SnapshotSlot slots_[kSnapshotSlots];
 };
 
 }  // namespace irqbypass
