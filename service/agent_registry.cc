@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <deque>
 #include <thread>
 #include <utility>
 
@@ -18,6 +19,10 @@ namespace irqbypass {
 using Stream = grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>;
 
 // One agent's stream. Commands get ids; acks complete the waiting caller.
+// Callers never write to the stream themselves: they queue, and one writer
+// thread per session sends, so a slow or stuck agent cannot block an RPC
+// beyond its ack deadline, and commands queued together go out in one
+// coalesced write (gRPC buffer hint).
 class AgentRegistry::AgentSession {
  public:
   struct Pending {
@@ -29,41 +34,32 @@ class AgentRegistry::AgentSession {
   };
 
   AgentSession(std::string node, grpc::ServerContext* context, Stream* stream)
-      : node_(std::move(node)), context_(context), stream_(stream) {}
+      : node_(std::move(node)), context_(context), stream_(stream) {
+    writer_ = std::thread([this] { WriterLoop(); });
+  }
+  ~AgentSession() { Finish(); }
 
   const std::string& node() const { return node_; }
 
-  // Writes `command` with a fresh id. With expect_ack, returns the slot the
-  // ack will complete; returns null when the session is closed or the write
-  // failed.
+  // Queues `command` with a fresh id. With expect_ack, returns the slot the
+  // ack will complete (also completed, as closed, if the session ends);
+  // without, a completed slot. Null when the session is closed.
   std::shared_ptr<Pending> Send(v1::Command command, bool expect_ack) {
-    std::shared_ptr<Pending> pending;
-    {
-      MutexLock lock(&mu_);
-      if (closed_) return nullptr;
-      command.set_id(next_id_++);
-      if (expect_ack) {
-        pending = std::make_shared<Pending>();
-        pending->id = command.id();
-        pending_.emplace(command.id(), pending);
-      }
+    MutexLock lock(&mu_);
+    if (closed_) return nullptr;
+    command.set_id(next_id_++);
+    auto pending = std::make_shared<Pending>();
+    pending->id = command.id();
+    if (expect_ack) {
+      pending_.emplace(command.id(), pending);
+    } else {
+      pending->done = true;
     }
     v1::ManagerMessage msg;
     *msg.mutable_command() = std::move(command);
-    const uint64_t id = msg.command().id();
-    bool written = false;
-    {
-      MutexLock lock(&write_mu_);
-      // The stream is gone once the session's handler returned (Finish).
-      if (!finished()) written = stream_->Write(msg);
-    }
-    if (!written) {
-      MutexLock lock(&mu_);
-      pending_.erase(id);
-      return nullptr;
-    }
-    // Without an ack expected, a non-null result only means "written".
-    return pending != nullptr ? pending : std::make_shared<Pending>();
+    outbox_.push_back(std::move(msg));
+    outbox_cv_.Signal();
+    return pending;
   }
 
   // Waits for the ack until `deadline`. Returns false on timeout (the slot
@@ -89,15 +85,20 @@ class AgentRegistry::AgentSession {
     pending_.erase(it);
   }
 
-  bool WriteHello(const v1::ManagerMessage& msg) {
-    MutexLock lock(&write_mu_);
-    return !finished() && stream_->Write(msg);
+  void SendHello(v1::ManagerMessage msg) {
+    MutexLock lock(&mu_);
+    if (closed_) return;
+    outbox_.push_back(std::move(msg));
+    outbox_cv_.Signal();
   }
 
-  // Fails every waiting command and refuses new ones.
+  // Fails every waiting command and refuses new ones; queued messages are
+  // dropped.
   void Close() {
     MutexLock lock(&mu_);
     closed_ = true;
+    outbox_.clear();
+    outbox_cv_.SignalAll();
     for (auto& [id, pending] : pending_) {
       pending->closed = true;
       pending->done = true;
@@ -113,13 +114,13 @@ class AgentRegistry::AgentSession {
   }
 
   // Called by the handler just before it returns: gRPC then frees the
-  // context and the stream, so nothing may touch them afterwards. Waits for
-  // a Write in progress. Lock order: write_mu_, then mu_.
+  // context and the stream, so nothing may touch them afterwards. Stops the
+  // writer, waiting out a Write in progress. Idempotent.
   void Finish() {
-    MutexLock write_lock(&write_mu_);
+    Close();
+    if (writer_.joinable()) writer_.join();
     MutexLock lock(&mu_);
     finished_ = true;
-    closed_ = true;
   }
 
   bool closed() const {
@@ -128,21 +129,46 @@ class AgentRegistry::AgentSession {
   }
 
  private:
+  void WriterLoop() {
+    std::vector<v1::ManagerMessage> batch;
+    bool first = true;
+    while (true) {
+      batch.clear();
+      {
+        MutexLock lock(&mu_);
+        while (outbox_.empty() && !closed_) outbox_cv_.Wait(&mu_);
+        if (closed_) return;
+        while (!outbox_.empty()) {
+          batch.push_back(std::move(outbox_.front()));
+          outbox_.pop_front();
+        }
+      }
+      for (size_t i = 0; i < batch.size(); ++i) {
+        grpc::WriteOptions options;
+        // Hold a message back only if another follows in this batch, and
+        // never the stream's first (it carries the initial metadata).
+        if (!first && i + 1 < batch.size()) options.set_buffer_hint();
+        first = false;
+        if (!stream_->Write(batch[i], options)) {
+          Close();  // broken stream; the handler's read loop ends too
+          return;
+        }
+      }
+    }
+  }
+
   const std::string node_;
   grpc::ServerContext* const context_;
   Stream* const stream_;
-  Mutex write_mu_;  // one Write at a time
+  std::thread writer_;
   mutable Mutex mu_;
+  CondVar outbox_cv_;
+  std::deque<v1::ManagerMessage> outbox_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_
       ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-
-  bool finished() const {
-    MutexLock lock(&mu_);
-    return finished_;
-  }
 };
 
 // Routes a reconciliation's commands to the session whose hello it is
@@ -360,7 +386,7 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
 
   v1::ManagerMessage hello_ack;
   hello_ack.mutable_hello();
-  session->WriteHello(hello_ack);
+  session->SendHello(std::move(hello_ack));
 
   // Reconcile on its own thread (its commands' acks arrive through the read
   // loop below), on this session only; then open the node to commands.
