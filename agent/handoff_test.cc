@@ -19,6 +19,7 @@
 #include "agent/handoff_client.h"
 #include "agent/handoff_server.h"
 #include "agent/kvm_backend.h"
+#include "agent/test_fd_count.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -109,14 +110,6 @@ TEST(HandoffWireTest, IrqfdReply_RoundTrip_KeepsErrnoAndMessage) {
                            "IRQFD-REPLY 1 0 0", "IRQFD-REPLY 1 4 -1"}) {
     EXPECT_EQ(ErrnoOf(ParseIrqfdReply(text).status()), EINVAL) << text;
   }
-}
-
-int OpenFdCount() {
-  int count = 0;
-  DIR* dir = ::opendir("/proc/self/fd");
-  while (dirent* entry = ::readdir(dir)) count += entry->d_name[0] != '.';
-  ::closedir(dir);
-  return count - 1;
 }
 
 template <typename F>

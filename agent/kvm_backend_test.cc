@@ -25,6 +25,7 @@
 #include "agent/errno_status.h"
 #include "agent/kvm_test_vcpu.h"
 #include "agent/step_executor.h"
+#include "agent/test_fd_count.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -37,17 +38,6 @@ using ::testing::IsEmpty;
 using ::testing::SizeIs;
 
 constexpr char kDevice[] = "0000:3b:00.1";
-
-int OpenFdCount() {
-  int count = 0;
-  DIR* dir = ::opendir("/proc/self/fd");
-  if (dir == nullptr) return -1;
-  while (dirent* entry = ::readdir(dir)) {
-    if (entry->d_name[0] != '.') ++count;
-  }
-  ::closedir(dir);
-  return count - 1;  // the directory stream's own fd
-}
 
 v1::Producer MakeProducer(const std::string& device, uint32_t vector,
                           v1::IrqIndex index = v1::IRQ_INDEX_MSIX) {

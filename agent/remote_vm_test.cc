@@ -36,6 +36,7 @@
 #include "agent/handoff_client.h"
 #include "agent/handoff_server.h"
 #include "agent/kvm_backend.h"
+#include "agent/test_fd_count.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -48,15 +49,6 @@ using ::testing::IsEmpty;
 using ::testing::SizeIs;
 
 constexpr char kDevice[] = "0000:3b:00.1";
-
-int OpenFdCount() {
-  int count = 0;
-  DIR* dir = ::opendir("/proc/self/fd");
-  if (dir == nullptr) return -1;
-  while (dirent* entry = ::readdir(dir)) count += entry->d_name[0] != '.';
-  ::closedir(dir);
-  return count - 1;  // the directory stream's own fd
-}
 
 template <typename F>
 bool Eventually(F condition, absl::Duration timeout = absl::Seconds(10)) {
