@@ -107,8 +107,9 @@ class Backend {
 
   // The pairs wired now: tokens for which both AddConsumer and AddProducer
   // succeeded and neither was deleted since, with the producer and consumer
-  // exactly as given to those calls. Sent in AgentHello so the manager can
-  // reconcile. Order unspecified.
+  // exactly as given to those calls; and, marked `partial`, tokens of which
+  // only one side is still wired (a del step failed). Sent in AgentHello so
+  // the manager can reconcile. Order unspecified.
   virtual std::vector<v1::WiredPair> Inventory() const = 0;
 };
 

@@ -224,6 +224,8 @@ StepResult KvmBackend::AddConsumer(absl::string_view token,
     if (s.ok()) {
       w.producer = producer;
       w.device = device;
+      w.last_producer = producer;
+      w.last_consumer = consumer;
     } else {
       auto owner_it = vector_owner_.find(key);
       if (owner_it != vector_owner_.end() && owner_it->second == t) {
@@ -320,6 +322,8 @@ StepResult KvmBackend::AddProducer(absl::string_view token,
     if (s.ok()) {
       w.consumer = consumer;
       w.vm = vm;
+      w.last_producer = producer;
+      w.last_consumer = consumer;
     } else {
       auto owner_it = gsi_owner_.find(key);
       if (owner_it != gsi_owner_.end() && owner_it->second == t) {
@@ -427,11 +431,16 @@ std::vector<v1::WiredPair> KvmBackend::Inventory() const {
   std::vector<v1::WiredPair> pairs;
   absl::MutexLock lock(&mu_);
   for (const auto& [token, wiring] : tokens_) {
-    if (!wiring.producer.has_value() || !wiring.consumer.has_value()) continue;
+    const bool producer = wiring.producer.has_value();
+    const bool consumer = wiring.consumer.has_value();
+    if (!producer && !consumer) continue;  // only an add in flight
     v1::WiredPair& pair = pairs.emplace_back();
     pair.set_token(token);
-    *pair.mutable_producer() = *wiring.producer;
-    *pair.mutable_consumer() = *wiring.consumer;
+    // Half of a pair is left when a del step failed (e.g. a VMM did not
+    // answer a deassign): report it so the manager disconnects it.
+    pair.set_partial(!(producer && consumer));
+    *pair.mutable_producer() = *wiring.last_producer;
+    *pair.mutable_consumer() = *wiring.last_consumer;
   }
   return pairs;
 }

@@ -56,8 +56,9 @@
 //                         in time / is gone (remote_vm.h)
 //                 ...     any other errno of KVM_SET_GSI_ROUTING / KVM_IRQFD,
 //                         whichever process ran it
-//   del_*         the ioctl's errno; the side then stays recorded (and in
-//                 Inventory) since the kernel may still hold it.
+//   del_*         the ioctl's errno; the side then stays recorded since the
+//                 kernel may still hold it, and Inventory reports the pair as
+//                 partial, so the manager disconnects it again.
 //
 // VMs and devices come and go at run time (handoff.h, --kvm_create_vms,
 // --kvm_fake_devices). Removing one tears down every token's wiring on it
@@ -197,6 +198,10 @@ class KvmBackend final : public Backend {
     // An add step is in flight for this side (reserved).
     bool producer_pending = false;
     bool consumer_pending = false;
+    // The pair as last named by a successful add step, so that a half left
+    // by a failed del step can still be reported (Inventory, partial).
+    std::optional<v1::Producer> last_producer;
+    std::optional<v1::Consumer> last_consumer;
   };
 
   KvmBackend(KvmBackendOptions options, Fd kvm_dev);

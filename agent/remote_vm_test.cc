@@ -373,6 +373,28 @@ TEST_F(RemoteVmTest, AgentStops_BackendLetsGo_DeassignsStillReachTheVmm) {
   EXPECT_EQ(RawIrqfd(vmm_->vm_fd(), eventfd.get(), 41, /*deassign=*/true), 0);
 }
 
+TEST_F(RemoteVmTest, DeassignUnanswered_PairStaysReportedAsPartial) {
+  StartServer(absl::Milliseconds(200));
+  ASSERT_TRUE(vmm_->Start(path_, "vm-v").ok());
+  const v1::Producer p = MakeProducer(3);
+  const v1::Consumer c = MakeConsumer("vm-v", 40);
+  ASSERT_TRUE(Connect("t1", p, c).ok());
+  vmm_->StopServing();  // the VMM stops answering
+
+  // Disconnect: the deassign times out; the trigger is released.
+  const StepResult del_producer = backend_->DelProducer("t1", p, c);
+  EXPECT_EQ(del_producer.errno_value(), ETIMEDOUT) << del_producer.message();
+  ASSERT_TRUE(backend_->DelConsumer("t1", p, c).ok());
+
+  // What is left is reported, marked partial, so the manager disconnects it.
+  std::vector<v1::WiredPair> inventory = backend_->Inventory();
+  ASSERT_THAT(inventory, SizeIs(1));
+  EXPECT_EQ(inventory[0].token(), "t1");
+  EXPECT_TRUE(inventory[0].partial());
+  EXPECT_EQ(inventory[0].consumer().vm(), "vm-v");
+  EXPECT_EQ(inventory[0].producer().device(), p.device());
+}
+
 // A VMM that registered and then does not read its socket any more.
 class SilentVmm {
  public:

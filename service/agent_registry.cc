@@ -355,7 +355,8 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
               {{"node", hello.node()}, {"token", w.token()}});
       continue;
     }
-    wired.push_back(WiredPair{w.token(), *std::move(p), *std::move(c)});
+    wired.push_back(
+        WiredPair{w.token(), *std::move(p), *std::move(c), w.partial()});
   }
 
   auto session = std::make_shared<AgentSession>(hello.node(), context, stream);

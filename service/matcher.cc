@@ -232,8 +232,12 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
                                    AgentDispatcher& via,
                                    const std::function<bool()>& current) {
   ReconcileResult result;
+  // Tokens the agent has fully wired; a partial pair is removed in step 1
+  // and then counts as missing in step 2.
   absl::flat_hash_map<std::string, const WiredPair*> reported;
-  for (const WiredPair& w : wired) reported.emplace(w.token, &w);
+  for (const WiredPair& w : wired) {
+    if (!w.partial) reported.emplace(w.token, &w);
+  }
 
   // 1. What the agent has: keep it if it is exactly what we hold, otherwise
   //    remove it there.
@@ -241,7 +245,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
     TokenIndex::TokenLock lock = index_.Lock(w.token, LockOp::kReconcile);
     if (!current()) return result;
     const BindingState& st = lock.state();
-    if (SameWiring(st, w)) {
+    if (!w.partial && SameWiring(st, w)) {
       ++result.kept;
       if (!st.connected) {
         BindingState next = st;

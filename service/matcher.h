@@ -32,6 +32,7 @@ struct WiredPair {
   std::string token;
   ProducerRecord producer;
   ConsumerRecord consumer;
+  bool partial = false;  // only part of it is still wired on the agent
 };
 
 struct ReconcileResult {

@@ -521,6 +521,28 @@ TEST_F(MatcherTest, Reconcile_SessionNoLongerCurrent_StopsWithoutChanges) {
   EXPECT_EQ(index_.Get("t1")->revision, revision);
 }
 
+TEST_F(MatcherTest, Reconcile_PartialWiring_DisconnectedThenConnectedAgain) {
+  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  WiredPair half{"t1", Prod(), Cons(), /*partial=*/true};
+  auto r = matcher_.Reconcile("n1", {half}, agent_, Always);
+  EXPECT_EQ(r.kept, 0);
+  EXPECT_EQ(r.disconnected, 1);
+  EXPECT_EQ(r.reconnected, 1);
+  EXPECT_EQ(agent_.calls(), (std::vector<std::string>{
+                                "connect:t1", "disconnect:t1", "connect:t1"}));
+  EXPECT_TRUE(index_.Get("t1")->connected);
+}
+
+TEST_F(MatcherTest,
+       Reconcile_PartialWiringOfUnregisteredToken_OnlyDisconnected) {
+  WiredPair half{"gone", Prod(), Cons(), /*partial=*/true};
+  auto r = matcher_.Reconcile("n1", {half}, agent_, Always);
+  EXPECT_EQ(r.disconnected, 1);
+  EXPECT_EQ(r.reconnected, 0);
+  EXPECT_EQ(agent_.calls(), std::vector<std::string>{"disconnect:gone"});
+}
+
 TEST_F(MatcherTest, Reconcile_OtherNodesBindings_Untouched) {
   ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod("n2")).ok());
   ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons("n2")).ok());
