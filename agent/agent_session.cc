@@ -103,28 +103,37 @@ std::shared_ptr<grpc::Channel> NewChannel(const AgentSessionOptions& options) {
                                    grpc::InsecureChannelCredentials(), args);
 }
 
-// Messages from the manager, handed from the session's reader thread to the
-// thread that executes them. Thread-safe.
-class InboundQueue {
+// Messages handed between the session's threads: from the reader thread to
+// the executing thread (commands), and from there to the writer thread
+// (acks). Once closed, Pop returns nothing more: what is still queued
+// belongs to a stream that ended. Thread-safe.
+template <typename Message>
+class MessageQueue {
  public:
-  void Push(v1::ManagerMessage message) {
+  void Push(Message message) {
     absl::MutexLock lock(&mu_);
-    queue_.push_back(std::move(message));
+    if (!closed_) queue_.push_back(std::move(message));
   }
   void Close() {
     absl::MutexLock lock(&mu_);
     closed_ = true;
+    queue_.clear();
   }
-  // Waits for the next message; false once closed and drained.
-  // `*more` tells whether further messages are already queued.
-  bool Pop(v1::ManagerMessage* message, bool* more) {
+  // No more pushes; Pop still returns what is queued, then false.
+  void CloseWhenDrained() {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+  }
+  // Waits for the next message; false once closed (or drained, see
+  // CloseWhenDrained). `*more` tells whether further messages are queued.
+  bool Pop(Message* message, bool* more) {
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(
-        +[](InboundQueue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(q->mu_) {
-          return !q->queue_.empty() || q->closed_;
+        +[](MessageQueue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(q->mu_) {
+          return !q->queue_.empty() || q->closed_ || q->draining_;
         },
         this));
-    if (queue_.empty()) return false;
+    if (closed_ || queue_.empty()) return false;
     *message = std::move(queue_.front());
     queue_.pop_front();
     *more = !queue_.empty();
@@ -133,15 +142,15 @@ class InboundQueue {
 
  private:
   absl::Mutex mu_;
-  std::deque<v1::ManagerMessage> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Message> queue_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// Executes one command and writes its ack. False if the ack could not be
-// written (the stream is broken).
-bool HandleCommand(StepExecutor& executor, const std::string& node,
-                   const v1::Command& command, SessionStream& stream,
-                   AgentMetrics* metrics, bool more_queued) {
+// Executes one command and returns its ack.
+v1::AgentMessage HandleCommand(StepExecutor& executor, const std::string& node,
+                               const v1::Command& command,
+                               AgentMetrics* metrics) {
   const std::string id = absl::StrCat(command.id());
   const std::string kind = CommandKindName(command.kind());
   LogDebug(
@@ -174,16 +183,7 @@ bool HandleCommand(StepExecutor& executor, const std::string& node,
                                {"error", ack.message()},
                                {"executed", ExecutedList(ack)}});
   }
-  // With more commands already queued, let gRPC hold this ack and send it
-  // with the next one(s): under load, one TCP write carries many acks.
-  grpc::WriteOptions write_options;
-  if (more_queued) write_options.set_buffer_hint();
-  if (!stream.Write(out, write_options)) {
-    LogWarn("could not send command ack; the manager reconciles on reconnect",
-            {{"node", node}, {"token", command.token()}, {"id", id}});
-    return false;
-  }
-  return true;
+  return out;
 }
 
 }  // namespace
@@ -277,18 +277,37 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
 
   bool established = false;
   if (stream->Write(hello_message)) {
-    // A reader thread queues what the manager sends, so that this thread
-    // knows whether more commands wait while it executes one (and can let
-    // gRPC coalesce the acks). Commands still run one at a time, in order.
-    InboundQueue inbound;
+    // Three threads per session: a reader queues what the manager sends,
+    // this thread executes commands one at a time in order, and a writer
+    // sends the acks, letting gRPC coalesce those already queued (buffer
+    // hint on all but the last), so a slow command never holds back the
+    // ack of an earlier one.
+    MessageQueue<v1::ManagerMessage> inbound;
+    MessageQueue<v1::AgentMessage> outbound;
     std::thread reader([&stream, &inbound] {
       v1::ManagerMessage message;
       while (stream->Read(&message)) inbound.Push(std::move(message));
       inbound.Close();
     });
+    std::thread writer([&stream, &outbound, &context, &inbound, this] {
+      v1::AgentMessage message;
+      bool more = false;
+      while (outbound.Pop(&message, &more)) {
+        grpc::WriteOptions write_options;
+        if (more) write_options.set_buffer_hint();
+        if (!stream->Write(message, write_options)) {
+          LogWarn(
+              "could not send command ack; the manager reconciles on "
+              "reconnect",
+              {{"node", options_.node}});
+          context.TryCancel();  // the reader ends too
+          inbound.Close();
+          return;
+        }
+      }
+    });
     v1::ManagerMessage in;
     bool more_queued = false;
-    bool stopped_early = false;
     while (inbound.Pop(&in, &more_queued)) {
       if (!established) {
         established = true;
@@ -303,18 +322,28 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
                                        {"manager", options_.manager_address},
                                        {"wired", wired}});
       } else if (in.has_command()) {
-        if (!HandleCommand(executor_, options_.node, in.command(), *stream,
-                           options_.metrics, more_queued)) {
-          stopped_early = true;
-          break;
+        const uint64_t failed_dels = executor_.failed_dels();
+        outbound.Push(HandleCommand(executor_, options_.node, in.command(),
+                                    options_.metrics));
+        if (executor_.failed_dels() != failed_dels) {
+          // Part of a pair may still be wired: re-report it (as partial)
+          // so the manager disconnects it, instead of waiting for some
+          // later reconnect.
+          LogWarn("a del step failed; re-reporting wiring to the manager",
+                  {{"node", options_.node}, {"token", in.command().token()}});
+          Resync();
         }
       } else {
         LogWarn("ignoring empty message from manager",
                 {{"node", options_.node}});
       }
     }
-    // The reader ends when the call does; end the call if we stopped first.
-    if (stopped_early) context.TryCancel();
+    // The loop ends once the reader is done (the call ended or was
+    // cancelled, e.g. by Resync or Shutdown) or the writer failed (it
+    // cancelled the call). Let the writer send what is queued, then collect
+    // both threads.
+    outbound.CloseWhenDrained();
+    writer.join();
     reader.join();
   }
   if (established && options_.metrics != nullptr) {

@@ -439,8 +439,11 @@ std::vector<v1::WiredPair> KvmBackend::Inventory() const {
     // Half of a pair is left when a del step failed (e.g. a VMM did not
     // answer a deassign): report it so the manager disconnects it.
     pair.set_partial(!(producer && consumer));
-    *pair.mutable_producer() = *wiring.last_producer;
-    *pair.mutable_consumer() = *wiring.last_consumer;
+    // The side still wired as it is; the other as last named with it.
+    *pair.mutable_producer() =
+        producer ? *wiring.producer : *wiring.last_producer;
+    *pair.mutable_consumer() =
+        consumer ? *wiring.consumer : *wiring.last_consumer;
   }
   return pairs;
 }

@@ -144,6 +144,7 @@ StepResult StepExecutor::RunStep(v1::StepKind kind,
                               : backend_.DelConsumer(token, producer, consumer);
       if (!result.ok()) {
         // The contract's del hooks cannot fail: report and carry on.
+        failed_dels_.fetch_add(1, std::memory_order_relaxed);
         LogWarn("del step failed; ignored",
                 {{"token", token},
                  {"node", producer.node()},

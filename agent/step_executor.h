@@ -19,6 +19,8 @@
 #ifndef IRQBYPASS_AGENT_STEP_EXECUTOR_H_
 #define IRQBYPASS_AGENT_STEP_EXECUTOR_H_
 
+#include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -38,10 +40,17 @@ class StepExecutor {
   // ok=false, failed_step=STEP_UNSPECIFIED, errno_value=EINVAL.
   v1::CommandAck Execute(const v1::Command& command);
 
+  // How many del steps have failed so far (they do not fail their command,
+  // as in the contract, but may leave half a pair wired).
+  uint64_t failed_dels() const {
+    return failed_dels_.load(std::memory_order_relaxed);
+  }
+
  private:
   StepResult RunStep(v1::StepKind kind, const v1::Command& command);
 
   Backend& backend_;
+  std::atomic<uint64_t> failed_dels_{0};
 };
 
 // OK if `command` can be executed: kind CONNECT or DISCONNECT, a token, a

@@ -248,6 +248,8 @@ TEST(StepExecutorTest, Disconnect_DelStepErrors_AreIgnoredAndAllStepsRun) {
   EXPECT_THAT(Executed(ack),
               ElementsAre(STOP_PRODUCER, STOP_CONSUMER, DEL_PRODUCER,
                           DEL_CONSUMER, START_CONSUMER, START_PRODUCER));
+  // Counted, so the agent can re-report what may be left wired.
+  EXPECT_EQ(executor.failed_dels(), 1u);
 }
 
 TEST(StepExecutorTest, Failure_RunsUndosOfCompletedStepsInReverseOrder) {

@@ -297,6 +297,13 @@ std::shared_ptr<AgentRegistry::AgentSession> AgentRegistry::Find(
   return it == sessions_.end() ? nullptr : it->second;
 }
 
+std::shared_ptr<AgentRegistry::AgentSession> AgentRegistry::FindLatest(
+    absl::string_view node) const {
+  MutexLock lock(&mu_);
+  auto it = latest_.find(node);
+  return it == latest_.end() ? nullptr : it->second;
+}
+
 std::vector<std::string> AgentRegistry::ConnectedNodes() const {
   std::vector<std::string> nodes;
   {
@@ -496,7 +503,10 @@ absl::Status AgentRegistry::Connect(absl::string_view token,
 void AgentRegistry::Disconnect(absl::string_view token,
                                const ProducerRecord& producer,
                                const ConsumerRecord& consumer) {
-  DisconnectOn(Find(producer.node), token, producer, consumer);
+  // Also to a session still being reconciled: it already took the hello
+  // listing this pair, and the token's lock orders this against the
+  // reconciliation's own commands for it.
+  DisconnectOn(FindLatest(producer.node), token, producer, consumer);
 }
 
 absl::Status AgentRegistry::ConnectOn(

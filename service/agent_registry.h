@@ -77,6 +77,8 @@ class AgentRegistry final : public AgentDispatcher,
 
   // The node's session that is open to commands (reconciled), or null.
   std::shared_ptr<AgentSession> Find(absl::string_view node) const;
+  // The node's newest session, reconciled or not, or null.
+  std::shared_ptr<AgentSession> FindLatest(absl::string_view node) const;
   // Sends `command` on `session` (null: UNAVAILABLE) and waits for its ack.
   absl::StatusOr<v1::CommandAck> RoundTrip(
       const std::shared_ptr<AgentSession>& session, const std::string& node,

@@ -4,7 +4,7 @@
 #include <random>
 #include <utility>
 
-#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "service/errors.h"
@@ -232,12 +232,9 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
                                    AgentDispatcher& via,
                                    const std::function<bool()>& current) {
   ReconcileResult result;
-  // Tokens the agent has fully wired; a partial pair is removed in step 1
-  // and then counts as missing in step 2.
-  absl::flat_hash_map<std::string, const WiredPair*> reported;
-  for (const WiredPair& w : wired) {
-    if (!w.partial) reported.emplace(w.token, &w);
-  }
+  // Tokens whose wiring step 1 kept; everything else the agent reported was
+  // removed there and, if registered here, counts as missing in step 2.
+  absl::flat_hash_set<std::string> kept;
 
   // 1. What the agent has: keep it if it is exactly what we hold, otherwise
   //    remove it there.
@@ -247,6 +244,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
     const BindingState& st = lock.state();
     if (!w.partial && SameWiring(st, w)) {
       ++result.kept;
+      kept.insert(w.token);
       if (!st.connected) {
         BindingState next = st;
         next.connected = true;
@@ -267,7 +265,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
   index_.ForEachCommitted(
       [&](const std::string& token, const BindingState& st) {
         if (st.producer && st.consumer && st.node() == node &&
-            !reported.contains(token)) {
+            !kept.contains(token)) {
           missing.push_back(token);
         }
       });
@@ -279,6 +277,8 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
       continue;  // changed meanwhile
     }
     absl::Status s = via.Connect(token, *st.producer, *st.consumer);
+    // Interrupted by a newer session: leave the token to its reconcile.
+    if (!s.ok() && !current()) return result;
     if (s.ok()) {
       ++result.reconnected;
       if (!st.connected) {
