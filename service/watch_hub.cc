@@ -39,11 +39,16 @@ void WatchHub::Subscriber::Push(size_t queue, const v1::BindingEvent& event) {
     if (q.events.size() < capacity_) {
       q.events.push_back(event);
     } else {
+      // Mark the overflow before releasing q.mu, so no later event lands in
+      // the emptied sub-queue (the reader would deliver it after a gap).
+      uint8_t expected = kOpen;
+      state_.compare_exchange_strong(expected, kOverflow,
+                                     std::memory_order_acq_rel);
       dropped.swap(q.events);
     }
   }
   if (!dropped.empty()) {
-    Close(kOverflow);
+    Close(kOverflow);  // wakes the reader (the state is already set)
     return;
   }
   // The reader sets sleeping_ before it re-checks the sub-queues under their
