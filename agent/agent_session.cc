@@ -119,6 +119,12 @@ class MessageQueue {
     closed_ = true;
     queue_.clear();
   }
+  // Whether a message is queued and the first satisfies `pred`.
+  template <typename Pred>
+  bool FrontMatches(Pred pred) {
+    absl::MutexLock lock(&mu_);
+    return !closed_ && !queue_.empty() && pred(queue_.front());
+  }
   // No more pushes; Pop still returns what is queued, then false.
   void CloseWhenDrained() {
     absl::MutexLock lock(&mu_);
@@ -277,37 +283,20 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
 
   bool established = false;
   if (stream->Write(hello_message)) {
-    // Three threads per session: a reader queues what the manager sends,
-    // this thread executes commands one at a time in order, and a writer
-    // sends the acks, letting gRPC coalesce those already queued (buffer
-    // hint on all but the last), so a slow command never holds back the
-    // ack of an earlier one.
+    // A reader thread queues what the manager sends, so that this thread
+    // knows whether more commands wait while it executes one: their acks
+    // then go out coalesced (gRPC buffer hint), unless the next command may
+    // block (a VMM round trip), which would hold an earlier ack back.
+    // Commands run one at a time, in order.
     MessageQueue<v1::ManagerMessage> inbound;
-    MessageQueue<v1::AgentMessage> outbound;
     std::thread reader([&stream, &inbound] {
       v1::ManagerMessage message;
       while (stream->Read(&message)) inbound.Push(std::move(message));
       inbound.Close();
     });
-    std::thread writer([&stream, &outbound, &context, &inbound, this] {
-      v1::AgentMessage message;
-      bool more = false;
-      while (outbound.Pop(&message, &more)) {
-        grpc::WriteOptions write_options;
-        if (more) write_options.set_buffer_hint();
-        if (!stream->Write(message, write_options)) {
-          LogWarn(
-              "could not send command ack; the manager reconciles on "
-              "reconnect",
-              {{"node", options_.node}});
-          context.TryCancel();  // the reader ends too
-          inbound.Close();
-          return;
-        }
-      }
-    });
     v1::ManagerMessage in;
     bool more_queued = false;
+    bool stopped_early = false;
     while (inbound.Pop(&in, &more_queued)) {
       if (!established) {
         established = true;
@@ -323,8 +312,23 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
                                        {"wired", wired}});
       } else if (in.has_command()) {
         const uint64_t failed_dels = executor_.failed_dels();
-        outbound.Push(HandleCommand(executor_, options_.node, in.command(),
-                                    options_.metrics));
+        const v1::AgentMessage ack = HandleCommand(
+            executor_, options_.node, in.command(), options_.metrics);
+        grpc::WriteOptions write_options;
+        if (more_queued &&
+            inbound.FrontMatches([this](const v1::ManagerMessage& next) {
+              return next.has_command() && !backend_.MayBlock(next.command());
+            })) {
+          write_options.set_buffer_hint();
+        }
+        if (!stream->Write(ack, write_options)) {
+          LogWarn(
+              "could not send command ack; the manager reconciles on "
+              "reconnect",
+              {{"node", options_.node}, {"token", in.command().token()}});
+          stopped_early = true;
+          break;
+        }
         if (executor_.failed_dels() != failed_dels) {
           // Part of a pair may still be wired: re-report it (as partial)
           // so the manager disconnects it, instead of waiting for some
@@ -338,12 +342,8 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
                 {{"node", options_.node}});
       }
     }
-    // The loop ends once the reader is done (the call ended or was
-    // cancelled, e.g. by Resync or Shutdown) or the writer failed (it
-    // cancelled the call). Let the writer send what is queued, then collect
-    // both threads.
-    outbound.CloseWhenDrained();
-    writer.join();
+    // The reader ends when the call does; end the call if we stopped first.
+    if (stopped_early) context.TryCancel();
     reader.join();
   }
   if (established && options_.metrics != nullptr) {

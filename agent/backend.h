@@ -111,6 +111,11 @@ class Backend {
   // only one side is still wired (a del step failed). Sent in AgentHello so
   // the manager can reconcile. Order unspecified.
   virtual std::vector<v1::WiredPair> Inventory() const = 0;
+
+  // Whether running `command` may wait on another process (e.g. a VMM that
+  // wires its own VM). The session then sends the acks it holds back before
+  // running it, so a slow command never delays an earlier one's ack.
+  virtual bool MayBlock(const v1::Command& command) const { return false; }
 };
 
 }  // namespace agent

@@ -427,6 +427,11 @@ StepResult KvmBackend::DelConsumer(absl::string_view token,
   return StepResult::Ok();
 }
 
+bool KvmBackend::MayBlock(const v1::Command& command) const {
+  std::shared_ptr<IrqfdTarget> vm = FindIrqfdTarget(command.consumer().vm());
+  return vm != nullptr && std::string_view(vm->held_by()) == "vmm";
+}
+
 std::vector<v1::WiredPair> KvmBackend::Inventory() const {
   std::vector<v1::WiredPair> pairs;
   absl::MutexLock lock(&mu_);

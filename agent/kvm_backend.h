@@ -138,6 +138,8 @@ class KvmBackend final : public Backend {
                          const v1::Consumer& consumer) override;
 
   std::vector<v1::WiredPair> Inventory() const override;
+  // True when the consumer's VM is held by its VMM (IRQFD round trips).
+  bool MayBlock(const v1::Command& command) const override;
 
   // ---- What this host holds ----
 

@@ -40,6 +40,9 @@ class MeteredBackend final : public Backend {
                          const v1::Consumer& consumer) override;
   StepResult DelConsumer(absl::string_view token, const v1::Producer& producer,
                          const v1::Consumer& consumer) override;
+  bool MayBlock(const v1::Command& command) const override {
+    return inner_->MayBlock(command);
+  }
   std::vector<v1::WiredPair> Inventory() const override {
     return inner_->Inventory();
   }

@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -210,7 +211,7 @@ struct LoadResult {
 // pairs were started (kPreload, numbering pairs from `first`).
 LoadResult RunLoad(const std::string& target, int callers, Caller::Mode mode,
                    absl::Duration duration, uint64_t first = 0,
-                   uint64_t total = 0) {
+                   uint64_t total = 0, LatencySamples* keep = nullptr) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   auto channel = grpc::CreateCustomChannel(
@@ -253,6 +254,7 @@ LoadResult RunLoad(const std::string& target, int callers, Caller::Mode mode,
     r.errors += c->errors();
   }
   r.pairs = merged.size();
+  if (keep != nullptr) keep->Merge(merged);
   r.latency = merged.Summarise();
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
@@ -366,16 +368,33 @@ int RunThroughput(int callers, absl::Duration duration) {
   // Warm up both (connections, allocator, first-use paths).
   RunLoad(servers.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
   RunLoad(servers.bare(), callers, Caller::Mode::kCycle, absl::Seconds(1));
-  const LoadResult ours =
-      RunLoad(servers.manager(), callers, Caller::Mode::kCycle, duration);
-  const LoadResult bare =
-      RunLoad(servers.bare(), callers, Caller::Mode::kCycle, duration);
+  // Alternate one-second windows between the two, so that a change in the
+  // machine's speed during the run (shared hosts) affects both alike.
+  LoadResult ours, bare;
+  LatencySamples ours_samples, bare_samples;
+  const int64_t rounds = std::max<int64_t>(
+      1, absl::ToInt64Seconds(absl::Ceil(duration, absl::Seconds(1))));
+  const absl::Duration window = duration / rounds;
+  for (int64_t i = 0; i < rounds; ++i) {
+    for (auto* which : {&ours, &bare}) {
+      const bool is_ours = which == &ours;
+      LoadResult r = RunLoad(is_ours ? servers.manager() : servers.bare(),
+                             callers, Caller::Mode::kCycle, window, 0, 0,
+                             is_ours ? &ours_samples : &bare_samples);
+      which->seconds += r.seconds;
+      which->pairs += r.pairs;
+      which->errors += r.errors;
+    }
+  }
+  ours.latency = ours_samples.Summarise();
+  bare.latency = bare_samples.Summarise();
   const double ratio = bare.pairs_per_second() > 0
                            ? ours.pairs_per_second() / bare.pairs_per_second()
                            : 0;
   std::printf(
-      "end-to-end: %d callers, %s each; cycle = register producer + register "
-      "consumer (connect via sim agent) + unregister both; %u cores\n",
+      "end-to-end: %d callers, %s each (alternating 1 s windows); cycle = "
+      "register producer + register consumer (connect via sim agent) + "
+      "unregister both; %u cores\n",
       callers, absl::FormatDuration(duration).c_str(),
       std::thread::hardware_concurrency());
   std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "server", "pairs/s",
