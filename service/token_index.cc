@@ -142,16 +142,19 @@ size_t TokenIndex::ShardIndexForHash(uint64_t hash) const {
 TokenIndex::TokenLock TokenIndex::Lock(absl::string_view token, LockOp op) {
   const size_t shard_index = ShardIndex(token);
   Shard& shard = *shards_[shard_index];
-  // Allocate outside the lock: a preempted holder stalls the whole shard.
+  // Allocate outside the lock (a preempted holder stalls the whole shard),
+  // and only when the last spare was used: most operations find their
+  // token's slot already there.
   std::string key(token);
-  auto fresh = std::make_unique<Slot>();
+  thread_local std::unique_ptr<Slot> spare;
+  if (spare == nullptr) spare = std::make_unique<Slot>();
   Slot* slot;
   std::chrono::steady_clock::time_point op_start;
   bool waited = false;
   {
     TimedLock lock(*this, shard_index, op);
     auto [it, inserted] = shard.slots.try_emplace(key, nullptr);
-    if (inserted) it->second = std::move(fresh);
+    if (inserted) it->second = std::move(spare);
     slot = it->second.get();
     // The slot cannot be erased while we wait: waiters > 0 keeps it.
     if (slot->busy) {
