@@ -11,10 +11,11 @@
 // all threads are done, they unregister everything. Lock wait is measured the
 // same way for all three: from just before taking a lock to just after
 // holding it (0 when the first try succeeds: uncontended), summed over every
-// lock an operation takes (the global designs
-// take one; the sharded index takes several shard mutexes - lookup, object
-// claim, commit, release - plus any wait for the token's op lock). One
-// sample per operation. Prints a table; --json_out writes JSON.
+// lock an operation takes. The global designs take one mutex; the sharded
+// index takes one lock, the token's op lock (its shared lists are lock-free:
+// a lost CAS race is not a wait but a retry, counted per operation in the
+// "retries/op" column). One sample per operation. Prints a table;
+// --json_out writes JSON.
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -91,6 +92,10 @@ class Design {
   virtual bool RegisterConsumer(int i, const std::string& token) = 0;
   virtual bool UnregisterProducer(const std::string& token) = 0;
   virtual bool UnregisterConsumer(const std::string& token) = 0;
+  // Lock-free retries on the calling thread so far (designs without
+  // lock-free parts: 0).
+  virtual uint64_t RetriesOnThisThread() const { return 0; }
+  virtual bool lock_free_parts() const { return false; }
 };
 
 // --- sharded: the product's index and matcher ------------------------------
@@ -132,6 +137,10 @@ class ShardedDesign : public Design {
   bool UnregisterConsumer(const std::string& token) override {
     return matcher_.UnregisterConsumer(token, 0).ok();
   }
+  uint64_t RetriesOnThisThread() const override {
+    return TokenIndex::RetriesOnThisThread();
+  }
+  bool lock_free_parts() const override { return true; }
 
  private:
   ThreadLocalWaits observer_;
@@ -277,6 +286,8 @@ struct Result {
   uint64_t operations = 0;
   uint64_t errors = 0;
   double locks_per_op = 0;
+  double retries_per_op = 0;
+  bool lock_free_parts = false;
   LatencySummary wait;
 };
 
@@ -288,6 +299,7 @@ Result Run(Design& design, int tokens, int threads) {
   std::vector<LatencySamples> waits(threads);
   std::atomic<uint64_t> errors{0};
   std::atomic<int64_t> locks{0};
+  std::atomic<uint64_t> retries{0};
   auto phase = [&](bool registering) {
     std::atomic<int> ready{0};
     std::atomic<bool> go{false};
@@ -296,6 +308,7 @@ Result Run(Design& design, int tokens, int threads) {
       workers.emplace_back([&, t] {
         LatencySamples& mine = waits[t];
         tls_op_locks = 0;
+        const uint64_t retries_before = design.RetriesOnThisThread();
         ++ready;
         while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
         uint64_t local_errors = 0;
@@ -315,6 +328,7 @@ Result Run(Design& design, int tokens, int threads) {
         }
         errors += local_errors;
         locks += tls_op_locks;
+        retries += design.RetriesOnThisThread() - retries_before;
       });
     }
     while (ready.load() < threads) std::this_thread::yield();
@@ -333,6 +347,8 @@ Result Run(Design& design, int tokens, int threads) {
   r.operations = 4ull * static_cast<uint64_t>(tokens);
   r.errors = errors.load();
   r.locks_per_op = static_cast<double>(locks.load()) / r.operations;
+  r.retries_per_op = static_cast<double>(retries.load()) / r.operations;
+  r.lock_free_parts = design.lock_free_parts();
   LatencySamples all;
   all.Reserve(r.operations);
   for (auto& w : waits) all.Merge(w);
@@ -352,13 +368,16 @@ int Main() {
       "unregistered), %d threads, %u cores\n",
       tokens, threads, std::thread::hardware_concurrency());
   std::printf("lock wait per operation (sum over the locks it takes):\n");
-  std::printf("%-8s %12s %10s %9s %10s %8s %8s %10s %10s %8s %7s\n", "design",
-              "ops/s", "ops", "locks/op", "avg", "p50", "p99", "p99.9", "max",
-              ">=1ms", "errors");
+  std::printf("%-8s %12s %10s %9s %10s %8s %8s %10s %10s %8s %7s %11s\n",
+              "design", "ops/s", "ops", "locks/op", "avg", "p50", "p99",
+              "p99.9", "max", ">=1ms", "errors", "retries/op");
   auto print_row = [](const Result& r) {
     const double ops_per_s =
         r.operations / (r.register_seconds + r.unregister_seconds);
-    std::printf("%-8s %12.0f %10lu %9.1f %10s %8s %8s %10s %10s %8lu %7lu\n",
+    const std::string retries =
+        r.lock_free_parts ? absl::StrFormat("%.5f", r.retries_per_op) : "-";
+    std::printf(
+        "%-8s %12.0f %10lu %9.1f %10s %8s %8s %10s %10s %8lu %7lu %11s\n",
                 r.design.c_str(), ops_per_s,
                 static_cast<unsigned long>(r.wait.count), r.locks_per_op,
                 HumanNs(r.wait.avg_ns).c_str(),
@@ -367,7 +386,7 @@ int Main() {
                 HumanNs(static_cast<double>(r.wait.p999_ns)).c_str(),
                 HumanNs(static_cast<double>(r.wait.max_ns)).c_str(),
                 static_cast<unsigned long>(r.wait.over_1ms),
-                static_cast<unsigned long>(r.errors));
+                static_cast<unsigned long>(r.errors), retries.c_str());
     std::fflush(stdout);
   };
   std::vector<Result> results;
@@ -398,9 +417,13 @@ int Main() {
     if (r.design == "sharded") sharded = &r;
     if (r.design == "list") list = &r;
   }
-  if (sharded != nullptr && list != nullptr && sharded->wait.avg_ns > 0) {
-    std::printf("average wait, list / sharded: %.0fx\n",
-                list->wait.avg_ns / sharded->wait.avg_ns);
+  if (sharded != nullptr && list != nullptr) {
+    if (sharded->wait.avg_ns > 0) {
+      std::printf("average wait, list / sharded: %.0fx\n",
+                  list->wait.avg_ns / sharded->wait.avg_ns);
+    } else {
+      std::printf("average wait, list / sharded: sharded waited 0 ns\n");
+    }
   }
 
   const std::string json_out = absl::GetFlag(FLAGS_json_out);
@@ -418,6 +441,7 @@ int Main() {
           << r.operations / (r.register_seconds + r.unregister_seconds)
           << ", \"errors\": " << r.errors
           << ", \"locks_per_operation\": " << r.locks_per_op
+          << ", \"retries_per_operation\": " << r.retries_per_op
           << ", \"lock_wait\": " << SummaryJson(r.wait) << "}";
     }
     out << "]}\n";

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh || { echo "0 passed, 1 failed"; exit 1; }
 
 SANITIZED_TESTS=(
+  //common:epoch_test
   //service:token_index_test
   //service:matcher_test
   //agent:step_executor_test

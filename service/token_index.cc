@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/epoch.h"
 
 namespace irqbypass {
 
@@ -22,17 +23,90 @@ const std::string& BindingState::node() const {
   return kEmptyString;
 }
 
-struct TokenIndex::Slot {
-  BindingState committed;  // written only by the op-lock holder, under mu
-  bool busy = false;       // the op lock; guarded by the shard's mu
-  uint32_t waiters = 0;    // threads waiting for the op lock; shard mu
-};
-
 namespace {
 
+// Links of the lock-free lists below: a node pointer whose low bit, when
+// set, marks the node holding the link as removed (it is unlinked by the
+// next thread that walks past it, and retired to epoch reclamation).
+constexpr uintptr_t kRemoved = 1;
+
+// CAS attempts on this thread that lost a race and had to look again.
+thread_local uint64_t tls_retries = 0;
+
+template <typename Node>
+Node* NodeOf(uintptr_t link) {
+  return reinterpret_cast<Node*>(link & ~kRemoved);
+}
+
+template <typename Node>
+uintptr_t LinkOf(Node* node) {
+  return reinterpret_cast<uintptr_t>(node);
+}
+
+// Walks a list from `head` inside an epoch guard, unlinking and retiring
+// nodes marked removed on the way, and returns the first live node for
+// which pred(node) holds (nullptr if none). `*first` is set to the head
+// link the (last) walk started from: a node inserted at the head with a CAS
+// from *first is known not to race an insertion the walk missed.
+template <typename Node, typename Pred>
+Node* FindInList(std::atomic<uintptr_t>& head, const Pred& pred,
+                 uintptr_t* first) {
+retry:
+  std::atomic<uintptr_t>* prev = &head;
+  uintptr_t curr_link = prev->load(std::memory_order_acquire);
+  *first = curr_link;
+  while (curr_link != 0) {
+    Node* curr = NodeOf<Node>(curr_link);
+    const uintptr_t next_link = curr->next.load(std::memory_order_acquire);
+    if ((next_link & kRemoved) != 0) {
+      uintptr_t expected = curr_link;
+      if (!prev->compare_exchange_strong(expected, next_link & ~kRemoved)) {
+        ++tls_retries;
+        goto retry;  // prev changed (or was itself removed): start over
+      }
+      if (prev == &head) *first = next_link & ~kRemoved;
+      epoch::RetireObject(curr);
+      curr_link = next_link & ~kRemoved;
+      continue;
+    }
+    if (pred(*curr)) return curr;
+    prev = &curr->next;
+    curr_link = next_link;
+  }
+  return nullptr;
+}
+
+// Marks `node` removed and unlinks it (here or by the next walker). Only
+// the node's owner may call it, once, inside an epoch guard.
+template <typename Node>
+void RemoveFromList(std::atomic<uintptr_t>& head, Node* node) {
+  uintptr_t link = node->next.load();
+  while ((link & kRemoved) == 0 &&
+         !node->next.compare_exchange_weak(link, link | kRemoved)) {
+  }
+  uintptr_t first;
+  FindInList<Node>(
+      head, [](const Node&) { return false; }, &first);
+}
+
+// Calls fn(node) for each live node, without unlinking anything (readers);
+// inside an epoch guard.
+template <typename Node, typename Fn>
+void ForEachInList(const std::atomic<uintptr_t>& head, const Fn& fn) {
+  uintptr_t link = head.load(std::memory_order_acquire);
+  while (link != 0) {
+    const Node* node = NodeOf<Node>(link);
+    const uintptr_t next_link = node->next.load(std::memory_order_acquire);
+    if ((next_link & kRemoved) == 0) fn(*node);
+    link = next_link & ~kRemoved;
+  }
+}
+
+const BindingState kEmptyState;
+
 // An object key reduced to 128 bits by two unrelated hash functions (Abseil's
-// and libstdc++'s), so that each claim costs a fixed 16-byte key instead of a
-// heap-allocated string. Two different objects would have to collide in both
+// and libstdc++'s), so that each claim costs a fixed 16-byte key instead of
+// the whole key string. Two different objects would have to collide in both
 // 64-bit hashes at once to be confused (about 2^-128 per pair).
 struct ObjectFingerprint {
   uint64_t a = 0;
@@ -45,23 +119,66 @@ struct ObjectFingerprint {
   bool operator==(const ObjectFingerprint& o) const {
     return a == o.a && b == o.b;
   }
-  template <typename H>
-  friend H AbslHashValue(H h, const ObjectFingerprint& f) {
-    return H::combine(std::move(h), f.a, f.b);
-  }
 };
 
 }  // namespace
 
+// One token with state or an operation in flight.
+struct TokenIndex::Slot {
+  // The op lock and its waiters in one word, so that a slot with waiters can
+  // never be declared dead: bits 0-1 are kFree, kHeld or kDead (released
+  // empty and being removed: never taken again), the rest count waiters.
+  static constexpr uint32_t kFree = 0;
+  static constexpr uint32_t kHeld = 1;
+  static constexpr uint32_t kDead = 2;
+  static constexpr uint32_t kStateMask = 3;
+  static constexpr uint32_t kOneWaiter = 4;
+
+  std::atomic<uintptr_t> next{0};
+  uint64_t hash = 0;
+  std::string token;  // immutable once the slot is published
+  std::atomic<uint32_t> lock{kHeld};
+  // Replaced (never modified) by the op-lock holder's Commit; null until
+  // the first. Readers copy it inside an epoch guard.
+  std::atomic<const BindingState*> committed{nullptr};
+
+  ~Slot() { delete committed.load(std::memory_order_relaxed); }
+  bool dead() const { return (lock.load() & kStateMask) == kDead; }
+};
+
+// Who holds a physical object.
+struct TokenIndex::ObjectClaim {
+  std::atomic<uintptr_t> next{0};
+  ObjectFingerprint fingerprint;
+  std::string token;  // immutable
+  std::atomic<bool> tentative{false};
+};
+
 struct TokenIndex::Shard {
-  mutable Mutex mu;
-  CondVar released;  // signalled when a slot's op lock is released
-  uint64_t revision ABSL_GUARDED_BY(mu) = 0;  // last revision handed out
-  absl::flat_hash_map<std::string, std::unique_ptr<Slot>> slots
-      ABSL_GUARDED_BY(mu);
-  // Object (fingerprint of its key) -> token holding it.
-  absl::flat_hash_map<ObjectFingerprint, TokenLock::ObjectHolder> objects
-      ABSL_GUARDED_BY(mu);
+  // A few lists per shard keep each one short (a walk is a pointer chase):
+  // under one slot and two object claims per shard-list at 262,144 tokens
+  // with the default shard count.
+  static constexpr size_t kSlotLists = 4;
+  static constexpr size_t kObjectLists = 8;
+  std::atomic<uintptr_t> slots[kSlotLists] = {};      // lists of Slot
+  std::atomic<uintptr_t> objects[kObjectLists] = {};  // lists of ObjectClaim
+
+  // The shard was chosen from the high bits of the (mixed) hash; the list
+  // within it comes from other bits.
+  std::atomic<uintptr_t>& SlotList(uint64_t hash) {
+    return slots[(hash >> 20) % kSlotLists];
+  }
+  const std::atomic<uintptr_t>& SlotList(uint64_t hash) const {
+    return slots[(hash >> 20) % kSlotLists];
+  }
+  std::atomic<uintptr_t>& ObjectList(const ObjectFingerprint& fp) {
+    return objects[fp.b % kObjectLists];
+  }
+  std::atomic<uint64_t> revision{0};  // last revision handed out
+  // Only for threads waiting on a busy op lock (another operation on the
+  // same token); the lists never take it.
+  Mutex mu;
+  CondVar released;
 };
 
 const char* LockOpName(LockOp op) {
@@ -84,38 +201,6 @@ const char* LockOpName(LockOp op) {
   return "other";
 }
 
-// A shard-mutex hold that reports its wait to the observer, if any. An
-// uncontended acquisition (TryLock succeeds) waited 0 ns and reads no clock;
-// only a contended one is timed.
-class ABSL_SCOPED_LOCKABLE TokenIndex::TimedLock {
- public:
-  TimedLock(const TokenIndex& index, size_t shard, LockOp op)
-      ABSL_EXCLUSIVE_LOCK_FUNCTION(index.shards_[shard]->mu)
-      : mu_(&index.shards_[shard]->mu) {
-    if (index.observer_ == nullptr) {
-      mu_->Lock();
-      return;
-    }
-    if (mu_->TryLock()) {
-      index.observer_->OnLockWait(op, shard, 0);
-      return;
-    }
-    const auto start = std::chrono::steady_clock::now();
-    mu_->Lock();
-    index.observer_->OnLockWait(
-        op, shard,
-        std::chrono::duration_cast<std::chrono::nanoseconds>(
-            std::chrono::steady_clock::now() - start)
-            .count());
-  }
-  ~TimedLock() ABSL_UNLOCK_FUNCTION() { mu_->Unlock(); }
-  TimedLock(const TimedLock&) = delete;
-  TimedLock& operator=(const TimedLock&) = delete;
-
- private:
-  Mutex* const mu_;
-};
-
 TokenIndex::TokenIndex(size_t num_shards, ChangeListener* listener,
                        LockWaitObserver* observer)
     : listener_(listener), observer_(observer) {
@@ -126,155 +211,262 @@ TokenIndex::TokenIndex(size_t num_shards, ChangeListener* listener,
   }
 }
 
-TokenIndex::~TokenIndex() = default;
+TokenIndex::~TokenIndex() {
+  // No thread may use the index any more; nodes still linked are freed here,
+  // those already unlinked belong to epoch reclamation.
+  for (auto& shard : shards_) {
+    for (auto& list : shard->slots) {
+      for (uintptr_t link = list.load(); link != 0;) {
+        Slot* slot = NodeOf<Slot>(link);
+        link = slot->next.load() & ~kRemoved;
+        delete slot;
+      }
+    }
+    for (auto& list : shard->objects) {
+      for (uintptr_t link = list.load(); link != 0;) {
+        ObjectClaim* claim = NodeOf<ObjectClaim>(link);
+        link = claim->next.load() & ~kRemoved;
+        delete claim;
+      }
+    }
+  }
+}
 
-size_t TokenIndex::ShardIndex(absl::string_view key) const {
-  return ShardIndexForHash(absl::Hash<absl::string_view>{}(key));
+uint64_t TokenIndex::RetriesOnThisThread() { return tls_retries; }
+
+uint64_t TokenIndex::HashOf(absl::string_view key) {
+  return absl::Hash<absl::string_view>{}(key);
 }
 
 size_t TokenIndex::ShardIndexForHash(uint64_t hash) const {
-  // The hash maps inside a shard use the low bits of the same hash; pick the
-  // shard from well-mixed high bits so the two do not correlate.
+  // Pick the shard from well-mixed high bits of the hash.
   const uint64_t mixed = hash * 0x9E3779B97F4A7C15ull;
   return static_cast<size_t>((mixed >> 32) % shards_.size());
 }
 
 TokenIndex::TokenLock TokenIndex::Lock(absl::string_view token, LockOp op) {
-  const size_t shard_index = ShardIndex(token);
+  const uint64_t hash = HashOf(token);
+  const size_t shard_index = ShardIndexForHash(hash);
   Shard& shard = *shards_[shard_index];
-  // Allocate outside the lock (a preempted holder stalls the whole shard),
-  // and only when the last spare was used: most operations find their
-  // token's slot already there.
-  std::string key(token);
+  std::atomic<uintptr_t>& list = shard.SlotList(hash);
+  // A new slot is prepared outside any shared structure and published with
+  // one CAS; the thread's spare is reused when a CAS loses or the token's
+  // slot is already there.
   thread_local std::unique_ptr<Slot> spare;
-  if (spare == nullptr) spare = std::make_unique<Slot>();
-  Slot* slot;
-  std::chrono::steady_clock::time_point op_start;
+  std::chrono::steady_clock::time_point wait_start;
   bool waited = false;
-  {
-    TimedLock lock(*this, shard_index, op);
-    auto [it, inserted] = shard.slots.try_emplace(key, nullptr);
-    if (inserted) it->second = std::move(spare);
-    slot = it->second.get();
-    // The slot cannot be erased while we wait: waiters > 0 keeps it.
-    if (slot->busy) {
-      waited = true;
-      if (observer_ != nullptr) op_start = std::chrono::steady_clock::now();
-      while (slot->busy) {
-        ++slot->waiters;
-        shard.released.Wait(&shard.mu);
-        --slot->waiters;
+  Slot* slot = nullptr;
+  Slot* waiting_on = nullptr;
+  while (slot == nullptr) {
+    epoch::Guard guard;
+    uintptr_t first;
+    Slot* found = FindInList<Slot>(
+        list,
+        [&](const Slot& s) {
+          return s.hash == hash && s.token == token && !s.dead();
+        },
+        &first);
+    if (found == nullptr) {
+      if (spare == nullptr) spare = std::make_unique<Slot>();
+      spare->hash = hash;
+      spare->token.assign(token.data(), token.size());
+      spare->lock.store(Slot::kHeld, std::memory_order_relaxed);
+      spare->next.store(first, std::memory_order_relaxed);
+      if (list.compare_exchange_strong(first, LinkOf(spare.get()))) {
+        slot = spare.release();
+      } else {
+        ++tls_retries;
+      }
+      continue;
+    }
+    // Take the op lock if free; otherwise count ourselves as a waiter,
+    // which keeps the slot alive (a slot with waiters is never declared
+    // dead) after the guard ends.
+    uint32_t word = found->lock.load();
+    while (true) {
+      const uint32_t state = word & Slot::kStateMask;
+      if (state == Slot::kDead) {  // being removed: look again
+        ++tls_retries;
+        break;
+      }
+      if (state == Slot::kFree) {
+        if (found->lock.compare_exchange_weak(word, word | Slot::kHeld)) {
+          slot = found;
+          break;
+        }
+        continue;
+      }
+      if (found->lock.compare_exchange_weak(word, word + Slot::kOneWaiter)) {
+        waiting_on = found;
+        break;
       }
     }
-    slot->busy = true;
+    if (waiting_on != nullptr) break;
   }
-  if (waited && observer_ != nullptr) {
-    observer_->OnLockWait(op, shard_index,
-                          std::chrono::duration_cast<std::chrono::nanoseconds>(
-                              std::chrono::steady_clock::now() - op_start)
-                              .count());
+  if (waiting_on != nullptr) {
+    // Another operation holds this token (say across an agent round trip):
+    // sleep until it releases. No epoch guard is held meanwhile.
+    waited = true;
+    if (observer_ != nullptr) wait_start = std::chrono::steady_clock::now();
+    MutexLock lock(&shard.mu);
+    while (true) {
+      uint32_t word = waiting_on->lock.load();
+      if ((word & Slot::kStateMask) == Slot::kFree) {
+        if (waiting_on->lock.compare_exchange_strong(
+                word, (word - Slot::kOneWaiter) | Slot::kHeld)) {
+          break;
+        }
+        continue;
+      }
+      shard.released.Wait(&shard.mu);
+    }
+    slot = waiting_on;
   }
-  return TokenLock(this, shard_index, slot, std::move(key), op);
+  if (observer_ != nullptr) {
+    observer_->OnLockWait(
+        op, shard_index,
+        waited ? std::chrono::duration_cast<std::chrono::nanoseconds>(
+                     std::chrono::steady_clock::now() - wait_start)
+                     .count()
+               : 0);
+  }
+  return TokenLock(this, shard_index, slot);
 }
 
-void TokenIndex::Release(size_t shard_index, Slot* slot,
-                         const std::string& token, LockOp op) {
+void TokenIndex::Release(size_t shard_index, Slot* slot) {
   Shard& shard = *shards_[shard_index];
-  bool wake = false;
-  std::unique_ptr<Slot> dropped;  // freed after the lock is released
-  {
-    TimedLock lock(*this, shard_index, op);
-    slot->busy = false;
-    wake = slot->waiters > 0;
-    if (!wake && slot->committed.empty()) {
-      // Nobody holds or wants it and it records nothing: drop it.
-      auto it = shard.slots.find(token);
-      if (it != shard.slots.end()) {
-        dropped = std::move(it->second);
-        shard.slots.erase(it);
-      }
-    }
+  const BindingState* committed = slot->committed.load();
+  const bool empty = committed == nullptr || committed->empty();
+  uint32_t word = slot->lock.load();
+  uint32_t next;
+  do {
+    // Nobody waits and it records nothing: declare it dead and remove it.
+    next = (empty && word < Slot::kOneWaiter)
+               ? Slot::kDead
+               : ((word & ~Slot::kStateMask) | Slot::kFree);
+  } while (!slot->lock.compare_exchange_weak(word, next));
+  if (next == Slot::kDead) {
+    epoch::Guard guard;
+    RemoveFromList(shard.SlotList(slot->hash), slot);
+    return;
   }
-  if (wake) shard.released.SignalAll();
+  if (word >= Slot::kOneWaiter) {
+    // A waiter checks the word under mu before sleeping: taking mu here
+    // means it either saw kFree or is already asleep to be woken.
+    { MutexLock lock(&shard.mu); }
+    shard.released.SignalAll();
+  }
 }
 
 TokenIndex::TokenLock::TokenLock(TokenLock&& other) noexcept
     : index_(other.index_),
       shard_(other.shard_),
-      slot_(other.slot_),
-      token_(std::move(other.token_)),
-      op_(other.op_) {
+      slot_(other.slot_) {
   other.slot_ = nullptr;
 }
 
 TokenIndex::TokenLock::~TokenLock() {
-  if (slot_ != nullptr) index_->Release(shard_, slot_, token_, op_);
+  if (slot_ != nullptr) index_->Release(shard_, slot_);
 }
 
-const std::string& TokenIndex::TokenLock::token() const { return token_; }
+const std::string& TokenIndex::TokenLock::token() const {
+  return slot_->token;
+}
 
 const BindingState& TokenIndex::TokenLock::state() const {
-  // Only the op-lock holder writes `committed`, so reading it here needs no
-  // shard mutex.
-  return slot_->committed;
+  // Only the op-lock holder replaces `committed`, so what it points to stays
+  // valid until this holder's next Commit.
+  const BindingState* committed = slot_->committed.load();
+  return committed != nullptr ? *committed : kEmptyState;
 }
 
 void TokenIndex::TokenLock::Commit(BindingState next) {
-  BindingState before;
-  {
-    TimedLock lock(*index_, shard_, op_);
-    // From the shard's counter, so a token's revisions keep rising even
-    // after it was emptied and its slot dropped.
-    next.revision = ++index_->shards_[shard_]->revision;
-    before = std::exchange(slot_->committed, std::move(next));
-  }
+  // From the shard's counter, so a token's revisions keep rising even after
+  // it was emptied and its slot dropped.
+  next.revision = index_->shards_[shard_]->revision.fetch_add(1) + 1;
+  auto* fresh = new BindingState(std::move(next));
+  const BindingState* before = slot_->committed.exchange(fresh);
   if (index_->listener_ != nullptr) {
-    index_->listener_->OnCommit(token_, before, slot_->committed);
+    index_->listener_->OnCommit(slot_->token,
+                                before != nullptr ? *before : kEmptyState,
+                                *fresh);
   }
+  // Readers may still be copying it.
+  epoch::RetireObject(const_cast<BindingState*>(before));
 }
 
 std::optional<BindingState> TokenIndex::Get(absl::string_view token) const {
-  const size_t shard_index = ShardIndex(token);
-  const Shard& shard = *shards_[shard_index];
-  TimedLock lock(*this, shard_index, LockOp::kRead);
-  auto it = shard.slots.find(token);
-  if (it == shard.slots.end() || it->second->committed.empty()) {
-    return std::nullopt;
-  }
-  return it->second->committed;
+  const uint64_t hash = HashOf(token);
+  const Shard& shard = *shards_[ShardIndexForHash(hash)];
+  epoch::Guard guard;
+  std::optional<BindingState> result;
+  ForEachInList<Slot>(shard.SlotList(hash), [&](const Slot& s) {
+    if (result.has_value() || s.hash != hash || s.token != token) return;
+    const BindingState* committed = s.committed.load();
+    if (committed != nullptr && !committed->empty()) result = *committed;
+  });
+  return result;
 }
 
 std::optional<TokenIndex::TokenLock::ObjectHolder>
 TokenIndex::TokenLock::ClaimObject(const std::string& key, bool tentative) {
   const ObjectFingerprint fp = ObjectFingerprint::Of(key);
-  const size_t shard_index = index_->ShardIndexForHash(fp.a);
-  Shard& shard = *index_->shards_[shard_index];
-  TimedLock lock(*index_, shard_index, op_);
-  auto [it, inserted] =
-      shard.objects.try_emplace(fp, ObjectHolder{token_, tentative});
-  if (inserted || it->second.token == token_) return std::nullopt;
-  return it->second;
+  Shard& shard = *index_->shards_[index_->ShardIndexForHash(fp.a)];
+  epoch::Guard guard;
+  std::unique_ptr<ObjectClaim> fresh;
+  while (true) {
+    uintptr_t first;
+    ObjectClaim* found = FindInList<ObjectClaim>(
+        shard.ObjectList(fp),
+        [&](const ObjectClaim& c) { return c.fingerprint == fp; }, &first);
+    if (found != nullptr) {
+      if (found->token == slot_->token) return std::nullopt;
+      return ObjectHolder{found->token, found->tentative.load()};
+    }
+    if (fresh == nullptr) {
+      fresh = std::make_unique<ObjectClaim>();
+      fresh->fingerprint = fp;
+      fresh->token = slot_->token;
+      fresh->tentative.store(tentative, std::memory_order_relaxed);
+    }
+    fresh->next.store(first, std::memory_order_relaxed);
+    if (shard.ObjectList(fp).compare_exchange_strong(first,
+                                                     LinkOf(fresh.get()))) {
+      fresh.release();
+      return std::nullopt;
+    }
+    ++tls_retries;
+  }
+}
+
+TokenIndex::ObjectClaim* TokenIndex::TokenLock::FindOwnClaim(
+    const std::string& key, std::atomic<uintptr_t>** list) const {
+  const ObjectFingerprint fp = ObjectFingerprint::Of(key);
+  *list = &index_->shards_[index_->ShardIndexForHash(fp.a)]->ObjectList(fp);
+  uintptr_t first;
+  return FindInList<ObjectClaim>(
+      **list,
+      [&](const ObjectClaim& c) {
+        return c.fingerprint == fp && c.token == slot_->token;
+      },
+      &first);
 }
 
 void TokenIndex::TokenLock::ConfirmObject(const std::string& key) {
-  const ObjectFingerprint fp = ObjectFingerprint::Of(key);
-  const size_t shard_index = index_->ShardIndexForHash(fp.a);
-  Shard& shard = *index_->shards_[shard_index];
-  TimedLock lock(*index_, shard_index, op_);
-  auto it = shard.objects.find(fp);
-  if (it != shard.objects.end() && it->second.token == token_) {
-    it->second.tentative = false;
+  epoch::Guard guard;
+  std::atomic<uintptr_t>* list;
+  if (ObjectClaim* claim = FindOwnClaim(key, &list)) {
+    claim->tentative.store(false);
   }
 }
 
 void TokenIndex::TokenLock::ReleaseObject(const std::string& key) {
-  const ObjectFingerprint fp = ObjectFingerprint::Of(key);
-  const size_t shard_index = index_->ShardIndexForHash(fp.a);
-  Shard& shard = *index_->shards_[shard_index];
-  TimedLock lock(*index_, shard_index, op_);
-  auto it = shard.objects.find(fp);
-  if (it != shard.objects.end() && it->second.token == token_) {
-    shard.objects.erase(it);
+  epoch::Guard guard;
+  std::atomic<uintptr_t>* list;
+  // Only this token's op-lock holder removes this token's claims, so the
+  // claim found cannot be removed by anyone else meanwhile.
+  if (ObjectClaim* claim = FindOwnClaim(key, &list)) {
+    RemoveFromList(*list, claim);
   }
 }
 
@@ -313,14 +505,17 @@ absl::StatusOr<TokenIndex::Page> TokenIndex::List(
   for (size_t s = start_shard; s < shards_.size(); ++s) {
     std::vector<std::pair<std::string, BindingState>> found;
     {
-      const Shard& shard = *shards_[s];
-      TimedLock lock(*this, s, LockOp::kRead);
-      for (const auto& [token, slot] : shard.slots) {
-        const BindingState& st = slot->committed;
-        if (st.empty()) continue;
-        if (!node.empty() && st.node() != node) continue;
-        if (s == start_shard && !after.empty() && token <= after) continue;
-        found.emplace_back(token, st);
+      epoch::Guard guard;
+      for (const auto& list : shards_[s]->slots) {
+        ForEachInList<Slot>(list, [&](const Slot& slot) {
+          const BindingState* st = slot.committed.load();
+          if (st == nullptr || st->empty()) return;
+          if (!node.empty() && st->node() != node) return;
+          if (s == start_shard && !after.empty() && slot.token <= after) {
+            return;
+          }
+          found.emplace_back(slot.token, *st);
+        });
       }
     }
     std::sort(found.begin(), found.end(),
@@ -328,8 +523,8 @@ absl::StatusOr<TokenIndex::Page> TokenIndex::List(
     for (auto& item : found) {
       if (page.items.size() == page_size) {
         const auto& last = page.items.back();
-        page.next_page_token =
-            absl::StrCat(ShardIndex(last.first), "/", last.first);
+        page.next_page_token = absl::StrCat(
+            ShardIndexForHash(HashOf(last.first)), "/", last.first);
         return page;
       }
       page.items.push_back(std::move(item));
@@ -341,14 +536,17 @@ absl::StatusOr<TokenIndex::Page> TokenIndex::List(
 void TokenIndex::ForEachCommitted(
     const std::function<void(const std::string&, const BindingState&)>& fn)
     const {
-  for (size_t s = 0; s < shards_.size(); ++s) {
-    const auto& shard_ptr = shards_[s];
+  for (const auto& shard : shards_) {
     std::vector<std::pair<std::string, BindingState>> found;
     {
-      TimedLock lock(*this, s, LockOp::kRead);
-      for (const auto& [token, slot] : shard_ptr->slots) {
-        if (!slot->committed.empty())
-          found.emplace_back(token, slot->committed);
+      epoch::Guard guard;
+      for (const auto& list : shard->slots) {
+        ForEachInList<Slot>(list, [&](const Slot& slot) {
+          const BindingState* st = slot.committed.load();
+          if (st != nullptr && !st->empty()) {
+            found.emplace_back(slot.token, *st);
+          }
+        });
       }
     }
     for (const auto& [token, st] : found) fn(token, st);
@@ -364,15 +562,15 @@ TokenIndex::Counts TokenIndex::CountAll(
     if (st.consumer) ++to.consumers;
     if (st.connected) ++to.connected;
   };
-  // Not reported to the observer: a scrape of the gauges would otherwise add
-  // one "read" observation per shard.
-  for (const auto& shard_ptr : shards_) {
-    MutexLock lock(&shard_ptr->mu);
-    for (const auto& [token, slot] : shard_ptr->slots) {
-      const BindingState& st = slot->committed;
-      if (st.empty()) continue;
-      add(c, st);
-      if (by_node != nullptr) add((*by_node)[st.node()], st);
+  for (const auto& shard : shards_) {
+    epoch::Guard guard;
+    for (const auto& list : shard->slots) {
+      ForEachInList<Slot>(list, [&](const Slot& slot) {
+        const BindingState* st = slot.committed.load();
+        if (st == nullptr || st->empty()) return;
+        add(c, *st);
+        if (by_node != nullptr) add((*by_node)[st->node()], *st);
+      });
     }
   }
   return c;

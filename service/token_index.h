@@ -2,25 +2,29 @@
 // consumer, whether they are connected), sharded so that unrelated tokens
 // never wait on one another.
 //
-// Two kinds of locking:
-//  * Shard mutexes guard the maps and the committed state. They are held only
-//    for a lookup or a copy, never across I/O.
+// No operation on one token ever waits for an operation on another:
+//  * Each shard keeps its tokens, and the physical objects they claim, in
+//    lock-free lists (insertion by CAS at the head, removal by marking then
+//    unlinking); unlinked nodes and replaced states are freed by epoch
+//    reclamation (common/epoch.h) once no reader can still see them. A
+//    thread preempted in the middle of an index operation therefore holds
+//    nothing that others need.
 //  * A per-token "op lock" (TokenLock) serialises the operations on one token
 //    (register, unregister, reconcile). It is held across the round trip to
-//    a node agent, but it is a flag in the token's slot, not a mutex: other
-//    tokens, and readers of this token, never wait for it.
+//    a node agent; it is a word in the token's slot, so other tokens, and
+//    readers of this token, never wait for it. Only a second operation on
+//    the same token sleeps until the first releases it.
 //
 // Readers (Get, List, ForEachCommitted) see only committed state: a side
-// whose connect is still in flight is invisible until TokenLock::Commit.
+// whose connect is still in flight is invisible until TokenLock::Commit,
+// which publishes a new immutable BindingState with one atomic exchange.
 // Every state change goes through TokenLock::Commit, which is where a durable
-// store and the watch stream hook in (ChangeListener).
-//
-// Lock order: a thread holding a TokenLock may take any one shard mutex at a
-// time; no thread ever holds two shard mutexes. Thread-safe.
+// store and the watch stream hook in (ChangeListener). Thread-safe.
 #ifndef IRQBYPASS_SERVICE_TOKEN_INDEX_H_
 #define IRQBYPASS_SERVICE_TOKEN_INDEX_H_
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -29,7 +33,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -89,11 +92,10 @@ enum class LockOp : uint8_t {
 inline constexpr int kNumLockOps = 7;
 const char* LockOpName(LockOp op);  // "register_producer", ...
 
-// Told how long the index waited for its locks: once per shard-mutex
-// acquisition (lookups, commits, object claims, release), and in
-// TokenIndex::Lock also for the token's op lock when another operation on the
-// same token held it. Called on the operating thread with no lock held; must
-// be cheap and thread-safe (per-shard or per-thread cells, not one shared
+// Told how long TokenIndex::Lock waited for the token's op lock: once per
+// Lock, 0 when it was free (the index takes no other lock: its shared lists
+// are lock-free). Called on the operating thread with no lock held; must be
+// cheap and thread-safe (per-shard or per-thread cells, not one shared
 // counter).
 class LockWaitObserver {
  public:
@@ -104,6 +106,7 @@ class LockWaitObserver {
 class TokenIndex {
   struct Shard;
   struct Slot;
+  struct ObjectClaim;
 
  public:
   static constexpr size_t kDefaultShards = 65536;
@@ -125,7 +128,8 @@ class TokenIndex {
     ~TokenLock();
 
     const std::string& token() const;
-    // The committed state (including this holder's own commits).
+    // The committed state (including this holder's own commits). The
+    // reference stays valid until this holder's next Commit.
     const BindingState& state() const;
     // Replaces the committed state; the only way state changes. Assigns a
     // new, higher revision and notifies the listener.
@@ -149,18 +153,14 @@ class TokenIndex {
 
    private:
     friend class TokenIndex;
-    TokenLock(TokenIndex* index, size_t shard, Slot* slot, std::string token,
-              LockOp op)
-        : index_(index),
-          shard_(shard),
-          slot_(slot),
-          token_(std::move(token)),
-          op_(op) {}
+    TokenLock(TokenIndex* index, size_t shard, Slot* slot)
+        : index_(index), shard_(shard), slot_(slot) {}
+    // This token's claim of `key` (inside an epoch guard), and its list.
+    ObjectClaim* FindOwnClaim(const std::string& key,
+                              std::atomic<uintptr_t>** list) const;
     TokenIndex* index_;
     size_t shard_;
     Slot* slot_;
-    std::string token_;
-    LockOp op_;
   };
 
   // Waits until no other TokenLock holds `token`, then takes it. `op` labels
@@ -183,7 +183,7 @@ class TokenIndex {
                             absl::string_view page_token) const;
 
   // Calls fn(token, state) for every committed binding (each shard is
-  // copied under its mutex, fn runs without any lock held).
+  // copied first; fn runs outside the index).
   void ForEachCommitted(
       const std::function<void(const std::string&, const BindingState&)>& fn)
       const;
@@ -199,11 +199,15 @@ class TokenIndex {
       absl::flat_hash_map<std::string, Counts>* by_node = nullptr) const;
   size_t num_shards() const { return shards_.size(); }
 
+  // How many times index operations on the calling thread lost a CAS race
+  // on a shared list (or found a slot being removed) and looked again: the
+  // lock-free structure's measure of contention (benchmarks).
+  static uint64_t RetriesOnThisThread();
+
  private:
-  class TimedLock;
-  size_t ShardIndex(absl::string_view key) const;
+  static uint64_t HashOf(absl::string_view key);
   size_t ShardIndexForHash(uint64_t hash) const;
-  void Release(size_t shard, Slot* slot, const std::string& token, LockOp op);
+  void Release(size_t shard, Slot* slot);
 
   std::vector<std::unique_ptr<Shard>> shards_;
   ChangeListener* const listener_;

@@ -250,7 +250,7 @@ class RecordingObserver : public LockWaitObserver {
   std::vector<std::pair<LockOp, int64_t>> waits;
 };
 
-TEST(TokenIndexTest, LockWaitObserver_SeesEveryLockAndTheOpLockWait) {
+TEST(TokenIndexTest, LockWaitObserver_SeesEachLockAndTheOpLockWait) {
   RecordingObserver observer;
   TokenIndex index(4, nullptr, &observer);
   auto held = std::make_unique<TokenIndex::TokenLock>(
@@ -276,8 +276,113 @@ TEST(TokenIndexTest, LockWaitObserver_SeesEveryLockAndTheOpLockWait) {
     }
   }
   EXPECT_TRUE(saw_register);
+  EXPECT_EQ(observer.waits.size(), 2u);  // one per Lock, nothing else
   EXPECT_GE(longest_unregister_wait, 5 * 1000 * 1000);  // >= 5 ms
   EXPECT_STREQ(LockOpName(LockOp::kUnregisterConsumer), "unregister_consumer");
+}
+
+// Tokens are created, emptied (their slots removed) and created again by
+// several threads at once, on two shards, while readers walk the lists and
+// objects are claimed and released across tokens: per token at most one
+// holder, per object at most one claimant, and the final state is what the
+// last operation on each token committed.
+TEST(TokenIndexTest, ChurnOfSlotsAndClaims_KeepsExclusionAndState) {
+  TokenIndex index(2);
+  constexpr int kTokens = 16;
+  constexpr int kObjects = 4;
+  constexpr int kThreads = 6;
+  constexpr int kOps = 3000;
+  std::atomic<int> inside[kTokens] = {};
+  std::atomic<int> claimants[kObjects] = {};
+  std::atomic<int> present[kTokens] = {};  // what the token's holder saw
+  std::atomic<bool> violation{false};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      unsigned seed = 12345u + static_cast<unsigned>(t);
+      for (int i = 0; i < kOps; ++i) {
+        seed = seed * 1103515245u + 12345u;
+        const int k = static_cast<int>((seed >> 16) % kTokens);
+        const std::string token = "tok-" + std::to_string(k);
+        auto lock = index.Lock(token);
+        if (inside[k].fetch_add(1) != 0) violation = true;
+        const std::string object = "obj-" + std::to_string(k % kObjects);
+        if (!lock.ClaimObject(object).has_value()) {
+          if (claimants[k % kObjects].fetch_add(1) != 0) violation = true;
+          claimants[k % kObjects].fetch_sub(1);
+          lock.ReleaseObject(object);
+        }
+        if (lock.state().empty()) {
+          lock.Commit(WithProducer("n1"));
+          present[k] = 1;
+        } else {
+          lock.Commit(BindingState{});  // the slot goes on release
+          present[k] = 0;
+        }
+        inside[k].fetch_sub(1);
+      }
+    });
+  }
+  std::thread reader([&] {
+    while (!stop.load()) {
+      for (int k = 0; k < kTokens; ++k) {
+        auto st = index.Get("tok-" + std::to_string(k));
+        if (st.has_value() && !st->producer.has_value()) violation = true;
+      }
+      auto page = index.List("", 100, "");
+      if (!page.ok()) violation = true;
+      index.CountAll();
+    }
+  });
+  for (auto& th : threads) th.join();
+  stop = true;
+  reader.join();
+  EXPECT_FALSE(violation.load());
+  size_t expected = 0;
+  for (int k = 0; k < kTokens; ++k) {
+    const bool there = index.Get("tok-" + std::to_string(k)).has_value();
+    EXPECT_EQ(there, present[k].load() == 1) << k;
+    expected += there ? 1 : 0;
+  }
+  EXPECT_EQ(index.CountAll().tokens, expected);
+  // Every object claim was released: another token can claim each now.
+  auto lock = index.Lock("fresh");
+  for (int o = 0; o < kObjects; ++o) {
+    EXPECT_FALSE(lock.ClaimObject("obj-" + std::to_string(o)).has_value());
+  }
+}
+
+// Waiters on a held token keep its slot alive even when the holder empties
+// it: each waiter then gets the op lock on a live slot.
+TEST(TokenIndexTest, WaitersOnATokenBeingEmptied_AllGetTheLock) {
+  TokenIndex index(1);
+  {
+    auto lock = index.Lock("t");
+    lock.Commit(WithProducer("n1"));
+  }
+  auto held = std::make_unique<TokenIndex::TokenLock>(index.Lock("t"));
+  std::atomic<int> done{0};
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < 4; ++i) {
+    waiters.emplace_back([&] {
+      auto lock = index.Lock("t");
+      BindingState st = lock.state();
+      if (!st.producer) st.producer = ProducerRecord{"n1", "d", 0, 3, 1};
+      st.producer->vector++;
+      lock.Commit(st);
+      done.fetch_add(1);
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(done.load(), 0);
+  held->Commit(BindingState{});
+  held.reset();
+  for (auto& th : waiters) th.join();
+  EXPECT_EQ(done.load(), 4);
+  auto st = index.Get("t");
+  ASSERT_TRUE(st.has_value());
+  EXPECT_EQ(st->producer->vector, 4u);
 }
 
 }  // namespace

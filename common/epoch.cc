@@ -1,0 +1,139 @@
+#include "common/epoch.h"
+
+#include <algorithm>
+#include <atomic>
+#include <utility>
+#include <vector>
+
+namespace irqbypass::epoch {
+namespace {
+
+struct Retired {
+  void* p;
+  void (*deleter)(void*);
+  uint64_t epoch;  // the global epoch when it was retired
+};
+
+// One per thread (reused after the thread exits). Records are never freed:
+// there are about as many as threads ever alive at once.
+struct Record {
+  // 0 while outside any guard; (epoch << 1) | 1 inside one entered at epoch.
+  std::atomic<uint64_t> state{0};
+  std::atomic<bool> owned{true};
+  std::atomic<size_t> pending{0};  // retired.size(), readable by others
+  Record* next = nullptr;          // immutable once the record is published
+
+  // Owner thread only.
+  int depth = 0;
+  size_t collect_at = 64;
+  std::vector<Retired> retired;
+};
+
+std::atomic<Record*> g_records{nullptr};
+std::atomic<uint64_t> g_epoch{1};
+
+Record* AcquireRecord() {
+  for (Record* r = g_records.load(); r != nullptr; r = r->next) {
+    bool owned = false;
+    if (!r->owned.load(std::memory_order_relaxed) &&
+        r->owned.compare_exchange_strong(owned, true)) {
+      return r;
+    }
+  }
+  auto* r = new Record;
+  Record* head = g_records.load();
+  do {
+    r->next = head;
+  } while (!g_records.compare_exchange_weak(head, r));
+  return r;
+}
+
+void CollectRecord(Record* r);
+
+struct ThreadHandle {
+  Record* record = nullptr;
+  ~ThreadHandle() {
+    if (record == nullptr) return;
+    CollectRecord(record);
+    record->state.store(0);
+    // What is still pending stays in the record for its next owner.
+    record->owned.store(false);
+    record = nullptr;
+  }
+};
+
+thread_local ThreadHandle tls_handle;
+
+Record* Mine() {
+  if (tls_handle.record == nullptr) tls_handle.record = AcquireRecord();
+  return tls_handle.record;
+}
+
+// Moves the global epoch on by one if every thread inside a guard entered it
+// at the current epoch.
+void TryAdvance() {
+  uint64_t e = g_epoch.load();
+  for (Record* r = g_records.load(); r != nullptr; r = r->next) {
+    const uint64_t s = r->state.load();
+    if ((s & 1) != 0 && (s >> 1) != e) return;
+  }
+  g_epoch.compare_exchange_strong(e, e + 1);
+}
+
+void CollectRecord(Record* r) {
+  TryAdvance();
+  const uint64_t now = g_epoch.load();
+  // What was retired at epoch e was unlinked before the epoch reached
+  // e + 1. The epoch reached e + 2 only once every thread then inside a guard
+  // had entered it at e + 1 or later, that is after the unlink; a guard
+  // entered later still cannot find the node either. So e + 2 <= now is safe.
+  std::vector<Retired> ready;
+  auto keep = std::partition(
+      r->retired.begin(), r->retired.end(),
+      [now](const Retired& x) { return x.epoch + 2 > now; });
+  ready.assign(keep, r->retired.end());
+  r->retired.erase(keep, r->retired.end());
+  r->collect_at = std::max<size_t>(64, 2 * r->retired.size());
+  r->pending.store(r->retired.size(), std::memory_order_relaxed);
+  for (const Retired& x : ready) x.deleter(x.p);
+}
+
+}  // namespace
+
+Guard::Guard() {
+  Record* r = Mine();
+  if (r->depth++ == 0) {
+    r->state.store((g_epoch.load() << 1) | 1);
+    // Loads of shared pointers after this point must not move before it.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+}
+
+Guard::~Guard() {
+  Record* r = Mine();
+  if (--r->depth == 0) r->state.store(0, std::memory_order_release);
+}
+
+void Retire(void* p, void (*deleter)(void*)) {
+  if (p == nullptr) return;
+  Record* r = Mine();
+  r->retired.push_back({p, deleter, g_epoch.load()});
+  r->pending.store(r->retired.size(), std::memory_order_relaxed);
+  if (r->retired.size() >= r->collect_at) CollectRecord(r);
+}
+
+size_t Collect() {
+  Record* r = Mine();
+  CollectRecord(r);
+  return r->retired.size();
+}
+
+size_t PendingApprox() {
+  size_t n = 0;
+  for (Record* r = g_records.load(); r != nullptr; r = r->next) {
+    n += r->pending.load(std::memory_order_relaxed);
+  }
+  return n;
+}
+
+}  // namespace irqbypass::epoch
