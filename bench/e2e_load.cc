@@ -359,6 +359,31 @@ int RunAgainstTarget(const std::string& target, int callers,
   return r.errors == 0 ? 0 : 1;
 }
 
+// Alternates one-second windows of load between two servers for
+// `duration` each, so that a change in the machine's speed during the run
+// (shared hosts) affects both alike.
+void Alternate(const std::string& first, const std::string& second,
+               int callers, absl::Duration duration, LoadResult* at_first,
+               LoadResult* at_second) {
+  LatencySamples first_samples, second_samples;
+  const int64_t rounds = std::max<int64_t>(
+      1, absl::ToInt64Seconds(absl::Ceil(duration, absl::Seconds(1))));
+  const absl::Duration window = duration / rounds;
+  for (int64_t i = 0; i < rounds; ++i) {
+    for (LoadResult* which : {at_first, at_second}) {
+      const bool is_first = which == at_first;
+      LoadResult r = RunLoad(is_first ? first : second, callers,
+                             Caller::Mode::kCycle, window, 0, 0,
+                             is_first ? &first_samples : &second_samples);
+      which->seconds += r.seconds;
+      which->pairs += r.pairs;
+      which->errors += r.errors;
+    }
+  }
+  at_first->latency = first_samples.Summarise();
+  at_second->latency = second_samples.Summarise();
+}
+
 int RunThroughput(int callers, absl::Duration duration) {
   Servers servers;
   if (!servers.StartManager() || !servers.StartBare()) {
@@ -368,26 +393,9 @@ int RunThroughput(int callers, absl::Duration duration) {
   // Warm up both (connections, allocator, first-use paths).
   RunLoad(servers.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
   RunLoad(servers.bare(), callers, Caller::Mode::kCycle, absl::Seconds(1));
-  // Alternate one-second windows between the two, so that a change in the
-  // machine's speed during the run (shared hosts) affects both alike.
   LoadResult ours, bare;
-  LatencySamples ours_samples, bare_samples;
-  const int64_t rounds = std::max<int64_t>(
-      1, absl::ToInt64Seconds(absl::Ceil(duration, absl::Seconds(1))));
-  const absl::Duration window = duration / rounds;
-  for (int64_t i = 0; i < rounds; ++i) {
-    for (auto* which : {&ours, &bare}) {
-      const bool is_ours = which == &ours;
-      LoadResult r = RunLoad(is_ours ? servers.manager() : servers.bare(),
-                             callers, Caller::Mode::kCycle, window, 0, 0,
-                             is_ours ? &ours_samples : &bare_samples);
-      which->seconds += r.seconds;
-      which->pairs += r.pairs;
-      which->errors += r.errors;
-    }
-  }
-  ours.latency = ours_samples.Summarise();
-  bare.latency = bare_samples.Summarise();
+  Alternate(servers.manager(), servers.bare(), callers, duration, &ours,
+            &bare);
   const double ratio = bare.pairs_per_second() > 0
                            ? ours.pairs_per_second() / bare.pairs_per_second()
                            : 0;
@@ -420,28 +428,38 @@ int RunScale(int callers, absl::Duration duration) {
                  "--scale_small/--scale_large: need 0 <= small <= large\n");
     return 2;
   }
-  Servers servers;
-  if (!servers.StartManager()) {
+  // Two managers, one holding `small` pairs and one `large`, measured in
+  // alternating windows (as RunThroughput does) so that drift in the
+  // machine's speed does not pass for an effect of the table's size.
+  Servers small_servers, large_servers;
+  if (!small_servers.StartManager() || !large_servers.StartManager()) {
     std::fprintf(stderr, "could not start irqbypassd\n");
     return 1;
   }
-  RunLoad(servers.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
-  const int64_t rss_empty = servers.ManagerRss();
-  LoadResult pre = RunLoad(servers.manager(), callers, Caller::Mode::kPreload,
-                           absl::ZeroDuration(), 0, small);
-  const LoadResult at_small =
-      RunLoad(servers.manager(), callers, Caller::Mode::kCycle, duration);
-  const int64_t rss_small = servers.ManagerRss();
+  RunLoad(small_servers.manager(), callers, Caller::Mode::kCycle,
+          absl::Seconds(1));
+  RunLoad(large_servers.manager(), callers, Caller::Mode::kCycle,
+          absl::Seconds(1));
+  const int64_t rss_empty = large_servers.ManagerRss();
+  LoadResult pre = RunLoad(small_servers.manager(), callers,
+                           Caller::Mode::kPreload, absl::ZeroDuration(), 0,
+                           small);
+  LoadResult pre_large_small =
+      RunLoad(large_servers.manager(), callers, Caller::Mode::kPreload,
+              absl::ZeroDuration(), 0, small);
+  const int64_t rss_small = large_servers.ManagerRss();
   std::fprintf(stderr, "preloading %d pairs ...\n", large - small);
   const auto t0 = Clock::now();
   LoadResult pre_large =
-      RunLoad(servers.manager(), callers, Caller::Mode::kPreload,
+      RunLoad(large_servers.manager(), callers, Caller::Mode::kPreload,
               absl::ZeroDuration(), small, large - small);
   const double preload_s =
       std::chrono::duration<double>(Clock::now() - t0).count();
-  const int64_t rss_large = servers.ManagerRss();
-  const LoadResult at_large =
-      RunLoad(servers.manager(), callers, Caller::Mode::kCycle, duration);
+  const int64_t rss_large = large_servers.ManagerRss();
+  pre.errors += pre_large_small.errors;
+  LoadResult at_small, at_large;
+  Alternate(small_servers.manager(), large_servers.manager(), callers,
+            duration, &at_small, &at_large);
   const double p99_ratio = at_small.latency.p99_ns > 0
                                ? static_cast<double>(at_large.latency.p99_ns) /
                                      at_small.latency.p99_ns
@@ -450,8 +468,10 @@ int RunScale(int callers, absl::Duration duration) {
       large > small
           ? static_cast<double>(rss_large - rss_small) / (large - small)
           : 0;
-  std::printf("scale: %d callers, %s per measurement\n", callers,
-              absl::FormatDuration(duration).c_str());
+  std::printf(
+      "scale: %d callers, %s per measurement (alternating 1 s windows "
+      "between a manager holding %d pairs and one holding %d)\n",
+      callers, absl::FormatDuration(duration).c_str(), small, large);
   std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "registered", "pairs/s",
               "pairs", "p50", "p99", "p99.9", "errors");
   PrintLoad(absl::StrCat(small).c_str(), at_small);

@@ -26,6 +26,7 @@ struct Record {
   // Owner thread only.
   int depth = 0;
   size_t collect_at = 64;
+  uint64_t collected_at_epoch = 0;  // global epoch at the last collection
   std::vector<Retired> retired;
 };
 
@@ -50,6 +51,8 @@ Record* AcquireRecord() {
 
 void CollectRecord(Record* r);
 
+// Note: a thread_local destructor that runs after ThreadHandle's must not
+// use guards or Retire (it would take a record that is never released).
 struct ThreadHandle {
   Record* record = nullptr;
   ~ThreadHandle() {
@@ -65,7 +68,11 @@ struct ThreadHandle {
 thread_local ThreadHandle tls_handle;
 
 Record* Mine() {
-  if (tls_handle.record == nullptr) tls_handle.record = AcquireRecord();
+  if (tls_handle.record == nullptr) {
+    tls_handle.record = AcquireRecord();
+    // An adopted record may hold what its previous thread retired.
+    if (!tls_handle.record->retired.empty()) CollectRecord(tls_handle.record);
+  }
   return tls_handle.record;
 }
 
@@ -93,7 +100,11 @@ void CollectRecord(Record* r) {
       [now](const Retired& x) { return x.epoch + 2 > now; });
   ready.assign(keep, r->retired.end());
   r->retired.erase(keep, r->retired.end());
+  // While a guard holds the epoch back, collecting on every retirement would
+  // cost O(n) each time: wait for the list to double, or for the epoch to
+  // move two steps (everything kept now is then free).
   r->collect_at = std::max<size_t>(64, 2 * r->retired.size());
+  r->collected_at_epoch = now;
   r->pending.store(r->retired.size(), std::memory_order_relaxed);
   for (const Retired& x : ready) x.deleter(x.p);
 }
@@ -103,8 +114,9 @@ void CollectRecord(Record* r) {
 Guard::Guard() {
   Record* r = Mine();
   if (r->depth++ == 0) {
-    r->state.store((g_epoch.load() << 1) | 1);
-    // Loads of shared pointers after this point must not move before it.
+    r->state.store((g_epoch.load() << 1) | 1, std::memory_order_relaxed);
+    // Loads of shared pointers after this point must not move before the
+    // announcement: one full fence (the store itself need not be one).
     std::atomic_thread_fence(std::memory_order_seq_cst);
   }
 }
@@ -117,9 +129,13 @@ Guard::~Guard() {
 void Retire(void* p, void (*deleter)(void*)) {
   if (p == nullptr) return;
   Record* r = Mine();
-  r->retired.push_back({p, deleter, g_epoch.load()});
+  const uint64_t now = g_epoch.load();
+  r->retired.push_back({p, deleter, now});
   r->pending.store(r->retired.size(), std::memory_order_relaxed);
-  if (r->retired.size() >= r->collect_at) CollectRecord(r);
+  if (r->retired.size() >= r->collect_at ||
+      (r->retired.size() >= 64 && now >= r->collected_at_epoch + 2)) {
+    CollectRecord(r);
+  }
 }
 
 size_t Collect() {

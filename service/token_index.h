@@ -13,7 +13,9 @@
 //    (register, unregister, reconcile). It is held across the round trip to
 //    a node agent; it is a word in the token's slot, so other tokens, and
 //    readers of this token, never wait for it. Only a second operation on
-//    the same token sleeps until the first releases it.
+//    the same token sleeps until the first releases it (on a per-shard
+//    condition variable, whose mutex a release takes only when that token
+//    has waiters).
 //
 // Readers (Get, List, ForEachCommitted) see only committed state: a side
 // whose connect is still in flight is invisible until TokenLock::Commit,
@@ -129,7 +131,8 @@ class TokenIndex {
 
     const std::string& token() const;
     // The committed state (including this holder's own commits). The
-    // reference stays valid until this holder's next Commit.
+    // reference is invalid once this holder commits again: copy what is
+    // needed before calling Commit.
     const BindingState& state() const;
     // Replaces the committed state; the only way state changes. Assigns a
     // new, higher revision and notifies the listener.
