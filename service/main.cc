@@ -39,8 +39,8 @@ ABSL_FLAG(std::string, port_file, "",
 ABSL_FLAG(absl::Duration, agent_command_timeout, absl::Seconds(5),
           "How long a connect/disconnect waits for the agent's ack");
 ABSL_FLAG(int, shards, 65536,
-          "Number of token index shards (more shards: fewer collisions with a "
-          "lock holder that the scheduler preempted)");
+          "Number of token index shards (each: a few lock-free lists and "
+          "the condition variable that same-token waiters sleep on)");
 ABSL_FLAG(int, grpc_max_pollers, 64,
           "Most idle gRPC server threads kept waiting for calls");
 ABSL_FLAG(std::string, log_level, "info", "debug|info|warn|error");

@@ -48,8 +48,8 @@ constexpr const char* kResultNames[] = {"ok", "failed", "unavailable",
                                         "timeout"};
 constexpr int kNumResults = 4;
 
-// Index lock waits: from an uncontended shard mutex (~100 ns) to a token
-// held across a slow agent round trip (seconds).
+// Index lock waits: from a token's op lock just released (~100 ns) to a
+// token held across a slow agent round trip (seconds).
 std::vector<double> LockWaitBounds() { return metrics::DecadeBounds(1e-7, 10); }
 // RPCs and agent round trips: 50 us .. 10 s.
 std::vector<double> LatencyBounds() { return metrics::DecadeBounds(5e-5, 10); }
@@ -95,8 +95,8 @@ ServiceMetrics::ServiceMetrics()
     metrics::ShardedHistogram::Options o;
     o.name = "irqbypass_index_lock_wait_seconds";
     o.help =
-        "Time spent waiting for token index locks (shard mutex, plus the "
-        "token's op lock when another operation held it), by operation.";
+        "Time each operation waited for its token's op lock (held by another "
+        "operation on the same token; 0 when free), by operation.";
     o.label_names = {"op"};
     for (int i = 0; i < kNumLockOps; ++i) {
       o.series_labels.push_back({LockOpName(static_cast<LockOp>(i))});

@@ -73,7 +73,7 @@ struct BindingState {
 };
 
 // Called after every commit, in commit order for a given token, while the
-// committing thread still holds that token's op lock (and no shard mutex).
+// committing thread still holds that token's op lock.
 class ChangeListener {
  public:
   virtual ~ChangeListener() = default;
