@@ -42,6 +42,11 @@ ABSL_FLAG(std::string, designs, "sharded,hashmap,list",
           "Comma list of designs to run: sharded, hashmap, list");
 ABSL_FLAG(int, shards, 65536, "Shards of the sharded index");
 ABSL_FLAG(std::string, json_out, "", "Write results as JSON to this file");
+ABSL_FLAG(std::string, sides, "together",
+          "together: one thread registers both sides of a token (the "
+          "review's workload); apart: a token's producer and consumer come "
+          "from two threads at about the same time, so they contend for "
+          "the token itself");
 
 namespace irqbypass::bench {
 namespace {
@@ -87,7 +92,9 @@ class Design {
  public:
   virtual ~Design() = default;
   virtual const char* name() const = 0;
-  // Each returns false on an unexpected contract outcome.
+  // Each returns false on an unexpected contract outcome (the side was not
+  // registered or not found); whether a pair connected is checked once the
+  // registrations are done (ConnectedPairs).
   virtual bool RegisterProducer(int i, const std::string& token) = 0;
   virtual bool RegisterConsumer(int i, const std::string& token) = 0;
   virtual bool UnregisterProducer(const std::string& token) = 0;
@@ -96,6 +103,7 @@ class Design {
   // lock-free parts: 0).
   virtual uint64_t RetriesOnThisThread() const { return 0; }
   virtual bool lock_free_parts() const { return false; }
+  virtual size_t ConnectedPairs() = 0;
 };
 
 // --- sharded: the product's index and matcher ------------------------------
@@ -127,13 +135,12 @@ class ShardedDesign : public Design {
     return matcher_.RegisterProducer(token, ProducerFor(i)).ok();
   }
   bool RegisterConsumer(int i, const std::string& token) override {
-    auto r = matcher_.RegisterConsumer(token, ConsumerFor(i));
-    return r.ok() && r->connected;
+    return matcher_.RegisterConsumer(token, ConsumerFor(i)).ok();
   }
   bool UnregisterProducer(const std::string& token) override {
-    auto r = matcher_.UnregisterProducer(token, 0);
-    return r.ok() && *r;
+    return matcher_.UnregisterProducer(token, 0).ok();
   }
+  size_t ConnectedPairs() override { return index_.CountAll().connected; }
   bool UnregisterConsumer(const std::string& token) override {
     return matcher_.UnregisterConsumer(token, 0).ok();
   }
@@ -195,7 +202,13 @@ class ListDesign : public Design {
     auto p = Find(producers_, token);
     if (p != producers_.end()) p->connected = c.connected = true;
     consumers_.push_back(std::move(c));
-    return c.connected || p != producers_.end();
+    return true;
+  }
+  size_t ConnectedPairs() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t n = 0;
+    for (const Side& p : producers_) n += p.connected ? 1 : 0;
+    return n;
   }
   bool UnregisterProducer(const std::string& token) override {
     return Unregister(producers_, consumers_, token);
@@ -248,7 +261,13 @@ class HashMapDesign : public Design {
     if (e.consumer) return false;
     e.consumer = std::make_unique<ConsumerRecord>(ConsumerFor(i));
     e.connected = e.producer != nullptr;
-    return e.connected;
+    return true;
+  }
+  size_t ConnectedPairs() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t n = 0;
+    for (const auto& [token, e] : map_) n += e.connected ? 1 : 0;
+    return n;
   }
   bool UnregisterProducer(const std::string& token) override {
     TimedLock lock(mu_);
@@ -291,7 +310,7 @@ struct Result {
   LatencySummary wait;
 };
 
-Result Run(Design& design, int tokens, int threads) {
+Result Run(Design& design, int tokens, int threads, bool apart) {
   std::vector<std::string> names;
   names.reserve(tokens);
   for (int i = 0; i < tokens; ++i) names.push_back(TokenName(i));
@@ -317,13 +336,19 @@ Result Run(Design& design, int tokens, int threads) {
           mine.Add(tls_op_wait_ns);
           tls_op_wait_ns = 0;
         };
-        for (int i = t; i < tokens; i += threads) {
+        // Together: this thread's tokens, both sides. Apart: the producers
+        // of this thread's tokens and the consumers of the tokens of the
+        // thread half-way round, which does the reverse at the same pace.
+        const int partner = apart ? (t + threads / 2) % threads : t;
+        for (int base = 0; base < tokens; base += threads) {
+          const int p = base + t;
+          const int c = base + partner;
           if (registering) {
-            op(design.RegisterProducer(i, names[i]));
-            op(design.RegisterConsumer(i, names[i]));
+            if (p < tokens) op(design.RegisterProducer(p, names[p]));
+            if (c < tokens) op(design.RegisterConsumer(c, names[c]));
           } else {
-            op(design.UnregisterProducer(names[i]));
-            op(design.UnregisterConsumer(names[i]));
+            if (p < tokens) op(design.UnregisterProducer(names[p]));
+            if (c < tokens) op(design.UnregisterConsumer(names[c]));
           }
         }
         errors += local_errors;
@@ -343,6 +368,13 @@ Result Run(Design& design, int tokens, int threads) {
   Result r;
   r.design = design.name();
   r.register_seconds = phase(true);
+  // Every token has both sides now: each pair must be connected.
+  const size_t connected = design.ConnectedPairs();
+  if (connected != static_cast<size_t>(tokens)) {
+    std::fprintf(stderr, "%s: %zu of %d pairs connected\n", design.name(),
+                 connected, tokens);
+    errors += static_cast<uint64_t>(tokens) - connected;
+  }
   r.unregister_seconds = phase(false);
   r.operations = 4ull * static_cast<uint64_t>(tokens);
   r.errors = errors.load();
@@ -363,10 +395,18 @@ int Main() {
     std::fprintf(stderr, "--tokens and --threads must be positive\n");
     return 2;
   }
+  const std::string sides = absl::GetFlag(FLAGS_sides);
+  if (sides != "together" && sides != "apart") {
+    std::fprintf(stderr, "--sides: expected together or apart, got %s\n",
+                 sides.c_str());
+    return 2;
+  }
+  const bool apart = sides == "apart";
   std::printf(
       "index contention: %d tokens (producer + consumer each, then both "
-      "unregistered), %d threads, %u cores\n",
-      tokens, threads, std::thread::hardware_concurrency());
+      "unregistered), %d threads, %u cores, sides %s\n",
+      tokens, threads, std::thread::hardware_concurrency(),
+      apart ? "apart (two threads per token)" : "together (one thread per token)");
   std::printf("lock wait per operation (sum over the locks it takes):\n");
   std::printf("%-8s %12s %10s %9s %10s %8s %8s %10s %10s %8s %7s %11s\n",
               "design", "ops/s", "ops", "locks/op", "avg", "p50", "p99",
@@ -404,7 +444,7 @@ int Main() {
                    std::string(name).c_str());
       return 2;
     }
-    results.push_back(Run(*design, tokens, threads));
+    results.push_back(Run(*design, tokens, threads, apart));
     print_row(results.back());
   }
 
@@ -430,6 +470,7 @@ int Main() {
   if (!json_out.empty()) {
     std::ofstream out(json_out);
     out << "{\"tokens\": " << tokens << ", \"threads\": " << threads
+        << ", \"sides\": \"" << sides << "\""
         << ", \"cores\": " << std::thread::hardware_concurrency()
         << ", \"results\": [";
     for (size_t i = 0; i < results.size(); ++i) {
