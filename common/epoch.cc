@@ -87,9 +87,32 @@ void TryAdvance() {
   g_epoch.compare_exchange_strong(e, e + 1);
 }
 
+// Frees what `r` holds that is safe at epoch `now`; the caller owns `r`.
+void FreeReady(Record* r, uint64_t now);
+
+// Frees what threads that exited left in their records, unless a new thread
+// took the record over (it then frees them itself).
+void DrainOrphans(Record* mine, uint64_t now) {
+  for (Record* r = g_records.load(); r != nullptr; r = r->next) {
+    if (r == mine || r->owned.load(std::memory_order_relaxed) ||
+        r->pending.load(std::memory_order_relaxed) == 0) {
+      continue;
+    }
+    bool owned = false;
+    if (!r->owned.compare_exchange_strong(owned, true)) continue;
+    FreeReady(r, now);
+    r->owned.store(false);
+  }
+}
+
 void CollectRecord(Record* r) {
   TryAdvance();
   const uint64_t now = g_epoch.load();
+  FreeReady(r, now);
+  DrainOrphans(r, now);
+}
+
+void FreeReady(Record* r, uint64_t now) {
   // What was retired at epoch e was unlinked before the epoch reached
   // e + 1. The epoch reached e + 2 only once every thread then inside a guard
   // had entered it at e + 1 or later, that is after the unlink; a guard
