@@ -8,7 +8,7 @@
 //    unlinking); unlinked nodes and replaced states are freed by epoch
 //    reclamation (common/epoch.h) once no reader can still see them. A
 //    thread preempted in the middle of an index operation therefore holds
-//    nothing that others need.
+//    nothing that an operation on another token needs.
 //  * A per-token "op lock" (TokenLock) serialises the operations on one token
 //    (register, unregister, reconcile). It is held across the round trip to
 //    a node agent; it is a word in the token's slot, so other tokens, and
