@@ -51,29 +51,44 @@ Record* AcquireRecord() {
 
 void CollectRecord(Record* r);
 
-// Note: a thread_local destructor that runs after ThreadHandle's must not
-// use guards or Retire (it would take a record that is never released).
+// The calling thread's record. tls_record and tls_exiting are trivially
+// destructible, so they stay usable while the thread's other thread_local
+// objects are destroyed; ThreadHandle releases the record at thread exit.
+thread_local Record* tls_record = nullptr;
+thread_local bool tls_exiting = false;
+
+void ReleaseRecord() {
+  Record* r = tls_record;
+  tls_record = nullptr;
+  CollectRecord(r);
+  r->state.store(0);
+  // What is still pending stays in the record for its next owner, or for
+  // any collector (DrainOrphans).
+  r->owned.store(false);
+}
+
 struct ThreadHandle {
-  Record* record = nullptr;
+  bool armed = false;
   ~ThreadHandle() {
-    if (record == nullptr) return;
-    CollectRecord(record);
-    record->state.store(0);
-    // What is still pending stays in the record for its next owner.
-    record->owned.store(false);
-    record = nullptr;
+    tls_exiting = true;
+    if (!armed) return;
+    if (tls_record != nullptr && tls_record->depth == 0) ReleaseRecord();
   }
 };
 
 thread_local ThreadHandle tls_handle;
 
 Record* Mine() {
-  if (tls_handle.record == nullptr) {
-    tls_handle.record = AcquireRecord();
+  if (tls_record == nullptr) {
+    tls_record = AcquireRecord();
+    // Touching the handle arranges for its destructor to run at thread
+    // exit; once it has run (a later thread_local destructor using a
+    // guard), the record is released after each use instead.
+    if (!tls_exiting) tls_handle.armed = true;
     // An adopted record may hold what its previous thread retired.
-    if (!tls_handle.record->retired.empty()) CollectRecord(tls_handle.record);
+    if (!tls_record->retired.empty()) CollectRecord(tls_record);
   }
-  return tls_handle.record;
+  return tls_record;
 }
 
 // Moves the global epoch on by one if every thread inside a guard entered it
@@ -146,7 +161,10 @@ Guard::Guard() {
 
 Guard::~Guard() {
   Record* r = Mine();
-  if (--r->depth == 0) r->state.store(0, std::memory_order_release);
+  if (--r->depth == 0) {
+    r->state.store(0, std::memory_order_release);
+    if (tls_exiting) ReleaseRecord();
+  }
 }
 
 void Retire(void* p, void (*deleter)(void*)) {
@@ -159,12 +177,15 @@ void Retire(void* p, void (*deleter)(void*)) {
       (r->retired.size() >= 64 && now >= r->collected_at_epoch + 2)) {
     CollectRecord(r);
   }
+  if (tls_exiting && r->depth == 0) ReleaseRecord();
 }
 
 size_t Collect() {
   Record* r = Mine();
   CollectRecord(r);
-  return r->retired.size();
+  const size_t pending = r->retired.size();
+  if (tls_exiting && r->depth == 0) ReleaseRecord();
+  return pending;
 }
 
 size_t PendingApprox() {

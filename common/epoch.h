@@ -12,8 +12,9 @@
 // Guards nest and are cheap (two stores and a load); they never block, and a
 // thread stuck inside one only delays reclamation, never other threads'
 // progress. One process-wide domain; every thread gets a record on first use,
-// reused by later threads once it exits (with whatever it had retired, so
-// nothing is lost). Thread-safe.
+// reused by later threads once it exits (what it had retired is freed by
+// whichever thread collects next, so nothing is lost). Usable from
+// thread_local destructors too. Thread-safe.
 #ifndef IRQBYPASS_COMMON_EPOCH_H_
 #define IRQBYPASS_COMMON_EPOCH_H_
 

@@ -178,5 +178,30 @@ TEST(EpochTest, RecordsReusedWhileOthersReadAndRetire) {
   EXPECT_EQ(PendingApprox(), 0u);
 }
 
+// A thread_local destroyed after the epoch's own per-thread state (it was
+// constructed first) may still use guards and retire: the record is then
+// released after each use, and what it retired is freed by others.
+struct LateUser {
+  bool used = false;
+  ~LateUser() {
+    if (!used) return;
+    Guard guard;
+    RetireObject(new Tracked);
+  }
+};
+thread_local LateUser tls_late_user;
+
+TEST(EpochTest, ThreadLocalDestructorsMayStillRetire) {
+  g_freed = 0;
+  std::thread t([] {
+    tls_late_user.used = true;  // constructed before the epoch's state
+    Guard guard;
+    RetireObject(new Tracked);
+  });
+  t.join();
+  CollectUntilFreed(2);
+  EXPECT_EQ(g_freed.load(), 2);
+}
+
 }  // namespace
 }  // namespace irqbypass::epoch
