@@ -103,10 +103,9 @@ std::shared_ptr<grpc::Channel> NewChannel(const AgentSessionOptions& options) {
                                    grpc::InsecureChannelCredentials(), args);
 }
 
-// Messages handed between the session's threads: from the reader thread to
-// the executing thread (commands), and from there to the writer thread
-// (acks). Once closed, Pop returns nothing more: what is still queued
-// belongs to a stream that ended. Thread-safe.
+// Messages handed from the session's reader thread to the thread that
+// executes commands. Once closed, Pop returns nothing more: what is still
+// queued belongs to a stream that ended. Thread-safe.
 template <typename Message>
 class MessageQueue {
  public:
@@ -125,18 +124,13 @@ class MessageQueue {
     absl::MutexLock lock(&mu_);
     return !closed_ && !queue_.empty() && pred(queue_.front());
   }
-  // No more pushes; Pop still returns what is queued, then false.
-  void CloseWhenDrained() {
-    absl::MutexLock lock(&mu_);
-    draining_ = true;
-  }
-  // Waits for the next message; false once closed (or drained, see
-  // CloseWhenDrained). `*more` tells whether further messages are queued.
+  // Waits for the next message; false once closed. `*more` tells whether
+  // further messages are queued.
   bool Pop(Message* message, bool* more) {
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(
         +[](MessageQueue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(q->mu_) {
-          return !q->queue_.empty() || q->closed_ || q->draining_;
+          return !q->queue_.empty() || q->closed_;
         },
         this));
     if (closed_ || queue_.empty()) return false;
@@ -150,18 +144,20 @@ class MessageQueue {
   absl::Mutex mu_;
   std::deque<Message> queue_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Executes one command and returns its ack.
 v1::AgentMessage HandleCommand(StepExecutor& executor, const std::string& node,
                                const v1::Command& command,
                                AgentMetrics* metrics) {
-  const std::string id = absl::StrCat(command.id());
-  const std::string kind = CommandKindName(command.kind());
-  LogDebug(
-      "command received",
-      {{"node", node}, {"token", command.token()}, {"id", id}, {"kind", kind}});
+  // The fields only debug lines need are built only when they are on.
+  const bool debug = LogEnabled(LogLevel::kDebug);
+  if (debug) {
+    LogDebug("command received", {{"node", node},
+                                  {"token", command.token()},
+                                  {"id", absl::StrCat(command.id())},
+                                  {"kind", CommandKindName(command.kind())}});
+  }
   v1::AgentMessage out;
   v1::CommandAck& ack = *out.mutable_ack();
   const auto started = std::chrono::steady_clock::now();
@@ -174,16 +170,18 @@ v1::AgentMessage HandleCommand(StepExecutor& executor, const std::string& node,
             .count());
   }
   if (ack.ok()) {
-    LogDebug("command done", {{"node", node},
-                              {"token", command.token()},
-                              {"id", id},
-                              {"kind", kind},
-                              {"executed", ExecutedList(ack)}});
+    if (debug) {
+      LogDebug("command done", {{"node", node},
+                                {"token", command.token()},
+                                {"id", absl::StrCat(command.id())},
+                                {"kind", CommandKindName(command.kind())},
+                                {"executed", ExecutedList(ack)}});
+    }
   } else {
     LogWarn("command failed", {{"node", node},
                                {"token", command.token()},
-                               {"id", id},
-                               {"kind", kind},
+                               {"id", absl::StrCat(command.id())},
+                               {"kind", CommandKindName(command.kind())},
                                {"failed_step", StepName(ack.failed_step())},
                                {"errno", ErrnoName(ack.errno_value())},
                                {"error", ack.message()},

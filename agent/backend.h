@@ -6,7 +6,7 @@
 // the command's token, producer and consumer, exactly as the manager sent
 // them. Implementations:
 //   * SimBackend (sim_backend.h): an in-memory model of a host, for tests.
-//   * A KVM/VFIO backend (later). Per token it owns one eventfd (an owning
+//   * KvmBackend (kvm_backend.h). Per token it owns one eventfd (an owning
 //     RAII fd). ADD_CONSUMER (the producer side takes the consumer) hands the
 //     eventfd to the device vector with VFIO_DEVICE_SET_IRQS
 //     (VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER) on the device

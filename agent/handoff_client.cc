@@ -12,22 +12,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "agent/errno_status.h"
+#include "agent/kvm_irqfd.h"
 
 namespace irqbypass {
 namespace agent {
-namespace {
-
-// KVM_IRQFD on `vm_fd`; 0 or the errno.
-int RunIrqfd(int vm_fd, int eventfd, uint32_t gsi, bool deassign) {
-  kvm_irqfd request;
-  std::memset(&request, 0, sizeof(request));
-  request.fd = static_cast<uint32_t>(eventfd);
-  request.gsi = gsi;
-  request.flags = deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0;
-  return ::ioctl(vm_fd, KVM_IRQFD, &request) == 0 ? 0 : errno;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 absl::StatusOr<std::unique_ptr<HandoffClient>> HandoffClient::Connect(
     const std::string& path) {
@@ -157,7 +146,7 @@ absl::Status HandoffClient::ServeIrqfd(const HandoffPacket& packet) {
     reply.message =
         absl::StrFormat("vm \"%s\" is not served by this VMM", request->vm);
   } else {
-    reply.errno_value = RunIrqfd(vm->second.get(), packet.fds[0].get(),
+    reply.errno_value = KvmIrqfd(vm->second.get(), packet.fds[0].get(),
                                  request->gsi, request->deassign);
     if (reply.errno_value != 0) {
       reply.message =

@@ -574,19 +574,7 @@ void KvmBackend::AddDevice(std::unique_ptr<VfioIrqs> device) {
     absl::MutexLock lock(&mu_);
     std::shared_ptr<VfioIrqs>& slot = devices_[address];
     old = std::exchange(slot, std::shared_ptr<VfioIrqs>(std::move(device)));
-    if (old != nullptr) {
-      std::vector<std::string> emptied;
-      for (auto& [token, w] : tokens_) {
-        if (w.device != old) continue;
-        const uint32_t index = VfioIndexOf(w.producer->index());
-        vectors.emplace_back(index, w.producer->vector());
-        vector_owner_.erase(VectorKey(address, index, w.producer->vector()));
-        w.producer.reset();
-        w.device.reset();
-        emptied.push_back(token);
-      }
-      for (const std::string& token : emptied) EraseIfEmpty(token);
-    }
+    if (old != nullptr) vectors = DetachDeviceLocked(address, old);
   }
   LogInfo(old != nullptr ? "device replaced" : "device held",
           {{"node", options_.node}, {"device", address}});
@@ -603,21 +591,28 @@ bool KvmBackend::RemoveDevice(const std::string& address) {
     if (it == devices_.end()) return false;
     device = std::move(it->second);
     devices_.erase(it);
-    std::vector<std::string> emptied;
-    for (auto& [token, w] : tokens_) {
-      if (w.device != device) continue;
-      const uint32_t index = VfioIndexOf(w.producer->index());
-      vectors.emplace_back(index, w.producer->vector());
-      vector_owner_.erase(VectorKey(address, index, w.producer->vector()));
-      w.producer.reset();
-      w.device.reset();
-      emptied.push_back(token);
-    }
-    for (const std::string& token : emptied) EraseIfEmpty(token);
+    vectors = DetachDeviceLocked(address, device);
   }
   TearDownDevice(device, std::move(vectors));
   NotifyChanged();
   return true;
+}
+
+std::vector<std::pair<uint32_t, uint32_t>> KvmBackend::DetachDeviceLocked(
+    const std::string& address, const std::shared_ptr<VfioIrqs>& device) {
+  std::vector<std::pair<uint32_t, uint32_t>> vectors;
+  std::vector<std::string> emptied;
+  for (auto& [token, w] : tokens_) {
+    if (w.device != device) continue;
+    const uint32_t index = VfioIndexOf(w.producer->index());
+    vectors.emplace_back(index, w.producer->vector());
+    vector_owner_.erase(VectorKey(address, index, w.producer->vector()));
+    w.producer.reset();
+    w.device.reset();
+    emptied.push_back(token);
+  }
+  for (const std::string& token : emptied) EraseIfEmpty(token);
+  return vectors;
 }
 
 void KvmBackend::TearDownDevice(

@@ -223,10 +223,15 @@ class KvmBackend final : public Backend {
   };
   // Forgets both sides of every token wired to `vm` (held as `name`);
   // returns the device triggers to release. Their vectors stay reserved
-  // (vector_owner_ "", kReleasing) until TearDownVm released them, so no
+  // (vector_owner_ "": being released) until TearDownVm released them, so no
   // add_consumer can set a trigger that the release would then clear.
   std::vector<Trigger> DetachVmLocked(const std::string& name,
                                       const std::shared_ptr<IrqfdTarget>& vm)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets the producer side of every token wired to `device` (held as
+  // `address`); returns the (index, vector) pairs to tear down.
+  std::vector<std::pair<uint32_t, uint32_t>> DetachDeviceLocked(
+      const std::string& address, const std::shared_ptr<VfioIrqs>& device)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Tears down what `vm` / `device` wired (no lock held).
   void TearDownVm(const std::shared_ptr<IrqfdTarget>& vm,

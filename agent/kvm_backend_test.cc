@@ -23,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/errno_status.h"
+#include "agent/kvm_irqfd.h"
 #include "agent/kvm_test_vcpu.h"
 #include "agent/step_executor.h"
 #include "agent/test_fd_count.h"
@@ -55,15 +56,6 @@ v1::Consumer MakeConsumer(const std::string& vm, uint32_t gsi) {
   c.set_vm(vm);
   c.set_gsi(gsi);
   return c;
-}
-
-int RawAssign(int vm_fd, int eventfd, uint32_t gsi, bool deassign = false) {
-  kvm_irqfd request;
-  std::memset(&request, 0, sizeof(request));
-  request.fd = eventfd;
-  request.gsi = gsi;
-  request.flags = deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0;
-  return ::ioctl(vm_fd, KVM_IRQFD, &request) == 0 ? 0 : errno;
 }
 
 // Polls `condition` for up to a second (irqfd injection for irqchip routes
@@ -128,11 +120,11 @@ TEST_F(KvmBackendTest, Pair_KernelHoldsIrqfd_SecondAssignEbusy_FreeAfterDel) {
   EXPECT_THAT(backend_->Inventory(), SizeIs(1));
 
   const int other_vm = backend_->FindVm("vm-b")->fd();
-  EXPECT_EQ(RawAssign(other_vm, eventfd->get(), 50), EBUSY);
+  EXPECT_EQ(KvmIrqfd(other_vm, eventfd->get(), 50), EBUSY);
 
   ASSERT_TRUE(backend_->DelProducer("t1", p, c).ok());
-  EXPECT_EQ(RawAssign(other_vm, eventfd->get(), 50), 0);
-  EXPECT_EQ(RawAssign(other_vm, eventfd->get(), 50, /*deassign=*/true), 0);
+  EXPECT_EQ(KvmIrqfd(other_vm, eventfd->get(), 50), 0);
+  EXPECT_EQ(KvmIrqfd(other_vm, eventfd->get(), 50, /*deassign=*/true), 0);
   // Half-way through a disconnect, the rest is reported as partial.
   ASSERT_THAT(backend_->Inventory(), SizeIs(1));
   EXPECT_TRUE(backend_->Inventory()[0].partial());
@@ -212,11 +204,11 @@ TEST_F(KvmBackendTest, KernelEbusy_EventfdHeldElsewhere_PassedUp) {
   // Someone else on the host took the token's eventfd as an irqfd.
   const int other_vm = backend_->FindVm("vm-b")->fd();
   const int eventfd = backend_->EventfdOf("t1")->get();
-  ASSERT_EQ(RawAssign(other_vm, eventfd, 60), 0);
+  ASSERT_EQ(KvmIrqfd(other_vm, eventfd, 60), 0);
   const StepResult r = backend_->AddProducer("t1", p, c);
   EXPECT_EQ(r.errno_value(), EBUSY);
   EXPECT_THAT(r.message(), HasSubstr("KVM_IRQFD assign"));
-  EXPECT_EQ(RawAssign(other_vm, eventfd, 60, /*deassign=*/true), 0);
+  EXPECT_EQ(KvmIrqfd(other_vm, eventfd, 60, /*deassign=*/true), 0);
   EXPECT_TRUE(backend_->AddProducer("t1", p, c).ok());
 }
 
@@ -331,8 +323,8 @@ TEST_F(KvmBackendTest, RemoveVm_TearsDownWiring_NotifiesAndFreesEventfd) {
   ASSERT_TRUE(backend_->RemoveVm("vm-a"));
   EXPECT_EQ(notified, 1);
   EXPECT_THAT(backend_->Inventory(), IsEmpty());
-  EXPECT_EQ(RawAssign(backend_->FindVm("vm-b")->fd(), eventfd->get(), 50), 0);
-  EXPECT_EQ(RawAssign(backend_->FindVm("vm-b")->fd(), eventfd->get(), 50, true),
+  EXPECT_EQ(KvmIrqfd(backend_->FindVm("vm-b")->fd(), eventfd->get(), 50), 0);
+  EXPECT_EQ(KvmIrqfd(backend_->FindVm("vm-b")->fd(), eventfd->get(), 50, true),
             0);
   // The manager's reconcile re-sends the connect: the VM is gone.
   EXPECT_EQ(Connect("t1", p, c).errno_value(), ENOENT);
@@ -384,7 +376,7 @@ TEST_F(KvmBackendTest, ThousandsOfIrqfdsAcrossVms_AllHeld_NoFdLeakAfter) {
   ASSERT_TRUE(probe.ok());
   for (int i = 0; i < kPerVm; i += 7) {
     const int eventfd = backend_->EventfdOf(absl::StrCat("t-3-", i))->get();
-    ASSERT_EQ(RawAssign((*probe)->fd(), eventfd, 30), EBUSY) << i;
+    ASSERT_EQ(KvmIrqfd((*probe)->fd(), eventfd, 30), EBUSY) << i;
   }
   probe->reset();
   kvm.reset();

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_format.h"
 #include "agent/errno_status.h"
+#include "agent/kvm_irqfd.h"
 #include "common/log.h"
 
 namespace irqbypass {
@@ -193,13 +194,9 @@ absl::Status KvmVm::AssignIrqfd(std::shared_ptr<const Fd> eventfd,
         ENOENT, absl::StrFormat("vm \"%s\" was released by its VMM", name_));
   }
   if (absl::Status s = EnsureRoutedLocked(gsi); !s.ok()) return s;
-  kvm_irqfd request;
-  std::memset(&request, 0, sizeof(request));
-  request.fd = static_cast<uint32_t>(eventfd->get());
-  request.gsi = gsi;
-  if (::ioctl(vm_fd_.get(), KVM_IRQFD, &request) != 0) {
+  if (const int err = KvmIrqfd(vm_fd_.get(), eventfd->get(), gsi); err != 0) {
     return ErrnoError(
-        errno,
+        err,
         absl::StrFormat("KVM_IRQFD assign (vm \"%s\" gsi %u)", name_, gsi));
   }
   const int fd = eventfd->get();
@@ -211,15 +208,11 @@ absl::Status KvmVm::DeassignIrqfd(int eventfd, uint32_t gsi) {
   absl::MutexLock lock(&mu_);
   auto it = irqfds_.find(eventfd);
   if (it == irqfds_.end() || it->second.gsi != gsi) return absl::OkStatus();
-  kvm_irqfd request;
-  std::memset(&request, 0, sizeof(request));
-  request.fd = static_cast<uint32_t>(eventfd);
-  request.gsi = gsi;
-  request.flags = KVM_IRQFD_FLAG_DEASSIGN;
-  if (::ioctl(vm_fd_.get(), KVM_IRQFD, &request) != 0) {
+  if (const int err = KvmIrqfd(vm_fd_.get(), eventfd, gsi, /*deassign=*/true);
+      err != 0) {
     // Keep the entry: the kernel may still hold it.
     return ErrnoError(
-        errno,
+        err,
         absl::StrFormat("KVM_IRQFD deassign (vm \"%s\" gsi %u)", name_, gsi));
   }
   irqfds_.erase(it);
@@ -236,13 +229,9 @@ int KvmVm::Retire() {
   // Without the lock: each deassign waits for a kernel workqueue flush.
   int deassigned = 0;
   for (const auto& [fd, irqfd] : irqfds) {
-    kvm_irqfd request;
-    std::memset(&request, 0, sizeof(request));
-    request.fd = static_cast<uint32_t>(fd);
-    request.gsi = irqfd.gsi;
-    request.flags = KVM_IRQFD_FLAG_DEASSIGN;
-    if (::ioctl(vm_fd_.get(), KVM_IRQFD, &request) != 0) {
-      const int err = errno;
+    if (const int err =
+            KvmIrqfd(vm_fd_.get(), fd, irqfd.gsi, /*deassign=*/true);
+        err != 0) {
       LogWarn("KVM_IRQFD deassign failed while retiring vm",
               {{"vm", name_},
                {"gsi", std::to_string(irqfd.gsi)},

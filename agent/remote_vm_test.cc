@@ -36,6 +36,7 @@
 #include "agent/handoff_client.h"
 #include "agent/handoff_server.h"
 #include "agent/kvm_backend.h"
+#include "agent/kvm_irqfd.h"
 #include "agent/test_fd_count.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -58,16 +59,6 @@ bool Eventually(F condition, absl::Duration timeout = absl::Seconds(10)) {
     absl::SleepFor(absl::Milliseconds(2));
   }
   return condition();
-}
-
-// KVM_IRQFD on `vm_fd`: 0 or the errno.
-int RawIrqfd(int vm_fd, int eventfd, uint32_t gsi, bool deassign = false) {
-  kvm_irqfd request;
-  std::memset(&request, 0, sizeof(request));
-  request.fd = eventfd;
-  request.gsi = gsi;
-  request.flags = deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0;
-  return ::ioctl(vm_fd, KVM_IRQFD, &request) == 0 ? 0 : errno;
 }
 
 bool PicIrr(int vm_fd, uint32_t irq) {
@@ -256,13 +247,13 @@ TEST_F(RemoteVmTest, ServeVm_AddProducer_VmmAssigns_KernelHoldsIt_DelFrees) {
 
   // The kernel holds the VMM's irqfd: the same eventfd again on the VMM's VM
   // (issued from the VMM's process: this one) is refused.
-  EXPECT_EQ(RawIrqfd(vmm_->vm_fd(), eventfd.get(), 41), EBUSY);
+  EXPECT_EQ(KvmIrqfd(vmm_->vm_fd(), eventfd.get(), 41), EBUSY);
 
   ASSERT_TRUE(backend_->DelProducer("t1", p, c).ok());
   EXPECT_EQ(vmm_->deassigns(), 1);
   EXPECT_EQ(vm->irqfd_count(), 0);
-  EXPECT_EQ(RawIrqfd(vmm_->vm_fd(), eventfd.get(), 41), 0);
-  EXPECT_EQ(RawIrqfd(vmm_->vm_fd(), eventfd.get(), 41, /*deassign=*/true), 0);
+  EXPECT_EQ(KvmIrqfd(vmm_->vm_fd(), eventfd.get(), 41), 0);
+  EXPECT_EQ(KvmIrqfd(vmm_->vm_fd(), eventfd.get(), 41, /*deassign=*/true), 0);
   ASSERT_TRUE(backend_->DelConsumer("t1", p, c).ok());
   EXPECT_EQ(backend_->EventfdOf("t1"), nullptr);
 }
@@ -337,7 +328,7 @@ TEST_F(RemoteVmTest, VmmDisconnects_WiringDropped_Notified_ReconnectsWhenBack) {
   const StepResult r = Connect("t1", p, c);
   ASSERT_TRUE(r.ok()) << r.message();
   Fd eventfd = DupEventfd("t1");
-  EXPECT_EQ(RawIrqfd(again->vm_fd(), eventfd.get(), 41), EBUSY);
+  EXPECT_EQ(KvmIrqfd(again->vm_fd(), eventfd.get(), 41), EBUSY);
   again.reset();
   ASSERT_TRUE(
       Eventually([&] { return backend_->FindIrqfdTarget("vm-v") == nullptr; }));
@@ -356,8 +347,8 @@ TEST_F(RemoteVmTest, VmmReleasesVm_AgentsDeassignServedBeforeTheOk) {
   EXPECT_EQ(backend_->FindIrqfdTarget("vm-v"), nullptr);
   EXPECT_FALSE(device_->HasTrigger(VFIO_PCI_MSIX_IRQ_INDEX, 3));
   // Deassigned in the kernel: the eventfd is free on the VMM's VM again.
-  EXPECT_EQ(RawIrqfd(vmm_->vm_fd(), eventfd.get(), 41), 0);
-  EXPECT_EQ(RawIrqfd(vmm_->vm_fd(), eventfd.get(), 41, /*deassign=*/true), 0);
+  EXPECT_EQ(KvmIrqfd(vmm_->vm_fd(), eventfd.get(), 41), 0);
+  EXPECT_EQ(KvmIrqfd(vmm_->vm_fd(), eventfd.get(), 41, /*deassign=*/true), 0);
 }
 
 TEST_F(RemoteVmTest, AgentStops_BackendLetsGo_DeassignsStillReachTheVmm) {
@@ -369,8 +360,8 @@ TEST_F(RemoteVmTest, AgentStops_BackendLetsGo_DeassignsStillReachTheVmm) {
   ASSERT_TRUE(backend_->RemoveVm("vm-v"));  // as the backend's destructor
 
   ASSERT_TRUE(Eventually([&] { return vmm_->deassigns() == 1; }));
-  EXPECT_EQ(RawIrqfd(vmm_->vm_fd(), eventfd.get(), 41), 0);
-  EXPECT_EQ(RawIrqfd(vmm_->vm_fd(), eventfd.get(), 41, /*deassign=*/true), 0);
+  EXPECT_EQ(KvmIrqfd(vmm_->vm_fd(), eventfd.get(), 41), 0);
+  EXPECT_EQ(KvmIrqfd(vmm_->vm_fd(), eventfd.get(), 41, /*deassign=*/true), 0);
 }
 
 TEST_F(RemoteVmTest, DeassignUnanswered_PairStaysReportedAsPartial) {

@@ -109,7 +109,6 @@ v1::CommandAck StepExecutor::Execute(const v1::Command& command) {
                                      {"error", undone.message()}});
       }
     }
-    undos.clear();
   }
   ack.set_ok(!failed);
   return ack;

@@ -5,7 +5,6 @@
 #include <signal.h>
 
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <string>
 
@@ -14,9 +13,12 @@
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
+#include "service/server_options.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:0", "HOST:PORT");
 ABSL_FLAG(std::string, port_file, "", "Write the bound port here");
+ABSL_FLAG(int, grpc_max_pollers, irqbypass::kDefaultGrpcMaxPollers,
+          "Most idle gRPC server threads kept (as irqbypassd's flag)");
 
 namespace irqbypass::bench {
 namespace {
@@ -57,25 +59,17 @@ int Main() {
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen),
                            grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
-  // As irqbypassd (service/main.cc).
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(
-      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  builder.SetSyncServerOption(
-      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 64);
+  // The same options as irqbypassd; what it leaves out on purpose is
+  // irqbypassd's work: the RPC-metrics interceptor, the health and
+  // reflection services and the handlers themselves.
+  ApplyServerOptions(builder, absl::GetFlag(FLAGS_grpc_max_pollers));
   auto server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::fprintf(stderr, "bare_server: cannot listen\n");
     return 2;
   }
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
-  if (!port_file.empty()) {
-    std::ofstream(port_file + ".tmp") << port << "\n";
-    std::rename((port_file + ".tmp").c_str(), port_file.c_str());
-  }
+  if (!port_file.empty()) WritePortFile(port_file, port);
   int sig = 0;
   sigwait(&signals, &sig);
   server->Shutdown();

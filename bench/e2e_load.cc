@@ -11,8 +11,6 @@
 // --scale: registration latency with --scale_small (1,000) and then
 // --scale_large (1,000,000) connected pairs already registered, and
 // irqbypassd's resident memory per registered pair at the large size.
-#include <signal.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -275,11 +273,8 @@ class Servers {
                         dir_ + "/irqbypassd.log")) {
       return false;
     }
-    if (!testing::WaitFor(
-            [&] { return !testing::ReadFile(port_file).empty(); })) {
-      return false;
-    }
-    manager_port_ = std::atoi(testing::ReadFile(port_file).c_str());
+    manager_port_ = testing::WaitForPortFile(port_file);
+    if (manager_port_ == 0) return false;
     if (!agent_.Start(Runfile("agent/irqbypass-agent"),
                       {"--manager=127.0.0.1:" + std::to_string(manager_port_),
                        std::string("--node=") + kNode, "--backend=sim",
@@ -300,12 +295,8 @@ class Servers {
                      dir_ + "/bare.log")) {
       return false;
     }
-    if (!testing::WaitFor(
-            [&] { return !testing::ReadFile(port_file).empty(); })) {
-      return false;
-    }
-    bare_port_ = std::atoi(testing::ReadFile(port_file).c_str());
-    return true;
+    bare_port_ = testing::WaitForPortFile(port_file);
+    return bare_port_ != 0;
   }
 
   std::string manager() const {
@@ -362,8 +353,8 @@ int RunAgainstTarget(const std::string& target, int callers,
 // Alternates one-second windows of load between two servers for
 // `duration` each, so that a change in the machine's speed during the run
 // (shared hosts) affects both alike.
-void Alternate(const std::string& first, const std::string& second,
-               int callers, absl::Duration duration, LoadResult* at_first,
+void Alternate(const std::string& first, const std::string& second, int callers,
+               absl::Duration duration, LoadResult* at_first,
                LoadResult* at_second) {
   LatencySamples first_samples, second_samples;
   const int64_t rounds = std::max<int64_t>(
@@ -372,9 +363,9 @@ void Alternate(const std::string& first, const std::string& second,
   for (int64_t i = 0; i < rounds; ++i) {
     for (LoadResult* which : {at_first, at_second}) {
       const bool is_first = which == at_first;
-      LoadResult r = RunLoad(is_first ? first : second, callers,
-                             Caller::Mode::kCycle, window, 0, 0,
-                             is_first ? &first_samples : &second_samples);
+      LoadResult r =
+          RunLoad(is_first ? first : second, callers, Caller::Mode::kCycle,
+                  window, 0, 0, is_first ? &first_samples : &second_samples);
       which->seconds += r.seconds;
       which->pairs += r.pairs;
       which->errors += r.errors;
@@ -394,8 +385,7 @@ int RunThroughput(int callers, absl::Duration duration) {
   RunLoad(servers.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
   RunLoad(servers.bare(), callers, Caller::Mode::kCycle, absl::Seconds(1));
   LoadResult ours, bare;
-  Alternate(servers.manager(), servers.bare(), callers, duration, &ours,
-            &bare);
+  Alternate(servers.manager(), servers.bare(), callers, duration, &ours, &bare);
   const double ratio = bare.pairs_per_second() > 0
                            ? ours.pairs_per_second() / bare.pairs_per_second()
                            : 0;
@@ -441,9 +431,9 @@ int RunScale(int callers, absl::Duration duration) {
   RunLoad(large_servers.manager(), callers, Caller::Mode::kCycle,
           absl::Seconds(1));
   const int64_t rss_empty = large_servers.ManagerRss();
-  LoadResult pre = RunLoad(small_servers.manager(), callers,
-                           Caller::Mode::kPreload, absl::ZeroDuration(), 0,
-                           small);
+  LoadResult pre =
+      RunLoad(small_servers.manager(), callers, Caller::Mode::kPreload,
+              absl::ZeroDuration(), 0, small);
   LoadResult pre_large_small =
       RunLoad(large_servers.manager(), callers, Caller::Mode::kPreload,
               absl::ZeroDuration(), 0, small);
@@ -458,8 +448,8 @@ int RunScale(int callers, absl::Duration duration) {
   const int64_t rss_large = large_servers.ManagerRss();
   pre.errors += pre_large_small.errors;
   LoadResult at_small, at_large;
-  Alternate(small_servers.manager(), large_servers.manager(), callers,
-            duration, &at_small, &at_large);
+  Alternate(small_servers.manager(), large_servers.manager(), callers, duration,
+            &at_small, &at_large);
   const double p99_ratio = at_small.latency.p99_ns > 0
                                ? static_cast<double>(at_large.latency.p99_ns) /
                                      at_small.latency.p99_ns

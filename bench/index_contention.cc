@@ -308,6 +308,9 @@ struct Result {
   double retries_per_op = 0;
   bool lock_free_parts = false;
   LatencySummary wait;
+  double ops_per_second() const {
+    return operations / (register_seconds + unregister_seconds);
+  }
 };
 
 Result Run(Design& design, int tokens, int threads, bool apart) {
@@ -406,27 +409,26 @@ int Main() {
       "index contention: %d tokens (producer + consumer each, then both "
       "unregistered), %d threads, %u cores, sides %s\n",
       tokens, threads, std::thread::hardware_concurrency(),
-      apart ? "apart (two threads per token)" : "together (one thread per token)");
+      apart ? "apart (two threads per token)"
+            : "together (one thread per token)");
   std::printf("lock wait per operation (sum over the locks it takes):\n");
   std::printf("%-8s %12s %10s %9s %10s %8s %8s %10s %10s %8s %7s %11s\n",
               "design", "ops/s", "ops", "locks/op", "avg", "p50", "p99",
               "p99.9", "max", ">=1ms", "errors", "retries/op");
   auto print_row = [](const Result& r) {
-    const double ops_per_s =
-        r.operations / (r.register_seconds + r.unregister_seconds);
     const std::string retries =
         r.lock_free_parts ? absl::StrFormat("%.5f", r.retries_per_op) : "-";
     std::printf(
         "%-8s %12.0f %10lu %9.1f %10s %8s %8s %10s %10s %8lu %7lu %11s\n",
-                r.design.c_str(), ops_per_s,
-                static_cast<unsigned long>(r.wait.count), r.locks_per_op,
-                HumanNs(r.wait.avg_ns).c_str(),
-                HumanNs(static_cast<double>(r.wait.p50_ns)).c_str(),
-                HumanNs(static_cast<double>(r.wait.p99_ns)).c_str(),
-                HumanNs(static_cast<double>(r.wait.p999_ns)).c_str(),
-                HumanNs(static_cast<double>(r.wait.max_ns)).c_str(),
-                static_cast<unsigned long>(r.wait.over_1ms),
-                static_cast<unsigned long>(r.errors), retries.c_str());
+        r.design.c_str(), r.ops_per_second(),
+        static_cast<unsigned long>(r.wait.count), r.locks_per_op,
+        HumanNs(r.wait.avg_ns).c_str(),
+        HumanNs(static_cast<double>(r.wait.p50_ns)).c_str(),
+        HumanNs(static_cast<double>(r.wait.p99_ns)).c_str(),
+        HumanNs(static_cast<double>(r.wait.p999_ns)).c_str(),
+        HumanNs(static_cast<double>(r.wait.max_ns)).c_str(),
+        static_cast<unsigned long>(r.wait.over_1ms),
+        static_cast<unsigned long>(r.errors), retries.c_str());
     std::fflush(stdout);
   };
   std::vector<Result> results;
@@ -478,8 +480,8 @@ int Main() {
       out << (i ? ", " : "") << "{\"design\": \"" << r.design
           << "\", \"register_seconds\": " << r.register_seconds
           << ", \"unregister_seconds\": " << r.unregister_seconds
-          << ", \"operations\": " << r.operations << ", \"ops_per_second\": "
-          << r.operations / (r.register_seconds + r.unregister_seconds)
+          << ", \"operations\": " << r.operations
+          << ", \"ops_per_second\": " << r.ops_per_second()
           << ", \"errors\": " << r.errors
           << ", \"locks_per_operation\": " << r.locks_per_op
           << ", \"retries_per_operation\": " << r.retries_per_op

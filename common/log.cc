@@ -130,7 +130,7 @@ void Log(LogLevel level, absl::string_view msg,
       if (NeedsQuoting(f.second))
         AppendQuoted(&line, f.second);
       else
-        line.append(f.second);
+        line.append(f.second.data(), f.second.size());
     }
     line.push_back('\n');
   }

@@ -28,14 +28,17 @@ bool ParseLogLevel(absl::string_view name, LogLevel* level);
 bool ParseLogFormat(absl::string_view name, LogFormat* format);
 bool LogEnabled(LogLevel level);
 
-using LogField = std::pair<absl::string_view, std::string>;
+// Values are views: a temporary passed as a value (absl::StrCat(...),
+// std::string(token)) lives until the end of the logging call, and nothing
+// is copied for a line below the level.
+using LogField = std::pair<absl::string_view, absl::string_view>;
 
 void Log(LogLevel level, absl::string_view msg,
          std::initializer_list<LogField> fields = {});
 
 inline void LogDebug(absl::string_view msg,
                      std::initializer_list<LogField> fields = {}) {
-  if (LogEnabled(LogLevel::kDebug)) Log(LogLevel::kDebug, msg, fields);
+  Log(LogLevel::kDebug, msg, fields);
 }
 inline void LogInfo(absl::string_view msg,
                     std::initializer_list<LogField> fields = {}) {
@@ -44,10 +47,6 @@ inline void LogInfo(absl::string_view msg,
 inline void LogWarn(absl::string_view msg,
                     std::initializer_list<LogField> fields = {}) {
   Log(LogLevel::kWarn, msg, fields);
-}
-inline void LogError(absl::string_view msg,
-                     std::initializer_list<LogField> fields = {}) {
-  Log(LogLevel::kError, msg, fields);
 }
 
 }  // namespace irqbypass

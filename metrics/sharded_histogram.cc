@@ -38,18 +38,6 @@ size_t RoundUpPowerOfTwo(size_t n) {
 
 }  // namespace
 
-namespace internal {
-
-uint32_t AssignThreadSlot() {
-  static std::atomic<uint32_t> next{1};
-  uint32_t slot = next.fetch_add(1, std::memory_order_relaxed);
-  if (slot == 0) slot = next.fetch_add(1, std::memory_order_relaxed);
-  thread_slot = slot;
-  return slot;
-}
-
-}  // namespace internal
-
 ShardedHistogram::ShardedHistogram(Options options)
     : options_(std::move(options)) {
   if (options_.name.empty()) BadOptions(options_.name, "name required");

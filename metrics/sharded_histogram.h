@@ -28,23 +28,12 @@
 #include <string>
 #include <vector>
 
+#include "common/thread_slot.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 
 namespace irqbypass {
 namespace metrics {
-
-namespace internal {
-// 0 until the thread's first observation (zero-initialised: no TLS guard).
-inline thread_local uint32_t thread_slot = 0;
-uint32_t AssignThreadSlot();  // round-robin, never 0
-}  // namespace internal
-
-// The calling thread's cell slot (assigned round-robin on first use).
-inline uint32_t ThreadSlot() {
-  const uint32_t slot = internal::thread_slot;
-  return slot != 0 ? slot : internal::AssignThreadSlot();
-}
 
 class ShardedHistogram final : public prometheus::Collectable {
  public:
@@ -77,9 +66,9 @@ class ShardedHistogram final : public prometheus::Collectable {
     const size_t bucket = static_cast<size_t>(
         std::lower_bound(bounds_ns_.begin(), bounds_ns_.end(), nanoseconds) -
         bounds_ns_.begin());
-    std::atomic<uint64_t>* s = cells_ +
-                               (ThreadSlot() & cell_mask_) * cell_stride_ +
-                               series * series_stride_;
+    std::atomic<uint64_t>* s =
+        cells_ + (irqbypass::ThreadSlot() & cell_mask_) * cell_stride_ +
+        series * series_stride_;
     s[bucket].fetch_add(1, std::memory_order_relaxed);
     s[series_stride_ - 1].fetch_add(static_cast<uint64_t>(nanoseconds),
                                     std::memory_order_relaxed);

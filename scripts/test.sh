@@ -23,6 +23,11 @@ passed=0
 failed=0
 logdir=$(mktemp -d)
 
+# The number in attribute $2 of the <testsuites> element of gtest XML $1.
+suite_attr() {
+  grep -o '<testsuites [^>]*' "$1" | grep -o " $2=\"[0-9]*\"" | grep -o '[0-9]*' | head -1
+}
+
 # Adds the results of one `bazel test` run (its output in $1) to the totals.
 count_results() {
   local out=$1 line target status xml tests failures errors
@@ -33,9 +38,9 @@ count_results() {
       xml="bazel-testlogs/${target#//}"
       xml="${xml/://}/test.xml"
       if [ -f "$xml" ]; then
-        tests=$(grep -o '<testsuites [^>]*' "$xml" | grep -o ' tests="[0-9]*"' | grep -o '[0-9]*' | head -1)
-        failures=$(grep -o '<testsuites [^>]*' "$xml" | grep -o ' failures="[0-9]*"' | grep -o '[0-9]*' | head -1)
-        errors=$(grep -o '<testsuites [^>]*' "$xml" | grep -o ' errors="[0-9]*"' | grep -o '[0-9]*' | head -1)
+        tests=$(suite_attr "$xml" tests)
+        failures=$(suite_attr "$xml" failures)
+        errors=$(suite_attr "$xml" errors)
         tests=${tests:-0}; failures=${failures:-0}; errors=${errors:-0}
         if grep -q '\bFAILED\b' <<<"$line" && [ $((failures + errors)) -eq 0 ]; then
           failures=1  # crashed or timed out after the XML was written

@@ -41,26 +41,16 @@ class AgentRegistry::AgentSession {
 
   const std::string& node() const { return node_; }
 
-  // Queues `command` with a fresh id. With expect_ack, returns the slot the
-  // ack will complete (also completed, as closed, if the session ends);
-  // without, a completed slot. Null when the session is closed.
-  std::shared_ptr<Pending> Send(v1::Command command, bool expect_ack) {
-    MutexLock lock(&mu_);
-    if (closed_) return nullptr;
-    command.set_id(next_id_++);
+  // Queues `command` with a fresh id and returns the slot its ack will
+  // complete (also completed, as closed, if the session ends). Null when the
+  // session is closed.
+  std::shared_ptr<Pending> Send(v1::Command command) {
     auto pending = std::make_shared<Pending>();
-    pending->id = command.id();
-    if (expect_ack) {
-      pending_.emplace(command.id(), pending);
-    } else {
-      pending->done = true;
-    }
-    v1::ManagerMessage msg;
-    *msg.mutable_command() = std::move(command);
-    outbox_.push_back(std::move(msg));
-    outbox_cv_.Signal();
-    return pending;
+    return Enqueue(std::move(command), pending) ? pending : nullptr;
   }
+
+  // Queues `command` without waiting for its ack.
+  void Post(v1::Command command) { Enqueue(std::move(command), nullptr); }
 
   // Waits for the ack until `deadline`. Returns false on timeout (the slot
   // is dropped; a late ack is ignored).
@@ -75,11 +65,11 @@ class AgentRegistry::AgentSession {
     return true;
   }
 
-  void Complete(const v1::CommandAck& ack) {
+  void Complete(v1::CommandAck&& ack) {
     MutexLock lock(&mu_);
     auto it = pending_.find(ack.id());
     if (it == pending_.end()) return;  // timed out earlier, or not awaited
-    it->second->ack = ack;
+    it->second->ack = std::move(ack);
     it->second->done = true;
     it->second->done_cv.SignalAll();
     pending_.erase(it);
@@ -129,6 +119,23 @@ class AgentRegistry::AgentSession {
   }
 
  private:
+  // Everything but the id is built before the lock is taken.
+  bool Enqueue(v1::Command command, const std::shared_ptr<Pending>& pending) {
+    v1::ManagerMessage msg;
+    *msg.mutable_command() = std::move(command);
+    MutexLock lock(&mu_);
+    if (closed_) return false;
+    const uint64_t id = next_id_++;
+    msg.mutable_command()->set_id(id);
+    if (pending != nullptr) {
+      pending->id = id;
+      pending_.emplace(id, pending);
+    }
+    outbox_.push_back(std::move(msg));
+    outbox_cv_.Signal();
+    return true;
+  }
+
   void WriterLoop() {
     std::vector<v1::ManagerMessage> batch;
     bool first = true;
@@ -314,17 +321,6 @@ std::vector<std::string> AgentRegistry::ConnectedNodes() const {
   return nodes;
 }
 
-bool AgentRegistry::WaitForAgent(absl::string_view node,
-                                 absl::Duration timeout) const {
-  const auto deadline =
-      std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
-  MutexLock lock(&mu_);
-  while (true) {
-    if (sessions_.contains(node)) return true;
-    if (!changed_.WaitUntil(&mu_, deadline)) return sessions_.contains(node);
-  }
-}
-
 void AgentRegistry::Shutdown() {
   std::vector<std::shared_ptr<AgentSession>> sessions;
   {
@@ -377,7 +373,6 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
     // The node takes no new commands until this session is reconciled.
     replaced = std::exchange(latest_[hello.node()], session);
     sessions_.erase(hello.node());
-    changed_.SignalAll();
   }
   if (options_.metrics != nullptr) {
     options_.metrics->AgentSessionStarted(hello.node());
@@ -418,7 +413,6 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
           it->second == session) {
         sessions_[session->node()] = session;
       }
-      changed_.SignalAll();
     }
     LogInfo("agent reconciled", {{"node", session->node()},
                                  {"kept", absl::StrCat(r.kept)},
@@ -430,7 +424,7 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
   v1::AgentMessage msg;
   while (stream->Read(&msg)) {
     if (msg.has_ack()) {
-      session->Complete(msg.ack());
+      session->Complete(std::move(*msg.mutable_ack()));
     } else {
       LogWarn("unexpected message from agent; ignored",
               {{"node", session->node()}});
@@ -446,7 +440,6 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
     if (latest != latest_.end() && latest->second == session) {
       latest_.erase(latest);
     }
-    changed_.SignalAll();
   }
   reconciler.join();
   session->Finish();  // after this, nobody touches the context or stream
@@ -455,43 +448,43 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
 }
 
 absl::StatusOr<v1::CommandAck> AgentRegistry::RoundTrip(
-    const std::shared_ptr<AgentSession>& session, const std::string& node,
-    v1::Command command) {
-  ErrorContext ctx;
-  ctx.token = command.token();
-  ctx.node = node;
+    const std::shared_ptr<AgentSession>& session, absl::string_view token,
+    const std::string& node, v1::Command command) {
+  // Built only for an error: the success path copies neither string.
+  auto error = [&](absl::StatusCode code, ErrorReason reason,
+                   absl::string_view message) {
+    ErrorContext ctx;
+    ctx.token = std::string(token);
+    ctx.node = node;
+    return MakeError(code, reason, message, ctx);
+  };
   if (session == nullptr) {
-    return MakeError(
-        absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
-        absl::StrCat("no agent connected (and reconciled) for node \"", node,
-                     "\""),
-        ctx);
+    return error(absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
+                 absl::StrCat("no agent connected (and reconciled) for node \"",
+                              node, "\""));
   }
   const auto deadline = std::chrono::steady_clock::now() +
                         absl::ToChronoNanoseconds(options_.command_timeout);
   std::shared_ptr<AgentSession::Pending> pending =
-      session->Send(std::move(command), /*expect_ack=*/true);
+      session->Send(std::move(command));
   if (pending == nullptr) {
-    return MakeError(
-        absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
-        absl::StrCat("agent for node \"", node, "\" went away"), ctx);
+    return error(absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
+                 absl::StrCat("agent for node \"", node, "\" went away"));
   }
   if (!session->Wait(*pending, deadline)) {
-    return MakeError(
-        absl::StatusCode::kDeadlineExceeded, ErrorReason::kAgentTimeout,
-        absl::StrCat("agent for node \"", node,
-                     "\" did not acknowledge within ",
-                     absl::FormatDuration(options_.command_timeout)),
-        ctx);
+    return error(absl::StatusCode::kDeadlineExceeded,
+                 ErrorReason::kAgentTimeout,
+                 absl::StrCat("agent for node \"", node,
+                              "\" did not acknowledge within ",
+                              absl::FormatDuration(options_.command_timeout)));
   }
   if (pending->closed) {
-    return MakeError(absl::StatusCode::kUnavailable,
-                     ErrorReason::kAgentUnavailable,
-                     absl::StrCat("agent for node \"", node,
-                                  "\" went away before acknowledging"),
-                     ctx);
+    return error(absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
+                 absl::StrCat("agent for node \"", node,
+                              "\" went away before acknowledging"));
   }
-  return pending->ack;
+  // Only this caller still holds the slot (it left the pending map).
+  return std::move(pending->ack);
 }
 
 absl::Status AgentRegistry::Connect(absl::string_view token,
@@ -515,7 +508,7 @@ absl::Status AgentRegistry::ConnectOn(
   const std::string& node = producer.node;
   const auto started = std::chrono::steady_clock::now();
   absl::StatusOr<v1::CommandAck> ack =
-      RoundTrip(session, node,
+      RoundTrip(session, token, node,
                 MakeCommand(v1::Command::CONNECT, token, producer, consumer));
   RecordRoundTrip(options_.metrics, AgentCommand::kConnect, started, ack);
   if (!ack.ok()) {
@@ -523,9 +516,8 @@ absl::Status AgentRegistry::ConnectOn(
         session != nullptr) {
       // The agent may still run the connect late: queue a disconnect behind
       // it (the agent runs commands in order) so nothing stays wired.
-      session->Send(
-          MakeCommand(v1::Command::DISCONNECT, token, producer, consumer),
-          /*expect_ack=*/false);
+      session->Post(
+          MakeCommand(v1::Command::DISCONNECT, token, producer, consumer));
     }
     return ack.status();
   }
@@ -539,7 +531,7 @@ void AgentRegistry::DisconnectOn(const std::shared_ptr<AgentSession>& session,
   const std::string& node = producer.node;
   const auto started = std::chrono::steady_clock::now();
   absl::StatusOr<v1::CommandAck> ack = RoundTrip(
-      session, node,
+      session, token, node,
       MakeCommand(v1::Command::DISCONNECT, token, producer, consumer));
   RecordRoundTrip(options_.metrics, AgentCommand::kDisconnect, started, ack);
   if (!ack.ok()) {

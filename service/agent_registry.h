@@ -63,9 +63,6 @@ class AgentRegistry final : public AgentDispatcher,
 
   // Nodes with a live, reconciled session, sorted.
   std::vector<std::string> ConnectedNodes() const;
-  // Blocks until `node` has a session whose reconciliation finished, or the
-  // timeout passes; true if so. For start-up ordering and tests.
-  bool WaitForAgent(absl::string_view node, absl::Duration timeout) const;
 
   // Ends every session (agents will reconnect to the next manager) and
   // refuses new ones. Called on shutdown before the server stops.
@@ -81,8 +78,8 @@ class AgentRegistry final : public AgentDispatcher,
   std::shared_ptr<AgentSession> FindLatest(absl::string_view node) const;
   // Sends `command` on `session` (null: UNAVAILABLE) and waits for its ack.
   absl::StatusOr<v1::CommandAck> RoundTrip(
-      const std::shared_ptr<AgentSession>& session, const std::string& node,
-      v1::Command command);
+      const std::shared_ptr<AgentSession>& session, absl::string_view token,
+      const std::string& node, v1::Command command);
   absl::Status ConnectOn(const std::shared_ptr<AgentSession>& session,
                          absl::string_view token,
                          const ProducerRecord& producer,
@@ -94,7 +91,6 @@ class AgentRegistry final : public AgentDispatcher,
   const Options options_;
   Matcher* matcher_ = nullptr;
   mutable Mutex mu_;
-  mutable CondVar changed_;
   // Per node: the newest session (reconciling or open), and the session open
   // to commands (the same one, once it is reconciled).
   absl::flat_hash_map<std::string, std::shared_ptr<AgentSession>> latest_

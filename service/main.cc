@@ -4,10 +4,8 @@
 #include <signal.h>
 
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -25,6 +23,7 @@
 #include "service/matcher.h"
 #include "service/metrics_endpoint.h"
 #include "service/rpc_metrics_interceptor.h"
+#include "service/server_options.h"
 #include "service/service_metrics.h"
 #include "service/token_index.h"
 #include "service/watch_hub.h"
@@ -41,7 +40,7 @@ ABSL_FLAG(absl::Duration, agent_command_timeout, absl::Seconds(5),
 ABSL_FLAG(int, shards, 65536,
           "Number of token index shards (each: a few lock-free lists and "
           "the condition variable that same-token waiters sleep on)");
-ABSL_FLAG(int, grpc_max_pollers, 64,
+ABSL_FLAG(int, grpc_max_pollers, irqbypass::kDefaultGrpcMaxPollers,
           "Most idle gRPC server threads kept waiting for calls");
 ABSL_FLAG(std::string, log_level, "info", "debug|info|warn|error");
 ABSL_FLAG(std::string, log_format, "kv", "kv|json");
@@ -123,20 +122,7 @@ int Run() {
                            grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
   builder.RegisterService(&registry);
-  // Agents keep one stream open for days: find dead peers, and let agents
-  // ping while idle.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(
-      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  // Registrations wait on agent round trips, so many handlers block at
-  // once; with gRPC's default of 2 idle pollers the sync server would end
-  // and re-create threads for nearly every call.
-  builder.SetSyncServerOption(
-      grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
-      absl::GetFlag(FLAGS_grpc_max_pollers));
+  ApplyServerOptions(builder, absl::GetFlag(FLAGS_grpc_max_pollers));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::StrCat("--listen: cannot listen on ",
@@ -148,14 +134,7 @@ int Run() {
   server->GetHealthCheckService()->SetServingStatus("irqbypass.v1.AgentControl",
                                                     true);
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
-  if (!port_file.empty()) {
-    const std::string tmp = port_file + ".tmp";
-    {
-      std::ofstream out(tmp);
-      out << port << "\n";
-    }
-    std::rename(tmp.c_str(), port_file.c_str());
-  }
+  if (!port_file.empty()) WritePortFile(port_file, port);
   LogInfo("irqbypassd serving",
           {{"listen", absl::GetFlag(FLAGS_listen)},
            {"port", absl::StrCat(port)},

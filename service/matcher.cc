@@ -102,7 +102,8 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
   // While a connect decides this registration, its claim is tentative: a
   // competing registration of the same object is told to retry, not that
   // the object is taken (the connect may still fail and free it).
-  if (auto holder = lock.ClaimObject(object_key, other.has_value())) {
+  TokenIndex::TokenLock::Claim claim;
+  if (auto holder = lock.ClaimObject(object_key, other.has_value(), &claim)) {
     ErrorContext ctx;
     ctx.token = std::string(token);
     ctx.node = record.node;
@@ -130,14 +131,14 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
     absl::Status connected = Side::Connect(dispatcher, token, record, *other);
     if (!connected.ok()) {
       // Contract: the new side is not recorded; the other stays untouched.
-      lock.ReleaseObject(object_key);
+      lock.ReleaseObject(claim);
       LogWarn("connect failed", {{"token", std::string(token)},
                                  {"node", record.node},
                                  {"side", Side::kName},
                                  {"error", connected.ToString()}});
       return connected;
     }
-    lock.ConfirmObject(object_key);
+    lock.ConfirmObject(claim);
     result.connected = true;
   }
 
@@ -196,6 +197,14 @@ bool SameWiring(const BindingState& st, const WiredPair& w) {
          st.consumer->vm == w.consumer.vm && st.consumer->gsi == w.consumer.gsi;
 }
 
+// Commits the token's state with `connected` set, unless it says so already.
+void CommitConnected(TokenIndex::TokenLock& lock, bool connected) {
+  if (lock.state().connected == connected) return;
+  BindingState next = lock.state();
+  next.connected = connected;
+  lock.Commit(std::move(next));
+}
+
 }  // namespace
 
 uint64_t NewRegistrationId() {
@@ -245,11 +254,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
     if (!w.partial && SameWiring(st, w)) {
       ++result.kept;
       kept.insert(w.token);
-      if (!st.connected) {
-        BindingState next = st;
-        next.connected = true;
-        lock.Commit(std::move(next));
-      }
+      CommitConnected(lock, true);
       continue;
     }
     via.Disconnect(w.token, w.producer, w.consumer);
@@ -281,11 +286,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
     if (!s.ok() && !current()) return result;
     if (s.ok()) {
       ++result.reconnected;
-      if (!st.connected) {
-        BindingState next = st;
-        next.connected = true;
-        lock.Commit(std::move(next));
-      }
+      CommitConnected(lock, true);
       continue;
     }
     ++result.failed;
@@ -293,11 +294,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
             {{"token", token},
              {"node", std::string(node)},
              {"error", s.ToString()}});
-    if (st.connected) {
-      BindingState next = st;
-      next.connected = false;
-      lock.Commit(std::move(next));
-    }
+    CommitConnected(lock, false);
   }
   return result;
 }

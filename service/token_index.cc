@@ -359,9 +359,7 @@ void TokenIndex::Release(size_t shard_index, Slot* slot) {
 }
 
 TokenIndex::TokenLock::TokenLock(TokenLock&& other) noexcept
-    : index_(other.index_),
-      shard_(other.shard_),
-      slot_(other.slot_) {
+    : index_(other.index_), shard_(other.shard_), slot_(other.slot_) {
   other.slot_ = nullptr;
 }
 
@@ -369,9 +367,7 @@ TokenIndex::TokenLock::~TokenLock() {
   if (slot_ != nullptr) index_->Release(shard_, slot_);
 }
 
-const std::string& TokenIndex::TokenLock::token() const {
-  return slot_->token;
-}
+const std::string& TokenIndex::TokenLock::token() const { return slot_->token; }
 
 const BindingState& TokenIndex::TokenLock::state() const {
   // Only the op-lock holder replaces `committed`, so what it points to stays
@@ -387,9 +383,8 @@ void TokenIndex::TokenLock::Commit(BindingState next) {
   auto* fresh = new BindingState(std::move(next));
   const BindingState* before = slot_->committed.exchange(fresh);
   if (index_->listener_ != nullptr) {
-    index_->listener_->OnCommit(slot_->token,
-                                before != nullptr ? *before : kEmptyState,
-                                *fresh);
+    index_->listener_->OnCommit(
+        slot_->token, before != nullptr ? *before : kEmptyState, *fresh);
   }
   // Readers may still be copying it.
   epoch::RetireObject(const_cast<BindingState*>(before));
@@ -409,65 +404,78 @@ std::optional<BindingState> TokenIndex::Get(absl::string_view token) const {
 }
 
 std::optional<TokenIndex::TokenLock::ObjectHolder>
-TokenIndex::TokenLock::ClaimObject(const std::string& key, bool tentative) {
+TokenIndex::TokenLock::ClaimObject(const std::string& key, bool tentative,
+                                   Claim* claim) {
   const ObjectFingerprint fp = ObjectFingerprint::Of(key);
   Shard& shard = *index_->shards_[index_->ShardIndexForHash(fp.a)];
+  std::atomic<uintptr_t>& list = shard.ObjectList(fp);
   epoch::Guard guard;
   std::unique_ptr<ObjectClaim> fresh;
   while (true) {
     uintptr_t first;
     ObjectClaim* found = FindInList<ObjectClaim>(
-        shard.ObjectList(fp),
-        [&](const ObjectClaim& c) { return c.fingerprint == fp; }, &first);
-    if (found != nullptr) {
-      if (found->token == slot_->token) return std::nullopt;
+        list, [&](const ObjectClaim& c) { return c.fingerprint == fp; },
+        &first);
+    if (found != nullptr && found->token != slot_->token) {
       return ObjectHolder{found->token, found->tentative.load()};
     }
-    if (fresh == nullptr) {
-      fresh = std::make_unique<ObjectClaim>();
-      fresh->fingerprint = fp;
-      fresh->token = slot_->token;
-      fresh->tentative.store(tentative, std::memory_order_relaxed);
+    if (found == nullptr) {
+      if (fresh == nullptr) {
+        fresh = std::make_unique<ObjectClaim>();
+        fresh->fingerprint = fp;
+        fresh->token = slot_->token;
+        fresh->tentative.store(tentative, std::memory_order_relaxed);
+      }
+      fresh->next.store(first, std::memory_order_relaxed);
+      if (!list.compare_exchange_strong(first, LinkOf(fresh.get()))) {
+        ++tls_retries;
+        continue;
+      }
+      found = fresh.release();
     }
-    fresh->next.store(first, std::memory_order_relaxed);
-    if (shard.ObjectList(fp).compare_exchange_strong(first,
-                                                     LinkOf(fresh.get()))) {
-      fresh.release();
-      return std::nullopt;
+    // Only this token's op-lock holder removes this token's claims, so the
+    // node stays valid for *claim while the lock is held.
+    if (claim != nullptr) {
+      claim->node_ = found;
+      claim->list_ = &list;
     }
-    ++tls_retries;
+    return std::nullopt;
   }
 }
 
-TokenIndex::ObjectClaim* TokenIndex::TokenLock::FindOwnClaim(
-    const std::string& key, std::atomic<uintptr_t>** list) const {
+TokenIndex::TokenLock::Claim TokenIndex::TokenLock::FindOwnClaim(
+    const std::string& key) const {
   const ObjectFingerprint fp = ObjectFingerprint::Of(key);
-  *list = &index_->shards_[index_->ShardIndexForHash(fp.a)]->ObjectList(fp);
+  Claim claim;
+  claim.list_ =
+      &index_->shards_[index_->ShardIndexForHash(fp.a)]->ObjectList(fp);
+  epoch::Guard guard;
   uintptr_t first;
-  return FindInList<ObjectClaim>(
-      **list,
+  claim.node_ = FindInList<ObjectClaim>(
+      *claim.list_,
       [&](const ObjectClaim& c) {
         return c.fingerprint == fp && c.token == slot_->token;
       },
       &first);
+  return claim;
 }
 
 void TokenIndex::TokenLock::ConfirmObject(const std::string& key) {
-  epoch::Guard guard;
-  std::atomic<uintptr_t>* list;
-  if (ObjectClaim* claim = FindOwnClaim(key, &list)) {
-    claim->tentative.store(false);
-  }
+  ConfirmObject(FindOwnClaim(key));
+}
+
+void TokenIndex::TokenLock::ConfirmObject(const Claim& claim) {
+  if (claim.node_ != nullptr) claim.node_->tentative.store(false);
 }
 
 void TokenIndex::TokenLock::ReleaseObject(const std::string& key) {
+  ReleaseObject(FindOwnClaim(key));
+}
+
+void TokenIndex::TokenLock::ReleaseObject(const Claim& claim) {
+  if (claim.node_ == nullptr) return;
   epoch::Guard guard;
-  std::atomic<uintptr_t>* list;
-  // Only this token's op-lock holder removes this token's claims, so the
-  // claim found cannot be removed by anyone else meanwhile.
-  if (ObjectClaim* claim = FindOwnClaim(key, &list)) {
-    RemoveFromList(*list, claim);
-  }
+  RemoveFromList(*claim.list_, claim.node_);
 }
 
 std::string TokenIndex::ProducerObjectKey(const ProducerRecord& p) {

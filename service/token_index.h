@@ -25,8 +25,8 @@
 #ifndef IRQBYPASS_SERVICE_TOKEN_INDEX_H_
 #define IRQBYPASS_SERVICE_TOKEN_INDEX_H_
 
-#include <cstddef>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -141,26 +141,38 @@ class TokenIndex {
     // Reserves a physical object (see ProducerObjectKey) for this token;
     // `tentative` while the registration still depends on a connect (see
     // ConfirmObject). Returns nullopt when reserved now or already reserved
-    // by this token; otherwise who holds it.
+    // by this token (and then, with `claim`, sets *claim to that
+    // reservation); otherwise who holds it.
     struct ObjectHolder {
       std::string token;
       bool tentative = false;  // that registration may still be rolled back
     };
+    // This token's reservation of one object, valid while this lock is held
+    // and until it is released: confirms and releases it without a second
+    // lookup.
+    class Claim {
+     private:
+      friend class TokenLock;
+      ObjectClaim* node_ = nullptr;
+      std::atomic<uintptr_t>* list_ = nullptr;
+    };
     std::optional<ObjectHolder> ClaimObject(const std::string& key,
-                                            bool tentative = false);
-    // Makes this token's tentative reservation of `key` final.
+                                            bool tentative = false,
+                                            Claim* claim = nullptr);
+    // Makes this token's tentative reservation final.
     void ConfirmObject(const std::string& key);
-    // Releases this token's reservation of `key` (no-op if another token
-    // holds it).
+    void ConfirmObject(const Claim& claim);
+    // Releases this token's reservation (no-op if another token holds the
+    // object).
     void ReleaseObject(const std::string& key);
+    void ReleaseObject(const Claim& claim);
 
    private:
     friend class TokenIndex;
     TokenLock(TokenIndex* index, size_t shard, Slot* slot)
         : index_(index), shard_(shard), slot_(slot) {}
-    // This token's claim of `key` (inside an epoch guard), and its list.
-    ObjectClaim* FindOwnClaim(const std::string& key,
-                              std::atomic<uintptr_t>** list) const;
+    // This token's reservation of `key` (empty if none).
+    Claim FindOwnClaim(const std::string& key) const;
     TokenIndex* index_;
     size_t shard_;
     Slot* slot_;

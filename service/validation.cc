@@ -49,15 +49,21 @@ bool IsPciAddress(absl::string_view s) {
   return s[11] >= '0' && s[11] <= '7';
 }
 
-}  // namespace
-
-absl::Status ValidateToken(absl::string_view field, absl::string_view token) {
-  if (auto s = Required(field, token, kMaxTokenBytes); !s.ok()) return s;
-  if (!IsPrintableNoSpace(token)) {
+// Required, at most `max` bytes, printable ASCII without spaces.
+absl::Status ValidatePrintable(absl::string_view field, absl::string_view value,
+                               size_t max) {
+  if (auto s = Required(field, value, max); !s.ok()) return s;
+  if (!IsPrintableNoSpace(value)) {
     return InvalidField(
         field, absl::StrCat(field, ": only printable ASCII without spaces"));
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateToken(absl::string_view field, absl::string_view token) {
+  return ValidatePrintable(field, token, kMaxTokenBytes);
 }
 
 absl::Status ValidateNode(absl::string_view field, absl::string_view node) {
@@ -125,10 +131,8 @@ absl::StatusOr<ProducerRecord> ProducerFromProto(const v1::Producer& p) {
 absl::StatusOr<ConsumerRecord> ConsumerFromProto(const v1::Consumer& c) {
   if (auto s = ValidateToken("consumer.token", c.token()); !s.ok()) return s;
   if (auto s = ValidateNode("consumer.node", c.node()); !s.ok()) return s;
-  if (auto s = Required("consumer.vm", c.vm(), kMaxVmBytes); !s.ok()) return s;
-  if (!IsPrintableNoSpace(c.vm())) {
-    return InvalidField("consumer.vm",
-                        "consumer.vm: only printable ASCII without spaces");
+  if (auto s = ValidatePrintable("consumer.vm", c.vm(), kMaxVmBytes); !s.ok()) {
+    return s;
   }
   if (c.gsi() > kMaxGsi) {
     return InvalidField("consumer.gsi",

@@ -5,20 +5,11 @@
 #include <string_view>
 #include <utility>
 
+#include "common/thread_slot.h"
 #include "service/validation.h"
 
 namespace irqbypass {
 namespace {
-
-// The snapshot slot of the calling thread: threads take slots round robin, so
-// up to kSnapshotSlots committing threads never share one.
-size_t ThisThreadSlot() {
-  static std::atomic<size_t> next_slot{0};
-  thread_local const size_t slot =
-      next_slot.fetch_add(1, std::memory_order_relaxed) %
-      WatchHub::kSnapshotSlots;
-  return slot;
-}
 
 size_t SubQueueOf(absl::string_view token) {
   return std::hash<std::string_view>{}(
@@ -32,12 +23,14 @@ size_t SubQueueOf(absl::string_view token) {
 
 void WatchHub::Subscriber::Push(size_t queue, const v1::BindingEvent& event) {
   SubQueue& q = queues_[queue];
+  if (state_.load(std::memory_order_relaxed) != kOpen) return;
+  v1::BindingEvent copy = event;  // copied before the reader's lock is taken
   std::deque<v1::BindingEvent> dropped;  // freed after the lock is released
   {
     MutexLock lock(&q.mu);
     if (state_.load(std::memory_order_relaxed) != kOpen) return;
     if (q.events.size() < capacity_) {
-      q.events.push_back(event);
+      q.events.push_back(std::move(copy));
     } else {
       // Mark the overflow before releasing q.mu, so no later event lands in
       // the emptied sub-queue (the reader would deliver it after a gap).
@@ -199,7 +192,9 @@ void WatchHub::OnCommit(absl::string_view token, const BindingState& before,
   // copied out: copying the shared_ptr would bump one reference count shared
   // by every committing thread. Holding the slot also lets Unsubscribe and
   // Shutdown wait out in-flight deliveries.
-  SnapshotSlot& slot = slots_[ThisThreadSlot()];
+  // Threads take slots round robin: up to kSnapshotSlots committing
+  // threads never share one.
+  SnapshotSlot& slot = slots_[ThreadSlot() % kSnapshotSlots];
   MutexLock lock(&slot.mu);
   if (slot.list == nullptr) return;
   for (const auto& sub : *slot.list) {

@@ -31,8 +31,8 @@ bool Cluster::StartManager(const std::vector<std::string>& flags) {
                       dir_ + "/irqbypassd.log")) {
     return false;
   }
-  if (!WaitFor([&] { return !ReadFile(port_file).empty(); })) return false;
-  port_ = std::atoi(ReadFile(port_file).c_str());
+  port_ = WaitForPortFile(port_file);
+  if (port_ == 0) return false;
   {
     // A fresh channel: the old one may be in reconnect backoff after a
     // manager restart.

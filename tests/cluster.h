@@ -30,7 +30,7 @@ class Cluster {
   // (one more "agent reconciled" line for that node).
   bool StartAgent(const std::string& node,
                   const std::vector<std::string>& flags = {});
-  Process& agent(const std::string& node) { return *agents_[node]; }
+  Process& agent(const std::string& node) { return *agents_.at(node); }
   // How many times the manager reconciled `node` so far.
   int Reconciles(const std::string& node) const;
   bool WaitReconciles(const std::string& node, int at_least) const;

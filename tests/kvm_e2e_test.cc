@@ -9,7 +9,6 @@
 // binding connects through the VMM's KVM_IRQFD, goes not-connected when the
 // VMM dies and connects again when a VMM serves the VM again.
 // Skips, saying why, where /dev/kvm cannot be opened.
-#include <dirent.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <signal.h>
@@ -18,15 +17,16 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <regex>
-#include <sstream>
 #include <string>
 
 #include "agent/errno_status.h"
+#include "agent/fd.h"
 #include "agent/handoff_client.h"
+#include "agent/kvm_irqfd.h"
 #include "client/error_detail.h"
 #include "client/irqbypass_client.h"
 #include "gtest/gtest.h"
@@ -39,38 +39,6 @@ using client::GetErrorDetail;
 
 constexpr char kDevice[] = "0000:3b:00.1";
 
-// An owning fd, local to this test.
-struct TestFd {
-  explicit TestFd(int fd = -1) : fd(fd) {}
-  ~TestFd() {
-    if (fd >= 0) ::close(fd);
-  }
-  TestFd(const TestFd&) = delete;
-  TestFd& operator=(const TestFd&) = delete;
-  int fd;
-};
-
-// The pid of the irqbypass-agent whose command line has `arg`.
-pid_t FindProcessWithArg(const std::string& arg) {
-  DIR* proc = ::opendir("/proc");
-  pid_t found = -1;
-  while (dirent* entry = proc ? ::readdir(proc) : nullptr) {
-    const pid_t pid = std::atoi(entry->d_name);
-    if (pid <= 0) continue;
-    std::ifstream in(std::string("/proc/") + entry->d_name + "/cmdline");
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    const std::string cmdline = buffer.str();
-    if (cmdline.find("irqbypass-agent") != std::string::npos &&
-        cmdline.find(arg + '\0') != std::string::npos) {
-      found = pid;
-      break;
-    }
-  }
-  if (proc) ::closedir(proc);
-  return found;
-}
-
 // The eventfd number from the agent's `irqfd assigned` line for `token`.
 int LoggedEventfd(const std::string& log, const std::string& token) {
   const std::regex line("msg=\"irqfd assigned\" token=" + token +
@@ -80,23 +48,11 @@ int LoggedEventfd(const std::string& log, const std::string& token) {
   return std::atoi(match[1].str().c_str());
 }
 
-int AssignIrqfd(int vm_fd, int eventfd, uint32_t gsi, bool deassign = false) {
-  kvm_irqfd request;
-  std::memset(&request, 0, sizeof(request));
-  request.fd = eventfd;
-  request.gsi = gsi;
-  request.flags = deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0;
-  return ::ioctl(vm_fd, KVM_IRQFD, &request) == 0 ? 0 : errno;
-}
-
 class KvmEndToEndTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    kvm_ = std::make_unique<TestFd>(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
-    if (kvm_->fd < 0) {
-      GTEST_SKIP() << "/dev/kvm cannot be opened here (" << std::strerror(errno)
-                   << "): the kvm end-to-end tests need it";
-    }
+    OpenKvmOrSkip();
+    if (IsSkipped()) return;
     ASSERT_TRUE(cluster_.StartManager());
     // Cluster starts agents with --backend=sim; a later flag wins.
     ASSERT_TRUE(cluster_.StartAgent(
@@ -105,8 +61,15 @@ class KvmEndToEndTest : public ::testing::Test {
         << cluster_.agent("n1").Log();
   }
   client::Client& api() { return cluster_.client(); }
+  void OpenKvmOrSkip() {
+    kvm_ = agent::Fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
+    if (!kvm_.valid()) {
+      GTEST_SKIP() << "/dev/kvm cannot be opened here (" << std::strerror(errno)
+                   << "): the kvm end-to-end tests need it";
+    }
+  }
 
-  std::unique_ptr<TestFd> kvm_;
+  agent::Fd kvm_;
   Cluster cluster_;
 };
 
@@ -120,30 +83,30 @@ TEST_F(KvmEndToEndTest, Paired_KernelHoldsIrqfd_UnregisterReleasesIt) {
   // Take the agent's eventfd for t1.
   const int agent_eventfd = LoggedEventfd(cluster_.agent("n1").Log(), "t1");
   ASSERT_GE(agent_eventfd, 0) << cluster_.agent("n1").Log();
-  const pid_t agent = FindProcessWithArg("--manager=" + cluster_.target());
+  const pid_t agent = cluster_.agent("n1").pid();
   ASSERT_GT(agent, 0);
-  TestFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, agent, 0)));
-  ASSERT_GE(pidfd.fd, 0) << std::strerror(errno);
-  TestFd eventfd(
-      static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.fd, agent_eventfd, 0)));
-  ASSERT_GE(eventfd.fd, 0) << std::strerror(errno);
+  agent::Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, agent, 0)));
+  ASSERT_TRUE(pidfd.valid()) << std::strerror(errno);
+  agent::Fd eventfd(static_cast<int>(
+      ::syscall(SYS_pidfd_getfd, pidfd.get(), agent_eventfd, 0)));
+  ASSERT_TRUE(eventfd.valid()) << std::strerror(errno);
   ASSERT_EQ(std::string(std::filesystem::read_symlink(
-                "/proc/self/fd/" + std::to_string(eventfd.fd))),
+                "/proc/self/fd/" + std::to_string(eventfd.get()))),
             "anon_inode:[eventfd]");
 
   // A VM of our own; the kernel refuses the eventfd while the agent's irqfd
   // holds it.
-  TestFd vm(::ioctl(kvm_->fd, KVM_CREATE_VM, 0));
-  ASSERT_GE(vm.fd, 0);
-  ASSERT_EQ(::ioctl(vm.fd, KVM_CREATE_IRQCHIP, 0), 0);
-  EXPECT_EQ(AssignIrqfd(vm.fd, eventfd.fd, 5), EBUSY);
+  agent::Fd vm(::ioctl(kvm_.get(), KVM_CREATE_VM, 0));
+  ASSERT_TRUE(vm.valid());
+  ASSERT_EQ(::ioctl(vm.get(), KVM_CREATE_IRQCHIP, 0), 0);
+  EXPECT_EQ(agent::KvmIrqfd(vm.get(), eventfd.get(), 5), EBUSY);
 
   auto d = api().UnregisterProducer("t1", p->registration_id);
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_TRUE(*d);
   // Acked means deassigned: the kernel lets us have it now.
-  EXPECT_EQ(AssignIrqfd(vm.fd, eventfd.fd, 5), 0);
-  EXPECT_EQ(AssignIrqfd(vm.fd, eventfd.fd, 5, /*deassign=*/true), 0);
+  EXPECT_EQ(agent::KvmIrqfd(vm.get(), eventfd.get(), 5), 0);
+  EXPECT_EQ(agent::KvmIrqfd(vm.get(), eventfd.get(), 5, /*deassign=*/true), 0);
   EXPECT_NE(
       cluster_.agent("n1").Log().find("msg=\"irqfd deassigned\" token=t1 "),
       std::string::npos);
@@ -185,11 +148,8 @@ TEST_F(KvmEndToEndTest, UnknownDevice_ConnectFailsAtAddConsumer_Enoent) {
 class KvmHandoffEndToEndTest : public KvmEndToEndTest {
  protected:
   void SetUp() override {
-    kvm_ = std::make_unique<TestFd>(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
-    if (kvm_->fd < 0) {
-      GTEST_SKIP() << "/dev/kvm cannot be opened here (" << std::strerror(errno)
-                   << "): the kvm end-to-end tests need it";
-    }
+    OpenKvmOrSkip();
+    if (IsSkipped()) return;
     char dir[] = "/tmp/irqbypass-e2e-XXXXXX";  // sun_path: 107 bytes at most
     ASSERT_NE(::mkdtemp(dir), nullptr);
     dir_ = dir;
@@ -201,13 +161,14 @@ class KvmHandoffEndToEndTest : public KvmEndToEndTest {
         << cluster_.agent("n1").Log();
   }
   void TearDown() override {
+    if (dir_.empty()) return;  // skipped, or SetUp failed before any of it
     cluster_.agent("n1").Signal(SIGTERM);
     cluster_.agent("n1").Wait();
     ::rmdir(dir_.c_str());
   }
   // A VMM's VM: KVM_CREATE_VM + KVM_CREATE_IRQCHIP.
   int NewVm() {
-    const int vm = ::ioctl(kvm_->fd, KVM_CREATE_VM, 0);
+    const int vm = ::ioctl(kvm_.get(), KVM_CREATE_VM, 0);
     EXPECT_GE(vm, 0);
     EXPECT_EQ(::ioctl(vm, KVM_CREATE_IRQCHIP, 0), 0);
     return vm;
@@ -220,10 +181,10 @@ class KvmHandoffEndToEndTest : public KvmEndToEndTest {
 TEST_F(KvmHandoffEndToEndTest, VmFromAnotherProcess_RefusedWithKernelEio) {
   // KVM serves VM ioctls only to the VM's creator (kvm->mm): the agent can
   // not drive a VMM's VM, and says so with the kernel's errno.
-  TestFd vm(NewVm());
+  agent::Fd vm(NewVm());
   auto vmm = agent::HandoffClient::Connect(socket_);
   ASSERT_TRUE(vmm.ok()) << vmm.status();
-  const absl::Status s = (*vmm)->HandOverVm("vm-h", vm.fd, true);
+  const absl::Status s = (*vmm)->HandOverVm("vm-h", vm.get(), true);
   EXPECT_EQ(agent::ErrnoOf(s), EIO) << s;
   EXPECT_NE(s.message().find("process but the one that created the VM"),
             absl::string_view::npos)

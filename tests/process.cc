@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -49,6 +50,15 @@ bool WaitFor(const std::function<bool()>& condition,
     if (std::chrono::steady_clock::now() >= deadline) return condition();
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+}
+
+int WaitForPortFile(const std::string& path) {
+  std::string text;
+  WaitFor([&] {
+    text = ReadFile(path);
+    return !text.empty();
+  });
+  return std::atoi(text.c_str());
 }
 
 namespace {

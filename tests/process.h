@@ -24,6 +24,8 @@ std::string ReadFile(const std::string& path);
 // passes; returns the last result.
 bool WaitFor(const std::function<bool()>& condition,
              std::chrono::milliseconds timeout = std::chrono::seconds(20));
+// Waits for a server's --port_file to be written; the port, or 0 on timeout.
+int WaitForPortFile(const std::string& path);
 
 class Process {
  public:
