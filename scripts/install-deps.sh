@@ -17,6 +17,7 @@ packages=(
   libgmock-dev
   libbenchmark-dev
   prometheus-cpp-dev
+  librocksdb-dev  # the embedded durable store (service/rocksdb_store)
   prometheus  # promtool and the server, for the observability tests
   jq          # checks the Grafana dashboard JSON (//deploy:deploy_files_test)
 )

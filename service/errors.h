@@ -25,6 +25,7 @@ enum class ErrorReason {
   kAgentUnavailable = 7,
   kAgentTimeout = 8,
   kNotRegistered = 9,
+  kStoreUnavailable = 10,
 };
 
 // Context attached to an error; empty fields are not attached.

@@ -3,7 +3,9 @@
 // port. See README.md.
 #include <signal.h>
 
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,6 +24,7 @@
 #include "service/bypass_service.h"
 #include "service/matcher.h"
 #include "service/metrics_endpoint.h"
+#include "service/rocksdb_store.h"
 #include "service/rpc_metrics_interceptor.h"
 #include "service/server_options.h"
 #include "service/service_metrics.h"
@@ -42,6 +45,12 @@ ABSL_FLAG(int, shards, 65536,
           "the condition variable that same-token waiters sleep on)");
 ABSL_FLAG(int, grpc_max_pollers, irqbypass::kDefaultGrpcMaxPollers,
           "Most idle gRPC server threads kept waiting for calls");
+ABSL_FLAG(std::string, store, "embedded",
+          "Where state is kept durably: embedded (RocksDB in --data_dir) or "
+          "memory (nothing survives a restart; tests and benchmarks only)");
+ABSL_FLAG(std::string, data_dir, "/var/lib/irqbypassd",
+          "Directory of the embedded store (created if missing; one "
+          "irqbypassd at a time)");
 ABSL_FLAG(std::string, log_level, "info", "debug|info|warn|error");
 ABSL_FLAG(std::string, log_format, "kv", "kv|json");
 
@@ -80,12 +89,60 @@ int Run() {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  const std::string store_kind = absl::GetFlag(FLAGS_store);
+  std::unique_ptr<RocksDbStore> store;
+  if (store_kind == "embedded") {
+    const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+    if (data_dir.empty()) return Fail("--data_dir: empty");
+    std::error_code ec;
+    std::filesystem::create_directories(data_dir, ec);
+    if (ec) {
+      return Fail(absl::StrCat("--data_dir: cannot create ", data_dir, ": ",
+                               ec.message()));
+    }
+    RocksDbStoreOptions store_options;
+    store_options.dir = data_dir;
+    auto opened = RocksDbStore::Open(store_options);
+    if (!opened.ok()) {
+      return Fail(absl::StrCat("--data_dir: ", opened.status().message()));
+    }
+    store = *std::move(opened);
+  } else if (store_kind == "memory") {
+    LogWarn(
+        "--store=memory: state is not durable; a restart loses every "
+        "registration and tears down the wiring of every node");
+  } else {
+    return Fail("--store: expected embedded|memory");
+  }
+
   WatchHub watch_hub;
   // Lock waits are timed only when someone can scrape them.
   ServiceMetrics service_metrics;
   TokenIndex index(
       static_cast<size_t>(shards), &watch_hub,
-      absl::GetFlag(FLAGS_metrics_listen).empty() ? nullptr : &service_metrics);
+      absl::GetFlag(FLAGS_metrics_listen).empty() ? nullptr : &service_metrics,
+      store.get());
+  if (store != nullptr) {
+    // Everything the store holds is in the index before anything is served,
+    // so reconnecting agents find their wiring known and keep it.
+    const auto load_start = std::chrono::steady_clock::now();
+    absl::Status restored = index.Restore(*store);
+    if (!restored.ok()) {
+      return Fail(absl::StrCat("loading the store (", store->Describe(),
+                               "): ", restored.message()));
+    }
+    const TokenIndex::Counts counts = index.CountAll();
+    LogInfo("store loaded",
+            {{"store", store->Describe()},
+             {"tokens", absl::StrCat(counts.tokens)},
+             {"connected", absl::StrCat(counts.connected)},
+             {"revision", absl::StrCat(index.revision())},
+             {"ms", absl::StrCat(std::chrono::duration_cast<
+                                     std::chrono::milliseconds>(
+                                     std::chrono::steady_clock::now() -
+                                     load_start)
+                                     .count())}});
+  }
   AgentRegistry::Options registry_options;
   registry_options.command_timeout = timeout;
   registry_options.metrics = &service_metrics;
@@ -150,6 +207,12 @@ int Run() {
   watch_hub.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
+  if (store != nullptr) {
+    absl::Status closed = store->Close();
+    if (!closed.ok()) {
+      LogWarn("closing the store failed", {{"error", closed.ToString()}});
+    }
+  }
   LogInfo("stopped");
   return 0;
 }

@@ -138,14 +138,27 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
                                  {"error", connected.ToString()}});
       return connected;
     }
-    lock.ConfirmObject(claim);
     result.connected = true;
   }
 
   BindingState next = current;
-  Side::Mine(next) = std::move(record);
+  Side::Mine(next) = record;
   next.connected = result.connected;
-  lock.Commit(std::move(next));
+  absl::Status stored = lock.Stage(std::move(next));
+  if (!stored.ok()) {
+    // Not durable, so not made: undo the wiring (the other side stays as it
+    // was, as after a failed connect).
+    if (result.connected) Side::Disconnect(dispatcher, token, record, *other);
+    lock.ReleaseObject(claim);
+    LogWarn("registration not stored; rolled back",
+            {{"token", std::string(token)},
+             {"node", record.node},
+             {"side", Side::kName},
+             {"error", stored.ToString()}});
+    return stored;
+  }
+  if (result.connected) lock.ConfirmObject(claim);
+  lock.Publish();
   return result;
 }
 
@@ -174,16 +187,22 @@ absl::StatusOr<bool> Unregister(TokenIndex& index, AgentDispatcher& dispatcher,
                      " that holds token \"", token, "\"; nothing was changed"),
         ctx);
   }
+  // Durable first: if the store refuses, nothing changes (still wired). If
+  // the manager dies after this, the agent's wiring is stale when it
+  // reconnects and reconciliation removes it.
+  BindingState next = current;
+  Side::Mine(next).reset();
+  next.connected = false;
+  absl::Status stored = lock.Stage(std::move(next));
+  if (!stored.ok()) return stored;
+  // `current` stays valid until Publish.
   bool disconnected = false;
   if (current.connected && Side::Theirs(current).has_value()) {
     Side::Disconnect(dispatcher, token, *mine, *Side::Theirs(current));
     disconnected = true;
   }
   lock.ReleaseObject(Side::ObjectKey(*mine));
-  BindingState next = current;
-  Side::Mine(next).reset();
-  next.connected = false;
-  lock.Commit(std::move(next));
+  lock.Publish();
   return disconnected;
 }
 
@@ -198,11 +217,17 @@ bool SameWiring(const BindingState& st, const WiredPair& w) {
 }
 
 // Commits the token's state with `connected` set, unless it says so already.
+// If the store refuses, the token keeps its old flag until the next
+// reconcile (the flag is re-learned from the agent each time).
 void CommitConnected(TokenIndex::TokenLock& lock, bool connected) {
   if (lock.state().connected == connected) return;
   BindingState next = lock.state();
   next.connected = connected;
-  lock.Commit(std::move(next));
+  absl::Status stored = lock.Commit(std::move(next));
+  if (!stored.ok()) {
+    LogWarn("reconcile: connected flag not stored",
+            {{"token", lock.token()}, {"error", stored.ToString()}});
+  }
 }
 
 }  // namespace

@@ -14,16 +14,6 @@
 namespace irqbypass {
 
 namespace {
-const std::string kEmptyString;
-}  // namespace
-
-const std::string& BindingState::node() const {
-  if (producer.has_value()) return producer->node;
-  if (consumer.has_value()) return consumer->node;
-  return kEmptyString;
-}
-
-namespace {
 
 // Links of the lock-free lists below: a node pointer whose low bit, when
 // set, marks the node holding the link as removed (it is unlinked by the
@@ -174,7 +164,6 @@ struct TokenIndex::Shard {
   std::atomic<uintptr_t>& ObjectList(const ObjectFingerprint& fp) {
     return objects[fp.b % kObjectLists];
   }
-  std::atomic<uint64_t> revision{0};  // last revision handed out
   // Only for threads waiting on a busy op lock (another operation on the
   // same token); the lists never take it.
   Mutex mu;
@@ -202,8 +191,8 @@ const char* LockOpName(LockOp op) {
 }
 
 TokenIndex::TokenIndex(size_t num_shards, ChangeListener* listener,
-                       LockWaitObserver* observer)
-    : listener_(listener), observer_(observer) {
+                       LockWaitObserver* observer, Store* store)
+    : listener_(listener), observer_(observer), store_(store) {
   if (num_shards == 0) num_shards = 1;
   shards_.reserve(num_shards);
   for (size_t i = 0; i < num_shards; ++i) {
@@ -359,12 +348,18 @@ void TokenIndex::Release(size_t shard_index, Slot* slot) {
 }
 
 TokenIndex::TokenLock::TokenLock(TokenLock&& other) noexcept
-    : index_(other.index_), shard_(other.shard_), slot_(other.slot_) {
+    : index_(other.index_),
+      shard_(other.shard_),
+      slot_(other.slot_),
+      staged_(other.staged_) {
   other.slot_ = nullptr;
+  other.staged_ = nullptr;
 }
 
 TokenIndex::TokenLock::~TokenLock() {
-  if (slot_ != nullptr) index_->Release(shard_, slot_);
+  if (slot_ == nullptr) return;
+  Publish();  // the store holds it already: readers must see it too
+  index_->Release(shard_, slot_);
 }
 
 const std::string& TokenIndex::TokenLock::token() const { return slot_->token; }
@@ -376,11 +371,36 @@ const BindingState& TokenIndex::TokenLock::state() const {
   return committed != nullptr ? *committed : kEmptyState;
 }
 
-void TokenIndex::TokenLock::Commit(BindingState next) {
-  // From the shard's counter, so a token's revisions keep rising even after
+absl::Status TokenIndex::TokenLock::Stage(BindingState next) {
+  // From the index's counter, so a token's revisions keep rising even after
   // it was emptied and its slot dropped.
-  next.revision = index_->shards_[shard_]->revision.fetch_add(1) + 1;
-  auto* fresh = new BindingState(std::move(next));
+  next.revision = index_->revision_.fetch_add(1) + 1;
+  if (index_->store_ != nullptr) {
+    absl::Status written =
+        index_->store_->WriteAndWait(StoreChange{slot_->token, next});
+    if (!written.ok()) return written;
+  }
+  delete staged_;  // a second Stage replaces an unpublished one
+  staged_ = new BindingState(std::move(next));
+  return absl::OkStatus();
+}
+
+absl::Status TokenIndex::TokenLock::Commit(BindingState next) {
+  absl::Status staged = Stage(std::move(next));
+  if (staged.ok()) Publish();
+  return staged;
+}
+
+void TokenIndex::TokenLock::Install(BindingState state) {
+  delete slot_->committed.exchange(new BindingState(std::move(state)));
+}
+
+void TokenIndex::TokenLock::Publish() {
+  if (staged_ == nullptr) return;
+  BindingState* fresh = staged_;
+  staged_ = nullptr;
+  // seq_cst: the epoch proof and the watch hub's no-subscriber check rely
+  // on this exchange being sequentially consistent.
   const BindingState* before = slot_->committed.exchange(fresh);
   if (index_->listener_ != nullptr) {
     index_->listener_->OnCommit(
@@ -388,6 +408,40 @@ void TokenIndex::TokenLock::Commit(BindingState next) {
   }
   // Readers may still be copying it.
   epoch::RetireObject(const_cast<BindingState*>(before));
+}
+
+absl::Status TokenIndex::Restore(Store& store) {
+  absl::StatusOr<uint64_t> last = store.Load(
+      [&](std::string token, BindingState state) -> absl::Status {
+        if (state.empty()) return absl::OkStatus();
+        TokenLock lock = Lock(token, LockOp::kOther);
+        auto claim = [&](const std::string& key) -> absl::Status {
+          if (auto holder = lock.ClaimObject(key)) {
+            return absl::DataLossError(absl::StrCat(
+                "store: tokens \"", holder->token, "\" and \"", token,
+                "\" both hold one ", key[0] == 'p' ? "producer" : "consumer",
+                "; the store is inconsistent"));
+          }
+          return absl::OkStatus();
+        };
+        if (state.producer) {
+          absl::Status s = claim(ProducerObjectKey(*state.producer));
+          if (!s.ok()) return s;
+        }
+        if (state.consumer) {
+          absl::Status s = claim(ConsumerObjectKey(*state.consumer));
+          if (!s.ok()) return s;
+        }
+        uint64_t seen = revision_.load();
+        while (state.revision > seen &&
+               !revision_.compare_exchange_weak(seen, state.revision)) {
+        }
+        lock.Install(std::move(state));
+        return absl::OkStatus();
+      });
+  if (!last.ok()) return last.status();
+  if (*last > revision_.load()) revision_.store(*last);
+  return absl::OkStatus();
 }
 
 std::optional<BindingState> TokenIndex::Get(absl::string_view token) const {

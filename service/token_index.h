@@ -18,10 +18,12 @@
 //    has waiters).
 //
 // Readers (Get, List, ForEachCommitted) see only committed state: a side
-// whose connect is still in flight is invisible until TokenLock::Commit,
-// which publishes a new immutable BindingState with one atomic exchange.
-// Every state change goes through TokenLock::Commit, which is where a durable
-// store and the watch stream hook in (ChangeListener). Thread-safe.
+// whose connect is still in flight is invisible until TokenLock::Commit (or
+// Stage + Publish), which publishes a new immutable BindingState with one
+// atomic exchange. Every state change goes through that one path: first the
+// durable Store, if there is one (store.h; it may refuse, and then nothing
+// changes), then the readers, then the watch stream (ChangeListener).
+// Thread-safe.
 #ifndef IRQBYPASS_SERVICE_TOKEN_INDEX_H_
 #define IRQBYPASS_SERVICE_TOKEN_INDEX_H_
 
@@ -36,41 +38,14 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/mutex.h"
+#include "service/binding_state.h"
+#include "service/store.h"
 
 namespace irqbypass {
-
-// The index's own compact records (the API's protos are built at the edge).
-struct ProducerRecord {
-  std::string node;
-  std::string device;  // PCI address
-  uint32_t vector = 0;
-  uint8_t irq_index = 3;  // irqbypass.v1.IrqIndex value; MSIX by default
-  uint64_t registration_id = 0;
-};
-
-struct ConsumerRecord {
-  std::string node;
-  std::string vm;
-  uint32_t gsi = 0;
-  uint64_t registration_id = 0;
-};
-
-struct BindingState {
-  std::optional<ProducerRecord> producer;
-  std::optional<ConsumerRecord> consumer;
-  bool connected = false;
-  // Set by every commit to this token, from a counter that only rises (per
-  // shard, so never reused by a token, even after it was emptied); not
-  // contiguous.
-  uint64_t revision = 0;
-
-  bool empty() const { return !producer.has_value() && !consumer.has_value(); }
-  // The node of whichever side is present ("" when empty).
-  const std::string& node() const;
-};
 
 // Called after every commit, in commit order for a given token, while the
 // committing thread still holds that token's op lock.
@@ -113,10 +88,12 @@ class TokenIndex {
  public:
   static constexpr size_t kDefaultShards = 65536;
 
-  // `listener` and `observer` may be null; they must outlive the index.
+  // `listener`, `observer` and `store` may be null (no store: state lives
+  // in memory only); they must outlive the index.
   explicit TokenIndex(size_t num_shards = kDefaultShards,
                       ChangeListener* listener = nullptr,
-                      LockWaitObserver* observer = nullptr);
+                      LockWaitObserver* observer = nullptr,
+                      Store* store = nullptr);
   ~TokenIndex();
   TokenIndex(const TokenIndex&) = delete;
   TokenIndex& operator=(const TokenIndex&) = delete;
@@ -134,9 +111,17 @@ class TokenIndex {
     // reference is invalid once this holder commits again: copy what is
     // needed before calling Commit.
     const BindingState& state() const;
-    // Replaces the committed state; the only way state changes. Assigns a
-    // new, higher revision and notifies the listener.
-    void Commit(BindingState next);
+    // Makes `next` this token's state: assigns it a new, higher revision and
+    // writes it to the store (durably) without publishing it yet. On error
+    // (UNAVAILABLE, reason kStoreUnavailable: the store refused) nothing
+    // changed. At most one staged state at a time; the holder publishes it
+    // with Publish, or the lock does on release (a durable change always
+    // becomes visible).
+    [[nodiscard]] absl::Status Stage(BindingState next);
+    // Publishes the staged state to readers, then tells the listener.
+    void Publish();
+    // Stage, then Publish.
+    [[nodiscard]] absl::Status Commit(BindingState next);
 
     // Reserves a physical object (see ProducerObjectKey) for this token;
     // `tentative` while the registration still depends on a connect (see
@@ -171,16 +156,29 @@ class TokenIndex {
     friend class TokenIndex;
     TokenLock(TokenIndex* index, size_t shard, Slot* slot)
         : index_(index), shard_(shard), slot_(slot) {}
+    // Installs a state read back from the store (Restore): no store write,
+    // no listener, the stored revision kept.
+    void Install(BindingState state);
     // This token's reservation of `key` (empty if none).
     Claim FindOwnClaim(const std::string& key) const;
     TokenIndex* index_;
     size_t shard_;
     Slot* slot_;
+    BindingState* staged_ = nullptr;  // owned; written to the store
   };
 
   // Waits until no other TokenLock holds `token`, then takes it. `op` labels
   // the wait for the LockWaitObserver.
   TokenLock Lock(absl::string_view token, LockOp op = LockOp::kOther);
+
+  // Fills an empty index from `store` (start-up, before serving): every
+  // stored binding with its object claims, and the revision counter past
+  // everything the store has written. Not concurrent with other operations.
+  // DATA_LOSS from the store, or when two stored tokens claim one object.
+  [[nodiscard]] absl::Status Restore(Store& store);
+
+  // The last revision handed out.
+  uint64_t revision() const { return revision_.load(); }
 
   // Committed state of `token`; nullopt when it holds neither side.
   std::optional<BindingState> Get(absl::string_view token) const;
@@ -227,6 +225,10 @@ class TokenIndex {
   std::vector<std::unique_ptr<Shard>> shards_;
   ChangeListener* const listener_;
   LockWaitObserver* const observer_;
+  Store* const store_;
+  // Last revision handed out (one counter, so a revision orders commits
+  // across tokens as the store saw them; on its own cache line).
+  alignas(64) std::atomic<uint64_t> revision_{0};
 };
 
 }  // namespace irqbypass

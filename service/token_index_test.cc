@@ -40,7 +40,7 @@ TEST(TokenIndexTest, Commit_ThenGet_SeesCommittedStateWithRevision) {
   TokenIndex index(8);
   {
     auto lock = index.Lock("t1");
-    lock.Commit(WithProducer("n1"));
+    EXPECT_TRUE(lock.Commit(WithProducer("n1")).ok());
   }
   auto st = index.Get("t1");
   ASSERT_TRUE(st.has_value());
@@ -60,11 +60,11 @@ TEST(TokenIndexTest, CommitEmptyState_RemovesTokenOnRelease) {
   TokenIndex index(8);
   {
     auto lock = index.Lock("t1");
-    lock.Commit(WithProducer("n1"));
+    EXPECT_TRUE(lock.Commit(WithProducer("n1")).ok());
   }
   {
     auto lock = index.Lock("t1");
-    lock.Commit(BindingState{});
+    EXPECT_TRUE(lock.Commit(BindingState{}).ok());
   }
   EXPECT_FALSE(index.Get("t1").has_value());
   EXPECT_EQ(index.CountAll().tokens, 0u);
@@ -76,14 +76,14 @@ TEST(TokenIndexTest, Revision_KeepsRisingAcrossRemovalAndReRegistration) {
   for (int round = 0; round < 3; ++round) {
     {
       auto lock = index.Lock("t1");
-      lock.Commit(WithProducer("n1"));
+      EXPECT_TRUE(lock.Commit(WithProducer("n1")).ok());
     }
     const uint64_t now = index.Get("t1")->revision;
     EXPECT_GT(now, last);
     last = now;
     {
       auto lock = index.Lock("t1");
-      lock.Commit(BindingState{});  // emptied: the slot is dropped
+      EXPECT_TRUE(lock.Commit(BindingState{}).ok());  // emptied: the slot is dropped
     }
     EXPECT_FALSE(index.Get("t1").has_value());
   }
@@ -94,7 +94,7 @@ TEST(TokenIndexTest, Listener_SeesEveryCommitInOrder) {
   TokenIndex index(8, &listener);
   for (int i = 0; i < 3; ++i) {
     auto lock = index.Lock("t1");
-    lock.Commit(WithProducer("n1"));
+    EXPECT_TRUE(lock.Commit(WithProducer("n1")).ok());
   }
   ASSERT_EQ(listener.commits.size(), 3u);
   EXPECT_EQ(listener.commits[0].second, 1u);
@@ -117,7 +117,7 @@ TEST(TokenIndexTest, Lock_SameToken_SerialisesHolders) {
         BindingState st = lock.state();
         if (!st.producer) st.producer = ProducerRecord{"n", "d", 0, 3, 1};
         st.producer->vector++;
-        lock.Commit(st);
+        EXPECT_TRUE(lock.Commit(st).ok());
         --inside;
       }
     });
@@ -136,7 +136,7 @@ TEST(TokenIndexTest, Lock_HeldOnOneToken_DoesNotBlockOtherTokens) {
   std::atomic<bool> done{false};
   std::thread other([&] {
     auto lock = index.Lock("b");
-    lock.Commit(WithProducer("n1"));
+    EXPECT_TRUE(lock.Commit(WithProducer("n1")).ok());
     done = true;
   });
   other.join();  // would hang if "b" waited for "a"
@@ -183,7 +183,7 @@ TEST(TokenIndexTest, List_PagesVisitEveryBindingOnce) {
   TokenIndex index(16);
   for (int i = 0; i < 250; ++i) {
     auto lock = index.Lock("tok-" + std::to_string(i));
-    lock.Commit(WithProducer(i % 2 == 0 ? "even" : "odd"));
+    EXPECT_TRUE(lock.Commit(WithProducer(i % 2 == 0 ? "even" : "odd")).ok());
   }
   std::set<std::string> seen;
   std::string page_token;
@@ -204,7 +204,7 @@ TEST(TokenIndexTest, List_NodeFilter_ReturnsOnlyThatNode) {
   TokenIndex index(16);
   for (int i = 0; i < 20; ++i) {
     auto lock = index.Lock("tok-" + std::to_string(i));
-    lock.Commit(WithProducer(i % 2 == 0 ? "even" : "odd"));
+    EXPECT_TRUE(lock.Commit(WithProducer(i % 2 == 0 ? "even" : "odd")).ok());
   }
   auto page = index.List("even", 100, "");
   ASSERT_TRUE(page.ok());
@@ -231,7 +231,7 @@ TEST(TokenIndexTest, ConcurrentCommitsOnManyTokens_CountsAddUp) {
       for (int i = 0; i < kPerThread; ++i) {
         auto lock =
             index.Lock("t" + std::to_string(t) + "-" + std::to_string(i));
-        lock.Commit(WithProducer("n1"));
+        EXPECT_TRUE(lock.Commit(WithProducer("n1")).ok());
       }
     });
   }
@@ -314,10 +314,10 @@ TEST(TokenIndexTest, ChurnOfSlotsAndClaims_KeepsExclusionAndState) {
           lock.ReleaseObject(object);
         }
         if (lock.state().empty()) {
-          lock.Commit(WithProducer("n1"));
+          EXPECT_TRUE(lock.Commit(WithProducer("n1")).ok());
           present[k] = 1;
         } else {
-          lock.Commit(BindingState{});  // the slot goes on release
+          EXPECT_TRUE(lock.Commit(BindingState{}).ok());  // the slot goes on release
           present[k] = 0;
         }
         inside[k].fetch_sub(1);
@@ -359,7 +359,7 @@ TEST(TokenIndexTest, WaitersOnATokenBeingEmptied_AllGetTheLock) {
   TokenIndex index(1);
   {
     auto lock = index.Lock("t");
-    lock.Commit(WithProducer("n1"));
+    EXPECT_TRUE(lock.Commit(WithProducer("n1")).ok());
   }
   auto held = std::make_unique<TokenIndex::TokenLock>(index.Lock("t"));
   std::atomic<int> done{0};
@@ -370,7 +370,7 @@ TEST(TokenIndexTest, WaitersOnATokenBeingEmptied_AllGetTheLock) {
       BindingState st = lock.state();
       if (!st.producer) st.producer = ProducerRecord{"n1", "d", 0, 3, 1};
       st.producer->vector++;
-      lock.Commit(st);
+      EXPECT_TRUE(lock.Commit(st).ok());
       done.fetch_add(1);
     });
   }

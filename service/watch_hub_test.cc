@@ -67,7 +67,7 @@ TEST(WatchHubTest, ConcurrentCommitsFromManyThreads_EachTokenInCommitOrder) {
         auto lock = index.Lock("tok-" + std::to_string((i * 7 + t) % kTokens));
         const uint32_t next =
             lock.state().producer ? lock.state().producer->vector + 1 : 1;
-        lock.Commit(ProducerOn("n1", next, 0));
+        EXPECT_TRUE(lock.Commit(ProducerOn("n1", next, 0)).ok());
       }
     });
   }

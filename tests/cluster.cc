@@ -25,6 +25,8 @@ bool Cluster::StartManager(const std::vector<std::string>& flags) {
       "--listen=127.0.0.1:" + std::to_string(port_),
       "--metrics_listen=",
       "--port_file=" + port_file,
+      // The embedded store, kept across restarts of this cluster's manager.
+      "--data_dir=" + dir_ + "/data",
   };
   args.insert(args.end(), flags.begin(), flags.end());
   if (!manager_.Start(BinaryPath("service/irqbypassd"), args,

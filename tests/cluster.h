@@ -20,7 +20,9 @@ class Cluster {
   ~Cluster();
 
   // Starts irqbypassd (again, on the same port after the first start) and
-  // waits until it serves. Extra flags are appended.
+  // waits until it serves. It uses the embedded store in dir()/data, so a
+  // restart keeps its state; extra flags are appended (--store=memory for
+  // none).
   bool StartManager(const std::vector<std::string>& flags = {});
   Process& manager() { return manager_; }
   std::string target() const;

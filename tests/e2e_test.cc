@@ -302,7 +302,56 @@ TEST_F(EndToEndTest, AgentRestarted_WhileBindingsExist_ReconciledWithManager) {
   EXPECT_FALSE(api().GetBinding("drop")->has_producer());
 }
 
-TEST_F(EndToEndTest, ManagerRestarted_AgentReconnects_StaleWiringRemoved) {
+TEST_F(EndToEndTest, ManagerKilledAndRestarted_StateKept_WiringKept) {
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
+  auto p1 = api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1"));
+  ASSERT_TRUE(p1.ok()) << p1.status();
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("waiting", "n1", "vm-a", 25)).ok());
+  const uint64_t revision = api().GetBinding("waiting")->revision();
+  // The last commits before the kill remove what they made: the highest
+  // revision belongs to no stored binding.
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("gone", "n1", "vm-a", 26)).ok());
+  ASSERT_TRUE(api().UnregisterConsumer("gone").ok());
+  const int reconciles = cluster_.Reconciles("n1");
+  cluster_.manager().Signal(SIGKILL);
+  cluster_.manager().Wait();
+
+  ASSERT_TRUE(cluster_.StartManager());
+  ASSERT_TRUE(cluster_.WaitReconciles("n1", reconciles + 1));
+  // Everything acknowledged is there, with its registration ids.
+  auto t1 = api().GetBinding("t1");
+  ASSERT_TRUE(t1.ok()) << t1.status();
+  EXPECT_TRUE(t1->connected());
+  EXPECT_EQ(t1->producer_registration_id(), p1->registration_id);
+  EXPECT_TRUE(api().GetBinding("waiting")->has_consumer());
+  // The agent's wiring was kept, not torn down and re-made.
+  const std::string log = cluster_.manager().Log();
+  EXPECT_NE(log.find("msg=\"agent reconciled\" node=n1 kept=1 "
+                     "disconnected=0 reconnected=0 failed=0"),
+            std::string::npos)
+      << log;
+  // The agent ran one connect for t1 (before the restart) and nothing else.
+  const std::string agent_log = cluster_.agent("n1").Log();
+  EXPECT_EQ(CountOccurrences(agent_log, "token=t1 id="), 2);  // received, done
+  EXPECT_EQ(CountOccurrences(agent_log, "kind=disconnect"), 0);
+  // Revisions continue upward, past the removal's (one commit each here).
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("after", "n1", "vm-a", 27)).ok());
+  EXPECT_GE(api().GetBinding("after")->revision(), revision + 3);
+  // And the restarted manager can still tear it down.
+  auto u = api().UnregisterProducer("t1");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_TRUE(*u);
+}
+
+TEST_F(EndToEndTest, MemoryStore_ManagerRestarted_StaleWiringRemoved) {
+  cluster_.manager().Signal(SIGKILL);
+  cluster_.manager().Wait();
+  ASSERT_TRUE(cluster_.StartManager({"--store=memory"}));
   ASSERT_TRUE(cluster_.StartAgent("n1"));
   ASSERT_TRUE(
       api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
@@ -311,9 +360,9 @@ TEST_F(EndToEndTest, ManagerRestarted_AgentReconnects_StaleWiringRemoved) {
   const int reconciles = cluster_.Reconciles("n1");
   cluster_.manager().Signal(SIGKILL);
   cluster_.manager().Wait();
-  // The new manager holds nothing (no durable store yet): the agent's
-  // surviving wiring is stale and must be removed when it reconnects.
-  ASSERT_TRUE(cluster_.StartManager());
+  // The new manager holds nothing: the agent's surviving wiring is stale
+  // and must be removed when it reconnects.
+  ASSERT_TRUE(cluster_.StartManager({"--store=memory"}));
   ASSERT_TRUE(cluster_.WaitReconciles("n1", reconciles + 1));
   // The same device vector and VM GSI pair again under a new token: this
   // only connects if the stale wiring was removed (else EBUSY).

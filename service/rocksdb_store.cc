@@ -1,0 +1,218 @@
+#include "service/rocksdb_store.h"
+
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "rocksdb/db.h"
+#include "rocksdb/merge_operator.h"
+#include "rocksdb/options.h"
+#include "rocksdb/statistics.h"
+#include "rocksdb/write_batch.h"
+#include "service/errors.h"
+#include "service/store_codec.h"
+
+namespace irqbypass {
+namespace {
+
+constexpr absl::string_view kBindingPrefix = "b/";
+constexpr absl::string_view kRevisionKey = "m/revision";
+
+std::string EncodeRevision(uint64_t revision) {
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) {
+    bytes[i] = static_cast<char>((revision >> (8 * i)) & 0xff);
+  }
+  return bytes;
+}
+
+bool DecodeRevision(const rocksdb::Slice& bytes, uint64_t* revision) {
+  if (bytes.size() != 8) return false;
+  uint64_t value = 0;
+  for (int i = 0; i < 8; ++i) {
+    value |= uint64_t{static_cast<unsigned char>(bytes[i])} << (8 * i);
+  }
+  *revision = value;
+  return true;
+}
+
+// "m/revision" keeps the largest value ever merged into it.
+class MaxRevisionOperator final : public rocksdb::AssociativeMergeOperator {
+ public:
+  bool Merge(const rocksdb::Slice& /*key*/,
+             const rocksdb::Slice* existing_value,
+             const rocksdb::Slice& value, std::string* new_value,
+             rocksdb::Logger* /*logger*/) const override {
+    uint64_t merged = 0;
+    if (!DecodeRevision(value, &merged)) return false;
+    uint64_t existing = 0;
+    if (existing_value != nullptr) {
+      if (!DecodeRevision(*existing_value, &existing)) return false;
+      if (existing > merged) merged = existing;
+    }
+    *new_value = EncodeRevision(merged);
+    return true;
+  }
+  const char* Name() const override { return "irqbypass.MaxRevision"; }
+};
+
+absl::Status Unavailable(absl::string_view what, const rocksdb::Status& s) {
+  return MakeError(absl::StatusCode::kUnavailable,
+                   ErrorReason::kStoreUnavailable,
+                   absl::StrCat("durable store: ", what, ": ", s.ToString()),
+                   {});
+}
+
+}  // namespace
+
+RocksDbStore::RocksDbStore(std::string dir, bool sync)
+    : dir_(std::move(dir)), sync_(sync) {}
+
+absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
+    const RocksDbStoreOptions& options) {
+  if (options.dir.empty()) {
+    return absl::InvalidArgumentError("data directory: empty");
+  }
+  std::unique_ptr<RocksDbStore> store(
+      new RocksDbStore(options.dir, options.sync));
+  rocksdb::Options db_options;
+  db_options.create_if_missing = true;
+  db_options.merge_operator = std::make_shared<MaxRevisionOperator>();
+  db_options.statistics = rocksdb::CreateDBStatistics();
+  db_options.statistics->set_stats_level(rocksdb::kExceptTimers);
+  db_options.max_background_jobs = 2;
+  db_options.info_log_level = rocksdb::WARN_LEVEL;
+  db_options.keep_log_file_num = 4;
+  if (options.env != nullptr) db_options.env = options.env;
+  store->statistics_ = db_options.statistics;
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(db_options, options.dir, &db);
+  if (!s.ok()) {
+    if (s.IsIOError() && absl::StrContains(s.ToString(), "lock")) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data directory ", options.dir,
+          " is in use by another process (its RocksDB LOCK is held): is "
+          "another irqbypassd running with this --data_dir? (",
+          s.ToString(), ")"));
+    }
+    return absl::UnavailableError(absl::StrCat(
+        "cannot open the store in ", options.dir, ": ", s.ToString()));
+  }
+  store->db_.reset(db);
+  return store;
+}
+
+RocksDbStore::~RocksDbStore() { Close().IgnoreError(); }
+
+absl::Status RocksDbStore::Close() {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  if (db_ == nullptr) return absl::OkStatus();
+  // Every acknowledged write is in the fsynced log already; flushing the
+  // memtable only shortens the next start's log replay.
+  rocksdb::Status flushed = db_->Flush(rocksdb::FlushOptions());
+  rocksdb::Status closed = db_->Close();
+  db_.reset();
+  if (!flushed.ok()) return Unavailable("flush on close", flushed);
+  if (!closed.ok()) return Unavailable("close", closed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> RocksDbStore::Load(
+    const std::function<absl::Status(std::string token, BindingState state)>&
+        fn) {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (db_ == nullptr) {
+    return absl::UnavailableError("durable store: closed");
+  }
+  uint64_t last = 0;
+  {
+    std::string value;
+    rocksdb::Status s =
+        db_->Get(rocksdb::ReadOptions(), rocksdb::Slice(kRevisionKey.data(),
+                                                        kRevisionKey.size()),
+                 &value);
+    if (s.ok()) {
+      if (!DecodeRevision(value, &last)) {
+        return absl::DataLossError(
+            absl::StrCat("store key ", kRevisionKey, ": not 8 bytes"));
+      }
+    } else if (!s.IsNotFound()) {
+      return Unavailable("read revision", s);
+    }
+  }
+  rocksdb::ReadOptions read;
+  read.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read));
+  const rocksdb::Slice prefix(kBindingPrefix.data(), kBindingPrefix.size());
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix);
+       it->Next()) {
+    std::string token(it->key().data() + prefix.size(),
+                      it->key().size() - prefix.size());
+    absl::StatusOr<BindingState> state = DecodeBinding(
+        absl::string_view(it->value().data(), it->value().size()));
+    if (!state.ok()) {
+      return absl::DataLossError(absl::StrCat("store key b/", token, ": ",
+                                              state.status().message()));
+    }
+    if (state->revision > last) last = state->revision;
+    absl::Status taken = fn(std::move(token), *std::move(state));
+    if (!taken.ok()) return taken;
+  }
+  if (!it->status().ok()) return Unavailable("read", it->status());
+  return last;
+}
+
+void RocksDbStore::Write(const StoreChange& change,
+                         std::function<void(absl::Status)> done) {
+  rocksdb::WriteBatch batch;
+  const std::string key = absl::StrCat(kBindingPrefix, change.token);
+  if (change.state.empty()) {
+    batch.Delete(key);
+  } else {
+    batch.Put(key, EncodeBinding(change.state));
+  }
+  batch.Merge(rocksdb::Slice(kRevisionKey.data(), kRevisionKey.size()),
+              EncodeRevision(change.state.revision));
+  rocksdb::WriteOptions options;
+  options.sync = sync_;
+  rocksdb::Status s;
+  {
+    std::shared_lock<std::shared_mutex> lock(mu_);
+    if (db_ == nullptr) {
+      lock.unlock();
+      done(MakeError(absl::StatusCode::kUnavailable,
+                     ErrorReason::kStoreUnavailable, "durable store: closed",
+                     {}));
+      return;
+    }
+    s = db_->Write(options, &batch);
+  }
+  if (!s.ok()) {
+    ErrorContext ctx;
+    ctx.token = std::string(change.token);
+    done(MakeError(absl::StatusCode::kUnavailable,
+                   ErrorReason::kStoreUnavailable,
+                   absl::StrCat("durable store: write failed: ", s.ToString()),
+                   ctx));
+    return;
+  }
+  writes_.fetch_add(1, std::memory_order_relaxed);
+  done(absl::OkStatus());
+}
+
+std::string RocksDbStore::Describe() const {
+  return absl::StrCat("embedded dir=", dir_);
+}
+
+RocksDbStore::Stats RocksDbStore::GetStats() const {
+  Stats stats;
+  stats.writes = writes_.load(std::memory_order_relaxed);
+  stats.wal_syncs = statistics_->getTickerCount(rocksdb::WAL_FILE_SYNCED);
+  stats.wal_bytes = statistics_->getTickerCount(rocksdb::WAL_FILE_BYTES);
+  stats.write_groups =
+      statistics_->getTickerCount(rocksdb::WRITE_DONE_BY_SELF);
+  return stats;
+}
+
+}  // namespace irqbypass

@@ -1,0 +1,23 @@
+#include "service/store.h"
+
+#include "common/mutex.h"
+
+namespace irqbypass {
+
+absl::Status Store::WriteAndWait(const StoreChange& change) {
+  Mutex mu;
+  CondVar written;
+  bool done = false;
+  absl::Status result;
+  Write(change, [&](absl::Status status) {
+    MutexLock lock(&mu);
+    result = std::move(status);
+    done = true;
+    written.SignalAll();
+  });
+  MutexLock lock(&mu);
+  while (!done) written.Wait(&mu);
+  return result;
+}
+
+}  // namespace irqbypass

@@ -1,0 +1,59 @@
+// Store: where irqbypassd's committed state lives durably. The TokenIndex is
+// the read path; the store is the source of truth at start-up. Every state
+// change is written here (TokenIndex::TokenLock::Stage) *before* it is
+// published to readers and watchers or acknowledged to a caller, and a
+// store may refuse a change: then the change is not made.
+//
+// Implementations: RocksDbStore (rocksdb_store.h, the embedded default).
+// `--store=memory` runs with no store at all. Thread-safe: Write is called
+// concurrently from many threads, one call at a time per token.
+#ifndef IRQBYPASS_SERVICE_STORE_H_
+#define IRQBYPASS_SERVICE_STORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "service/binding_state.h"
+
+namespace irqbypass {
+
+// One token's new committed state. `state.empty()`: the token holds nothing
+// any more and its record is removed. `state.revision` is the commit's.
+struct StoreChange {
+  absl::string_view token;
+  const BindingState& state;
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // Calls fn(token, state) for every stored token (in no particular order),
+  // then returns the highest revision the store has ever written, removed
+  // tokens' included, so that revisions continue upward after a restart.
+  // DATA_LOSS when a record cannot be decoded (naming its key).
+  virtual absl::StatusOr<uint64_t> Load(
+      const std::function<absl::Status(std::string token, BindingState state)>&
+          fn) = 0;
+
+  // Records `change`. `done` runs exactly once, on this thread or another:
+  // OK once the change will survive a crash of the process or of the host;
+  // otherwise UNAVAILABLE (reason kStoreUnavailable) and nothing was
+  // written. `change` is read before Write returns.
+  virtual void Write(const StoreChange& change,
+                     std::function<void(absl::Status)> done) = 0;
+
+  // Write, then wait for `done`.
+  [[nodiscard]] absl::Status WriteAndWait(const StoreChange& change);
+
+  // For logs: e.g. "embedded dir=/var/lib/irqbypassd".
+  virtual std::string Describe() const = 0;
+};
+
+}  // namespace irqbypass
+
+#endif  // IRQBYPASS_SERVICE_STORE_H_
