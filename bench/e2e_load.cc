@@ -8,6 +8,9 @@
 // Reports cycles ("pairs") per second and cycle latency p50/p99/p99.9 for
 // both, and irqbypassd's throughput as a fraction of bare gRPC's.
 //
+// --durability: the same cycle against irqbypassd without a store and with
+// the embedded store, and the store's fsyncs per durable write.
+//
 // --scale: registration latency with --scale_small (1,000) and then
 // --scale_large (1,000,000) connected pairs already registered, and
 // irqbypassd's resident memory per registered pair at the large size.
@@ -18,6 +21,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -32,6 +36,7 @@
 #include "bench/latency_stats.h"
 #include "grpcpp/grpcpp.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
+#include "tests/metrics_support.h"
 #include "tests/process.h"
 
 ABSL_FLAG(int, callers, 64, "Concurrent callers");
@@ -40,6 +45,13 @@ ABSL_FLAG(absl::Duration, duration, absl::Seconds(10),
 ABSL_FLAG(bool, scale, false, "Run the scale measurement instead");
 ABSL_FLAG(int, scale_small, 1000, "Pairs registered for the small case");
 ABSL_FLAG(int, scale_large, 1000000, "Pairs registered for the large case");
+ABSL_FLAG(std::string, store, "embedded",
+          "irqbypassd's --store for the throughput and scale runs: embedded "
+          "(durable, the default) or memory");
+ABSL_FLAG(bool, durability, false,
+          "Measure the durable store's cost instead: alternating windows "
+          "between irqbypassd --store=memory and --store=embedded, with the "
+          "embedded store's fsyncs per write");
 ABSL_FLAG(std::string, json_out, "", "Write results as JSON to this file");
 ABSL_FLAG(std::string, target, "",
           "Drive an irqbypassd already running here (its agent must serve "
@@ -265,16 +277,20 @@ class Servers {
  public:
   Servers() : dir_(testing::MakeTempDir("e2e-bench")) {}
 
-  bool StartManager() {
+  // `store`: irqbypassd's --store (the embedded one in this run's folder).
+  bool StartManager(const std::string& store) {
     const std::string port_file = dir_ + "/manager.port";
     if (!manager_.Start(Runfile("service/irqbypassd"),
                         {"--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-                         "--port_file=" + port_file},
+                         "--port_file=" + port_file, "--store=" + store,
+                         "--data_dir=" + dir_ + "/data"},
                         dir_ + "/irqbypassd.log")) {
       return false;
     }
     manager_port_ = testing::WaitForPortFile(port_file);
     if (manager_port_ == 0) return false;
+    metrics_port_ = testing::LoggedPort(
+        testing::ReadFile(dir_ + "/irqbypassd.log"), "metrics_port");
     if (!agent_.Start(Runfile("agent/irqbypass-agent"),
                       {"--manager=127.0.0.1:" + std::to_string(manager_port_),
                        std::string("--node=") + kNode, "--backend=sim",
@@ -303,6 +319,20 @@ class Servers {
     return "127.0.0.1:" + std::to_string(manager_port_);
   }
   std::string bare() const { return "127.0.0.1:" + std::to_string(bare_port_); }
+  // A counter's value on irqbypassd's /metrics (-1 if absent).
+  double ManagerCounter(const std::string& name) const {
+    const std::optional<std::string> body =
+        testing::HttpGet(metrics_port_, "/metrics");
+    if (!body.has_value()) return -1;
+    std::istringstream in(*body);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind(name + " ", 0) == 0) {
+        return std::atof(line.c_str() + name.size() + 1);
+      }
+    }
+    return -1;
+  }
   // Resident set of irqbypassd, bytes.
   int64_t ManagerRss() const {
     std::istringstream in(testing::ReadFile(
@@ -322,6 +352,7 @@ class Servers {
   Process agent_;
   Process bare_;
   int manager_port_ = 0;
+  int metrics_port_ = 0;
   int bare_port_ = 0;
 };
 
@@ -377,7 +408,8 @@ void Alternate(const std::string& first, const std::string& second, int callers,
 
 int RunThroughput(int callers, absl::Duration duration) {
   Servers servers;
-  if (!servers.StartManager() || !servers.StartBare()) {
+  if (!servers.StartManager(absl::GetFlag(FLAGS_store)) ||
+      !servers.StartBare()) {
     std::fprintf(stderr, "could not start the servers\n");
     return 1;
   }
@@ -392,8 +424,9 @@ int RunThroughput(int callers, absl::Duration duration) {
   std::printf(
       "end-to-end: %d callers, %s each (alternating 1 s windows); cycle = "
       "register producer + register consumer (connect via sim agent) + "
-      "unregister both; %u cores\n",
+      "unregister both; irqbypassd --store=%s; %u cores\n",
       callers, absl::FormatDuration(duration).c_str(),
+      absl::GetFlag(FLAGS_store).c_str(),
       std::thread::hardware_concurrency());
   std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "server", "pairs/s",
               "pairs", "p50", "p99", "p99.9", "errors");
@@ -410,6 +443,65 @@ int RunThroughput(int callers, absl::Duration duration) {
   return ours.errors == 0 && bare.errors == 0 ? 0 : 1;
 }
 
+// What durability costs: the same cycle against a manager with no store and
+// one with the embedded store, in alternating windows, and how many fsyncs
+// the embedded store made per durable write (group commit at work: with one
+// fsync per write the disk's fsync latency would cap the write rate).
+int RunDurability(int callers, absl::Duration duration) {
+  Servers memory, embedded;
+  if (!memory.StartManager("memory") || !embedded.StartManager("embedded")) {
+    std::fprintf(stderr, "could not start irqbypassd\n");
+    return 1;
+  }
+  RunLoad(memory.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
+  RunLoad(embedded.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
+  const double writes0 = embedded.ManagerCounter("irqbypass_store_writes_total");
+  const double syncs0 =
+      embedded.ManagerCounter("irqbypass_store_wal_syncs_total");
+  LoadResult at_memory, at_embedded;
+  Alternate(memory.manager(), embedded.manager(), callers, duration,
+            &at_memory, &at_embedded);
+  const double writes =
+      embedded.ManagerCounter("irqbypass_store_writes_total") - writes0;
+  const double syncs =
+      embedded.ManagerCounter("irqbypass_store_wal_syncs_total") - syncs0;
+  if (writes0 < 0 || syncs0 < 0 || writes <= 0) {
+    std::fprintf(stderr, "could not read the store's counters\n");
+    return 1;
+  }
+  const double ratio =
+      at_memory.pairs_per_second() > 0
+          ? at_embedded.pairs_per_second() / at_memory.pairs_per_second()
+          : 0;
+  // A cycle makes four durable writes: two registrations, two removals.
+  const double writes_per_second = 4 * at_embedded.pairs_per_second();
+  std::printf(
+      "durability: %d callers, %s each (alternating 1 s windows); cycle = "
+      "register producer + register consumer (connect via sim agent) + "
+      "unregister both = 4 durable writes; %u cores\n",
+      callers, absl::FormatDuration(duration).c_str(),
+      std::thread::hardware_concurrency());
+  std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "store", "pairs/s",
+              "pairs", "p50", "p99", "p99.9", "errors");
+  PrintLoad("memory", at_memory);
+  PrintLoad("embedded", at_embedded);
+  std::printf("embedded / memory throughput: %.1f%%\n", ratio * 100);
+  std::printf(
+      "embedded store: %.0f durable writes/s, %.0f writes, %.0f WAL fsyncs: "
+      "%.3f fsyncs per write\n",
+      writes_per_second, writes, syncs, syncs / writes);
+  const std::string json_out = absl::GetFlag(FLAGS_json_out);
+  if (!json_out.empty()) {
+    std::ofstream(json_out)
+        << "{\"callers\": " << callers
+        << ", \"memory\": " << LoadJson(at_memory)
+        << ", \"embedded\": " << LoadJson(at_embedded)
+        << ", \"ratio\": " << ratio << ", \"store_writes\": " << writes
+        << ", \"wal_syncs\": " << syncs << "}\n";
+  }
+  return at_memory.errors == 0 && at_embedded.errors == 0 ? 0 : 1;
+}
+
 int RunScale(int callers, absl::Duration duration) {
   const int small = absl::GetFlag(FLAGS_scale_small);
   const int large = absl::GetFlag(FLAGS_scale_large);
@@ -422,7 +514,9 @@ int RunScale(int callers, absl::Duration duration) {
   // alternating windows (as RunThroughput does) so that drift in the
   // machine's speed does not pass for an effect of the table's size.
   Servers small_servers, large_servers;
-  if (!small_servers.StartManager() || !large_servers.StartManager()) {
+  const std::string store = absl::GetFlag(FLAGS_store);
+  if (!small_servers.StartManager(store) ||
+      !large_servers.StartManager(store)) {
     std::fprintf(stderr, "could not start irqbypassd\n");
     return 1;
   }
@@ -508,6 +602,14 @@ int main(int argc, char** argv) {
   const std::string target = absl::GetFlag(FLAGS_target);
   if (!target.empty()) {
     return irqbypass::bench::RunAgainstTarget(target, callers, duration);
+  }
+  const std::string store = absl::GetFlag(FLAGS_store);
+  if (store != "embedded" && store != "memory") {
+    std::fprintf(stderr, "--store: embedded|memory\n");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_durability)) {
+    return irqbypass::bench::RunDurability(callers, duration);
   }
   return absl::GetFlag(FLAGS_scale)
              ? irqbypass::bench::RunScale(callers, duration)

@@ -155,7 +155,7 @@ int Run() {
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   if (!metrics_listen.empty()) {
     auto created = MetricsEndpoint::Create(metrics_listen, index, registry,
-                                           service_metrics);
+                                           service_metrics, store.get());
     if (!created.ok()) {
       return Fail(
           absl::StrCat("--metrics_listen: ", created.status().message()));

@@ -3,6 +3,9 @@
 #include "service/matcher.h"
 
 #include <atomic>
+#include <cstdlib>
+#include <map>
+#include <memory>
 #include <condition_variable>
 #include <mutex>
 #include <string>
@@ -11,6 +14,8 @@
 
 #include "gtest/gtest.h"
 #include "service/errors.h"
+#include "service/rocksdb_store.h"
+#include "service/store.h"
 
 namespace irqbypass {
 namespace {
@@ -110,73 +115,177 @@ absl::Status ConnectStepFailed(const std::string& step, int err) {
                    ErrorReason::kConnectFailed, "connect step failed", ctx);
 }
 
-class MatcherTest : public ::testing::Test {
+// A store that refuses writes while told to, in front of a real one.
+class RefusingStore : public Store {
+ public:
+  explicit RefusingStore(Store* real) : real_(real) {}
+  absl::StatusOr<uint64_t> Load(
+      const std::function<absl::Status(std::string, BindingState)>& fn)
+      override {
+    return real_->Load(fn);
+  }
+  void Write(const StoreChange& change,
+             std::function<void(absl::Status)> done) override {
+    if (refuse_.load()) {
+      ++refused_;
+      done(MakeError(absl::StatusCode::kUnavailable,
+                     ErrorReason::kStoreUnavailable, "refused (test)", {}));
+      return;
+    }
+    real_->Write(change, std::move(done));
+  }
+  std::string Describe() const override { return "refusing"; }
+  std::atomic<bool> refuse_{false};
+  std::atomic<int> refused_{0};
+
+ private:
+  Store* real_;
+};
+
+// Writes nothing, refuses nothing: what the index does with no store.
+class NullStore : public Store {
+ public:
+  absl::StatusOr<uint64_t> Load(
+      const std::function<absl::Status(std::string, BindingState)>&) override {
+    return 0;
+  }
+  void Write(const StoreChange&,
+             std::function<void(absl::Status)> done) override {
+    done(absl::OkStatus());
+  }
+  std::string Describe() const override { return "none"; }
+};
+
+std::string NewTempDir() {
+  const char* base = std::getenv("TEST_TMPDIR");
+  std::string path = std::string(base != nullptr ? base : "/tmp") +
+                     "/matcher_test.XXXXXX";
+  if (mkdtemp(path.data()) == nullptr) std::abort();
+  return path;
+}
+
+// Every contract test runs against each store: none (`--store=memory`) and
+// the embedded RocksDB store; with a store, the test ends by reading the
+// store back and checking it holds exactly what the index publishes.
+enum class StoreKind { kMemory, kEmbedded };
+
+class MatcherTest : public ::testing::TestWithParam<StoreKind> {
  protected:
-  TokenIndex index_{16};
+  MatcherTest() {
+    if (GetParam() == StoreKind::kEmbedded) {
+      RocksDbStoreOptions options;
+      options.dir = NewTempDir();
+      auto opened = RocksDbStore::Open(options);
+      if (!opened.ok()) std::abort();
+      rocks_ = *std::move(opened);
+      refusing_ = std::make_unique<RefusingStore>(rocks_.get());
+    } else {
+      refusing_ = std::make_unique<RefusingStore>(&null_);
+    }
+    index_ = std::make_unique<TokenIndex>(16, nullptr, nullptr,
+                                          refusing_.get());
+    matcher_ = std::make_unique<Matcher>(*index_, agent_);
+  }
+
+  void TearDown() override {
+    if (rocks_ == nullptr) return;
+    std::map<std::string, BindingState> published;
+    index_->ForEachCommitted([&](const std::string& token,
+                                 const BindingState& st) {
+      published[token] = st;
+    });
+    std::map<std::string, BindingState> stored;
+    auto loaded = rocks_->Load([&](std::string token, BindingState st) {
+      stored[token] = std::move(st);
+      return absl::OkStatus();
+    });
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ(stored.size(), published.size());
+    for (const auto& [token, st] : published) {
+      auto it = stored.find(token);
+      ASSERT_NE(it, stored.end()) << token << " published but not stored";
+      EXPECT_EQ(it->second.revision, st.revision) << token;
+      EXPECT_EQ(it->second.connected, st.connected) << token;
+      EXPECT_EQ(it->second.producer.has_value(), st.producer.has_value());
+      EXPECT_EQ(it->second.consumer.has_value(), st.consumer.has_value());
+    }
+    // The store's high-water mark is the last revision handed out, unless
+    // the last commits were refused (their revisions were never written).
+    if (refusing_->refused_.load() == 0) {
+      EXPECT_EQ(*loaded, index_->revision());
+    } else {
+      EXPECT_LE(*loaded, index_->revision());
+    }
+  }
+
+  std::unique_ptr<RocksDbStore> rocks_;
+  NullStore null_;
+  std::unique_ptr<RefusingStore> refusing_;
   FakeDispatcher agent_;
-  Matcher matcher_{index_, agent_};
+  std::unique_ptr<TokenIndex> index_;
+  std::unique_ptr<Matcher> matcher_;
 };
 
 // --- 1. Register producer -------------------------------------------------
 
-TEST_F(MatcherTest, RegisterProducer_NoConsumer_RecordedNotConnected) {
-  auto r = matcher_.RegisterProducer("t1", Prod());
+TEST_P(MatcherTest, RegisterProducer_NoConsumer_RecordedNotConnected) {
+  auto r = matcher_->RegisterProducer("t1", Prod());
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_FALSE(r->connected);
   EXPECT_NE(r->registration_id, 0u);
-  auto st = index_.Get("t1");
+  auto st = index_->Get("t1");
   ASSERT_TRUE(st && st->producer);
   EXPECT_EQ(st->producer->registration_id, r->registration_id);
   EXPECT_FALSE(st->consumer.has_value());
   EXPECT_EQ(agent_.connects(), 0);
 }
 
-TEST_F(MatcherTest,
+TEST_P(MatcherTest,
        RegisterProducer_ProducerHoldsToken_AlreadyExistsNothingChanges) {
-  auto first = matcher_.RegisterProducer("t1", Prod("n1", "0000:00:01.0"));
+  auto first = matcher_->RegisterProducer("t1", Prod("n1", "0000:00:01.0"));
   ASSERT_TRUE(first.ok());
-  auto second = matcher_.RegisterProducer("t1", Prod("n1", "0000:00:02.0"));
+  auto second = matcher_->RegisterProducer("t1", Prod("n1", "0000:00:02.0"));
   EXPECT_EQ(second.status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(GetErrorReason(second.status()), ErrorReason::kTokenBusy);
-  auto st = index_.Get("t1");
+  auto st = index_->Get("t1");
   EXPECT_EQ(st->producer->device, "0000:00:01.0");
   EXPECT_EQ(st->producer->registration_id, first->registration_id);
   EXPECT_EQ(st->revision, 1u);
 }
 
-TEST_F(MatcherTest,
+TEST_P(MatcherTest,
        RegisterProducer_ObjectAlreadyRegistered_AlreadyExistsNamingToken) {
-  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
-  auto dup = matcher_.RegisterProducer("t2", Prod());
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  auto dup = matcher_->RegisterProducer("t2", Prod());
   EXPECT_EQ(dup.status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(GetErrorReason(dup.status()), ErrorReason::kObjectBusy);
   EXPECT_EQ(GetErrorContext(dup.status()).other_token, "t1");
-  EXPECT_FALSE(index_.Get("t2").has_value());
+  EXPECT_FALSE(index_->Get("t2").has_value());
 }
 
-TEST_F(MatcherTest, RegisterProducer_ConsumerPresent_ConnectsAndRecordsPair) {
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
-  auto r = matcher_.RegisterProducer("t1", Prod());
+TEST_P(MatcherTest, RegisterProducer_ConsumerPresent_ConnectsAndRecordsPair) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  auto r = matcher_->RegisterProducer("t1", Prod());
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->connected);
   EXPECT_EQ(agent_.connects(), 1);
-  auto st = index_.Get("t1");
+  auto st = index_->Get("t1");
   EXPECT_TRUE(st->producer && st->consumer && st->connected);
 }
 
-TEST_F(
+TEST_P(
     MatcherTest,
     RegisterProducer_ConsumerPresent_ConnectFails_ProducerNotRecordedConsumerUntouched) {
-  auto c = matcher_.RegisterConsumer("t1", Cons());
+  auto c = matcher_->RegisterConsumer("t1", Cons());
   ASSERT_TRUE(c.ok());
-  const uint64_t revision_before = index_.Get("t1")->revision;
+  const uint64_t revision_before = index_->Get("t1")->revision;
   agent_.fail_with_ = ConnectStepFailed("add_producer", ENOENT);
-  auto r = matcher_.RegisterProducer("t1", Prod());
+  auto r = matcher_->RegisterProducer("t1", Prod());
   // The failing step's error is returned as is.
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(GetErrorContext(r.status()).step, "add_producer");
   EXPECT_EQ(GetErrorContext(r.status()).err, ENOENT);
-  auto st = index_.Get("t1");
+  auto st = index_->Get("t1");
   ASSERT_TRUE(st.has_value());
   EXPECT_FALSE(st->producer.has_value());
   EXPECT_FALSE(st->connected);
@@ -184,223 +293,223 @@ TEST_F(
   EXPECT_EQ(st->revision, revision_before);  // consumer untouched
   // The rolled-back producer's object is free again.
   agent_.fail_with_ = absl::OkStatus();
-  EXPECT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+  EXPECT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
 }
 
-TEST_F(MatcherTest,
+TEST_P(MatcherTest,
        RegisterProducer_ConsumerOnOtherNode_FailedPreconditionNotRecorded) {
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons("n2")).ok());
-  auto r = matcher_.RegisterProducer("t1", Prod("n1"));
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons("n2")).ok());
+  auto r = matcher_->RegisterProducer("t1", Prod("n1"));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(GetErrorReason(r.status()), ErrorReason::kNodeMismatch);
-  EXPECT_FALSE(index_.Get("t1")->producer.has_value());
+  EXPECT_FALSE(index_->Get("t1")->producer.has_value());
   EXPECT_EQ(agent_.connects(), 0);
 }
 
-TEST_F(MatcherTest,
+TEST_P(MatcherTest,
        RegisterProducer_AgentUnavailable_RolledBackWithUnavailable) {
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
   agent_.fail_with_ = absl::UnavailableError("no agent for node n1");
-  auto r = matcher_.RegisterProducer("t1", Prod());
+  auto r = matcher_->RegisterProducer("t1", Prod());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_FALSE(index_.Get("t1")->producer.has_value());
+  EXPECT_FALSE(index_->Get("t1")->producer.has_value());
 }
 
-TEST_F(MatcherTest, ConnectInFlight_ReadersSeeOnlyCommittedState) {
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+TEST_P(MatcherTest, ConnectInFlight_ReadersSeeOnlyCommittedState) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
   agent_.Hold();
   std::thread registrar(
-      [&] { ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok()); });
+      [&] { ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok()); });
   agent_.WaitHeld(1);
-  auto mid = index_.Get("t1");
+  auto mid = index_->Get("t1");
   EXPECT_FALSE(mid->producer.has_value());
   EXPECT_FALSE(mid->connected);
   agent_.Release();
   registrar.join();
-  EXPECT_TRUE(index_.Get("t1")->connected);
+  EXPECT_TRUE(index_->Get("t1")->connected);
 }
 
-TEST_F(MatcherTest,
+TEST_P(MatcherTest,
        ConnectInFlight_SameObjectElsewhere_AbortedNotAlreadyExists) {
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
   agent_.Hold();
   agent_.fail_with_ = ConnectStepFailed("add_producer", ENOENT);
   std::thread registrar(
-      [&] { EXPECT_FALSE(matcher_.RegisterProducer("t1", Prod()).ok()); });
+      [&] { EXPECT_FALSE(matcher_->RegisterProducer("t1", Prod()).ok()); });
   agent_.WaitHeld(1);
   // t1's producer may still be rolled back: the caller is told to retry.
-  auto racing = matcher_.RegisterProducer("t2", Prod());
+  auto racing = matcher_->RegisterProducer("t2", Prod());
   EXPECT_EQ(racing.status().code(), absl::StatusCode::kAborted);
   EXPECT_EQ(GetErrorReason(racing.status()), ErrorReason::kObjectBusy);
   EXPECT_EQ(GetErrorContext(racing.status()).other_token, "t1");
   agent_.Release();
   registrar.join();
   // t1's connect failed, so the object is free.
-  EXPECT_TRUE(matcher_.RegisterProducer("t2", Prod()).ok());
+  EXPECT_TRUE(matcher_->RegisterProducer("t2", Prod()).ok());
 }
 
-TEST_F(MatcherTest, ConnectInFlight_UnrelatedTokensProceed) {
-  ASSERT_TRUE(matcher_.RegisterConsumer("slow", Cons("n1", "vm-a", 1)).ok());
+TEST_P(MatcherTest, ConnectInFlight_UnrelatedTokensProceed) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("slow", Cons("n1", "vm-a", 1)).ok());
   agent_.Hold();
   std::thread registrar([&] {
-    (void)matcher_.RegisterProducer("slow", Prod("n1", "0000:00:01.0"));
+    (void)matcher_->RegisterProducer("slow", Prod("n1", "0000:00:01.0"));
   });
   agent_.WaitHeld(1);
   // While "slow" waits on its agent, another token registers freely.
   EXPECT_TRUE(
-      matcher_.RegisterProducer("fast", Prod("n1", "0000:00:02.0")).ok());
-  EXPECT_TRUE(matcher_.UnregisterProducer("fast", 0).ok());
+      matcher_->RegisterProducer("fast", Prod("n1", "0000:00:02.0")).ok());
+  EXPECT_TRUE(matcher_->UnregisterProducer("fast", 0).ok());
   agent_.Release();
   registrar.join();
 }
 
 // --- 2. Register consumer (mirror image) -----------------------------------
 
-TEST_F(MatcherTest, RegisterConsumer_NoProducer_RecordedNotConnected) {
-  auto r = matcher_.RegisterConsumer("t1", Cons());
+TEST_P(MatcherTest, RegisterConsumer_NoProducer_RecordedNotConnected) {
+  auto r = matcher_->RegisterConsumer("t1", Cons());
   ASSERT_TRUE(r.ok());
   EXPECT_FALSE(r->connected);
-  EXPECT_TRUE(index_.Get("t1")->consumer.has_value());
+  EXPECT_TRUE(index_->Get("t1")->consumer.has_value());
 }
 
-TEST_F(MatcherTest, RegisterConsumer_ConsumerHoldsToken_AlreadyExists) {
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons("n1", "vm-a", 1)).ok());
-  auto r = matcher_.RegisterConsumer("t1", Cons("n1", "vm-b", 2));
+TEST_P(MatcherTest, RegisterConsumer_ConsumerHoldsToken_AlreadyExists) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons("n1", "vm-a", 1)).ok());
+  auto r = matcher_->RegisterConsumer("t1", Cons("n1", "vm-b", 2));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(index_.Get("t1")->consumer->vm, "vm-a");
+  EXPECT_EQ(index_->Get("t1")->consumer->vm, "vm-a");
 }
 
-TEST_F(
+TEST_P(
     MatcherTest,
     RegisterConsumer_ProducerPresent_ConnectFails_ConsumerNotRecordedProducerUntouched) {
-  auto p = matcher_.RegisterProducer("t1", Prod());
+  auto p = matcher_->RegisterProducer("t1", Prod());
   ASSERT_TRUE(p.ok());
   agent_.fail_with_ = ConnectStepFailed("add_consumer", EBUSY);
-  auto r = matcher_.RegisterConsumer("t1", Cons());
+  auto r = matcher_->RegisterConsumer("t1", Cons());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(GetErrorContext(r.status()).step, "add_consumer");
-  auto st = index_.Get("t1");
+  auto st = index_->Get("t1");
   EXPECT_FALSE(st->consumer.has_value());
   EXPECT_EQ(st->producer->registration_id, p->registration_id);
 }
 
-TEST_F(MatcherTest, RegisterConsumer_ProducerPresent_ConnectsAndRecordsPair) {
-  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
-  auto r = matcher_.RegisterConsumer("t1", Cons());
+TEST_P(MatcherTest, RegisterConsumer_ProducerPresent_ConnectsAndRecordsPair) {
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  auto r = matcher_->RegisterConsumer("t1", Cons());
   ASSERT_TRUE(r.ok());
   EXPECT_TRUE(r->connected);
-  EXPECT_TRUE(index_.Get("t1")->connected);
+  EXPECT_TRUE(index_->Get("t1")->connected);
 }
 
 // --- 3. Unregister producer -------------------------------------------------
 
-TEST_F(MatcherTest, UnregisterProducer_NeverRegistered_NotFoundNoChange) {
-  auto r = matcher_.UnregisterProducer("t1", 0);
+TEST_P(MatcherTest, UnregisterProducer_NeverRegistered_NotFoundNoChange) {
+  auto r = matcher_->UnregisterProducer("t1", 0);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_FALSE(index_.Get("t1").has_value());
+  EXPECT_FALSE(index_->Get("t1").has_value());
 }
 
-TEST_F(MatcherTest,
+TEST_P(MatcherTest,
        UnregisterProducer_AfterFailedRegistration_NotFoundConsumerKept) {
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
   agent_.fail_with_ = ConnectStepFailed("add_producer", EIO);
-  ASSERT_FALSE(matcher_.RegisterProducer("t1", Prod()).ok());
-  EXPECT_EQ(matcher_.UnregisterProducer("t1", 0).status().code(),
+  ASSERT_FALSE(matcher_->RegisterProducer("t1", Prod()).ok());
+  EXPECT_EQ(matcher_->UnregisterProducer("t1", 0).status().code(),
             absl::StatusCode::kNotFound);
-  EXPECT_TRUE(index_.Get("t1")->consumer.has_value());
+  EXPECT_TRUE(index_->Get("t1")->consumer.has_value());
   EXPECT_EQ(agent_.disconnects(), 0);
 }
 
-TEST_F(MatcherTest, UnregisterProducer_Paired_DisconnectsFirstThenForgets) {
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
-  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
+TEST_P(MatcherTest, UnregisterProducer_Paired_DisconnectsFirstThenForgets) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
   bool producer_visible_during_disconnect = false;
   agent_.on_disconnect_ = [&](absl::string_view token) {
-    auto st = index_.Get(token);
+    auto st = index_->Get(token);
     producer_visible_during_disconnect = st && st->producer && st->connected;
   };
-  auto r = matcher_.UnregisterProducer("t1", 0);
+  auto r = matcher_->UnregisterProducer("t1", 0);
   ASSERT_TRUE(r.ok());
   EXPECT_TRUE(*r);
   EXPECT_TRUE(producer_visible_during_disconnect);
-  auto st = index_.Get("t1");
+  auto st = index_->Get("t1");
   EXPECT_FALSE(st->producer.has_value());
   EXPECT_FALSE(st->connected);
   EXPECT_TRUE(st->consumer.has_value());
   EXPECT_EQ(agent_.disconnects(), 1);
 }
 
-TEST_F(MatcherTest,
+TEST_P(MatcherTest,
        UnregisterProducer_OtherRegistrationId_FailedPreconditionUntouched) {
-  auto p = matcher_.RegisterProducer("t1", Prod());
+  auto p = matcher_->RegisterProducer("t1", Prod());
   ASSERT_TRUE(p.ok());
-  auto r = matcher_.UnregisterProducer("t1", p->registration_id + 1);
+  auto r = matcher_->UnregisterProducer("t1", p->registration_id + 1);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(GetErrorReason(r.status()), ErrorReason::kRegistrationMismatch);
-  EXPECT_EQ(index_.Get("t1")->producer->registration_id, p->registration_id);
+  EXPECT_EQ(index_->Get("t1")->producer->registration_id, p->registration_id);
 }
 
-TEST_F(MatcherTest, UnregisterProducer_MatchingRegistrationId_Removes) {
-  auto p = matcher_.RegisterProducer("t1", Prod());
+TEST_P(MatcherTest, UnregisterProducer_MatchingRegistrationId_Removes) {
+  auto p = matcher_->RegisterProducer("t1", Prod());
   ASSERT_TRUE(p.ok());
-  ASSERT_TRUE(matcher_.UnregisterProducer("t1", p->registration_id).ok());
-  EXPECT_FALSE(index_.Get("t1").has_value());
+  ASSERT_TRUE(matcher_->UnregisterProducer("t1", p->registration_id).ok());
+  EXPECT_FALSE(index_->Get("t1").has_value());
   // Its object is free for another token.
-  EXPECT_TRUE(matcher_.RegisterProducer("t2", Prod()).ok());
+  EXPECT_TRUE(matcher_->RegisterProducer("t2", Prod()).ok());
 }
 
-TEST_F(MatcherTest,
+TEST_P(MatcherTest,
        UnregisterProducer_StaleIdAfterReRegistration_RemovesNothing) {
-  auto old_reg = matcher_.RegisterProducer("t1", Prod());
-  ASSERT_TRUE(matcher_.UnregisterProducer("t1", old_reg->registration_id).ok());
-  auto new_reg = matcher_.RegisterProducer("t1", Prod());
+  auto old_reg = matcher_->RegisterProducer("t1", Prod());
+  ASSERT_TRUE(matcher_->UnregisterProducer("t1", old_reg->registration_id).ok());
+  auto new_reg = matcher_->RegisterProducer("t1", Prod());
   ASSERT_TRUE(new_reg.ok());
   EXPECT_FALSE(
-      matcher_.UnregisterProducer("t1", old_reg->registration_id).ok());
-  EXPECT_EQ(index_.Get("t1")->producer->registration_id,
+      matcher_->UnregisterProducer("t1", old_reg->registration_id).ok());
+  EXPECT_EQ(index_->Get("t1")->producer->registration_id,
             new_reg->registration_id);
 }
 
 // --- 4. Unregister consumer (mirror image) -----------------------------------
 
-TEST_F(MatcherTest, UnregisterConsumer_Paired_DisconnectsAndKeepsProducer) {
-  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
-  auto r = matcher_.UnregisterConsumer("t1", 0);
+TEST_P(MatcherTest, UnregisterConsumer_Paired_DisconnectsAndKeepsProducer) {
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  auto r = matcher_->UnregisterConsumer("t1", 0);
   ASSERT_TRUE(r.ok());
   EXPECT_TRUE(*r);
   EXPECT_EQ(agent_.disconnects(), 1);
-  auto st = index_.Get("t1");
+  auto st = index_->Get("t1");
   EXPECT_TRUE(st->producer.has_value());
   EXPECT_FALSE(st->consumer.has_value());
 }
 
-TEST_F(MatcherTest, UnregisterConsumer_NotRegistered_NotFound) {
-  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
-  EXPECT_EQ(matcher_.UnregisterConsumer("t1", 0).status().code(),
+TEST_P(MatcherTest, UnregisterConsumer_NotRegistered_NotFound) {
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  EXPECT_EQ(matcher_->UnregisterConsumer("t1", 0).status().code(),
             absl::StatusCode::kNotFound);
-  EXPECT_TRUE(index_.Get("t1")->producer.has_value());
+  EXPECT_TRUE(index_->Get("t1")->producer.has_value());
 }
 
-TEST_F(MatcherTest, UnregisterConsumer_Unpaired_NoDisconnect) {
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
-  auto r = matcher_.UnregisterConsumer("t1", 0);
+TEST_P(MatcherTest, UnregisterConsumer_Unpaired_NoDisconnect) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  auto r = matcher_->UnregisterConsumer("t1", 0);
   ASSERT_TRUE(r.ok());
   EXPECT_FALSE(*r);
   EXPECT_EQ(agent_.disconnects(), 0);
-  EXPECT_FALSE(index_.Get("t1").has_value());
+  EXPECT_FALSE(index_->Get("t1").has_value());
 }
 
 // --- Concurrency -------------------------------------------------------------
 
-TEST_F(MatcherTest, Race_ManyProducersOnOneToken_ExactlyOneWins) {
+TEST_P(MatcherTest, Race_ManyProducersOnOneToken_ExactlyOneWins) {
   constexpr int kThreads = 8;
   std::atomic<int> wins{0};
   std::atomic<int> busy{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      auto r = matcher_.RegisterProducer(
+      auto r = matcher_->RegisterProducer(
           "hot", Prod("n1", "0000:00:0" + std::to_string(t) + ".0"));
       if (r.ok())
         ++wins;
@@ -413,14 +522,14 @@ TEST_F(MatcherTest, Race_ManyProducersOnOneToken_ExactlyOneWins) {
   EXPECT_EQ(busy.load(), kThreads - 1);
 }
 
-TEST_F(MatcherTest,
+TEST_P(MatcherTest,
        Race_BothSidesArriveTogether_ConnectedExactlyOnceNoDeadlock) {
   constexpr int kTokens = 300;
   std::vector<std::thread> threads;
   threads.emplace_back([&] {
     for (int i = 0; i < kTokens; ++i) {
       ASSERT_TRUE(
-          matcher_
+          (*matcher_)
               .RegisterProducer("t" + std::to_string(i), Prod("n1", "dev", i))
               .ok());
     }
@@ -428,17 +537,17 @@ TEST_F(MatcherTest,
   threads.emplace_back([&] {
     for (int i = kTokens - 1; i >= 0; --i) {
       ASSERT_TRUE(
-          matcher_
+          (*matcher_)
               .RegisterConsumer("t" + std::to_string(i), Cons("n1", "vm", i))
               .ok());
     }
   });
   for (auto& th : threads) th.join();
   EXPECT_EQ(agent_.connects(), kTokens);
-  EXPECT_EQ(index_.CountAll().connected, static_cast<size_t>(kTokens));
+  EXPECT_EQ(index_->CountAll().connected, static_cast<size_t>(kTokens));
 }
 
-TEST_F(MatcherTest, Race_RegisterUnregisterChurn_NoLostDisconnect) {
+TEST_P(MatcherTest, Race_RegisterUnregisterChurn_NoLostDisconnect) {
   constexpr int kTokens = 40;
   constexpr int kRounds = 50;
   std::vector<std::thread> threads;
@@ -449,12 +558,12 @@ TEST_F(MatcherTest, Race_RegisterUnregisterChurn_NoLostDisconnect) {
           const std::string token = "t" + std::to_string(i);
           if (side == 0) {
             ASSERT_TRUE(
-                matcher_.RegisterProducer(token, Prod("n1", "dev", i)).ok());
-            ASSERT_TRUE(matcher_.UnregisterProducer(token, 0).ok());
+                matcher_->RegisterProducer(token, Prod("n1", "dev", i)).ok());
+            ASSERT_TRUE(matcher_->UnregisterProducer(token, 0).ok());
           } else {
             ASSERT_TRUE(
-                matcher_.RegisterConsumer(token, Cons("n1", "vm", i)).ok());
-            ASSERT_TRUE(matcher_.UnregisterConsumer(token, 0).ok());
+                matcher_->RegisterConsumer(token, Cons("n1", "vm", i)).ok());
+            ASSERT_TRUE(matcher_->UnregisterConsumer(token, 0).ok());
           }
         }
       }
@@ -463,93 +572,180 @@ TEST_F(MatcherTest, Race_RegisterUnregisterChurn_NoLostDisconnect) {
   for (auto& th : threads) th.join();
   // Every connect was matched by exactly one disconnect; nothing is left.
   EXPECT_EQ(agent_.connects(), agent_.disconnects());
-  EXPECT_EQ(index_.CountAll().tokens, 0u);
+  EXPECT_EQ(index_->CountAll().tokens, 0u);
 }
 
 // --- Reconcile ---------------------------------------------------------------
 
-TEST_F(MatcherTest, Reconcile_StaleWiringOnAgent_Disconnected) {
+TEST_P(MatcherTest, Reconcile_StaleWiringOnAgent_Disconnected) {
   WiredPair stale{"gone", Prod(), Cons()};
-  auto r = matcher_.Reconcile("n1", {stale}, agent_, Always);
+  auto r = matcher_->Reconcile("n1", {stale}, agent_, Always);
   EXPECT_EQ(r.disconnected, 1);
   EXPECT_EQ(agent_.calls(), std::vector<std::string>{"disconnect:gone"});
 }
 
-TEST_F(MatcherTest, Reconcile_MatchingWiring_Kept) {
-  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
-  auto r = matcher_.Reconcile("n1", {WiredPair{"t1", Prod(), Cons()}}, agent_,
+TEST_P(MatcherTest, Reconcile_MatchingWiring_Kept) {
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  auto r = matcher_->Reconcile("n1", {WiredPair{"t1", Prod(), Cons()}}, agent_,
                               Always);
   EXPECT_EQ(r.kept, 1);
   EXPECT_EQ(agent_.disconnects(), 0);
   EXPECT_EQ(agent_.connects(), 1);  // only the original connect
 }
 
-TEST_F(MatcherTest, Reconcile_MissingOnAgent_ConnectedAgain) {
-  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
-  auto r = matcher_.Reconcile("n1", {}, agent_, Always);
+TEST_P(MatcherTest, Reconcile_MissingOnAgent_ConnectedAgain) {
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  auto r = matcher_->Reconcile("n1", {}, agent_, Always);
   EXPECT_EQ(r.reconnected, 1);
   EXPECT_EQ(agent_.connects(), 2);
-  EXPECT_TRUE(index_.Get("t1")->connected);
+  EXPECT_TRUE(index_->Get("t1")->connected);
 }
 
-TEST_F(MatcherTest, Reconcile_ReconnectFails_ReportedNotConnectedThenRecovers) {
-  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+TEST_P(MatcherTest, Reconcile_ReconnectFails_ReportedNotConnectedThenRecovers) {
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
   agent_.fail_with_ = ConnectStepFailed("add_producer", ENOENT);
-  EXPECT_EQ(matcher_.Reconcile("n1", {}, agent_, Always).failed, 1);
-  auto st = index_.Get("t1");
+  EXPECT_EQ(matcher_->Reconcile("n1", {}, agent_, Always).failed, 1);
+  auto st = index_->Get("t1");
   EXPECT_TRUE(st->producer && st->consumer);
   EXPECT_FALSE(st->connected);
   agent_.fail_with_ = absl::OkStatus();
-  EXPECT_EQ(matcher_.Reconcile("n1", {}, agent_, Always).reconnected, 1);
-  EXPECT_TRUE(index_.Get("t1")->connected);
+  EXPECT_EQ(matcher_->Reconcile("n1", {}, agent_, Always).reconnected, 1);
+  EXPECT_TRUE(index_->Get("t1")->connected);
 }
 
-TEST_F(MatcherTest, Reconcile_SessionNoLongerCurrent_StopsWithoutChanges) {
-  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
-  const uint64_t revision = index_.Get("t1")->revision;
-  auto r = matcher_.Reconcile(
+TEST_P(MatcherTest, Reconcile_SessionNoLongerCurrent_StopsWithoutChanges) {
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  const uint64_t revision = index_->Get("t1")->revision;
+  auto r = matcher_->Reconcile(
       "n1",
       {WiredPair{"stale", Prod("n1", "0000:00:09.0"), Cons("n1", "vm-z", 9)}},
       agent_, [] { return false; });
   EXPECT_EQ(r.disconnected + r.reconnected + r.kept + r.failed, 0);
   EXPECT_EQ(agent_.connects(), 1);  // only the original connect
   EXPECT_EQ(agent_.disconnects(), 0);
-  EXPECT_EQ(index_.Get("t1")->revision, revision);
+  EXPECT_EQ(index_->Get("t1")->revision, revision);
 }
 
-TEST_F(MatcherTest, Reconcile_PartialWiring_DisconnectedThenConnectedAgain) {
-  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod()).ok());
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons()).ok());
+TEST_P(MatcherTest, Reconcile_PartialWiring_DisconnectedThenConnectedAgain) {
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
   WiredPair half{"t1", Prod(), Cons(), /*partial=*/true};
-  auto r = matcher_.Reconcile("n1", {half}, agent_, Always);
+  auto r = matcher_->Reconcile("n1", {half}, agent_, Always);
   EXPECT_EQ(r.kept, 0);
   EXPECT_EQ(r.disconnected, 1);
   EXPECT_EQ(r.reconnected, 1);
   EXPECT_EQ(agent_.calls(), (std::vector<std::string>{
                                 "connect:t1", "disconnect:t1", "connect:t1"}));
-  EXPECT_TRUE(index_.Get("t1")->connected);
+  EXPECT_TRUE(index_->Get("t1")->connected);
 }
 
-TEST_F(MatcherTest,
+TEST_P(MatcherTest,
        Reconcile_PartialWiringOfUnregisteredToken_OnlyDisconnected) {
   WiredPair half{"gone", Prod(), Cons(), /*partial=*/true};
-  auto r = matcher_.Reconcile("n1", {half}, agent_, Always);
+  auto r = matcher_->Reconcile("n1", {half}, agent_, Always);
   EXPECT_EQ(r.disconnected, 1);
   EXPECT_EQ(r.reconnected, 0);
   EXPECT_EQ(agent_.calls(), std::vector<std::string>{"disconnect:gone"});
 }
 
-TEST_F(MatcherTest, Reconcile_OtherNodesBindings_Untouched) {
-  ASSERT_TRUE(matcher_.RegisterProducer("t1", Prod("n2")).ok());
-  ASSERT_TRUE(matcher_.RegisterConsumer("t1", Cons("n2")).ok());
-  auto r = matcher_.Reconcile("n1", {}, agent_, Always);
+TEST_P(MatcherTest, Reconcile_OtherNodesBindings_Untouched) {
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod("n2")).ok());
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons("n2")).ok());
+  auto r = matcher_->Reconcile("n1", {}, agent_, Always);
   EXPECT_EQ(r.reconnected, 0);
   EXPECT_EQ(agent_.connects(), 1);
 }
+
+// --- The durable store refuses a change ------------------------------------
+
+TEST_P(MatcherTest, StoreRefuses_RegisterUnpaired_UnavailableNothingRecorded) {
+  refusing_->refuse_ = true;
+  auto r = matcher_->RegisterProducer("t1", Prod());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(GetErrorReason(r.status()), ErrorReason::kStoreUnavailable);
+  EXPECT_FALSE(index_->Get("t1").has_value());
+  // The object was not kept either: it can be registered once the store
+  // takes writes again.
+  refusing_->refuse_ = false;
+  EXPECT_TRUE(matcher_->RegisterProducer("t2", Prod()).ok());
+}
+
+TEST_P(MatcherTest, StoreRefuses_RegisterThatConnected_RolledBackOnAgent) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  refusing_->refuse_ = true;
+  auto r = matcher_->RegisterProducer("t1", Prod());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  // Wired, then unwired: nothing is left on the agent that the store does
+  // not hold, and the consumer is untouched.
+  EXPECT_EQ(agent_.calls(),
+            (std::vector<std::string>{"connect:t1", "disconnect:t1"}));
+  auto st = index_->Get("t1");
+  ASSERT_TRUE(st && st->consumer);
+  EXPECT_FALSE(st->producer.has_value());
+  EXPECT_FALSE(st->connected);
+  refusing_->refuse_ = false;
+  auto again = matcher_->RegisterProducer("t1", Prod());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->connected);
+}
+
+TEST_P(MatcherTest, StoreRefuses_UnregisterPaired_UnavailableStillWired) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  refusing_->refuse_ = true;
+  auto r = matcher_->UnregisterProducer("t1", 0);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(agent_.disconnects(), 0);
+  auto st = index_->Get("t1");
+  ASSERT_TRUE(st && st->producer && st->consumer);
+  EXPECT_TRUE(st->connected);
+  refusing_->refuse_ = false;
+  auto u = matcher_->UnregisterProducer("t1", 0);
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_TRUE(*u);
+  EXPECT_EQ(agent_.disconnects(), 1);
+}
+
+TEST_P(MatcherTest, Restore_FreshIndexFromStore_SameBindingsAndClaims) {
+  if (rocks_ == nullptr) GTEST_SKIP() << "needs a store to restore from";
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  ASSERT_TRUE(matcher_->RegisterProducer("t2", Prod("n1", "0000:3b:00.2")).ok());
+  ASSERT_TRUE(matcher_->RegisterProducer("t3", Prod("n1", "0000:3b:00.3")).ok());
+  ASSERT_TRUE(matcher_->UnregisterProducer("t3", 0).ok());
+
+  TokenIndex restored(16);
+  ASSERT_TRUE(restored.Restore(*rocks_).ok());
+  EXPECT_EQ(restored.revision(), index_->revision());
+  auto t1 = restored.Get("t1");
+  ASSERT_TRUE(t1 && t1->producer && t1->consumer);
+  EXPECT_TRUE(t1->connected);
+  EXPECT_EQ(t1->producer->registration_id,
+            index_->Get("t1")->producer->registration_id);
+  EXPECT_FALSE(restored.Get("t3").has_value());
+  // The objects are claimed again: the same device vector under another
+  // token is refused, a freed one is not.
+  FakeDispatcher agent;
+  Matcher matcher(restored, agent);
+  EXPECT_EQ(matcher.RegisterProducer("x", Prod("n1", "0000:3b:00.2"))
+                .status()
+                .code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(matcher.RegisterProducer("y", Prod("n1", "0000:3b:00.3")).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, MatcherTest,
+                         ::testing::Values(StoreKind::kMemory,
+                                           StoreKind::kEmbedded),
+                         [](const ::testing::TestParamInfo<StoreKind>& info) {
+                           return info.param == StoreKind::kMemory
+                                      ? "memory"
+                                      : "embedded";
+                         });
 
 }  // namespace
 }  // namespace irqbypass

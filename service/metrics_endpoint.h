@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "metrics/metrics_server.h"
 #include "service/agent_registry.h"
+#include "service/rocksdb_store.h"
 #include "service/service_metrics.h"
 #include "service/token_index.h"
 
@@ -23,11 +24,12 @@ namespace irqbypass {
 
 class MetricsEndpoint {
  public:
-  // `index`, `registry` and `metrics` must outlive the endpoint.
-  // INVALID_ARGUMENT when `listen` cannot be bound.
+  // `index`, `registry`, `metrics` and `store` (null: none) must outlive
+  // the endpoint. INVALID_ARGUMENT when `listen` cannot be bound.
   static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Create(
       const std::string& listen, const TokenIndex& index,
-      const AgentRegistry& registry, const ServiceMetrics& metrics);
+      const AgentRegistry& registry, const ServiceMetrics& metrics,
+      const RocksDbStore* store = nullptr);
   ~MetricsEndpoint();
 
   // The bound port (for --metrics_listen=HOST:0).
