@@ -147,6 +147,36 @@ class MessageQueue {
 };
 
 // Executes one command and returns its ack.
+}  // namespace
+
+std::vector<v1::AgentMessage> HelloMessages(const std::string& node,
+                                            const std::string& backend,
+                                            const std::string& version,
+                                            std::vector<v1::WiredPair> wired,
+                                            size_t per_message) {
+  if (per_message == 0) per_message = 1;
+  std::vector<v1::AgentMessage> messages(1);
+  v1::AgentHello& hello = *messages[0].mutable_hello();
+  hello.set_node(node);
+  hello.set_backend(backend);
+  hello.set_agent_version(version);
+  for (size_t i = 0; i < wired.size(); ++i) {
+    if (i > 0 && i % per_message == 0) messages.emplace_back();
+    if (messages.size() == 1) {
+      *hello.add_wired() = std::move(wired[i]);
+    } else {
+      *messages.back().mutable_wired_more()->add_wired() = std::move(wired[i]);
+    }
+  }
+  if (messages.size() > 1) {
+    messages[0].mutable_hello()->set_wired_follows(true);
+    messages.back().mutable_wired_more()->set_last(true);
+  }
+  return messages;
+}
+
+namespace {
+
 v1::AgentMessage HandleCommand(StepExecutor& executor, const std::string& node,
                                const v1::Command& command,
                                AgentMetrics* metrics) {
@@ -269,18 +299,25 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
   // Blocks until the channel connects or fails (or Shutdown cancels it).
   std::unique_ptr<SessionStream> stream = stub->Session(&context);
 
-  v1::AgentMessage hello_message;
-  v1::AgentHello& hello = *hello_message.mutable_hello();
-  hello.set_node(options_.node);
-  hello.set_backend(backend_.Name());
-  hello.set_agent_version(options_.agent_version);
-  for (v1::WiredPair& pair : backend_.Inventory()) {
-    *hello.add_wired() = std::move(pair);
+  std::vector<v1::AgentMessage> hello_messages =
+      HelloMessages(options_.node, backend_.Name(), options_.agent_version,
+                    backend_.Inventory(), kWiredPerMessage);
+  size_t wired_count = 0;
+  for (const v1::AgentMessage& m : hello_messages) {
+    wired_count += m.has_hello() ? m.hello().wired_size()
+                                 : m.wired_more().wired_size();
   }
-  const std::string wired = absl::StrCat(hello.wired_size());
+  const std::string wired = absl::StrCat(wired_count);
+  bool hello_sent = true;
+  for (const v1::AgentMessage& m : hello_messages) {
+    if (!stream->Write(m)) {
+      hello_sent = false;
+      break;
+    }
+  }
 
   bool established = false;
-  if (stream->Write(hello_message)) {
+  if (hello_sent) {
     // A reader thread queues what the manager sends, so that this thread
     // knows whether more commands wait while it executes one: their acks
     // then go out coalesced (gRPC buffer hint), unless the next command may

@@ -1,6 +1,7 @@
 // AgentSession: the node agent's connection to the manager (irqbypassd). It
 // keeps one irqbypass.v1.AgentControl/Session stream open: on every (re)connect
-// it sends AgentHello {node, backend name, Backend::Inventory(), version},
+// it sends AgentHello {node, backend name, Backend::Inventory(), version}
+// (a long inventory in parts: HelloMessages),
 // then executes each Command the manager sends with StepExecutor, strictly in
 // the order received, and writes one CommandAck (same id) per command.
 //
@@ -24,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/random/random.h"
@@ -38,6 +40,18 @@ namespace irqbypass {
 namespace agent {
 
 class AgentMetrics;
+
+// Pairs per message of the inventory: AgentHello carries the first
+// kWiredPerMessage, WiredMore messages the rest (about 100 bytes a pair, so
+// every message stays near 100 KiB however much is wired).
+inline constexpr size_t kWiredPerMessage = 1000;
+
+// The hello of a session: AgentHello with `wired`, split as above.
+std::vector<v1::AgentMessage> HelloMessages(const std::string& node,
+                                            const std::string& backend,
+                                            const std::string& version,
+                                            std::vector<v1::WiredPair> wired,
+                                            size_t per_message);
 
 struct AgentSessionOptions {
   // The manager's AgentControl address: "host:port" or any gRPC target.

@@ -224,6 +224,37 @@ int UnusedPort() {
   return server.port();
 }
 
+TEST(AgentSessionTest, HelloMessages_LongInventory_SplitIntoParts) {
+  std::vector<v1::WiredPair> wired(2500);
+  for (size_t i = 0; i < wired.size(); ++i) {
+    wired[i].set_token("t" + std::to_string(i));
+  }
+  const std::vector<v1::AgentMessage> messages =
+      HelloMessages("n1", "sim", "v1", wired, 1000);
+  ASSERT_EQ(messages.size(), 3u);
+  ASSERT_TRUE(messages[0].has_hello());
+  EXPECT_EQ(messages[0].hello().node(), "n1");
+  EXPECT_TRUE(messages[0].hello().wired_follows());
+  EXPECT_EQ(messages[0].hello().wired_size(), 1000);
+  EXPECT_EQ(messages[0].hello().wired(999).token(), "t999");
+  ASSERT_TRUE(messages[1].has_wired_more());
+  EXPECT_EQ(messages[1].wired_more().wired_size(), 1000);
+  EXPECT_EQ(messages[1].wired_more().wired(0).token(), "t1000");
+  EXPECT_FALSE(messages[1].wired_more().last());
+  ASSERT_TRUE(messages[2].has_wired_more());
+  EXPECT_EQ(messages[2].wired_more().wired_size(), 500);
+  EXPECT_EQ(messages[2].wired_more().wired(499).token(), "t2499");
+  EXPECT_TRUE(messages[2].wired_more().last());
+}
+
+TEST(AgentSessionTest, HelloMessages_ShortInventory_OneMessage) {
+  const std::vector<v1::AgentMessage> messages =
+      HelloMessages("n1", "sim", "v1", std::vector<v1::WiredPair>(1000), 1000);
+  ASSERT_EQ(messages.size(), 1u);
+  EXPECT_FALSE(messages[0].hello().wired_follows());
+  EXPECT_EQ(messages[0].hello().wired_size(), 1000);
+}
+
 TEST(AgentSessionTest, Hello_CarriesNodeBackendVersionAndInventory) {
   SimBackend sim = MakeSim();
   const v1::Command wired = Connect(1, "t-old", "vm-1", 1);

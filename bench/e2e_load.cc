@@ -65,14 +65,6 @@ using testing::Process;
 
 constexpr char kNode[] = "bench-node";
 
-std::string Runfile(const std::string& rel) {
-  // bazel run: cwd is the runfiles tree; bazel test: TEST_SRCDIR.
-  if (const char* dir = std::getenv("RUNFILES_DIR")) {
-    return std::string(dir) + "/irqbypass/" + rel;
-  }
-  if (std::getenv("TEST_SRCDIR") != nullptr) return testing::BinaryPath(rel);
-  return rel;
-}
 
 std::string Device(uint64_t n) {
   const uint64_t bdf = n % 65536;
@@ -280,7 +272,7 @@ class Servers {
   // `store`: irqbypassd's --store (the embedded one in this run's folder).
   bool StartManager(const std::string& store) {
     const std::string port_file = dir_ + "/manager.port";
-    if (!manager_.Start(Runfile("service/irqbypassd"),
+    if (!manager_.Start(testing::BinaryPath("service/irqbypassd"),
                         {"--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
                          "--port_file=" + port_file, "--store=" + store,
                          "--data_dir=" + dir_ + "/data"},
@@ -291,7 +283,7 @@ class Servers {
     if (manager_port_ == 0) return false;
     metrics_port_ = testing::LoggedPort(
         testing::ReadFile(dir_ + "/irqbypassd.log"), "metrics_port");
-    if (!agent_.Start(Runfile("agent/irqbypass-agent"),
+    if (!agent_.Start(testing::BinaryPath("agent/irqbypass-agent"),
                       {"--manager=127.0.0.1:" + std::to_string(manager_port_),
                        std::string("--node=") + kNode, "--backend=sim",
                        "--log_level=warn"},
@@ -306,7 +298,7 @@ class Servers {
 
   bool StartBare() {
     const std::string port_file = dir_ + "/bare.port";
-    if (!bare_.Start(Runfile("bench/bare_server"),
+    if (!bare_.Start(testing::BinaryPath("bench/bare_server"),
                      {"--listen=127.0.0.1:0", "--port_file=" + port_file},
                      dir_ + "/bare.log")) {
       return false;

@@ -6,6 +6,8 @@
 #ifndef IRQBYPASS_SERVICE_AGENT_DISPATCHER_H_
 #define IRQBYPASS_SERVICE_AGENT_DISPATCHER_H_
 
+#include <memory>
+
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "service/token_index.h"
@@ -32,6 +34,34 @@ class AgentDispatcher {
   virtual void Disconnect(absl::string_view token,
                           const ProducerRecord& producer,
                           const ConsumerRecord& consumer) = 0;
+
+  // Pipelined use (reconciliation sends thousands of commands to one agent):
+  // Begin* queues the command and returns at once; End* waits for its
+  // outcome, which is what Connect / Disconnect would have returned. Ends
+  // come in the order of their Begins; every Begin gets its End. The
+  // defaults run the blocking call in Begin (fakes need nothing more).
+  class Pending {
+   public:
+    virtual ~Pending() = default;
+    absl::Status result;  // the defaults' outcome
+  };
+  virtual std::unique_ptr<Pending> BeginConnect(
+      absl::string_view token, const ProducerRecord& producer,
+      const ConsumerRecord& consumer) {
+    auto pending = std::make_unique<Pending>();
+    pending->result = Connect(token, producer, consumer);
+    return pending;
+  }
+  virtual absl::Status EndConnect(std::unique_ptr<Pending> pending) {
+    return pending->result;
+  }
+  virtual std::unique_ptr<Pending> BeginDisconnect(
+      absl::string_view token, const ProducerRecord& producer,
+      const ConsumerRecord& consumer) {
+    Disconnect(token, producer, consumer);
+    return std::make_unique<Pending>();
+  }
+  virtual void EndDisconnect(std::unique_ptr<Pending> pending) {}
 };
 
 }  // namespace irqbypass

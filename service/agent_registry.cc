@@ -178,6 +178,18 @@ class AgentRegistry::AgentSession {
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// One command on its way to an agent: sent (or refused), its ack awaited
+// by AwaitAck.
+struct AgentRegistry::InFlight : AgentDispatcher::Pending {
+  std::shared_ptr<AgentSession> session;
+  std::shared_ptr<AgentSession::Pending> pending;  // null: not sent
+  std::string token;
+  ProducerRecord producer;
+  ConsumerRecord consumer;
+  std::chrono::steady_clock::time_point started;
+  std::chrono::steady_clock::time_point deadline;
+};
+
 // Routes a reconciliation's commands to the session whose hello it is
 // reconciling, never to a newer one.
 class AgentRegistry::BoundDispatcher : public AgentDispatcher {
@@ -192,6 +204,23 @@ class AgentRegistry::BoundDispatcher : public AgentDispatcher {
   void Disconnect(absl::string_view token, const ProducerRecord& p,
                   const ConsumerRecord& c) override {
     registry_.DisconnectOn(session_, token, p, c);
+  }
+  // Pipelined: the command is queued now, its ack awaited in End*.
+  std::unique_ptr<Pending> BeginConnect(absl::string_view token,
+                                        const ProducerRecord& p,
+                                        const ConsumerRecord& c) override {
+    return registry_.Start(session_, v1::Command::CONNECT, token, p, c);
+  }
+  absl::Status EndConnect(std::unique_ptr<Pending> pending) override {
+    return registry_.FinishConnect(static_cast<InFlight&>(*pending));
+  }
+  std::unique_ptr<Pending> BeginDisconnect(absl::string_view token,
+                                           const ProducerRecord& p,
+                                           const ConsumerRecord& c) override {
+    return registry_.Start(session_, v1::Command::DISCONNECT, token, p, c);
+  }
+  void EndDisconnect(std::unique_ptr<Pending> pending) override {
+    registry_.FinishDisconnect(static_cast<InFlight&>(*pending));
   }
 
  private:
@@ -334,6 +363,56 @@ void AgentRegistry::Shutdown() {
   }
 }
 
+namespace {
+
+void AddWired(const std::string& node,
+              const google::protobuf::RepeatedPtrField<v1::WiredPair>& from,
+              std::vector<WiredPair>* to) {
+  for (const v1::WiredPair& w : from) {
+    auto p = ProducerFromProto(w.producer());
+    auto c = ConsumerFromProto(w.consumer());
+    if (!p.ok() || !c.ok()) {
+      LogWarn("agent reported malformed wiring; ignored",
+              {{"node", node}, {"token", w.token()}});
+      continue;
+    }
+    to->push_back(
+        WiredPair{w.token(), *std::move(p), *std::move(c), w.partial()});
+  }
+}
+
+}  // namespace
+
+grpc::Status AgentRegistry::ReadInventory(Stream& stream,
+                                          const v1::AgentHello& hello,
+                                          std::vector<WiredPair>* wired) {
+  wired->reserve(hello.wired_size());
+  AddWired(hello.node(), hello.wired(), wired);
+  if (!hello.wired_follows()) return grpc::Status::OK;
+  v1::AgentMessage more;
+  while (true) {
+    if (!stream.Read(&more)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED,
+                          "stream ended inside the hello's inventory");
+    }
+    if (!more.has_wired_more()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "wired_more: AgentHello.wired_follows is set, so "
+                          "WiredMore messages must follow it, up to the one "
+                          "with last = true");
+    }
+    if (wired->size() + more.wired_more().wired_size() >
+        options_.max_wired_per_hello) {
+      return grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("wired: an agent may report at most ",
+                       options_.max_wired_per_hello, " wired pairs"));
+    }
+    AddWired(hello.node(), more.wired_more().wired(), wired);
+    if (more.wired_more().last()) return grpc::Status::OK;
+  }
+}
+
 grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
                                     Stream* stream) {
   v1::AgentMessage first;
@@ -349,17 +428,8 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
                         std::string(s.message()));
   }
   std::vector<WiredPair> wired;
-  wired.reserve(hello.wired_size());
-  for (const v1::WiredPair& w : hello.wired()) {
-    auto p = ProducerFromProto(w.producer());
-    auto c = ConsumerFromProto(w.consumer());
-    if (!p.ok() || !c.ok()) {
-      LogWarn("agent reported malformed wiring; ignored",
-              {{"node", hello.node()}, {"token", w.token()}});
-      continue;
-    }
-    wired.push_back(
-        WiredPair{w.token(), *std::move(p), *std::move(c), w.partial()});
+  if (grpc::Status s = ReadInventory(*stream, hello, &wired); !s.ok()) {
+    return s;
   }
 
   auto session = std::make_shared<AgentSession>(hello.node(), context, stream);
@@ -418,7 +488,8 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
                                  {"kept", absl::StrCat(r.kept)},
                                  {"disconnected", absl::StrCat(r.disconnected)},
                                  {"reconnected", absl::StrCat(r.reconnected)},
-                                 {"failed", absl::StrCat(r.failed)}});
+                                 {"failed", absl::StrCat(r.failed)},
+                                 {"refused", absl::StrCat(r.refused)}});
   });
 
   v1::AgentMessage msg;
@@ -447,44 +518,97 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-absl::StatusOr<v1::CommandAck> AgentRegistry::RoundTrip(
-    const std::shared_ptr<AgentSession>& session, absl::string_view token,
-    const std::string& node, v1::Command command) {
-  // Built only for an error: the success path copies neither string.
+std::unique_ptr<AgentRegistry::InFlight> AgentRegistry::Start(
+    const std::shared_ptr<AgentSession>& session, v1::Command::Kind kind,
+    absl::string_view token, const ProducerRecord& producer,
+    const ConsumerRecord& consumer) {
+  auto flight = std::make_unique<InFlight>();
+  flight->session = session;
+  flight->token = std::string(token);
+  flight->producer = producer;
+  flight->consumer = consumer;
+  flight->started = std::chrono::steady_clock::now();
+  flight->deadline =
+      flight->started + absl::ToChronoNanoseconds(options_.command_timeout);
+  if (session != nullptr) {
+    flight->pending =
+        session->Send(MakeCommand(kind, token, producer, consumer));
+  }
+  return flight;
+}
+
+absl::StatusOr<v1::CommandAck> AgentRegistry::AwaitAck(InFlight& flight) {
+  const std::string& node = flight.producer.node;
   auto error = [&](absl::StatusCode code, ErrorReason reason,
                    absl::string_view message) {
     ErrorContext ctx;
-    ctx.token = std::string(token);
+    ctx.token = flight.token;
     ctx.node = node;
     return MakeError(code, reason, message, ctx);
   };
-  if (session == nullptr) {
+  if (flight.session == nullptr) {
     return error(absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
                  absl::StrCat("no agent connected (and reconciled) for node \"",
                               node, "\""));
   }
-  const auto deadline = std::chrono::steady_clock::now() +
-                        absl::ToChronoNanoseconds(options_.command_timeout);
-  std::shared_ptr<AgentSession::Pending> pending =
-      session->Send(std::move(command));
-  if (pending == nullptr) {
+  if (flight.pending == nullptr) {
     return error(absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
                  absl::StrCat("agent for node \"", node, "\" went away"));
   }
-  if (!session->Wait(*pending, deadline)) {
+  if (!flight.session->Wait(*flight.pending, flight.deadline)) {
     return error(absl::StatusCode::kDeadlineExceeded,
                  ErrorReason::kAgentTimeout,
                  absl::StrCat("agent for node \"", node,
                               "\" did not acknowledge within ",
                               absl::FormatDuration(options_.command_timeout)));
   }
-  if (pending->closed) {
+  if (flight.pending->closed) {
     return error(absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
                  absl::StrCat("agent for node \"", node,
                               "\" went away before acknowledging"));
   }
   // Only this caller still holds the slot (it left the pending map).
-  return std::move(pending->ack);
+  return std::move(flight.pending->ack);
+}
+
+absl::Status AgentRegistry::FinishConnect(InFlight& flight) {
+  absl::StatusOr<v1::CommandAck> ack = AwaitAck(flight);
+  RecordRoundTrip(options_.metrics, AgentCommand::kConnect, flight.started,
+                  ack);
+  if (!ack.ok()) {
+    if (ack.status().code() == absl::StatusCode::kDeadlineExceeded) {
+      // The agent may still run the connect late: queue a disconnect behind
+      // it (the agent runs commands in order) so nothing stays wired.
+      flight.session->Post(MakeCommand(v1::Command::DISCONNECT, flight.token,
+                                       flight.producer, flight.consumer));
+    }
+    return ack.status();
+  }
+  return ConnectAckToStatus(flight.token, flight.producer.node, *ack);
+}
+
+void AgentRegistry::FinishDisconnect(InFlight& flight) {
+  absl::StatusOr<v1::CommandAck> ack = AwaitAck(flight);
+  RecordRoundTrip(options_.metrics, AgentCommand::kDisconnect, flight.started,
+                  ack);
+  if (!ack.ok()) {
+    if (options_.metrics != nullptr) options_.metrics->DisconnectDeferred();
+    // Delivered by reconciliation when the agent is back: it will report
+    // the pair as wired, and the manager no longer holds it.
+    LogWarn("disconnect deferred until the agent reconnects",
+            {{"token", flight.token},
+             {"node", flight.producer.node},
+             {"reason", std::string(ack.status().message())}});
+    return;
+  }
+  if (!ack->ok()) {
+    LogWarn("agent reported an error during disconnect",
+            {{"token", flight.token},
+             {"node", flight.producer.node},
+             {"step", StepName(ack->failed_step())},
+             {"errno", ErrnoName(ack->errno_value())},
+             {"message", ack->message()}});
+  }
 }
 
 absl::Status AgentRegistry::Connect(absl::string_view token,
@@ -505,53 +629,16 @@ void AgentRegistry::Disconnect(absl::string_view token,
 absl::Status AgentRegistry::ConnectOn(
     const std::shared_ptr<AgentSession>& session, absl::string_view token,
     const ProducerRecord& producer, const ConsumerRecord& consumer) {
-  const std::string& node = producer.node;
-  const auto started = std::chrono::steady_clock::now();
-  absl::StatusOr<v1::CommandAck> ack =
-      RoundTrip(session, token, node,
-                MakeCommand(v1::Command::CONNECT, token, producer, consumer));
-  RecordRoundTrip(options_.metrics, AgentCommand::kConnect, started, ack);
-  if (!ack.ok()) {
-    if (ack.status().code() == absl::StatusCode::kDeadlineExceeded &&
-        session != nullptr) {
-      // The agent may still run the connect late: queue a disconnect behind
-      // it (the agent runs commands in order) so nothing stays wired.
-      session->Post(
-          MakeCommand(v1::Command::DISCONNECT, token, producer, consumer));
-    }
-    return ack.status();
-  }
-  return ConnectAckToStatus(token, node, *ack);
+  return FinishConnect(
+      *Start(session, v1::Command::CONNECT, token, producer, consumer));
 }
 
 void AgentRegistry::DisconnectOn(const std::shared_ptr<AgentSession>& session,
                                  absl::string_view token,
                                  const ProducerRecord& producer,
                                  const ConsumerRecord& consumer) {
-  const std::string& node = producer.node;
-  const auto started = std::chrono::steady_clock::now();
-  absl::StatusOr<v1::CommandAck> ack = RoundTrip(
-      session, token, node,
-      MakeCommand(v1::Command::DISCONNECT, token, producer, consumer));
-  RecordRoundTrip(options_.metrics, AgentCommand::kDisconnect, started, ack);
-  if (!ack.ok()) {
-    if (options_.metrics != nullptr) options_.metrics->DisconnectDeferred();
-    // Delivered by reconciliation when the agent is back: it will report
-    // the pair as wired, and the manager no longer holds it.
-    LogWarn("disconnect deferred until the agent reconnects",
-            {{"token", std::string(token)},
-             {"node", node},
-             {"reason", std::string(ack.status().message())}});
-    return;
-  }
-  if (!ack->ok()) {
-    LogWarn("agent reported an error during disconnect",
-            {{"token", std::string(token)},
-             {"node", node},
-             {"step", StepName(ack->failed_step())},
-             {"errno", ErrnoName(ack->errno_value())},
-             {"message", ack->message()}});
-  }
+  FinishDisconnect(
+      *Start(session, v1::Command::DISCONNECT, token, producer, consumer));
 }
 
 }  // namespace irqbypass

@@ -41,6 +41,8 @@ class AgentRegistry final : public AgentDispatcher,
     // Round-trip latency, connect failures, sessions, retries; may be null.
     // Must outlive the registry.
     ServiceMetrics* metrics = nullptr;
+    // Most wired pairs one agent's hello may report.
+    size_t max_wired_per_hello = 4'000'000;
   };
 
   explicit AgentRegistry(Options options);
@@ -72,14 +74,27 @@ class AgentRegistry final : public AgentDispatcher,
   class AgentSession;
   class BoundDispatcher;
 
+  // The wired pairs of `hello` and of the WiredMore messages after it.
+  grpc::Status ReadInventory(
+      grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>& stream,
+      const v1::AgentHello& hello, std::vector<WiredPair>* wired);
   // The node's session that is open to commands (reconciled), or null.
   std::shared_ptr<AgentSession> Find(absl::string_view node) const;
   // The node's newest session, reconciled or not, or null.
   std::shared_ptr<AgentSession> FindLatest(absl::string_view node) const;
-  // Sends `command` on `session` (null: UNAVAILABLE) and waits for its ack.
-  absl::StatusOr<v1::CommandAck> RoundTrip(
-      const std::shared_ptr<AgentSession>& session, absl::string_view token,
-      const std::string& node, v1::Command command);
+  struct InFlight;
+  // Queues a command for the pair on `session` (null: none; AwaitAck says
+  // UNAVAILABLE) with a deadline from now.
+  std::unique_ptr<InFlight> Start(const std::shared_ptr<AgentSession>& session,
+                                  v1::Command::Kind kind,
+                                  absl::string_view token,
+                                  const ProducerRecord& producer,
+                                  const ConsumerRecord& consumer);
+  // Waits for the command's ack until its deadline.
+  absl::StatusOr<v1::CommandAck> AwaitAck(InFlight& flight);
+  // The outcome of a started connect (as Connect returns) / disconnect.
+  absl::Status FinishConnect(InFlight& flight);
+  void FinishDisconnect(InFlight& flight);
   absl::Status ConnectOn(const std::shared_ptr<AgentSession>& session,
                          absl::string_view token,
                          const ProducerRecord& producer,

@@ -1,5 +1,7 @@
 #include "service/matcher.h"
 
+#include <deque>
+#include <memory>
 #include <optional>
 #include <random>
 #include <utility>
@@ -261,20 +263,86 @@ absl::StatusOr<bool> Matcher::UnregisterConsumer(absl::string_view token,
   return Unregister<ConsumerSide>(index_, dispatcher_, token, registration_id);
 }
 
+namespace {
+
+// Commands a reconciliation has sent and not yet seen acknowledged, each
+// with its token's lock (held until the ack, so the token's state cannot
+// move under it). Oldest first: the agent runs commands in order.
+struct Outstanding {
+  TokenIndex::TokenLock lock;
+  std::unique_ptr<AgentDispatcher::Pending> pending;
+  bool connect = false;
+};
+
+}  // namespace
+
 ReconcileResult Matcher::Reconcile(absl::string_view node,
                                    const std::vector<WiredPair>& wired,
                                    AgentDispatcher& via,
-                                   const std::function<bool()>& current) {
+                                   const std::function<bool()>& current,
+                                   size_t window) {
   ReconcileResult result;
+  if (window == 0) window = 1;
+  std::deque<Outstanding> outstanding;
+  // Waits for the oldest command and settles its token.
+  auto settle_oldest = [&] {
+    Outstanding o = std::move(outstanding.front());
+    outstanding.pop_front();
+    if (!o.connect) {
+      via.EndDisconnect(std::move(o.pending));
+      return;
+    }
+    absl::Status s = via.EndConnect(std::move(o.pending));
+    if (s.ok()) {
+      ++result.reconnected;
+      CommitConnected(o.lock, true);
+      return;
+    }
+    // Interrupted by a newer session: the token is left to its reconcile.
+    if (!current()) return;
+    ++result.failed;
+    LogWarn("reconcile: connect failed; binding reported as not connected",
+            {{"token", o.lock.token()},
+             {"node", std::string(node)},
+             {"error", s.ToString()}});
+    CommitConnected(o.lock, false);
+  };
+  auto send = [&](TokenIndex::TokenLock lock,
+                  std::unique_ptr<AgentDispatcher::Pending> pending,
+                  bool connect) {
+    outstanding.push_back({std::move(lock), std::move(pending), connect});
+    if (outstanding.size() >= window) settle_oldest();
+  };
+  auto drain = [&] {
+    while (!outstanding.empty()) settle_oldest();
+  };
+
   // Tokens whose wiring step 1 kept; everything else the agent reported was
   // removed there and, if registered here, counts as missing in step 2.
   absl::flat_hash_set<std::string> kept;
+  absl::flat_hash_set<absl::string_view> seen;
+  seen.reserve(wired.size());
 
   // 1. What the agent has: keep it if it is exactly what we hold, otherwise
   //    remove it there.
   for (const WiredPair& w : wired) {
+    if (!current()) break;
+    // An agent speaks only for its own node: wiring it labels with another
+    // node is not its to report, and that node's tokens are not locked or
+    // changed on its word. A token reported twice is taken once.
+    if (w.producer.node != node || w.consumer.node != node ||
+        !seen.insert(w.token).second) {
+      ++result.refused;
+      LogWarn("reconcile: reported wiring refused (another node's, or "
+              "reported twice)",
+              {{"token", w.token},
+               {"node", std::string(node)},
+               {"producer_node", w.producer.node},
+               {"consumer_node", w.consumer.node}});
+      continue;
+    }
     TokenIndex::TokenLock lock = index_.Lock(w.token, LockOp::kReconcile);
-    if (!current()) return result;
+    if (!current()) break;
     const BindingState& st = lock.state();
     if (!w.partial && SameWiring(st, w)) {
       ++result.kept;
@@ -282,11 +350,14 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
       CommitConnected(lock, true);
       continue;
     }
-    via.Disconnect(w.token, w.producer, w.consumer);
     ++result.disconnected;
-    LogInfo("reconcile: removed stale wiring",
+    LogInfo("reconcile: removing stale wiring",
             {{"token", w.token}, {"node", std::string(node)}});
+    send(std::move(lock), via.BeginDisconnect(w.token, w.producer, w.consumer),
+         false);
   }
+  drain();
+  if (!current()) return result;
 
   // 2. Pairs we hold on this node that the agent lacks (lost, or never
   //    connected after an earlier failure): connect them. Collect first;
@@ -300,27 +371,17 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
         }
       });
   for (const std::string& token : missing) {
+    if (!current()) break;
     TokenIndex::TokenLock lock = index_.Lock(token, LockOp::kReconcile);
-    if (!current()) return result;
+    if (!current()) break;
     const BindingState& st = lock.state();
     if (!st.producer || !st.consumer || st.node() != node) {
       continue;  // changed meanwhile
     }
-    absl::Status s = via.Connect(token, *st.producer, *st.consumer);
-    // Interrupted by a newer session: leave the token to its reconcile.
-    if (!s.ok() && !current()) return result;
-    if (s.ok()) {
-      ++result.reconnected;
-      CommitConnected(lock, true);
-      continue;
-    }
-    ++result.failed;
-    LogWarn("reconcile: connect failed; binding reported as not connected",
-            {{"token", token},
-             {"node", std::string(node)},
-             {"error", s.ToString()}});
-    CommitConnected(lock, false);
+    auto pending = via.BeginConnect(token, *st.producer, *st.consumer);
+    send(std::move(lock), std::move(pending), true);
   }
+  drain();
   return result;
 }
 

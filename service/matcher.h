@@ -40,6 +40,7 @@ struct ReconcileResult {
   int disconnected = 0;  // stale wiring removed from the agent
   int reconnected = 0;   // registered here but missing there: connected
   int failed = 0;        // that connect failed: reported as not connected
+  int refused = 0;       // reported wiring of another node, or a duplicate
 };
 
 class Matcher {
@@ -72,18 +73,25 @@ class Matcher {
                                           uint64_t registration_id);
 
   // Brings `node`'s agent in line with the index after it (re)connects:
-  // pairs it reports that differ from what is registered here are
-  // disconnected there (stale wiring, or disconnects it missed); pairs
-  // registered here on both sides that it lacks are connected (again). A
-  // pair whose connect fails stays registered and is reported as not
-  // connected until a later reconcile succeeds. Blocks on agent round trips.
-  // Commands go through `via` (bound to the reporting agent's session);
-  // once `current()` turns false (that session ended or was replaced), the
+  // pairs it reports exactly as registered here are kept (no command);
+  // pairs that differ are disconnected there (stale wiring, or disconnects
+  // it missed); pairs registered here on both sides that it lacks are
+  // connected (again). A pair whose connect fails stays registered and is
+  // reported as not connected until a later reconcile succeeds. Reported
+  // pairs that name another node (or a token twice) are refused: counted,
+  // logged, and no token is locked for them.
+  //
+  // Commands go through `via` (bound to the reporting agent's session),
+  // pipelined: up to `window` are in flight at once, each holding its
+  // token's lock until acknowledged. Blocks until all are acknowledged.
+  // Once `current()` turns false (that session ended or was replaced), the
   // remaining tokens are left to the newer session's reconcile.
+  static constexpr size_t kDefaultReconcileWindow = 256;
   ReconcileResult Reconcile(absl::string_view node,
                             const std::vector<WiredPair>& wired,
                             AgentDispatcher& via,
-                            const std::function<bool()>& current);
+                            const std::function<bool()>& current,
+                            size_t window = kDefaultReconcileWindow);
 
  private:
   TokenIndex& index_;

@@ -2,8 +2,11 @@
 // matcher with a fake dispatcher standing in for the node agents.
 #include "service/matcher.h"
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
+#include <future>
 #include <map>
 #include <memory>
 #include <condition_variable>
@@ -124,7 +127,7 @@ class RefusingStore : public Store {
       override {
     return real_->Load(fn);
   }
-  void Write(const StoreChange& change,
+  void Write(absl::Span<const StoreChange> changes,
              std::function<void(absl::Status)> done) override {
     if (refuse_.load()) {
       ++refused_;
@@ -132,7 +135,7 @@ class RefusingStore : public Store {
                      ErrorReason::kStoreUnavailable, "refused (test)", {}));
       return;
     }
-    real_->Write(change, std::move(done));
+    real_->Write(changes, std::move(done));
   }
   std::string Describe() const override { return "refusing"; }
   std::atomic<bool> refuse_{false};
@@ -149,7 +152,7 @@ class NullStore : public Store {
       const std::function<absl::Status(std::string, BindingState)>&) override {
     return 0;
   }
-  void Write(const StoreChange&,
+  void Write(absl::Span<const StoreChange>,
              std::function<void(absl::Status)> done) override {
     done(absl::OkStatus());
   }
@@ -658,6 +661,101 @@ TEST_P(MatcherTest, Reconcile_OtherNodesBindings_Untouched) {
   auto r = matcher_->Reconcile("n1", {}, agent_, Always);
   EXPECT_EQ(r.reconnected, 0);
   EXPECT_EQ(agent_.connects(), 1);
+}
+
+TEST_P(MatcherTest, Reconcile_ReportedPairOfAnotherNode_RefusedNotLocked) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("theirs", Cons("n2")).ok());
+  ASSERT_TRUE(matcher_->RegisterProducer("theirs", Prod("n2")).ok());
+  // Another operation holds the token: a reconcile that locked it would
+  // block until the end of this test.
+  TokenIndex::TokenLock busy = index_->Lock("theirs");
+  auto done = std::async(std::launch::async, [&] {
+    return matcher_->Reconcile(
+        "n1",
+        {WiredPair{"theirs", Prod("n2"), Cons("n2")},
+         WiredPair{"theirs", Prod("n1"), Cons("n2")}},
+        agent_, Always);
+  });
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  const ReconcileResult r = done.get();
+  EXPECT_EQ(r.refused, 2);
+  EXPECT_EQ(r.disconnected, 0);
+  EXPECT_EQ(agent_.disconnects(), 0);
+  EXPECT_TRUE(busy.state().connected);
+}
+
+TEST_P(MatcherTest, Reconcile_SameTokenReportedTwice_TakenOnce) {
+  auto r = matcher_->Reconcile("n1",
+                               {WiredPair{"t1", Prod(), Cons()},
+                                WiredPair{"t1", Prod(), Cons()}},
+                               agent_, Always);
+  EXPECT_EQ(r.disconnected, 1);
+  EXPECT_EQ(r.refused, 1);
+}
+
+// Begin* only queues; End* completes in order. Counts what is in flight.
+class PipelineDispatcher : public FakeDispatcher {
+ public:
+  std::unique_ptr<Pending> BeginConnect(absl::string_view token,
+                                        const ProducerRecord& p,
+                                        const ConsumerRecord& c) override {
+    Track(+1);
+    auto pending = std::make_unique<Pending>();
+    pending->result = Connect(token, p, c);
+    return pending;
+  }
+  absl::Status EndConnect(std::unique_ptr<Pending> pending) override {
+    Track(-1);
+    return pending->result;
+  }
+  std::unique_ptr<Pending> BeginDisconnect(absl::string_view token,
+                                           const ProducerRecord& p,
+                                           const ConsumerRecord& c) override {
+    Track(+1);
+    Disconnect(token, p, c);
+    return std::make_unique<Pending>();
+  }
+  void EndDisconnect(std::unique_ptr<Pending>) override { Track(-1); }
+  int max_in_flight() const { return max_in_flight_; }
+  int in_flight() const { return in_flight_; }
+
+ private:
+  void Track(int d) {
+    in_flight_ += d;
+    max_in_flight_ = std::max(max_in_flight_, in_flight_);
+  }
+  int in_flight_ = 0;
+  int max_in_flight_ = 0;
+};
+
+TEST_P(MatcherTest, Reconcile_Pipelined_UpToWindowCommandsInFlight) {
+  constexpr int kPairs = 100;
+  std::vector<WiredPair> stale;
+  for (int i = 0; i < kPairs; ++i) {
+    const std::string device = "0000:3b:" + std::to_string(i) + ".0";
+    // Registered here (so missing on the agent)...
+    ASSERT_TRUE(matcher_
+                    ->RegisterConsumer("held" + std::to_string(i),
+                                       Cons("n1", "vm-a", i))
+                    .ok());
+    ASSERT_TRUE(matcher_
+                    ->RegisterProducer("held" + std::to_string(i),
+                                       Prod("n1", device))
+                    .ok());
+    // ...and wiring the agent has that is registered nowhere.
+    stale.push_back(WiredPair{"stale" + std::to_string(i),
+                              Prod("n1", "0000:4b:00.0", i),
+                              Cons("n1", "vm-b", i)});
+  }
+  PipelineDispatcher via;
+  auto r = matcher_->Reconcile("n1", stale, via, Always, /*window=*/16);
+  EXPECT_EQ(r.disconnected, kPairs);
+  EXPECT_EQ(r.reconnected, kPairs);
+  EXPECT_EQ(via.max_in_flight(), 16);
+  EXPECT_EQ(via.in_flight(), 0);
+  EXPECT_EQ(via.disconnects(), kPairs);
+  EXPECT_EQ(via.connects(), kPairs);
+  EXPECT_EQ(index_->CountAll().connected, static_cast<size_t>(kPairs));
 }
 
 // --- The durable store refuses a change ------------------------------------

@@ -1,5 +1,6 @@
 #include "service/rocksdb_store.h"
 
+#include <algorithm>
 #include <mutex>
 #include <utility>
 
@@ -163,17 +164,21 @@ absl::StatusOr<uint64_t> RocksDbStore::Load(
   return last;
 }
 
-void RocksDbStore::Write(const StoreChange& change,
+void RocksDbStore::Write(absl::Span<const StoreChange> changes,
                          std::function<void(absl::Status)> done) {
   rocksdb::WriteBatch batch;
-  const std::string key = absl::StrCat(kBindingPrefix, change.token);
-  if (change.state.empty()) {
-    batch.Delete(key);
-  } else {
-    batch.Put(key, EncodeBinding(change.state));
+  uint64_t revision = 0;
+  for (const StoreChange& change : changes) {
+    const std::string key = absl::StrCat(kBindingPrefix, change.token);
+    if (change.state.empty()) {
+      batch.Delete(key);
+    } else {
+      batch.Put(key, EncodeBinding(change.state));
+    }
+    revision = std::max(revision, change.state.revision);
   }
   batch.Merge(rocksdb::Slice(kRevisionKey.data(), kRevisionKey.size()),
-              EncodeRevision(change.state.revision));
+              EncodeRevision(revision));
   rocksdb::WriteOptions options;
   options.sync = sync_;
   rocksdb::Status s;
@@ -190,14 +195,14 @@ void RocksDbStore::Write(const StoreChange& change,
   }
   if (!s.ok()) {
     ErrorContext ctx;
-    ctx.token = std::string(change.token);
+    if (changes.size() == 1) ctx.token = std::string(changes[0].token);
     done(MakeError(absl::StatusCode::kUnavailable,
                    ErrorReason::kStoreUnavailable,
                    absl::StrCat("durable store: write failed: ", s.ToString()),
                    ctx));
     return;
   }
-  writes_.fetch_add(1, std::memory_order_relaxed);
+  writes_.fetch_add(changes.size(), std::memory_order_relaxed);
   done(absl::OkStatus());
 }
 

@@ -61,7 +61,7 @@ class RocksDbStore final : public Store {
           fn) override;
   // Runs the RocksDB write on the calling thread and calls `done` before
   // returning.
-  void Write(const StoreChange& change,
+  void Write(absl::Span<const StoreChange> changes,
              std::function<void(absl::Status)> done) override;
   std::string Describe() const override;
 
@@ -70,7 +70,7 @@ class RocksDbStore final : public Store {
   absl::Status Close();
 
   struct Stats {
-    uint64_t writes = 0;       // Write calls that succeeded
+    uint64_t writes = 0;       // changes written (one per token per Write)
     uint64_t wal_syncs = 0;    // fsyncs of the write-ahead log
     uint64_t wal_bytes = 0;    // bytes appended to it
     uint64_t write_groups = 0;  // RocksDB writes done by a group leader

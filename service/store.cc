@@ -4,12 +4,12 @@
 
 namespace irqbypass {
 
-absl::Status Store::WriteAndWait(const StoreChange& change) {
+absl::Status Store::WriteAndWait(absl::Span<const StoreChange> changes) {
   Mutex mu;
   CondVar written;
   bool done = false;
   absl::Status result;
-  Write(change, [&](absl::Status status) {
+  Write(changes, [&](absl::Status status) {
     MutexLock lock(&mu);
     result = std::move(status);
     done = true;

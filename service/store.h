@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "service/binding_state.h"
 
 namespace irqbypass {
@@ -40,15 +41,20 @@ class Store {
       const std::function<absl::Status(std::string token, BindingState state)>&
           fn) = 0;
 
-  // Records `change`. `done` runs exactly once, on this thread or another:
-  // OK once the change will survive a crash of the process or of the host;
-  // otherwise UNAVAILABLE (reason kStoreUnavailable) and nothing was
-  // written. `change` is read before Write returns.
-  virtual void Write(const StoreChange& change,
+  // Records `changes` atomically (all or none; at most one per token).
+  // `done` runs exactly once, on this thread or another: OK once the changes
+  // will survive a crash of the process or of the host; otherwise
+  // UNAVAILABLE (reason kStoreUnavailable) and nothing was written.
+  // `changes` are read before Write returns.
+  virtual void Write(absl::Span<const StoreChange> changes,
                      std::function<void(absl::Status)> done) = 0;
 
   // Write, then wait for `done`.
-  [[nodiscard]] absl::Status WriteAndWait(const StoreChange& change);
+  [[nodiscard]] absl::Status WriteAndWait(
+      absl::Span<const StoreChange> changes);
+  [[nodiscard]] absl::Status WriteAndWait(const StoreChange& change) {
+    return WriteAndWait(absl::MakeConstSpan(&change, 1));
+  }
 
   // For logs: e.g. "embedded dir=/var/lib/irqbypassd".
   virtual std::string Describe() const = 0;

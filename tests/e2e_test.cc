@@ -348,6 +348,43 @@ TEST_F(EndToEndTest, ManagerKilledAndRestarted_StateKept_WiringKept) {
   EXPECT_TRUE(*u);
 }
 
+TEST_F(EndToEndTest, ManagerRestarted_LongInventoryInParts_AllKept) {
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  // More pairs than one hello message carries (agent_session.h).
+  constexpr int kPairs = 2300;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int n = t; n < kPairs; n += 8) {
+        const std::string token = "inv" + std::to_string(n);
+        char device[16];
+        snprintf(device, sizeof(device), "0000:%02x:%02x.0", n / 32 % 256,
+                 n % 32);
+        if (!api()
+                 .RegisterConsumer(MakeConsumer(token, "n1", "vm-a", n))
+                 .ok() ||
+            !api()
+                 .RegisterProducer(MakeProducer(token, "n1", device, n / 8192))
+                 .ok()) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(failures.load(), 0);
+  const int reconciles = cluster_.Reconciles("n1");
+  cluster_.manager().Signal(SIGKILL);
+  cluster_.manager().Wait();
+  ASSERT_TRUE(cluster_.StartManager());
+  ASSERT_TRUE(cluster_.WaitReconciles("n1", reconciles + 1));
+  EXPECT_NE(cluster_.manager().Log().find(
+                "msg=\"agent reconciled\" node=n1 kept=2300 disconnected=0 "
+                "reconnected=0 failed=0 refused=0"),
+            std::string::npos);
+}
+
 TEST_F(EndToEndTest, MemoryStore_ManagerRestarted_StaleWiringRemoved) {
   cluster_.manager().Signal(SIGKILL);
   cluster_.manager().Wait();

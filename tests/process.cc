@@ -16,11 +16,15 @@
 namespace irqbypass::testing {
 
 std::string BinaryPath(const std::string& workspace_relative) {
-  // Bazel runs tests in the runfiles tree of the workspace.
+  // bazel test: the runfiles tree is TEST_SRCDIR; bazel run: RUNFILES_DIR
+  // (and the working directory).
   const char* srcdir = std::getenv("TEST_SRCDIR");
   const char* workspace = std::getenv("TEST_WORKSPACE");
   if (srcdir != nullptr && workspace != nullptr) {
     return std::string(srcdir) + "/" + workspace + "/" + workspace_relative;
+  }
+  if (const char* dir = std::getenv("RUNFILES_DIR")) {
+    return std::string(dir) + "/irqbypass/" + workspace_relative;
   }
   return workspace_relative;
 }

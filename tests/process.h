@@ -13,8 +13,8 @@
 
 namespace irqbypass::testing {
 
-// Path of a binary built by Bazel, from the test's runfiles
-// ("service/irqbypassd").
+// Path of a binary built by Bazel, from the test's (or, under `bazel run`,
+// the benchmark's) runfiles ("service/irqbypassd").
 std::string BinaryPath(const std::string& workspace_relative);
 // A fresh directory under TEST_TMPDIR.
 std::string MakeTempDir(const std::string& prefix);
