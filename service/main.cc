@@ -3,11 +3,13 @@
 // port. See README.md.
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -126,7 +128,8 @@ int Run() {
     // Everything the store holds is in the index before anything is served,
     // so reconnecting agents find their wiring known and keep it.
     const auto load_start = std::chrono::steady_clock::now();
-    absl::Status restored = index.Restore(*store);
+    absl::Status restored = index.Restore(
+        *store, static_cast<int>(std::max(2u, std::thread::hardware_concurrency())));
     if (!restored.ok()) {
       return Fail(absl::StrCat("loading the store (", store->Describe(),
                                "): ", restored.message()));

@@ -808,8 +808,35 @@ TEST_P(MatcherTest, StoreRefuses_UnregisterPaired_UnavailableStillWired) {
   EXPECT_EQ(agent_.disconnects(), 1);
 }
 
-TEST_P(MatcherTest, Restore_FreshIndexFromStore_SameBindingsAndClaims) {
-  if (rocks_ == nullptr) GTEST_SKIP() << "needs a store to restore from";
+INSTANTIATE_TEST_SUITE_P(Stores, MatcherTest,
+                         ::testing::Values(StoreKind::kMemory,
+                                           StoreKind::kEmbedded),
+                         [](const ::testing::TestParamInfo<StoreKind>& info) {
+                           return info.param == StoreKind::kMemory
+                                      ? "memory"
+                                      : "embedded";
+                         });
+
+// Restore: an index built from what the embedded store holds.
+class RestoreTest : public ::testing::Test {
+ protected:
+  RestoreTest() {
+    RocksDbStoreOptions options;
+    options.dir = NewTempDir();
+    auto opened = RocksDbStore::Open(options);
+    if (!opened.ok()) std::abort();
+    rocks_ = *std::move(opened);
+    index_ = std::make_unique<TokenIndex>(16, nullptr, nullptr, rocks_.get());
+    matcher_ = std::make_unique<Matcher>(*index_, agent_);
+  }
+
+  std::unique_ptr<RocksDbStore> rocks_;
+  FakeDispatcher agent_;
+  std::unique_ptr<TokenIndex> index_;
+  std::unique_ptr<Matcher> matcher_;
+};
+
+TEST_F(RestoreTest, Restore_FreshIndexFromStore_SameBindingsAndClaims) {
   ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
   ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
   ASSERT_TRUE(matcher_->RegisterProducer("t2", Prod("n1", "0000:3b:00.2")).ok());
@@ -836,14 +863,35 @@ TEST_P(MatcherTest, Restore_FreshIndexFromStore_SameBindingsAndClaims) {
   EXPECT_TRUE(matcher.RegisterProducer("y", Prod("n1", "0000:3b:00.3")).ok());
 }
 
-INSTANTIATE_TEST_SUITE_P(Stores, MatcherTest,
-                         ::testing::Values(StoreKind::kMemory,
-                                           StoreKind::kEmbedded),
-                         [](const ::testing::TestParamInfo<StoreKind>& info) {
-                           return info.param == StoreKind::kMemory
-                                      ? "memory"
-                                      : "embedded";
-                         });
+TEST_F(RestoreTest, Restore_ManyBindingsOnWorkers_AllThere) {
+  for (int i = 0; i < 5000; ++i) {
+    BindingState st;
+    st.producer = Prod("n1", "0000:3b:00.0", static_cast<uint32_t>(i));
+    st.revision = static_cast<uint64_t>(i) + 1;
+    ASSERT_TRUE(
+        rocks_->WriteAndWait(StoreChange{"r" + std::to_string(i), st}).ok());
+  }
+  TokenIndex restored(16);
+  ASSERT_TRUE(restored.Restore(*rocks_, /*threads=*/3).ok());
+  EXPECT_EQ(restored.CountAll().producers, 5000u);
+  EXPECT_EQ(restored.revision(), 5000u);
+  EXPECT_EQ(restored.Get("r4999")->producer->vector, 4999u);
+}
+
+TEST_F(RestoreTest, Restore_TwoTokensHoldOneObject_DataLossNamingBoth) {
+  BindingState st;
+  st.producer = Prod();
+  st.revision = 1;
+  ASSERT_TRUE(rocks_->WriteAndWait(StoreChange{"one", st}).ok());
+  st.revision = 2;
+  ASSERT_TRUE(rocks_->WriteAndWait(StoreChange{"two", st}).ok());
+  TokenIndex restored(16);
+  absl::Status s = restored.Restore(*rocks_);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("\"one\""), std::string::npos) << s;
+  EXPECT_NE(s.message().find("\"two\""), std::string::npos) << s;
+}
+
 
 }  // namespace
 }  // namespace irqbypass

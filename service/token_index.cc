@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <functional>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/hash/hash.h"
 #include "absl/status/status.h"
@@ -410,36 +413,97 @@ void TokenIndex::TokenLock::Publish() {
   epoch::RetireObject(const_cast<BindingState*>(before));
 }
 
-absl::Status TokenIndex::Restore(Store& store) {
+absl::Status TokenIndex::RestoreOne(std::string token, BindingState state) {
+  if (state.empty()) return absl::OkStatus();
+  TokenLock lock = Lock(token, LockOp::kOther);
+  auto claim = [&](const std::string& key) -> absl::Status {
+    if (auto holder = lock.ClaimObject(key)) {
+      return absl::DataLossError(absl::StrCat(
+          "store: tokens \"", holder->token, "\" and \"", token,
+          "\" both hold one ", key[0] == 'p' ? "producer" : "consumer",
+          "; the store is inconsistent"));
+    }
+    return absl::OkStatus();
+  };
+  if (state.producer) {
+    absl::Status s = claim(ProducerObjectKey(*state.producer));
+    if (!s.ok()) return s;
+  }
+  if (state.consumer) {
+    absl::Status s = claim(ConsumerObjectKey(*state.consumer));
+    if (!s.ok()) return s;
+  }
+  uint64_t seen = revision_.load();
+  while (state.revision > seen &&
+         !revision_.compare_exchange_weak(seen, state.revision)) {
+  }
+  lock.Install(std::move(state));
+  return absl::OkStatus();
+}
+
+absl::Status TokenIndex::Restore(Store& store, int threads) {
+  // The store is read on this thread; `threads` workers build the index
+  // from batches of what it read (the index takes concurrent inserts, and
+  // filling it is most of the work: allocation and cache misses).
+  using Batch = std::vector<std::pair<std::string, BindingState>>;
+  constexpr size_t kBatch = 2048;
+  constexpr size_t kMaxQueued = 16;
+  Mutex mu;
+  CondVar changed;
+  std::deque<Batch> queue;  // guarded by mu
+  bool done = false;        // guarded by mu
+  absl::Status failed;      // guarded by mu
+  auto worker = [&] {
+    while (true) {
+      Batch batch;
+      {
+        MutexLock lock(&mu);
+        while (queue.empty() && !done) changed.Wait(&mu);
+        if (queue.empty()) return;
+        batch = std::move(queue.front());
+        queue.pop_front();
+        changed.SignalAll();
+      }
+      for (auto& [token, state] : batch) {
+        absl::Status s = RestoreOne(std::move(token), std::move(state));
+        if (!s.ok()) {
+          MutexLock lock(&mu);
+          if (failed.ok()) failed = s;
+          return;
+        }
+      }
+    }
+  };
+  std::vector<std::thread> workers;
+  for (int i = 0; i < std::max(1, threads); ++i) workers.emplace_back(worker);
+  Batch batch;
+  auto flush = [&]() -> absl::Status {
+    MutexLock lock(&mu);
+    while (queue.size() >= kMaxQueued && failed.ok()) changed.Wait(&mu);
+    if (!failed.ok()) return failed;
+    queue.push_back(std::move(batch));
+    batch = Batch();
+    batch.reserve(kBatch);
+    changed.SignalAll();
+    return absl::OkStatus();
+  };
+  batch.reserve(kBatch);
   absl::StatusOr<uint64_t> last = store.Load(
       [&](std::string token, BindingState state) -> absl::Status {
-        if (state.empty()) return absl::OkStatus();
-        TokenLock lock = Lock(token, LockOp::kOther);
-        auto claim = [&](const std::string& key) -> absl::Status {
-          if (auto holder = lock.ClaimObject(key)) {
-            return absl::DataLossError(absl::StrCat(
-                "store: tokens \"", holder->token, "\" and \"", token,
-                "\" both hold one ", key[0] == 'p' ? "producer" : "consumer",
-                "; the store is inconsistent"));
-          }
-          return absl::OkStatus();
-        };
-        if (state.producer) {
-          absl::Status s = claim(ProducerObjectKey(*state.producer));
-          if (!s.ok()) return s;
-        }
-        if (state.consumer) {
-          absl::Status s = claim(ConsumerObjectKey(*state.consumer));
-          if (!s.ok()) return s;
-        }
-        uint64_t seen = revision_.load();
-        while (state.revision > seen &&
-               !revision_.compare_exchange_weak(seen, state.revision)) {
-        }
-        lock.Install(std::move(state));
-        return absl::OkStatus();
+        batch.emplace_back(std::move(token), std::move(state));
+        return batch.size() < kBatch ? absl::OkStatus() : flush();
       });
+  absl::Status flushed = last.ok() && !batch.empty() ? flush()
+                                                      : absl::OkStatus();
+  {
+    MutexLock lock(&mu);
+    done = true;
+    changed.SignalAll();
+  }
+  for (auto& t : workers) t.join();
+  if (!failed.ok()) return failed;
   if (!last.ok()) return last.status();
+  if (!flushed.ok()) return flushed;
   if (*last > revision_.load()) revision_.store(*last);
   return absl::OkStatus();
 }

@@ -175,7 +175,9 @@ class TokenIndex {
   // stored binding with its object claims, and the revision counter past
   // everything the store has written. Not concurrent with other operations.
   // DATA_LOSS from the store, or when two stored tokens claim one object.
-  [[nodiscard]] absl::Status Restore(Store& store);
+  // Reads the store on the calling thread and builds the index on
+  // `threads` workers.
+  [[nodiscard]] absl::Status Restore(Store& store, int threads = 2);
 
   // The last revision handed out.
   uint64_t revision() const { return revision_.load(); }
@@ -221,6 +223,7 @@ class TokenIndex {
   static uint64_t HashOf(absl::string_view key);
   size_t ShardIndexForHash(uint64_t hash) const;
   void Release(size_t shard, Slot* slot);
+  absl::Status RestoreOne(std::string token, BindingState state);
 
   std::vector<std::unique_ptr<Shard>> shards_;
   ChangeListener* const listener_;
