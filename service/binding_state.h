@@ -46,6 +46,31 @@ struct BindingState {
   }
 };
 
+// The mutating calls, as a request id remembers which one it named.
+enum class RequestKind : uint8_t {
+  kRegisterProducer = 1,
+  kRegisterConsumer = 2,
+  kUnregisterProducer = 3,
+  kUnregisterConsumer = 4,
+};
+
+// The outcome of a call that carried a client-chosen request id and changed
+// state, kept (durably, in the same write as the change) until it expires,
+// so that a retry with the same id gets this outcome instead of running
+// again (request_log.h).
+struct RequestRecord {
+  std::string id;
+  RequestKind kind = RequestKind::kRegisterProducer;
+  // Of the request's other fields: the same id with a different request is
+  // refused.
+  uint64_t fingerprint = 0;
+  int64_t expires_unix_micros = 0;
+  std::string token;
+  uint64_t registration_id = 0;  // register: the registration made
+  bool connected = false;        // register: connected by it
+  bool disconnected = false;     // unregister: a disconnect was issued
+};
+
 }  // namespace irqbypass
 
 #endif  // IRQBYPASS_SERVICE_BINDING_STATE_H_

@@ -15,6 +15,24 @@ namespace {
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
 
+// The request's CallId: its request_id, and a fingerprint of the rest.
+template <typename Request>
+absl::StatusOr<CallId> CallIdOf(const Request& request) {
+  CallId call;
+  if (request.request_id().empty()) return call;
+  if (auto s = ValidateRequestId("request_id", request.request_id());
+      !s.ok()) {
+    return s;
+  }
+  Request rest = request;
+  rest.clear_request_id();
+  std::string bytes;
+  rest.SerializeToString(&bytes);
+  call.id = request.request_id();
+  call.fingerprint = StableFingerprint(bytes);
+  return call;
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -52,8 +70,10 @@ grpc::Status BypassService::RegisterProducer(
       ProducerFromProto(request->producer());
   if (!record.ok()) return ToGrpcStatus(record.status());
   const std::string& token = request->producer().token();
+  absl::StatusOr<CallId> call = CallIdOf(*request);
+  if (!call.ok()) return ToGrpcStatus(call.status());
   absl::StatusOr<RegisterResult> result =
-      matcher_.RegisterProducer(token, *std::move(record));
+      matcher_.RegisterProducer(token, *std::move(record), &*call);
   if (!result.ok()) return ToGrpcStatus(result.status());
   response->set_registration_id(
       FormatRegistrationId('p', result->registration_id));
@@ -75,8 +95,10 @@ grpc::Status BypassService::RegisterConsumer(
       ConsumerFromProto(request->consumer());
   if (!record.ok()) return ToGrpcStatus(record.status());
   const std::string& token = request->consumer().token();
+  absl::StatusOr<CallId> call = CallIdOf(*request);
+  if (!call.ok()) return ToGrpcStatus(call.status());
   absl::StatusOr<RegisterResult> result =
-      matcher_.RegisterConsumer(token, *std::move(record));
+      matcher_.RegisterConsumer(token, *std::move(record), &*call);
   if (!result.ok()) return ToGrpcStatus(result.status());
   response->set_registration_id(
       FormatRegistrationId('c', result->registration_id));
@@ -97,8 +119,10 @@ grpc::Status BypassService::UnregisterProducer(
   absl::StatusOr<uint64_t> id =
       ParseRegistrationId("registration_id", 'p', request->registration_id());
   if (!id.ok()) return ToGrpcStatus(id.status());
+  absl::StatusOr<CallId> call = CallIdOf(*request);
+  if (!call.ok()) return ToGrpcStatus(call.status());
   absl::StatusOr<bool> disconnected =
-      matcher_.UnregisterProducer(request->token(), *id);
+      matcher_.UnregisterProducer(request->token(), *id, &*call);
   if (!disconnected.ok()) return ToGrpcStatus(disconnected.status());
   response->set_disconnected(*disconnected);
   return grpc::Status::OK;
@@ -113,8 +137,10 @@ grpc::Status BypassService::UnregisterConsumer(
   absl::StatusOr<uint64_t> id =
       ParseRegistrationId("registration_id", 'c', request->registration_id());
   if (!id.ok()) return ToGrpcStatus(id.status());
+  absl::StatusOr<CallId> call = CallIdOf(*request);
+  if (!call.ok()) return ToGrpcStatus(call.status());
   absl::StatusOr<bool> disconnected =
-      matcher_.UnregisterConsumer(request->token(), *id);
+      matcher_.UnregisterConsumer(request->token(), *id, &*call);
   if (!disconnected.ok()) return ToGrpcStatus(disconnected.status());
   response->set_disconnected(*disconnected);
   return grpc::Status::OK;

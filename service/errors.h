@@ -26,6 +26,7 @@ enum class ErrorReason {
   kAgentTimeout = 8,
   kNotRegistered = 9,
   kStoreUnavailable = 10,
+  kRequestInProgress = 11,
 };
 
 // Context attached to an error; empty fields are not attached.

@@ -19,12 +19,14 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/log.h"
+#include "common/mutex.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "service/agent_registry.h"
 #include "service/bypass_service.h"
 #include "service/matcher.h"
+#include "service/request_log.h"
 #include "service/metrics_endpoint.h"
 #include "service/rocksdb_store.h"
 #include "service/rpc_metrics_interceptor.h"
@@ -53,6 +55,11 @@ ABSL_FLAG(std::string, store, "embedded",
 ABSL_FLAG(std::string, data_dir, "/var/lib/irqbypassd",
           "Directory of the embedded store (created if missing; one "
           "irqbypassd at a time)");
+ABSL_FLAG(absl::Duration, request_id_ttl, absl::Minutes(10),
+          "How long the outcome of a call with a request_id is kept for its "
+          "retries");
+ABSL_FLAG(int, request_id_max, 1000000,
+          "Most call outcomes kept for retries (the oldest go first)");
 ABSL_FLAG(std::string, log_level, "info", "debug|info|warn|error");
 ABSL_FLAG(std::string, log_format, "kv", "kv|json");
 
@@ -78,6 +85,10 @@ int Run() {
   const int shards = absl::GetFlag(FLAGS_shards);
   if (shards < 1 || shards > (1 << 20)) {
     return Fail("--shards: expected 1..1048576");
+  }
+  if (absl::GetFlag(FLAGS_request_id_ttl) <= absl::ZeroDuration() ||
+      absl::GetFlag(FLAGS_request_id_max) < 1) {
+    return Fail("--request_id_ttl: must be positive; --request_id_max: at least 1");
   }
   const absl::Duration timeout = absl::GetFlag(FLAGS_agent_command_timeout);
   if (timeout <= absl::ZeroDuration()) {
@@ -150,7 +161,21 @@ int Run() {
   registry_options.command_timeout = timeout;
   registry_options.metrics = &service_metrics;
   AgentRegistry registry(registry_options);
-  Matcher matcher(index, registry);
+  RequestLog::Options request_options;
+  request_options.ttl = absl::GetFlag(FLAGS_request_id_ttl);
+  request_options.max_entries =
+      static_cast<size_t>(absl::GetFlag(FLAGS_request_id_max));
+  RequestLog requests(request_options);
+  if (store != nullptr) {
+    absl::Status loaded = store->LoadRequests(
+        requests.NowUnixMicros(),
+        [&](RequestRecord r) { requests.Restore(std::move(r)); });
+    if (!loaded.ok()) {
+      return Fail(absl::StrCat("loading request outcomes from the store: ",
+                               loaded.message()));
+    }
+  }
+  Matcher matcher(index, registry, &requests);
   registry.SetMatcher(&matcher);
   BypassService service(matcher, index, watch_hub);
 
@@ -202,8 +227,35 @@ int Run() {
            {"metrics_port", absl::StrCat(metrics ? metrics->port() : 0)},
            {"shards", absl::StrCat(shards)}});
 
+  // Expired request outcomes leave the store once a minute.
+  Mutex prune_mu;
+  CondVar prune_cv;
+  bool stopping = false;
+  std::thread pruner;
+  if (store != nullptr) {
+    pruner = std::thread([&] {
+      MutexLock lock(&prune_mu);
+      while (!stopping) {
+        prune_cv.WaitUntil(&prune_mu, std::chrono::steady_clock::now() +
+                                          std::chrono::seconds(60));
+        if (stopping) break;
+        absl::Status pruned = store->PruneRequests(requests.NowUnixMicros());
+        if (!pruned.ok()) {
+          LogWarn("pruning expired request outcomes failed",
+                  {{"error", pruned.ToString()}});
+        }
+      }
+    });
+  }
+
   int sig = 0;
   sigwait(&signals, &sig);
+  {
+    MutexLock lock(&prune_mu);
+    stopping = true;
+    prune_cv.SignalAll();
+  }
+  if (pruner.joinable()) pruner.join();
   LogInfo("shutting down", {{"signal", absl::StrCat(sig)}});
   server->GetHealthCheckService()->Shutdown();  // probes now see NOT_SERVING
   registry.Shutdown();

@@ -75,7 +75,8 @@ template <typename Side>
 absl::StatusOr<RegisterResult> Register(TokenIndex& index,
                                         AgentDispatcher& dispatcher,
                                         absl::string_view token,
-                                        typename Side::Record record) {
+                                        typename Side::Record record,
+                                        RequestRecord* request) {
   TokenIndex::TokenLock lock = index.Lock(token, Side::kRegisterOp);
   const BindingState& current = lock.state();
 
@@ -146,7 +147,11 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
   BindingState next = current;
   Side::Mine(next) = record;
   next.connected = result.connected;
-  absl::Status stored = lock.Stage(std::move(next));
+  if (request != nullptr) {
+    request->registration_id = result.registration_id;
+    request->connected = result.connected;
+  }
+  absl::Status stored = lock.Stage(std::move(next), request);
   if (!stored.ok()) {
     // Not durable, so not made: undo the wiring (the other side stays as it
     // was, as after a failed connect).
@@ -167,7 +172,8 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
 template <typename Side>
 absl::StatusOr<bool> Unregister(TokenIndex& index, AgentDispatcher& dispatcher,
                                 absl::string_view token,
-                                uint64_t registration_id) {
+                                uint64_t registration_id,
+                                RequestRecord* request) {
   TokenIndex::TokenLock lock = index.Lock(token, Side::kUnregisterOp);
   const BindingState& current = lock.state();
   const auto& mine = Side::Mine(current);
@@ -192,16 +198,17 @@ absl::StatusOr<bool> Unregister(TokenIndex& index, AgentDispatcher& dispatcher,
   // Durable first: if the store refuses, nothing changes (still wired). If
   // the manager dies after this, the agent's wiring is stale when it
   // reconnects and reconciliation removes it.
+  const bool disconnected =
+      current.connected && Side::Theirs(current).has_value();
   BindingState next = current;
   Side::Mine(next).reset();
   next.connected = false;
-  absl::Status stored = lock.Stage(std::move(next));
+  if (request != nullptr) request->disconnected = disconnected;
+  absl::Status stored = lock.Stage(std::move(next), request);
   if (!stored.ok()) return stored;
   // `current` stays valid until Publish.
-  bool disconnected = false;
-  if (current.connected && Side::Theirs(current).has_value()) {
+  if (disconnected) {
     Side::Disconnect(dispatcher, token, *mine, *Side::Theirs(current));
-    disconnected = true;
   }
   lock.ReleaseObject(Side::ObjectKey(*mine));
   lock.Publish();
@@ -241,26 +248,94 @@ uint64_t NewRegistrationId() {
   return id;
 }
 
+void FromRecord(const RequestRecord& r, RegisterResult* out) {
+  out->registration_id = r.registration_id;
+  out->connected = r.connected;
+}
+
+void FromRecord(const RequestRecord& r, bool* out) { *out = r.disconnected; }
+
+template <typename T>
+absl::StatusOr<T> Matcher::Once(
+    const CallId* id, RequestKind kind, absl::string_view token,
+    const std::function<absl::StatusOr<T>(RequestRecord*)>& call) {
+  if (id == nullptr || id->id.empty() || requests_ == nullptr) {
+    return call(nullptr);
+  }
+  RequestRecord first;
+  switch (requests_->Start(id->id, kind, id->fingerprint, &first)) {
+    case RequestLog::Claim::kNew:
+      break;
+    case RequestLog::Claim::kDone: {
+      T result;
+      FromRecord(first, &result);
+      return result;
+    }
+    case RequestLog::Claim::kInProgress: {
+      ErrorContext ctx;
+      ctx.token = std::string(token);
+      return MakeError(absl::StatusCode::kAborted,
+                       ErrorReason::kRequestInProgress,
+                       absl::StrCat("a call with request_id \"", id->id,
+                                    "\" is in progress; retry"),
+                       ctx);
+    }
+    case RequestLog::Claim::kMismatch: {
+      ErrorContext ctx;
+      ctx.field = "request_id";
+      ctx.token = std::string(token);
+      return MakeError(absl::StatusCode::kInvalidArgument,
+                       ErrorReason::kInvalidField,
+                       absl::StrCat("request_id: \"", id->id,
+                                    "\" was used for a different request"),
+                       ctx);
+    }
+  }
+  RequestRecord record =
+      requests_->NewRecord(id->id, kind, id->fingerprint, token);
+  absl::StatusOr<T> result = call(&record);
+  requests_->Finish(id->id, result.ok() ? &record : nullptr);
+  return result;
+}
+
 absl::StatusOr<RegisterResult> Matcher::RegisterProducer(
-    absl::string_view token, ProducerRecord producer) {
-  return Register<ProducerSide>(index_, dispatcher_, token,
-                                std::move(producer));
+    absl::string_view token, ProducerRecord producer, const CallId* call) {
+  return Once<RegisterResult>(
+      call, RequestKind::kRegisterProducer, token,
+      [&](RequestRecord* request) {
+        return Register<ProducerSide>(index_, dispatcher_, token,
+                                      std::move(producer), request);
+      });
 }
 
 absl::StatusOr<RegisterResult> Matcher::RegisterConsumer(
-    absl::string_view token, ConsumerRecord consumer) {
-  return Register<ConsumerSide>(index_, dispatcher_, token,
-                                std::move(consumer));
+    absl::string_view token, ConsumerRecord consumer, const CallId* call) {
+  return Once<RegisterResult>(
+      call, RequestKind::kRegisterConsumer, token,
+      [&](RequestRecord* request) {
+        return Register<ConsumerSide>(index_, dispatcher_, token,
+                                      std::move(consumer), request);
+      });
 }
 
 absl::StatusOr<bool> Matcher::UnregisterProducer(absl::string_view token,
-                                                 uint64_t registration_id) {
-  return Unregister<ProducerSide>(index_, dispatcher_, token, registration_id);
+                                                 uint64_t registration_id,
+                                                 const CallId* call) {
+  return Once<bool>(call, RequestKind::kUnregisterProducer, token,
+                    [&](RequestRecord* request) {
+                      return Unregister<ProducerSide>(
+                          index_, dispatcher_, token, registration_id, request);
+                    });
 }
 
 absl::StatusOr<bool> Matcher::UnregisterConsumer(absl::string_view token,
-                                                 uint64_t registration_id) {
-  return Unregister<ConsumerSide>(index_, dispatcher_, token, registration_id);
+                                                 uint64_t registration_id,
+                                                 const CallId* call) {
+  return Once<bool>(call, RequestKind::kUnregisterConsumer, token,
+                    [&](RequestRecord* request) {
+                      return Unregister<ConsumerSide>(
+                          index_, dispatcher_, token, registration_id, request);
+                    });
 }
 
 namespace {

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "service/agent_dispatcher.h"
+#include "service/request_log.h"
 #include "service/token_index.h"
 
 namespace irqbypass {
@@ -43,11 +44,26 @@ struct ReconcileResult {
   int refused = 0;       // reported wiring of another node, or a duplicate
 };
 
+// A client-chosen request id and the fingerprint of the rest of its request
+// (StableFingerprint of the serialized request without the id).
+struct CallId {
+  std::string id;
+  uint64_t fingerprint = 0;
+};
+
 class Matcher {
  public:
-  // Neither is owned; both must outlive the matcher.
-  Matcher(TokenIndex& index, AgentDispatcher& dispatcher)
-      : index_(index), dispatcher_(dispatcher) {}
+  // None is owned; all must outlive the matcher. Without `requests`,
+  // request ids are ignored (every call runs).
+  Matcher(TokenIndex& index, AgentDispatcher& dispatcher,
+          RequestLog* requests = nullptr)
+      : index_(index), dispatcher_(dispatcher), requests_(requests) {}
+
+  // Every mutating call takes an optional CallId (null or empty id: none).
+  // A call whose id already made a change returns that change's outcome
+  // again without running; ABORTED (kRequestInProgress) while a call with
+  // the same id is running; INVALID_ARGUMENT (field request_id) when the id
+  // was used for a different request.
 
   // Contract 1. ALREADY_EXISTS (kTokenBusy) when the token has a producer,
   // (kObjectBusy) when the same node/device/index/vector is registered under
@@ -56,21 +72,25 @@ class Matcher {
   // FAILED_PRECONDITION (kNodeMismatch) when the consumer is on another
   // node; otherwise the connect's error, with nothing recorded.
   // The record's registration_id is assigned here.
-  absl::StatusOr<RegisterResult> RegisterProducer(absl::string_view token,
-                                                  ProducerRecord producer);
+  absl::StatusOr<RegisterResult> RegisterProducer(
+      absl::string_view token, ProducerRecord producer,
+      const CallId* call = nullptr);
   // Contract 2, the mirror image.
-  absl::StatusOr<RegisterResult> RegisterConsumer(absl::string_view token,
-                                                  ConsumerRecord consumer);
+  absl::StatusOr<RegisterResult> RegisterConsumer(
+      absl::string_view token, ConsumerRecord consumer,
+      const CallId* call = nullptr);
 
   // Contract 3. registration_id 0 means whatever producer holds the token.
   // NOT_FOUND (kNotRegistered) when no producer holds it;
   // FAILED_PRECONDITION (kRegistrationMismatch) when another registration
   // holds it (left untouched). Returns whether a disconnect was issued.
   absl::StatusOr<bool> UnregisterProducer(absl::string_view token,
-                                          uint64_t registration_id);
+                                          uint64_t registration_id,
+                                          const CallId* call = nullptr);
   // Contract 4, the mirror image.
   absl::StatusOr<bool> UnregisterConsumer(absl::string_view token,
-                                          uint64_t registration_id);
+                                          uint64_t registration_id,
+                                          const CallId* call = nullptr);
 
   // Brings `node`'s agent in line with the index after it (re)connects:
   // pairs it reports exactly as registered here are kept (no command);
@@ -94,8 +114,17 @@ class Matcher {
                             size_t window = kDefaultReconcileWindow);
 
  private:
+  // Runs `call` (which gets the record to fill, or null) under the request
+  // id's rules above.
+  template <typename T>
+  absl::StatusOr<T> Once(const CallId* id, RequestKind kind,
+                         absl::string_view token,
+                         const std::function<absl::StatusOr<T>(RequestRecord*)>&
+                             call);
+
   TokenIndex& index_;
   AgentDispatcher& dispatcher_;
+  RequestLog* const requests_;
 };
 
 // A fresh random, non-zero registration id.

@@ -137,6 +137,13 @@ class RefusingStore : public Store {
     }
     real_->Write(changes, std::move(done));
   }
+  absl::Status LoadRequests(
+      int64_t now, const std::function<void(RequestRecord)>& fn) override {
+    return real_->LoadRequests(now, fn);
+  }
+  absl::Status PruneRequests(int64_t now) override {
+    return real_->PruneRequests(now);
+  }
   std::string Describe() const override { return "refusing"; }
   std::atomic<bool> refuse_{false};
   std::atomic<int> refused_{0};
@@ -156,6 +163,11 @@ class NullStore : public Store {
              std::function<void(absl::Status)> done) override {
     done(absl::OkStatus());
   }
+  absl::Status LoadRequests(
+      int64_t, const std::function<void(RequestRecord)>&) override {
+    return absl::OkStatus();
+  }
+  absl::Status PruneRequests(int64_t) override { return absl::OkStatus(); }
   std::string Describe() const override { return "none"; }
 };
 
@@ -187,7 +199,7 @@ class MatcherTest : public ::testing::TestWithParam<StoreKind> {
     }
     index_ = std::make_unique<TokenIndex>(16, nullptr, nullptr,
                                           refusing_.get());
-    matcher_ = std::make_unique<Matcher>(*index_, agent_);
+    matcher_ = std::make_unique<Matcher>(*index_, agent_, &requests_);
   }
 
   void TearDown() override {
@@ -221,6 +233,15 @@ class MatcherTest : public ::testing::TestWithParam<StoreKind> {
     }
   }
 
+  static RequestLog::Options LogOptions(absl::Time* now) {
+    RequestLog::Options options;
+    options.ttl = absl::Minutes(10);
+    options.now = [now] { return *now; };
+    return options;
+  }
+
+  absl::Time now_ = absl::FromUnixSeconds(1800000000);
+  RequestLog requests_{LogOptions(&now_)};
   std::unique_ptr<RocksDbStore> rocks_;
   NullStore null_;
   std::unique_ptr<RefusingStore> refusing_;
@@ -808,6 +829,87 @@ TEST_P(MatcherTest, StoreRefuses_UnregisterPaired_UnavailableStillWired) {
   EXPECT_EQ(agent_.disconnects(), 1);
 }
 
+// --- Request ids (idempotent retries) ---------------------------------------
+
+CallId Call(const std::string& id, uint64_t fingerprint = 7) {
+  return CallId{id, fingerprint};
+}
+
+TEST_P(MatcherTest, RequestId_RetryAfterSuccess_FirstOutcomeWithoutRunning) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  const CallId call = Call("req-1");
+  auto first = matcher_->RegisterProducer("t1", Prod(), &call);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto retry = matcher_->RegisterProducer("t1", Prod(), &call);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->registration_id, first->registration_id);
+  EXPECT_TRUE(retry->connected);
+  EXPECT_EQ(agent_.connects(), 1);
+  // Without the id, the same call is a second registration: refused.
+  EXPECT_EQ(matcher_->RegisterProducer("t1", Prod()).status().code(),
+            absl::StatusCode::kAlreadyExists);
+}
+
+TEST_P(MatcherTest, RequestId_UnregisterRetried_SameOutcomeOneDisconnect) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  const CallId call = Call("req-u");
+  auto first = matcher_->UnregisterProducer("t1", 0, &call);
+  ASSERT_TRUE(first.ok() && *first);
+  auto retry = matcher_->UnregisterProducer("t1", 0, &call);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_TRUE(*retry);
+  EXPECT_EQ(agent_.disconnects(), 1);
+}
+
+TEST_P(MatcherTest, RequestId_ReusedForDifferentRequest_InvalidArgument) {
+  const CallId call = Call("req-1", 1);
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod(), &call).ok());
+  const CallId other = Call("req-1", 2);
+  auto r = matcher_->RegisterProducer("t2", Prod("n1", "0000:3b:00.2"), &other);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GetErrorContext(r.status()).field, "request_id");
+  EXPECT_FALSE(index_->Get("t2").has_value());
+  // Another kind of call under the same id: refused too.
+  EXPECT_EQ(matcher_->UnregisterProducer("t1", 0, &call).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(MatcherTest, RequestId_FailedCall_NotRemembered_RetryRuns) {
+  agent_.fail_with_ = ConnectStepFailed("add_producer", 2);
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  const CallId call = Call("req-f");
+  EXPECT_FALSE(matcher_->RegisterProducer("t1", Prod(), &call).ok());
+  agent_.fail_with_ = absl::OkStatus();
+  auto retry = matcher_->RegisterProducer("t1", Prod(), &call);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_TRUE(retry->connected);
+  EXPECT_EQ(agent_.connects(), 2);
+}
+
+TEST_P(MatcherTest, RequestId_Expired_RunsAgain) {
+  const CallId call = Call("req-e");
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod(), &call).ok());
+  now_ += absl::Minutes(11);
+  EXPECT_EQ(matcher_->RegisterProducer("t1", Prod(), &call).status().code(),
+            absl::StatusCode::kAlreadyExists);
+}
+
+TEST_P(MatcherTest, RequestId_SecondCallWhileFirstRuns_Aborted) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  agent_.Hold();
+  const CallId call = Call("req-p");
+  auto first = std::async(std::launch::async, [&] {
+    return matcher_->RegisterProducer("t1", Prod(), &call);
+  });
+  agent_.WaitHeld(1);
+  auto second = matcher_->RegisterProducer("t1", Prod(), &call);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(GetErrorReason(second.status()), ErrorReason::kRequestInProgress);
+  agent_.Release();
+  ASSERT_TRUE(first.get().ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, MatcherTest,
                          ::testing::Values(StoreKind::kMemory,
                                            StoreKind::kEmbedded),
@@ -827,8 +929,10 @@ class RestoreTest : public ::testing::Test {
     if (!opened.ok()) std::abort();
     rocks_ = *std::move(opened);
     index_ = std::make_unique<TokenIndex>(16, nullptr, nullptr, rocks_.get());
-    matcher_ = std::make_unique<Matcher>(*index_, agent_);
+    matcher_ = std::make_unique<Matcher>(*index_, agent_, &requests_);
   }
+
+  RequestLog requests_{RequestLog::Options{}};
 
   std::unique_ptr<RocksDbStore> rocks_;
   FakeDispatcher agent_;
@@ -892,6 +996,59 @@ TEST_F(RestoreTest, Restore_TwoTokensHoldOneObject_DataLossNamingBoth) {
   EXPECT_NE(s.message().find("\"two\""), std::string::npos) << s;
 }
 
+
+}  // namespace
+}  // namespace irqbypass
+
+namespace irqbypass {
+namespace {
+
+TEST_F(RestoreTest, RequestId_RetriedAfterRestart_FirstOutcome) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
+  const CallId call{"req-r", 99};
+  auto first = matcher_->RegisterProducer("t1", Prod(), &call);
+  ASSERT_TRUE(first.ok()) << first.status();
+
+  // A new manager: index and request log read back from the store.
+  TokenIndex index(16);
+  ASSERT_TRUE(index.Restore(*rocks_).ok());
+  RequestLog requests{RequestLog::Options{}};
+  ASSERT_TRUE(rocks_
+                  ->LoadRequests(requests.NowUnixMicros(),
+                                 [&](RequestRecord r) {
+                                   requests.Restore(std::move(r));
+                                 })
+                  .ok());
+  FakeDispatcher agent;
+  Matcher matcher(index, agent, &requests);
+  auto retry = matcher.RegisterProducer("t1", Prod(), &call);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->registration_id, first->registration_id);
+  EXPECT_TRUE(retry->connected);
+  EXPECT_EQ(agent.connects(), 0);
+}
+
+TEST_F(RestoreTest, RequestOutcomes_Expired_NotLoadedAndPruned) {
+  const CallId call{"req-x", 1};
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod(), &call).ok());
+  const int64_t later =
+      requests_.NowUnixMicros() + absl::ToInt64Microseconds(absl::Hours(1));
+  int loaded = 0;
+  ASSERT_TRUE(
+      rocks_->LoadRequests(later, [&](RequestRecord) { ++loaded; }).ok());
+  EXPECT_EQ(loaded, 0);
+  ASSERT_TRUE(rocks_
+                  ->LoadRequests(requests_.NowUnixMicros(),
+                                 [&](RequestRecord) { ++loaded; })
+                  .ok());
+  EXPECT_EQ(loaded, 1);
+  ASSERT_TRUE(rocks_->PruneRequests(later).ok());
+  ASSERT_TRUE(rocks_
+                  ->LoadRequests(requests_.NowUnixMicros(),
+                                 [&](RequestRecord) { ++loaded; })
+                  .ok());
+  EXPECT_EQ(loaded, 1);
+}
 
 }  // namespace
 }  // namespace irqbypass

@@ -19,6 +19,17 @@ namespace {
 
 constexpr absl::string_view kBindingPrefix = "b/";
 constexpr absl::string_view kRevisionKey = "m/revision";
+constexpr absl::string_view kRequestPrefix = "r/";
+
+// "r/<expiry, 16 hex digits>/<id>": sorted by expiry, so that what expired
+// is one key range.
+std::string RequestKeyPrefix(int64_t expires_unix_micros) {
+  return absl::StrCat(kRequestPrefix,
+                      absl::Hex(static_cast<uint64_t>(std::max<int64_t>(
+                                    0, expires_unix_micros)),
+                                absl::kZeroPad16),
+                      "/");
+}
 
 std::string EncodeRevision(uint64_t revision) {
   std::string bytes(8, '\0');
@@ -176,6 +187,12 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
       batch.Put(key, EncodeBinding(change.state));
     }
     revision = std::max(revision, change.state.revision);
+    if (change.request != nullptr) {
+      batch.Put(absl::StrCat(RequestKeyPrefix(
+                                 change.request->expires_unix_micros),
+                             change.request->id),
+                EncodeRequest(*change.request));
+    }
   }
   batch.Merge(rocksdb::Slice(kRevisionKey.data(), kRevisionKey.size()),
               EncodeRevision(revision));
@@ -204,6 +221,41 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
   }
   writes_.fetch_add(changes.size(), std::memory_order_relaxed);
   done(absl::OkStatus());
+}
+
+absl::Status RocksDbStore::LoadRequests(
+    int64_t now_unix_micros, const std::function<void(RequestRecord)>& fn) {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (db_ == nullptr) return absl::UnavailableError("durable store: closed");
+  rocksdb::ReadOptions read;
+  read.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read));
+  const std::string from = RequestKeyPrefix(now_unix_micros + 1);
+  const rocksdb::Slice prefix(kRequestPrefix.data(), kRequestPrefix.size());
+  for (it->Seek(from); it->Valid() && it->key().starts_with(prefix);
+       it->Next()) {
+    absl::StatusOr<RequestRecord> r = DecodeRequest(
+        absl::string_view(it->value().data(), it->value().size()));
+    if (!r.ok()) {
+      return absl::DataLossError(absl::StrCat(
+          "store key ", it->key().ToString(), ": ", r.status().message()));
+    }
+    fn(*std::move(r));
+  }
+  if (!it->status().ok()) return Unavailable("read", it->status());
+  return absl::OkStatus();
+}
+
+absl::Status RocksDbStore::PruneRequests(int64_t now_unix_micros) {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  if (db_ == nullptr) return absl::UnavailableError("durable store: closed");
+  // Not synced: a pruned record that comes back after a power cut is
+  // expired and skipped on load.
+  rocksdb::Status s = db_->DeleteRange(
+      rocksdb::WriteOptions(), db_->DefaultColumnFamily(),
+      std::string(kRequestPrefix), RequestKeyPrefix(now_unix_micros + 1));
+  if (!s.ok()) return Unavailable("prune request outcomes", s);
+  return absl::OkStatus();
 }
 
 std::string RocksDbStore::Describe() const {

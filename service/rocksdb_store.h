@@ -9,7 +9,9 @@
 // the same moment instead of paid by each.
 //
 // Layout: "b/<token>" -> StoredBinding (store_codec.h) for every token that
-// holds something; "m/revision" -> the highest revision ever written (8
+// holds something; "r/<expiry>/<request id>" -> StoredRequest, the
+// remembered outcomes of calls with a request id (in the same write as their
+// change; expired ones are deleted as a range); "m/revision" -> the highest revision ever written (8
 // bytes, little-endian), kept by a max-merge so that concurrent writers never
 // lower it and a removed token's revision is not forgotten.
 //
@@ -63,6 +65,10 @@ class RocksDbStore final : public Store {
   // returning.
   void Write(absl::Span<const StoreChange> changes,
              std::function<void(absl::Status)> done) override;
+  absl::Status LoadRequests(
+      int64_t now_unix_micros,
+      const std::function<void(RequestRecord)>& fn) override;
+  absl::Status PruneRequests(int64_t now_unix_micros) override;
   std::string Describe() const override;
 
   // Flushes and closes the database; later Writes fail UNAVAILABLE.

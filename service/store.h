@@ -27,6 +27,9 @@ namespace irqbypass {
 struct StoreChange {
   absl::string_view token;
   const BindingState& state;
+  // The call that made the change, remembered with it so that a retry with
+  // its request id gets the same outcome (null: none).
+  const RequestRecord* request = nullptr;
 };
 
 class Store {
@@ -40,6 +43,15 @@ class Store {
   virtual absl::StatusOr<uint64_t> Load(
       const std::function<absl::Status(std::string token, BindingState state)>&
           fn) = 0;
+
+  // Calls fn for every remembered request outcome that expires after
+  // `now_unix_micros`. DATA_LOSS as Load.
+  virtual absl::Status LoadRequests(
+      int64_t now_unix_micros,
+      const std::function<void(RequestRecord)>& fn) = 0;
+
+  // Forgets the request outcomes that expired by `now_unix_micros`.
+  virtual absl::Status PruneRequests(int64_t now_unix_micros) = 0;
 
   // Records `changes` atomically (all or none; at most one per token).
   // `done` runs exactly once, on this thread or another: OK once the changes

@@ -58,4 +58,37 @@ absl::StatusOr<BindingState> DecodeBinding(absl::string_view bytes) {
   return state;
 }
 
+std::string EncodeRequest(const RequestRecord& request) {
+  store::v1::StoredRequest stored;
+  stored.set_id(request.id);
+  stored.set_kind(static_cast<uint32_t>(request.kind));
+  stored.set_fingerprint(request.fingerprint);
+  stored.set_expires_unix_micros(request.expires_unix_micros);
+  stored.set_token(request.token);
+  stored.set_registration_id(request.registration_id);
+  stored.set_connected(request.connected);
+  stored.set_disconnected(request.disconnected);
+  return stored.SerializeAsString();
+}
+
+absl::StatusOr<RequestRecord> DecodeRequest(absl::string_view bytes) {
+  store::v1::StoredRequest stored;
+  if (!stored.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError("not an irqbypass.store.v1.StoredRequest");
+  }
+  if (stored.kind() < 1 || stored.kind() > 4) {
+    return absl::DataLossError("request kind out of range");
+  }
+  RequestRecord r;
+  r.id = stored.id();
+  r.kind = static_cast<RequestKind>(stored.kind());
+  r.fingerprint = stored.fingerprint();
+  r.expires_unix_micros = stored.expires_unix_micros();
+  r.token = stored.token();
+  r.registration_id = stored.registration_id();
+  r.connected = stored.connected();
+  r.disconnected = stored.disconnected();
+  return r;
+}
+
 }  // namespace irqbypass

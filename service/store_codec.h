@@ -19,6 +19,10 @@ std::string EncodeBinding(const BindingState& state);
 // out of range (an irq index above 255); never crashes on any input.
 absl::StatusOr<BindingState> DecodeBinding(absl::string_view bytes);
 
+std::string EncodeRequest(const RequestRecord& request);
+// DATA_LOSS when `bytes` is not a StoredRequest or names an unknown kind.
+absl::StatusOr<RequestRecord> DecodeRequest(absl::string_view bytes);
+
 }  // namespace irqbypass
 
 #endif  // IRQBYPASS_SERVICE_STORE_CODEC_H_

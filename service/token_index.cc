@@ -374,13 +374,14 @@ const BindingState& TokenIndex::TokenLock::state() const {
   return committed != nullptr ? *committed : kEmptyState;
 }
 
-absl::Status TokenIndex::TokenLock::Stage(BindingState next) {
+absl::Status TokenIndex::TokenLock::Stage(BindingState next,
+                                          const RequestRecord* request) {
   // From the index's counter, so a token's revisions keep rising even after
   // it was emptied and its slot dropped.
   next.revision = index_->revision_.fetch_add(1) + 1;
   if (index_->store_ != nullptr) {
     absl::Status written =
-        index_->store_->WriteAndWait(StoreChange{slot_->token, next});
+        index_->store_->WriteAndWait(StoreChange{slot_->token, next, request});
     if (!written.ok()) return written;
   }
   delete staged_;  // a second Stage replaces an unpublished one

@@ -117,7 +117,10 @@ class TokenIndex {
     // changed. At most one staged state at a time; the holder publishes it
     // with Publish, or the lock does on release (a durable change always
     // becomes visible).
-    [[nodiscard]] absl::Status Stage(BindingState next);
+    // With `request`, the outcome of the call making the change is written
+    // in the same store write (request_log.h).
+    [[nodiscard]] absl::Status Stage(BindingState next,
+                                     const RequestRecord* request = nullptr);
     // Publishes the staged state to readers, then tells the listener.
     void Publish();
     // Stage, then Publish.

@@ -66,6 +66,12 @@ absl::Status ValidateToken(absl::string_view field, absl::string_view token) {
   return ValidatePrintable(field, token, kMaxTokenBytes);
 }
 
+absl::Status ValidateRequestId(absl::string_view field,
+                               absl::string_view id) {
+  if (id.empty()) return absl::OkStatus();
+  return ValidatePrintable(field, id, kMaxRequestIdBytes);
+}
+
 absl::Status ValidateNode(absl::string_view field, absl::string_view node) {
   if (auto s = Required(field, node, kMaxNodeBytes); !s.ok()) return s;
   for (char c : node) {

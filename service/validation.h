@@ -21,9 +21,12 @@ inline constexpr size_t kMaxVmBytes = 128;
 inline constexpr uint32_t kMaxGsi = 4095;  // KVM routes at most 4096 GSIs
 inline constexpr uint32_t kMaxMsiVector = 31;
 inline constexpr uint32_t kMaxMsixVector = 2047;
+inline constexpr size_t kMaxRequestIdBytes = 128;
 
 // 1..256 bytes of printable ASCII without spaces.
 absl::Status ValidateToken(absl::string_view field, absl::string_view token);
+// Empty (none), or 1..128 bytes of printable ASCII without spaces.
+absl::Status ValidateRequestId(absl::string_view field, absl::string_view id);
 // Kubernetes-style node name: 1..253 of [A-Za-z0-9.-_].
 absl::Status ValidateNode(absl::string_view field, absl::string_view node);
 
