@@ -69,6 +69,16 @@ void FakeBypassManager::PutBinding(const Binding& binding) {
   bindings_[binding.token()] = binding;
 }
 
+void FakeBypassManager::RecordRequestId(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  request_ids_.push_back(id);
+}
+
+std::vector<std::string> FakeBypassManager::request_ids() const {
+  absl::MutexLock lock(&mu_);
+  return request_ids_;
+}
+
 int FakeBypassManager::calls() const {
   absl::MutexLock lock(&mu_);
   return calls_;
@@ -126,6 +136,7 @@ std::optional<grpc::Status> FakeBypassManager::BeginCall(
 grpc::Status FakeBypassManager::RegisterProducer(
     grpc::ServerContext* context, const v1::RegisterProducerRequest* request,
     v1::RegisterProducerResponse* response) {
+  RecordRequestId(request->request_id());
   if (auto status = BeginCall(context, /*unary=*/true)) return *status;
   const v1::Producer& producer = request->producer();
   if (producer.token().empty()) return InvalidToken();
@@ -158,6 +169,7 @@ grpc::Status FakeBypassManager::RegisterProducer(
 grpc::Status FakeBypassManager::RegisterConsumer(
     grpc::ServerContext* context, const v1::RegisterConsumerRequest* request,
     v1::RegisterConsumerResponse* response) {
+  RecordRequestId(request->request_id());
   if (auto status = BeginCall(context, /*unary=*/true)) return *status;
   const v1::Consumer& consumer = request->consumer();
   if (consumer.token().empty()) return InvalidToken();
@@ -190,6 +202,7 @@ grpc::Status FakeBypassManager::RegisterConsumer(
 grpc::Status FakeBypassManager::UnregisterProducer(
     grpc::ServerContext* context, const v1::UnregisterProducerRequest* request,
     v1::UnregisterProducerResponse* response) {
+  RecordRequestId(request->request_id());
   if (auto status = BeginCall(context, /*unary=*/true)) return *status;
   if (request->token().empty()) return InvalidToken();
   absl::MutexLock lock(&mu_);
@@ -220,6 +233,7 @@ grpc::Status FakeBypassManager::UnregisterProducer(
 grpc::Status FakeBypassManager::UnregisterConsumer(
     grpc::ServerContext* context, const v1::UnregisterConsumerRequest* request,
     v1::UnregisterConsumerResponse* response) {
+  RecordRequestId(request->request_id());
   if (auto status = BeginCall(context, /*unary=*/true)) return *status;
   if (request->token().empty()) return InvalidToken();
   absl::MutexLock lock(&mu_);

@@ -52,6 +52,8 @@ class FakeBypassManager final : public irqbypass::v1::BypassManager::Service {
 
   // Observations.
   int calls() const;
+  // The request_id of every mutating call received, in order.
+  std::vector<std::string> request_ids() const;
   // Whether the last call arrived with a deadline.
   bool last_call_had_deadline() const;
   // The last ListBindingsRequest / WatchBindingsRequest received.
@@ -91,6 +93,7 @@ class FakeBypassManager final : public irqbypass::v1::BypassManager::Service {
       grpc::ServerWriter<irqbypass::v1::BindingEvent>* writer) override;
 
  private:
+  void RecordRequestId(const std::string& id);
   // Common start of every RPC: records the call; returns the injected
   // failure if one is pending, and honours SetHoldUnary for unary calls.
   std::optional<grpc::Status> BeginCall(grpc::ServerContext* context,
@@ -104,6 +107,7 @@ class FakeBypassManager final : public irqbypass::v1::BypassManager::Service {
   bool watch_hold_open_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status watch_end_status_ ABSL_GUARDED_BY(mu_);
   int calls_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> request_ids_ ABSL_GUARDED_BY(mu_);
   bool last_call_had_deadline_ ABSL_GUARDED_BY(mu_) = false;
   irqbypass::v1::ListBindingsRequest last_list_request_ ABSL_GUARDED_BY(mu_);
   irqbypass::v1::WatchBindingsRequest last_watch_request_ ABSL_GUARDED_BY(mu_);

@@ -1,8 +1,12 @@
 #include "client/irqbypass_client.h"
 
+#include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/random/random.h"
+#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/support/channel_arguments.h"
@@ -24,6 +28,13 @@ absl::Status ValidateOptions(const ClientOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("call_timeout must be positive, got ",
                      absl::FormatDuration(options.call_timeout)));
+  }
+  if (options.max_attempts < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_attempts must be at least 1, got ", options.max_attempts));
+  }
+  if (options.retry_backoff < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("retry_backoff must not be negative");
   }
   if (options.watch_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
@@ -118,12 +129,46 @@ absl::StatusOr<Response> Client::CallUnary(const Rpc& rpc) const {
   return response;
 }
 
+std::string NewRequestId() {
+  thread_local absl::BitGen gen;
+  return absl::StrCat("r-", absl::Hex(absl::Uniform<uint64_t>(gen),
+                                      absl::kZeroPad16),
+                      absl::Hex(absl::Uniform<uint64_t>(gen), absl::kZeroPad16));
+}
+
+namespace {
+
+bool Retryable(const absl::Status& status) {
+  if (status.code() == absl::StatusCode::kUnavailable) return true;
+  if (status.code() != absl::StatusCode::kAborted) return false;
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
+  return detail.has_value() &&
+         detail->reason() == v1::ErrorDetail::REQUEST_IN_PROGRESS;
+}
+
+}  // namespace
+
+template <typename Response, typename Rpc>
+absl::StatusOr<Response> Client::CallMutating(const Rpc& rpc) const {
+  absl::Duration backoff = options_.retry_backoff;
+  for (int attempt = 1;; ++attempt) {
+    absl::StatusOr<Response> response = CallUnary<Response>(rpc);
+    if (response.ok() || attempt >= options_.max_attempts ||
+        !Retryable(response.status())) {
+      return response;
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(1));
+  }
+}
+
 absl::StatusOr<RegisterResult> Client::RegisterProducer(
-    const Producer& producer) const {
+    const Producer& producer, const std::string& request_id) const {
   v1::RegisterProducerRequest request;
   *request.mutable_producer() = producer;
+  request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   absl::StatusOr<v1::RegisterProducerResponse> response =
-      CallUnary<v1::RegisterProducerResponse>(
+      CallMutating<v1::RegisterProducerResponse>(
           [&](grpc::ClientContext* context, v1::RegisterProducerResponse* out) {
             return stub_->RegisterProducer(context, request, out);
           });
@@ -132,11 +177,12 @@ absl::StatusOr<RegisterResult> Client::RegisterProducer(
 }
 
 absl::StatusOr<RegisterResult> Client::RegisterConsumer(
-    const Consumer& consumer) const {
+    const Consumer& consumer, const std::string& request_id) const {
   v1::RegisterConsumerRequest request;
   *request.mutable_consumer() = consumer;
+  request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   absl::StatusOr<v1::RegisterConsumerResponse> response =
-      CallUnary<v1::RegisterConsumerResponse>(
+      CallMutating<v1::RegisterConsumerResponse>(
           [&](grpc::ClientContext* context, v1::RegisterConsumerResponse* out) {
             return stub_->RegisterConsumer(context, request, out);
           });
@@ -145,12 +191,14 @@ absl::StatusOr<RegisterResult> Client::RegisterConsumer(
 }
 
 absl::StatusOr<bool> Client::UnregisterProducer(
-    const std::string& token, const std::string& registration_id) const {
+    const std::string& token, const std::string& registration_id,
+    const std::string& request_id) const {
   v1::UnregisterProducerRequest request;
   request.set_token(token);
   request.set_registration_id(registration_id);
+  request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   absl::StatusOr<v1::UnregisterProducerResponse> response =
-      CallUnary<v1::UnregisterProducerResponse>(
+      CallMutating<v1::UnregisterProducerResponse>(
           [&](grpc::ClientContext* context,
               v1::UnregisterProducerResponse* out) {
             return stub_->UnregisterProducer(context, request, out);
@@ -160,12 +208,14 @@ absl::StatusOr<bool> Client::UnregisterProducer(
 }
 
 absl::StatusOr<bool> Client::UnregisterConsumer(
-    const std::string& token, const std::string& registration_id) const {
+    const std::string& token, const std::string& registration_id,
+    const std::string& request_id) const {
   v1::UnregisterConsumerRequest request;
   request.set_token(token);
   request.set_registration_id(registration_id);
+  request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   absl::StatusOr<v1::UnregisterConsumerResponse> response =
-      CallUnary<v1::UnregisterConsumerResponse>(
+      CallMutating<v1::UnregisterConsumerResponse>(
           [&](grpc::ClientContext* context,
               v1::UnregisterConsumerResponse* out) {
             return stub_->UnregisterConsumer(context, request, out);

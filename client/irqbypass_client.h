@@ -59,7 +59,20 @@ struct ClientOptions {
   absl::Duration watch_timeout = absl::InfiniteDuration();
   // Channel credentials; null means insecure (plaintext) credentials.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // Retries of mutating calls. Each carries a request id (a fresh random one
+  // unless the caller passes its own), and one that fails UNAVAILABLE (no
+  // server, a restart or failover, no agent, the store refused) or ABORTED
+  // REQUEST_IN_PROGRESS is sent again with the same id, up to
+  // `max_attempts` in all, waiting `retry_backoff` (doubling, at most 1 s)
+  // between attempts. The server returns the first outcome to a retry of a
+  // call that already took effect, so a retry never registers twice.
+  // 1: no retries.
+  int max_attempts = 4;
+  absl::Duration retry_backoff = absl::Milliseconds(100);
 };
+
+// A fresh random request id ("r-" and 32 hex digits).
+std::string NewRequestId();
 
 // What RegisterProducer / RegisterConsumer return on success.
 struct RegisterResult {
@@ -124,12 +137,15 @@ class Client {
   // is recorded). Errors: INVALID_ARGUMENT, ALREADY_EXISTS (TOKEN_BUSY,
   // OBJECT_BUSY), FAILED_PRECONDITION (CONNECT_FAILED, NODE_MISMATCH),
   // UNAVAILABLE, DEADLINE_EXCEEDED.
+  // `request_id`: see ClientOptions (empty: a fresh one).
   absl::StatusOr<RegisterResult> RegisterProducer(
-      const irqbypass::v1::Producer& producer) const;
+      const irqbypass::v1::Producer& producer,
+      const std::string& request_id = "") const;
 
   // Mirror image of RegisterProducer.
   absl::StatusOr<RegisterResult> RegisterConsumer(
-      const irqbypass::v1::Consumer& consumer) const;
+      const irqbypass::v1::Consumer& consumer,
+      const std::string& request_id = "") const;
 
   // Disconnects (if connected) and forgets the producer holding `token`. With
   // a non-empty `registration_id` only that registration is removed; a
@@ -137,11 +153,13 @@ class Client {
   // changes nothing. Returns whether a disconnect was issued. Errors:
   // INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION.
   absl::StatusOr<bool> UnregisterProducer(
-      const std::string& token, const std::string& registration_id = "") const;
+      const std::string& token, const std::string& registration_id = "",
+      const std::string& request_id = "") const;
 
   // Mirror image of UnregisterProducer.
   absl::StatusOr<bool> UnregisterConsumer(
-      const std::string& token, const std::string& registration_id = "") const;
+      const std::string& token, const std::string& registration_id = "",
+      const std::string& request_id = "") const;
 
   // What `token` holds (committed state only). NOT_FOUND when it holds
   // neither side.
@@ -182,6 +200,9 @@ class Client {
   // rpc(&context, &response) and returns the grpc::Status.
   template <typename Response, typename Rpc>
   absl::StatusOr<Response> CallUnary(const Rpc& rpc) const;
+  // CallUnary, retried as ClientOptions says.
+  template <typename Response, typename Rpc>
+  absl::StatusOr<Response> CallMutating(const Rpc& rpc) const;
 
   const std::unique_ptr<irqbypass::v1::BypassManager::StubInterface> stub_;
   const ClientOptions options_;

@@ -269,6 +269,40 @@ TEST_F(ClientTest, ListAllBindings_ErrorOnAPage_IsReturned) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// --- Request ids and retries ---
+
+TEST_F(ClientTest, MutatingCalls_EachCarriesAFreshRequestId) {
+  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1")).ok());
+  ASSERT_TRUE(client_->UnregisterProducer("t1").ok());
+  const std::vector<std::string> ids = fake().request_ids();
+  ASSERT_EQ(ids.size(), 2u);
+  EXPECT_EQ(ids[0].rfind("r-", 0), 0u) << ids[0];
+  EXPECT_EQ(ids[0].size(), 34u);
+  EXPECT_NE(ids[0], ids[1]);
+}
+
+TEST_F(ClientTest, Unavailable_RetriedWithTheSameRequestId) {
+  fake().FailNextCall(absl::UnavailableError("manager restarting"));
+  absl::StatusOr<RegisterResult> result =
+      client_->RegisterProducer(MakeProducer("t1"));
+  ASSERT_TRUE(result.ok()) << result.status();
+  const std::vector<std::string> ids = fake().request_ids();
+  ASSERT_EQ(ids.size(), 2u);
+  EXPECT_EQ(ids[0], ids[1]);
+}
+
+TEST_F(ClientTest, CallersRequestId_SentAsGiven) {
+  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1"), "my-id-1").ok());
+  EXPECT_EQ(fake().request_ids(), std::vector<std::string>{"my-id-1"});
+}
+
+TEST_F(ClientTest, NotRetryable_ReturnedAtOnce) {
+  fake().FailNextCall(absl::AlreadyExistsError("busy"));
+  EXPECT_EQ(client_->RegisterProducer(MakeProducer("t1")).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(fake().request_ids().size(), 1u);
+}
+
 // --- Deadlines and transport errors ---
 
 TEST_F(ClientTest, UnaryCall_CarriesADeadline) {

@@ -64,6 +64,12 @@ ABSL_FLAG(std::string, vm, "", "VM name as the node agent knows it");
 ABSL_FLAG(uint32_t, gsi, 0, "Guest GSI");
 ABSL_FLAG(std::string, registration_id, "",
           "Only unregister this registration");
+ABSL_FLAG(std::string, request_id, "",
+          "Request id of a register/unregister (default: a fresh random one); "
+          "give the same one to retry a call whose outcome you did not see");
+ABSL_FLAG(int32_t, attempts, 4,
+          "register/unregister: attempts in all when the server is "
+          "unavailable (same request id each time; 1: no retry)");
 ABSL_FLAG(int32_t, page_size, 0,
           "Bindings per ListBindings page (0: server "
           "default)");
@@ -90,6 +96,11 @@ Commands:
   register-consumer --token=T --node=N --vm=NAME --gsi=G
   unregister-producer --token=T [--registration_id=ID]
   unregister-consumer --token=T [--registration_id=ID]
+      (the four above also take [--request_id=ID] [--attempts=N]: each
+       call carries a request id, a fresh one unless given, and is retried
+       with it while the server is unavailable, up to N attempts (default
+       4); irqbypassd answers a retry of a call that took effect with the
+       first outcome)
   get --token=T
   list [--node=N] [--page_size=N]          (follows all pages)
   watch [--node=N] [--include_existing] [--max_events=N]
@@ -146,7 +157,7 @@ absl::Status RunRegisterProducer(const Invocation& inv) {
   producer.set_vector(absl::GetFlag(FLAGS_vector));
   producer.set_index(*index);
   absl::StatusOr<client::RegisterResult> result =
-      inv.client->RegisterProducer(producer);
+      inv.client->RegisterProducer(producer, absl::GetFlag(FLAGS_request_id));
   if (!result.ok()) return result.status();
   if (inv.output == OutputFormat::kJson) {
     v1::RegisterProducerResponse response;
@@ -166,7 +177,7 @@ absl::Status RunRegisterConsumer(const Invocation& inv) {
   consumer.set_vm(absl::GetFlag(FLAGS_vm));
   consumer.set_gsi(absl::GetFlag(FLAGS_gsi));
   absl::StatusOr<client::RegisterResult> result =
-      inv.client->RegisterConsumer(consumer);
+      inv.client->RegisterConsumer(consumer, absl::GetFlag(FLAGS_request_id));
   if (!result.ok()) return result.status();
   if (inv.output == OutputFormat::kJson) {
     v1::RegisterConsumerResponse response;
@@ -182,7 +193,8 @@ absl::Status RunRegisterConsumer(const Invocation& inv) {
 absl::Status RunUnregisterProducer(const Invocation& inv) {
   const std::string token = absl::GetFlag(FLAGS_token);
   absl::StatusOr<bool> disconnected = inv.client->UnregisterProducer(
-      token, absl::GetFlag(FLAGS_registration_id));
+      token, absl::GetFlag(FLAGS_registration_id),
+      absl::GetFlag(FLAGS_request_id));
   if (!disconnected.ok()) return disconnected.status();
   if (inv.output == OutputFormat::kJson) {
     v1::UnregisterProducerResponse response;
@@ -197,7 +209,8 @@ absl::Status RunUnregisterProducer(const Invocation& inv) {
 absl::Status RunUnregisterConsumer(const Invocation& inv) {
   const std::string token = absl::GetFlag(FLAGS_token);
   absl::StatusOr<bool> disconnected = inv.client->UnregisterConsumer(
-      token, absl::GetFlag(FLAGS_registration_id));
+      token, absl::GetFlag(FLAGS_registration_id),
+      absl::GetFlag(FLAGS_request_id));
   if (!disconnected.ok()) return disconnected.status();
   if (inv.output == OutputFormat::kJson) {
     v1::UnregisterConsumerResponse response;
@@ -261,19 +274,19 @@ const std::vector<Command>& Commands() {
   static const auto* const kCommands = new std::vector<Command>{
       {"register-producer",
        {"token", "node", "device"},
-       {"vector", "index"},
+       {"vector", "index", "request_id", "attempts"},
        RunRegisterProducer},
       {"register-consumer",
        {"token", "node", "vm", "gsi"},
-       {},
+       {"request_id", "attempts"},
        RunRegisterConsumer},
       {"unregister-producer",
        {"token"},
-       {"registration_id"},
+       {"registration_id", "request_id", "attempts"},
        RunUnregisterProducer},
       {"unregister-consumer",
        {"token"},
-       {"registration_id"},
+       {"registration_id", "request_id", "attempts"},
        RunUnregisterConsumer},
       {"get", {"token"}, {}, RunGet},
       {"list", {}, {"node", "page_size"}, RunList},
@@ -468,6 +481,10 @@ int Main(int argc, char** argv) {
     return UsageError(absl::InvalidArgumentError("--timeout must be positive"),
                       *output);
   }
+  if (absl::GetFlag(FLAGS_attempts) < 1) {
+    return UsageError(
+        absl::InvalidArgumentError("--attempts must be at least 1"), *output);
+  }
   if (absl::GetFlag(FLAGS_page_size) < 0) {
     return UsageError(
         absl::InvalidArgumentError("--page_size must not be negative"),
@@ -486,6 +503,7 @@ int Main(int argc, char** argv) {
 
   client::ClientOptions options;
   options.call_timeout = timeout;
+  options.max_attempts = absl::GetFlag(FLAGS_attempts);
   if (command_line->specified.count("timeout") > 0) {
     options.watch_timeout = timeout;
   }

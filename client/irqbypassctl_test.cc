@@ -388,10 +388,21 @@ TEST_F(IrqbypassctlTest, ServerSideInvalidArgument_Exit2) {
   EXPECT_EQ(fake().calls(), 1);
 }
 
-TEST_F(IrqbypassctlTest, Unavailable_Exit7) {
+TEST_F(IrqbypassctlTest, Unavailable_RetriedWithItsRequestId) {
   fake().FailNextCall(WithReason(absl::UnavailableError("agent n1 is gone"),
                                  ErrorDetail::AGENT_UNAVAILABLE));
-  EXPECT_EQ(RegisterProducer("t1").exit_code, 7);
+  EXPECT_EQ(RegisterProducer("t1").exit_code, 0);
+  EXPECT_EQ(fake().calls(), 2);
+}
+
+TEST_F(IrqbypassctlTest, Unavailable_NoRetries_Exit7) {
+  fake().FailNextCall(WithReason(absl::UnavailableError("agent n1 is gone"),
+                                 ErrorDetail::AGENT_UNAVAILABLE));
+  EXPECT_EQ(Run({"register-producer", "--token=t1", "--node=n1",
+                 "--device=0000:3b:00.1", "--attempts=1"})
+                .exit_code,
+            7);
+  EXPECT_EQ(fake().calls(), 1);
 
   server_->Shutdown();
   EXPECT_EQ(Run({"get", "--token=t1"}).exit_code, 7);

@@ -2,8 +2,10 @@
 // agent, 64 concurrent callers registering and unregistering, and irqbypassd
 // killed with SIGKILL at random moments. After every restart, each change
 // that was acknowledged is there and nothing that was refused or never
-// asked for is (0 lost, 0 phantom); acknowledged pairs are connected, and
-// the agent was sent no disconnect for them.
+// asked for is (0 lost, 0 phantom); every unanswered call, retried with its
+// request id, succeeds exactly once (with its first outcome if it had taken
+// effect); acknowledged pairs are connected, and the agent was sent no
+// command for them.
 #include <signal.h>
 
 #include <atomic>
@@ -43,6 +45,9 @@ struct TokenModel {
   // registration id is "?").
   bool uncertain = false;
   Sides maybe;
+  // The unanswered call, to be retried with its request id.
+  enum Op { kRegP, kRegC, kUnregP, kUnregC } op = kRegP;
+  std::string request_id;
 };
 
 std::string Token(int n) { return "k" + std::to_string(n); }
@@ -90,11 +95,15 @@ class DurabilityTest : public ::testing::Test {
       const Sides before = m.acked;
       Sides after = before;
       absl::Status status;
+      const std::string request_id = client::NewRequestId();
+      TokenModel::Op op;
       const bool flip = rng() % 2 == 0;
       const bool has_p = !before.producer_id.empty();
       const bool has_c = !before.consumer_id.empty();
       if ((!has_p && (flip || has_c)) ) {
-        auto r = api.RegisterProducer(MakeProducer(Token(n), "n1", Device(n)));
+        op = TokenModel::kRegP;
+        auto r = api.RegisterProducer(MakeProducer(Token(n), "n1", Device(n)),
+                                      request_id);
         status = r.status();
         after.producer_id = r.ok() ? r->registration_id : "?";
         if (r.ok() && has_c && !r->connected) {
@@ -102,7 +111,9 @@ class DurabilityTest : public ::testing::Test {
           ADD_FAILURE() << Token(n) << ": registered but not connected";
         }
       } else if (!has_c) {
-        auto r = api.RegisterConsumer(MakeConsumer(Token(n), "n1", "vm-a", n));
+        op = TokenModel::kRegC;
+        auto r = api.RegisterConsumer(MakeConsumer(Token(n), "n1", "vm-a", n),
+                                      request_id);
         status = r.status();
         after.consumer_id = r.ok() ? r->registration_id : "?";
         if (r.ok() && has_p && !r->connected) {
@@ -110,10 +121,16 @@ class DurabilityTest : public ::testing::Test {
           ADD_FAILURE() << Token(n) << ": registered but not connected";
         }
       } else if (flip) {
-        status = api.UnregisterProducer(Token(n), before.producer_id).status();
+        op = TokenModel::kUnregP;
+        status = api.UnregisterProducer(Token(n), before.producer_id,
+                                        request_id)
+                     .status();
         after.producer_id.clear();
       } else {
-        status = api.UnregisterConsumer(Token(n), before.consumer_id).status();
+        op = TokenModel::kUnregC;
+        status = api.UnregisterConsumer(Token(n), before.consumer_id,
+                                        request_id)
+                     .status();
         after.consumer_id.clear();
       }
       if (status.ok()) {
@@ -124,6 +141,8 @@ class DurabilityTest : public ::testing::Test {
       if (NoAnswer(status)) {
         m.uncertain = true;
         m.maybe = after;
+        m.op = op;
+        m.request_id = request_id;
         return;
       }
       errors_.fetch_add(1);
@@ -143,6 +162,7 @@ class DurabilityTest : public ::testing::Test {
 TEST_F(DurabilityTest, KilledUnderLoad_RestartLosesNothingAndTearsNothingDown) {
   std::mt19937 rng(20261201);
   int lost = 0, phantom = 0, uncertain_total = 0, kept_connected = 0;
+  int retried_happened = 0;
   for (int kill = 0; kill < kKills; ++kill) {
     std::atomic<bool> stop{false};
     std::vector<std::thread> callers;
@@ -151,15 +171,18 @@ TEST_F(DurabilityTest, KilledUnderLoad_RestartLosesNothingAndTearsNothingDown) {
           [&, c, seed = static_cast<uint32_t>(rng())] { Caller(c, seed, stop); });
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 500));
-    // Pairs the callers were told are wired, as of the kill. Callers own
-    // their tokens, so read the model only once they are stopped; the
-    // agent's log offset is taken now, before anything after the kill.
-    const size_t agent_log_at_kill = cluster_.agent("n1").Log().size();
     ASSERT_TRUE(cluster_.manager().Signal(SIGKILL));
     cluster_.manager().Wait();
+    // From here on the agent may only finish commands whose outcome no
+    // caller saw (an acknowledged call's command was done, and logged,
+    // before its ack): any command for an acknowledged pair after this
+    // point comes from the restarted manager.
+    const size_t agent_log_at_kill = cluster_.agent("n1").Log().size();
     stop = true;
     for (auto& t : callers) t.join();
     ASSERT_EQ(errors_.load(), 0);
+    // Pairs the callers were told are wired (callers own their tokens, so
+    // the model is read only once they are stopped).
     std::set<std::string> acked_pairs;
     for (size_t n = 0; n < model_.size(); ++n) {
       const TokenModel& m = model_[n];
@@ -202,7 +225,61 @@ TEST_F(DurabilityTest, KilledUnderLoad_RestartLosesNothingAndTearsNothingDown) {
       if (!actual.producer_id.empty() && !actual.consumer_id.empty()) {
         EXPECT_TRUE(connected) << token << " after kill " << kill;
       }
-      if (m.uncertain) ++uncertain_total;
+      if (m.uncertain) {
+        ++uncertain_total;
+        // The client retries the unanswered call with its request id: it
+        // succeeds, with the first outcome if the call had taken effect
+        // (the same registration id), and nothing happens twice.
+        const bool happened = as_maybe && !as_acked;
+        absl::Status retried;
+        Sides after = m.acked;
+        client::Client& api = cluster_.client();
+        switch (m.op) {
+          case TokenModel::kRegP: {
+            auto r = api.RegisterProducer(
+                MakeProducer(token, "n1", Device(static_cast<int>(n))),
+                m.request_id);
+            retried = r.status();
+            if (r.ok()) {
+              if (happened) {
+                EXPECT_EQ(r->registration_id, actual.producer_id) << token;
+              }
+              after.producer_id = r->registration_id;
+            }
+            break;
+          }
+          case TokenModel::kRegC: {
+            auto r = api.RegisterConsumer(
+                MakeConsumer(token, "n1", "vm-a", static_cast<int>(n)),
+                m.request_id);
+            retried = r.status();
+            if (r.ok()) {
+              if (happened) {
+                EXPECT_EQ(r->registration_id, actual.consumer_id) << token;
+              }
+              after.consumer_id = r->registration_id;
+            }
+            break;
+          }
+          case TokenModel::kUnregP:
+            retried = api.UnregisterProducer(token, m.acked.producer_id,
+                                             m.request_id)
+                          .status();
+            after.producer_id.clear();
+            break;
+          case TokenModel::kUnregC:
+            retried = api.UnregisterConsumer(token, m.acked.consumer_id,
+                                             m.request_id)
+                          .status();
+            after.consumer_id.clear();
+            break;
+        }
+        EXPECT_TRUE(retried.ok())
+            << token << " retry after kill " << kill << " (it had "
+            << (happened ? "" : "not ") << "happened): " << retried;
+        if (happened) ++retried_happened;
+        actual = after;
+      }
       m.acked = actual;  // the unanswered call is resolved now
       m.uncertain = false;
     }
@@ -220,11 +297,12 @@ TEST_F(DurabilityTest, KilledUnderLoad_RestartLosesNothingAndTearsNothingDown) {
   EXPECT_EQ(phantom, 0);
   EXPECT_GT(acknowledged_.load(), 1000);
   std::printf(
-      "%d kills: %d acknowledged changes, %d unanswered (resolved either "
-      "way), %d acknowledged pairs kept wired across kills; %d lost, %d "
+      "%d kills: %d acknowledged changes, %d unanswered calls retried with "
+      "their request ids (%d had taken effect and returned their first "
+      "outcome), %d acknowledged pairs kept wired across kills; %d lost, %d "
       "phantom\n",
-      kKills, acknowledged_.load(), uncertain_total, kept_connected, lost,
-      phantom);
+      kKills, acknowledged_.load(), uncertain_total, retried_happened,
+      kept_connected, lost, phantom);
 }
 
 }  // namespace
