@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Sets up, builds and starts irqbypassd with a local node agent (sim backend,
 # embedded defaults), then shows a producer and a consumer being paired,
-# a failed connect being rolled back, and a clean disconnect. Keeps serving
-# until Ctrl-C; with --once (or IRQBYPASS_ONCE=1) it stops after the demo.
+# a failed connect being rolled back, a clean disconnect, and irqbypassd
+# killed with SIGKILL and started again without losing or unwiring anything.
+# Keeps serving until Ctrl-C; with --once (or IRQBYPASS_ONCE=1) it stops
+# after the demo.
 #
 #   scripts/run.sh [--once] [--port=50051] [--backend=sim|kvm]
+#
+# State is kept in the embedded store in .run/irqbypassd (or
+# $IRQBYPASS_DATA_DIR), so a second run starts with what the first left.
 #
 # --backend=kvm wires for real on /dev/kvm (root): the agent creates VMs
 # vm-a and vm-b with an in-kernel irqchip, and (no VFIO device on most test
@@ -34,6 +39,8 @@ bazel build --color=no --curses=no //service:irqbypassd //agent:irqbypass-agent 
 bin=$(bazel info bazel-bin 2>/dev/null)
 
 rundir=$(mktemp -d /tmp/irqbypass-run.XXXXXX)
+datadir=${IRQBYPASS_DATA_DIR:-$PWD/.run/irqbypassd}
+mkdir -p "$datadir"
 server="127.0.0.1:${port}"
 pids=()
 cleanup() {
@@ -43,12 +50,27 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "== starting irqbypassd on ${server} (logs: ${rundir}) =="
-"$bin/service/irqbypassd" --listen="$server" --metrics_listen=127.0.0.1:0 \
-  --port_file="$rundir/port" 2>"$rundir/irqbypassd.log" &
-pids+=($!)
-for _ in $(seq 1 100); do [ -s "$rundir/port" ] && break; sleep 0.1; done
-[ -s "$rundir/port" ] || { echo "irqbypassd did not start:"; cat "$rundir/irqbypassd.log"; exit 1; }
+start_manager() {
+  rm -f "$rundir/port"
+  "$bin/service/irqbypassd" --listen="$server" --metrics_listen=127.0.0.1:0 \
+    --data_dir="$datadir" --port_file="$rundir/port" 2>>"$rundir/irqbypassd.log" &
+  manager_pid=$!
+  pids+=($manager_pid)
+  for _ in $(seq 1 300); do [ -s "$rundir/port" ] && break; sleep 0.1; done
+  [ -s "$rundir/port" ] || { echo "irqbypassd did not start:"; cat "$rundir/irqbypassd.log"; exit 1; }
+}
+# Waits until the manager has reconciled node-1's agent $1 times in all.
+wait_reconciled() {
+  for _ in $(seq 1 200); do
+    [ "$(grep -c 'msg="agent reconciled" node=node-1' "$rundir/irqbypassd.log")" -ge "$1" ] && return 0
+    sleep 0.1
+  done
+  echo "agent did not connect:"; cat "$rundir/agent.log"; exit 1
+}
+
+echo "== starting irqbypassd on ${server} (store: ${datadir}; logs: ${rundir}) =="
+start_manager
+grep -o 'msg="store loaded".*' "$rundir/irqbypassd.log" || true
 
 if [ "$backend" = kvm ]; then
   agent_flags=(--backend=kvm --kvm_create_vms=vm-a,vm-b
@@ -60,12 +82,7 @@ echo "== starting irqbypass-agent --node=node-1 ${agent_flags[*]} =="
 "$bin/agent/irqbypass-agent" --manager="$server" --node=node-1 \
   "${agent_flags[@]}" 2>"$rundir/agent.log" &
 pids+=($!)
-for _ in $(seq 1 100); do
-  grep -q 'msg="agent reconciled" node=node-1' "$rundir/irqbypassd.log" && break
-  sleep 0.1
-done
-grep -q 'msg="agent reconciled" node=node-1' "$rundir/irqbypassd.log" ||
-  { echo "agent did not connect:"; cat "$rundir/agent.log"; exit 1; }
+wait_reconciled 1
 
 ctl() {
   echo "\$ irqbypassctl $*"
@@ -75,7 +92,17 @@ ctl() {
   echo
 }
 
+quiet() { "$bin/client/irqbypassctl" --server="$server" "$@" >/dev/null 2>&1 || true; }
+
 echo
+echo "== 0. what the store kept from an earlier run (empty the first time) =="
+ctl list
+# The demo's own tokens start afresh each run.
+for t in demo-1 demo-2 demo-3; do
+  quiet unregister-producer --token=$t
+  quiet unregister-consumer --token=$t
+done
+
 echo "== 1. a consumer (VM vm-a, GSI 24) waits for its producer =="
 ctl register-consumer --token=demo-1 --node=node-1 --vm=vm-a --gsi=24
 echo "== 2. the producer (device 0000:3b:00.1, MSI-X vector 0) arrives: connected =="
@@ -92,6 +119,19 @@ ctl list
 ctl unregister-producer --token=demo-1
 ctl get --token=demo-1
 ctl --output=json get --token=demo-1
+echo "== 6. a pair, then irqbypassd killed with SIGKILL and started again =="
+ctl register-consumer --token=demo-3 --node=node-1 --vm=vm-b --gsi=26
+ctl register-producer --token=demo-3 --node=node-1 --device=0000:3b:00.3 --vector=0
+kill -KILL "$manager_pid"
+wait "$manager_pid" 2>/dev/null || true
+start_manager
+grep -o 'msg="store loaded".*' "$rundir/irqbypassd.log" | tail -1
+wait_reconciled 2
+echo "the agent's wiring was kept, none torn down:"
+grep -o 'msg="agent reconciled".*' "$rundir/irqbypassd.log" | tail -1
+ctl get --token=demo-3
+echo "(demo-3 stays registered: the next run of this script lists it in step 0)"
+echo
 
 if [ "$once" = "1" ]; then
   echo "== demo done (--once): stopping =="
@@ -100,4 +140,4 @@ fi
 echo "== irqbypassd is serving on ${server} with agent node-1; try:"
 echo "   $bin/client/irqbypassctl --server=${server} list"
 echo "   Ctrl-C to stop. =="
-wait "${pids[0]}"
+wait "$manager_pid"
