@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up (system packages), builds and runs every test:
 #   1. all test targets (unit, contract, end-to-end, CLI) in the default build;
-#   2. the index, matcher, step-executor and sharded-histogram tests again
-#      under ThreadSanitizer and AddressSanitizer.
+#   2. the index, matcher, step-executor, sharded-histogram and watch-hub
+#      tests again under ThreadSanitizer and AddressSanitizer (and the
+#      embedded store's test under AddressSanitizer).
 # Ends with one line "N passed, M failed", counted from the gtest results of
 # what ran (a target that failed to build or crashed counts as one failure).
 set -uo pipefail
@@ -69,7 +70,7 @@ run_bazel_test() {
 
 run_bazel_test default //...
 run_bazel_test tsan --config=tsan "${SANITIZED_TESTS[@]}"
-run_bazel_test asan --config=asan "${SANITIZED_TESTS[@]}"
+run_bazel_test asan --config=asan "${SANITIZED_TESTS[@]}" //service:rocksdb_store_test
 # Leave the default build in bazel-bin for the run script.
 bazel build --color=no --curses=no //... >/dev/null 2>&1 || true
 

@@ -910,9 +910,18 @@ TEST_P(MatcherTest, RequestId_SecondCallWhileFirstRuns_Aborted) {
   ASSERT_TRUE(first.get().ok());
 }
 
-INSTANTIATE_TEST_SUITE_P(Stores, MatcherTest,
-                         ::testing::Values(StoreKind::kMemory,
-                                           StoreKind::kEmbedded),
+// Under ThreadSanitizer only without a store: Debian's RocksDB is not built
+// for TSan, and the hand-off inside its write groups (a leader copies the
+// followers' batches, synchronised by RocksDB's own atomics) is invisible to
+// it, so every group commit reads as a race in RocksDB's memory. ASan and
+// the default build run both.
+#if defined(__SANITIZE_THREAD__)
+#define IRQBYPASS_STORE_KINDS ::testing::Values(StoreKind::kMemory)
+#else
+#define IRQBYPASS_STORE_KINDS \
+  ::testing::Values(StoreKind::kMemory, StoreKind::kEmbedded)
+#endif
+INSTANTIATE_TEST_SUITE_P(Stores, MatcherTest, IRQBYPASS_STORE_KINDS,
                          [](const ::testing::TestParamInfo<StoreKind>& info) {
                            return info.param == StoreKind::kMemory
                                       ? "memory"
