@@ -75,6 +75,8 @@ ABSL_FLAG(int32_t, page_size, 0,
           "default)");
 ABSL_FLAG(bool, include_existing, false,
           "watch: first report every current binding");
+ABSL_FLAG(uint64_t, start_revision, 0,
+          "watch: resume after this revision (the highest one seen)");
 ABSL_FLAG(int64_t, max_events, 0,
           "watch: exit after this many events "
           "(0: no limit)");
@@ -104,6 +106,7 @@ Commands:
   get --token=T
   list [--node=N] [--page_size=N]          (follows all pages)
   watch [--node=N] [--include_existing] [--max_events=N]
+        [--start_revision=R]
                                            (one line per event)
 
 Global flags:
@@ -253,6 +256,7 @@ absl::Status RunWatch(const Invocation& inv) {
   v1::WatchBindingsRequest request;
   request.set_node(absl::GetFlag(FLAGS_node));
   request.set_include_existing(absl::GetFlag(FLAGS_include_existing));
+  request.set_start_revision(absl::GetFlag(FLAGS_start_revision));
   const int64_t max_events = absl::GetFlag(FLAGS_max_events);
   int64_t seen = 0;
   return inv.client->WatchBindings(request, [&](const v1::BindingEvent& event) {
@@ -290,7 +294,10 @@ const std::vector<Command>& Commands() {
        RunUnregisterConsumer},
       {"get", {"token"}, {}, RunGet},
       {"list", {}, {"node", "page_size"}, RunList},
-      {"watch", {}, {"node", "include_existing", "max_events"}, RunWatch},
+      {"watch",
+       {},
+       {"node", "include_existing", "max_events", "start_revision"},
+       RunWatch},
   };
   return *kCommands;
 }

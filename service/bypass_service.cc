@@ -210,7 +210,54 @@ grpc::Status BypassService::WatchBindings(
     ~Unsubscribe() { hub.Unsubscribe(sub); }
   } unsubscribe{watch_hub_, sub};
 
-  if (request->include_existing()) {
+  if (request->start_revision() > 0) {
+    const uint64_t after = request->start_revision();
+    if (after > index_.revision()) {
+      return grpc::Status(
+          grpc::StatusCode::OUT_OF_RANGE,
+          absl::StrCat("start_revision: ", after,
+                       " is newer than this manager's latest revision (",
+                       index_.revision(),
+                       "; a manager without its store?): list and watch "
+                       "again"));
+    }
+    std::vector<WatchHub::Removal> removals;
+    if (!watch_hub_.RemovalsAfter(after, request->node(), &removals)) {
+      return grpc::Status(
+          grpc::StatusCode::OUT_OF_RANGE,
+          absl::StrCat("start_revision: ", after,
+                       " is older than this manager can resume from (",
+                       watch_hub_.ResumeFloor(),
+                       "): list (or watch with include_existing) and watch "
+                       "again"));
+    }
+    bool ok = true;
+    index_.ForEachCommitted(
+        [&](const std::string& token, const BindingState& st) {
+          if (!ok || st.revision <= after) return;
+          if (!request->node().empty() && st.node() != request->node()) return;
+          v1::BindingEvent event;
+          event.set_type(v1::BindingEvent::UPDATED);
+          BindingToProto(token, st, event.mutable_binding());
+          ok = writer->Write(event);
+        });
+    for (const WatchHub::Removal& r : removals) {
+      if (!ok) break;
+      // Registered again since: its UPDATED above is newer.
+      std::optional<BindingState> now = index_.Get(r.token);
+      if (now.has_value() && now->revision > r.revision) continue;
+      v1::BindingEvent event;
+      event.set_type(v1::BindingEvent::REMOVED);
+      event.mutable_binding()->set_token(r.token);
+      event.mutable_binding()->set_node(r.node);
+      event.mutable_binding()->set_revision(r.revision);
+      ok = writer->Write(event);
+    }
+    if (!ok) return grpc::Status::OK;
+    v1::BindingEvent synced;
+    synced.set_type(v1::BindingEvent::SYNCED);
+    if (!writer->Write(synced)) return grpc::Status::OK;
+  } else if (request->include_existing()) {
     bool ok = true;
     index_.ForEachCommitted(
         [&](const std::string& token, const BindingState& st) {

@@ -145,6 +145,8 @@ int Run() {
       return Fail(absl::StrCat("loading the store (", store->Describe(),
                                "): ", restored.message()));
     }
+    // A watch resumes only from what this process saw.
+    watch_hub.SetResumeFloor(index.revision());
     const TokenIndex::Counts counts = index.CountAll();
     LogInfo("store loaded",
             {{"store", store->Describe()},

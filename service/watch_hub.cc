@@ -173,8 +173,41 @@ void WatchHub::Shutdown() {
   Publish(std::make_shared<SubscriberList>());
 }
 
+void WatchHub::SetResumeFloor(uint64_t revision) {
+  uint64_t seen = floor_.load();
+  while (revision > seen && !floor_.compare_exchange_weak(seen, revision)) {
+  }
+}
+
+void WatchHub::RecordRemoval(absl::string_view token, const std::string& node,
+                             uint64_t revision) {
+  RemovalSlot& slot = removals_[next_removal_.fetch_add(1) % kRemovals];
+  MutexLock lock(&slot.mu);
+  // The removal this one overwrites is forgotten: no watch can resume from
+  // before it any more.
+  SetResumeFloor(slot.removal.revision);
+  slot.removal.token.assign(token.data(), token.size());
+  slot.removal.node = node;
+  slot.removal.revision = revision;
+}
+
+bool WatchHub::RemovalsAfter(uint64_t after, const std::string& node,
+                             std::vector<Removal>* out) const {
+  if (after < floor_.load()) return false;
+  for (size_t i = 0; i < kRemovals; ++i) {
+    const RemovalSlot& slot = removals_[i];
+    MutexLock lock(&slot.mu);
+    if (slot.removal.revision <= after) continue;
+    if (!node.empty() && slot.removal.node != node) continue;
+    out->push_back(slot.removal);
+  }
+  // A removal overwritten while we read may have been one we needed.
+  return after >= floor_.load();
+}
+
 void WatchHub::OnCommit(absl::string_view token, const BindingState& before,
                         const BindingState& after) {
+  if (after.empty()) RecordRemoval(token, before.node(), after.revision);
   if (count_.load(std::memory_order_relaxed) == 0) return;
   v1::BindingEvent event;
   if (after.empty()) {

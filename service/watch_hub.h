@@ -131,6 +131,25 @@ class WatchHub : public ChangeListener {
   void OnCommit(absl::string_view token, const BindingState& before,
                 const BindingState& after) override;
 
+  // Resuming a watch from a revision (WatchBindingsRequest.start_revision):
+  // the hub remembers the last kRemovals removals (token, node, revision),
+  // since a removed token leaves nothing in the index to list.
+  static constexpr size_t kRemovals = 65536;
+  struct Removal {
+    std::string token;
+    std::string node;
+    uint64_t revision = 0;
+  };
+  // The removals on `node` (empty: all) with a revision above `after`, or
+  // false when some of them may be forgotten (`after` is below
+  // ResumeFloor()).
+  bool RemovalsAfter(uint64_t after, const std::string& node,
+                     std::vector<Removal>* out) const;
+  // The oldest revision a watch can resume from: the revision this process
+  // started at (SetResumeFloor), raised past every removal forgotten since.
+  uint64_t ResumeFloor() const { return floor_.load(); }
+  void SetResumeFloor(uint64_t revision);
+
  private:
   using SubscriberList = std::vector<std::shared_ptr<Subscriber>>;
   struct alignas(64) SnapshotSlot {
@@ -150,6 +169,18 @@ class WatchHub : public ChangeListener {
   std::shared_ptr<const SubscriberList> subscribers_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   SnapshotSlot slots_[kSnapshotSlots];
+
+  // A ring of removals; a removal takes the next slot (its own mutex, so
+  // two removals contend only when they land kRemovals apart).
+  struct RemovalSlot {
+    mutable Mutex mu;
+    Removal removal ABSL_GUARDED_BY(mu);
+  };
+  void RecordRemoval(absl::string_view token, const std::string& node,
+                     uint64_t revision);
+  std::unique_ptr<RemovalSlot[]> removals_{new RemovalSlot[kRemovals]};
+  std::atomic<uint64_t> next_removal_{0};
+  std::atomic<uint64_t> floor_{0};
 };
 
 }  // namespace irqbypass

@@ -91,6 +91,42 @@ TEST(WatchHubTest, ConcurrentCommitsFromManyThreads_EachTokenInCommitOrder) {
   EXPECT_EQ(Poll(*sub, &extra), Result::kTimeout);
 }
 
+TEST(WatchHubTest, Removals_RememberedForResume_NodeFiltered) {
+  WatchHub hub;
+  hub.SetResumeFloor(10);
+  BindingState gone;
+  gone.revision = 11;
+  Commit(hub, "a", gone, ProducerOn("n1", 1, 5));
+  gone.revision = 12;
+  Commit(hub, "b", gone, ProducerOn("n2", 1, 6));
+  std::vector<WatchHub::Removal> removals;
+  ASSERT_TRUE(hub.RemovalsAfter(10, "n1", &removals));
+  ASSERT_EQ(removals.size(), 1u);
+  EXPECT_EQ(removals[0].token, "a");
+  EXPECT_EQ(removals[0].revision, 11u);
+  removals.clear();
+  ASSERT_TRUE(hub.RemovalsAfter(11, "", &removals));
+  ASSERT_EQ(removals.size(), 1u);
+  EXPECT_EQ(removals[0].token, "b");
+  // Before the process's start: cannot tell.
+  EXPECT_FALSE(hub.RemovalsAfter(9, "", &removals));
+}
+
+TEST(WatchHubTest, RemovalRingWrapped_FloorRisesPastTheForgotten) {
+  WatchHub hub;
+  BindingState gone;
+  for (uint64_t r = 1; r <= WatchHub::kRemovals + 10; ++r) {
+    gone.revision = r;
+    Commit(hub, "t" + std::to_string(r), gone, ProducerOn("n1", 1, 0));
+  }
+  // Removals 1..10 were overwritten.
+  EXPECT_EQ(hub.ResumeFloor(), 10u);
+  std::vector<WatchHub::Removal> removals;
+  EXPECT_FALSE(hub.RemovalsAfter(9, "", &removals));
+  ASSERT_TRUE(hub.RemovalsAfter(10, "", &removals));
+  EXPECT_EQ(removals.size(), WatchHub::kRemovals);
+}
+
 TEST(WatchHubTest, NodeFilter_DeliversOnlyThatNodesEvents) {
   WatchHub hub;
   auto n1 = hub.Subscribe("n1");

@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <map>
 #include <thread>
 
 #include "client/error_detail.h"
@@ -300,6 +301,75 @@ TEST_F(EndToEndTest, AgentRestarted_WhileBindingsExist_ReconciledWithManager) {
   ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-a,vm-b"}));
   EXPECT_TRUE(api().GetBinding("keep")->connected());
   EXPECT_FALSE(api().GetBinding("drop")->has_producer());
+}
+
+// Everything a watch from `start_revision` sends up to SYNCED, or its error.
+absl::StatusOr<std::vector<v1::BindingEvent>> ResumeWatch(
+    client::Client& api, uint64_t start_revision) {
+  std::vector<v1::BindingEvent> events;
+  v1::WatchBindingsRequest req;
+  req.set_start_revision(start_revision);
+  absl::Status s = api.WatchBindings(req, [&](const v1::BindingEvent& e) {
+    events.push_back(e);
+    return e.type() != v1::BindingEvent::SYNCED;
+  });
+  if (!s.ok()) return s;
+  return events;
+}
+
+TEST_F(EndToEndTest, WatchResumed_SendsOnlyWhatChangedSince) {
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  for (const char* t : {"a", "b", "c"}) {
+    ASSERT_TRUE(api()
+                    .RegisterConsumer(MakeConsumer(t, "n1", "vm-a",
+                                                   static_cast<uint32_t>(t[0])))
+                    .ok());
+  }
+  const uint64_t seen = api().GetBinding("c")->revision();
+  // After the watcher's last event: a changes, b goes, d comes.
+  ASSERT_TRUE(
+      api().RegisterProducer(MakeProducer("a", "n1", "0000:3b:00.1")).ok());
+  ASSERT_TRUE(api().UnregisterConsumer("b").ok());
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("d", "n1", "vm-a", 9)).ok());
+
+  auto events = ResumeWatch(api(), seen);
+  ASSERT_TRUE(events.ok()) << events.status();
+  std::map<std::string, v1::BindingEvent::Type> got;
+  for (const auto& e : *events) {
+    if (e.type() != v1::BindingEvent::SYNCED) {
+      EXPECT_GT(e.binding().revision(), seen);
+      got[e.binding().token()] = e.type();
+    }
+  }
+  EXPECT_EQ(got, (std::map<std::string, v1::BindingEvent::Type>{
+                     {"a", v1::BindingEvent::UPDATED},
+                     {"b", v1::BindingEvent::REMOVED},
+                     {"d", v1::BindingEvent::UPDATED}}));
+  EXPECT_EQ(events->back().type(), v1::BindingEvent::SYNCED);
+  EXPECT_TRUE(got.count("c") == 0);
+}
+
+TEST_F(EndToEndTest, WatchResumed_FromBeforeARestartOrTheFuture_OutOfRange) {
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("a", "n1", "vm-a", 1)).ok());
+  const uint64_t seen = api().GetBinding("a")->revision();
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("b", "n1", "vm-a", 2)).ok());
+  ASSERT_TRUE(api().UnregisterConsumer("b").ok());
+  EXPECT_EQ(ResumeWatch(api(), seen + 1000).status().code(),
+            absl::StatusCode::kOutOfRange);
+  cluster_.manager().Signal(SIGKILL);
+  cluster_.manager().Wait();
+  ASSERT_TRUE(cluster_.StartManager());
+  // The restarted manager no longer knows about b's removal: the watcher
+  // must re-list, and is told so.
+  auto resumed = ResumeWatch(api(), seen);
+  EXPECT_EQ(resumed.status().code(), absl::StatusCode::kOutOfRange)
+      << resumed.status();
+  // From its latest revision it can.
+  const uint64_t latest = api().GetBinding("a")->revision() + 2;
+  auto now = ResumeWatch(api(), latest);
+  ASSERT_TRUE(now.ok()) << now.status();
+  EXPECT_EQ(now->size(), 1u);  // SYNCED only
 }
 
 TEST_F(EndToEndTest, ManagerKilledAndRestarted_StateKept_WiringKept) {
