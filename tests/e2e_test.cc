@@ -455,6 +455,19 @@ TEST_F(EndToEndTest, ManagerRestarted_LongInventoryInParts_AllKept) {
             std::string::npos);
 }
 
+TEST_F(EndToEndTest, SecondManagerOnTheSameDataDir_RefusedWithClearError) {
+  const CommandResult second = RunCommand(
+      BinaryPath("service/irqbypassd"),
+      {"--listen=127.0.0.1:0", "--metrics_listen=",
+       "--data_dir=" + cluster_.dir() + "/data"});
+  EXPECT_EQ(second.exit_code, 2);
+  EXPECT_NE(second.err.find("in use by another process"), std::string::npos)
+      << second.err;
+  // The first one is unharmed.
+  EXPECT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
+}
+
 TEST_F(EndToEndTest, MemoryStore_ManagerRestarted_StaleWiringRemoved) {
   cluster_.manager().Signal(SIGKILL);
   cluster_.manager().Wait();
