@@ -188,6 +188,10 @@ struct AgentRegistry::InFlight : AgentDispatcher::Pending {
   ConsumerRecord consumer;
   std::chrono::steady_clock::time_point started;
   std::chrono::steady_clock::time_point deadline;
+  // Sent behind others (reconciliation): the agent runs commands one at a
+  // time, so this one's deadline counts from when it is waited for (the
+  // previous one's ack), not from when it was queued.
+  bool pipelined = false;
 };
 
 // Routes a reconciliation's commands to the session whose hello it is
@@ -209,7 +213,9 @@ class AgentRegistry::BoundDispatcher : public AgentDispatcher {
   std::unique_ptr<Pending> BeginConnect(absl::string_view token,
                                         const ProducerRecord& p,
                                         const ConsumerRecord& c) override {
-    return registry_.Start(session_, v1::Command::CONNECT, token, p, c);
+    auto flight = registry_.Start(session_, v1::Command::CONNECT, token, p, c);
+    flight->pipelined = true;
+    return flight;
   }
   absl::Status EndConnect(std::unique_ptr<Pending> pending) override {
     return registry_.FinishConnect(static_cast<InFlight&>(*pending));
@@ -217,7 +223,10 @@ class AgentRegistry::BoundDispatcher : public AgentDispatcher {
   std::unique_ptr<Pending> BeginDisconnect(absl::string_view token,
                                            const ProducerRecord& p,
                                            const ConsumerRecord& c) override {
-    return registry_.Start(session_, v1::Command::DISCONNECT, token, p, c);
+    auto flight =
+        registry_.Start(session_, v1::Command::DISCONNECT, token, p, c);
+    flight->pipelined = true;
+    return flight;
   }
   void EndDisconnect(std::unique_ptr<Pending> pending) override {
     registry_.FinishDisconnect(static_cast<InFlight&>(*pending));
@@ -371,7 +380,9 @@ void AddWired(const std::string& node,
   for (const v1::WiredPair& w : from) {
     auto p = ProducerFromProto(w.producer());
     auto c = ConsumerFromProto(w.consumer());
-    if (!p.ok() || !c.ok()) {
+    if (!p.ok() || !c.ok() || !ValidateToken("wired.token", w.token()).ok() ||
+        w.producer().token() != w.token() ||
+        w.consumer().token() != w.token()) {
       LogWarn("agent reported malformed wiring; ignored",
               {{"node", node}, {"token", w.token()}});
       continue;
@@ -554,6 +565,12 @@ absl::StatusOr<v1::CommandAck> AgentRegistry::AwaitAck(InFlight& flight) {
   if (flight.pending == nullptr) {
     return error(absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
                  absl::StrCat("agent for node \"", node, "\" went away"));
+  }
+  if (flight.pipelined) {
+    flight.deadline =
+        std::max(flight.deadline,
+                 std::chrono::steady_clock::now() +
+                     absl::ToChronoNanoseconds(options_.command_timeout));
   }
   if (!flight.session->Wait(*flight.pending, flight.deadline)) {
     return error(absl::StatusCode::kDeadlineExceeded,

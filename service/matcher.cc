@@ -226,16 +226,29 @@ bool SameWiring(const BindingState& st, const WiredPair& w) {
 }
 
 // Commits the token's state with `connected` set, unless it says so already.
-// If the store refuses, the token keeps its old flag until the next
-// reconcile (the flag is re-learned from the agent each time).
-void CommitConnected(TokenIndex::TokenLock& lock, bool connected) {
-  if (lock.state().connected == connected) return;
+// False when the store refused (the token keeps its old flag).
+bool CommitConnected(TokenIndex::TokenLock& lock, bool connected) {
+  if (lock.state().connected == connected) return true;
   BindingState next = lock.state();
   next.connected = connected;
   absl::Status stored = lock.Commit(std::move(next));
   if (!stored.ok()) {
     LogWarn("reconcile: connected flag not stored",
             {{"token", lock.token()}, {"error", stored.ToString()}});
+    return false;
+  }
+  return true;
+}
+
+// Reconciliation found the pair wired on the agent but could not record it
+// as connected: undo the wiring, so that an unregister (which disconnects
+// only connected pairs) never leaves it behind. The next reconcile connects
+// it again.
+void MarkConnectedOrUnwire(TokenIndex::TokenLock& lock, AgentDispatcher& via) {
+  if (CommitConnected(lock, true)) return;
+  const BindingState& st = lock.state();
+  if (st.producer && st.consumer) {
+    via.Disconnect(lock.token(), *st.producer, *st.consumer);
   }
 }
 
@@ -370,7 +383,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
     absl::Status s = via.EndConnect(std::move(o.pending));
     if (s.ok()) {
       ++result.reconnected;
-      CommitConnected(o.lock, true);
+      MarkConnectedOrUnwire(o.lock, via);
       return;
     }
     // Interrupted by a newer session: the token is left to its reconcile.
@@ -390,6 +403,17 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
   };
   auto drain = [&] {
     while (!outstanding.empty()) settle_oldest();
+  };
+  // A reconciliation holding tokens never waits for another: if the token
+  // is busy it first settles (and releases) everything it holds, so two
+  // reconciliations (or a reconciliation and anything else) cannot wait on
+  // each other in a cycle.
+  auto acquire = [&](const std::string& token) {
+    if (auto lock = index_.TryLock(token, LockOp::kReconcile)) {
+      return *std::move(lock);
+    }
+    drain();
+    return index_.Lock(token, LockOp::kReconcile);
   };
 
   // Tokens whose wiring step 1 kept; everything else the agent reported was
@@ -416,13 +440,28 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
                {"consumer_node", w.consumer.node}});
       continue;
     }
-    TokenIndex::TokenLock lock = index_.Lock(w.token, LockOp::kReconcile);
+    // Nor is a token that another node holds locked on its word (read
+    // without a lock: while this node is being reconciled, no connect can
+    // move a token onto it). Its wiring there is stale: removed below
+    // without the token.
+    const std::optional<BindingState> committed = index_.Get(w.token);
+    if (committed.has_value() && committed->node() != node) {
+      ++result.disconnected;
+      LogInfo("reconcile: removing stale wiring of a token now on another "
+              "node",
+              {{"token", w.token},
+               {"node", std::string(node)},
+               {"holder_node", committed->node()}});
+      via.EndDisconnect(via.BeginDisconnect(w.token, w.producer, w.consumer));
+      continue;
+    }
+    TokenIndex::TokenLock lock = acquire(w.token);
     if (!current()) break;
     const BindingState& st = lock.state();
     if (!w.partial && SameWiring(st, w)) {
       ++result.kept;
       kept.insert(w.token);
-      CommitConnected(lock, true);
+      MarkConnectedOrUnwire(lock, via);
       continue;
     }
     ++result.disconnected;
@@ -447,7 +486,7 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
       });
   for (const std::string& token : missing) {
     if (!current()) break;
-    TokenIndex::TokenLock lock = index_.Lock(token, LockOp::kReconcile);
+    TokenIndex::TokenLock lock = acquire(token);
     if (!current()) break;
     const BindingState& st = lock.state();
     if (!st.producer || !st.consumer || st.node() != node) {

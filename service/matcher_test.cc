@@ -749,6 +749,64 @@ class PipelineDispatcher : public FakeDispatcher {
   int max_in_flight_ = 0;
 };
 
+TEST_P(MatcherTest, Reconcile_NextTokenBusy_ReleasesWhatItHoldsFirst) {
+  // "kept" is wired as registered; "stale" is registered nowhere.
+  ASSERT_TRUE(matcher_->RegisterConsumer("kept", Cons()).ok());
+  ASSERT_TRUE(matcher_->RegisterProducer("kept", Prod()).ok());
+  // Another operation holds "kept" and will want "stale" next: if the
+  // reconcile waited for "kept" while holding "stale" (its disconnect in
+  // flight), neither would ever go on.
+  std::optional<TokenIndex::TokenLock> other = index_->Lock("kept");
+  std::promise<void> stale_sent;
+  struct Dispatcher : PipelineDispatcher {
+    std::promise<void>* sent;
+    std::unique_ptr<Pending> BeginDisconnect(absl::string_view token,
+                                             const ProducerRecord& p,
+                                             const ConsumerRecord& c) override {
+      auto pending = PipelineDispatcher::BeginDisconnect(token, p, c);
+      sent->set_value();
+      return pending;
+    }
+  } via;
+  via.sent = &stale_sent;
+  auto reconcile = std::async(std::launch::async, [&] {
+    return matcher_->Reconcile(
+        "n1",
+        {WiredPair{"stale", Prod("n1", "0000:4b:00.0"), Cons("n1", "vm-b", 7)},
+         WiredPair{"kept", Prod(), Cons()}},
+        via, Always);
+  });
+  stale_sent.get_future().wait();
+  auto took_stale = std::async(std::launch::async,
+                               [&] { return index_->Lock("stale"); });
+  const bool released = took_stale.wait_for(std::chrono::seconds(10)) ==
+                        std::future_status::ready;
+  if (released) took_stale.get();  // and released at once
+  other.reset();  // (lets a reconcile that did wait go on, so the test ends)
+  EXPECT_TRUE(released)
+      << "the reconcile kept \"stale\" while waiting for \"kept\"";
+  ASSERT_EQ(reconcile.wait_for(std::chrono::seconds(10)),
+            std::future_status::ready);
+  const ReconcileResult r = reconcile.get();
+  EXPECT_EQ(r.disconnected, 1);
+  EXPECT_EQ(r.kept, 1);
+}
+
+TEST_P(MatcherTest, Reconcile_ReportedTokenNowOnAnotherNode_UnwiredNotLocked) {
+  ASSERT_TRUE(matcher_->RegisterConsumer("moved", Cons("n2")).ok());
+  ASSERT_TRUE(matcher_->RegisterProducer("moved", Prod("n2")).ok());
+  TokenIndex::TokenLock busy = index_->Lock("moved");
+  auto done = std::async(std::launch::async, [&] {
+    return matcher_->Reconcile("n1", {WiredPair{"moved", Prod(), Cons()}},
+                               agent_, Always);
+  });
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  const ReconcileResult r = done.get();
+  EXPECT_EQ(r.disconnected, 1);  // n1's old wiring of it is stale
+  EXPECT_EQ(agent_.disconnects(), 1);
+  EXPECT_TRUE(busy.state().connected);  // n2's pair untouched
+}
+
 TEST_P(MatcherTest, Reconcile_Pipelined_UpToWindowCommandsInFlight) {
   constexpr int kPairs = 100;
   std::vector<WiredPair> stale;

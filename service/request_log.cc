@@ -95,6 +95,7 @@ void RequestLog::Restore(RequestRecord record) {
   entry.done = true;
   entry.record = std::move(record);
   shard.order.emplace_back(expires, std::move(id));
+  ExpireLocked(shard, NowUnixMicros());  // the count bound holds from the start
 }
 
 size_t RequestLog::size() const {

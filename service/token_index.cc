@@ -237,6 +237,16 @@ size_t TokenIndex::ShardIndexForHash(uint64_t hash) const {
 }
 
 TokenIndex::TokenLock TokenIndex::Lock(absl::string_view token, LockOp op) {
+  return *LockImpl(token, op, /*wait=*/true);
+}
+
+std::optional<TokenIndex::TokenLock> TokenIndex::TryLock(absl::string_view token,
+                                                          LockOp op) {
+  return LockImpl(token, op, /*wait=*/false);
+}
+
+std::optional<TokenIndex::TokenLock> TokenIndex::LockImpl(
+    absl::string_view token, LockOp op, bool wait) {
   const uint64_t hash = HashOf(token);
   const size_t shard_index = ShardIndexForHash(hash);
   Shard& shard = *shards_[shard_index];
@@ -288,6 +298,7 @@ TokenIndex::TokenLock TokenIndex::Lock(absl::string_view token, LockOp op) {
         }
         continue;
       }
+      if (!wait) return std::nullopt;  // held by another operation
       if (found->lock.compare_exchange_weak(word, word + Slot::kOneWaiter)) {
         waiting_on = found;
         break;
@@ -470,6 +481,7 @@ absl::Status TokenIndex::Restore(Store& store, int threads) {
         if (!s.ok()) {
           MutexLock lock(&mu);
           if (failed.ok()) failed = s;
+          changed.SignalAll();  // the reader may be waiting for room
           return;
         }
       }

@@ -173,6 +173,11 @@ class TokenIndex {
   // Waits until no other TokenLock holds `token`, then takes it. `op` labels
   // the wait for the LockWaitObserver.
   TokenLock Lock(absl::string_view token, LockOp op = LockOp::kOther);
+  // Takes the token's lock only if no other operation holds it (nullopt
+  // otherwise); never waits. For a holder of other tokens' locks, which must
+  // not wait for one more (reconciliation).
+  std::optional<TokenLock> TryLock(absl::string_view token,
+                                   LockOp op = LockOp::kOther);
 
   // Fills an empty index from `store` (start-up, before serving): every
   // stored binding with its object claims, and the revision counter past
@@ -226,6 +231,8 @@ class TokenIndex {
   static uint64_t HashOf(absl::string_view key);
   size_t ShardIndexForHash(uint64_t hash) const;
   void Release(size_t shard, Slot* slot);
+  std::optional<TokenLock> LockImpl(absl::string_view token, LockOp op,
+                                    bool wait);
   absl::Status RestoreOne(std::string token, BindingState state);
 
   std::vector<std::unique_ptr<Shard>> shards_;

@@ -385,5 +385,16 @@ TEST(TokenIndexTest, WaitersOnATokenBeingEmptied_AllGetTheLock) {
   EXPECT_EQ(st->producer->vector, 4u);
 }
 
+TEST(TokenIndexTest, TryLock_HeldByAnother_NulloptFreeTaken) {
+  TokenIndex index(16);
+  {
+    std::optional<TokenIndex::TokenLock> lock = index.TryLock("t");
+    ASSERT_TRUE(lock.has_value());
+    EXPECT_FALSE(index.TryLock("t").has_value());
+    EXPECT_TRUE(index.TryLock("u").has_value());
+  }
+  EXPECT_TRUE(index.TryLock("t").has_value());
+}
+
 }  // namespace
 }  // namespace irqbypass
