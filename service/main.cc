@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -103,6 +104,8 @@ int Run() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   const std::string store_kind = absl::GetFlag(FLAGS_store);
+  // Set by the store when a write failed; turns health NOT_SERVING.
+  std::atomic<bool> store_failed{false};
   std::unique_ptr<RocksDbStore> store;
   if (store_kind == "embedded") {
     const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
@@ -115,6 +118,12 @@ int Run() {
     }
     RocksDbStoreOptions store_options;
     store_options.dir = data_dir;
+    store_options.on_failure = [&store_failed](const absl::Status& error) {
+      LogWarn("durable store failed: refusing every change from now on; "
+              "health is NOT_SERVING until irqbypassd is restarted",
+              {{"error", error.ToString()}});
+      store_failed.store(true);
+    };
     auto opened = RocksDbStore::Open(store_options);
     if (!opened.ok()) {
       return Fail(absl::StrCat("--data_dir: ", opened.status().message()));
@@ -229,18 +238,33 @@ int Run() {
            {"metrics_port", absl::StrCat(metrics ? metrics->port() : 0)},
            {"shards", absl::StrCat(shards)}});
 
-  // Expired request outcomes leave the store once a minute.
+  // Expired request outcomes leave the store once a minute; a failed store
+  // turns the services' health NOT_SERVING (checked every second).
   Mutex prune_mu;
   CondVar prune_cv;
   bool stopping = false;
   std::thread pruner;
   if (store != nullptr) {
     pruner = std::thread([&] {
+      bool reported_failure = false;
+      auto next_prune =
+          std::chrono::steady_clock::now() + std::chrono::seconds(60);
       MutexLock lock(&prune_mu);
       while (!stopping) {
         prune_cv.WaitUntil(&prune_mu, std::chrono::steady_clock::now() +
-                                          std::chrono::seconds(60));
+                                          std::chrono::seconds(1));
         if (stopping) break;
+        if (store_failed.load() && !reported_failure) {
+          reported_failure = true;
+          // Not the "" service: that would also fail liveness probes of a
+          // manager that can still serve reads. Readiness moves away.
+          server->GetHealthCheckService()->SetServingStatus(
+              "irqbypass.v1.BypassManager", false);
+          server->GetHealthCheckService()->SetServingStatus(
+              "irqbypass.v1.AgentControl", false);
+        }
+        if (std::chrono::steady_clock::now() < next_prune) continue;
+        next_prune = std::chrono::steady_clock::now() + std::chrono::seconds(60);
         absl::Status pruned = store->PruneRequests(requests.NowUnixMicros());
         if (!pruned.ok()) {
           LogWarn("pruning expired request outcomes failed",

@@ -88,6 +88,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
   }
   std::unique_ptr<RocksDbStore> store(
       new RocksDbStore(options.dir, options.sync));
+  store->on_failure_ = options.on_failure;
   rocksdb::Options db_options;
   db_options.create_if_missing = true;
   db_options.merge_operator = std::make_shared<MaxRevisionOperator>();
@@ -201,10 +202,13 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
   rocksdb::Status s;
   {
     std::shared_lock<std::shared_mutex> lock(mu_);
-    if (db_ == nullptr) {
+    if (db_ == nullptr || failed_.load()) {
       lock.unlock();
       done(MakeError(absl::StatusCode::kUnavailable,
-                     ErrorReason::kStoreUnavailable, "durable store: closed",
+                     ErrorReason::kStoreUnavailable,
+                     db_ == nullptr
+                         ? "durable store: closed"
+                         : "durable store: failed earlier; restart irqbypassd",
                      {}));
       return;
     }
@@ -213,10 +217,11 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
   if (!s.ok()) {
     ErrorContext ctx;
     if (changes.size() == 1) ctx.token = std::string(changes[0].token);
-    done(MakeError(absl::StatusCode::kUnavailable,
-                   ErrorReason::kStoreUnavailable,
-                   absl::StrCat("durable store: write failed: ", s.ToString()),
-                   ctx));
+    absl::Status error = MakeError(
+        absl::StatusCode::kUnavailable, ErrorReason::kStoreUnavailable,
+        absl::StrCat("durable store: write failed: ", s.ToString()), ctx);
+    if (!failed_.exchange(true) && on_failure_) on_failure_(error);
+    done(std::move(error));
     return;
   }
   writes_.fetch_add(changes.size(), std::memory_order_relaxed);

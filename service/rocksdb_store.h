@@ -47,6 +47,14 @@ struct RocksDbStoreOptions {
   bool sync = true;
   // Tests only: an Env that can simulate a power cut. Null: the default.
   rocksdb::Env* env = nullptr;
+  // Called once, on the writing thread, when a write fails: the store then
+  // refuses every later write (UNAVAILABLE), because after a failed append
+  // or fsync what is on the disk is unknown until a restart reads it back
+  // (the failed write may or may not be there; a retry with its request id
+  // gets whichever outcome the restarted manager finds). irqbypassd turns
+  // its services' health NOT_SERVING, so readiness probes take it out of
+  // service until it is restarted.
+  std::function<void(const absl::Status&)> on_failure;
 };
 
 class RocksDbStore final : public Store {
@@ -88,6 +96,8 @@ class RocksDbStore final : public Store {
 
   const std::string dir_;
   const bool sync_;
+  std::function<void(const absl::Status&)> on_failure_;
+  std::atomic<bool> failed_{false};
   std::shared_ptr<rocksdb::Statistics> statistics_;
   mutable std::shared_mutex mu_;  // Close excludes Write
   std::unique_ptr<rocksdb::DB> db_;  // guarded by mu_; null once closed

@@ -253,6 +253,8 @@ class PowerCutFs : public rocksdb::FileSystemWrapper {
   }
 
   void Cut() { cut_ = true; }
+  // Every later sync fails (a disk that went away).
+  void FailSyncs() { fail_syncs_ = true; }
   // Call once nothing uses the file system any more.
   void ApplyCut() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -299,6 +301,7 @@ class PowerCutFs : public rocksdb::FileSystemWrapper {
     }
     rocksdb::IOStatus Sync(const rocksdb::IOOptions& options,
                            rocksdb::IODebugContext* dbg) override {
+      if (fs_->fail_syncs_) return rocksdb::IOStatus::IOError("disk gone");
       if (fs_->cut_) return rocksdb::IOStatus::OK();
       rocksdb::IOStatus s = target()->Sync(options, dbg);
       if (s.ok()) fs_->Synced(name_);
@@ -328,6 +331,7 @@ class PowerCutFs : public rocksdb::FileSystemWrapper {
   }
 
   std::atomic<bool> cut_{false};
+  std::atomic<bool> fail_syncs_{false};
   std::mutex mu_;
   std::map<std::string, File> files_;
   int files_truncated_ = 0;
@@ -417,6 +421,28 @@ TEST(RocksDbStorePowerCutTest, UnsyncedWrites_AcknowledgedChangesLost) {
   EXPECT_EQ(r.acknowledged, 320u);
   EXPECT_GT(r.files_truncated, 0);
   EXPECT_LT(r.survived, r.acknowledged);
+}
+
+TEST(RocksDbStoreTest, SyncFails_WriteUnavailableThenEveryWriteRefused) {
+  auto fs = std::make_shared<PowerCutFs>(rocksdb::FileSystem::Default());
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(fs);
+  int failures = 0;
+  RocksDbStoreOptions options;
+  options.dir = NewTempDir();
+  options.env = env.get();
+  options.on_failure = [&](const absl::Status&) { ++failures; };
+  auto store = OpenOrDie(options);
+  Write(*store, "a", Paired("n1", 1, 1));
+  fs->FailSyncs();
+  absl::Status s = store->WriteAndWait(StoreChange{"b", Paired("n1", 2, 2)});
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(GetErrorReason(s), ErrorReason::kStoreUnavailable);
+  EXPECT_EQ(failures, 1);
+  absl::Status later =
+      store->WriteAndWait(StoreChange{"c", Paired("n1", 3, 3)});
+  EXPECT_EQ(later.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(later.message().find("restart"), std::string::npos) << later;
+  EXPECT_EQ(failures, 1);
 }
 
 }  // namespace
