@@ -1,0 +1,273 @@
+#include "service/etcd_store.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "grpcpp/create_channel.h"
+#include "service/errors.h"
+#include "service/store_codec.h"
+
+namespace irqbypass {
+namespace {
+
+constexpr size_t kChangesPerTxn = 40;  // at most 3 operations each
+
+// The first key after every key that starts with `prefix`.
+std::string PrefixEnd(std::string prefix) {
+  while (!prefix.empty()) {
+    if (static_cast<unsigned char>(prefix.back()) < 0xff) {
+      prefix.back() = static_cast<char>(prefix.back() + 1);
+      return prefix;
+    }
+    prefix.pop_back();
+  }
+  return std::string(1, '\0');  // etcd: every key
+}
+
+std::string RequestKey(int64_t expires_unix_micros, const std::string& id) {
+  return absl::StrFormat("r/%016x/%s",
+                         static_cast<uint64_t>(std::max<int64_t>(
+                             0, expires_unix_micros)),
+                         id);
+}
+
+std::string RequestKeyBound(int64_t expires_unix_micros) {
+  return absl::StrFormat("r/%016x/", static_cast<uint64_t>(std::max<int64_t>(
+                                         0, expires_unix_micros)));
+}
+
+}  // namespace
+
+std::string EtcdRevisionValue(uint64_t revision) {
+  return absl::StrFormat("%020u", revision);
+}
+
+EtcdStore::EtcdStore(EtcdStoreOptions options) : options_(std::move(options)) {}
+
+absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(
+    const EtcdStoreOptions& options) {
+  if (options.endpoints.empty()) {
+    return absl::InvalidArgumentError("etcd_endpoints: none given");
+  }
+  std::vector<std::string> addresses;
+  for (std::string e : options.endpoints) {
+    if (absl::StartsWith(e, "http://")) e = e.substr(7);
+    if (e.empty() || absl::StartsWith(e, "https://") ||
+        e.find('/') != std::string::npos || e.find(':') == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "etcd_endpoints: \"", e,
+          "\" is not http://HOST:PORT (TLS to etcd is not supported yet)"));
+    }
+    addresses.push_back(e);
+  }
+  std::unique_ptr<EtcdStore> store(new EtcdStore(options));
+  // Several members: gRPC's ipv4 resolver with pick_first tries them in
+  // order and moves on when one fails.
+  bool all_ipv4 = true;
+  for (const std::string& a : addresses) {
+    const std::string host = a.substr(0, a.rfind(':'));
+    int octets = 0;
+    for (absl::string_view part : absl::StrSplit(host, '.')) {
+      int v;
+      if (absl::SimpleAtoi(part, &v) && v >= 0 && v <= 255) ++octets;
+    }
+    if (octets != 4) all_ipv4 = false;
+  }
+  store->target_ = all_ipv4 ? absl::StrCat("ipv4:", absl::StrJoin(addresses, ","))
+                            : addresses[0];
+  store->kv_ = etcdserverpb::KV::NewStub(grpc::CreateChannel(
+      store->target_, grpc::InsecureChannelCredentials()));
+  // The revision mark must exist for the Compare in every Write.
+  etcdserverpb::TxnRequest txn;
+  etcdserverpb::Compare* absent = txn.add_compare();
+  absent->set_key(options.prefix + "m/revision");
+  absent->set_target(etcdserverpb::Compare::CREATE);
+  absent->set_result(etcdserverpb::Compare::EQUAL);
+  absent->set_create_revision(0);
+  etcdserverpb::PutRequest* put = txn.add_success()->mutable_request_put();
+  put->set_key(options.prefix + "m/revision");
+  put->set_value(EtcdRevisionValue(0));
+  etcdserverpb::TxnResponse response;
+  grpc::ClientContext context;
+  store->SetDeadline(&context);
+  context.set_wait_for_ready(true);
+  grpc::Status s = store->kv_->Txn(&context, txn, &response);
+  if (!s.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "etcd at ", absl::StrJoin(options.endpoints, ","),
+        " did not answer: ", s.error_message()));
+  }
+  return store;
+}
+
+void EtcdStore::SetDeadline(grpc::ClientContext* context) const {
+  context->set_deadline(std::chrono::system_clock::now() +
+                        absl::ToChronoNanoseconds(options_.timeout));
+}
+
+absl::Status EtcdStore::RangeAll(
+    const std::string& from, const std::string& to,
+    const std::function<absl::Status(const std::string&, const std::string&)>&
+        fn) {
+  std::string key = options_.prefix + from;
+  const std::string end = options_.prefix + to;
+  while (true) {
+    etcdserverpb::RangeRequest request;
+    request.set_key(key);
+    request.set_range_end(end);
+    request.set_limit(1000);
+    etcdserverpb::RangeResponse response;
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    grpc::Status s = kv_->Range(&context, request, &response);
+    if (!s.ok()) {
+      return MakeError(absl::StatusCode::kUnavailable,
+                       ErrorReason::kStoreUnavailable,
+                       absl::StrCat("etcd store: range: ", s.error_message()),
+                       {});
+    }
+    for (const mvccpb::KeyValue& kv : response.kvs()) {
+      absl::Status taken =
+          fn(kv.key().substr(options_.prefix.size()), kv.value());
+      if (!taken.ok()) return taken;
+    }
+    if (!response.more() || response.kvs().empty()) return absl::OkStatus();
+    key = response.kvs().rbegin()->key() + std::string(1, '\0');
+  }
+}
+
+absl::StatusOr<uint64_t> EtcdStore::Load(
+    const std::function<absl::Status(std::string token, BindingState state)>&
+        fn) {
+  uint64_t last = 0;
+  absl::Status s = RangeAll(
+      "m/revision", "m/revision" + std::string(1, '\0'),
+      [&](const std::string&, const std::string& value) {
+        if (!absl::SimpleAtoi(value, &last)) {
+          return absl::DataLossError("etcd key m/revision: not a number");
+        }
+        return absl::OkStatus();
+      });
+  if (!s.ok()) return s;
+  s = RangeAll("b/", PrefixEnd("b/"),
+               [&](const std::string& key, const std::string& value) {
+                 absl::StatusOr<BindingState> state = DecodeBinding(value);
+                 if (!state.ok()) {
+                   return absl::DataLossError(absl::StrCat(
+                       "etcd key ", key, ": ", state.status().message()));
+                 }
+                 last = std::max(last, state->revision);
+                 return fn(key.substr(2), *std::move(state));
+               });
+  if (!s.ok()) return s;
+  return last;
+}
+
+absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
+  etcdserverpb::TxnRequest txn;
+  uint64_t revision = 0;
+  auto add_ops = [&](google::protobuf::RepeatedPtrField<etcdserverpb::RequestOp>*
+                         ops) {
+    for (const StoreChange& change : changes) {
+      const std::string key =
+          absl::StrCat(options_.prefix, "b/", change.token);
+      if (change.state.empty()) {
+        ops->Add()->mutable_request_delete_range()->set_key(key);
+      } else {
+        etcdserverpb::PutRequest* put = ops->Add()->mutable_request_put();
+        put->set_key(key);
+        put->set_value(EncodeBinding(change.state));
+      }
+      if (change.request != nullptr) {
+        etcdserverpb::PutRequest* put = ops->Add()->mutable_request_put();
+        put->set_key(options_.prefix +
+                     RequestKey(change.request->expires_unix_micros,
+                                change.request->id));
+        put->set_value(EncodeRequest(*change.request));
+      }
+      revision = std::max(revision, change.state.revision);
+    }
+  };
+  add_ops(txn.mutable_success());
+  add_ops(txn.mutable_failure());
+  // Raise the mark only when this is higher: concurrent writers never lower
+  // it.
+  etcdserverpb::Compare* lower = txn.add_compare();
+  lower->set_key(options_.prefix + "m/revision");
+  lower->set_target(etcdserverpb::Compare::VALUE);
+  lower->set_result(etcdserverpb::Compare::LESS);
+  lower->set_value(EtcdRevisionValue(revision));
+  etcdserverpb::PutRequest* mark = txn.add_success()->mutable_request_put();
+  mark->set_key(options_.prefix + "m/revision");
+  mark->set_value(EtcdRevisionValue(revision));
+  etcdserverpb::TxnResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::Status s = kv_->Txn(&context, txn, &response);
+  if (!s.ok()) {
+    ErrorContext ctx;
+    if (changes.size() == 1) ctx.token = std::string(changes[0].token);
+    return MakeError(absl::StatusCode::kUnavailable,
+                     ErrorReason::kStoreUnavailable,
+                     absl::StrCat("etcd store: write failed: ",
+                                  s.error_message()),
+                     ctx);
+  }
+  return absl::OkStatus();
+}
+
+void EtcdStore::Write(absl::Span<const StoreChange> changes,
+                      std::function<void(absl::Status)> done) {
+  for (size_t i = 0; i < changes.size(); i += kChangesPerTxn) {
+    absl::Status s =
+        WriteChunk(changes.subspan(i, std::min(kChangesPerTxn,
+                                               changes.size() - i)));
+    if (!s.ok()) {
+      done(s);
+      return;
+    }
+  }
+  done(absl::OkStatus());
+}
+
+absl::Status EtcdStore::LoadRequests(
+    int64_t now_unix_micros, const std::function<void(RequestRecord)>& fn) {
+  return RangeAll(RequestKeyBound(now_unix_micros + 1), PrefixEnd("r/"),
+                  [&](const std::string& key, const std::string& value) {
+                    absl::StatusOr<RequestRecord> r = DecodeRequest(value);
+                    if (!r.ok()) {
+                      return absl::DataLossError(absl::StrCat(
+                          "etcd key ", key, ": ", r.status().message()));
+                    }
+                    fn(*std::move(r));
+                    return absl::OkStatus();
+                  });
+}
+
+absl::Status EtcdStore::PruneRequests(int64_t now_unix_micros) {
+  etcdserverpb::DeleteRangeRequest request;
+  request.set_key(options_.prefix + "r/");
+  request.set_range_end(options_.prefix + RequestKeyBound(now_unix_micros + 1));
+  etcdserverpb::DeleteRangeResponse response;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::Status s = kv_->DeleteRange(&context, request, &response);
+  if (!s.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("etcd store: prune: ", s.error_message()));
+  }
+  return absl::OkStatus();
+}
+
+std::string EtcdStore::Describe() const {
+  return absl::StrCat("etcd endpoints=", absl::StrJoin(options_.endpoints, ","),
+                      " prefix=", options_.prefix);
+}
+
+}  // namespace irqbypass

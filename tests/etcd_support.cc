@@ -1,0 +1,65 @@
+#include "tests/etcd_support.h"
+
+#include <cstdio>
+
+#include "tests/metrics_support.h"
+
+namespace irqbypass::testing {
+
+bool EtcdCluster::Start(int members) {
+  dir_ = MakeTempDir("etcd");
+  initial_cluster_.clear();
+  for (int i = 0; i < members; ++i) {
+    client_ports_.push_back(FreeLoopbackPort());
+    peer_ports_.push_back(FreeLoopbackPort());
+    endpoints_.push_back("http://127.0.0.1:" +
+                         std::to_string(client_ports_.back()));
+    if (i > 0) initial_cluster_ += ",";
+    initial_cluster_ += "m" + std::to_string(i) + "=http://127.0.0.1:" +
+                        std::to_string(peer_ports_.back());
+    members_.push_back(std::make_unique<Process>());
+  }
+  for (int i = 0; i < members; ++i) {
+    if (!StartMember(i)) return false;
+  }
+  // Up once every member answers its health endpoint.
+  for (int i = 0; i < members; ++i) {
+    const int port = client_ports_[i];
+    if (!WaitFor([&] {
+          auto body = HttpGet(port, "/health");
+          return body.has_value() &&
+                 body->find("\"true\"") != std::string::npos;
+        })) {
+      DumpLogs();
+      return false;
+    }
+  }
+  return true;
+}
+
+bool EtcdCluster::StartMember(int i) {
+  const std::string name = "m" + std::to_string(i);
+  const std::string client = "http://127.0.0.1:" + std::to_string(client_ports_[i]);
+  const std::string peer = "http://127.0.0.1:" + std::to_string(peer_ports_[i]);
+  return members_[i]->Start(
+      "/usr/bin/etcd",
+      {"--name=" + name, "--data-dir=" + dir_ + "/" + name,
+       "--listen-client-urls=" + client, "--advertise-client-urls=" + client,
+       "--listen-peer-urls=" + peer, "--initial-advertise-peer-urls=" + peer,
+       "--initial-cluster=" + initial_cluster_,
+       "--initial-cluster-state=new", "--initial-cluster-token=irqbypass-test",
+       "--heartbeat-interval=50", "--election-timeout=500",
+       "--log-level=warn"},
+      dir_ + "/" + name + ".log");
+}
+
+bool EtcdCluster::Restart(int i) { return StartMember(i); }
+
+void EtcdCluster::DumpLogs() const {
+  for (size_t i = 0; i < members_.size(); ++i) {
+    std::fprintf(stderr, "--- etcd m%zu ---\n%s\n", i,
+                 members_[i]->Log().c_str());
+  }
+}
+
+}  // namespace irqbypass::testing
