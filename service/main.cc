@@ -17,6 +17,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/log.h"
@@ -29,6 +30,7 @@
 #include "service/matcher.h"
 #include "service/request_log.h"
 #include "service/metrics_endpoint.h"
+#include "service/etcd_store.h"
 #include "service/rocksdb_store.h"
 #include "service/rpc_metrics_interceptor.h"
 #include "service/server_options.h"
@@ -51,8 +53,13 @@ ABSL_FLAG(int, shards, 65536,
 ABSL_FLAG(int, grpc_max_pollers, irqbypass::kDefaultGrpcMaxPollers,
           "Most idle gRPC server threads kept waiting for calls");
 ABSL_FLAG(std::string, store, "embedded",
-          "Where state is kept durably: embedded (RocksDB in --data_dir) or "
-          "memory (nothing survives a restart; tests and benchmarks only)");
+          "Where state is kept durably: embedded (RocksDB in --data_dir), "
+          "etcd (--etcd_endpoints; one irqbypassd per --etcd_prefix for now) "
+          "or memory (nothing survives a restart; tests and benchmarks only)");
+ABSL_FLAG(std::string, etcd_endpoints, "http://127.0.0.1:2379",
+          "--store=etcd: the members, comma-separated http://HOST:PORT");
+ABSL_FLAG(std::string, etcd_prefix, "/irqbypass/",
+          "--store=etcd: the key prefix of this manager's state");
 ABSL_FLAG(std::string, data_dir, "/var/lib/irqbypassd",
           "Directory of the embedded store (created if missing; one "
           "irqbypassd at a time)");
@@ -106,8 +113,20 @@ int Run() {
   const std::string store_kind = absl::GetFlag(FLAGS_store);
   // Set by the store when a write failed; turns health NOT_SERVING.
   std::atomic<bool> store_failed{false};
-  std::unique_ptr<RocksDbStore> store;
-  if (store_kind == "embedded") {
+  std::unique_ptr<RocksDbStore> rocks;
+  std::unique_ptr<EtcdStore> etcd;
+  if (store_kind == "etcd") {
+    EtcdStoreOptions etcd_options;
+    etcd_options.endpoints =
+        absl::StrSplit(absl::GetFlag(FLAGS_etcd_endpoints), ',',
+                       absl::SkipEmpty());
+    etcd_options.prefix = absl::GetFlag(FLAGS_etcd_prefix);
+    auto opened = EtcdStore::Open(etcd_options);
+    if (!opened.ok()) {
+      return Fail(absl::StrCat("--etcd_endpoints: ", opened.status().message()));
+    }
+    etcd = *std::move(opened);
+  } else if (store_kind == "embedded") {
     const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
     if (data_dir.empty()) return Fail("--data_dir: empty");
     std::error_code ec;
@@ -128,14 +147,16 @@ int Run() {
     if (!opened.ok()) {
       return Fail(absl::StrCat("--data_dir: ", opened.status().message()));
     }
-    store = *std::move(opened);
+    rocks = *std::move(opened);
   } else if (store_kind == "memory") {
     LogWarn(
         "--store=memory: state is not durable; a restart loses every "
         "registration and tears down the wiring of every node");
   } else {
-    return Fail("--store: expected embedded|memory");
+    return Fail("--store: expected embedded|etcd|memory");
   }
+  Store* store = rocks != nullptr ? static_cast<Store*>(rocks.get())
+                                  : etcd.get();
 
   WatchHub watch_hub;
   // Lock waits are timed only when someone can scrape them.
@@ -143,7 +164,7 @@ int Run() {
   TokenIndex index(
       static_cast<size_t>(shards), &watch_hub,
       absl::GetFlag(FLAGS_metrics_listen).empty() ? nullptr : &service_metrics,
-      store.get());
+      store);
   if (store != nullptr) {
     // Everything the store holds is in the index before anything is served,
     // so reconnecting agents find their wiring known and keep it.
@@ -194,7 +215,7 @@ int Run() {
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   if (!metrics_listen.empty()) {
     auto created = MetricsEndpoint::Create(metrics_listen, index, registry,
-                                           service_metrics, store.get());
+                                           service_metrics, rocks.get());
     if (!created.ok()) {
       return Fail(
           absl::StrCat("--metrics_listen: ", created.status().message()));
@@ -288,8 +309,8 @@ int Run() {
   watch_hub.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
-  if (store != nullptr) {
-    absl::Status closed = store->Close();
+  if (rocks != nullptr) {
+    absl::Status closed = rocks->Close();
     if (!closed.ok()) {
       LogWarn("closing the store failed", {{"error", closed.ToString()}});
     }

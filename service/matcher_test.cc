@@ -17,8 +17,10 @@
 
 #include "gtest/gtest.h"
 #include "service/errors.h"
+#include "service/etcd_store.h"
 #include "service/rocksdb_store.h"
 #include "service/store.h"
+#include "tests/etcd_support.h"
 
 namespace irqbypass {
 namespace {
@@ -182,7 +184,17 @@ std::string NewTempDir() {
 // Every contract test runs against each store: none (`--store=memory`) and
 // the embedded RocksDB store; with a store, the test ends by reading the
 // store back and checking it holds exactly what the index publishes.
-enum class StoreKind { kMemory, kEmbedded };
+enum class StoreKind { kMemory, kEmbedded, kEtcd };
+
+// One etcd member for the whole test binary (each test on its own prefix).
+testing::EtcdCluster& SharedEtcd() {
+  static testing::EtcdCluster* etcd = [] {
+    auto* cluster = new testing::EtcdCluster();
+    if (!cluster->Start(1)) std::abort();
+    return cluster;
+  }();
+  return *etcd;
+}
 
 class MatcherTest : public ::testing::TestWithParam<StoreKind> {
  protected:
@@ -194,6 +206,15 @@ class MatcherTest : public ::testing::TestWithParam<StoreKind> {
       if (!opened.ok()) std::abort();
       rocks_ = *std::move(opened);
       refusing_ = std::make_unique<RefusingStore>(rocks_.get());
+    } else if (GetParam() == StoreKind::kEtcd) {
+      EtcdStoreOptions options;
+      options.endpoints = SharedEtcd().endpoints();
+      static int tests = 0;
+      options.prefix = "/matcher-test/" + std::to_string(++tests) + "/";
+      auto opened = EtcdStore::Open(options);
+      if (!opened.ok()) std::abort();
+      etcd_ = *std::move(opened);
+      refusing_ = std::make_unique<RefusingStore>(etcd_.get());
     } else {
       refusing_ = std::make_unique<RefusingStore>(&null_);
     }
@@ -203,14 +224,16 @@ class MatcherTest : public ::testing::TestWithParam<StoreKind> {
   }
 
   void TearDown() override {
-    if (rocks_ == nullptr) return;
+    Store* durable = rocks_ != nullptr ? static_cast<Store*>(rocks_.get())
+                                       : etcd_.get();
+    if (durable == nullptr) return;
     std::map<std::string, BindingState> published;
     index_->ForEachCommitted([&](const std::string& token,
                                  const BindingState& st) {
       published[token] = st;
     });
     std::map<std::string, BindingState> stored;
-    auto loaded = rocks_->Load([&](std::string token, BindingState st) {
+    auto loaded = durable->Load([&](std::string token, BindingState st) {
       stored[token] = std::move(st);
       return absl::OkStatus();
     });
@@ -243,6 +266,7 @@ class MatcherTest : public ::testing::TestWithParam<StoreKind> {
   absl::Time now_ = absl::FromUnixSeconds(1800000000);
   RequestLog requests_{LogOptions(&now_)};
   std::unique_ptr<RocksDbStore> rocks_;
+  std::unique_ptr<EtcdStore> etcd_;
   NullStore null_;
   std::unique_ptr<RefusingStore> refusing_;
   FakeDispatcher agent_;
@@ -971,19 +995,27 @@ TEST_P(MatcherTest, RequestId_SecondCallWhileFirstRuns_Aborted) {
 // Under ThreadSanitizer only without a store: Debian's RocksDB is not built
 // for TSan, and the hand-off inside its write groups (a leader copies the
 // followers' batches, synchronised by RocksDB's own atomics) is invisible to
-// it, so every group commit reads as a race in RocksDB's memory. ASan and
-// the default build run both.
+// it, so every group commit reads as a race in RocksDB's memory (and the
+// etcd store runs on Debian's gRPC, also not built for TSan). ASan and the
+// default build run all three.
 #if defined(__SANITIZE_THREAD__)
 #define IRQBYPASS_STORE_KINDS ::testing::Values(StoreKind::kMemory)
 #else
-#define IRQBYPASS_STORE_KINDS \
-  ::testing::Values(StoreKind::kMemory, StoreKind::kEmbedded)
+#define IRQBYPASS_STORE_KINDS                                  \
+  ::testing::Values(StoreKind::kMemory, StoreKind::kEmbedded, \
+                    StoreKind::kEtcd)
 #endif
 INSTANTIATE_TEST_SUITE_P(Stores, MatcherTest, IRQBYPASS_STORE_KINDS,
                          [](const ::testing::TestParamInfo<StoreKind>& info) {
-                           return info.param == StoreKind::kMemory
-                                      ? "memory"
-                                      : "embedded";
+                           switch (info.param) {
+                             case StoreKind::kMemory:
+                               return "memory";
+                             case StoreKind::kEmbedded:
+                               return "embedded";
+                             case StoreKind::kEtcd:
+                               return "etcd";
+                           }
+                           return "unknown";
                          });
 
 // Restore: an index built from what the embedded store holds.

@@ -10,6 +10,7 @@
 #include "client/irqbypass_client.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"
+#include "tests/etcd_support.h"
 
 namespace irqbypass::testing {
 namespace {
@@ -466,6 +467,35 @@ TEST_F(EndToEndTest, SecondManagerOnTheSameDataDir_RefusedWithClearError) {
   // The first one is unharmed.
   EXPECT_TRUE(
       api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
+}
+
+TEST_F(EndToEndTest, EtcdStore_ManagerKilledAndRestarted_StateAndWiringKept) {
+  EtcdCluster etcd;
+  ASSERT_TRUE(etcd.Start(1));
+  const std::vector<std::string> flags = {
+      "--store=etcd", "--etcd_endpoints=" + etcd.endpoints()[0]};
+  cluster_.manager().Signal(SIGKILL);
+  cluster_.manager().Wait();
+  ASSERT_TRUE(cluster_.StartManager(flags));
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
+  auto p1 = api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1"));
+  ASSERT_TRUE(p1.ok()) << p1.status();
+  const int reconciles = cluster_.Reconciles("n1");
+  cluster_.manager().Signal(SIGKILL);
+  cluster_.manager().Wait();
+  ASSERT_TRUE(cluster_.StartManager(flags));
+  ASSERT_TRUE(cluster_.WaitReconciles("n1", reconciles + 1));
+  auto t1 = api().GetBinding("t1");
+  ASSERT_TRUE(t1.ok()) << t1.status();
+  EXPECT_TRUE(t1->connected());
+  EXPECT_EQ(t1->producer_registration_id(), p1->registration_id);
+  const std::string log = cluster_.manager().Log();
+  EXPECT_NE(log.rfind("msg=\"agent reconciled\" node=n1 kept=1 "
+                      "disconnected=0 reconnected=0"),
+            std::string::npos);
+  EXPECT_NE(log.find("store=\"etcd endpoints="), std::string::npos);
 }
 
 TEST_F(EndToEndTest, MemoryStore_ManagerRestarted_StaleWiringRemoved) {
