@@ -12,16 +12,32 @@
 namespace irqbypass {
 namespace {
 
-prometheus::MetricFamily Gauge(const std::string& name, const std::string& help,
-                               double value) {
+// A family with one unlabelled sample of `type` (gauge or counter).
+prometheus::MetricFamily OneSample(const std::string& name,
+                                   const std::string& help,
+                                   prometheus::MetricType type, double value) {
   prometheus::MetricFamily family;
   family.name = name;
   family.help = help;
-  family.type = prometheus::MetricType::Gauge;
+  family.type = type;
   prometheus::ClientMetric metric;
-  metric.gauge.value = value;
+  if (type == prometheus::MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
   family.metric.push_back(std::move(metric));
   return family;
+}
+
+prometheus::MetricFamily Gauge(const std::string& name, const std::string& help,
+                               double value) {
+  return OneSample(name, help, prometheus::MetricType::Gauge, value);
+}
+
+prometheus::MetricFamily Counter(const std::string& name,
+                                 const std::string& help, double value) {
+  return OneSample(name, help, prometheus::MetricType::Counter, value);
 }
 
 class StateCollector : public prometheus::Collectable {
@@ -88,18 +104,6 @@ class StateCollector : public prometheus::Collectable {
   const TokenIndex& index_;
   const AgentRegistry& registry_;
 };
-
-prometheus::MetricFamily Counter(const char* name, const char* help,
-                                 double value) {
-  prometheus::MetricFamily family;
-  family.name = name;
-  family.help = help;
-  family.type = prometheus::MetricType::Counter;
-  prometheus::ClientMetric metric;
-  metric.counter.value = value;
-  family.metric.push_back(std::move(metric));
-  return family;
-}
 
 // The embedded store's own statistics (RocksDB's tickers), read at scrape.
 class StoreCollector : public prometheus::Collectable {
