@@ -9,8 +9,10 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "agent/agent_metrics.h"
 #include "common/errno_name.h"
 #include "common/log.h"
@@ -85,7 +87,8 @@ std::string ExecutedList(const v1::CommandAck& ack) {
   return absl::StrJoin(names, ",");
 }
 
-std::shared_ptr<grpc::Channel> NewChannel(const AgentSessionOptions& options) {
+std::shared_ptr<grpc::Channel> NewChannel(const AgentSessionOptions& options,
+                                          const std::string& address) {
   grpc::ChannelArguments args;
   // A fresh channel per attempt that shares no subchannel (and so no
   // connection backoff state) with the previous one: every attempt really
@@ -99,8 +102,8 @@ std::shared_ptr<grpc::Channel> NewChannel(const AgentSessionOptions& options) {
     // The stream can be idle for long; keep pinging all the same.
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   }
-  return grpc::CreateCustomChannel(options.manager_address,
-                                   grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
+                                   args);
 }
 
 // Messages handed from the session's reader thread to the thread that
@@ -222,8 +225,20 @@ v1::AgentMessage HandleCommand(StepExecutor& executor, const std::string& node,
 
 }  // namespace
 
+std::vector<std::string> SplitManagerList(const std::string& list) {
+  if (list.find("://") != std::string::npos ||
+      absl::StartsWith(list, "ipv4:") || absl::StartsWith(list, "ipv6:") ||
+      absl::StartsWith(list, "unix:")) {
+    return {list};
+  }
+  return absl::StrSplit(list, ',', absl::SkipWhitespace());
+}
+
 AgentSession::AgentSession(AgentSessionOptions options, Backend& backend)
-    : options_(std::move(options)), backend_(backend), executor_(backend) {}
+    : options_(std::move(options)),
+      managers_(SplitManagerList(options_.manager_address)),
+      backend_(backend),
+      executor_(backend) {}
 
 void AgentSession::Run() {
   absl::Duration backoff = options_.initial_backoff;
@@ -252,19 +267,26 @@ void AgentSession::Run() {
     }
     failed_attempts = established ? 0 : failed_attempts + 1;
     const absl::Duration delay = Jittered(backoff);
-    backoff = std::min(backoff * 2, options_.max_backoff);
+    // With several replicas the next one may be the new leader: keep the
+    // delay short enough to find it soon after an election.
+    backoff = std::min(backoff * 2, managers_.size() > 1
+                                        ? std::min(options_.max_backoff,
+                                                   absl::Seconds(1))
+                                        : options_.max_backoff);
+    const std::string ended_at = managers_.empty() ? "" : managers_[current_];
+    if (!managers_.empty()) current_ = (current_ + 1) % managers_.size();
 
     const std::string retry_in =
         absl::FormatDuration(absl::Trunc(delay, absl::Milliseconds(1)));
     if (established && status.ok()) {
       LogDebug("session ended by manager",
                {{"node", options_.node},
-                {"manager", options_.manager_address},
+                {"manager", ended_at},
                 {"retry_in", retry_in}});
     } else {
       LogWarn(established ? "session failed" : "cannot reach manager",
               {{"node", options_.node},
-               {"manager", options_.manager_address},
+               {"manager", ended_at},
                {"code", CodeName(status.error_code())},
                {"error", status.error_message()},
                {"attempt", absl::StrCat(failed_attempts)},
@@ -277,8 +299,10 @@ void AgentSession::Run() {
 }
 
 AgentSession::SessionOutcome AgentSession::RunOneSession() {
+  const std::string address =
+      managers_.empty() ? options_.manager_address : managers_[current_];
   std::unique_ptr<v1::AgentControl::Stub> stub =
-      v1::AgentControl::NewStub(NewChannel(options_));
+      v1::AgentControl::NewStub(NewChannel(options_, address));
   grpc::ClientContext context;
   {
     absl::MutexLock lock(&mu_);
@@ -295,7 +319,7 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
   };
 
   LogDebug("session connecting",
-           {{"node", options_.node}, {"manager", options_.manager_address}});
+           {{"node", options_.node}, {"manager", address}});
   // Blocks until the channel connects or fails (or Shutdown cancels it).
   std::unique_ptr<SessionStream> stream = stub->Session(&context);
 
@@ -342,9 +366,43 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
         ++sessions_established_;
       }
       if (in.has_hello()) {
+        const uint64_t epoch = in.hello().epoch();
+        uint64_t highest;
+        {
+          absl::MutexLock lock(&mu_);
+          highest = highest_epoch_ = std::max(highest_epoch_, epoch);
+        }
+        if (epoch < highest) {
+          LogWarn("manager's leader epoch is older than one seen; it was "
+                  "deposed: trying the next manager",
+                  {{"node", options_.node},
+                   {"manager", address},
+                   {"epoch", absl::StrCat(epoch)},
+                   {"newest_epoch", absl::StrCat(highest)}});
+          stopped_early = true;
+          break;
+        }
         LogDebug("session connected", {{"node", options_.node},
-                                       {"manager", options_.manager_address},
+                                       {"manager", address},
+                                       {"epoch", absl::StrCat(epoch)},
                                        {"wired", wired}});
+      } else if (in.has_command() && in.command().epoch() < highest_epoch()) {
+        // A deposed leader's command: never executed.
+        v1::AgentMessage refusal;
+        v1::CommandAck* ack = refusal.mutable_ack();
+        ack->set_id(in.command().id());
+        ack->set_ok(false);
+        ack->set_message(absl::StrCat(
+            "refused: command from leader epoch ", in.command().epoch(),
+            ", older than epoch ", highest_epoch(), " seen"));
+        LogWarn("refused a command from a deposed leader",
+                {{"node", options_.node},
+                 {"token", in.command().token()},
+                 {"epoch", absl::StrCat(in.command().epoch())}});
+        if (!stream->Write(refusal)) {
+          stopped_early = true;
+          break;
+        }
       } else if (in.has_command()) {
         const uint64_t failed_dels = executor_.failed_dels();
         const v1::AgentMessage ack = HandleCommand(
@@ -418,6 +476,11 @@ void AgentSession::Resync() {
   if (shutdown_) return;
   resync_ = true;  // Wakes SleepUnlessShutdown.
   if (context_ != nullptr) context_->TryCancel();
+}
+
+uint64_t AgentSession::highest_epoch() const {
+  absl::MutexLock lock(&mu_);
+  return highest_epoch_;
 }
 
 uint64_t AgentSession::sessions_established() const {

@@ -46,6 +46,10 @@ class AgentMetrics;
 // every message stays near 100 KiB however much is wired).
 inline constexpr size_t kWiredPerMessage = 1000;
 
+// "a:1,b:2" -> {"a:1", "b:2"}. A gRPC target with a scheme ("ipv4:a,b",
+// "dns:///x") is one entry, commas and all.
+std::vector<std::string> SplitManagerList(const std::string& list);
+
 // The hello of a session: AgentHello with `wired`, split as above.
 std::vector<v1::AgentMessage> HelloMessages(const std::string& node,
                                             const std::string& backend,
@@ -54,7 +58,10 @@ std::vector<v1::AgentMessage> HelloMessages(const std::string& node,
                                             size_t per_message);
 
 struct AgentSessionOptions {
-  // The manager's AgentControl address: "host:port" or any gRPC target.
+  // The manager's AgentControl address: "host:port" or any gRPC target; or
+  // several replicas' "host:port" comma-separated (SplitManagerList), tried
+  // in turn: the session moves to the next one whenever a session ends or
+  // cannot start (a standby refuses it), so it finds the leader.
   std::string manager_address = "127.0.0.1:50051";
   // This host's name, as producers and consumers name it (Producer.node).
   std::string node;
@@ -103,6 +110,10 @@ class AgentSession {
   // For tests and diagnostics.
   uint64_t sessions_established() const;
 
+  // The newest leader epoch seen from any manager (0: none). Commands and
+  // sessions from older epochs are refused. For tests and diagnostics.
+  uint64_t highest_epoch() const;
+
  private:
   struct SessionOutcome {
     bool established;     // the manager sent at least one message
@@ -116,6 +127,8 @@ class AgentSession {
   absl::Duration Jittered(absl::Duration delay);
 
   const AgentSessionOptions options_;
+  const std::vector<std::string> managers_;
+  size_t current_ = 0;  // index into managers_; the Run() thread only
   Backend& backend_;
   StepExecutor executor_;
   absl::BitGen bitgen_;  // Used by the Run() thread only.
@@ -126,6 +139,7 @@ class AgentSession {
   // The context of the stream in progress, so Shutdown() can cancel it.
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
   uint64_t sessions_established_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t highest_epoch_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace agent

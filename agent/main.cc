@@ -40,7 +40,9 @@
 #include "metrics/metrics_server.h"
 
 ABSL_FLAG(std::string, manager, "127.0.0.1:50051",
-          "The manager's AgentControl address, HOST:PORT.");
+          "The manager's AgentControl address, HOST:PORT; with several "
+          "replicas (--store=etcd) all of them, comma-separated: the agent "
+          "finds the leader.");
 ABSL_FLAG(std::string, node, "",
           "This host's node name, as producers and consumers name it "
           "(default: the hostname).");
@@ -305,8 +307,15 @@ int Main(int argc, char** argv) {
   SetLogFormat(format);
 
   const std::string manager = absl::GetFlag(FLAGS_manager);
-  if (!ValidManagerAddress(manager)) {
-    FlagError("manager", absl::StrCat("\"", manager, "\": want HOST:PORT"));
+  const std::vector<std::string> managers = SplitManagerList(manager);
+  if (managers.empty()) {
+    FlagError("manager", "empty: want HOST:PORT[,HOST:PORT...]");
+  }
+  for (const std::string& m : managers) {
+    if (!ValidManagerAddress(m)) {
+      FlagError("manager", absl::StrCat("\"", m,
+                                        "\": want HOST:PORT[,HOST:PORT...]"));
+    }
   }
   std::string node = absl::GetFlag(FLAGS_node);
   if (node.empty()) node = Hostname();

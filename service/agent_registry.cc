@@ -33,8 +33,13 @@ class AgentRegistry::AgentSession {
     v1::CommandAck ack;
   };
 
-  AgentSession(std::string node, grpc::ServerContext* context, Stream* stream)
-      : node_(std::move(node)), context_(context), stream_(stream) {
+  // `epoch`: the leader epoch every command carries.
+  AgentSession(std::string node, uint64_t epoch, grpc::ServerContext* context,
+               Stream* stream)
+      : node_(std::move(node)),
+        epoch_(epoch),
+        context_(context),
+        stream_(stream) {
     writer_ = std::thread([this] { WriterLoop(); });
   }
   ~AgentSession() { Finish(); }
@@ -123,6 +128,7 @@ class AgentRegistry::AgentSession {
   bool Enqueue(v1::Command command, const std::shared_ptr<Pending>& pending) {
     v1::ManagerMessage msg;
     *msg.mutable_command() = std::move(command);
+    msg.mutable_command()->set_epoch(epoch_);
     MutexLock lock(&mu_);
     if (closed_) return false;
     const uint64_t id = next_id_++;
@@ -165,6 +171,7 @@ class AgentRegistry::AgentSession {
   }
 
   const std::string node_;
+  const uint64_t epoch_;
   grpc::ServerContext* const context_;
   Stream* const stream_;
   std::thread writer_;
@@ -426,6 +433,14 @@ grpc::Status AgentRegistry::ReadInventory(Stream& stream,
 
 grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
                                     Stream* stream) {
+  if (options_.leadership != nullptr) {
+    if (absl::Status s = options_.leadership->Check(); !s.ok()) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          std::string(s.message()));
+    }
+  }
+  const uint64_t epoch =
+      options_.leadership != nullptr ? options_.leadership->epoch() : 0;
   v1::AgentMessage first;
   if (!stream->Read(&first)) return grpc::Status::OK;
   if (!first.has_hello()) {
@@ -443,7 +458,8 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
     return s;
   }
 
-  auto session = std::make_shared<AgentSession>(hello.node(), context, stream);
+  auto session =
+      std::make_shared<AgentSession>(hello.node(), epoch, context, stream);
   std::shared_ptr<AgentSession> replaced;
   {
     MutexLock lock(&mu_);
@@ -469,7 +485,7 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
                               {"peer", context->peer()}});
 
   v1::ManagerMessage hello_ack;
-  hello_ack.mutable_hello();
+  hello_ack.mutable_hello()->set_epoch(epoch);
   session->SendHello(std::move(hello_ack));
 
   // Reconcile on its own thread (its commands' acks arrive through the read

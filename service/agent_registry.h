@@ -27,6 +27,7 @@
 #include "common/mutex.h"
 #include "protos/irqbypass/v1/agent.grpc.pb.h"
 #include "service/agent_dispatcher.h"
+#include "service/leadership.h"
 #include "service/matcher.h"
 #include "service/service_metrics.h"
 
@@ -43,6 +44,10 @@ class AgentRegistry final : public AgentDispatcher,
     ServiceMetrics* metrics = nullptr;
     // Most wired pairs one agent's hello may report.
     size_t max_wired_per_hello = 4'000'000;
+    // Null: always serving, epoch 0. Otherwise a standby refuses sessions
+    // (UNAVAILABLE naming the leader) and a leader's commands carry its
+    // epoch. Must outlive the registry.
+    const Leadership* leadership = nullptr;
   };
 
   explicit AgentRegistry(Options options);

@@ -51,6 +51,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   }
   detail.set_agent_message(ctx.agent_message);
   detail.set_other_token(ctx.other_token);
+  detail.set_leader(ctx.leader);
   v1::RpcStatus rpc_status;
   rpc_status.set_code(static_cast<int>(status.code()));
   rpc_status.set_message(std::string(status.message()));
@@ -63,6 +64,9 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 grpc::Status BypassService::RegisterProducer(
     grpc::ServerContext*, const v1::RegisterProducerRequest* request,
     v1::RegisterProducerResponse* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
+  }
   if (!request->has_producer()) {
     return ToGrpcStatus(InvalidField("producer", "producer: required"));
   }
@@ -88,6 +92,9 @@ grpc::Status BypassService::RegisterProducer(
 grpc::Status BypassService::RegisterConsumer(
     grpc::ServerContext*, const v1::RegisterConsumerRequest* request,
     v1::RegisterConsumerResponse* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
+  }
   if (!request->has_consumer()) {
     return ToGrpcStatus(InvalidField("consumer", "consumer: required"));
   }
@@ -113,6 +120,9 @@ grpc::Status BypassService::RegisterConsumer(
 grpc::Status BypassService::UnregisterProducer(
     grpc::ServerContext*, const v1::UnregisterProducerRequest* request,
     v1::UnregisterProducerResponse* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
+  }
   if (auto s = ValidateToken("token", request->token()); !s.ok()) {
     return ToGrpcStatus(s);
   }
@@ -131,6 +141,9 @@ grpc::Status BypassService::UnregisterProducer(
 grpc::Status BypassService::UnregisterConsumer(
     grpc::ServerContext*, const v1::UnregisterConsumerRequest* request,
     v1::UnregisterConsumerResponse* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
+  }
   if (auto s = ValidateToken("token", request->token()); !s.ok()) {
     return ToGrpcStatus(s);
   }
@@ -149,6 +162,9 @@ grpc::Status BypassService::UnregisterConsumer(
 grpc::Status BypassService::GetBinding(grpc::ServerContext*,
                                        const v1::GetBindingRequest* request,
                                        v1::Binding* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
+  }
   if (auto s = ValidateToken("token", request->token()); !s.ok()) {
     return ToGrpcStatus(s);
   }
@@ -169,6 +185,9 @@ grpc::Status BypassService::GetBinding(grpc::ServerContext*,
 grpc::Status BypassService::ListBindings(grpc::ServerContext*,
                                          const v1::ListBindingsRequest* request,
                                          v1::ListBindingsResponse* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
+  }
   if (!request->node().empty()) {
     if (auto s = ValidateNode("node", request->node()); !s.ok()) {
       return ToGrpcStatus(s);
@@ -196,6 +215,9 @@ grpc::Status BypassService::ListBindings(grpc::ServerContext*,
 grpc::Status BypassService::WatchBindings(
     grpc::ServerContext* context, const v1::WatchBindingsRequest* request,
     grpc::ServerWriter<v1::BindingEvent>* writer) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
+  }
   if (!request->node().empty()) {
     if (auto s = ValidateNode("node", request->node()); !s.ok()) {
       return ToGrpcStatus(s);

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
+#include "service/leadership.h"
 #include "service/matcher.h"
 #include "service/token_index.h"
 #include "service/watch_hub.h"
@@ -17,9 +18,15 @@ namespace irqbypass {
 
 class BypassService final : public v1::BypassManager::Service {
  public:
-  // None owned; all must outlive the service.
-  BypassService(Matcher& matcher, TokenIndex& index, WatchHub& watch_hub)
-      : matcher_(matcher), index_(index), watch_hub_(watch_hub) {}
+  // None owned; all must outlive the service. `leadership` null: always
+  // serving (one replica); otherwise a standby answers every call
+  // UNAVAILABLE (NOT_LEADER) naming the leader.
+  BypassService(Matcher& matcher, TokenIndex& index, WatchHub& watch_hub,
+                const Leadership* leadership = nullptr)
+      : matcher_(matcher),
+        index_(index),
+        watch_hub_(watch_hub),
+        leadership_(leadership) {}
 
   grpc::Status RegisterProducer(
       grpc::ServerContext* context, const v1::RegisterProducerRequest* request,
@@ -49,6 +56,7 @@ class BypassService final : public v1::BypassManager::Service {
   Matcher& matcher_;
   TokenIndex& index_;
   WatchHub& watch_hub_;
+  const Leadership* const leadership_;
 };
 
 // absl::Status from this service -> grpc::Status whose error_details hold an

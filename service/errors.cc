@@ -15,6 +15,7 @@ constexpr char kStep[] = "irqbypass/step";
 constexpr char kErrno[] = "irqbypass/errno";
 constexpr char kAgentMessage[] = "irqbypass/agent_message";
 constexpr char kOtherToken[] = "irqbypass/other_token";
+constexpr char kLeader[] = "irqbypass/leader";
 
 void SetIfNotEmpty(absl::Status* s, const char* key, const std::string& v) {
   if (!v.empty()) s->SetPayload(key, absl::Cord(v));
@@ -38,6 +39,7 @@ absl::Status MakeError(absl::StatusCode code, ErrorReason reason,
   if (ctx.err != 0) s.SetPayload(kErrno, absl::Cord(absl::StrCat(ctx.err)));
   SetIfNotEmpty(&s, kAgentMessage, ctx.agent_message);
   SetIfNotEmpty(&s, kOtherToken, ctx.other_token);
+  SetIfNotEmpty(&s, kLeader, ctx.leader);
   return s;
 }
 
@@ -66,6 +68,7 @@ ErrorContext GetErrorContext(const absl::Status& status) {
   if (absl::SimpleAtoi(GetString(status, kErrno), &err)) ctx.err = err;
   ctx.agent_message = GetString(status, kAgentMessage);
   ctx.other_token = GetString(status, kOtherToken);
+  ctx.leader = GetString(status, kLeader);
   return ctx;
 }
 

@@ -27,6 +27,7 @@ enum class ErrorReason {
   kNotRegistered = 9,
   kStoreUnavailable = 10,
   kRequestInProgress = 11,
+  kNotLeader = 12,
 };
 
 // Context attached to an error; empty fields are not attached.
@@ -38,6 +39,7 @@ struct ErrorContext {
   int err = 0;
   std::string agent_message;
   std::string other_token;
+  std::string leader;
 };
 
 absl::Status MakeError(absl::StatusCode code, ErrorReason reason,

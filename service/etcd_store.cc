@@ -50,13 +50,13 @@ std::string EtcdRevisionValue(uint64_t revision) {
 
 EtcdStore::EtcdStore(EtcdStoreOptions options) : options_(std::move(options)) {}
 
-absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(
-    const EtcdStoreOptions& options) {
-  if (options.endpoints.empty()) {
+absl::StatusOr<std::string> EtcdTarget(
+    const std::vector<std::string>& endpoints) {
+  if (endpoints.empty()) {
     return absl::InvalidArgumentError("etcd_endpoints: none given");
   }
   std::vector<std::string> addresses;
-  for (std::string e : options.endpoints) {
+  for (std::string e : endpoints) {
     if (absl::StartsWith(e, "http://")) e = e.substr(7);
     if (e.empty() || absl::StartsWith(e, "https://") ||
         e.find('/') != std::string::npos || e.find(':') == std::string::npos) {
@@ -66,7 +66,6 @@ absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(
     }
     addresses.push_back(e);
   }
-  std::unique_ptr<EtcdStore> store(new EtcdStore(options));
   // Several members: gRPC's ipv4 resolver with pick_first tries them in
   // order and moves on when one fails.
   bool all_ipv4 = true;
@@ -79,8 +78,16 @@ absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(
     }
     if (octets != 4) all_ipv4 = false;
   }
-  store->target_ = all_ipv4 ? absl::StrCat("ipv4:", absl::StrJoin(addresses, ","))
-                            : addresses[0];
+  return all_ipv4 ? absl::StrCat("ipv4:", absl::StrJoin(addresses, ","))
+                  : addresses[0];
+}
+
+absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(
+    const EtcdStoreOptions& options) {
+  absl::StatusOr<std::string> target = EtcdTarget(options.endpoints);
+  if (!target.ok()) return target.status();
+  std::unique_ptr<EtcdStore> store(new EtcdStore(options));
+  store->target_ = *std::move(target);
   store->kv_ = etcdserverpb::KV::NewStub(grpc::CreateChannel(
       store->target_, grpc::InsecureChannelCredentials()));
   // The revision mark must exist for the Compare in every Write.
@@ -169,6 +176,11 @@ absl::StatusOr<uint64_t> EtcdStore::Load(
   return last;
 }
 
+void EtcdStore::SetFence(std::string key, int64_t create_revision) {
+  fence_key_ = std::move(key);
+  fence_revision_ = create_revision;
+}
+
 absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
   etcdserverpb::TxnRequest txn;
   uint64_t revision = 0;
@@ -194,32 +206,58 @@ absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
       revision = std::max(revision, change.state.revision);
     }
   };
-  add_ops(txn.mutable_success());
-  add_ops(txn.mutable_failure());
   // Raise the mark only when this is higher: concurrent writers never lower
   // it.
-  etcdserverpb::Compare* lower = txn.add_compare();
-  lower->set_key(options_.prefix + "m/revision");
-  lower->set_target(etcdserverpb::Compare::VALUE);
-  lower->set_result(etcdserverpb::Compare::LESS);
-  lower->set_value(EtcdRevisionValue(revision));
-  etcdserverpb::PutRequest* mark = txn.add_success()->mutable_request_put();
-  mark->set_key(options_.prefix + "m/revision");
-  mark->set_value(EtcdRevisionValue(revision));
+  auto raise_mark = [&](etcdserverpb::TxnRequest* t) {
+    etcdserverpb::Compare* lower = t->add_compare();
+    lower->set_key(options_.prefix + "m/revision");
+    lower->set_target(etcdserverpb::Compare::VALUE);
+    lower->set_result(etcdserverpb::Compare::LESS);
+    lower->set_value(EtcdRevisionValue(revision));
+    etcdserverpb::PutRequest* mark = t->add_success()->mutable_request_put();
+    mark->set_key(options_.prefix + "m/revision");
+    mark->set_value(EtcdRevisionValue(revision));
+  };
+  const bool fenced = !fence_key_.empty();
+  if (fenced) {
+    // Applied only while this replica's election stands; the mark is raised
+    // in a nested transaction (etcd 3.3+) so that its compare does not
+    // decide whether the changes apply.
+    etcdserverpb::Compare* leader = txn.add_compare();
+    leader->set_key(fence_key_);
+    leader->set_target(etcdserverpb::Compare::CREATE);
+    leader->set_result(etcdserverpb::Compare::EQUAL);
+    leader->set_create_revision(fence_revision_);
+    add_ops(txn.mutable_success());
+    raise_mark(txn.add_success()->mutable_request_txn());
+  } else {
+    add_ops(txn.mutable_success());
+    add_ops(txn.mutable_failure());
+    raise_mark(&txn);
+  }
   etcdserverpb::TxnResponse response;
   grpc::ClientContext context;
   SetDeadline(&context);
   grpc::Status s = kv_->Txn(&context, txn, &response);
+  ErrorContext ctx;
+  if (changes.size() == 1) ctx.token = std::string(changes[0].token);
   if (!s.ok()) {
-    ErrorContext ctx;
-    if (changes.size() == 1) ctx.token = std::string(changes[0].token);
     return MakeError(absl::StatusCode::kUnavailable,
                      ErrorReason::kStoreUnavailable,
                      absl::StrCat("etcd store: write failed: ",
                                   s.error_message()),
                      ctx);
   }
+  if (fenced && !response.succeeded()) return Fenced(ctx);
   return absl::OkStatus();
+}
+
+absl::Status EtcdStore::Fenced(const ErrorContext& ctx) {
+  if (!fenced_.exchange(true) && options_.on_fenced) options_.on_fenced();
+  return MakeError(absl::StatusCode::kUnavailable, ErrorReason::kNotLeader,
+                   "this irqbypassd is no longer the leader (a newer one was "
+                   "elected); nothing was written: retry on the leader",
+                   ctx);
 }
 
 void EtcdStore::Write(absl::Span<const StoreChange> changes,
@@ -251,17 +289,28 @@ absl::Status EtcdStore::LoadRequests(
 }
 
 absl::Status EtcdStore::PruneRequests(int64_t now_unix_micros) {
-  etcdserverpb::DeleteRangeRequest request;
-  request.set_key(options_.prefix + "r/");
-  request.set_range_end(options_.prefix + RequestKeyBound(now_unix_micros + 1));
-  etcdserverpb::DeleteRangeResponse response;
+  etcdserverpb::TxnRequest txn;
+  if (!fence_key_.empty()) {
+    etcdserverpb::Compare* leader = txn.add_compare();
+    leader->set_key(fence_key_);
+    leader->set_target(etcdserverpb::Compare::CREATE);
+    leader->set_result(etcdserverpb::Compare::EQUAL);
+    leader->set_create_revision(fence_revision_);
+  }
+  etcdserverpb::DeleteRangeRequest* request =
+      txn.add_success()->mutable_request_delete_range();
+  request->set_key(options_.prefix + "r/");
+  request->set_range_end(options_.prefix +
+                         RequestKeyBound(now_unix_micros + 1));
+  etcdserverpb::TxnResponse response;
   grpc::ClientContext context;
   SetDeadline(&context);
-  grpc::Status s = kv_->DeleteRange(&context, request, &response);
+  grpc::Status s = kv_->Txn(&context, txn, &response);
   if (!s.ok()) {
     return absl::UnavailableError(
         absl::StrCat("etcd store: prune: ", s.error_message()));
   }
+  if (!response.succeeded()) return Fenced({});
   return absl::OkStatus();
 }
 

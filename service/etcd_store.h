@@ -14,13 +14,16 @@
 // "m/revision" -> the highest revision written (20 decimal digits, so that
 // etcd's byte comparison orders it).
 //
-// One irqbypassd per prefix for now: leader election and fenced writes
-// (several replicas on one cluster) are not built yet.
+// Several irqbypassd replicas share a prefix: one leads (etcd_election.h)
+// and, once SetFence is called, every write of its store is a Txn guarded by
+// the leader key's create_revision: after a newer election the deposed
+// leader's writes fail (UNAVAILABLE, NOT_LEADER), and `on_fenced` runs.
 //
 // Thread-safe; every call is a blocking gRPC call with `timeout`.
 #ifndef IRQBYPASS_SERVICE_ETCD_STORE_H_
 #define IRQBYPASS_SERVICE_ETCD_STORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -31,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "protos/etcd/rpc.grpc.pb.h"
+#include "service/errors.h"
 #include "service/store.h"
 
 namespace irqbypass {
@@ -40,7 +44,15 @@ struct EtcdStoreOptions {
   std::vector<std::string> endpoints;
   std::string prefix = "/irqbypass/";
   absl::Duration timeout = absl::Seconds(5);
+  // Runs (once, on the writing thread) when a fenced write finds that this
+  // replica no longer leads. May be empty.
+  std::function<void()> on_fenced;
 };
+
+// The gRPC target for `endpoints` ("http://host:port" or "host:port"):
+// "ipv4:a,b,c" when all are IPv4 literals (gRPC then moves to the next
+// member when one fails), else the first. INVALID_ARGUMENT naming a bad one.
+absl::StatusOr<std::string> EtcdTarget(const std::vector<std::string>& endpoints);
 
 class EtcdStore final : public Store {
  public:
@@ -63,6 +75,11 @@ class EtcdStore final : public Store {
   absl::Status PruneRequests(int64_t now_unix_micros) override;
   std::string Describe() const override;
 
+  // From now on every write is applied only while `key`'s create_revision
+  // is `create_revision` (this replica's election: etcd_election.h). Call
+  // once, before serving.
+  void SetFence(std::string key, int64_t create_revision);
+
  private:
   explicit EtcdStore(EtcdStoreOptions options);
   // Every key in [prefix + from, prefix + to) in pages; fn(key without the
@@ -72,11 +89,17 @@ class EtcdStore final : public Store {
       const std::function<absl::Status(const std::string&, const std::string&)>&
           fn);
   absl::Status WriteChunk(absl::Span<const StoreChange> changes);
+  // A fenced write found another leader: NOT_LEADER; runs on_fenced once.
+  absl::Status Fenced(const ErrorContext& ctx);
   void SetDeadline(grpc::ClientContext* context) const;
 
   const EtcdStoreOptions options_;
   std::string target_;
   std::unique_ptr<etcdserverpb::KV::Stub> kv_;
+  // Set once by SetFence before any concurrent write.
+  std::string fence_key_;
+  int64_t fence_revision_ = 0;
+  std::atomic<bool> fenced_{false};  // on_fenced has run
 };
 
 // "20 decimal digits": etcd compares values as bytes.

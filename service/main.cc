@@ -2,6 +2,7 @@
 // for orchestrators and irqbypass.v1.AgentControl for node agents on one
 // port. See README.md.
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -30,7 +31,9 @@
 #include "service/matcher.h"
 #include "service/request_log.h"
 #include "service/metrics_endpoint.h"
+#include "service/etcd_election.h"
 #include "service/etcd_store.h"
+#include "service/leadership.h"
 #include "service/rocksdb_store.h"
 #include "service/rpc_metrics_interceptor.h"
 #include "service/server_options.h"
@@ -54,12 +57,20 @@ ABSL_FLAG(int, grpc_max_pollers, irqbypass::kDefaultGrpcMaxPollers,
           "Most idle gRPC server threads kept waiting for calls");
 ABSL_FLAG(std::string, store, "embedded",
           "Where state is kept durably: embedded (RocksDB in --data_dir), "
-          "etcd (--etcd_endpoints; one irqbypassd per --etcd_prefix for now) "
-          "or memory (nothing survives a restart; tests and benchmarks only)");
+          "etcd (--etcd_endpoints; several replicas per --etcd_prefix, one "
+          "leader) or memory (nothing survives a restart; tests and "
+          "benchmarks only)");
 ABSL_FLAG(std::string, etcd_endpoints, "http://127.0.0.1:2379",
           "--store=etcd: the members, comma-separated http://HOST:PORT");
 ABSL_FLAG(std::string, etcd_prefix, "/irqbypass/",
           "--store=etcd: the key prefix of this manager's state");
+ABSL_FLAG(absl::Duration, leader_lease_ttl, absl::Seconds(5),
+          "--store=etcd: the leader's etcd lease; a standby takes over this "
+          "long after the leader dies (whole seconds, at least 2s)");
+ABSL_FLAG(std::string, advertise_address, "",
+          "--store=etcd: where clients and agents reach this replica, named "
+          "to them by standbys (default: the --listen host, or this host's "
+          "name for a wildcard host, and the bound port)");
 ABSL_FLAG(std::string, data_dir, "/var/lib/irqbypassd",
           "Directory of the embedded store (created if missing; one "
           "irqbypassd at a time)");
@@ -72,6 +83,10 @@ ABSL_FLAG(std::string, log_level, "info", "debug|info|warn|error");
 ABSL_FLAG(std::string, log_format, "kv", "kv|json");
 
 namespace irqbypass {
+
+// The command line, to re-execute after stepping down.
+std::vector<std::string> g_argv;
+
 namespace {
 
 int Fail(const std::string& message) {
@@ -108,6 +123,7 @@ int Run() {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR2);  // from this process: step down (etcd)
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   const std::string store_kind = absl::GetFlag(FLAGS_store);
@@ -121,6 +137,10 @@ int Run() {
         absl::StrSplit(absl::GetFlag(FLAGS_etcd_endpoints), ',',
                        absl::SkipEmpty());
     etcd_options.prefix = absl::GetFlag(FLAGS_etcd_prefix);
+    etcd_options.on_fenced = [] {
+      LogWarn("a write found a newer leader elected; stepping down");
+      kill(getpid(), SIGUSR2);
+    };
     auto opened = EtcdStore::Open(etcd_options);
     if (!opened.ok()) {
       return Fail(absl::StrCat("--etcd_endpoints: ", opened.status().message()));
@@ -158,6 +178,8 @@ int Run() {
   Store* store = rocks != nullptr ? static_cast<Store*>(rocks.get())
                                   : etcd.get();
 
+  // --store=etcd: one of several replicas, a standby until elected.
+  Leadership leadership(/*standby=*/etcd != nullptr);
   WatchHub watch_hub;
   // Lock waits are timed only when someone can scrape them.
   ServiceMetrics service_metrics;
@@ -165,18 +187,39 @@ int Run() {
       static_cast<size_t>(shards), &watch_hub,
       absl::GetFlag(FLAGS_metrics_listen).empty() ? nullptr : &service_metrics,
       store);
-  if (store != nullptr) {
-    // Everything the store holds is in the index before anything is served,
-    // so reconnecting agents find their wiring known and keep it.
+  AgentRegistry::Options registry_options;
+  registry_options.command_timeout = timeout;
+  registry_options.metrics = &service_metrics;
+  registry_options.leadership = &leadership;
+  AgentRegistry registry(registry_options);
+  RequestLog::Options request_options;
+  request_options.ttl = absl::GetFlag(FLAGS_request_id_ttl);
+  request_options.max_entries =
+      static_cast<size_t>(absl::GetFlag(FLAGS_request_id_max));
+  RequestLog requests(request_options);
+  // Everything the store holds is in the index before anything is served,
+  // so reconnecting agents find their wiring known and keep it.
+  auto load_state = [&]() -> absl::Status {
     const auto load_start = std::chrono::steady_clock::now();
     absl::Status restored = index.Restore(
-        *store, static_cast<int>(std::max(2u, std::thread::hardware_concurrency())));
+        *store,
+        static_cast<int>(std::max(2u, std::thread::hardware_concurrency())));
     if (!restored.ok()) {
-      return Fail(absl::StrCat("loading the store (", store->Describe(),
-                               "): ", restored.message()));
+      return absl::Status(restored.code(),
+                          absl::StrCat("loading the store (", store->Describe(),
+                                       "): ", restored.message()));
     }
     // A watch resumes only from what this process saw.
     watch_hub.SetResumeFloor(index.revision());
+    absl::Status loaded = store->LoadRequests(
+        requests.NowUnixMicros(),
+        [&](RequestRecord r) { requests.Restore(std::move(r)); });
+    if (!loaded.ok()) {
+      return absl::Status(loaded.code(),
+                          absl::StrCat("loading request outcomes from the "
+                                       "store: ",
+                                       loaded.message()));
+    }
     const TokenIndex::Counts counts = index.CountAll();
     LogInfo("store loaded",
             {{"store", store->Describe()},
@@ -188,28 +231,16 @@ int Run() {
                                      std::chrono::steady_clock::now() -
                                      load_start)
                                      .count())}});
-  }
-  AgentRegistry::Options registry_options;
-  registry_options.command_timeout = timeout;
-  registry_options.metrics = &service_metrics;
-  AgentRegistry registry(registry_options);
-  RequestLog::Options request_options;
-  request_options.ttl = absl::GetFlag(FLAGS_request_id_ttl);
-  request_options.max_entries =
-      static_cast<size_t>(absl::GetFlag(FLAGS_request_id_max));
-  RequestLog requests(request_options);
-  if (store != nullptr) {
-    absl::Status loaded = store->LoadRequests(
-        requests.NowUnixMicros(),
-        [&](RequestRecord r) { requests.Restore(std::move(r)); });
-    if (!loaded.ok()) {
-      return Fail(absl::StrCat("loading request outcomes from the store: ",
-                               loaded.message()));
+    return absl::OkStatus();
+  };
+  if (store != nullptr && etcd == nullptr) {
+    if (absl::Status s = load_state(); !s.ok()) {
+      return Fail(std::string(s.message()));
     }
   }
   Matcher matcher(index, registry, &requests);
   registry.SetMatcher(&matcher);
-  BypassService service(matcher, index, watch_hub);
+  BypassService service(matcher, index, watch_hub, &leadership);
 
   std::unique_ptr<MetricsEndpoint> metrics;
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
@@ -235,29 +266,94 @@ int Run() {
     builder.experimental().SetInterceptorCreators(std::move(interceptors));
   }
   int port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen),
-                           grpc::InsecureServerCredentials(), &port);
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
   builder.RegisterService(&registry);
   ApplyServerOptions(builder, absl::GetFlag(FLAGS_grpc_max_pollers));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    return Fail(absl::StrCat("--listen: cannot listen on ",
-                             absl::GetFlag(FLAGS_listen)));
+    return Fail(absl::StrCat("--listen: cannot listen on ", listen));
   }
-  // Besides the server as a whole (""), probes may name either service.
-  server->GetHealthCheckService()->SetServingStatus(
-      "irqbypass.v1.BypassManager", true);
-  server->GetHealthCheckService()->SetServingStatus("irqbypass.v1.AgentControl",
-                                                    true);
+  const std::string listen_host = listen.substr(0, listen.rfind(':'));
+  // Besides the server as a whole (""), probes may name either service;
+  // a standby is not ready for either.
+  auto set_ready = [&server](bool ready) {
+    server->GetHealthCheckService()->SetServingStatus(
+        "irqbypass.v1.BypassManager", ready);
+    server->GetHealthCheckService()->SetServingStatus(
+        "irqbypass.v1.AgentControl", ready);
+  };
+  set_ready(leadership.leading());
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) WritePortFile(port_file, port);
   LogInfo("irqbypassd serving",
-          {{"listen", absl::GetFlag(FLAGS_listen)},
+          {{"listen", listen},
            {"port", absl::StrCat(port)},
            {"metrics_listen", metrics_listen},
            {"metrics_port", absl::StrCat(metrics ? metrics->port() : 0)},
-           {"shards", absl::StrCat(shards)}});
+           {"shards", absl::StrCat(shards)},
+           {"role", leadership.leading() ? "leader" : "standby"}});
+
+  // --store=etcd: campaign; once elected, load the state, fence the store's
+  // writes with the epoch and serve. A leader that finds itself deposed
+  // steps down (SIGUSR2 to this process: see below).
+  std::unique_ptr<EtcdElection> election;
+  std::thread elector;
+  std::atomic<bool> deposed{false};
+  auto step_down = [&](const char* why) {
+    if (deposed.exchange(true)) return;
+    LogWarn("stepping down: this irqbypassd no longer leads",
+            {{"reason", why}, {"epoch", absl::StrCat(leadership.epoch())}});
+    leadership.StepDown();
+    kill(getpid(), SIGUSR2);
+  };
+  if (etcd != nullptr) {
+    EtcdElectionOptions election_options;
+    election_options.endpoints =
+        absl::StrSplit(absl::GetFlag(FLAGS_etcd_endpoints), ',',
+                       absl::SkipEmpty());
+    election_options.key = absl::GetFlag(FLAGS_etcd_prefix) + "leader";
+    std::string advertise = absl::GetFlag(FLAGS_advertise_address);
+    if (advertise.empty()) {
+      std::string host = listen_host;
+      if (host.empty() || host == "0.0.0.0" || host == "[::]") {
+        char name[256] = {};
+        gethostname(name, sizeof(name) - 1);
+        host = name;
+      }
+      advertise = absl::StrCat(host, ":", port);
+    }
+    election_options.address = advertise;
+    election_options.ttl = absl::GetFlag(FLAGS_leader_lease_ttl);
+    election_options.on_lost = [&step_down] { step_down("lease lost"); };
+    auto created = EtcdElection::Create(election_options);
+    if (!created.ok()) {
+      server->Shutdown();
+      return Fail(std::string(created.status().message()));
+    }
+    election = *std::move(created);
+    elector = std::thread([&, key = election_options.key] {
+      absl::StatusOr<uint64_t> epoch =
+          election->Campaign([&leadership](const std::string& leader) {
+            LogInfo("standby", {{"leader", leader.empty() ? "(none)" : leader}});
+            leadership.SetLeaderAddress(leader);
+          });
+      if (!epoch.ok()) return;  // stopping
+      etcd->SetFence(key, static_cast<int64_t>(*epoch));
+      if (absl::Status s = load_state(); !s.ok()) {
+        LogWarn("elected, but loading the state failed; resigning",
+                 {{"error", s.ToString()}});
+        election->Resign();
+        step_down("state not loaded");
+        return;
+      }
+      leadership.Lead(*epoch);
+      set_ready(true);
+      LogInfo("leading", {{"epoch", absl::StrCat(*epoch)},
+                          {"address", advertise}});
+    });
+  }
 
   // Expired request outcomes leave the store once a minute; a failed store
   // turns the services' health NOT_SERVING (checked every second).
@@ -279,13 +375,11 @@ int Run() {
           reported_failure = true;
           // Not the "" service: that would also fail liveness probes of a
           // manager that can still serve reads. Readiness moves away.
-          server->GetHealthCheckService()->SetServingStatus(
-              "irqbypass.v1.BypassManager", false);
-          server->GetHealthCheckService()->SetServingStatus(
-              "irqbypass.v1.AgentControl", false);
+          set_ready(false);
         }
         if (std::chrono::steady_clock::now() < next_prune) continue;
         next_prune = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        if (!leadership.leading()) continue;
         absl::Status pruned = store->PruneRequests(requests.NowUnixMicros());
         if (!pruned.ok()) {
           LogWarn("pruning expired request outcomes failed",
@@ -297,23 +391,55 @@ int Run() {
 
   int sig = 0;
   sigwait(&signals, &sig);
+  const bool restart_as_standby = sig == SIGUSR2;
   {
     MutexLock lock(&prune_mu);
     stopping = true;
     prune_cv.SignalAll();
   }
   if (pruner.joinable()) pruner.join();
-  LogInfo("shutting down", {{"signal", absl::StrCat(sig)}});
+  LogInfo(restart_as_standby ? "stepping down: dropping every stream"
+                             : "shutting down",
+          {{"signal", absl::StrCat(sig)}});
   server->GetHealthCheckService()->Shutdown();  // probes now see NOT_SERVING
+  leadership.StepDown();
   registry.Shutdown();
   watch_hub.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
+  if (election != nullptr) {
+    // A clean stop hands over at once instead of after the lease's TTL.
+    if (!restart_as_standby) election->Resign();
+    election->Stop();
+  }
+  if (elector.joinable()) elector.join();
   if (rocks != nullptr) {
     absl::Status closed = rocks->Close();
     if (!closed.ok()) {
       LogWarn("closing the store failed", {{"error", closed.ToString()}});
     }
+  }
+  if (restart_as_standby) {
+    // Nothing of the deposed leader's state is trusted: start afresh, as a
+    // standby, on the same ports (same pid, same flags).
+    const int metrics_listen_port = metrics != nullptr ? metrics->port() : 0;
+    metrics.reset();
+    std::vector<std::string> args(g_argv.begin(), g_argv.end());
+    args.push_back(absl::StrCat("--listen=", listen_host, ":", port));
+    if (metrics_listen_port > 0) {
+      args.push_back(absl::StrCat(
+          "--metrics_listen=",
+          metrics_listen.substr(0, metrics_listen.rfind(':')), ":",
+          metrics_listen_port));
+    }
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    LogInfo("restarting as a standby");
+    execv("/proc/self/exe", argv.data());
+    LogWarn("re-executing irqbypassd failed; exiting",
+             {{"errno", absl::StrCat(errno)}});
+    return 3;
   }
   LogInfo("stopped");
   return 0;
@@ -323,6 +449,7 @@ int Run() {
 }  // namespace irqbypass
 
 int main(int argc, char** argv) {
+  irqbypass::g_argv.assign(argv, argv + argc);
   absl::SetProgramUsageMessage(
       "irqbypassd: fleet IRQ bypass manager (gRPC irqbypass.v1).\n"
       "  irqbypassd --listen=127.0.0.1:50051 --metrics_listen=127.0.0.1:9464");
