@@ -50,6 +50,11 @@ void FakeBypassManager::FailNextCall(absl::Status status) {
   fail_next_ = std::move(status);
 }
 
+void FakeBypassManager::FailEveryCall(std::optional<absl::Status> status) {
+  absl::MutexLock lock(&mu_);
+  fail_every_ = std::move(status);
+}
+
 void FakeBypassManager::SetHoldUnary(bool hold) {
   absl::MutexLock lock(&mu_);
   hold_unary_ = hold;
@@ -124,6 +129,7 @@ std::optional<grpc::Status> FakeBypassManager::BeginCall(
       fail_next_.reset();
       return ToGrpcStatus(status);
     }
+    if (fail_every_.has_value()) return ToGrpcStatus(*fail_every_);
     hold = unary && hold_unary_;
   }
   if (hold) {

@@ -41,6 +41,9 @@ class FakeBypassManager final : public irqbypass::v1::BypassManager::Service {
 
   // The next RPC (any method) fails with `status`, once.
   void FailNextCall(absl::Status status);
+  // Every RPC returns `status` until called again with nullopt (e.g. a
+  // standby replica's NOT_LEADER).
+  void FailEveryCall(std::optional<absl::Status> status);
   // While true, unary RPCs block until the call is cancelled.
   void SetHoldUnary(bool hold);
   // WatchBindings sends `events` (ignoring the request), then either returns
@@ -102,6 +105,7 @@ class FakeBypassManager final : public irqbypass::v1::BypassManager::Service {
   mutable absl::Mutex mu_;
   std::map<std::string, irqbypass::v1::Binding> bindings_ ABSL_GUARDED_BY(mu_);
   std::optional<absl::Status> fail_next_ ABSL_GUARDED_BY(mu_);
+  std::optional<absl::Status> fail_every_ ABSL_GUARDED_BY(mu_);
   bool hold_unary_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<irqbypass::v1::BindingEvent> watch_events_ ABSL_GUARDED_BY(mu_);
   bool watch_hold_open_ ABSL_GUARDED_BY(mu_) = false;

@@ -7,7 +7,9 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/random/random.h"
 #include "absl/time/clock.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/support/channel_arguments.h"
 
@@ -35,6 +37,9 @@ absl::Status ValidateOptions(const ClientOptions& options) {
   }
   if (options.retry_backoff < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("retry_backoff must not be negative");
+  }
+  if (options.failover_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("failover_timeout must not be negative");
   }
   if (options.watch_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
@@ -81,9 +86,19 @@ void WatchCanceller::Detach() {
 
 // --- Client ---
 
+static std::vector<std::string> SplitTargets(const std::string& target) {
+  if (target.find("://") != std::string::npos ||
+      absl::StartsWith(target, "ipv4:") || absl::StartsWith(target, "ipv6:") ||
+      absl::StartsWith(target, "unix:") || absl::StartsWith(target, "dns:")) {
+    return {target};
+  }
+  return absl::StrSplit(target, ',', absl::SkipWhitespace());
+}
+
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(
     const std::string& target, ClientOptions options) {
-  if (target.empty()) {
+  const std::vector<std::string> endpoints = SplitTargets(target);
+  if (endpoints.empty()) {
     return absl::InvalidArgumentError("target must not be empty");
   }
   if (absl::Status status = ValidateOptions(options); !status.ok()) {
@@ -94,13 +109,18 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(
                                      : grpc::InsecureChannelCredentials();
   grpc::ChannelArguments args;
   args.SetUserAgentPrefix(kUserAgentPrefix);
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(target, credentials, args);
-  if (channel == nullptr) {
-    return absl::InternalError(
-        absl::StrCat("cannot create a gRPC channel to ", target));
+  std::vector<std::unique_ptr<BypassManager::StubInterface>> stubs;
+  for (const std::string& endpoint : endpoints) {
+    std::shared_ptr<grpc::Channel> channel =
+        grpc::CreateCustomChannel(endpoint, credentials, args);
+    if (channel == nullptr) {
+      return absl::InternalError(
+          absl::StrCat("cannot create a gRPC channel to ", endpoint));
+    }
+    stubs.push_back(BypassManager::NewStub(channel));
   }
-  return CreateWithChannel(std::move(channel), std::move(options));
+  return std::unique_ptr<Client>(
+      new Client(std::move(stubs), endpoints, std::move(options)));
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::CreateWithChannel(
@@ -111,22 +131,61 @@ absl::StatusOr<std::unique_ptr<Client>> Client::CreateWithChannel(
   if (absl::Status status = ValidateOptions(options); !status.ok()) {
     return status;
   }
+  std::vector<std::unique_ptr<BypassManager::StubInterface>> stubs;
+  stubs.push_back(BypassManager::NewStub(channel));
   return std::unique_ptr<Client>(
-      new Client(BypassManager::NewStub(channel), std::move(options)));
+      new Client(std::move(stubs), {""}, std::move(options)));
 }
 
-Client::Client(std::unique_ptr<BypassManager::StubInterface> stub,
-               ClientOptions options)
-    : stub_(std::move(stub)), options_(std::move(options)) {}
+Client::Client(
+    std::vector<std::unique_ptr<BypassManager::StubInterface>> stubs,
+    std::vector<std::string> endpoints, ClientOptions options)
+    : stubs_(std::move(stubs)),
+      endpoints_(std::move(endpoints)),
+      options_(std::move(options)) {}
 
 template <typename Response, typename Rpc>
 absl::StatusOr<Response> Client::CallUnary(const Rpc& rpc) const {
-  grpc::ClientContext context;
-  SetTimeout(options_.call_timeout, &context);
-  Response response;
-  grpc::Status status = rpc(&context, &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  return response;
+  const absl::Time start = absl::Now();
+  absl::Duration backoff = options_.retry_backoff;
+  size_t tried_since_sleep = 0;
+  while (true) {
+    const size_t at = current_.load(std::memory_order_relaxed);
+    grpc::ClientContext context;
+    SetTimeout(options_.call_timeout, &context);
+    Response response;
+    grpc::Status status = rpc(stubs_[at].get(), &context, &response);
+    if (status.ok()) return response;
+    absl::Status error = FromGrpcStatus(status);
+    if (stubs_.size() == 1) return error;
+    if (error.code() != absl::StatusCode::kUnavailable &&
+        error.code() != absl::StatusCode::kDeadlineExceeded) {
+      return error;
+    }
+    // This replica is down, hung or a standby: the next call goes to the
+    // leader it names, if that is one of ours, or else to the next one.
+    size_t next = (at + 1) % stubs_.size();
+    if (std::optional<v1::ErrorDetail> detail = GetErrorDetail(error);
+        detail.has_value() && !detail->leader().empty()) {
+      for (size_t i = 0; i < endpoints_.size(); ++i) {
+        if (endpoints_[i] == detail->leader() && i != at) next = i;
+      }
+    }
+    size_t expected = at;
+    current_.compare_exchange_strong(expected, next);
+    // A deadline spent is not retried here (the caller's budget is gone);
+    // nor is anything once the failover window has passed.
+    if (error.code() == absl::StatusCode::kDeadlineExceeded ||
+        absl::Now() - start >= options_.failover_timeout) {
+      return error;
+    }
+    if (++tried_since_sleep >= stubs_.size()) {
+      // Every replica refused once: an election is under way.
+      tried_since_sleep = 0;
+      absl::SleepFor(backoff);
+      backoff = std::min(backoff * 2, absl::Seconds(1));
+    }
+  }
 }
 
 std::string NewRequestId() {
@@ -169,8 +228,8 @@ absl::StatusOr<RegisterResult> Client::RegisterProducer(
   request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   absl::StatusOr<v1::RegisterProducerResponse> response =
       CallMutating<v1::RegisterProducerResponse>(
-          [&](grpc::ClientContext* context, v1::RegisterProducerResponse* out) {
-            return stub_->RegisterProducer(context, request, out);
+          [&](BypassManager::StubInterface* stub, grpc::ClientContext* context, v1::RegisterProducerResponse* out) {
+            return stub->RegisterProducer(context, request, out);
           });
   if (!response.ok()) return response.status();
   return RegisterResult{response->registration_id(), response->connected()};
@@ -183,8 +242,8 @@ absl::StatusOr<RegisterResult> Client::RegisterConsumer(
   request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   absl::StatusOr<v1::RegisterConsumerResponse> response =
       CallMutating<v1::RegisterConsumerResponse>(
-          [&](grpc::ClientContext* context, v1::RegisterConsumerResponse* out) {
-            return stub_->RegisterConsumer(context, request, out);
+          [&](BypassManager::StubInterface* stub, grpc::ClientContext* context, v1::RegisterConsumerResponse* out) {
+            return stub->RegisterConsumer(context, request, out);
           });
   if (!response.ok()) return response.status();
   return RegisterResult{response->registration_id(), response->connected()};
@@ -199,9 +258,9 @@ absl::StatusOr<bool> Client::UnregisterProducer(
   request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   absl::StatusOr<v1::UnregisterProducerResponse> response =
       CallMutating<v1::UnregisterProducerResponse>(
-          [&](grpc::ClientContext* context,
+          [&](BypassManager::StubInterface* stub, grpc::ClientContext* context,
               v1::UnregisterProducerResponse* out) {
-            return stub_->UnregisterProducer(context, request, out);
+            return stub->UnregisterProducer(context, request, out);
           });
   if (!response.ok()) return response.status();
   return response->disconnected();
@@ -216,9 +275,9 @@ absl::StatusOr<bool> Client::UnregisterConsumer(
   request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   absl::StatusOr<v1::UnregisterConsumerResponse> response =
       CallMutating<v1::UnregisterConsumerResponse>(
-          [&](grpc::ClientContext* context,
+          [&](BypassManager::StubInterface* stub, grpc::ClientContext* context,
               v1::UnregisterConsumerResponse* out) {
-            return stub_->UnregisterConsumer(context, request, out);
+            return stub->UnregisterConsumer(context, request, out);
           });
   if (!response.ok()) return response.status();
   return response->disconnected();
@@ -227,8 +286,8 @@ absl::StatusOr<bool> Client::UnregisterConsumer(
 absl::StatusOr<Binding> Client::GetBinding(const std::string& token) const {
   v1::GetBindingRequest request;
   request.set_token(token);
-  return CallUnary<Binding>([&](grpc::ClientContext* context, Binding* out) {
-    return stub_->GetBinding(context, request, out);
+  return CallUnary<Binding>([&](BypassManager::StubInterface* stub, grpc::ClientContext* context, Binding* out) {
+    return stub->GetBinding(context, request, out);
   });
 }
 
@@ -240,8 +299,8 @@ absl::StatusOr<ListBindingsResponse> Client::ListBindings(
   request.set_page_size(page_size);
   request.set_page_token(page_token);
   return CallUnary<ListBindingsResponse>(
-      [&](grpc::ClientContext* context, ListBindingsResponse* out) {
-        return stub_->ListBindings(context, request, out);
+      [&](BypassManager::StubInterface* stub, grpc::ClientContext* context, ListBindingsResponse* out) {
+        return stub->ListBindings(context, request, out);
       });
 }
 
@@ -281,8 +340,9 @@ absl::Status Client::WatchBindings(const v1::WatchBindingsRequest& request,
     if (canceller != nullptr) canceller->Detach();
   };
 
+  const size_t at = current_.load(std::memory_order_relaxed);
   std::unique_ptr<grpc::ClientReaderInterface<BindingEvent>> reader =
-      stub_->WatchBindings(&context, request);
+      stubs_[at]->WatchBindings(&context, request);
   BindingEvent event;
   bool stopped_by_callback = false;
   while (reader->Read(&event)) {
@@ -297,6 +357,12 @@ absl::Status Client::WatchBindings(const v1::WatchBindingsRequest& request,
   if (status.error_code() == grpc::StatusCode::CANCELLED &&
       canceller != nullptr && canceller->IsCancelled()) {
     return absl::OkStatus();
+  }
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+      stubs_.size() > 1) {
+    // The caller's next watch goes to another replica.
+    size_t expected = at;
+    current_.compare_exchange_strong(expected, (at + 1) % stubs_.size());
   }
   return FromGrpcStatus(status);
 }

@@ -30,6 +30,7 @@
 #ifndef IRQBYPASS_CLIENT_IRQBYPASS_CLIENT_H_
 #define IRQBYPASS_CLIENT_IRQBYPASS_CLIENT_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -69,6 +70,11 @@ struct ClientOptions {
   // 1: no retries.
   int max_attempts = 4;
   absl::Duration retry_backoff = absl::Milliseconds(100);
+  // With several replicas (Create("a:1,b:2,c:3")): how long a call keeps
+  // moving between them while each answers UNAVAILABLE (down, or a standby
+  // naming the leader: it goes there next) before it gives up. Covers an
+  // election: the leader's lease TTL (5 s by default) plus loading.
+  absl::Duration failover_timeout = absl::Seconds(15);
 };
 
 // A fresh random request id ("r-" and 32 hex digits).
@@ -116,7 +122,10 @@ class WatchCanceller {
 
 class Client {
  public:
-  // Creates a client for `target` ("host:port" or any gRPC target URI). The
+  // Creates a client for `target` ("host:port" or any gRPC target URI), or
+  // for several replicas of one manager (--store=etcd), comma-separated
+  // "host:port,host:port": every call goes to the one that led last and
+  // fails over as ClientOptions::failover_timeout says. The
   // channel connects lazily: an unreachable server shows up as UNAVAILABLE on
   // the first call, not here. Returns INVALID_ARGUMENT for an empty target or
   // a non-positive timeout.
@@ -193,19 +202,25 @@ class Client {
                              WatchCanceller* canceller = nullptr) const;
 
  private:
-  Client(std::unique_ptr<irqbypass::v1::BypassManager::StubInterface> stub,
-         ClientOptions options);
+  Client(std::vector<std::unique_ptr<irqbypass::v1::BypassManager::StubInterface>>
+             stubs,
+         std::vector<std::string> endpoints, ClientOptions options);
 
-  // Runs one unary RPC with the per-call deadline. `rpc` is called as
-  // rpc(&context, &response) and returns the grpc::Status.
+  // Runs one unary RPC with the per-call deadline, on the current replica
+  // and, with several, on the others while they answer UNAVAILABLE. `rpc`
+  // is called as rpc(stub, &context, &response) and returns the
+  // grpc::Status.
   template <typename Response, typename Rpc>
   absl::StatusOr<Response> CallUnary(const Rpc& rpc) const;
   // CallUnary, retried as ClientOptions says.
   template <typename Response, typename Rpc>
   absl::StatusOr<Response> CallMutating(const Rpc& rpc) const;
 
-  const std::unique_ptr<irqbypass::v1::BypassManager::StubInterface> stub_;
+  const std::vector<std::unique_ptr<irqbypass::v1::BypassManager::StubInterface>>
+      stubs_;
+  const std::vector<std::string> endpoints_;  // as given, one per stub
   const ClientOptions options_;
+  mutable std::atomic<size_t> current_{0};  // the replica calls go to
 };
 
 }  // namespace irqbypass::client

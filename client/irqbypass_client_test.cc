@@ -464,5 +464,79 @@ TEST_F(ClientTest, ConcurrentCallsFromManyThreads_AllSucceed) {
   EXPECT_EQ(all->size(), static_cast<size_t>(kThreads * kPerThread));
 }
 
+// --- Several replicas (failover) ---
+
+absl::Status NotLeader(const std::string& leader) {
+  ErrorDetail detail;
+  detail.set_reason(ErrorDetail::NOT_LEADER);
+  detail.set_leader(leader);
+  return WithErrorDetail(
+      absl::UnavailableError("this irqbypassd is a standby; the leader is at " +
+                             leader),
+      detail);
+}
+
+class FailoverTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (auto* server : {&standby_, &leader_}) {
+      absl::StatusOr<std::unique_ptr<FakeServer>> started = FakeServer::Start();
+      ASSERT_TRUE(started.ok()) << started.status();
+      *server = std::move(*started);
+    }
+    standby_->service().FailEveryCall(NotLeader(leader_->address()));
+  }
+
+  std::unique_ptr<FakeServer> standby_;
+  std::unique_ptr<FakeServer> leader_;
+};
+
+TEST_F(FailoverTest, StandbyNamesTheLeader_CallGoesThereAndStays) {
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(
+      standby_->address() + "," + leader_->address(), ClientOptions());
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<RegisterResult> result =
+      (*client)->RegisterProducer(MakeProducer("t1"), "id-1");
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(standby_->service().calls(), 1);
+  EXPECT_EQ(leader_->service().request_ids(), std::vector<std::string>{"id-1"});
+  // Later calls go straight to the leader.
+  ASSERT_TRUE((*client)->GetBinding("t1").ok());
+  EXPECT_EQ(standby_->service().calls(), 1);
+  EXPECT_EQ(leader_->service().calls(), 2);
+}
+
+TEST_F(FailoverTest, UnreachableReplica_Skipped) {
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(
+      "127.0.0.1:1," + leader_->address(), ClientOptions());
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_TRUE((*client)->RegisterProducer(MakeProducer("t1")).ok());
+  EXPECT_EQ(leader_->service().calls(), 1);
+}
+
+TEST_F(FailoverTest, NoLeaderWithinFailoverTimeout_NotLeaderReturned) {
+  leader_->service().FailEveryCall(NotLeader(""));
+  standby_->service().FailEveryCall(NotLeader(""));
+  ClientOptions options;
+  options.failover_timeout = absl::Milliseconds(300);
+  options.retry_backoff = absl::Milliseconds(20);
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(
+      standby_->address() + "," + leader_->address(), options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<irqbypass::v1::Binding> got = (*client)->GetBinding("t1");
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable);
+  std::optional<ErrorDetail> detail = GetErrorDetail(got.status());
+  ASSERT_TRUE(detail.has_value());
+  EXPECT_EQ(detail->reason(), ErrorDetail::NOT_LEADER);
+  // Both replicas were asked, more than once, while the window lasted.
+  EXPECT_GE(standby_->service().calls(), 2);
+  EXPECT_GE(leader_->service().calls(), 2);
+}
+
+TEST(ClientCreateTest, OnlyCommas_IsInvalidArgument) {
+  EXPECT_EQ(Client::Create(",,", {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace irqbypass::client

@@ -112,7 +112,9 @@ Commands:
 Global flags:
   --server=HOST:PORT   irqbypassd address (default 127.0.0.1:50051; the
                        environment variable IRQBYPASS_SERVER is used when the
-                       flag is not given)
+                       flag is not given); several replicas comma-separated
+                       (HOST:PORT,HOST:PORT): calls find the leader and
+                       follow a failover
   --output=text|json   text (default), or one JSON object per line on stdout,
                        errors included as {"error":{"code","message","detail"}}
   --timeout=DURATION   deadline of each call, e.g. 10s, 500ms (default 10s);
