@@ -87,18 +87,25 @@ std::string ExecutedList(const v1::CommandAck& ack) {
   return absl::StrJoin(names, ",");
 }
 
+// `several`: one of several manager replicas. A replica that hangs (or is
+// cut off) while holding this session keeps it from the new leader until
+// the pings find it dead: ping every 6 s (the manager accepts one per 5 s),
+// give up after 5 s more.
 std::shared_ptr<grpc::Channel> NewChannel(const AgentSessionOptions& options,
-                                          const std::string& address) {
+                                          const std::string& address,
+                                          bool several) {
   grpc::ChannelArguments args;
   // A fresh channel per attempt that shares no subchannel (and so no
   // connection backoff state) with the previous one: every attempt really
   // dials, on our own backoff schedule rather than gRPC's (up to 120 s).
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   if (options.keepalive_time > absl::ZeroDuration()) {
-    args.SetInt(
-        GRPC_ARG_KEEPALIVE_TIME_MS,
-        static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_time)));
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
+    const absl::Duration every =
+        several ? std::min(options.keepalive_time, absl::Seconds(6))
+                : options.keepalive_time;
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
+                static_cast<int>(absl::ToInt64Milliseconds(every)));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, several ? 5000 : 20000);
     // The stream can be idle for long; keep pinging all the same.
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   }
@@ -231,7 +238,12 @@ std::vector<std::string> SplitManagerList(const std::string& list) {
       absl::StartsWith(list, "unix:")) {
     return {list};
   }
-  return absl::StrSplit(list, ',', absl::SkipWhitespace());
+  std::vector<std::string> out;
+  for (absl::string_view part : absl::StrSplit(list, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    if (!part.empty()) out.emplace_back(part);
+  }
+  return out;
 }
 
 AgentSession::AgentSession(AgentSessionOptions options, Backend& backend)
@@ -302,7 +314,7 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
   const std::string address =
       managers_.empty() ? options_.manager_address : managers_[current_];
   std::unique_ptr<v1::AgentControl::Stub> stub =
-      v1::AgentControl::NewStub(NewChannel(options_, address));
+      v1::AgentControl::NewStub(NewChannel(options_, address, managers_.size() > 1));
   grpc::ClientContext context;
   {
     absl::MutexLock lock(&mu_);

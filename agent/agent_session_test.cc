@@ -38,8 +38,10 @@ constexpr absl::Duration kWait = absl::Seconds(10);
 // ack), then holds the stream open until EndStreams() or cancellation.
 class FakeManager final : public v1::AgentControl::Service {
  public:
-  explicit FakeManager(std::vector<v1::Command> script = {})
-      : script_(std::move(script)) {}
+  // `epoch`: the leader epoch its ManagerHello carries.
+  explicit FakeManager(std::vector<v1::Command> script = {},
+                       uint64_t epoch = 0)
+      : script_(std::move(script)), epoch_(epoch) {}
 
   grpc::Status Session(
       grpc::ServerContext* context,
@@ -54,7 +56,7 @@ class FakeManager final : public v1::AgentControl::Service {
       hellos_.push_back(in.hello());
     }
     v1::ManagerMessage out;
-    out.mutable_hello();
+    out.mutable_hello()->set_epoch(epoch_);
     if (!stream->Write(out)) return grpc::Status::CANCELLED;
     for (const v1::Command& command : script_) {
       *out.mutable_command() = command;
@@ -102,6 +104,7 @@ class FakeManager final : public v1::AgentControl::Service {
 
  private:
   const std::vector<v1::Command> script_;
+  const uint64_t epoch_;
   absl::Mutex mu_;
   bool end_streams_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<v1::AgentHello> hellos_ ABSL_GUARDED_BY(mu_);
@@ -331,6 +334,57 @@ TEST(AgentSessionTest, ManagerRestart_AgentReconnectsAndReReportsInventory) {
     absl::SleepFor(absl::Milliseconds(5));
   }
   EXPECT_EQ(agent.session().sessions_established(), 2u);
+}
+
+v1::Command WithEpoch(v1::Command command, uint64_t epoch) {
+  command.set_epoch(epoch);
+  return command;
+}
+
+TEST(AgentSessionTest, DeposedManagerOlderEpoch_SessionRefusedNothingRun) {
+  SimBackend sim = MakeSim();
+  FakeManager leader({WithEpoch(Connect(1, "t1", "vm-1", 1), 9)}, 9);
+  FakeManager deposed({WithEpoch(Connect(2, "t2", "vm-1", 2), 5)}, 5);
+  ManagerServer leader_server(leader);
+  ManagerServer deposed_server(deposed);
+  ASSERT_TRUE(leader_server.started() && deposed_server.started());
+  // The leader first; once its stream ends, the agent moves to the next.
+  RunningAgent agent(
+      Options(leader_server.address() + "," + deposed_server.address()), sim);
+  ASSERT_TRUE(leader.WaitForAcks(1));
+  ASSERT_TRUE(leader.acks()[0].ok());
+  EXPECT_EQ(agent.session().highest_epoch(), 9u);
+  leader.EndStreams();
+  ASSERT_TRUE(deposed.WaitForHellos(1));
+  // The deposed manager's hello ended the session: its command never ran.
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_THAT(deposed.acks(), IsEmpty());
+  const std::vector<v1::WiredPair> wired = sim.Inventory();
+  ASSERT_THAT(wired, SizeIs(1));
+  EXPECT_EQ(wired[0].token(), "t1");
+}
+
+TEST(AgentSessionTest, CommandFromOlderEpoch_RefusedNotExecuted) {
+  SimBackend sim = MakeSim();
+  FakeManager manager({WithEpoch(Connect(1, "t1", "vm-1", 1), 3)}, 9);
+  ManagerServer server(manager);
+  ASSERT_TRUE(server.started());
+  RunningAgent agent(Options(server.address()), sim);
+  ASSERT_TRUE(manager.WaitForAcks(1));
+  const v1::CommandAck ack = manager.acks()[0];
+  EXPECT_EQ(ack.id(), 1u);
+  EXPECT_FALSE(ack.ok());
+  EXPECT_EQ(ack.message(),
+            "refused: command from leader epoch 3, older than epoch 9 seen");
+  EXPECT_THAT(ack.executed(), IsEmpty());
+  EXPECT_THAT(sim.Inventory(), IsEmpty());
+}
+
+TEST(AgentSessionTest, SplitManagerList_SchemesKeptWhole) {
+  EXPECT_THAT(SplitManagerList("a:1, b:2,,c:3"),
+              ElementsAre("a:1", "b:2", "c:3"));
+  EXPECT_THAT(SplitManagerList("ipv4:10.0.0.1:1,10.0.0.2:1"),
+              ElementsAre("ipv4:10.0.0.1:1,10.0.0.2:1"));
 }
 
 TEST(AgentSessionTest, ManagerDownAtStart_AgentConnectsOnceItComesUp) {

@@ -7,6 +7,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/random/random.h"
 #include "absl/time/clock.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -92,7 +93,12 @@ static std::vector<std::string> SplitTargets(const std::string& target) {
       absl::StartsWith(target, "unix:") || absl::StartsWith(target, "dns:")) {
     return {target};
   }
-  return absl::StrSplit(target, ',', absl::SkipWhitespace());
+  std::vector<std::string> out;
+  for (absl::string_view part : absl::StrSplit(target, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    if (!part.empty()) out.emplace_back(part);
+  }
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(

@@ -90,27 +90,34 @@ absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(
   store->target_ = *std::move(target);
   store->kv_ = etcdserverpb::KV::NewStub(grpc::CreateChannel(
       store->target_, grpc::InsecureChannelCredentials()));
+  if (options.require_answer) {
+    if (absl::Status s = store->EnsureMark(); !s.ok()) return s;
+  }
+  return store;
+}
+
+absl::Status EtcdStore::EnsureMark() {
   // The revision mark must exist for the Compare in every Write.
   etcdserverpb::TxnRequest txn;
   etcdserverpb::Compare* absent = txn.add_compare();
-  absent->set_key(options.prefix + "m/revision");
+  absent->set_key(options_.prefix + "m/revision");
   absent->set_target(etcdserverpb::Compare::CREATE);
   absent->set_result(etcdserverpb::Compare::EQUAL);
   absent->set_create_revision(0);
   etcdserverpb::PutRequest* put = txn.add_success()->mutable_request_put();
-  put->set_key(options.prefix + "m/revision");
+  put->set_key(options_.prefix + "m/revision");
   put->set_value(EtcdRevisionValue(0));
   etcdserverpb::TxnResponse response;
   grpc::ClientContext context;
-  store->SetDeadline(&context);
+  SetDeadline(&context);
   context.set_wait_for_ready(true);
-  grpc::Status s = store->kv_->Txn(&context, txn, &response);
+  grpc::Status s = kv_->Txn(&context, txn, &response);
   if (!s.ok()) {
     return absl::UnavailableError(absl::StrCat(
-        "etcd at ", absl::StrJoin(options.endpoints, ","),
+        "etcd at ", absl::StrJoin(options_.endpoints, ","),
         " did not answer: ", s.error_message()));
   }
-  return store;
+  return absl::OkStatus();
 }
 
 void EtcdStore::SetDeadline(grpc::ClientContext* context) const {
@@ -152,6 +159,7 @@ absl::Status EtcdStore::RangeAll(
 absl::StatusOr<uint64_t> EtcdStore::Load(
     const std::function<absl::Status(std::string token, BindingState state)>&
         fn) {
+  if (absl::Status s = EnsureMark(); !s.ok()) return s;
   uint64_t last = 0;
   absl::Status s = RangeAll(
       "m/revision", "m/revision" + std::string(1, '\0'),
@@ -238,10 +246,17 @@ absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
   etcdserverpb::TxnResponse response;
   grpc::ClientContext context;
   SetDeadline(&context);
+  // While one member is down the channel moves to the next: wait for that
+  // rather than fail.
+  context.set_wait_for_ready(true);
   grpc::Status s = kv_->Txn(&context, txn, &response);
   ErrorContext ctx;
   if (changes.size() == 1) ctx.token = std::string(changes[0].token);
   if (!s.ok()) {
+    // etcd may still apply a write whose answer did not come: this
+    // replica's state may now differ from etcd's, so it steps down and the
+    // next leader (maybe itself again) loads what etcd holds.
+    if (fenced) StepDown("an etcd write failed with an unknown outcome");
     return MakeError(absl::StatusCode::kUnavailable,
                      ErrorReason::kStoreUnavailable,
                      absl::StrCat("etcd store: write failed: ",
@@ -252,8 +267,14 @@ absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
   return absl::OkStatus();
 }
 
+void EtcdStore::StepDown(const char* why) {
+  if (!stepped_down_.exchange(true) && options_.on_step_down) {
+    options_.on_step_down(why);
+  }
+}
+
 absl::Status EtcdStore::Fenced(const ErrorContext& ctx) {
-  if (!fenced_.exchange(true) && options_.on_fenced) options_.on_fenced();
+  StepDown("a write found a newer leader elected");
   return MakeError(absl::StatusCode::kUnavailable, ErrorReason::kNotLeader,
                    "this irqbypassd is no longer the leader (a newer one was "
                    "elected); nothing was written: retry on the leader",

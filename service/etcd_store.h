@@ -17,7 +17,10 @@
 // Several irqbypassd replicas share a prefix: one leads (etcd_election.h)
 // and, once SetFence is called, every write of its store is a Txn guarded by
 // the leader key's create_revision: after a newer election the deposed
-// leader's writes fail (UNAVAILABLE, NOT_LEADER), and `on_fenced` runs.
+// leader's writes fail (UNAVAILABLE, NOT_LEADER), and `on_step_down` runs.
+// So it does when a fenced write fails without an answer (etcd down or
+// slow): etcd may still apply it, so the replica's index may differ from
+// etcd, and only a fresh load (at the next election) is trusted.
 //
 // Thread-safe; every call is a blocking gRPC call with `timeout`.
 #ifndef IRQBYPASS_SERVICE_ETCD_STORE_H_
@@ -45,8 +48,12 @@ struct EtcdStoreOptions {
   std::string prefix = "/irqbypass/";
   absl::Duration timeout = absl::Seconds(5);
   // Runs (once, on the writing thread) when a fenced write finds that this
-  // replica no longer leads. May be empty.
-  std::function<void()> on_fenced;
+  // replica no longer leads, or fails with an unknown outcome. May be
+  // empty.
+  std::function<void(const char* why)> on_step_down;
+  // Open asks etcd once (and fails UNAVAILABLE if it does not answer);
+  // false: Open only checks the endpoints (a standby starts without etcd).
+  bool require_answer = true;
 };
 
 // The gRPC target for `endpoints` ("http://host:port" or "host:port"):
@@ -89,8 +96,11 @@ class EtcdStore final : public Store {
       const std::function<absl::Status(const std::string&, const std::string&)>&
           fn);
   absl::Status WriteChunk(absl::Span<const StoreChange> changes);
-  // A fenced write found another leader: NOT_LEADER; runs on_fenced once.
+  // A fenced write found another leader: NOT_LEADER; steps down.
   absl::Status Fenced(const ErrorContext& ctx);
+  void StepDown(const char* why);
+  // Creates the revision mark if missing.
+  absl::Status EnsureMark();
   void SetDeadline(grpc::ClientContext* context) const;
 
   const EtcdStoreOptions options_;
@@ -99,7 +109,7 @@ class EtcdStore final : public Store {
   // Set once by SetFence before any concurrent write.
   std::string fence_key_;
   int64_t fence_revision_ = 0;
-  std::atomic<bool> fenced_{false};  // on_fenced has run
+  std::atomic<bool> stepped_down_{false};  // on_step_down has run
 };
 
 // "20 decimal digits": etcd compares values as bytes.

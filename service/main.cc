@@ -89,6 +89,16 @@ std::vector<std::string> g_argv;
 
 namespace {
 
+// Asks the main thread (SIGUSR2) to step down, once per process, whoever
+// finds out first: the election (lease gone) or the store (fenced write, or
+// a write whose outcome is unknown).
+std::atomic<bool> g_step_down_requested{false};
+void RequestStepDown(const char* why) {
+  if (g_step_down_requested.exchange(true)) return;
+  LogWarn("stepping down: this irqbypassd no longer leads", {{"reason", why}});
+  kill(getpid(), SIGUSR2);
+}
+
 int Fail(const std::string& message) {
   std::fprintf(stderr, "irqbypassd: %s\n", message.c_str());
   return 2;
@@ -137,10 +147,9 @@ int Run() {
         absl::StrSplit(absl::GetFlag(FLAGS_etcd_endpoints), ',',
                        absl::SkipEmpty());
     etcd_options.prefix = absl::GetFlag(FLAGS_etcd_prefix);
-    etcd_options.on_fenced = [] {
-      LogWarn("a write found a newer leader elected; stepping down");
-      kill(getpid(), SIGUSR2);
-    };
+    etcd_options.on_step_down = RequestStepDown;
+    // A standby starts (and a deposed leader restarts) while etcd is away.
+    etcd_options.require_answer = false;
     auto opened = EtcdStore::Open(etcd_options);
     if (!opened.ok()) {
       return Fail(absl::StrCat("--etcd_endpoints: ", opened.status().message()));
@@ -300,13 +309,9 @@ int Run() {
   // steps down (SIGUSR2 to this process: see below).
   std::unique_ptr<EtcdElection> election;
   std::thread elector;
-  std::atomic<bool> deposed{false};
-  auto step_down = [&](const char* why) {
-    if (deposed.exchange(true)) return;
-    LogWarn("stepping down: this irqbypassd no longer leads",
-            {{"reason", why}, {"epoch", absl::StrCat(leadership.epoch())}});
-    leadership.StepDown();
-    kill(getpid(), SIGUSR2);
+  auto step_down = [&leadership](const char* why) {
+    leadership.StepDown();  // refuse calls at once, before the main thread
+    RequestStepDown(why);
   };
   if (etcd != nullptr) {
     EtcdElectionOptions election_options;
@@ -408,8 +413,9 @@ int Run() {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
   if (election != nullptr) {
-    // A clean stop hands over at once instead of after the lease's TTL.
-    if (!restart_as_standby) election->Resign();
+    // Hand over at once instead of after the lease's TTL (a lease already
+    // gone makes this a no-op).
+    election->Resign();
     election->Stop();
   }
   if (elector.joinable()) elector.join();
@@ -435,6 +441,14 @@ int Run() {
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
+    // Pending signals survive execve: the new process must not see this
+    // one's step-down request.
+    sigset_t step_down_signal;
+    sigemptyset(&step_down_signal);
+    sigaddset(&step_down_signal, SIGUSR2);
+    const timespec no_wait = {0, 0};
+    while (sigtimedwait(&step_down_signal, nullptr, &no_wait) == SIGUSR2) {
+    }
     LogInfo("restarting as a standby");
     execv("/proc/self/exe", argv.data());
     LogWarn("re-executing irqbypassd failed; exiting",
