@@ -11,6 +11,9 @@
 // --durability: the same cycle against irqbypassd without a store and with
 // the embedded store, and the store's fsyncs per durable write.
 //
+// --etcd: irqbypassd with --store=etcd against raw etcd Txns sent by the
+// same generator to the same etcd.
+//
 // --scale: registration latency with --scale_small (1,000) and then
 // --scale_large (1,000,000) connected pairs already registered, and
 // irqbypassd's resident memory per registered pair at the large size.
@@ -29,13 +32,16 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "bench/latency_stats.h"
 #include "grpcpp/grpcpp.h"
+#include "protos/etcd/rpc.grpc.pb.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
+#include "tests/etcd_support.h"
 #include "tests/metrics_support.h"
 #include "tests/process.h"
 
@@ -52,6 +58,10 @@ ABSL_FLAG(bool, durability, false,
           "Measure the durable store's cost instead: alternating windows "
           "between irqbypassd --store=memory and --store=embedded, with the "
           "embedded store's fsyncs per write");
+ABSL_FLAG(bool, etcd, false,
+          "Run irqbypassd on etcd (--store=etcd) against raw etcd Txns from "
+          "the same generator, on the same etcd");
+ABSL_FLAG(int, etcd_members, 1, "--etcd: etcd members to start");
 ABSL_FLAG(std::string, json_out, "", "Write results as JSON to this file");
 ABSL_FLAG(std::string, target, "",
           "Drive an irqbypassd already running here (its agent must serve "
@@ -72,9 +82,22 @@ std::string Device(uint64_t n) {
                          bdf & 7);
 }
 
+// What RunLoad drives: one caller's cycles, one RPC at a time on the shared
+// completion queue (the completion's tag is the caller).
+class LoadCaller {
+ public:
+  virtual ~LoadCaller() = default;
+  // Starts the first RPC for pair number `n`.
+  virtual void Begin(uint64_t n) = 0;
+  // Handles a completion; returns false when this caller's pair is done.
+  virtual bool Complete() = 0;
+  virtual LatencySamples& samples() = 0;
+  virtual uint64_t errors() const = 0;
+};
+
 // A caller: runs cycles (or, preloading, registers pairs) one RPC at a time
 // on the shared completion queue.
-class Caller {
+class Caller final : public LoadCaller {
  public:
   enum class Mode { kCycle, kPreload };
 
@@ -83,7 +106,7 @@ class Caller {
       : stub_(stub), cq_(cq), id_(id), mode_(mode) {}
 
   // Starts the first RPC for pair number `n`.
-  void Begin(uint64_t n) {
+  void Begin(uint64_t n) override {
     n_ = n;
     step_ = 0;
     cycle_start_ = Clock::now();
@@ -91,7 +114,7 @@ class Caller {
   }
 
   // Handles a completion; returns false when this caller's pair is done.
-  bool Complete() {
+  bool Complete() override {
     if (!status_.ok()) {
       ++errors_;
       if (errors_ <= 3) {
@@ -111,8 +134,8 @@ class Caller {
     return true;
   }
 
-  LatencySamples& samples() { return samples_; }
-  uint64_t errors() const { return errors_; }
+  LatencySamples& samples() override { return samples_; }
+  uint64_t errors() const override { return errors_; }
 
  private:
   std::string Token() const {
@@ -201,6 +224,79 @@ class Caller {
   uint64_t errors_ = 0;
 };
 
+// The raw-etcd baseline of --etcd: the same generator, each cycle four etcd
+// Txns of the least a registration cycle must write for one token (put,
+// put, put, delete of one key, no compares), straight to etcd.
+constexpr char kRawEtcdPrefix[] = "etcd-raw:";
+
+class EtcdCaller final : public LoadCaller {
+ public:
+  EtcdCaller(etcdserverpb::KV::Stub* stub, grpc::CompletionQueue* cq, int id)
+      : stub_(stub), cq_(cq), id_(id) {}
+
+  void Begin(uint64_t n) override {
+    n_ = n;
+    step_ = 0;
+    cycle_start_ = Clock::now();
+    Issue();
+  }
+
+  bool Complete() override {
+    if (!status_.ok()) {
+      ++errors_;
+      if (errors_ <= 3) {
+        std::fprintf(stderr, "etcd caller %d step %d: %s\n", id_, step_,
+                     status_.error_message().c_str());
+      }
+    }
+    if (++step_ == 4) {
+      samples_.Add(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       Clock::now() - cycle_start_)
+                       .count());
+      return false;
+    }
+    Issue();
+    return true;
+  }
+
+  LatencySamples& samples() override { return samples_; }
+  uint64_t errors() const override { return errors_; }
+
+ private:
+  void Issue() {
+    ctx_ = std::make_unique<grpc::ClientContext>();
+    ctx_->set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(60));
+    etcdserverpb::TxnRequest txn;
+    const std::string key = absl::StrCat("/bench-raw/b/load-", id_, "-", n_);
+    if (step_ == 3) {
+      txn.add_success()->mutable_request_delete_range()->set_key(key);
+    } else {
+      etcdserverpb::PutRequest* put = txn.add_success()->mutable_request_put();
+      put->set_key(key);
+      // About the size of a stored binding with one or both sides.
+      put->set_value(std::string(step_ == 1 ? 110 : 60, 'x'));
+    }
+    reader_ = stub_->PrepareAsyncTxn(ctx_.get(), txn, cq_);
+    reader_->StartCall();
+    reader_->Finish(&response_, &status_, this);
+  }
+
+  etcdserverpb::KV::Stub* const stub_;
+  grpc::CompletionQueue* const cq_;
+  const int id_;
+  uint64_t n_ = 0;
+  int step_ = 0;
+  Clock::time_point cycle_start_;
+  std::unique_ptr<grpc::ClientContext> ctx_;
+  grpc::Status status_;
+  etcdserverpb::TxnResponse response_;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<etcdserverpb::TxnResponse>>
+      reader_;
+  LatencySamples samples_;
+  uint64_t errors_ = 0;
+};
+
 struct LoadResult {
   double seconds = 0;
   uint64_t pairs = 0;
@@ -216,13 +312,21 @@ LoadResult RunLoad(const std::string& target, int callers, Caller::Mode mode,
                    uint64_t total = 0, LatencySamples* keep = nullptr) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // "etcd-raw:HOST:PORT": the raw etcd baseline (--etcd).
+  const bool raw_etcd = absl::StartsWith(target, kRawEtcdPrefix);
   auto channel = grpc::CreateCustomChannel(
-      target, grpc::InsecureChannelCredentials(), args);
+      raw_etcd ? target.substr(sizeof(kRawEtcdPrefix) - 1) : target,
+      grpc::InsecureChannelCredentials(), args);
   auto stub = v1::BypassManager::NewStub(channel);
+  auto etcd_stub = etcdserverpb::KV::NewStub(channel);
   grpc::CompletionQueue cq;
-  std::vector<std::unique_ptr<Caller>> all;
+  std::vector<std::unique_ptr<LoadCaller>> all;
   for (int i = 0; i < callers; ++i) {
-    all.push_back(std::make_unique<Caller>(stub.get(), &cq, i, mode));
+    if (raw_etcd) {
+      all.push_back(std::make_unique<EtcdCaller>(etcd_stub.get(), &cq, i));
+    } else {
+      all.push_back(std::make_unique<Caller>(stub.get(), &cq, i, mode));
+    }
   }
   const auto start = Clock::now();
   const auto stop_at = start + absl::ToChronoNanoseconds(duration);
@@ -240,7 +344,7 @@ LoadResult RunLoad(const std::string& target, int callers, Caller::Mode mode,
   void* tag;
   bool ok;
   while (active > 0 && cq.Next(&tag, &ok)) {
-    auto* c = static_cast<Caller*>(tag);
+    auto* c = static_cast<LoadCaller*>(tag);
     if (c->Complete()) continue;
     if (more()) {
       c->Begin(next++);
@@ -270,12 +374,15 @@ class Servers {
   Servers() : dir_(testing::MakeTempDir("e2e-bench")) {}
 
   // `store`: irqbypassd's --store (the embedded one in this run's folder).
-  bool StartManager(const std::string& store) {
+  bool StartManager(const std::string& store,
+                    const std::vector<std::string>& extra = {}) {
     const std::string port_file = dir_ + "/manager.port";
-    if (!manager_.Start(testing::BinaryPath("service/irqbypassd"),
-                        {"--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-                         "--port_file=" + port_file, "--store=" + store,
-                         "--data_dir=" + dir_ + "/data"},
+    std::vector<std::string> args = {
+        "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+        "--port_file=" + port_file, "--store=" + store,
+        "--data_dir=" + dir_ + "/data"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    if (!manager_.Start(testing::BinaryPath("service/irqbypassd"), args,
                         dir_ + "/irqbypassd.log")) {
       return false;
     }
@@ -494,6 +601,58 @@ int RunDurability(int callers, absl::Duration duration) {
   return at_memory.errors == 0 && at_embedded.errors == 0 ? 0 : 1;
 }
 
+// --etcd: irqbypassd on etcd against the raw etcd baseline: the same
+// generator sending, per cycle, the four plainest Txns that a registration
+// cycle's four durable writes could be, straight to the same etcd.
+int RunEtcd(int callers, absl::Duration duration) {
+  testing::EtcdCluster etcd;
+  if (!etcd.Start(absl::GetFlag(FLAGS_etcd_members))) {
+    std::fprintf(stderr, "could not start etcd\n");
+    return 1;
+  }
+  std::string endpoints;
+  for (const std::string& e : etcd.endpoints()) {
+    absl::StrAppend(&endpoints, endpoints.empty() ? "" : ",", e);
+  }
+  Servers servers;
+  if (!servers.StartManager("etcd", {"--etcd_endpoints=" + endpoints})) {
+    std::fprintf(stderr, "could not start irqbypassd\n");
+    return 1;
+  }
+  const std::string raw =
+      kRawEtcdPrefix + etcd.endpoints()[0].substr(sizeof("http://") - 1);
+  RunLoad(servers.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
+  RunLoad(raw, callers, Caller::Mode::kCycle, absl::Seconds(1));
+  LoadResult ours, bare;
+  Alternate(servers.manager(), raw, callers, duration, &ours, &bare);
+  const double ratio = bare.pairs_per_second() > 0
+                           ? ours.pairs_per_second() / bare.pairs_per_second()
+                           : 0;
+  std::printf(
+      "etcd: %d callers, %s each (alternating 1 s windows), %zu etcd "
+      "member(s); irqbypassd cycle = register producer + register consumer "
+      "(connect via sim agent) + unregister both = 4 fenced etcd Txns; raw "
+      "cycle = 4 one-op Txns on one key; %u cores\n",
+      callers, absl::FormatDuration(duration).c_str(), etcd.endpoints().size(),
+      std::thread::hardware_concurrency());
+  std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "driving", "cycles/s",
+              "cycles", "p50", "p99", "p99.9", "errors");
+  PrintLoad("irqbypassd", ours);
+  PrintLoad("raw etcd", bare);
+  std::printf(
+      "irqbypassd: %.0f durable writes/s; raw etcd: %.0f Txn/s; irqbypassd / "
+      "raw etcd: %.1f%%\n",
+      4 * ours.pairs_per_second(), 4 * bare.pairs_per_second(), ratio * 100);
+  const std::string json_out = absl::GetFlag(FLAGS_json_out);
+  if (!json_out.empty()) {
+    std::ofstream(json_out) << "{\"callers\": " << callers
+                            << ", \"irqbypassd\": " << LoadJson(ours)
+                            << ", \"raw_etcd\": " << LoadJson(bare)
+                            << ", \"ratio\": " << ratio << "}\n";
+  }
+  return ours.errors == 0 && bare.errors == 0 ? 0 : 1;
+}
+
 int RunScale(int callers, absl::Duration duration) {
   const int small = absl::GetFlag(FLAGS_scale_small);
   const int large = absl::GetFlag(FLAGS_scale_large);
@@ -602,6 +761,9 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_durability)) {
     return irqbypass::bench::RunDurability(callers, duration);
+  }
+  if (absl::GetFlag(FLAGS_etcd)) {
+    return irqbypass::bench::RunEtcd(callers, duration);
   }
   return absl::GetFlag(FLAGS_scale)
              ? irqbypass::bench::RunScale(callers, duration)
