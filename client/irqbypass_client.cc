@@ -115,6 +115,18 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(
                                      : grpc::InsecureChannelCredentials();
   grpc::ChannelArguments args;
   args.SetUserAgentPrefix(kUserAgentPrefix);
+  if (endpoints.size() > 1) {
+    // A replica that hangs (stopped, cut off) must not hold a call until
+    // its deadline: unanswered pings end the connection (and the call,
+    // UNAVAILABLE) within about 9 s, and the call fails over. irqbypassd
+    // accepts a ping every 5 s.
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 6000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 3000);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    // Likewise a connection attempt to a hung replica gives up after 2 s
+    // (gRPC's default: 20 s), not after the whole failover window.
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 2000);
+  }
   std::vector<std::unique_ptr<BypassManager::StubInterface>> stubs;
   for (const std::string& endpoint : endpoints) {
     std::shared_ptr<grpc::Channel> channel =
@@ -163,11 +175,7 @@ absl::StatusOr<Response> Client::CallUnary(const Rpc& rpc) const {
     grpc::Status status = rpc(stubs_[at].get(), &context, &response);
     if (status.ok()) return response;
     absl::Status error = FromGrpcStatus(status);
-    if (stubs_.size() == 1) return error;
-    if (error.code() != absl::StatusCode::kUnavailable &&
-        error.code() != absl::StatusCode::kDeadlineExceeded) {
-      return error;
-    }
+    if (stubs_.size() == 1 || !FailsOver(error)) return error;
     // This replica is down, hung or a standby: the next call goes to the
     // leader it names, if that is one of ours, or else to the next one.
     size_t next = (at + 1) % stubs_.size();
@@ -203,8 +211,30 @@ std::string NewRequestId() {
 
 namespace {
 
+}  // namespace
+
+// Whether another replica may answer where this one did not: it is
+// unreachable or hung (no ErrorDetail: the transport's error), or a
+// standby. Other UNAVAILABLE answers (no agent for the node, the store
+// refused) come from the leader and stay with it.
+bool Client::FailsOver(const absl::Status& status) {
+  if (status.code() == absl::StatusCode::kDeadlineExceeded) return true;
+  // A replica shutting down (stepping down) cancels the calls it holds;
+  // unary calls are never cancelled from this side.
+  if (status.code() == absl::StatusCode::kCancelled) return true;
+  if (status.code() != absl::StatusCode::kUnavailable) return false;
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
+  return !detail.has_value() ||
+         detail->reason() == v1::ErrorDetail::NOT_LEADER;
+}
+
+namespace {
+
 bool Retryable(const absl::Status& status) {
   if (status.code() == absl::StatusCode::kUnavailable) return true;
+  // The server cancelled it (shutting down): it may or may not have taken
+  // effect, which the request id makes safe to ask again.
+  if (status.code() == absl::StatusCode::kCancelled) return true;
   if (status.code() != absl::StatusCode::kAborted) return false;
   std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
   return detail.has_value() &&
@@ -222,6 +252,8 @@ absl::StatusOr<Response> Client::CallMutating(const Rpc& rpc) const {
         !Retryable(response.status())) {
       return response;
     }
+    // CallUnary already spent failover_timeout moving between replicas.
+    if (stubs_.size() > 1 && FailsOver(response.status())) return response;
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(1));
   }

@@ -62,8 +62,9 @@ struct ClientOptions {
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   // Retries of mutating calls. Each carries a request id (a fresh random one
   // unless the caller passes its own), and one that fails UNAVAILABLE (no
-  // server, a restart or failover, no agent, the store refused) or ABORTED
-  // REQUEST_IN_PROGRESS is sent again with the same id, up to
+  // server, a restart or failover, no agent, the store refused), CANCELLED
+  // (by a server shutting down) or ABORTED REQUEST_IN_PROGRESS is sent again
+  // with the same id, up to
   // `max_attempts` in all, waiting `retry_backoff` (doubling, at most 1 s)
   // between attempts. The server returns the first outcome to a retry of a
   // call that already took effect, so a retry never registers twice.
@@ -71,9 +72,12 @@ struct ClientOptions {
   int max_attempts = 4;
   absl::Duration retry_backoff = absl::Milliseconds(100);
   // With several replicas (Create("a:1,b:2,c:3")): how long a call keeps
-  // moving between them while each answers UNAVAILABLE (down, or a standby
-  // naming the leader: it goes there next) before it gives up. Covers an
-  // election: the leader's lease TTL (5 s by default) plus loading.
+  // moving between them while each is unreachable or a standby (UNAVAILABLE
+  // NOT_LEADER, naming the leader: it goes there next) before it gives up.
+  // Covers an election: the leader's lease TTL (5 s by default) plus
+  // loading. Other UNAVAILABLE answers come from the leader (e.g. the
+  // node's agent has not reconnected to a new leader yet: a few seconds
+  // after a failover) and are retried there as max_attempts says.
   absl::Duration failover_timeout = absl::Seconds(15);
 };
 
@@ -212,6 +216,7 @@ class Client {
   // grpc::Status.
   template <typename Response, typename Rpc>
   absl::StatusOr<Response> CallUnary(const Rpc& rpc) const;
+  static bool FailsOver(const absl::Status& status);
   // CallUnary, retried as ClientOptions says.
   template <typename Response, typename Rpc>
   absl::StatusOr<Response> CallMutating(const Rpc& rpc) const;

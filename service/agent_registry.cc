@@ -495,7 +495,11 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
     if (matcher_ != nullptr) {
       BoundDispatcher via(*this, session);
       r = matcher_->Reconcile(session->node(), wired, via,
-                              [&session] { return !session->closed(); });
+                              [this, &session] {
+                                return !session->closed() &&
+                                       (options_.leadership == nullptr ||
+                                        options_.leadership->leading());
+                              });
       if (options_.metrics != nullptr) {
         options_.metrics->CommandsRetried(AgentCommand::kConnect,
                                           r.reconnected + r.failed);

@@ -66,6 +66,7 @@ absl::Status EtcdElection::Grant() {
   etcdserverpb::LeaseGrantResponse response;
   grpc::ClientContext context;
   SetDeadline(&context);
+  const absl::Time sent = absl::Now();
   grpc::Status s = lease_stub_->LeaseGrant(&context, request, &response);
   if (!s.ok()) {
     return absl::UnavailableError(
@@ -84,52 +85,67 @@ absl::Status EtcdElection::Grant() {
     lease_ = response.id();
     lease_lost_ = false;
   }
-  keepalive_ = std::thread([this, id = response.id()] { KeepAliveLoop(id); });
+  keepalive_ = std::thread(
+      [this, id = response.id(), expires = sent + absl::Seconds(response.ttl())] {
+        KeepAliveLoop(id, expires);
+      });
   return absl::OkStatus();
 }
 
-void EtcdElection::KeepAliveLoop(int64_t lease) {
+void EtcdElection::KeepAliveLoop(int64_t lease, absl::Time expires) {
   const absl::Duration every = options_.ttl / 3;
+  // Step down this long before the lease would expire unrenewed, by our own
+  // clock: etcd may have let it go already (this replica cut off from the
+  // quorum, or stopped), and nobody would tell us.
+  const absl::Duration margin = options_.ttl / 4;
   while (true) {
+    // One short stream per renewal, with a deadline: a member that hangs
+    // cannot hold the renewal (or our knowledge of the lease) forever.
     grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + every));
     {
       absl::MutexLock lock(&mu_);
       if (stopped_) return;
       keepalive_context_ = &context;
     }
+    const absl::Time sent = absl::Now();
     std::unique_ptr<grpc::ClientReaderWriter<etcdserverpb::LeaseKeepAliveRequest,
                                              etcdserverpb::LeaseKeepAliveResponse>>
         stream = lease_stub_->LeaseKeepAlive(&context);
-    bool lost = false;
-    while (true) {
-      etcdserverpb::LeaseKeepAliveRequest request;
-      request.set_id(lease);
-      etcdserverpb::LeaseKeepAliveResponse response;
-      if (!stream->Write(request) || !stream->Read(&response)) break;
+    etcdserverpb::LeaseKeepAliveRequest request;
+    request.set_id(lease);
+    etcdserverpb::LeaseKeepAliveResponse response;
+    const char* lost = nullptr;
+    if (stream->Write(request) && stream->Read(&response)) {
       if (response.ttl() <= 0) {
-        lost = true;
-        break;
+        lost = "etcd says the lease is gone";
+      } else {
+        expires = sent + absl::Seconds(response.ttl());
       }
-      if (!SleepUnlessStopped(every)) break;
+    }
+    if (lost == nullptr && absl::Now() >= expires - margin) {
+      lost = "the lease was not renewed in time";
     }
     bool leading = false;
     {
       absl::MutexLock lock(&mu_);
       keepalive_context_ = nullptr;
-      if (lost) {
+      if (lost != nullptr) {
         lease_lost_ = true;
         leading = std::exchange(leading_, false);
       }
     }
     context.TryCancel();
     stream->Finish();
-    if (lost) {
-      LogWarn("etcd lease gone", {{"lease", absl::StrCat(absl::Hex(lease))},
+    if (lost != nullptr) {
+      LogWarn("etcd lease lost", {{"lease", absl::StrCat(absl::Hex(lease))},
+                                  {"why", lost},
                                   {"was_leader", leading ? "true" : "false"}});
       if (leading && options_.on_lost) options_.on_lost();
       return;
     }
-    if (!SleepUnlessStopped(options_.poll)) return;
+    const absl::Duration wait = sent + every - absl::Now();
+    if (!SleepUnlessStopped(std::max(wait, absl::Milliseconds(10)))) return;
   }
 }
 
@@ -196,6 +212,9 @@ absl::StatusOr<uint64_t> EtcdElection::Campaign(
       {
         absl::MutexLock lock(&mu_);
         if (stopped_) return absl::CancelledError("election stopped");
+        // The lease went while we won with it: campaign again with a new
+        // one (the key, attached to the lost lease, goes with it).
+        if (lease_lost_ || lease_ != lease) continue;
         leading_ = true;
       }
       LogInfo("elected leader", {{"key", options_.key},

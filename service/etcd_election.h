@@ -9,13 +9,12 @@
 //
 // The key disappears when the leader's lease expires (the process died, hung
 // or lost etcd for longer than the TTL) or is revoked (Resign, on a clean
-// shutdown); a standby polls the key and takes over then. A leader learns it
-// was deposed from a keepalive answer that its lease is gone, or from a
-// fenced write that failed; either way `on_lost` runs once.
-//
-// Losing etcd's quorum is not losing the lease: etcd keeps leases alive
-// across its own elections, so a leader that cannot reach etcd stays leader
-// (its writes fail UNAVAILABLE meanwhile) and carries on when etcd returns.
+// shutdown); a standby polls the key and takes over then. A leader counts
+// itself deposed (`on_lost` runs once) when a keepalive answer says its
+// lease is gone, or when by its own clock the lease is within TTL/4 of
+// expiring unrenewed: etcd may have let it go without telling us (this
+// replica cut off from etcd's quorum, or stopped). A fenced write that fails
+// (etcd_store.h) deposes it too.
 //
 // Thread-safe.
 #ifndef IRQBYPASS_SERVICE_ETCD_ELECTION_H_
@@ -83,7 +82,9 @@ class EtcdElection {
   explicit EtcdElection(EtcdElectionOptions options);
   // Grants a lease and starts its keepalive thread.
   absl::Status Grant();
-  void KeepAliveLoop(int64_t lease);
+  // Renews `lease` (which expires at `expires` unless renewed) until it is
+  // lost or Stop().
+  void KeepAliveLoop(int64_t lease, absl::Time expires);
   // Sleeps up to `d`; false once stopped.
   bool SleepUnlessStopped(absl::Duration d);
   void SetDeadline(grpc::ClientContext* context) const;

@@ -190,6 +190,14 @@ void EtcdStore::SetFence(std::string key, int64_t create_revision) {
 }
 
 absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
+  if (!fence_key_.empty() && stepped_down_.load()) {
+    // This replica's index may differ from etcd now: nothing more.
+    ErrorContext ctx;
+    if (changes.size() == 1) ctx.token = std::string(changes[0].token);
+    return MakeError(absl::StatusCode::kUnavailable, ErrorReason::kNotLeader,
+                     "this irqbypassd is stepping down; retry on the leader",
+                     ctx);
+  }
   etcdserverpb::TxnRequest txn;
   uint64_t revision = 0;
   auto add_ops = [&](google::protobuf::RepeatedPtrField<etcdserverpb::RequestOp>*

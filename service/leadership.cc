@@ -7,14 +7,18 @@
 
 namespace irqbypass {
 
-void Leadership::Lead(uint64_t epoch) {
+bool Leadership::Lead(uint64_t epoch) {
+  absl::MutexLock lock(&mu_);
+  if (stepped_down_) return false;
   epoch_.store(epoch, std::memory_order_release);
   leading_.store(true, std::memory_order_release);
+  return true;
 }
 
 void Leadership::StepDown() {
-  leading_.store(false, std::memory_order_release);
   absl::MutexLock lock(&mu_);
+  stepped_down_ = true;
+  leading_.store(false, std::memory_order_release);
   leader_address_.clear();
 }
 

@@ -32,9 +32,11 @@ class Leadership {
   Leadership(const Leadership&) = delete;
   Leadership& operator=(const Leadership&) = delete;
 
-  // This replica was elected with `epoch` (and its state is loaded).
-  void Lead(uint64_t epoch);
-  // This replica no longer leads (it was deposed or is stopping).
+  // This replica was elected with `epoch` (and its state is loaded). False,
+  // and nothing changes, once StepDown was called: a process leads at most
+  // once.
+  [[nodiscard]] bool Lead(uint64_t epoch);
+  // This replica no longer leads (it was deposed or is stopping), for good.
   void StepDown();
   // A standby: who leads now ("" when nobody does or it is not known).
   void SetLeaderAddress(std::string address);
@@ -52,6 +54,7 @@ class Leadership {
   std::atomic<uint64_t> epoch_{0};
   mutable absl::Mutex mu_;
   std::string leader_address_ ABSL_GUARDED_BY(mu_);
+  bool stepped_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace irqbypass

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -93,7 +94,10 @@ namespace {
 // finds out first: the election (lease gone) or the store (fenced write, or
 // a write whose outcome is unknown).
 std::atomic<bool> g_step_down_requested{false};
+// Closed at once on a step-down, before the main thread gets to it.
+std::atomic<Leadership*> g_leadership{nullptr};
 void RequestStepDown(const char* why) {
+  if (Leadership* l = g_leadership.load()) l->StepDown();
   if (g_step_down_requested.exchange(true)) return;
   LogWarn("stepping down: this irqbypassd no longer leads", {{"reason", why}});
   kill(getpid(), SIGUSR2);
@@ -189,6 +193,8 @@ int Run() {
 
   // --store=etcd: one of several replicas, a standby until elected.
   Leadership leadership(/*standby=*/etcd != nullptr);
+  g_leadership.store(&leadership);
+  absl::Cleanup forget_leadership = [] { g_leadership.store(nullptr); };
   WatchHub watch_hub;
   // Lock waits are timed only when someone can scrape them.
   ServiceMetrics service_metrics;
@@ -309,10 +315,7 @@ int Run() {
   // steps down (SIGUSR2 to this process: see below).
   std::unique_ptr<EtcdElection> election;
   std::thread elector;
-  auto step_down = [&leadership](const char* why) {
-    leadership.StepDown();  // refuse calls at once, before the main thread
-    RequestStepDown(why);
-  };
+  auto step_down = [](const char* why) { RequestStepDown(why); };
   if (etcd != nullptr) {
     EtcdElectionOptions election_options;
     election_options.endpoints =
@@ -353,7 +356,7 @@ int Run() {
         step_down("state not loaded");
         return;
       }
-      leadership.Lead(*epoch);
+      if (!leadership.Lead(*epoch)) return;  // deposed or stopping meanwhile
       set_ready(true);
       LogInfo("leading", {{"epoch", absl::StrCat(*epoch)},
                           {"address", advertise}});
@@ -449,6 +452,7 @@ int Run() {
     const timespec no_wait = {0, 0};
     while (sigtimedwait(&step_down_signal, nullptr, &no_wait) == SIGUSR2) {
     }
+    g_leadership.store(nullptr);
     LogInfo("restarting as a standby");
     execv("/proc/self/exe", argv.data());
     LogWarn("re-executing irqbypassd failed; exiting",

@@ -45,6 +45,9 @@ bool HaCluster::Start(int etcd_members, int replicas, absl::Duration ttl) {
   }
   client::ClientOptions options;
   options.call_timeout = absl::Seconds(20);
+  // After a failover the agent needs a few seconds to reconnect to the new
+  // leader; connects meanwhile fail AGENT_UNAVAILABLE and are retried.
+  options.max_attempts = 20;
   auto created = client::Client::Create(targets(), options);
   if (!created.ok()) return false;
   client_ = *std::move(created);

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"
 #include "tests/ha_cluster.h"
@@ -203,13 +204,20 @@ TEST_F(HaTest, LeaderStoppedPastItsLease_WritesNothingAndStepsDown) {
                ->RegisterProducer(MakeProducer("fenced", "n1", Device(1)))
                .status();
   });
+  bool resumed = false;
+  auto resume = [&] {
+    if (!resumed) ha_.replica(leader).Signal(SIGCONT);
+    resumed = true;
+    if (call.joinable()) call.join();
+  };
+  absl::Cleanup resume_on_failure = resume;
   ASSERT_EQ(ha_.WaitLeader(leader), standby);
+  // The client's calls leave the hung replica for the new leader.
   auto after = ha_.client().RegisterProducer(
       MakeProducer("after", "n1", Device(2)));
   ASSERT_TRUE(after.ok()) << after.status();
 
-  ASSERT_TRUE(ha_.replica(leader).Signal(SIGCONT));
-  call.join();
+  resume();
   // Refused: the resumed replica either saw its lease gone first or its
   // write was fenced by the newer election.
   EXPECT_EQ(held.code(), absl::StatusCode::kUnavailable) << held;
