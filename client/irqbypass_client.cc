@@ -126,19 +126,30 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(
     // Likewise a connection attempt to a hung replica gives up after 2 s
     // (gRPC's default: 20 s), not after the whole failover window.
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 2000);
+    // Each replica's channel has subchannels of its own, so that Redial
+    // really starts afresh (no reconnect backoff left from when the
+    // replica was down).
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   }
-  std::vector<std::unique_ptr<BypassManager::StubInterface>> stubs;
-  for (const std::string& endpoint : endpoints) {
+  auto dial = [endpoints, credentials, args](size_t i)
+      -> std::shared_ptr<BypassManager::StubInterface> {
     std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(endpoint, credentials, args);
-    if (channel == nullptr) {
+        grpc::CreateCustomChannel(endpoints[i], credentials, args);
+    if (channel == nullptr) return nullptr;
+    return BypassManager::NewStub(channel);
+  };
+  std::vector<std::shared_ptr<BypassManager::StubInterface>> stubs;
+  for (size_t i = 0; i < endpoints.size(); ++i) {
+    stubs.push_back(dial(i));
+    if (stubs.back() == nullptr) {
       return absl::InternalError(
-          absl::StrCat("cannot create a gRPC channel to ", endpoint));
+          absl::StrCat("cannot create a gRPC channel to ", endpoints[i]));
     }
-    stubs.push_back(BypassManager::NewStub(channel));
   }
-  return std::unique_ptr<Client>(
+  std::unique_ptr<Client> client(
       new Client(std::move(stubs), endpoints, std::move(options)));
+  if (endpoints.size() > 1) client->redial_ = dial;
+  return client;
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::CreateWithChannel(
@@ -149,18 +160,33 @@ absl::StatusOr<std::unique_ptr<Client>> Client::CreateWithChannel(
   if (absl::Status status = ValidateOptions(options); !status.ok()) {
     return status;
   }
-  std::vector<std::unique_ptr<BypassManager::StubInterface>> stubs;
+  std::vector<std::shared_ptr<BypassManager::StubInterface>> stubs;
   stubs.push_back(BypassManager::NewStub(channel));
   return std::unique_ptr<Client>(
       new Client(std::move(stubs), {""}, std::move(options)));
 }
 
 Client::Client(
-    std::vector<std::unique_ptr<BypassManager::StubInterface>> stubs,
+    std::vector<std::shared_ptr<BypassManager::StubInterface>> stubs,
     std::vector<std::string> endpoints, ClientOptions options)
-    : stubs_(std::move(stubs)),
+    : replicas_(stubs.size()),
+      stubs_(std::move(stubs)),
       endpoints_(std::move(endpoints)),
       options_(std::move(options)) {}
+
+std::shared_ptr<BypassManager::StubInterface> Client::Stub(size_t i) const {
+  absl::MutexLock lock(&stubs_mu_);
+  return stubs_[i];
+}
+
+void Client::Redial(size_t i, const BypassManager::StubInterface* failed) const {
+  if (!redial_) return;
+  std::shared_ptr<BypassManager::StubInterface> fresh = redial_(i);
+  if (fresh == nullptr) return;
+  absl::MutexLock lock(&stubs_mu_);
+  // Another call may have redialled already.
+  if (stubs_[i].get() == failed) stubs_[i] = std::move(fresh);
+}
 
 template <typename Response, typename Rpc>
 absl::StatusOr<Response> Client::CallUnary(const Rpc& rpc) const {
@@ -172,13 +198,16 @@ absl::StatusOr<Response> Client::CallUnary(const Rpc& rpc) const {
     grpc::ClientContext context;
     SetTimeout(options_.call_timeout, &context);
     Response response;
-    grpc::Status status = rpc(stubs_[at].get(), &context, &response);
+    const std::shared_ptr<BypassManager::StubInterface> stub = Stub(at);
+    grpc::Status status = rpc(stub.get(), &context, &response);
     if (status.ok()) return response;
     absl::Status error = FromGrpcStatus(status);
-    if (stubs_.size() == 1 || !FailsOver(error)) return error;
+    if (replicas_ == 1 || !FailsOver(error)) return error;
+    // The connection failed: the next call to this replica dials afresh.
+    if (!GetErrorDetail(error).has_value()) Redial(at, stub.get());
     // This replica is down, hung or a standby: the next call goes to the
     // leader it names, if that is one of ours, or else to the next one.
-    size_t next = (at + 1) % stubs_.size();
+    size_t next = (at + 1) % replicas_;
     if (std::optional<v1::ErrorDetail> detail = GetErrorDetail(error);
         detail.has_value() && !detail->leader().empty()) {
       for (size_t i = 0; i < endpoints_.size(); ++i) {
@@ -193,7 +222,7 @@ absl::StatusOr<Response> Client::CallUnary(const Rpc& rpc) const {
         absl::Now() - start >= options_.failover_timeout) {
       return error;
     }
-    if (++tried_since_sleep >= stubs_.size()) {
+    if (++tried_since_sleep >= replicas_) {
       // Every replica refused once: an election is under way.
       tried_since_sleep = 0;
       absl::SleepFor(backoff);
@@ -253,7 +282,7 @@ absl::StatusOr<Response> Client::CallMutating(const Rpc& rpc) const {
       return response;
     }
     // CallUnary already spent failover_timeout moving between replicas.
-    if (stubs_.size() > 1 && FailsOver(response.status())) return response;
+    if (replicas_ > 1 && FailsOver(response.status())) return response;
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(1));
   }
@@ -380,7 +409,7 @@ absl::Status Client::WatchBindings(const v1::WatchBindingsRequest& request,
 
   const size_t at = current_.load(std::memory_order_relaxed);
   std::unique_ptr<grpc::ClientReaderInterface<BindingEvent>> reader =
-      stubs_[at]->WatchBindings(&context, request);
+      Stub(at)->WatchBindings(&context, request);
   BindingEvent event;
   bool stopped_by_callback = false;
   while (reader->Read(&event)) {
@@ -397,10 +426,10 @@ absl::Status Client::WatchBindings(const v1::WatchBindingsRequest& request,
     return absl::OkStatus();
   }
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-      stubs_.size() > 1) {
+      replicas_ > 1) {
     // The caller's next watch goes to another replica.
     size_t expected = at;
-    current_.compare_exchange_strong(expected, (at + 1) % stubs_.size());
+    current_.compare_exchange_strong(expected, (at + 1) % replicas_);
   }
   return FromGrpcStatus(status);
 }

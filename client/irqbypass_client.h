@@ -206,7 +206,7 @@ class Client {
                              WatchCanceller* canceller = nullptr) const;
 
  private:
-  Client(std::vector<std::unique_ptr<irqbypass::v1::BypassManager::StubInterface>>
+  Client(std::vector<std::shared_ptr<irqbypass::v1::BypassManager::StubInterface>>
              stubs,
          std::vector<std::string> endpoints, ClientOptions options);
 
@@ -221,8 +221,18 @@ class Client {
   template <typename Response, typename Rpc>
   absl::StatusOr<Response> CallMutating(const Rpc& rpc) const;
 
-  const std::vector<std::unique_ptr<irqbypass::v1::BypassManager::StubInterface>>
-      stubs_;
+  using StubPtr = std::shared_ptr<irqbypass::v1::BypassManager::StubInterface>;
+  StubPtr Stub(size_t i) const;
+  // Replaces replica i's channel after its connection failed (if `failed`
+  // is still the one in use), so the next call dials afresh.
+  void Redial(size_t i,
+              const irqbypass::v1::BypassManager::StubInterface* failed) const;
+
+  const size_t replicas_;
+  mutable absl::Mutex stubs_mu_;
+  mutable std::vector<StubPtr> stubs_ ABSL_GUARDED_BY(stubs_mu_);
+  // Several replicas: a fresh stub for replica i. Set once at creation.
+  std::function<StubPtr(size_t)> redial_;
   const std::vector<std::string> endpoints_;  // as given, one per stub
   const ClientOptions options_;
   mutable std::atomic<size_t> current_{0};  // the replica calls go to
