@@ -369,7 +369,7 @@ TEST_F(IrqbypassctlTest, ConnectFailed_JsonErrorOnStdout) {
             "\"connect failed\",\"detail\":{\"reason\":\"CONNECT_FAILED\","
             "\"field\":\"\",\"token\":\"\",\"node\":\"\",\"step\":\"\","
             "\"errno_value\":0,\"errno_name\":\"\",\"agent_message\":\"\","
-            "\"other_token\":\"\"}}}\n");
+            "\"other_token\":\"\",\"leader\":\"\"}}}\n");
 }
 
 TEST_F(IrqbypassctlTest, OtherFailedPrecondition_Exit6) {
