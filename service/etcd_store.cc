@@ -207,6 +207,7 @@ absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
           absl::StrCat(options_.prefix, "b/", change.token);
       if (change.state.empty()) {
         ops->Add()->mutable_request_delete_range()->set_key(key);
+        revision = std::max(revision, change.state.revision);
       } else {
         etcdserverpb::PutRequest* put = ops->Add()->mutable_request_put();
         put->set_key(key);
@@ -219,11 +220,11 @@ absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
                                 change.request->id));
         put->set_value(EncodeRequest(*change.request));
       }
-      revision = std::max(revision, change.state.revision);
     }
   };
-  // Raise the mark only when this is higher: concurrent writers never lower
-  // it.
+  // The highest revision ever written is the highest of the stored
+  // bindings' and of the removals' (Load): only a removal raises the mark,
+  // and only when it is higher, so concurrent writers never lower it.
   auto raise_mark = [&](etcdserverpb::TxnRequest* t) {
     etcdserverpb::Compare* lower = t->add_compare();
     lower->set_key(options_.prefix + "m/revision");
@@ -245,11 +246,13 @@ absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
     leader->set_result(etcdserverpb::Compare::EQUAL);
     leader->set_create_revision(fence_revision_);
     add_ops(txn.mutable_success());
-    raise_mark(txn.add_success()->mutable_request_txn());
+    if (revision > 0) raise_mark(txn.add_success()->mutable_request_txn());
   } else {
     add_ops(txn.mutable_success());
-    add_ops(txn.mutable_failure());
-    raise_mark(&txn);
+    if (revision > 0) {
+      add_ops(txn.mutable_failure());
+      raise_mark(&txn);
+    }
   }
   etcdserverpb::TxnResponse response;
   grpc::ClientContext context;

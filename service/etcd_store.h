@@ -4,15 +4,16 @@
 //
 // Durability is etcd's: a write is acknowledged once etcd committed it (a
 // quorum of members has it in its fsynced log). Each Write is one etcd Txn:
-// the token's record put or deleted, the call's request outcome put, and the
-// revision mark raised when this revision is higher (a Compare on its
-// value). etcd allows 128 operations per transaction by default: a batch is
+// the token's record put or deleted, the call's request outcome put, and,
+// for a removal, the revision mark raised when this revision is higher (a
+// Compare on its value). etcd allows 128 operations per transaction by default: a batch is
 // split into transactions of at most 40 changes, each atomic on its own.
 //
 // Layout under `prefix` (default "/irqbypass/"), as in rocksdb_store.h:
 // "b/<token>" -> StoredBinding, "r/<expiry>/<id>" -> StoredRequest,
-// "m/revision" -> the highest revision written (20 decimal digits, so that
-// etcd's byte comparison orders it).
+// "m/revision" -> the highest revision of a removal (20 decimal digits, so
+// that etcd's byte comparison orders it); with the stored bindings' own
+// revisions it gives the highest revision ever written.
 //
 // Several irqbypassd replicas share a prefix: one leads (etcd_election.h)
 // and, once SetFence is called, every write of its store is a Txn guarded by
