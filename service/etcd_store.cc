@@ -17,6 +17,12 @@ namespace irqbypass {
 namespace {
 
 constexpr size_t kChangesPerTxn = 40;  // at most 3 operations each
+}  // namespace
+
+// Transactions in flight at once (each carrying several calls' changes).
+constexpr int EtcdStore::kWriters;
+
+namespace {
 
 // The first key after every key that starts with `prefix`.
 std::string PrefixEnd(std::string prefix) {
@@ -292,18 +298,75 @@ absl::Status EtcdStore::Fenced(const ErrorContext& ctx) {
                    ctx);
 }
 
+// A call waiting in Write: its changes, and once a writer wrote them, the
+// outcome.
+struct EtcdStore::Waiter {
+  absl::Span<const StoreChange> changes;
+  EtcdStore* store = nullptr;
+  bool taken = false;  // a writer has them in its transaction
+  bool done = false;
+  absl::Status status;
+  // Under batch_mu_: written, or waiting and a writer slot is free.
+  bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return done || (!taken && store->writers_ < kWriters);
+  }
+};
+
 void EtcdStore::Write(absl::Span<const StoreChange> changes,
                       std::function<void(absl::Status)> done) {
-  for (size_t i = 0; i < changes.size(); i += kChangesPerTxn) {
-    absl::Status s =
-        WriteChunk(changes.subspan(i, std::min(kChangesPerTxn,
-                                               changes.size() - i)));
-    if (!s.ok()) {
-      done(s);
-      return;
-    }
+  if (changes.empty()) {
+    done(absl::OkStatus());
+    return;
   }
-  done(absl::OkStatus());
+  if (changes.size() > kChangesPerTxn) {
+    for (size_t i = 0; i < changes.size(); i += kChangesPerTxn) {
+      absl::Status s =
+          WriteChunk(changes.subspan(i, std::min(kChangesPerTxn,
+                                                 changes.size() - i)));
+      if (!s.ok()) {
+        done(s);
+        return;
+      }
+    }
+    done(absl::OkStatus());
+    return;
+  }
+  // Group commit: concurrent calls share transactions. A waiting call
+  // becomes a writer when fewer than kWriters transactions are in flight,
+  // and writes the oldest waiting calls' changes (its own among them) in
+  // one Txn of up to kChangesPerTxn changes. The calls touch different
+  // tokens (one call at a time per token), so their keys never collide.
+  Waiter me;
+  me.changes = changes;
+  me.store = this;
+  batch_mu_.Lock();
+  queue_.push_back(&me);
+  while (true) {
+    batch_mu_.Await(absl::Condition(&me, &Waiter::Ready));
+    if (me.done) break;
+    // Become a writer: take the oldest waiting calls, this one among them.
+    ++writers_;
+    std::vector<Waiter*> taken;
+    std::vector<StoreChange> batch;
+    while (!queue_.empty() &&
+           batch.size() + queue_.front()->changes.size() <= kChangesPerTxn) {
+      Waiter* w = queue_.front();
+      queue_.pop_front();
+      w->taken = true;
+      taken.push_back(w);
+      for (const StoreChange& c : w->changes) batch.push_back(c);
+    }
+    batch_mu_.Unlock();
+    const absl::Status s = WriteChunk(batch);
+    batch_mu_.Lock();
+    for (Waiter* w : taken) {
+      w->status = s;
+      w->done = true;
+    }
+    --writers_;
+  }
+  batch_mu_.Unlock();
+  done(me.status);
 }
 
 absl::Status EtcdStore::LoadRequests(

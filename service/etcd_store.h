@@ -28,13 +28,16 @@
 #define IRQBYPASS_SERVICE_ETCD_STORE_H_
 
 #include <atomic>
+#include <deque>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "protos/etcd/rpc.grpc.pb.h"
@@ -107,6 +110,11 @@ class EtcdStore final : public Store {
   const EtcdStoreOptions options_;
   std::string target_;
   std::unique_ptr<etcdserverpb::KV::Stub> kv_;
+  struct Waiter;
+  static constexpr int kWriters = 4;
+  absl::Mutex batch_mu_;
+  std::deque<Waiter*> queue_ ABSL_GUARDED_BY(batch_mu_);
+  int writers_ ABSL_GUARDED_BY(batch_mu_) = 0;
   // Set once by SetFence before any concurrent write.
   std::string fence_key_;
   int64_t fence_revision_ = 0;
