@@ -3,7 +3,8 @@
 // (protos/etcd/, a wire-compatible subset).
 //
 // Durability is etcd's: a write is acknowledged once etcd committed it (a
-// quorum of members has it in its fsynced log). Each Write is one etcd Txn:
+// quorum of members has it in its fsynced log). Concurrent Writes share
+// Txns (group commit: up to kWriters in flight, 40 changes each); a Txn has
 // the token's record put or deleted, the call's request outcome put, and,
 // for a removal, the revision mark raised when this revision is higher (a
 // Compare on its value). etcd allows 128 operations per transaction by default: a batch is
