@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "agent/agent_metrics.h"
+#include "common/target_list.h"
 #include "common/errno_name.h"
 #include "common/log.h"
 #include "grpcpp/create_channel.h"
@@ -232,23 +233,9 @@ v1::AgentMessage HandleCommand(StepExecutor& executor, const std::string& node,
 
 }  // namespace
 
-std::vector<std::string> SplitManagerList(const std::string& list) {
-  if (list.find("://") != std::string::npos ||
-      absl::StartsWith(list, "ipv4:") || absl::StartsWith(list, "ipv6:") ||
-      absl::StartsWith(list, "unix:")) {
-    return {list};
-  }
-  std::vector<std::string> out;
-  for (absl::string_view part : absl::StrSplit(list, ',')) {
-    part = absl::StripAsciiWhitespace(part);
-    if (!part.empty()) out.emplace_back(part);
-  }
-  return out;
-}
-
 AgentSession::AgentSession(AgentSessionOptions options, Backend& backend)
     : options_(std::move(options)),
-      managers_(SplitManagerList(options_.manager_address)),
+      managers_(SplitTargetList(options_.manager_address)),
       backend_(backend),
       executor_(backend) {}
 

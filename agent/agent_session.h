@@ -46,10 +46,6 @@ class AgentMetrics;
 // every message stays near 100 KiB however much is wired).
 inline constexpr size_t kWiredPerMessage = 1000;
 
-// "a:1,b:2" -> {"a:1", "b:2"}. A gRPC target with a scheme ("ipv4:a,b",
-// "dns:///x") is one entry, commas and all.
-std::vector<std::string> SplitManagerList(const std::string& list);
-
 // The hello of a session: AgentHello with `wired`, split as above.
 std::vector<v1::AgentMessage> HelloMessages(const std::string& node,
                                             const std::string& backend,
@@ -59,7 +55,7 @@ std::vector<v1::AgentMessage> HelloMessages(const std::string& node,
 
 struct AgentSessionOptions {
   // The manager's AgentControl address: "host:port" or any gRPC target; or
-  // several replicas' "host:port" comma-separated (SplitManagerList), tried
+  // several replicas' "host:port" comma-separated (common/target_list.h), tried
   // in turn: the session moves to the next one whenever a session ends or
   // cannot start (a standby refuses it), so it finds the leader.
   std::string manager_address = "127.0.0.1:50051";

@@ -1,6 +1,7 @@
 // AgentSession against an in-process fake manager on a loopback port chosen
 // by the OS.
 #include "agent/agent_session.h"
+#include "common/target_list.h"
 
 #include <cerrno>
 #include <memory>
@@ -380,10 +381,10 @@ TEST(AgentSessionTest, CommandFromOlderEpoch_RefusedNotExecuted) {
   EXPECT_THAT(sim.Inventory(), IsEmpty());
 }
 
-TEST(AgentSessionTest, SplitManagerList_SchemesKeptWhole) {
-  EXPECT_THAT(SplitManagerList("a:1, b:2,,c:3"),
+TEST(AgentSessionTest, SplitTargetList_SchemesKeptWhole) {
+  EXPECT_THAT(SplitTargetList("a:1, b:2,,c:3"),
               ElementsAre("a:1", "b:2", "c:3"));
-  EXPECT_THAT(SplitManagerList("ipv4:10.0.0.1:1,10.0.0.2:1"),
+  EXPECT_THAT(SplitTargetList("ipv4:10.0.0.1:1,10.0.0.2:1"),
               ElementsAre("ipv4:10.0.0.1:1,10.0.0.2:1"));
 }
 

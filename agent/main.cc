@@ -31,6 +31,7 @@
 #include "absl/time/time.h"
 #include "agent/agent_metrics.h"
 #include "agent/agent_session.h"
+#include "common/target_list.h"
 #include "agent/handoff_server.h"
 #include "agent/kvm_backend.h"
 #include "agent/metered_backend.h"
@@ -307,7 +308,7 @@ int Main(int argc, char** argv) {
   SetLogFormat(format);
 
   const std::string manager = absl::GetFlag(FLAGS_manager);
-  const std::vector<std::string> managers = SplitManagerList(manager);
+  const std::vector<std::string> managers = SplitTargetList(manager);
   if (managers.empty()) {
     FlagError("manager", "empty: want HOST:PORT[,HOST:PORT...]");
   }

@@ -83,16 +83,71 @@ std::string Device(uint64_t n) {
 }
 
 // What RunLoad drives: one caller's cycles, one RPC at a time on the shared
-// completion queue (the completion's tag is the caller).
+// completion queue (the completion's tag is the caller). Subclasses say how
+// many RPCs a cycle has and issue each.
 class LoadCaller {
  public:
+  LoadCaller(grpc::CompletionQueue* cq, int id, const char* name)
+      : cq_(cq), id_(id), name_(name) {}
   virtual ~LoadCaller() = default;
+
   // Starts the first RPC for pair number `n`.
-  virtual void Begin(uint64_t n) = 0;
+  void Begin(uint64_t n) {
+    n_ = n;
+    step_ = 0;
+    cycle_start_ = Clock::now();
+    NewContext();
+    Issue();
+  }
+
   // Handles a completion; returns false when this caller's pair is done.
-  virtual bool Complete() = 0;
-  virtual LatencySamples& samples() = 0;
-  virtual uint64_t errors() const = 0;
+  bool Complete() {
+    if (!status_.ok()) {
+      ++errors_;
+      if (errors_ <= 3) {
+        std::fprintf(stderr, "%s %d step %d: %s\n", name_, id_, step_,
+                     status_.error_message().c_str());
+      }
+    }
+    if (++step_ == Steps()) {
+      samples_.Add(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       Clock::now() - cycle_start_)
+                       .count());
+      return false;
+    }
+    NewContext();
+    Issue();
+    return true;
+  }
+
+  LatencySamples& samples() { return samples_; }
+  uint64_t errors() const { return errors_; }
+
+ protected:
+  virtual int Steps() const = 0;
+  // Starts RPC number step_ with context ctx_, completing into status_ with
+  // tag().
+  virtual void Issue() = 0;
+  void* tag() { return this; }
+
+  grpc::CompletionQueue* const cq_;
+  const int id_;
+  uint64_t n_ = 0;
+  int step_ = 0;
+  std::unique_ptr<grpc::ClientContext> ctx_;
+  grpc::Status status_;
+
+ private:
+  void NewContext() {
+    ctx_ = std::make_unique<grpc::ClientContext>();
+    ctx_->set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(60));
+  }
+
+  const char* const name_;
+  Clock::time_point cycle_start_;
+  LatencySamples samples_;
+  uint64_t errors_ = 0;
 };
 
 // A caller: runs cycles (or, preloading, registers pairs) one RPC at a time
@@ -103,39 +158,7 @@ class Caller final : public LoadCaller {
 
   Caller(v1::BypassManager::Stub* stub, grpc::CompletionQueue* cq, int id,
          Mode mode)
-      : stub_(stub), cq_(cq), id_(id), mode_(mode) {}
-
-  // Starts the first RPC for pair number `n`.
-  void Begin(uint64_t n) override {
-    n_ = n;
-    step_ = 0;
-    cycle_start_ = Clock::now();
-    Issue();
-  }
-
-  // Handles a completion; returns false when this caller's pair is done.
-  bool Complete() override {
-    if (!status_.ok()) {
-      ++errors_;
-      if (errors_ <= 3) {
-        std::fprintf(stderr, "caller %d step %d: %s\n", id_, step_,
-                     status_.error_message().c_str());
-      }
-    }
-    ++step_;
-    const int steps = mode_ == Mode::kCycle ? 4 : 2;
-    if (step_ == steps) {
-      samples_.Add(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                       Clock::now() - cycle_start_)
-                       .count());
-      return false;
-    }
-    Issue();
-    return true;
-  }
-
-  LatencySamples& samples() override { return samples_; }
-  uint64_t errors() const override { return errors_; }
+      : LoadCaller(cq, id, "caller"), stub_(stub), mode_(mode) {}
 
  private:
   std::string Token() const {
@@ -143,10 +166,9 @@ class Caller final : public LoadCaller {
                                  : absl::StrCat("pre-", n_);
   }
 
-  void Issue() {
-    ctx_ = std::make_unique<grpc::ClientContext>();
-    ctx_->set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::seconds(60));
+  int Steps() const override { return mode_ == Mode::kCycle ? 4 : 2; }
+
+  void Issue() override {
     const std::string token = Token();
     // Cycling callers reuse their own device and GSI (freed every cycle);
     // preloaded pairs each get their own.
@@ -161,7 +183,7 @@ class Caller final : public LoadCaller {
         p->set_vector(static_cast<uint32_t>((obj / 65536) % 2048));
         rp_reader_ = stub_->PrepareAsyncRegisterProducer(ctx_.get(), req, cq_);
         rp_reader_->StartCall();
-        rp_reader_->Finish(&rp_, &status_, this);
+        rp_reader_->Finish(&rp_, &status_, tag());
         break;
       }
       case 1: {
@@ -173,7 +195,7 @@ class Caller final : public LoadCaller {
         c->set_gsi(static_cast<uint32_t>(obj % 4096));
         rc_reader_ = stub_->PrepareAsyncRegisterConsumer(ctx_.get(), req, cq_);
         rc_reader_->StartCall();
-        rc_reader_->Finish(&rc_, &status_, this);
+        rc_reader_->Finish(&rc_, &status_, tag());
         break;
       }
       case 2: {
@@ -182,7 +204,7 @@ class Caller final : public LoadCaller {
         up_reader_ =
             stub_->PrepareAsyncUnregisterProducer(ctx_.get(), req, cq_);
         up_reader_->StartCall();
-        up_reader_->Finish(&up_, &status_, this);
+        up_reader_->Finish(&up_, &status_, tag());
         break;
       }
       case 3: {
@@ -191,21 +213,14 @@ class Caller final : public LoadCaller {
         uc_reader_ =
             stub_->PrepareAsyncUnregisterConsumer(ctx_.get(), req, cq_);
         uc_reader_->StartCall();
-        uc_reader_->Finish(&uc_, &status_, this);
+        uc_reader_->Finish(&uc_, &status_, tag());
         break;
       }
     }
   }
 
   v1::BypassManager::Stub* const stub_;
-  grpc::CompletionQueue* const cq_;
-  const int id_;
   const Mode mode_;
-  uint64_t n_ = 0;
-  int step_ = 0;
-  Clock::time_point cycle_start_;
-  std::unique_ptr<grpc::ClientContext> ctx_;
-  grpc::Status status_;
   v1::RegisterProducerResponse rp_;
   v1::RegisterConsumerResponse rc_;
   v1::UnregisterProducerResponse up_;
@@ -220,8 +235,6 @@ class Caller final : public LoadCaller {
   std::unique_ptr<
       grpc::ClientAsyncResponseReader<v1::UnregisterConsumerResponse>>
       uc_reader_;
-  LatencySamples samples_;
-  uint64_t errors_ = 0;
 };
 
 // The raw-etcd baseline of --etcd: the same generator, each cycle four etcd
@@ -232,41 +245,12 @@ constexpr char kRawEtcdPrefix[] = "etcd-raw:";
 class EtcdCaller final : public LoadCaller {
  public:
   EtcdCaller(etcdserverpb::KV::Stub* stub, grpc::CompletionQueue* cq, int id)
-      : stub_(stub), cq_(cq), id_(id) {}
-
-  void Begin(uint64_t n) override {
-    n_ = n;
-    step_ = 0;
-    cycle_start_ = Clock::now();
-    Issue();
-  }
-
-  bool Complete() override {
-    if (!status_.ok()) {
-      ++errors_;
-      if (errors_ <= 3) {
-        std::fprintf(stderr, "etcd caller %d step %d: %s\n", id_, step_,
-                     status_.error_message().c_str());
-      }
-    }
-    if (++step_ == 4) {
-      samples_.Add(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                       Clock::now() - cycle_start_)
-                       .count());
-      return false;
-    }
-    Issue();
-    return true;
-  }
-
-  LatencySamples& samples() override { return samples_; }
-  uint64_t errors() const override { return errors_; }
+      : LoadCaller(cq, id, "etcd caller"), stub_(stub) {}
 
  private:
-  void Issue() {
-    ctx_ = std::make_unique<grpc::ClientContext>();
-    ctx_->set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::seconds(60));
+  int Steps() const override { return 4; }
+
+  void Issue() override {
     etcdserverpb::TxnRequest txn;
     const std::string key = absl::StrCat("/bench-raw/b/load-", id_, "-", n_);
     if (step_ == 3) {
@@ -279,22 +263,13 @@ class EtcdCaller final : public LoadCaller {
     }
     reader_ = stub_->PrepareAsyncTxn(ctx_.get(), txn, cq_);
     reader_->StartCall();
-    reader_->Finish(&response_, &status_, this);
+    reader_->Finish(&response_, &status_, tag());
   }
 
   etcdserverpb::KV::Stub* const stub_;
-  grpc::CompletionQueue* const cq_;
-  const int id_;
-  uint64_t n_ = 0;
-  int step_ = 0;
-  Clock::time_point cycle_start_;
-  std::unique_ptr<grpc::ClientContext> ctx_;
-  grpc::Status status_;
   etcdserverpb::TxnResponse response_;
   std::unique_ptr<grpc::ClientAsyncResponseReader<etcdserverpb::TxnResponse>>
       reader_;
-  LatencySamples samples_;
-  uint64_t errors_ = 0;
 };
 
 struct LoadResult {

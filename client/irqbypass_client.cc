@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
+#include "common/target_list.h"
 #include "absl/random/random.h"
 #include "absl/time/clock.h"
 #include "absl/strings/ascii.h"
@@ -87,23 +88,9 @@ void WatchCanceller::Detach() {
 
 // --- Client ---
 
-static std::vector<std::string> SplitTargets(const std::string& target) {
-  if (target.find("://") != std::string::npos ||
-      absl::StartsWith(target, "ipv4:") || absl::StartsWith(target, "ipv6:") ||
-      absl::StartsWith(target, "unix:") || absl::StartsWith(target, "dns:")) {
-    return {target};
-  }
-  std::vector<std::string> out;
-  for (absl::string_view part : absl::StrSplit(target, ',')) {
-    part = absl::StripAsciiWhitespace(part);
-    if (!part.empty()) out.emplace_back(part);
-  }
-  return out;
-}
-
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(
     const std::string& target, ClientOptions options) {
-  const std::vector<std::string> endpoints = SplitTargets(target);
+  const std::vector<std::string> endpoints = SplitTargetList(target);
   if (endpoints.empty()) {
     return absl::InvalidArgumentError("target must not be empty");
   }
@@ -175,6 +162,9 @@ Client::Client(
       options_(std::move(options)) {}
 
 std::shared_ptr<BypassManager::StubInterface> Client::Stub(size_t i) const {
+  // One replica (no redial_): the stub never changes, so calls share no
+  // lock.
+  if (!redial_) return stubs_[i];
   absl::MutexLock lock(&stubs_mu_);
   return stubs_[i];
 }

@@ -230,7 +230,9 @@ class Client {
 
   const size_t replicas_;
   mutable absl::Mutex stubs_mu_;
-  mutable std::vector<StubPtr> stubs_ ABSL_GUARDED_BY(stubs_mu_);
+  // Guarded by stubs_mu_ when redial_ is set (several replicas); otherwise
+  // never changed after construction.
+  mutable std::vector<StubPtr> stubs_;
   // Several replicas: a fresh stub for replica i. Set once at creation.
   std::function<StubPtr(size_t)> redial_;
   const std::vector<std::string> endpoints_;  // as given, one per stub

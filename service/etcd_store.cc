@@ -190,6 +190,14 @@ absl::StatusOr<uint64_t> EtcdStore::Load(
   return last;
 }
 
+void EtcdStore::AddFence(etcdserverpb::TxnRequest* txn) const {
+  etcdserverpb::Compare* leader = txn->add_compare();
+  leader->set_key(fence_key_);
+  leader->set_target(etcdserverpb::Compare::CREATE);
+  leader->set_result(etcdserverpb::Compare::EQUAL);
+  leader->set_create_revision(fence_revision_);
+}
+
 void EtcdStore::SetFence(std::string key, int64_t create_revision) {
   fence_key_ = std::move(key);
   fence_revision_ = create_revision;
@@ -246,11 +254,7 @@ absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
     // Applied only while this replica's election stands; the mark is raised
     // in a nested transaction (etcd 3.3+) so that its compare does not
     // decide whether the changes apply.
-    etcdserverpb::Compare* leader = txn.add_compare();
-    leader->set_key(fence_key_);
-    leader->set_target(etcdserverpb::Compare::CREATE);
-    leader->set_result(etcdserverpb::Compare::EQUAL);
-    leader->set_create_revision(fence_revision_);
+    AddFence(&txn);
     add_ops(txn.mutable_success());
     if (revision > 0) raise_mark(txn.add_success()->mutable_request_txn());
   } else {
@@ -386,11 +390,7 @@ absl::Status EtcdStore::LoadRequests(
 absl::Status EtcdStore::PruneRequests(int64_t now_unix_micros) {
   etcdserverpb::TxnRequest txn;
   if (!fence_key_.empty()) {
-    etcdserverpb::Compare* leader = txn.add_compare();
-    leader->set_key(fence_key_);
-    leader->set_target(etcdserverpb::Compare::CREATE);
-    leader->set_result(etcdserverpb::Compare::EQUAL);
-    leader->set_create_revision(fence_revision_);
+    AddFence(&txn);
   }
   etcdserverpb::DeleteRangeRequest* request =
       txn.add_success()->mutable_request_delete_range();

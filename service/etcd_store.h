@@ -101,6 +101,8 @@ class EtcdStore final : public Store {
       const std::function<absl::Status(const std::string&, const std::string&)>&
           fn);
   absl::Status WriteChunk(absl::Span<const StoreChange> changes);
+  // Makes `txn` apply only while this replica's election stands.
+  void AddFence(etcdserverpb::TxnRequest* txn) const;
   // A fenced write found another leader: NOT_LEADER; steps down.
   absl::Status Fenced(const ErrorContext& ctx);
   void StepDown(const char* why);

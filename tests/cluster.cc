@@ -48,19 +48,11 @@ bool Cluster::StartManager(const std::vector<std::string>& flags) {
 }
 
 void Cluster::DumpLogs() const {
-  auto tail = [](const std::string& text) {
-    size_t pos = text.size();
-    for (int lines = 0; lines < 60 && pos > 0; ++lines) {
-      pos = text.rfind('\n', pos - 1);
-      if (pos == std::string::npos) return text;
-    }
-    return text.substr(pos + 1);
-  };
   std::fprintf(stderr, "--- irqbypassd log (tail) ---\n%s\n",
-               tail(ReadFile(dir_ + "/irqbypassd.log")).c_str());
+               TailLines(ReadFile(dir_ + "/irqbypassd.log"), 60).c_str());
   for (const auto& [node, agent] : agents_) {
     std::fprintf(stderr, "--- agent %s log (tail) ---\n%s\n", node.c_str(),
-                 tail(agent->Log()).c_str());
+                 TailLines(agent->Log(), 60).c_str());
   }
 }
 

@@ -121,21 +121,13 @@ bool HaCluster::StartAgent(const std::string& node,
 }
 
 void HaCluster::DumpLogs() const {
-  auto tail = [](const std::string& text) {
-    size_t pos = text.size();
-    for (int lines = 0; lines < 50 && pos > 0; ++lines) {
-      pos = text.rfind('\n', pos - 1);
-      if (pos == std::string::npos) return text;
-    }
-    return text.substr(pos + 1);
-  };
   for (size_t i = 0; i < replicas_.size(); ++i) {
     std::fprintf(stderr, "--- irqbypassd %zu log (tail) ---\n%s\n", i,
-                 tail(ReadFile(LogPath(static_cast<int>(i)))).c_str());
+                 TailLines(ReadFile(LogPath(static_cast<int>(i))), 50).c_str());
   }
   for (const auto& [node, agent] : agents_) {
     std::fprintf(stderr, "--- agent %s log (tail) ---\n%s\n", node.c_str(),
-                 tail(agent->Log()).c_str());
+                 TailLines(agent->Log(), 50).c_str());
   }
 }
 

@@ -168,6 +168,15 @@ CommandResult RunCommand(const std::string& path,
   return result;
 }
 
+std::string TailLines(const std::string& text, int lines) {
+  size_t pos = text.size();
+  for (int n = 0; n < lines && pos > 0; ++n) {
+    pos = text.rfind('\n', pos - 1);
+    if (pos == std::string::npos) return text;
+  }
+  return text.substr(pos + 1);
+}
+
 int CountOccurrences(const std::string& haystack, const std::string& needle) {
   int n = 0;
   for (size_t pos = haystack.find(needle); pos != std::string::npos;

@@ -62,6 +62,9 @@ CommandResult RunCommand(
     const std::string& path, const std::vector<std::string>& args,
     std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
+// The last `lines` lines of `text` (all of it if shorter), for failure logs.
+std::string TailLines(const std::string& text, int lines);
+
 // Counts occurrences of `needle` in `haystack`.
 int CountOccurrences(const std::string& haystack, const std::string& needle);
 
