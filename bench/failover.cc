@@ -55,7 +55,8 @@ int Run() {
     }
     // The client talks to the leader before the kill.
     auto warm = ha.client().RegisterProducer(testing::MakeProducer(
-        absl::StrCat("f", n++), "bench-node", "0000:01:00.0", n % 2048));
+        absl::StrCat("f", n), "bench-node", "0000:01:00.0", n % 2048));
+    ++n;
     if (!warm.ok()) {
       std::fprintf(stderr, "trial %d: %s\n", trial,
                    warm.status().ToString().c_str());
@@ -65,7 +66,8 @@ int Run() {
     const auto killed = Clock::now();
     ha.replica(leader).Wait();
     auto written = ha.client().RegisterProducer(testing::MakeProducer(
-        absl::StrCat("f", n++), "bench-node", "0000:01:00.0", n % 2048));
+        absl::StrCat("f", n), "bench-node", "0000:01:00.0", n % 2048));
+    ++n;
     const double s =
         std::chrono::duration<double>(Clock::now() - killed).count();
     if (!written.ok()) {

@@ -302,6 +302,17 @@ absl::Status EtcdStore::Fenced(const ErrorContext& ctx) {
                    ctx);
 }
 
+// A failed transaction's status as one of the calls that shared it sees
+// it: the same code, reason and message, with that call's token.
+absl::Status EtcdStore::ForCall(const absl::Status& status,
+                                absl::Span<const StoreChange> changes) {
+  if (status.ok()) return status;
+  ErrorContext ctx = GetErrorContext(status);
+  ctx.token = changes.size() == 1 ? std::string(changes[0].token) : "";
+  return MakeError(status.code(), GetErrorReason(status), status.message(),
+                   ctx);
+}
+
 // A call waiting in Write: its changes, and once a writer wrote them, the
 // outcome.
 struct EtcdStore::Waiter {
@@ -323,16 +334,12 @@ void EtcdStore::Write(absl::Span<const StoreChange> changes,
     return;
   }
   if (changes.size() > kChangesPerTxn) {
-    for (size_t i = 0; i < changes.size(); i += kChangesPerTxn) {
-      absl::Status s =
-          WriteChunk(changes.subspan(i, std::min(kChangesPerTxn,
-                                                 changes.size() - i)));
-      if (!s.ok()) {
-        done(s);
-        return;
-      }
-    }
-    done(absl::OkStatus());
+    // One call is one transaction, so that it stays all-or-none.
+    done(absl::InvalidArgumentError(absl::StrCat(
+        "etcd store: a write of ", changes.size(),
+        " changes exceeds the ", kChangesPerTxn,
+        " one transaction holds (etcd allows 128 operations per "
+        "transaction); nothing was written")));
     return;
   }
   // Group commit: concurrent calls share transactions. A waiting call
@@ -364,7 +371,7 @@ void EtcdStore::Write(absl::Span<const StoreChange> changes,
     const absl::Status s = WriteChunk(batch);
     batch_mu_.Lock();
     for (Waiter* w : taken) {
-      w->status = s;
+      w->status = taken.size() == 1 ? s : ForCall(s, w->changes);
       w->done = true;
     }
     --writers_;

@@ -7,8 +7,11 @@
 // Txns (group commit: up to kWriters in flight, 40 changes each); a Txn has
 // the token's record put or deleted, the call's request outcome put, and,
 // for a removal, the revision mark raised when this revision is higher (a
-// Compare on its value). etcd allows 128 operations per transaction by default: a batch is
-// split into transactions of at most 40 changes, each atomic on its own.
+// Compare on its value). etcd allows 128 operations per transaction by
+// default, so one call holds at most 40 changes (more: INVALID_ARGUMENT,
+// nothing written): a call is never split, so it stays all-or-none. A
+// failed transaction fails every call in it, each with its own token in the
+// error detail.
 //
 // Layout under `prefix` (default "/irqbypass/"), as in rocksdb_store.h:
 // "b/<token>" -> StoredBinding, "r/<expiry>/<id>" -> StoredRequest,
@@ -22,7 +25,10 @@
 // leader's writes fail (UNAVAILABLE, NOT_LEADER), and `on_step_down` runs.
 // So it does when a fenced write fails without an answer (etcd down or
 // slow): etcd may still apply it, so the replica's index may differ from
-// etcd, and only a fresh load (at the next election) is trusted.
+// etcd, and only a fresh load (at the next election) is trusted. irqbypassd
+// always fences its etcd store (it runs an election even as the only
+// replica); without a fence (tests) a write whose answer did not come is
+// reported UNAVAILABLE although etcd may still apply it.
 //
 // Thread-safe; every call is a blocking gRPC call with `timeout`.
 #ifndef IRQBYPASS_SERVICE_ETCD_STORE_H_
@@ -77,8 +83,9 @@ class EtcdStore final : public Store {
   absl::StatusOr<uint64_t> Load(
       const std::function<absl::Status(std::string token, BindingState state)>&
           fn) override;
-  // Runs the transaction(s) on the calling thread; calls `done` before
-  // returning.
+  // Runs on the calling thread (its changes share a transaction with
+  // concurrent calls'); calls `done` before returning. At most
+  // kChangesPerTxn changes.
   void Write(absl::Span<const StoreChange> changes,
              std::function<void(absl::Status)> done) override;
   absl::Status LoadRequests(
@@ -101,6 +108,8 @@ class EtcdStore final : public Store {
       const std::function<absl::Status(const std::string&, const std::string&)>&
           fn);
   absl::Status WriteChunk(absl::Span<const StoreChange> changes);
+  static absl::Status ForCall(const absl::Status& status,
+                              absl::Span<const StoreChange> changes);
   // Makes `txn` apply only while this replica's election stands.
   void AddFence(etcdserverpb::TxnRequest* txn) const;
   // A fenced write found another leader: NOT_LEADER; steps down.

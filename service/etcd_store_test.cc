@@ -4,13 +4,18 @@
 
 #include <signal.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "protos/etcd/rpc.grpc.pb.h"
 #include "service/errors.h"
 #include "tests/etcd_support.h"
 
@@ -66,6 +71,46 @@ class EtcdStoreTest : public ::testing::Test {
     return loaded;
   }
 
+  static etcdserverpb::KV::Stub& Kv() {
+    static auto* stub = [] {
+      auto target = EtcdTarget(etcd_->endpoints());
+      EXPECT_TRUE(target.ok());
+      return etcdserverpb::KV::NewStub(grpc::CreateChannel(
+                 *target, grpc::InsecureChannelCredentials()))
+          .release();
+    }();
+    return *stub;
+  }
+  // etcd's current revision.
+  static int64_t EtcdRevision() {
+    etcdserverpb::RangeRequest request;
+    request.set_key("/none");
+    etcdserverpb::RangeResponse response;
+    grpc::ClientContext context;
+    grpc::Status s = Kv().Range(&context, request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response.header().revision();
+  }
+  // Creates `key`; its create_revision (0 on failure).
+  static int64_t PutKey(const std::string& key) {
+    etcdserverpb::PutRequest request;
+    request.set_key(key);
+    request.set_value("replica");
+    etcdserverpb::PutResponse response;
+    grpc::ClientContext context;
+    grpc::Status s = Kv().Put(&context, request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return s.ok() ? response.header().revision() : 0;
+  }
+  static void DeleteKey(const std::string& key) {
+    etcdserverpb::DeleteRangeRequest request;
+    request.set_key(key);
+    etcdserverpb::DeleteRangeResponse response;
+    grpc::ClientContext context;
+    grpc::Status s = Kv().DeleteRange(&context, request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+  }
+
   static testing::EtcdCluster* etcd_;
 };
 
@@ -112,20 +157,154 @@ TEST_F(EtcdStoreTest, ConcurrentWriters_MarkIsTheMaximum_ManyPagesLoaded) {
   EXPECT_EQ(last, 1600u);
 }
 
-TEST_F(EtcdStoreTest, Batch_LargerThanOneTransaction_AllWritten) {
+TEST_F(EtcdStoreTest, Write_MoreThanOneTransactionHolds_RefusedNothingWritten) {
   auto store = Open("batch");
   std::vector<std::string> tokens;
   std::vector<BindingState> states;
-  for (int i = 0; i < 300; ++i) {
+  for (int i = 0; i < 41; ++i) {
     tokens.push_back("k" + std::to_string(i));
     states.push_back(Paired(i, i + 1));
   }
   std::vector<StoreChange> changes;
-  for (int i = 0; i < 300; ++i) changes.push_back({tokens[i], states[i]});
+  for (int i = 0; i < 41; ++i) changes.push_back({tokens[i], states[i]});
+  absl::Status s = store->WriteAndWait(changes);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("41 changes"), std::string::npos) << s;
+  EXPECT_TRUE(LoadAll(*store, nullptr).empty());
+  changes.pop_back();  // 40: one transaction, all written
   ASSERT_TRUE(store->WriteAndWait(changes).ok());
   uint64_t last = 0;
-  EXPECT_EQ(LoadAll(*store, &last).size(), 300u);
-  EXPECT_EQ(last, 300u);
+  EXPECT_EQ(LoadAll(*store, &last).size(), 40u);
+  EXPECT_EQ(last, 40u);
+}
+
+// Group commit: many concurrent calls, puts and removals mixed, share
+// transactions; each call is answered exactly once, before Write returns,
+// and the store ends holding exactly what the calls left.
+TEST_F(EtcdStoreTest, GroupCommit_MixedCalls_EachAnsweredOnceAllKept) {
+  auto store = Open("group");
+  const int64_t etcd_before = EtcdRevision();
+  constexpr int kThreads = 32;
+  constexpr int kTokens = 40;
+  std::atomic<uint64_t> revision{0};
+  std::atomic<int> calls{0};
+  std::vector<std::map<std::string, BindingState>> kept(kThreads);
+  std::vector<uint64_t> highest(kThreads, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kTokens; ++i) {
+        const std::string token =
+            "g" + std::to_string(t) + "-" + std::to_string(i);
+        auto write = [&](const BindingState& st) {
+          int answers = 0;
+          absl::Status got;
+          store->Write(absl::MakeConstSpan(std::vector<StoreChange>{
+                           StoreChange{token, st}}),
+                       [&](absl::Status s) {
+                         ++answers;
+                         got = std::move(s);
+                       });
+          calls.fetch_add(1);
+          EXPECT_EQ(answers, 1) << token;
+          EXPECT_TRUE(got.ok()) << token << ": " << got;
+          highest[t] = std::max(highest[t], st.revision);
+        };
+        BindingState st = Paired(i, revision.fetch_add(1) + 1);
+        write(st);
+        if (i % 3 == 0) {
+          BindingState removed;
+          removed.revision = revision.fetch_add(1) + 1;
+          write(removed);
+        } else {
+          kept[t][token] = st;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  std::map<std::string, BindingState> want;
+  uint64_t want_last = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    want.insert(kept[t].begin(), kept[t].end());
+    want_last = std::max(want_last, highest[t]);
+  }
+  uint64_t last = 0;
+  std::map<std::string, BindingState> loaded = LoadAll(*store, &last);
+  ASSERT_EQ(loaded.size(), want.size());
+  for (const auto& [token, st] : want) {
+    ASSERT_EQ(loaded.count(token), 1u) << token;
+    EXPECT_EQ(loaded[token].revision, st.revision) << token;
+    EXPECT_EQ(loaded[token].producer->vector, st.producer->vector) << token;
+  }
+  EXPECT_EQ(last, want_last);
+  // Each transaction raises etcd's revision by one: fewer than one per
+  // call shows calls shared them (32 callers, 4 transactions in flight).
+  const int64_t txns = EtcdRevision() - etcd_before;
+  EXPECT_LT(txns, calls.load()) << "no call shared a transaction";
+  std::printf("%d calls in %lld transactions\n", calls.load(),
+              static_cast<long long>(txns));
+}
+
+// A newer leader elected while calls are batched: every call from then on
+// is refused NOT_LEADER with its own token, nothing of them is written, and
+// the store steps down once.
+TEST_F(EtcdStoreTest, GroupCommit_FenceLost_EveryLaterCallRefusedWithItsToken) {
+  const std::string leader = "/test/fenced/leader";
+  const int64_t epoch = PutKey(leader);
+  ASSERT_GT(epoch, 0);
+  std::atomic<int> step_downs{0};
+  EtcdStoreOptions options;
+  options.endpoints = etcd_->endpoints();
+  options.prefix = "/test/fenced/";
+  options.on_step_down = [&](const char*) { step_downs.fetch_add(1); };
+  auto opened = EtcdStore::Open(options);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  std::unique_ptr<EtcdStore> store = *std::move(opened);
+  store->SetFence(leader, epoch);
+
+  constexpr int kThreads = 16;
+  std::atomic<int> written{0};
+  std::atomic<bool> deposed{false};
+  std::vector<std::vector<std::string>> acked(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0;; ++i) {
+        const bool after = deposed.load();
+        const std::string token =
+            "f" + std::to_string(t) + "-" + std::to_string(i);
+        absl::Status s =
+            store->WriteAndWait(StoreChange{token, Paired(i, i + 1)});
+        if (s.ok()) {
+          EXPECT_FALSE(after) << token << " written after a newer leader";
+          acked[t].push_back(token);
+          written.fetch_add(1);
+          continue;
+        }
+        EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+        EXPECT_EQ(GetErrorReason(s), ErrorReason::kNotLeader) << s;
+        EXPECT_EQ(GetErrorContext(s).token, token) << s;
+        if (after) break;
+      }
+    });
+  }
+  ASSERT_TRUE(::irqbypass::testing::WaitFor([&] { return written >= 200; }));
+  // A newer election: the key deleted and created again.
+  DeleteKey(leader);
+  ASSERT_GT(PutKey(leader), epoch);
+  deposed.store(true);
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(step_downs.load(), 1);
+  std::map<std::string, BindingState> loaded = LoadAll(*store, nullptr);
+  size_t want = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    want += acked[t].size();
+    for (const std::string& token : acked[t]) {
+      EXPECT_EQ(loaded.count(token), 1u) << token << " acknowledged, lost";
+    }
+  }
+  EXPECT_EQ(loaded.size(), want) << "a refused call was written";
 }
 
 TEST_F(EtcdStoreTest, RequestOutcomes_LoadedUntilExpiredThenPruned) {

@@ -57,7 +57,9 @@ class Store {
   // `done` runs exactly once, on this thread or another: OK once the changes
   // will survive a crash of the process or of the host; otherwise
   // UNAVAILABLE (reason kStoreUnavailable) and nothing was written.
-  // `changes` are read before Write returns.
+  // `changes` are read before Write returns. A store may bound the changes
+  // in one call (EtcdStore: 40, one etcd transaction): more are refused
+  // with INVALID_ARGUMENT and nothing is written.
   virtual void Write(absl::Span<const StoreChange> changes,
                      std::function<void(absl::Status)> done) = 0;
 
