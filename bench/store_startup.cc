@@ -22,6 +22,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "bench/store_fill.h"
 #include "service/rocksdb_store.h"
 #include "tests/process.h"
 
@@ -52,56 +53,6 @@ int64_t Rss(pid_t pid) {
     }
   }
   return -1;
-}
-
-// Writes `pairs` connected pairs in batches, as durable writes.
-bool Fill(const std::string& dir, int pairs, int nodes, double* seconds) {
-  RocksDbStoreOptions options;
-  options.dir = dir;
-  auto store = RocksDbStore::Open(options);
-  if (!store.ok()) {
-    std::fprintf(stderr, "%s\n", store.status().ToString().c_str());
-    return false;
-  }
-  const auto t0 = Clock::now();
-  constexpr int kBatch = 5000;
-  std::vector<std::string> tokens;
-  std::vector<BindingState> states;
-  for (int start = 0; start < pairs; start += kBatch) {
-    const int n = std::min(kBatch, pairs - start);
-    tokens.clear();
-    states.clear();
-    for (int i = start; i < start + n; ++i) {
-      tokens.push_back(absl::StrCat("tok-", i));
-      BindingState st;
-      const std::string node = absl::StrCat("node-", i % nodes);
-      ProducerRecord& p = st.producer.emplace();
-      p.node = node;
-      p.device = absl::StrCat("0000:", (i / nodes) / 32 % 256, ":",
-                              (i / nodes) % 32, ".0");
-      p.vector = static_cast<uint32_t>(i / nodes / 8192);
-      p.registration_id = 0x1000000000ull + i;
-      ConsumerRecord& c = st.consumer.emplace();
-      c.node = node;
-      c.vm = absl::StrCat("vm-", (i / nodes) / 4000);
-      c.gsi = static_cast<uint32_t>((i / nodes) % 4000);
-      c.registration_id = 0x2000000000ull + i;
-      st.connected = true;
-      st.revision = static_cast<uint64_t>(i) + 1;
-      states.push_back(std::move(st));
-    }
-    std::vector<StoreChange> changes;
-    changes.reserve(n);
-    for (int i = 0; i < n; ++i) changes.push_back({tokens[i], states[i]});
-    absl::Status s = (*store)->WriteAndWait(changes);
-    if (!s.ok()) {
-      std::fprintf(stderr, "%s\n", s.ToString().c_str());
-      return false;
-    }
-  }
-  absl::Status closed = (*store)->Close();
-  *seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  return closed.ok();
 }
 
 struct Start {
@@ -151,7 +102,7 @@ int Run() {
   const std::string full_dir = dir + "/full";
   double fill_seconds = 0;
   std::fprintf(stderr, "writing %d pairs ...\n", pairs);
-  if (!Fill(full_dir, pairs, nodes, &fill_seconds)) return 1;
+  if (!FillEmbeddedStore(full_dir, pairs, nodes, &fill_seconds)) return 1;
   const int64_t disk = DirBytes(full_dir);
   // The baseline: reading and decoding the store alone, in this process.
   double read_seconds = 0;

@@ -9,6 +9,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/errno_name.h"
 #include "common/log.h"
 #include "service/errors.h"
@@ -443,6 +444,7 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
       options_.leadership != nullptr ? options_.leadership->epoch() : 0;
   v1::AgentMessage first;
   if (!stream->Read(&first)) return grpc::Status::OK;
+  const absl::Time hello_at = absl::Now();  // reconciliation starts here
   if (!first.has_hello()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "hello: the first message of a session must be "
@@ -490,7 +492,8 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
 
   // Reconcile on its own thread (its commands' acks arrive through the read
   // loop below), on this session only; then open the node to commands.
-  std::thread reconciler([this, session, wired = std::move(wired)] {
+  std::thread reconciler([this, session, hello_at,
+                          wired = std::move(wired)] {
     ReconcileResult r;
     if (matcher_ != nullptr) {
       BoundDispatcher via(*this, session);
@@ -520,7 +523,10 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
                                  {"disconnected", absl::StrCat(r.disconnected)},
                                  {"reconnected", absl::StrCat(r.reconnected)},
                                  {"failed", absl::StrCat(r.failed)},
-                                 {"refused", absl::StrCat(r.refused)}});
+                                 {"refused", absl::StrCat(r.refused)},
+                                 {"duration_ms",
+                                  absl::StrCat(absl::ToInt64Milliseconds(
+                                      absl::Now() - hello_at))}});
   });
 
   v1::AgentMessage msg;
