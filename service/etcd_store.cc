@@ -24,18 +24,6 @@ constexpr int EtcdStore::kWriters;
 
 namespace {
 
-// The first key after every key that starts with `prefix`.
-std::string PrefixEnd(std::string prefix) {
-  while (!prefix.empty()) {
-    if (static_cast<unsigned char>(prefix.back()) < 0xff) {
-      prefix.back() = static_cast<char>(prefix.back() + 1);
-      return prefix;
-    }
-    prefix.pop_back();
-  }
-  return std::string(1, '\0');  // etcd: every key
-}
-
 std::string RequestKey(int64_t expires_unix_micros, const std::string& id) {
   return absl::StrFormat("r/%016x/%s",
                          static_cast<uint64_t>(std::max<int64_t>(
@@ -49,6 +37,17 @@ std::string RequestKeyBound(int64_t expires_unix_micros) {
 }
 
 }  // namespace
+
+std::string EtcdPrefixEnd(std::string prefix) {
+  while (!prefix.empty()) {
+    if (static_cast<unsigned char>(prefix.back()) < 0xff) {
+      prefix.back() = static_cast<char>(prefix.back() + 1);
+      return prefix;
+    }
+    prefix.pop_back();
+  }
+  return std::string(1, '\0');  // etcd: every key
+}
 
 std::string EtcdRevisionValue(uint64_t revision) {
   return absl::StrFormat("%020u", revision);
@@ -176,7 +175,7 @@ absl::StatusOr<uint64_t> EtcdStore::Load(
         return absl::OkStatus();
       });
   if (!s.ok()) return s;
-  s = RangeAll("b/", PrefixEnd("b/"),
+  s = RangeAll("b/", EtcdPrefixEnd("b/"),
                [&](const std::string& key, const std::string& value) {
                  absl::StatusOr<BindingState> state = DecodeBinding(value);
                  if (!state.ok()) {
@@ -382,7 +381,7 @@ void EtcdStore::Write(absl::Span<const StoreChange> changes,
 
 absl::Status EtcdStore::LoadRequests(
     int64_t now_unix_micros, const std::function<void(RequestRecord)>& fn) {
-  return RangeAll(RequestKeyBound(now_unix_micros + 1), PrefixEnd("r/"),
+  return RangeAll(RequestKeyBound(now_unix_micros + 1), EtcdPrefixEnd("r/"),
                   [&](const std::string& key, const std::string& value) {
                     absl::StatusOr<RequestRecord> r = DecodeRequest(value);
                     if (!r.ok()) {

@@ -99,6 +99,11 @@ class EtcdStore final : public Store {
   // once, before serving.
   void SetFence(std::string key, int64_t create_revision);
 
+  // Creates the revision mark if missing (every Write compares against
+  // it). Load does this; a leader that takes its state from a warm copy
+  // (etcd_mirror.h) instead calls it before serving.
+  absl::Status EnsureMark();
+
  private:
   explicit EtcdStore(EtcdStoreOptions options);
   // Every key in [prefix + from, prefix + to) in pages; fn(key without the
@@ -115,8 +120,6 @@ class EtcdStore final : public Store {
   // A fenced write found another leader: NOT_LEADER; steps down.
   absl::Status Fenced(const ErrorContext& ctx);
   void StepDown(const char* why);
-  // Creates the revision mark if missing.
-  absl::Status EnsureMark();
   void SetDeadline(grpc::ClientContext* context) const;
 
   const EtcdStoreOptions options_;
@@ -132,6 +135,10 @@ class EtcdStore final : public Store {
   int64_t fence_revision_ = 0;
   std::atomic<bool> stepped_down_{false};  // on_step_down has run
 };
+
+// The first key after every key that starts with `prefix` (a Range's or
+// Watch's range_end for the prefix).
+std::string EtcdPrefixEnd(std::string prefix);
 
 // "20 decimal digits": etcd compares values as bytes.
 std::string EtcdRevisionValue(uint64_t revision);

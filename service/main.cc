@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,6 +34,7 @@
 #include "service/request_log.h"
 #include "service/metrics_endpoint.h"
 #include "service/etcd_election.h"
+#include "service/etcd_mirror.h"
 #include "service/etcd_store.h"
 #include "service/leadership.h"
 #include "service/rocksdb_store.h"
@@ -68,6 +70,10 @@ ABSL_FLAG(std::string, etcd_prefix, "/irqbypass/",
 ABSL_FLAG(absl::Duration, leader_lease_ttl, absl::Seconds(5),
           "--store=etcd: the leader's etcd lease; a standby takes over this "
           "long after the leader dies (whole seconds, at least 2s)");
+ABSL_FLAG(bool, warm_standby, true,
+          "--store=etcd: a standby keeps a copy of the state from an etcd "
+          "watch and takes over from it; false: it reads the whole state "
+          "from etcd once elected");
 ABSL_FLAG(std::string, advertise_address, "",
           "--store=etcd: where clients and agents reach this replica, named "
           "to them by standbys (default: the --listen host, or this host's "
@@ -145,6 +151,7 @@ int Run() {
   std::atomic<bool> store_failed{false};
   std::unique_ptr<RocksDbStore> rocks;
   std::unique_ptr<EtcdStore> etcd;
+  std::unique_ptr<EtcdMirror> mirror;  // a standby's warm copy
   if (store_kind == "etcd") {
     EtcdStoreOptions etcd_options;
     etcd_options.endpoints =
@@ -159,6 +166,17 @@ int Run() {
       return Fail(absl::StrCat("--etcd_endpoints: ", opened.status().message()));
     }
     etcd = *std::move(opened);
+    if (absl::GetFlag(FLAGS_warm_standby)) {
+      EtcdMirrorOptions mirror_options;
+      mirror_options.endpoints = etcd_options.endpoints;
+      mirror_options.prefix = etcd_options.prefix;
+      auto started = EtcdMirror::Start(mirror_options);
+      if (!started.ok()) {
+        return Fail(
+            absl::StrCat("--etcd_endpoints: ", started.status().message()));
+      }
+      mirror = *std::move(started);
+    }
   } else if (store_kind == "embedded") {
     const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
     if (data_dir.empty()) return Fail("--data_dir: empty");
@@ -214,21 +232,53 @@ int Run() {
   RequestLog requests(request_options);
   // Everything the store holds is in the index before anything is served,
   // so reconnecting agents find their wiring known and keep it.
-  auto load_state = [&]() -> absl::Status {
+  // From the store, or (a standby just elected) from its warm copy.
+  auto load_state = [&](MirrorCopy* copy) -> absl::Status {
     const auto load_start = std::chrono::steady_clock::now();
-    absl::Status restored = index.Restore(
-        *store,
-        static_cast<int>(std::max(2u, std::thread::hardware_concurrency())));
+    const int threads =
+        static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+    const std::string source =
+        copy != nullptr ? absl::StrCat("warm copy at etcd revision ",
+                                       copy->etcd_revision)
+                        : store->Describe();
+    absl::Status restored;
+    if (copy != nullptr) {
+      // Every write compares against the revision mark.
+      restored = etcd->EnsureMark();
+      if (restored.ok()) {
+        restored = index.Restore(
+            [copy](const std::function<absl::Status(std::string,
+                                                    BindingState)>& fn)
+                -> absl::StatusOr<uint64_t> {
+              for (auto& [token, state] : copy->bindings) {
+                absl::Status s = fn(std::move(token), std::move(state));
+                if (!s.ok()) return s;
+              }
+              return copy->last_revision;
+            },
+            threads);
+      }
+    } else {
+      restored = index.Restore(*store, threads);
+    }
     if (!restored.ok()) {
       return absl::Status(restored.code(),
-                          absl::StrCat("loading the store (", store->Describe(),
+                          absl::StrCat("loading the store (", source,
                                        "): ", restored.message()));
     }
     // A watch resumes only from what this process saw.
     watch_hub.SetResumeFloor(index.revision());
-    absl::Status loaded = store->LoadRequests(
-        requests.NowUnixMicros(),
-        [&](RequestRecord r) { requests.Restore(std::move(r)); });
+    absl::Status loaded;
+    if (copy != nullptr) {
+      const int64_t now = requests.NowUnixMicros();
+      for (RequestRecord& r : copy->requests) {
+        if (r.expires_unix_micros > now) requests.Restore(std::move(r));
+      }
+    } else {
+      loaded = store->LoadRequests(
+          requests.NowUnixMicros(),
+          [&](RequestRecord r) { requests.Restore(std::move(r)); });
+    }
     if (!loaded.ok()) {
       return absl::Status(loaded.code(),
                           absl::StrCat("loading request outcomes from the "
@@ -237,7 +287,7 @@ int Run() {
     }
     const TokenIndex::Counts counts = index.CountAll();
     LogInfo("store loaded",
-            {{"store", store->Describe()},
+            {{"store", source},
              {"tokens", absl::StrCat(counts.tokens)},
              {"connected", absl::StrCat(counts.connected)},
              {"revision", absl::StrCat(index.revision())},
@@ -249,7 +299,7 @@ int Run() {
     return absl::OkStatus();
   };
   if (store != nullptr && etcd == nullptr) {
-    if (absl::Status s = load_state(); !s.ok()) {
+    if (absl::Status s = load_state(nullptr); !s.ok()) {
       return Fail(std::string(s.message()));
     }
   }
@@ -341,7 +391,8 @@ int Run() {
       return Fail(std::string(created.status().message()));
     }
     election = *std::move(created);
-    elector = std::thread([&, key = election_options.key] {
+    elector = std::thread([&, key = election_options.key,
+                           ttl = election_options.ttl] {
       absl::StatusOr<uint64_t> epoch =
           election->Campaign([&leadership](const std::string& leader) {
             LogInfo("standby", {{"leader", leader.empty() ? "(none)" : leader}});
@@ -349,7 +400,25 @@ int Run() {
           });
       if (!epoch.ok()) return;  // stopping
       etcd->SetFence(key, static_cast<int64_t>(*epoch));
-      if (absl::Status s = load_state(); !s.ok()) {
+      // The warm copy, once it has caught up with the election (every
+      // earlier leader's writes come before it); if it cannot (etcd lost
+      // meanwhile, an undecodable record), the whole state from etcd.
+      std::optional<MirrorCopy> copy;
+      if (mirror != nullptr) {
+        absl::StatusOr<MirrorCopy> taken = mirror->Take(
+            static_cast<int64_t>(*epoch), ttl);
+        mirror.reset();
+        if (taken.ok()) {
+          copy = *std::move(taken);
+        } else {
+          LogWarn("the standby copy cannot be used; reading the state from "
+                  "etcd",
+                  {{"error", taken.status().ToString()}});
+        }
+      }
+      absl::Status s = load_state(copy ? &*copy : nullptr);
+      copy.reset();
+      if (!s.ok()) {
         LogWarn("elected, but loading the state failed; resigning",
                  {{"error", s.ToString()}});
         election->Resign();

@@ -454,6 +454,13 @@ absl::Status TokenIndex::RestoreOne(std::string token, BindingState state) {
 }
 
 absl::Status TokenIndex::Restore(Store& store, int threads) {
+  return Restore(
+      [&store](const std::function<absl::Status(std::string, BindingState)>&
+                   fn) { return store.Load(fn); },
+      threads);
+}
+
+absl::Status TokenIndex::Restore(const LoadFn& load, int threads) {
   // The store is read on this thread; `threads` workers build the index
   // from batches of what it read (the index takes concurrent inserts, and
   // filling it is most of the work: allocation and cache misses).
@@ -501,7 +508,7 @@ absl::Status TokenIndex::Restore(Store& store, int threads) {
     return absl::OkStatus();
   };
   batch.reserve(kBatch);
-  absl::StatusOr<uint64_t> last = store.Load(
+  absl::StatusOr<uint64_t> last = load(
       [&](std::string token, BindingState state) -> absl::Status {
         batch.emplace_back(std::move(token), std::move(state));
         return batch.size() < kBatch ? absl::OkStatus() : flush();

@@ -186,6 +186,11 @@ class TokenIndex {
   // Reads the store on the calling thread and builds the index on
   // `threads` workers.
   [[nodiscard]] absl::Status Restore(Store& store, int threads = 2);
+  // The same from any source with Store::Load's signature (a standby's warm
+  // copy: etcd_mirror.h).
+  using LoadFn = std::function<absl::StatusOr<uint64_t>(
+      const std::function<absl::Status(std::string, BindingState)>&)>;
+  [[nodiscard]] absl::Status Restore(const LoadFn& load, int threads = 2);
 
   // The last revision handed out.
   uint64_t revision() const { return revision_.load(); }

@@ -176,6 +176,16 @@ TEST_F(HaTest, LeaderKilledUnderLoad_StandbyTakesOverNothingLostNothingTornDown)
   }
   EXPECT_EQ(lost, 0);
   EXPECT_GT(pairs, 50);
+  // Every takeover came from the standby's warm copy, none read the state
+  // from etcd.
+  int warm = 0, loads = 0;
+  for (int r = 0; r < 2; ++r) {
+    const std::string log = ha_.replica(r).Log();
+    warm += CountOccurrences(log, "msg=\"store loaded\" store=\"warm copy");
+    loads += CountOccurrences(log, "msg=\"store loaded\"");
+  }
+  EXPECT_GE(warm, kKills + 1);
+  EXPECT_EQ(loads, warm);
   std::printf(
       "%d leader kills under %d callers: %d calls, %d pairs and %d removals "
       "acknowledged, all found on the last leader; %d acknowledged pairs "

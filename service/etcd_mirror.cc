@@ -1,0 +1,300 @@
+#include "service/etcd_mirror.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "service/etcd_store.h"
+#include "service/store_codec.h"
+
+namespace irqbypass {
+
+EtcdMirror::EtcdMirror(EtcdMirrorOptions options)
+    : options_(std::move(options)) {}
+
+absl::StatusOr<std::unique_ptr<EtcdMirror>> EtcdMirror::Start(
+    EtcdMirrorOptions options) {
+  absl::StatusOr<std::string> target = EtcdTarget(options.endpoints);
+  if (!target.ok()) return target.status();
+  std::unique_ptr<EtcdMirror> mirror(new EtcdMirror(std::move(options)));
+  // A watch that catches up carries many revisions in one message.
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto channel = grpc::CreateCustomChannel(
+      *target, grpc::InsecureChannelCredentials(), args);
+  mirror->kv_ = etcdserverpb::KV::NewStub(channel);
+  mirror->watch_ = etcdserverpb::Watch::NewStub(channel);
+  mirror->thread_ = std::thread([m = mirror.get()] { m->Run(); });
+  return mirror;
+}
+
+EtcdMirror::~EtcdMirror() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+    if (watching_ != nullptr) watching_->TryCancel();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+bool EtcdMirror::Stopping() const {
+  absl::MutexLock lock(&mu_);
+  return stop_;
+}
+
+int64_t EtcdMirror::revision() const {
+  absl::MutexLock lock(&mu_);
+  return revision_;
+}
+
+int EtcdMirror::lists() const {
+  absl::MutexLock lock(&mu_);
+  return lists_;
+}
+
+size_t EtcdMirror::bindings() const {
+  absl::MutexLock lock(&mu_);
+  return bindings_.size();
+}
+
+void EtcdMirror::PauseForTest() {
+  absl::MutexLock lock(&mu_);
+  paused_ = true;
+  if (watching_ != nullptr) watching_->TryCancel();
+}
+
+void EtcdMirror::ResumeForTest() {
+  absl::MutexLock lock(&mu_);
+  paused_ = false;
+}
+
+void EtcdMirror::ApplyLocked(const std::string& key,
+                             const std::string* value) {
+  if (absl::StartsWith(key, "b/")) {
+    const std::string token = key.substr(2);
+    if (value == nullptr) {
+      bindings_.erase(token);
+      return;
+    }
+    absl::StatusOr<BindingState> state = DecodeBinding(*value);
+    if (!state.ok()) {
+      if (broken_.ok()) {
+        broken_ = absl::DataLossError(absl::StrCat(
+            "etcd key ", key, ": ", state.status().message()));
+      }
+      return;
+    }
+    bindings_[token] = *std::move(state);
+  } else if (absl::StartsWith(key, "r/")) {
+    if (value == nullptr) {
+      requests_.erase(key);
+      return;
+    }
+    absl::StatusOr<RequestRecord> record = DecodeRequest(*value);
+    if (!record.ok()) {
+      if (broken_.ok()) {
+        broken_ = absl::DataLossError(absl::StrCat(
+            "etcd key ", key, ": ", record.status().message()));
+      }
+      return;
+    }
+    requests_[key] = *std::move(record);
+  } else if (key == "m/revision" && value != nullptr) {
+    uint64_t mark = 0;
+    if (!absl::SimpleAtoi(*value, &mark) && broken_.ok()) {
+      broken_ = absl::DataLossError("etcd key m/revision: not a number");
+    }
+    mark_ = std::max(mark_, mark);
+  }
+  // Anything else under the prefix (the leader key) is not state.
+}
+
+bool EtcdMirror::List() {
+  // Everything under the prefix, page by page, all at the first page's
+  // revision so that the pages agree.
+  const std::string end = EtcdPrefixEnd(options_.prefix);
+  std::string key = options_.prefix;
+  int64_t at = 0;
+  std::vector<std::pair<std::string, std::string>> kvs;
+  while (true) {
+    etcdserverpb::RangeRequest request;
+    request.set_key(key);
+    request.set_range_end(end);
+    request.set_limit(1000);
+    request.set_revision(at);
+    etcdserverpb::RangeResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         absl::ToChronoNanoseconds(options_.timeout));
+    grpc::Status s = kv_->Range(&context, request, &response);
+    if (!s.ok()) {
+      // etcd unreachable, or it compacted past `at` meanwhile: again.
+      LogDebug("standby copy: listing failed",
+               {{"error", s.error_message()}});
+      return false;
+    }
+    if (at == 0) at = response.header().revision();
+    for (mvccpb::KeyValue& kv : *response.mutable_kvs()) {
+      kvs.emplace_back(kv.key().substr(options_.prefix.size()),
+                       std::move(*kv.mutable_value()));
+    }
+    if (!response.more() || response.kvs().empty()) break;
+    key = response.kvs().rbegin()->key() + std::string(1, '\0');
+  }
+  absl::MutexLock lock(&mu_);
+  bindings_.clear();
+  requests_.clear();
+  mark_ = 0;
+  broken_ = absl::OkStatus();
+  for (const auto& [k, v] : kvs) ApplyLocked(k, &v);
+  revision_ = at;
+  ++lists_;
+  LogInfo("standby copy listed",
+          {{"tokens", absl::StrCat(bindings_.size())},
+           {"etcd_revision", absl::StrCat(at)},
+           {"lists", absl::StrCat(lists_)}});
+  return true;
+}
+
+bool EtcdMirror::Watch() {
+  grpc::ClientContext context;
+  int64_t from = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stop_ || paused_) return false;
+    watching_ = &context;
+    from = revision_ + 1;
+  }
+  auto stream = watch_->Watch(&context);
+  etcdserverpb::WatchRequest request;
+  etcdserverpb::WatchCreateRequest* create = request.mutable_create_request();
+  create->set_key(options_.prefix);
+  create->set_range_end(EtcdPrefixEnd(options_.prefix));
+  create->set_start_revision(from);
+  create->set_progress_notify(true);
+  bool compacted = false;
+  if (stream->Write(request)) {
+    etcdserverpb::WatchResponse response;
+    while (stream->Read(&response)) {
+      if (response.compact_revision() > 0) {
+        LogWarn("standby copy: etcd compacted past it; listing again",
+                {{"needed", absl::StrCat(from)},
+                 {"compact_revision",
+                  absl::StrCat(response.compact_revision())}});
+        compacted = true;
+        break;
+      }
+      if (response.canceled()) break;
+      absl::MutexLock lock(&mu_);
+      int64_t at = revision_;
+      for (const mvccpb::Event& event : response.events()) {
+        const std::string key =
+            event.kv().key().substr(options_.prefix.size());
+        ApplyLocked(key, event.type() == mvccpb::Event::PUT
+                             ? &event.kv().value()
+                             : nullptr);
+        at = std::max(at, event.kv().mod_revision());
+      }
+      // A response without events other than the creation's is a progress
+      // notice: etcd sends those only once everything up to its header's
+      // revision was delivered. (A catching-up response's header can be
+      // ahead of its events, so only events count there.)
+      if (response.events().empty() && !response.created()) {
+        at = std::max(at, response.header().revision());
+      }
+      revision_ = at;
+    }
+  }
+  context.TryCancel();
+  stream->Finish();
+  absl::MutexLock lock(&mu_);
+  watching_ = nullptr;
+  return compacted;
+}
+
+void EtcdMirror::Run() {
+  constexpr absl::Duration kMinBackoff = absl::Milliseconds(100);
+  constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
+  absl::Duration backoff = kMinBackoff;
+  bool listed = false;
+  auto sleep = [&] {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&stop_), backoff);
+    backoff = std::min(backoff * 2, kMaxBackoff);
+  };
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](EtcdMirror* m) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return m->stop_ || !m->paused_;
+          },
+          this));
+      if (stop_) return;
+    }
+    if (!listed) {
+      if (!List()) {
+        sleep();
+        continue;
+      }
+      listed = true;
+    }
+    const int64_t before = revision();
+    if (Watch()) {
+      listed = false;
+      backoff = kMinBackoff;
+      continue;
+    }
+    if (Stopping()) return;
+    if (revision() > before) backoff = kMinBackoff;  // it was making progress
+    sleep();
+  }
+}
+
+absl::StatusOr<MirrorCopy> EtcdMirror::Take(int64_t etcd_revision,
+                                            absl::Duration timeout) {
+  MirrorCopy copy;
+  {
+    absl::MutexLock lock(&mu_);
+    struct Args {
+      EtcdMirror* m;
+      int64_t want;
+    } args{this, etcd_revision};
+    const bool reached = mu_.AwaitWithTimeout(
+        absl::Condition(
+            +[](Args* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+              return a->m->stop_ || a->m->revision_ >= a->want;
+            },
+            &args),
+        timeout);
+    if (!reached || revision_ < etcd_revision) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the standby copy reached etcd revision ", revision_,
+          ", not the election's ", etcd_revision, " within ",
+          absl::FormatDuration(timeout)));
+    }
+    if (!broken_.ok()) return broken_;
+    stop_ = true;
+    if (watching_ != nullptr) watching_->TryCancel();
+  }
+  thread_.join();
+  // The thread is gone: the copy is this thread's alone now.
+  absl::MutexLock lock(&mu_);
+  copy.etcd_revision = revision_;
+  copy.last_revision = mark_;
+  copy.bindings.reserve(bindings_.size());
+  for (auto& [token, state] : bindings_) {
+    copy.last_revision = std::max(copy.last_revision, state.revision);
+    copy.bindings.emplace_back(token, std::move(state));
+  }
+  bindings_.clear();
+  copy.requests.reserve(requests_.size());
+  for (auto& [key, record] : requests_) copy.requests.push_back(std::move(record));
+  requests_.clear();
+  return copy;
+}
+
+}  // namespace irqbypass

@@ -1,0 +1,268 @@
+// The warm standby copy against a real etcd member on loopback: it follows
+// what an EtcdStore writes (before and after it started), hands over
+// exactly what a load from etcd would read, catches up from the watch after
+// falling behind, lists again when etcd compacted past it, and says so when
+// it cannot reach the election's revision.
+#include "service/etcd_mirror.h"
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "protos/etcd/rpc.grpc.pb.h"
+#include "service/etcd_store.h"
+#include "tests/etcd_support.h"
+
+namespace irqbypass {
+namespace {
+
+BindingState Paired(uint32_t n, uint64_t revision) {
+  BindingState st;
+  ProducerRecord& p = st.producer.emplace();
+  p.node = "n1";
+  p.device = "0000:3b:00.1";
+  p.vector = n % 2048;
+  p.registration_id = 100 + n;
+  ConsumerRecord& c = st.consumer.emplace();
+  c.node = "n1";
+  c.vm = "vm-a";
+  c.gsi = n % 4096;
+  st.connected = true;
+  st.revision = revision;
+  return st;
+}
+
+class EtcdMirrorTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    etcd_ = new testing::EtcdCluster();
+    ASSERT_TRUE(etcd_->Start(1));
+    auto target = EtcdTarget(etcd_->endpoints());
+    ASSERT_TRUE(target.ok());
+    kv_ = etcdserverpb::KV::NewStub(
+              grpc::CreateChannel(*target, grpc::InsecureChannelCredentials()))
+              .release();
+  }
+  static void TearDownTestSuite() {
+    delete kv_;
+    kv_ = nullptr;
+    delete etcd_;
+    etcd_ = nullptr;
+  }
+
+  std::string Prefix(const std::string& name) { return "/mirror/" + name + "/"; }
+
+  std::unique_ptr<EtcdStore> OpenStore(const std::string& name) {
+    EtcdStoreOptions options;
+    options.endpoints = etcd_->endpoints();
+    options.prefix = Prefix(name);
+    auto opened = EtcdStore::Open(options);
+    EXPECT_TRUE(opened.ok()) << opened.status();
+    return opened.ok() ? *std::move(opened) : nullptr;
+  }
+
+  std::unique_ptr<EtcdMirror> StartMirror(const std::string& name) {
+    EtcdMirrorOptions options;
+    options.endpoints = etcd_->endpoints();
+    options.prefix = Prefix(name);
+    auto started = EtcdMirror::Start(options);
+    EXPECT_TRUE(started.ok()) << started.status();
+    return started.ok() ? *std::move(started) : nullptr;
+  }
+
+  // An election: the leader key created; its revision.
+  static int64_t Elect(const std::string& prefix) {
+    etcdserverpb::PutRequest request;
+    request.set_key(prefix + "leader");
+    request.set_value("127.0.0.1:1");
+    etcdserverpb::PutResponse response;
+    grpc::ClientContext context;
+    grpc::Status s = kv_->Put(&context, request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response.header().revision();
+  }
+
+  static void CompactAll() {
+    etcdserverpb::RangeRequest range;
+    range.set_key("/none");
+    etcdserverpb::RangeResponse now;
+    {
+      grpc::ClientContext context;
+      ASSERT_TRUE(kv_->Range(&context, range, &now).ok());
+    }
+    etcdserverpb::CompactionRequest request;
+    request.set_revision(now.header().revision());
+    request.set_physical(true);
+    etcdserverpb::CompactionResponse response;
+    grpc::ClientContext context;
+    grpc::Status s = kv_->Compact(&context, request, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+
+  // The copy equals what a load from etcd reads now.
+  static void ExpectSameAsEtcd(EtcdStore& store, MirrorCopy& copy) {
+    std::map<std::string, BindingState> loaded;
+    auto last = store.Load([&](std::string token, BindingState st) {
+      loaded[token] = std::move(st);
+      return absl::OkStatus();
+    });
+    ASSERT_TRUE(last.ok()) << last.status();
+    std::map<std::string, BindingState> mirrored(copy.bindings.begin(),
+                                                 copy.bindings.end());
+    ASSERT_EQ(mirrored.size(), loaded.size());
+    for (const auto& [token, st] : loaded) {
+      ASSERT_EQ(mirrored.count(token), 1u) << token;
+      EXPECT_EQ(mirrored[token].revision, st.revision) << token;
+      EXPECT_EQ(mirrored[token].producer->vector, st.producer->vector);
+      EXPECT_EQ(mirrored[token].consumer.has_value(), st.consumer.has_value());
+    }
+    EXPECT_EQ(copy.last_revision, *last);
+    std::vector<std::string> requests, mirrored_requests;
+    ASSERT_TRUE(store
+                    .LoadRequests(0, [&](RequestRecord r) {
+                      requests.push_back(r.id);
+                    })
+                    .ok());
+    for (const RequestRecord& r : copy.requests) {
+      mirrored_requests.push_back(r.id);
+    }
+    std::sort(requests.begin(), requests.end());
+    std::sort(mirrored_requests.begin(), mirrored_requests.end());
+    EXPECT_EQ(mirrored_requests, requests);
+  }
+
+  // Writes tokens [from, to) and removes every third; request outcomes for
+  // every fifth.
+  static void WriteSome(EtcdStore& store, int from, int to,
+                        uint64_t* revision) {
+    for (int i = from; i < to; ++i) {
+      const std::string token = "t" + std::to_string(i);
+      RequestRecord r;
+      r.id = "req-" + std::to_string(i);
+      r.kind = RequestKind::kRegisterProducer;
+      r.token = token;
+      r.expires_unix_micros = 1000000 + i;
+      ASSERT_TRUE(store
+                      .WriteAndWait(StoreChange{token, Paired(i, ++*revision),
+                                                i % 5 == 0 ? &r : nullptr})
+                      .ok());
+      if (i % 3 == 0) {
+        BindingState removed;
+        removed.revision = ++*revision;
+        ASSERT_TRUE(store.WriteAndWait(StoreChange{token, removed}).ok());
+      }
+    }
+  }
+
+  static testing::EtcdCluster* etcd_;
+  static etcdserverpb::KV::Stub* kv_;
+};
+
+testing::EtcdCluster* EtcdMirrorTest::etcd_ = nullptr;
+etcdserverpb::KV::Stub* EtcdMirrorTest::kv_ = nullptr;
+
+TEST_F(EtcdMirrorTest, FollowsWritesBeforeAndAfterStart_TakeIsWhatEtcdHolds) {
+  auto store = OpenStore("follow");
+  ASSERT_NE(store, nullptr);
+  uint64_t revision = 0;
+  WriteSome(*store, 0, 300, &revision);  // listed
+  auto mirror = StartMirror("follow");
+  ASSERT_NE(mirror, nullptr);
+  WriteSome(*store, 300, 600, &revision);  // watched
+  // A removal of a listed token, after the list.
+  BindingState removed;
+  removed.revision = ++revision;
+  ASSERT_TRUE(store->WriteAndWait(StoreChange{"t1", removed}).ok());
+  const int64_t election = Elect(Prefix("follow"));
+  auto copy = mirror->Take(election, absl::Seconds(10));
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_GE(copy->etcd_revision, election);
+  EXPECT_EQ(copy->last_revision, revision);
+  EXPECT_EQ(mirror->lists(), 1);
+  ExpectSameAsEtcd(*store, *copy);
+}
+
+TEST_F(EtcdMirrorTest, FellBehind_CatchesUpFromTheWatchWithoutListing) {
+  auto store = OpenStore("behind");
+  auto mirror = StartMirror("behind");
+  ASSERT_TRUE(::irqbypass::testing::WaitFor(
+      [&] { return mirror->revision() > 0; }));
+  mirror->PauseForTest();
+  uint64_t revision = 0;
+  // Many revisions for one catch-up (etcd sends them in large messages).
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 4; ++t) {
+    writers.emplace_back(
+        [&, t] {
+          uint64_t r = 1000000 * (t + 1);
+          WriteSome(*store, t * 800, (t + 1) * 800, &r);
+        });
+  }
+  for (auto& th : writers) th.join();
+  (void)revision;
+  mirror->ResumeForTest();
+  const int64_t election = Elect(Prefix("behind"));
+  auto copy = mirror->Take(election, absl::Seconds(20));
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_EQ(mirror->lists(), 1);
+  ExpectSameAsEtcd(*store, *copy);
+}
+
+TEST_F(EtcdMirrorTest, EtcdCompactedPastTheCopy_ListsAgainAndIsExact) {
+  auto store = OpenStore("compacted");
+  uint64_t revision = 0;
+  WriteSome(*store, 0, 100, &revision);
+  auto mirror = StartMirror("compacted");
+  ASSERT_TRUE(::irqbypass::testing::WaitFor(
+      [&] { return mirror->bindings() > 0; }));
+  mirror->PauseForTest();
+  WriteSome(*store, 100, 200, &revision);
+  for (int i = 0; i < 100; i += 2) {  // removals the copy never sees
+    BindingState removed;
+    removed.revision = ++revision;
+    ASSERT_TRUE(store
+                    ->WriteAndWait(
+                        StoreChange{"t" + std::to_string(i), removed})
+                    .ok());
+  }
+  CompactAll();
+  mirror->ResumeForTest();
+  const int64_t election = Elect(Prefix("compacted"));
+  auto copy = mirror->Take(election, absl::Seconds(10));
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_EQ(mirror->lists(), 2);
+  EXPECT_EQ(copy->last_revision, revision);
+  ExpectSameAsEtcd(*store, *copy);
+}
+
+TEST_F(EtcdMirrorTest, ElectionRevisionNotReached_DeadlineExceeded) {
+  auto mirror = StartMirror("ahead");
+  ASSERT_TRUE(::irqbypass::testing::WaitFor(
+      [&] { return mirror->revision() > 0; }));
+  auto copy = mirror->Take(mirror->revision() + 1000000,
+                           absl::Milliseconds(300));
+  EXPECT_EQ(copy.status().code(), absl::StatusCode::kDeadlineExceeded)
+      << copy.status();
+}
+
+TEST_F(EtcdMirrorTest, UndecodableRecord_DataLossNamingTheKey) {
+  auto mirror = StartMirror("corrupt");
+  etcdserverpb::PutRequest request;
+  request.set_key(Prefix("corrupt") + "b/bad");
+  request.set_value("\xff\xff not a binding");
+  etcdserverpb::PutResponse response;
+  grpc::ClientContext context;
+  ASSERT_TRUE(kv_->Put(&context, request, &response).ok());
+  auto copy = mirror->Take(Elect(Prefix("corrupt")), absl::Seconds(10));
+  EXPECT_EQ(copy.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(copy.status().message().find("b/bad"), std::string::npos)
+      << copy.status();
+}
+
+}  // namespace
+}  // namespace irqbypass
