@@ -14,6 +14,30 @@
 
 namespace irqbypass::bench {
 
+std::string FilledToken(int i) { return absl::StrCat("tok-", i); }
+
+BindingState FilledPair(int i, int nodes) {
+  // The k-th pair of its node: 2,048 vectors per device, 4,000 GSIs per VM.
+  const int k = i / nodes;
+  const int device = k / 2048;
+  BindingState st;
+  const std::string node = absl::StrCat("node-", i % nodes);
+  ProducerRecord& p = st.producer.emplace();
+  p.node = node;
+  p.device = absl::StrFormat("0000:%02x:%02x.%x", device / 256 % 256,
+                             device / 8 % 32, device % 8);
+  p.vector = static_cast<uint32_t>(k % 2048);
+  p.registration_id = 0x1000000000ull + i;
+  ConsumerRecord& c = st.consumer.emplace();
+  c.node = node;
+  c.vm = absl::StrCat("vm-", k / 4000);
+  c.gsi = static_cast<uint32_t>(k % 4000);
+  c.registration_id = 0x2000000000ull + i;
+  st.connected = true;
+  st.revision = static_cast<uint64_t>(i) + 1;
+  return st;
+}
+
 bool FillEmbeddedStore(const std::string& dir, int pairs, int nodes,
                        double* seconds) {
   RocksDbStoreOptions options;
@@ -32,27 +56,8 @@ bool FillEmbeddedStore(const std::string& dir, int pairs, int nodes,
     tokens.clear();
     states.clear();
     for (int i = start; i < start + n; ++i) {
-      tokens.push_back(absl::StrCat("tok-", i));
-      // The k-th pair of its node: 2,048 vectors per device, 4,000 GSIs per
-      // VM.
-      const int k = i / nodes;
-      const int device = k / 2048;
-      BindingState st;
-      const std::string node = absl::StrCat("node-", i % nodes);
-      ProducerRecord& p = st.producer.emplace();
-      p.node = node;
-      p.device = absl::StrFormat("0000:%02x:%02x.%x", device / 256 % 256,
-                                 device / 8 % 32, device % 8);
-      p.vector = static_cast<uint32_t>(k % 2048);
-      p.registration_id = 0x1000000000ull + i;
-      ConsumerRecord& c = st.consumer.emplace();
-      c.node = node;
-      c.vm = absl::StrCat("vm-", k / 4000);
-      c.gsi = static_cast<uint32_t>(k % 4000);
-      c.registration_id = 0x2000000000ull + i;
-      st.connected = true;
-      st.revision = static_cast<uint64_t>(i) + 1;
-      states.push_back(std::move(st));
+      tokens.push_back(FilledToken(i));
+      states.push_back(FilledPair(i, nodes));
     }
     std::vector<StoreChange> changes;
     changes.reserve(n);

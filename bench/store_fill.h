@@ -6,7 +6,13 @@
 
 #include <string>
 
+#include "service/binding_state.h"
+
 namespace irqbypass::bench {
+
+// Pair i of the layout below: its token and its connected state.
+std::string FilledToken(int i);
+BindingState FilledPair(int i, int nodes);
 
 // Writes `pairs` connected pairs into the embedded store in `dir`: token
 // "tok-<i>", node "node-<i % nodes>", each node's pairs on distinct devices,

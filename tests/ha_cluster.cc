@@ -33,9 +33,13 @@ std::string HaCluster::targets() const {
   return absl::StrJoin(all, ",");
 }
 
-bool HaCluster::Start(int etcd_members, int replicas, absl::Duration ttl) {
+bool HaCluster::Start(int etcd_members, int replicas, absl::Duration ttl,
+                      std::vector<std::string> replica_flags,
+                      const std::function<bool()>& before_replicas) {
   ttl_ = ttl;
+  replica_flags_ = std::move(replica_flags);
   if (!etcd_.Start(etcd_members)) return false;
+  if (before_replicas && !before_replicas()) return false;
   for (int i = 0; i < replicas; ++i) {
     ports_.push_back(FreeLoopbackPort());
     replicas_.push_back(std::make_unique<Process>());
@@ -55,7 +59,7 @@ bool HaCluster::Start(int etcd_members, int replicas, absl::Duration ttl) {
 }
 
 bool HaCluster::StartReplica(int i) {
-  const std::vector<std::string> args = {
+  std::vector<std::string> args = {
       "--listen=" + address(i),
       "--metrics_listen=",
       "--store=etcd",
@@ -63,6 +67,7 @@ bool HaCluster::StartReplica(int i) {
       "--leader_lease_ttl=" + absl::FormatDuration(ttl_),
       "--log_level=debug",
   };
+  args.insert(args.end(), replica_flags_.begin(), replica_flags_.end());
   return replicas_.at(i)->Start(BinaryPath("service/irqbypassd"), args,
                                 LogPath(i));
 }

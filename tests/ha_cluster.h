@@ -6,6 +6,7 @@
 #define IRQBYPASS_TESTS_HA_CLUSTER_H_
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -24,8 +25,12 @@ class HaCluster {
   ~HaCluster();  // SIGKILLs everything
 
   // `etcd_members` etcd members, then `replicas` irqbypassd replicas with a
-  // leader lease of `ttl`; waits until one of them leads.
-  bool Start(int etcd_members, int replicas, absl::Duration ttl);
+  // leader lease of `ttl` (and `replica_flags`); waits until one of them
+  // leads. `before_replicas` (if set) runs once etcd is up, before any
+  // replica starts (benchmarks fill etcd there); false from it fails Start.
+  bool Start(int etcd_members, int replicas, absl::Duration ttl,
+             std::vector<std::string> replica_flags = {},
+             const std::function<bool()>& before_replicas = nullptr);
 
   EtcdCluster& etcd() { return etcd_; }
   Process& replica(int i) { return *replicas_.at(i); }
@@ -60,6 +65,7 @@ class HaCluster {
   std::string dir_;
   EtcdCluster etcd_;
   absl::Duration ttl_;
+  std::vector<std::string> replica_flags_;
   std::vector<int> ports_;
   std::vector<std::unique_ptr<Process>> replicas_;
   std::map<std::string, std::unique_ptr<Process>> agents_;
