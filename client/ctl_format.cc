@@ -230,7 +230,12 @@ std::string FormatBindingTable(const std::vector<Binding>& bindings) {
 std::string FormatEventText(const BindingEvent& event) {
   std::string out = BindingEvent::Type_Name(event.type());
   if (out.empty()) out = absl::StrCat("TYPE_", static_cast<int>(event.type()));
-  if (event.type() == BindingEvent::SYNCED && !event.has_binding()) {
+  if ((event.type() == BindingEvent::SYNCED ||
+       event.type() == BindingEvent::PROGRESS) &&
+      !event.has_binding()) {
+    if (event.resume_revision() != 0) {
+      absl::StrAppend(&out, " resume_revision=", event.resume_revision());
+    }
     return absl::StrCat(out, "\n");
   }
   const Binding& b = event.binding();

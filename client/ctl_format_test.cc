@@ -198,6 +198,13 @@ TEST(TextTest, Events_OneLineEach) {
   BindingEvent synced;
   synced.set_type(BindingEvent::SYNCED);
   EXPECT_EQ(FormatEventText(synced), "SYNCED\n");
+  synced.set_resume_revision(12);
+  EXPECT_EQ(FormatEventText(synced), "SYNCED resume_revision=12\n");
+
+  BindingEvent progress;
+  progress.set_type(BindingEvent::PROGRESS);
+  progress.set_resume_revision(15);
+  EXPECT_EQ(FormatEventText(progress), "PROGRESS resume_revision=15\n");
 }
 
 TEST(TextTest, Error_CodeThenDescription) {

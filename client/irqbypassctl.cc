@@ -76,7 +76,11 @@ ABSL_FLAG(int32_t, page_size, 0,
 ABSL_FLAG(bool, include_existing, false,
           "watch: first report every current binding");
 ABSL_FLAG(uint64_t, start_revision, 0,
-          "watch: resume after this revision (the highest one seen)");
+          "watch: resume after this revision (the resume_revision of the "
+          "last SYNCED or PROGRESS event)");
+ABSL_FLAG(bool, progress, false,
+          "watch: also print PROGRESS events (where to resume from), about "
+          "once a second while it moves on");
 ABSL_FLAG(int64_t, max_events, 0,
           "watch: exit after this many events "
           "(0: no limit)");
@@ -106,7 +110,7 @@ Commands:
   get --token=T
   list [--node=N] [--page_size=N]          (follows all pages)
   watch [--node=N] [--include_existing] [--max_events=N]
-        [--start_revision=R]
+        [--start_revision=R] [--progress]
                                            (one line per event)
 
 Global flags:
@@ -259,6 +263,7 @@ absl::Status RunWatch(const Invocation& inv) {
   request.set_node(absl::GetFlag(FLAGS_node));
   request.set_include_existing(absl::GetFlag(FLAGS_include_existing));
   request.set_start_revision(absl::GetFlag(FLAGS_start_revision));
+  request.set_progress_notify(absl::GetFlag(FLAGS_progress));
   const int64_t max_events = absl::GetFlag(FLAGS_max_events);
   int64_t seen = 0;
   return inv.client->WatchBindings(request, [&](const v1::BindingEvent& event) {
@@ -298,7 +303,7 @@ const std::vector<Command>& Commands() {
       {"list", {}, {"node", "page_size"}, RunList},
       {"watch",
        {},
-       {"node", "include_existing", "max_events", "start_revision"},
+       {"node", "include_existing", "max_events", "start_revision", "progress"},
        RunWatch},
   };
   return *kCommands;

@@ -1,6 +1,8 @@
 #include "service/bypass_service.h"
 
+#include <algorithm>
 #include <chrono>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -212,6 +214,10 @@ grpc::Status BypassService::ListBindings(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+namespace {
+constexpr std::chrono::milliseconds kProgressInterval(1000);
+}  // namespace
+
 grpc::Status BypassService::WatchBindings(
     grpc::ServerContext* context, const v1::WatchBindingsRequest* request,
     grpc::ServerWriter<v1::BindingEvent>* writer) {
@@ -223,6 +229,10 @@ grpc::Status BypassService::WatchBindings(
       return ToGrpcStatus(s);
     }
   }
+  // Every change up to `settled` is published before the subscription, so
+  // the snapshot (or the resume below) holds it: SYNCED can name it as the
+  // place to resume from.
+  const uint64_t settled = index_.settled_revision();
   // Subscribe first so nothing committed after the snapshot is missed (an
   // item may then appear both as EXISTING and UPDATED; revisions order them).
   auto sub = watch_hub_.Subscribe(request->node());
@@ -232,6 +242,8 @@ grpc::Status BypassService::WatchBindings(
     ~Unsubscribe() { hub.Unsubscribe(sub); }
   } unsubscribe{watch_hub_, sub};
 
+  // Where a watcher could resume from, as last told (SYNCED, PROGRESS).
+  uint64_t resume_from = settled;
   if (request->start_revision() > 0) {
     const uint64_t after = request->start_revision();
     if (after > index_.revision()) {
@@ -276,8 +288,10 @@ grpc::Status BypassService::WatchBindings(
       ok = writer->Write(event);
     }
     if (!ok) return grpc::Status::OK;
+    resume_from = std::max(after, settled);
     v1::BindingEvent synced;
     synced.set_type(v1::BindingEvent::SYNCED);
+    synced.set_resume_revision(resume_from);
     if (!writer->Write(synced)) return grpc::Status::OK;
   } else if (request->include_existing()) {
     bool ok = true;
@@ -293,13 +307,40 @@ grpc::Status BypassService::WatchBindings(
     if (!ok) return grpc::Status::OK;
     v1::BindingEvent synced;
     synced.set_type(v1::BindingEvent::SYNCED);
+    synced.set_resume_revision(resume_from);
     if (!writer->Write(synced)) return grpc::Status::OK;
   }
 
+  // PROGRESS: once the changes queued when the settled revision was read
+  // have all been written, every change up to it has been sent.
+  struct Candidate {
+    uint64_t revision;
+    WatchHub::Subscriber::Mark mark;
+  };
+  std::optional<Candidate> candidate;
+  auto next_progress = std::chrono::steady_clock::now() + kProgressInterval;
   v1::BindingEvent event;
   while (!context->IsCancelled()) {
-    const auto deadline =
-        std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+    auto now = std::chrono::steady_clock::now();
+    if (request->progress_notify()) {
+      if (!candidate.has_value() && now >= next_progress) {
+        next_progress = now + kProgressInterval;
+        const uint64_t at = index_.settled_revision();  // before the mark
+        if (at > resume_from) candidate = Candidate{at, sub->TakeMark()};
+      }
+      if (candidate.has_value() && sub->Delivered(candidate->mark)) {
+        v1::BindingEvent progress;
+        progress.set_type(v1::BindingEvent::PROGRESS);
+        progress.set_resume_revision(candidate->revision);
+        if (!writer->Write(progress)) return grpc::Status::OK;
+        resume_from = candidate->revision;
+        candidate.reset();
+      }
+    }
+    auto deadline = now + std::chrono::milliseconds(500);
+    if (request->progress_notify() && !candidate.has_value()) {
+      deadline = std::min(deadline, next_progress);
+    }
     switch (sub->Next(&event, deadline)) {
       case WatchHub::Subscriber::Result::kEvent:
         if (!writer->Write(event)) return grpc::Status::OK;

@@ -23,6 +23,10 @@ absl::StatusOr<std::unique_ptr<EtcdMirror>> EtcdMirror::Start(
   // A watch that catches up carries many revisions in one message.
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
+  // A silently dropped connection would leave the copy stalled: ping.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   auto channel = grpc::CreateCustomChannel(
       *target, grpc::InsecureChannelCredentials(), args);
   mirror->kv_ = etcdserverpb::KV::NewStub(channel);
@@ -32,12 +36,23 @@ absl::StatusOr<std::unique_ptr<EtcdMirror>> EtcdMirror::Start(
 }
 
 EtcdMirror::~EtcdMirror() {
-  {
-    absl::MutexLock lock(&mu_);
-    stop_ = true;
-    if (watching_ != nullptr) watching_->TryCancel();
-  }
+  Cancel();
   if (thread_.joinable()) thread_.join();
+}
+
+void EtcdMirror::Cancel() {
+  absl::MutexLock lock(&mu_);
+  stop_ = true;
+  if (watching_ != nullptr) watching_->TryCancel();
+}
+
+void EtcdMirror::Release() {
+  Cancel();
+  if (thread_.joinable()) thread_.join();
+  absl::MutexLock lock(&mu_);
+  bindings_ = {};
+  requests_ = {};
+  bad_ = {};
 }
 
 bool EtcdMirror::Stopping() const {
@@ -73,6 +88,7 @@ void EtcdMirror::ResumeForTest() {
 
 void EtcdMirror::ApplyLocked(const std::string& key,
                              const std::string* value) {
+  bad_.erase(key);  // this put or delete replaces what was there
   if (absl::StartsWith(key, "b/")) {
     const std::string token = key.substr(2);
     if (value == nullptr) {
@@ -81,10 +97,8 @@ void EtcdMirror::ApplyLocked(const std::string& key,
     }
     absl::StatusOr<BindingState> state = DecodeBinding(*value);
     if (!state.ok()) {
-      if (broken_.ok()) {
-        broken_ = absl::DataLossError(absl::StrCat(
-            "etcd key ", key, ": ", state.status().message()));
-      }
+      bindings_.erase(token);
+      bad_[key] = std::string(state.status().message());
       return;
     }
     bindings_[token] = *std::move(state);
@@ -95,17 +109,16 @@ void EtcdMirror::ApplyLocked(const std::string& key,
     }
     absl::StatusOr<RequestRecord> record = DecodeRequest(*value);
     if (!record.ok()) {
-      if (broken_.ok()) {
-        broken_ = absl::DataLossError(absl::StrCat(
-            "etcd key ", key, ": ", record.status().message()));
-      }
+      requests_.erase(key);
+      bad_[key] = std::string(record.status().message());
       return;
     }
     requests_[key] = *std::move(record);
   } else if (key == "m/revision" && value != nullptr) {
     uint64_t mark = 0;
-    if (!absl::SimpleAtoi(*value, &mark) && broken_.ok()) {
-      broken_ = absl::DataLossError("etcd key m/revision: not a number");
+    if (!absl::SimpleAtoi(*value, &mark)) {
+      bad_[key] = "not a number";
+      return;
     }
     mark_ = std::max(mark_, mark);
   }
@@ -120,6 +133,7 @@ bool EtcdMirror::List() {
   int64_t at = 0;
   std::vector<std::pair<std::string, std::string>> kvs;
   while (true) {
+    if (Stopping()) return false;
     etcdserverpb::RangeRequest request;
     request.set_key(key);
     request.set_range_end(end);
@@ -148,7 +162,7 @@ bool EtcdMirror::List() {
   bindings_.clear();
   requests_.clear();
   mark_ = 0;
-  broken_ = absl::OkStatus();
+  bad_.clear();
   for (const auto& [k, v] : kvs) ApplyLocked(k, &v);
   revision_ = at;
   ++lists_;
@@ -168,6 +182,9 @@ bool EtcdMirror::Watch() {
     watching_ = &context;
     from = revision_ + 1;
   }
+  // etcd's require-leader: a member cut off from the quorum ends the watch
+  // instead of leaving it silent.
+  context.AddMetadata("hasleader", "true");
   auto stream = watch_->Watch(&context);
   etcdserverpb::WatchRequest request;
   etcdserverpb::WatchCreateRequest* create = request.mutable_create_request();
@@ -263,6 +280,10 @@ absl::StatusOr<MirrorCopy> EtcdMirror::Take(int64_t etcd_revision,
       EtcdMirror* m;
       int64_t want;
     } args{this, etcd_revision};
+    if (lists_ == 0) {
+      return absl::FailedPreconditionError(
+          "the standby copy has not been listed yet");
+    }
     const bool reached = mu_.AwaitWithTimeout(
         absl::Condition(
             +[](Args* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
@@ -270,13 +291,19 @@ absl::StatusOr<MirrorCopy> EtcdMirror::Take(int64_t etcd_revision,
             },
             &args),
         timeout);
+    if (revision_ < etcd_revision && stop_) {
+      return absl::CancelledError("the standby copy was stopped");
+    }
     if (!reached || revision_ < etcd_revision) {
       return absl::DeadlineExceededError(absl::StrCat(
           "the standby copy reached etcd revision ", revision_,
           ", not the election's ", etcd_revision, " within ",
           absl::FormatDuration(timeout)));
     }
-    if (!broken_.ok()) return broken_;
+    if (!bad_.empty()) {
+      const auto& [key, why] = *bad_.begin();
+      return absl::DataLossError(absl::StrCat("etcd key ", key, ": ", why));
+    }
     stop_ = true;
     if (watching_ != nullptr) watching_->TryCancel();
   }
@@ -291,9 +318,18 @@ absl::StatusOr<MirrorCopy> EtcdMirror::Take(int64_t etcd_revision,
     copy.bindings.emplace_back(token, std::move(state));
   }
   bindings_.clear();
-  copy.requests.reserve(requests_.size());
-  for (auto& [key, record] : requests_) copy.requests.push_back(std::move(record));
+  // In key order, which is expiry order ("r/<expiry>/<id>"): the request
+  // log keeps its outcomes oldest first.
+  std::vector<std::pair<std::string, RequestRecord>> requests;
+  requests.reserve(requests_.size());
+  for (auto& [key, record] : requests_) {
+    requests.emplace_back(key, std::move(record));
+  }
   requests_.clear();
+  std::sort(requests.begin(), requests.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  copy.requests.reserve(requests.size());
+  for (auto& [key, record] : requests) copy.requests.push_back(std::move(record));
   return copy;
 }
 

@@ -67,8 +67,17 @@ class EtcdMirror {
   // `etcd_revision` or later, then stops and hands it over. DEADLINE_EXCEEDED
   // when it did not get there (etcd unreachable); DATA_LOSS naming the key
   // when a record could not be decoded. Call once.
+  // FAILED_PRECONDITION at once when the copy has not been listed yet
+  // (reading etcd directly is no slower then). Request outcomes come in
+  // expiry order, as LoadRequests gives them.
   absl::StatusOr<MirrorCopy> Take(int64_t etcd_revision,
                                   absl::Duration timeout);
+  // Makes a waiting (or later) Take give up (CANCELLED) and stops the
+  // thread; for shutdown. Thread-safe.
+  void Cancel();
+  // Cancel, then wait for the thread and free the copy (after a Take that
+  // failed). Not concurrent with Take or the destructor.
+  void Release();
 
   // The etcd revision the copy is at (0 before the first list).
   int64_t revision() const;
@@ -108,7 +117,9 @@ class EtcdMirror {
   uint64_t mark_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t revision_ ABSL_GUARDED_BY(mu_) = 0;
   int lists_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Status broken_ ABSL_GUARDED_BY(mu_);  // first undecodable record
+  // Keys whose current value could not be decoded (a later put or delete
+  // of the key clears it).
+  absl::flat_hash_map<std::string, std::string> bad_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool paused_ ABSL_GUARDED_BY(mu_) = false;
   // The open watch's context, to cancel it from Take/Pause/the destructor.

@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "protos/etcd/rpc.grpc.pb.h"
 #include "service/etcd_store.h"
+#include "service/store_codec.h"
 #include "tests/etcd_support.h"
 
 namespace irqbypass {
@@ -72,7 +73,11 @@ class EtcdMirrorTest : public ::testing::Test {
     options.prefix = Prefix(name);
     auto started = EtcdMirror::Start(options);
     EXPECT_TRUE(started.ok()) << started.status();
-    return started.ok() ? *std::move(started) : nullptr;
+    if (!started.ok()) return nullptr;
+    // Take refuses a copy not listed yet.
+    EXPECT_TRUE(::irqbypass::testing::WaitFor(
+        [&] { return (*started)->lists() > 0; }));
+    return *std::move(started);
   }
 
   // An election: the leader key created; its revision.
@@ -117,22 +122,19 @@ class EtcdMirrorTest : public ::testing::Test {
     ASSERT_EQ(mirrored.size(), loaded.size());
     for (const auto& [token, st] : loaded) {
       ASSERT_EQ(mirrored.count(token), 1u) << token;
-      EXPECT_EQ(mirrored[token].revision, st.revision) << token;
-      EXPECT_EQ(mirrored[token].producer->vector, st.producer->vector);
-      EXPECT_EQ(mirrored[token].consumer.has_value(), st.consumer.has_value());
+      EXPECT_EQ(EncodeBinding(mirrored[token]), EncodeBinding(st)) << token;
     }
     EXPECT_EQ(copy.last_revision, *last);
+    // The same outcomes in the same (expiry) order.
     std::vector<std::string> requests, mirrored_requests;
     ASSERT_TRUE(store
                     .LoadRequests(0, [&](RequestRecord r) {
-                      requests.push_back(r.id);
+                      requests.push_back(EncodeRequest(r));
                     })
                     .ok());
     for (const RequestRecord& r : copy.requests) {
-      mirrored_requests.push_back(r.id);
+      mirrored_requests.push_back(EncodeRequest(r));
     }
-    std::sort(requests.begin(), requests.end());
-    std::sort(mirrored_requests.begin(), mirrored_requests.end());
     EXPECT_EQ(mirrored_requests, requests);
   }
 
@@ -156,6 +158,36 @@ class EtcdMirrorTest : public ::testing::Test {
         removed.revision = ++*revision;
         ASSERT_TRUE(store.WriteAndWait(StoreChange{token, removed}).ok());
       }
+    }
+  }
+
+  // Tokens [from, to) written 40 to a call (one transaction each), with a
+  // request outcome each whose expiry runs backwards, so key order and
+  // write order differ.
+  static void WriteMany(EtcdStore& store, int from, int to) {
+    std::vector<std::string> tokens;
+    std::vector<BindingState> states;
+    std::vector<RequestRecord> records;
+    for (int start = from; start < to; start += 40) {
+      tokens.clear();
+      states.clear();
+      records.clear();
+      const int end = std::min(to, start + 40);
+      for (int i = start; i < end; ++i) {
+        tokens.push_back("m" + std::to_string(i));
+        states.push_back(Paired(i, 10000 + i));
+        RequestRecord r;
+        r.id = "bulk-" + std::to_string(i);
+        r.kind = RequestKind::kRegisterConsumer;
+        r.token = tokens.back();
+        r.expires_unix_micros = 5000000 - i;
+        records.push_back(r);
+      }
+      std::vector<StoreChange> changes;
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        changes.push_back({tokens[i], states[i], &records[i]});
+      }
+      ASSERT_TRUE(store.WriteAndWait(changes).ok());
     }
   }
 
@@ -193,7 +225,6 @@ TEST_F(EtcdMirrorTest, FellBehind_CatchesUpFromTheWatchWithoutListing) {
   ASSERT_TRUE(::irqbypass::testing::WaitFor(
       [&] { return mirror->revision() > 0; }));
   mirror->PauseForTest();
-  uint64_t revision = 0;
   // Many revisions for one catch-up (etcd sends them in large messages).
   std::vector<std::thread> writers;
   for (int t = 0; t < 4; ++t) {
@@ -204,7 +235,6 @@ TEST_F(EtcdMirrorTest, FellBehind_CatchesUpFromTheWatchWithoutListing) {
         });
   }
   for (auto& th : writers) th.join();
-  (void)revision;
   mirror->ResumeForTest();
   const int64_t election = Elect(Prefix("behind"));
   auto copy = mirror->Take(election, absl::Seconds(20));
@@ -262,6 +292,63 @@ TEST_F(EtcdMirrorTest, UndecodableRecord_DataLossNamingTheKey) {
   EXPECT_EQ(copy.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(copy.status().message().find("b/bad"), std::string::npos)
       << copy.status();
+}
+
+TEST_F(EtcdMirrorTest, ListedInPages_RequestsInExpiryOrder) {
+  auto store = OpenStore("pages");
+  WriteMany(*store, 0, 2600);  // three pages of keys and more of outcomes
+  auto mirror = StartMirror("pages");
+  const int64_t election = Elect(Prefix("pages"));
+  auto copy = mirror->Take(election, absl::Seconds(20));
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_EQ(mirror->lists(), 1);
+  EXPECT_EQ(copy->bindings.size(), 2600u);
+  ASSERT_EQ(copy->requests.size(), 2600u);
+  EXPECT_EQ(copy->requests.front().id, "bulk-2599");  // expires first
+  ExpectSameAsEtcd(*store, *copy);
+}
+
+TEST_F(EtcdMirrorTest, NeverListed_TakeRefusedAtOnce) {
+  EtcdMirrorOptions options;
+  options.endpoints = {"http://127.0.0.1:1"};  // nothing listens there
+  auto mirror = EtcdMirror::Start(options);
+  ASSERT_TRUE(mirror.ok()) << mirror.status();
+  auto copy = (*mirror)->Take(5, absl::Seconds(10));
+  EXPECT_EQ(copy.status().code(), absl::StatusCode::kFailedPrecondition)
+      << copy.status();
+}
+
+TEST_F(EtcdMirrorTest, CancelledWhileTakeWaits_TakeReturnsCancelled) {
+  auto mirror = StartMirror("cancel");
+  ASSERT_TRUE(::irqbypass::testing::WaitFor(
+      [&] { return mirror->lists() > 0; }));
+  absl::Status got;
+  std::thread taker([&] {
+    got = mirror->Take(mirror->revision() + 1000000, absl::Seconds(30))
+              .status();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  mirror->Cancel();
+  taker.join();
+  EXPECT_EQ(got.code(), absl::StatusCode::kCancelled) << got;
+}
+
+TEST_F(EtcdMirrorTest, UndecodableRecordOverwritten_CopyUsableAgain) {
+  auto mirror = StartMirror("fixed");
+  auto put = [&](const std::string& value) {
+    etcdserverpb::PutRequest request;
+    request.set_key(Prefix("fixed") + "b/t");
+    request.set_value(value);
+    etcdserverpb::PutResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(kv_->Put(&context, request, &response).ok());
+  };
+  put("\xff\xff not a binding");
+  put(EncodeBinding(Paired(1, 7)));
+  auto copy = mirror->Take(Elect(Prefix("fixed")), absl::Seconds(10));
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  ASSERT_EQ(copy->bindings.size(), 1u);
+  EXPECT_EQ(copy->bindings[0].second.revision, 7u);
 }
 
 }  // namespace

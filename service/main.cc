@@ -158,6 +158,7 @@ int Run() {
         absl::StrSplit(absl::GetFlag(FLAGS_etcd_endpoints), ',',
                        absl::SkipEmpty());
     etcd_options.prefix = absl::GetFlag(FLAGS_etcd_prefix);
+    if (etcd_options.prefix.empty()) return Fail("--etcd_prefix: empty");
     etcd_options.on_step_down = RequestStepDown;
     // A standby starts (and a deposed leader restarts) while etcd is away.
     etcd_options.require_answer = false;
@@ -238,9 +239,10 @@ int Run() {
     const int threads =
         static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
     const std::string source =
-        copy != nullptr ? absl::StrCat("warm copy at etcd revision ",
-                                       copy->etcd_revision)
-                        : store->Describe();
+        copy != nullptr
+            ? absl::StrCat(store->Describe(), " (warm copy at etcd revision ",
+                           copy->etcd_revision, ")")
+            : store->Describe();
     absl::Status restored;
     if (copy != nullptr) {
       // Every write compares against the revision mark.
@@ -405,12 +407,16 @@ int Run() {
       // meanwhile, an undecodable record), the whole state from etcd.
       std::optional<MirrorCopy> copy;
       if (mirror != nullptr) {
+        // The mirror object stays until shutdown (main may Cancel it), but
+        // its thread and its copy are gone after Take.
         absl::StatusOr<MirrorCopy> taken = mirror->Take(
             static_cast<int64_t>(*epoch), ttl);
-        mirror.reset();
         if (taken.ok()) {
           copy = *std::move(taken);
+        } else if (absl::IsCancelled(taken.status())) {
+          return;  // shutting down
         } else {
+          mirror->Release();
           LogWarn("the standby copy cannot be used; reading the state from "
                   "etcd",
                   {{"error", taken.status().ToString()}});
@@ -490,6 +496,7 @@ int Run() {
     election->Resign();
     election->Stop();
   }
+  if (mirror != nullptr) mirror->Cancel();  // an elector waiting in Take
   if (elector.joinable()) elector.join();
   if (rocks != nullptr) {
     absl::Status closed = rocks->Close();

@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/epoch.h"
+#include "common/thread_slot.h"
 
 namespace irqbypass {
 
@@ -365,9 +366,12 @@ TokenIndex::TokenLock::TokenLock(TokenLock&& other) noexcept
     : index_(other.index_),
       shard_(other.shard_),
       slot_(other.slot_),
-      staged_(other.staged_) {
+      staged_(other.staged_),
+      pending_revision_(other.pending_revision_),
+      pending_slot_(other.pending_slot_) {
   other.slot_ = nullptr;
   other.staged_ = nullptr;
+  other.pending_revision_ = 0;
 }
 
 TokenIndex::TokenLock::~TokenLock() {
@@ -387,17 +391,54 @@ const BindingState& TokenIndex::TokenLock::state() const {
 
 absl::Status TokenIndex::TokenLock::Stage(BindingState next,
                                           const RequestRecord* request) {
+  Settle();  // a second Stage abandons an unpublished one's revision
   // From the index's counter, so a token's revisions keep rising even after
-  // it was emptied and its slot dropped.
-  next.revision = index_->revision_.fetch_add(1) + 1;
+  // it was emptied and its slot dropped; listed as pending in the same
+  // critical section (settled_revision).
+  pending_slot_ = ThreadSlot() % kPendingSlots;
+  {
+    PendingSlot& pending = index_->pending_[pending_slot_];
+    MutexLock lock(&pending.mu);
+    next.revision = index_->revision_.fetch_add(1) + 1;
+    pending.revisions.push_back(next.revision);
+  }
+  pending_revision_ = next.revision;
   if (index_->store_ != nullptr) {
     absl::Status written =
         index_->store_->WriteAndWait(StoreChange{slot_->token, next, request});
-    if (!written.ok()) return written;
+    if (!written.ok()) {
+      Settle();  // abandoned: never published
+      return written;
+    }
   }
   delete staged_;  // a second Stage replaces an unpublished one
   staged_ = new BindingState(std::move(next));
   return absl::OkStatus();
+}
+
+void TokenIndex::TokenLock::Settle() {
+  if (pending_revision_ == 0) return;
+  PendingSlot& pending = index_->pending_[pending_slot_];
+  MutexLock lock(&pending.mu);
+  auto it = std::find(pending.revisions.begin(), pending.revisions.end(),
+                      pending_revision_);
+  if (it != pending.revisions.end()) {
+    *it = pending.revisions.back();
+    pending.revisions.pop_back();
+  }
+  pending_revision_ = 0;
+}
+
+uint64_t TokenIndex::settled_revision() const {
+  // Loaded first: every revision up to `latest` was listed before this
+  // load, so it is still listed below unless it was settled.
+  const uint64_t latest = revision_.load();
+  uint64_t settled = latest;
+  for (const PendingSlot& pending : pending_) {
+    MutexLock lock(&pending.mu);
+    for (uint64_t r : pending.revisions) settled = std::min(settled, r - 1);
+  }
+  return settled;
 }
 
 absl::Status TokenIndex::TokenLock::Commit(BindingState next) {
@@ -421,6 +462,7 @@ void TokenIndex::TokenLock::Publish() {
     index_->listener_->OnCommit(
         slot_->token, before != nullptr ? *before : kEmptyState, *fresh);
   }
+  Settle();  // after the listener: watchers have it queued
   // Readers may still be copying it.
   epoch::RetireObject(const_cast<BindingState*>(before));
 }

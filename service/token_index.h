@@ -162,12 +162,18 @@ class TokenIndex {
     // Installs a state read back from the store (Restore): no store write,
     // no listener, the stored revision kept.
     void Install(BindingState state);
+    // The staged revision is settled (published, or abandoned).
+    void Settle();
     // This token's reservation of `key` (empty if none).
     Claim FindOwnClaim(const std::string& key) const;
     TokenIndex* index_;
     size_t shard_;
     Slot* slot_;
     BindingState* staged_ = nullptr;  // owned; written to the store
+    // The revision Stage handed out and not yet settled (0: none), and the
+    // pending slot it is listed in.
+    uint64_t pending_revision_ = 0;
+    uint32_t pending_slot_ = 0;
   };
 
   // Waits until no other TokenLock holds `token`, then takes it. `op` labels
@@ -194,6 +200,15 @@ class TokenIndex {
 
   // The last revision handed out.
   uint64_t revision() const { return revision_.load(); }
+  // The highest revision R such that every revision up to R is settled:
+  // published (the listener has returned from its OnCommit) or abandoned
+  // (its store write failed, or a second Stage replaced it). Changes are
+  // published out of revision order (a revision is handed out before the
+  // store write, and an unregister publishes only after its disconnect), so
+  // a watcher that has received everything published up to a moment holds
+  // every change up to the settled revision read before that moment, and
+  // not necessarily more (WatchBindings' PROGRESS events).
+  uint64_t settled_revision() const;
 
   // Committed state of `token`; nullopt when it holds neither side.
   std::optional<BindingState> Get(absl::string_view token) const;
@@ -247,6 +262,16 @@ class TokenIndex {
   // Last revision handed out (one counter, so a revision orders commits
   // across tokens as the store saw them; on its own cache line).
   alignas(64) std::atomic<uint64_t> revision_{0};
+  // Revisions handed out and not yet settled, spread over slots by thread.
+  // A revision is handed out and listed under the same slot lock, so a
+  // reader that loads revision_ and then locks every slot finds every
+  // unsettled revision up to what it loaded (settled_revision).
+  static constexpr size_t kPendingSlots = 64;
+  struct alignas(64) PendingSlot {
+    mutable Mutex mu;
+    std::vector<uint64_t> revisions ABSL_GUARDED_BY(mu);
+  };
+  PendingSlot pending_[kPendingSlots];
 };
 
 }  // namespace irqbypass

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -87,6 +88,81 @@ TEST(TokenIndexTest, Revision_KeepsRisingAcrossRemovalAndReRegistration) {
     }
     EXPECT_FALSE(index.Get("t1").has_value());
   }
+}
+
+TEST(TokenIndexTest, SettledRevision_StopsBelowAStagedChangeUntilPublished) {
+  TokenIndex index(16);
+  EXPECT_EQ(index.settled_revision(), 0u);
+  std::optional<TokenIndex::TokenLock> a = index.Lock("a");
+  ASSERT_TRUE(a->Stage(WithProducer("n1")).ok());  // revision 1, unpublished
+  {
+    auto b = index.Lock("b");
+    ASSERT_TRUE(b.Commit(WithProducer("n1")).ok());  // revision 2, published
+  }
+  EXPECT_EQ(index.revision(), 2u);
+  EXPECT_EQ(index.settled_revision(), 0u);  // 1 is still pending
+  // A second Stage abandons the first revision and takes a new one.
+  ASSERT_TRUE(a->Stage(WithProducer("n2")).ok());  // revision 3
+  EXPECT_EQ(index.settled_revision(), 2u);
+  a->Publish();
+  EXPECT_EQ(index.settled_revision(), 3u);
+  // A staged change is published (and settled) when its lock goes.
+  {
+    auto c = index.Lock("c");
+    ASSERT_TRUE(c.Stage(WithProducer("n1")).ok());  // revision 4
+    EXPECT_EQ(index.settled_revision(), 3u);
+  }
+  EXPECT_EQ(index.settled_revision(), 4u);
+}
+
+// Marks each revision as its listener call runs (before it is settled).
+class RevisionRecorder : public ChangeListener {
+ public:
+  explicit RevisionRecorder(size_t max) : seen_(max + 1) {}
+  void OnCommit(absl::string_view, const BindingState&,
+                const BindingState& after) override {
+    seen_[after.revision].store(true);
+  }
+  bool Seen(uint64_t revision) const { return seen_[revision].load(); }
+
+ private:
+  std::vector<std::atomic<bool>> seen_;
+};
+
+TEST(TokenIndexTest, SettledRevision_ConcurrentCommits_NeverPassesAnUnpublished) {
+  constexpr int kThreads = 4;
+  constexpr int kCommits = 3000;
+  RevisionRecorder recorder(kThreads * kCommits);
+  TokenIndex index(64, &recorder);
+  std::atomic<bool> stop{false};
+  uint64_t violations = 0, checks = 0, checked = 0;
+  std::thread checker([&] {
+    while (!stop.load()) {
+      const uint64_t settled = index.settled_revision();
+      ++checks;
+      // Every revision up to it has had its listener call.
+      for (; checked < settled; ++checked) {
+        if (!recorder.Seen(checked + 1)) ++violations;
+      }
+    }
+  });
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kCommits; ++i) {
+        auto lock = index.Lock("t" + std::to_string(t));
+        EXPECT_TRUE(lock.Stage(WithProducer("n1")).ok());
+        std::this_thread::yield();  // widen the staged-unpublished window
+        lock.Publish();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  stop = true;
+  checker.join();
+  EXPECT_EQ(violations, 0u) << "over " << checks << " reads";
+  EXPECT_EQ(index.settled_revision(),
+            static_cast<uint64_t>(kThreads) * kCommits);
 }
 
 TEST(TokenIndexTest, Listener_SeesEveryCommitInOrder) {

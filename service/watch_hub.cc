@@ -31,6 +31,7 @@ void WatchHub::Subscriber::Push(size_t queue, const v1::BindingEvent& event) {
     if (state_.load(std::memory_order_relaxed) != kOpen) return;
     if (q.events.size() < capacity_) {
       q.events.push_back(std::move(copy));
+      ++q.pushed;
     } else {
       // Mark the overflow before releasing q.mu, so no later event lands in
       // the emptied sub-queue (the reader would deliver it after a gap).
@@ -73,9 +74,26 @@ void WatchHub::Subscriber::Refill() {
     if (q.events.empty()) continue;
     // ready_ is empty; take the whole sub-queue in its (per-token) order.
     ready_.swap(q.events);
+    ready_queue_ = index;
     next_queue_ = (index + 1) % kSubQueues;
     return;
   }
+}
+
+WatchHub::Subscriber::Mark WatchHub::Subscriber::TakeMark() {
+  Mark mark{};
+  for (size_t i = 0; i < kSubQueues; ++i) {
+    MutexLock lock(&queues_[i].mu);
+    mark[i] = queues_[i].pushed;
+  }
+  return mark;
+}
+
+bool WatchHub::Subscriber::Delivered(const Mark& mark) const {
+  for (size_t i = 0; i < kSubQueues; ++i) {
+    if (delivered_[i] < mark[i]) return false;
+  }
+  return true;
 }
 
 bool WatchHub::Subscriber::AnyQueued() {
@@ -107,6 +125,7 @@ WatchHub::Subscriber::Result WatchHub::Subscriber::Next(
     if (!ready_.empty()) {
       *event = std::move(ready_.front());
       ready_.pop_front();
+      ++delivered_[ready_queue_];
       return Result::kEvent;
     }
     if (state == kClosed) return Result::kClosed;

@@ -30,6 +30,7 @@
 #ifndef IRQBYPASS_SERVICE_WATCH_HUB_H_
 #define IRQBYPASS_SERVICE_WATCH_HUB_H_
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -67,6 +68,13 @@ class WatchHub : public ChangeListener {
     Result Next(v1::BindingEvent* event,
                 std::chrono::steady_clock::time_point deadline);
 
+    // How many events each sub-queue has taken so far. Delivered(mark):
+    // whether Next has handed out every event queued before Mark was taken
+    // (so every change published before then). Reader side, like Next.
+    using Mark = std::array<uint64_t, kSubQueues>;
+    Mark TakeMark();
+    bool Delivered(const Mark& mark) const;
+
     Subscriber(const Subscriber&) = delete;
     Subscriber& operator=(const Subscriber&) = delete;
 
@@ -76,6 +84,7 @@ class WatchHub : public ChangeListener {
     struct alignas(64) SubQueue {
       Mutex mu;
       std::deque<v1::BindingEvent> events ABSL_GUARDED_BY(mu);
+      uint64_t pushed ABSL_GUARDED_BY(mu) = 0;  // ever
     };
 
     Subscriber(std::string node, size_t capacity)
@@ -110,7 +119,9 @@ class WatchHub : public ChangeListener {
 
     // Reader-only state (touched only inside Next).
     std::deque<v1::BindingEvent> ready_;
+    size_t ready_queue_ = 0;  // the sub-queue ready_ was taken from
     size_t next_queue_ = 0;
+    Mark delivered_{};  // per sub-queue, handed out by Next
   };
 
   explicit WatchHub(size_t max_queue = 10000);

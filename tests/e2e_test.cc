@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "client/error_detail.h"
@@ -348,6 +349,96 @@ TEST_F(EndToEndTest, WatchResumed_SendsOnlyWhatChangedSince) {
                      {"d", v1::BindingEvent::UPDATED}}));
   EXPECT_EQ(events->back().type(), v1::BindingEvent::SYNCED);
   EXPECT_TRUE(got.count("c") == 0);
+}
+
+// Changes are published out of revision order: an unregister takes its
+// revision before its disconnect and is published after it. A watcher that
+// resumes from the highest revision it saw misses such a change; one that
+// resumes from the last SYNCED/PROGRESS resume_revision does not.
+TEST_F(EndToEndTest, WatchResumedFromProgress_ChangePublishedLateNotMissed) {
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("x", "n1", "vm-a", 5)).ok());
+  ASSERT_TRUE(
+      api().RegisterProducer(MakeProducer("x", "n1", "0000:3b:00.1")).ok());
+  client::WatchCanceller canceller;
+  std::mutex mu;
+  uint64_t resume = 0;       // guarded by mu
+  uint64_t y_revision = 0;   // guarded by mu: as delivered
+  int progress_events = 0;   // guarded by mu
+  std::thread watcher([&] {
+    v1::WatchBindingsRequest req;
+    req.set_include_existing(true);
+    req.set_progress_notify(true);
+    api()
+        .WatchBindings(
+            req,
+            [&](const v1::BindingEvent& e) {
+              std::lock_guard<std::mutex> lock(mu);
+              if (e.type() == v1::BindingEvent::SYNCED ||
+                  e.type() == v1::BindingEvent::PROGRESS) {
+                resume = e.resume_revision();
+                progress_events += e.type() == v1::BindingEvent::PROGRESS;
+              }
+              if (e.binding().token() == "y") {
+                y_revision = e.binding().revision();
+              }
+              return true;
+            },
+            &canceller)
+        .IgnoreError();
+  });
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return resume > 0;
+  }));
+  // x's unregister waits on its disconnect while the agent is stopped.
+  ASSERT_TRUE(cluster_.agent("n1").Signal(SIGSTOP));
+  std::thread unregister([&] {
+    EXPECT_TRUE(api().UnregisterProducer("x").ok());
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // y needs no agent: published at once, with a higher revision than x's.
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("y", "n2", "vm-b", 6)).ok());
+  // Progress would be reported now (every second), but x is pending: no
+  // resume point may pass it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  uint64_t resume_from = 0, seen = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    resume_from = resume;
+    seen = y_revision;
+  }
+  ASSERT_GT(seen, 0u) << "the watcher never got y";
+  EXPECT_LT(resume_from, seen)
+      << "a resume point past x's pending unregister";
+  ASSERT_TRUE(cluster_.agent("n1").Signal(SIGCONT));
+  unregister.join();
+  // Once x is published the resume point moves past both, in a PROGRESS.
+  EXPECT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return resume >= seen && progress_events > 0;
+  })) << "no PROGRESS past y";
+  canceller.Cancel();
+  watcher.join();
+  const uint64_t x_revision = api().GetBinding("x")->revision();
+  ASSERT_LT(x_revision, seen);  // numbered before y, published after it
+
+  auto from_seen = ResumeWatch(api(), seen);
+  ASSERT_TRUE(from_seen.ok()) << from_seen.status();
+  for (const auto& e : *from_seen) {
+    EXPECT_NE(e.binding().token(), "x") << "x's change is below y's revision";
+  }
+  auto from_resume = ResumeWatch(api(), resume_from);
+  ASSERT_TRUE(from_resume.ok()) << from_resume.status();
+  bool x_seen = false;
+  for (const auto& e : *from_resume) {
+    if (e.binding().token() == "x") {
+      x_seen = true;
+      EXPECT_EQ(e.binding().revision(), x_revision);
+      EXPECT_FALSE(e.binding().has_producer());
+    }
+  }
+  EXPECT_TRUE(x_seen) << "resumed from " << resume_from << ", missed x";
 }
 
 TEST_F(EndToEndTest, WatchResumed_FromBeforeARestartOrTheFuture_OutOfRange) {
