@@ -242,8 +242,11 @@ grpc::Status BypassService::WatchBindings(
     ~Unsubscribe() { hub.Unsubscribe(sub); }
   } unsubscribe{watch_hub_, sub};
 
-  // Where a watcher could resume from, as last told (SYNCED, PROGRESS).
-  uint64_t resume_from = settled;
+  // Where a watcher could resume from, as last told (SYNCED, PROGRESS). A
+  // plain watch (no snapshot) covers only what its subscription delivers:
+  // every change that missed the subscription took its revision before
+  // Subscribe returned, so it is at or below this.
+  uint64_t resume_from = index_.revision();
   if (request->start_revision() > 0) {
     const uint64_t after = request->start_revision();
     if (after > index_.revision()) {
@@ -305,6 +308,7 @@ grpc::Status BypassService::WatchBindings(
           ok = writer->Write(event);
         });
     if (!ok) return grpc::Status::OK;
+    resume_from = settled;
     v1::BindingEvent synced;
     synced.set_type(v1::BindingEvent::SYNCED);
     synced.set_resume_revision(resume_from);
@@ -326,7 +330,9 @@ grpc::Status BypassService::WatchBindings(
       if (!candidate.has_value() && now >= next_progress) {
         next_progress = now + kProgressInterval;
         const uint64_t at = index_.settled_revision();  // before the mark
-        if (at > resume_from) candidate = Candidate{at, sub->TakeMark()};
+        if (at > resume_from) {
+          if (auto mark = sub->TakeMark()) candidate = Candidate{at, *mark};
+        }
       }
       if (candidate.has_value() && sub->Delivered(candidate->mark)) {
         v1::BindingEvent progress;

@@ -268,7 +268,10 @@ int Run() {
                           absl::StrCat("loading the store (", source,
                                        "): ", restored.message()));
     }
-    // A watch resumes only from what this process saw.
+    // A watch resumes only from what this process saw: one revision is
+    // skipped, so every resume point an earlier process gave out is below
+    // the floor (a write whose outcome was unknown there may have landed).
+    index.SkipRevision();
     watch_hub.SetResumeFloor(index.revision());
     absl::Status loaded;
     if (copy != nullptr) {
@@ -304,6 +307,10 @@ int Run() {
     if (absl::Status s = load_state(nullptr); !s.ok()) {
       return Fail(std::string(s.message()));
     }
+  } else if (store == nullptr) {
+    // Nothing to load; revision 0 stays "no resume point".
+    index.SkipRevision();
+    watch_hub.SetResumeFloor(index.revision());
   }
   Matcher matcher(index, registry, &requests);
   registry.SetMatcher(&matcher);

@@ -391,43 +391,55 @@ const BindingState& TokenIndex::TokenLock::state() const {
 
 absl::Status TokenIndex::TokenLock::Stage(BindingState next,
                                           const RequestRecord* request) {
-  Settle();  // a second Stage abandons an unpublished one's revision
   // From the index's counter, so a token's revisions keep rising even after
   // it was emptied and its slot dropped; listed as pending in the same
   // critical section (settled_revision).
-  pending_slot_ = ThreadSlot() % kPendingSlots;
+  const uint32_t slot = ThreadSlot() % kPendingSlots;
   {
-    PendingSlot& pending = index_->pending_[pending_slot_];
+    PendingSlot& pending = index_->pending_[slot];
     MutexLock lock(&pending.mu);
     next.revision = index_->revision_.fetch_add(1) + 1;
     pending.revisions.push_back(next.revision);
   }
-  pending_revision_ = next.revision;
   if (index_->store_ != nullptr) {
     absl::Status written =
         index_->store_->WriteAndWait(StoreChange{slot_->token, next, request});
     if (!written.ok()) {
-      Settle();  // abandoned: never published
+      // Abandoned; an earlier staged state (still to be published) keeps
+      // its own revision pending.
+      index_->SettleRevision(slot, next.revision);
       return written;
     }
   }
-  delete staged_;  // a second Stage replaces an unpublished one
+  // A second Stage replaces an unpublished one, whose revision is then
+  // abandoned (only now: until this write, the first was what would be
+  // published).
+  Settle();
+  pending_slot_ = slot;
+  pending_revision_ = next.revision;
+  delete staged_;
   staged_ = new BindingState(std::move(next));
   return absl::OkStatus();
 }
 
 void TokenIndex::TokenLock::Settle() {
   if (pending_revision_ == 0) return;
-  PendingSlot& pending = index_->pending_[pending_slot_];
+  index_->SettleRevision(pending_slot_, pending_revision_);
+  pending_revision_ = 0;
+}
+
+void TokenIndex::SettleRevision(uint32_t slot, uint64_t revision) {
+  PendingSlot& pending = pending_[slot];
   MutexLock lock(&pending.mu);
   auto it = std::find(pending.revisions.begin(), pending.revisions.end(),
-                      pending_revision_);
+                      revision);
   if (it != pending.revisions.end()) {
     *it = pending.revisions.back();
     pending.revisions.pop_back();
   }
-  pending_revision_ = 0;
 }
+
+void TokenIndex::SkipRevision() { revision_.fetch_add(1); }
 
 uint64_t TokenIndex::settled_revision() const {
   // Loaded first: every revision up to `latest` was listed before this

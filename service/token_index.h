@@ -209,6 +209,11 @@ class TokenIndex {
   // every change up to the settled revision read before that moment, and
   // not necessarily more (WatchBindings' PROGRESS events).
   uint64_t settled_revision() const;
+  // Hands out one revision that no change gets (before serving, after
+  // Restore): no revision of this process equals one an earlier process
+  // handed out, so a watcher's resume point from before a restart is
+  // always below the new process's resume floor.
+  void SkipRevision();
 
   // Committed state of `token`; nullopt when it holds neither side.
   std::optional<BindingState> Get(absl::string_view token) const;
@@ -254,6 +259,7 @@ class TokenIndex {
   std::optional<TokenLock> LockImpl(absl::string_view token, LockOp op,
                                     bool wait);
   absl::Status RestoreOne(std::string token, BindingState state);
+  void SettleRevision(uint32_t slot, uint64_t revision);
 
   std::vector<std::unique_ptr<Shard>> shards_;
   ChangeListener* const listener_;

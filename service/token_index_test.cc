@@ -115,6 +115,40 @@ TEST(TokenIndexTest, SettledRevision_StopsBelowAStagedChangeUntilPublished) {
   EXPECT_EQ(index.settled_revision(), 4u);
 }
 
+// A store that refuses every write while `refuse` is set.
+class RefusingStore : public Store {
+ public:
+  bool refuse = false;
+  absl::StatusOr<uint64_t> Load(
+      const std::function<absl::Status(std::string, BindingState)>&) override {
+    return 0;
+  }
+  absl::Status LoadRequests(int64_t,
+                            const std::function<void(RequestRecord)>&) override {
+    return absl::OkStatus();
+  }
+  absl::Status PruneRequests(int64_t) override { return absl::OkStatus(); }
+  void Write(absl::Span<const StoreChange>,
+             std::function<void(absl::Status)> done) override {
+    done(refuse ? absl::UnavailableError("refused") : absl::OkStatus());
+  }
+  std::string Describe() const override { return "refusing"; }
+};
+
+TEST(TokenIndexTest, SettledRevision_FailedSecondStage_FirstStaysPending) {
+  RefusingStore store;
+  TokenIndex index(16, nullptr, nullptr, &store);
+  std::optional<TokenIndex::TokenLock> a = index.Lock("a");
+  ASSERT_TRUE(a->Stage(WithProducer("n1")).ok());  // revision 1, to publish
+  store.refuse = true;
+  EXPECT_FALSE(a->Stage(WithProducer("n2")).ok());  // revision 2, abandoned
+  // 1 will still be published: nothing is settled past it.
+  EXPECT_EQ(index.settled_revision(), 0u);
+  a.reset();  // publishes the first
+  EXPECT_EQ(index.settled_revision(), 2u);
+  EXPECT_EQ(index.Get("a")->producer->node, "n1");
+}
+
 // Marks each revision as its listener call runs (before it is settled).
 class RevisionRecorder : public ChangeListener {
  public:

@@ -80,12 +80,16 @@ void WatchHub::Subscriber::Refill() {
   }
 }
 
-WatchHub::Subscriber::Mark WatchHub::Subscriber::TakeMark() {
+std::optional<WatchHub::Subscriber::Mark> WatchHub::Subscriber::TakeMark() {
   Mark mark{};
   for (size_t i = 0; i < kSubQueues; ++i) {
     MutexLock lock(&queues_[i].mu);
     mark[i] = queues_[i].pushed;
   }
+  // A commit that skipped this subscriber did so after it was closed, and
+  // settled after that: a caller that read the settled revision before
+  // this sees the close here.
+  if (state_.load(std::memory_order_acquire) != kOpen) return std::nullopt;
   return mark;
 }
 
@@ -155,7 +159,14 @@ void WatchHub::Publish(std::shared_ptr<const SubscriberList> list) {
     MutexLock lock(&slot.mu);
     old = std::exchange(slot.list, list);
   }
-  count_.store(static_cast<int>(list->size()), std::memory_order_relaxed);
+  // seq_cst, as is OnCommit's load: with the commit's seq_cst exchange of
+  // the token's state (TokenLock::Publish) and the new subscriber's seq_cst
+  // loads of it (its snapshot, after Subscribe returns), this is the
+  // store-buffer pattern. Only a single total order over all four makes sure
+  // that either the committer sees count_ > 0 (and then, through this
+  // store's release, the new list in its slot) or the snapshot sees the
+  // commit. Relaxed on both sides, the model lets both miss each other.
+  count_.store(static_cast<int>(list->size()), std::memory_order_seq_cst);
   subscribers_ = std::move(list);
 }
 
@@ -227,7 +238,8 @@ bool WatchHub::RemovalsAfter(uint64_t after, const std::string& node,
 void WatchHub::OnCommit(absl::string_view token, const BindingState& before,
                         const BindingState& after) {
   if (after.empty()) RecordRemoval(token, before.node(), after.revision);
-  if (count_.load(std::memory_order_relaxed) == 0) return;
+  // seq_cst: see Publish. (A plain load on x86 and ARMv8.)
+  if (count_.load(std::memory_order_seq_cst) == 0) return;
   v1::BindingEvent event;
   if (after.empty()) {
     event.set_type(v1::BindingEvent::REMOVED);

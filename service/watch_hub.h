@@ -5,7 +5,8 @@
 //
 // The commit path (OnCommit) keeps the index's rule that unrelated tokens
 // never wait on one another:
-//  * With no subscribers a commit costs one relaxed atomic load.
+//  * With no subscribers a commit costs one atomic load (seq_cst: see
+//    Publish; a plain load on x86 and ARMv8).
 //  * Otherwise it takes no hub-wide lock. The subscriber list is an immutable
 //    snapshot, replaced copy-on-write by Subscribe/Unsubscribe/Shutdown (which
 //    are rare) and published into kSnapshotSlots cache-line-sized slots, each
@@ -37,6 +38,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -68,11 +70,13 @@ class WatchHub : public ChangeListener {
     Result Next(v1::BindingEvent* event,
                 std::chrono::steady_clock::time_point deadline);
 
-    // How many events each sub-queue has taken so far. Delivered(mark):
-    // whether Next has handed out every event queued before Mark was taken
-    // (so every change published before then). Reader side, like Next.
+    // How many events each sub-queue has taken so far; nullopt once the
+    // subscriber is closed (later commits skip it, so no mark covers
+    // them). Delivered(mark): whether Next has handed out every event
+    // queued before the mark was taken (so every change published before
+    // then). Reader side, like Next.
     using Mark = std::array<uint64_t, kSubQueues>;
-    Mark TakeMark();
+    std::optional<Mark> TakeMark();
     bool Delivered(const Mark& mark) const;
 
     Subscriber(const Subscriber&) = delete;

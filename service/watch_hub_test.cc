@@ -91,6 +91,31 @@ TEST(WatchHubTest, ConcurrentCommitsFromManyThreads_EachTokenInCommitOrder) {
   EXPECT_EQ(Poll(*sub, &extra), Result::kTimeout);
 }
 
+TEST(WatchHubTest, Mark_DeliveredOnlyOnceEveryEarlierEventWasHandedOut) {
+  WatchHub hub;
+  auto sub = hub.Subscribe("");
+  // Tokens in more than one sub-queue.
+  for (int i = 0; i < 8; ++i) {
+    Commit(hub, "m" + std::to_string(i), ProducerOn("n1", i, i + 1));
+  }
+  const auto mark = sub->TakeMark();
+  ASSERT_TRUE(mark.has_value());
+  Commit(hub, "later", ProducerOn("n1", 9, 9));  // after the mark
+  EXPECT_FALSE(sub->Delivered(*mark));
+  v1::BindingEvent event;
+  int read = 0;
+  while (!sub->Delivered(*mark)) {
+    ASSERT_EQ(Poll(*sub, &event), Result::kEvent);
+    ++read;
+  }
+  // Exactly the eight before the mark, whatever order they came in.
+  EXPECT_GE(read, 8);
+  EXPECT_LE(read, 9);
+  // A closed subscriber gives no mark: commits after the close skip it.
+  hub.Shutdown();
+  EXPECT_FALSE(sub->TakeMark().has_value());
+}
+
 TEST(WatchHubTest, Removals_RememberedForResume_NodeFiltered) {
   WatchHub hub;
   hub.SetResumeFloor(10);

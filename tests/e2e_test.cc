@@ -457,9 +457,24 @@ TEST_F(EndToEndTest, WatchResumed_FromBeforeARestartOrTheFuture_OutOfRange) {
   auto resumed = ResumeWatch(api(), seen);
   EXPECT_EQ(resumed.status().code(), absl::StatusCode::kOutOfRange)
       << resumed.status();
-  // From its latest revision it can.
+  // Nor from its latest revision: the restarted manager skipped one, so no
+  // resume point of the earlier process is above its floor.
   const uint64_t latest = api().GetBinding("a")->revision() + 2;
-  auto now = ResumeWatch(api(), latest);
+  EXPECT_EQ(ResumeWatch(api(), latest).status().code(),
+            absl::StatusCode::kOutOfRange);
+  // From a resume point of its own it can.
+  v1::WatchBindingsRequest list;
+  list.set_include_existing(true);
+  uint64_t point = 0;
+  ASSERT_TRUE(api()
+                  .WatchBindings(list,
+                                 [&](const v1::BindingEvent& e) {
+                                   point = e.resume_revision();
+                                   return e.type() != v1::BindingEvent::SYNCED;
+                                 })
+                  .ok());
+  EXPECT_GT(point, latest);
+  auto now = ResumeWatch(api(), point);
   ASSERT_TRUE(now.ok()) << now.status();
   EXPECT_EQ(now->size(), 1u);  // SYNCED only
 }
