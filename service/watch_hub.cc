@@ -5,7 +5,7 @@
 #include <string_view>
 #include <utility>
 
-#include "common/thread_slot.h"
+#include "common/epoch.h"
 #include "service/validation.h"
 
 namespace irqbypass {
@@ -151,23 +151,23 @@ WatchHub::Subscriber::Result WatchHub::Subscriber::Next(
 WatchHub::WatchHub(size_t max_queue)
     : sub_queue_capacity_(
           std::max<size_t>(1, (max_queue + kSubQueues - 1) / kSubQueues)),
-      subscribers_(std::make_shared<SubscriberList>()) {}
+      subscribers_(new SubscriberList()) {}
 
-void WatchHub::Publish(std::shared_ptr<const SubscriberList> list) {
-  for (SnapshotSlot& slot : slots_) {
-    std::shared_ptr<const SubscriberList> old;  // freed outside slot.mu
-    MutexLock lock(&slot.mu);
-    old = std::exchange(slot.list, list);
-  }
-  // seq_cst, as is OnCommit's load: with the commit's seq_cst exchange of
-  // the token's state (TokenLock::Publish) and the new subscriber's seq_cst
-  // loads of it (its snapshot, after Subscribe returns), this is the
-  // store-buffer pattern. Only a single total order over all four makes sure
-  // that either the committer sees count_ > 0 (and then, through this
-  // store's release, the new list in its slot) or the snapshot sees the
-  // commit. Relaxed on both sides, the model lets both miss each other.
-  count_.store(static_cast<int>(list->size()), std::memory_order_seq_cst);
-  subscribers_ = std::move(list);
+WatchHub::~WatchHub() {
+  // No commit runs any more (the index that calls OnCommit is gone first).
+  delete subscribers_.load();
+}
+
+void WatchHub::Publish(const SubscriberList* list) {
+  // seq_cst, as is OnCommit's load: with a commit's seq_cst exchange of the
+  // token's state (TokenLock::Publish) and a new subscriber's seq_cst loads
+  // of it (its snapshot, after Subscribe returns), this is the store-buffer
+  // pattern. Only a single total order over all four makes sure that either
+  // the commit finds the new list here or the snapshot finds the commit.
+  const SubscriberList* old =
+      subscribers_.exchange(list, std::memory_order_seq_cst);
+  // Commits that loaded it may still be delivering: freed after them.
+  epoch::RetireObject(const_cast<SubscriberList*>(old));
 }
 
 std::shared_ptr<WatchHub::Subscriber> WatchHub::Subscribe(
@@ -179,28 +179,30 @@ std::shared_ptr<WatchHub::Subscriber> WatchHub::Subscribe(
     sub->Close(Subscriber::kClosed);
     return sub;
   }
-  auto next = std::make_shared<SubscriberList>(*subscribers_);
+  // Under mu_ the current list is stable (only this holder replaces it).
+  auto* next = new SubscriberList(*subscribers_.load());
   next->push_back(sub);
-  Publish(std::move(next));
+  Publish(next);
   return sub;
 }
 
 void WatchHub::Unsubscribe(const std::shared_ptr<Subscriber>& subscriber) {
   MutexLock lock(&mu_);
-  auto it = std::find(subscribers_->begin(), subscribers_->end(), subscriber);
-  if (it == subscribers_->end()) return;
-  auto next = std::make_shared<SubscriberList>(*subscribers_);
-  next->erase(next->begin() + (it - subscribers_->begin()));
-  Publish(std::move(next));
+  const SubscriberList* current = subscribers_.load();
+  auto it = std::find(current->begin(), current->end(), subscriber);
+  if (it == current->end()) return;
+  auto* next = new SubscriberList(*current);
+  next->erase(next->begin() + (it - current->begin()));
+  Publish(next);
 }
 
 void WatchHub::Shutdown() {
   MutexLock lock(&mu_);
   shut_down_ = true;
-  for (const auto& sub : *subscribers_) sub->Close(Subscriber::kClosed);
+  for (const auto& sub : *subscribers_.load()) sub->Close(Subscriber::kClosed);
   // Closed subscribers take no events: drop them so commits go back to the
   // fast path.
-  Publish(std::make_shared<SubscriberList>());
+  Publish(new SubscriberList());
 }
 
 void WatchHub::SetResumeFloor(uint64_t revision) {
@@ -238,8 +240,10 @@ bool WatchHub::RemovalsAfter(uint64_t after, const std::string& node,
 void WatchHub::OnCommit(absl::string_view token, const BindingState& before,
                         const BindingState& after) {
   if (after.empty()) RecordRemoval(token, before.node(), after.revision);
+  epoch::Guard guard;  // keeps the list loaded below alive
   // seq_cst: see Publish. (A plain load on x86 and ARMv8.)
-  if (count_.load(std::memory_order_seq_cst) == 0) return;
+  const SubscriberList* list = subscribers_.load(std::memory_order_seq_cst);
+  if (list->empty()) return;
   v1::BindingEvent event;
   if (after.empty()) {
     event.set_type(v1::BindingEvent::REMOVED);
@@ -252,16 +256,7 @@ void WatchHub::OnCommit(absl::string_view token, const BindingState& before,
   }
   const std::string& node = event.binding().node();
   const size_t queue = SubQueueOf(token);
-  // The list is read in place under this thread's slot mutex rather than
-  // copied out: copying the shared_ptr would bump one reference count shared
-  // by every committing thread. Holding the slot also lets Unsubscribe and
-  // Shutdown wait out in-flight deliveries.
-  // Threads take slots round robin: up to kSnapshotSlots committing
-  // threads never share one.
-  SnapshotSlot& slot = slots_[ThreadSlot() % kSnapshotSlots];
-  MutexLock lock(&slot.mu);
-  if (slot.list == nullptr) return;
-  for (const auto& sub : *slot.list) {
+  for (const auto& sub : *list) {
     if (!sub->node_.empty() && sub->node_ != node) continue;
     sub->Push(queue, event);
   }

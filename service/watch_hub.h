@@ -5,12 +5,14 @@
 //
 // The commit path (OnCommit) keeps the index's rule that unrelated tokens
 // never wait on one another:
-//  * With no subscribers a commit costs one atomic load (seq_cst: see
-//    Publish; a plain load on x86 and ARMv8).
-//  * Otherwise it takes no hub-wide lock. The subscriber list is an immutable
-//    snapshot, replaced copy-on-write by Subscribe/Unsubscribe/Shutdown (which
-//    are rare) and published into kSnapshotSlots cache-line-sized slots, each
-//    behind its own mutex; a committing thread reads the slot assigned to it.
+//  * The subscriber list is an immutable snapshot behind one atomic
+//    pointer, replaced whole (copy-on-write) by Subscribe/Unsubscribe (which
+//    are rare) and freed through the epoch domain: a commit enters an epoch
+//    guard and loads the pointer (seq_cst: see Publish), with no lock and no
+//    shared reference count; with no subscribers that is all it does.
+//    Because a subscription is one exchange, every commit after it (in
+//    particular every later commit of a token whose earlier commit reached
+//    the new subscriber) reaches it too.
 //  * Each subscriber's queue is kSubQueues sub-queues, each with its own
 //    mutex; a token always maps to the same one (by hash), so one token's
 //    events keep their commit order, while events of different tokens may be
@@ -23,9 +25,8 @@
 // overflows when roughly max_queue events are pending; events of one token
 // all land in one sub-queue).
 //
-// Lock order: snapshot slot mutex -> sub-queue mutex; snapshot slot mutex ->
-// subscriber wait mutex; subscriber wait mutex -> sub-queue mutex; hub mutex
-// -> snapshot slot mutex / subscriber wait mutex. Never two of one kind.
+// Lock order: subscriber wait mutex -> sub-queue mutex; hub mutex ->
+// subscriber wait mutex. Never two of one kind.
 //
 // Thread-safe.
 #ifndef IRQBYPASS_SERVICE_WATCH_HUB_H_
@@ -53,8 +54,6 @@ class WatchHub : public ChangeListener {
  public:
   // Sub-queues per subscriber (see the bound above).
   static constexpr size_t kSubQueues = 16;
-  // Copies of the subscriber-list pointer read by committing threads.
-  static constexpr size_t kSnapshotSlots = 64;
 
   // One watch stream's view of the hub. Next() is for one reader (the
   // stream's handler): it must not be called from two threads at once.
@@ -129,14 +128,16 @@ class WatchHub : public ChangeListener {
   };
 
   explicit WatchHub(size_t max_queue = 10000);
+  ~WatchHub();
   WatchHub(const WatchHub&) = delete;
   WatchHub& operator=(const WatchHub&) = delete;
 
   // Events for `node` only (empty: all). After Shutdown the subscriber is
   // closed at once (its Next returns kClosed).
   std::shared_ptr<Subscriber> Subscribe(const std::string& node);
-  // Stops delivery to `subscriber`: once this returns, no commit adds to it.
-  // No-op for a subscriber that is not subscribed.
+  // Stops delivery to `subscriber`: commits that start after this returns
+  // do not add to it (one already running may still; the subscriber lives
+  // until it is done). No-op for a subscriber that is not subscribed.
   void Unsubscribe(const std::shared_ptr<Subscriber>& subscriber);
   // Closes every subscriber (their streams end) and every later one; used at
   // shutdown.
@@ -167,23 +168,18 @@ class WatchHub : public ChangeListener {
 
  private:
   using SubscriberList = std::vector<std::shared_ptr<Subscriber>>;
-  struct alignas(64) SnapshotSlot {
-    Mutex mu;
-    std::shared_ptr<const SubscriberList> list ABSL_GUARDED_BY(mu);
-  };
 
-  // Makes `list` current in every snapshot slot (one slot lock at a time).
-  void Publish(std::shared_ptr<const SubscriberList> list)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes `list` the current one (one atomic exchange, so every commit
+  // after it sees it) and retires the old one through the epoch domain.
+  void Publish(const SubscriberList* list) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const size_t sub_queue_capacity_;
-  // Size of the current list; OnCommit's fast path.
-  std::atomic<int> count_{0};
   // Serialises Subscribe, Unsubscribe and Shutdown; never taken by OnCommit.
   Mutex mu_;
-  std::shared_ptr<const SubscriberList> subscribers_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
-  SnapshotSlot slots_[kSnapshotSlots];
+  // The current subscribers: immutable, replaced whole under mu_, read by
+  // commits inside an epoch guard (no lock, no reference count). Owned.
+  std::atomic<const SubscriberList*> subscribers_;
 
   // A ring of removals; a removal takes the next slot (its own mutex, so
   // two removals contend only when they land kRemovals apart).

@@ -91,6 +91,78 @@ TEST(WatchHubTest, ConcurrentCommitsFromManyThreads_EachTokenInCommitOrder) {
   EXPECT_EQ(Poll(*sub, &extra), Result::kTimeout);
 }
 
+// Issue #10, race 1: a subscription made while commits run must see every
+// later change of a token it was told about, so that the watcher's view
+// (its snapshot, then its events) ends equal to the index. Many short-lived
+// watchers subscribe, take the snapshot as WatchBindings does, and apply
+// what arrives; committers register and remove a few hot tokens meanwhile,
+// each token's commits coming from different threads.
+TEST(WatchHubTest, SubscribedWhileCommitsRun_ViewEndsEqualToTheIndex) {
+  constexpr int kCommitters = 6;
+  constexpr int kTokens = 4;
+  constexpr int kRounds = 60;
+  constexpr int kWatchersPerRound = 16;
+  WatchHub hub(/*max_queue=*/1 << 20);
+  TokenIndex index(64, &hub);
+  struct Seen {
+    uint64_t revision = 0;
+    bool present = false;
+  };
+  int watchers = 0, wrong = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    // Commits run while this round's watchers subscribe ...
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> committers;
+    for (int t = 0; t < kCommitters; ++t) {
+      committers.emplace_back([&, t] {
+        for (int i = 0; !stop.load(); ++i) {
+          auto lock = index.Lock("hot-" + std::to_string((i + t) % kTokens));
+          BindingState next;  // alternately registered and removed
+          if (lock.state().empty()) next = ProducerOn("n1", (i % 64) + 1, 0);
+          EXPECT_TRUE(lock.Commit(std::move(next)).ok());
+        }
+      });
+    }
+    std::vector<std::shared_ptr<WatchHub::Subscriber>> subs;
+    std::vector<std::map<std::string, Seen>> views;
+    for (int w = 0; w < kWatchersPerRound; ++w) {
+      subs.push_back(hub.Subscribe(""));
+      std::map<std::string, Seen> view;  // the snapshot, as WatchBindings
+      index.ForEachCommitted(
+          [&](const std::string& token, const BindingState& st) {
+            view[token] = {st.revision, true};
+          });
+      views.push_back(std::move(view));
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+    }
+    // ... then stop, and each watcher's view must be the index's.
+    stop = true;
+    for (auto& c : committers) c.join();
+    std::map<std::string, uint64_t> want;
+    index.ForEachCommitted(
+        [&](const std::string& token, const BindingState& st) {
+          want[token] = st.revision;
+        });
+    for (size_t w = 0; w < subs.size(); ++w) {
+      v1::BindingEvent event;
+      while (Poll(*subs[w], &event) == Result::kEvent) {
+        Seen& seen = views[w][event.binding().token()];
+        if (event.binding().revision() <= seen.revision) continue;  // repeat
+        seen = {event.binding().revision(),
+                event.type() != v1::BindingEvent::REMOVED};
+      }
+      std::map<std::string, uint64_t> got;
+      for (const auto& [token, seen] : views[w]) {
+        if (seen.present) got[token] = seen.revision;
+      }
+      if (got != want) ++wrong;
+      ++watchers;
+      hub.Unsubscribe(subs[w]);
+    }
+  }
+  EXPECT_EQ(wrong, 0) << "of " << watchers << " watchers";
+}
+
 TEST(WatchHubTest, Mark_DeliveredOnlyOnceEveryEarlierEventWasHandedOut) {
   WatchHub hub;
   auto sub = hub.Subscribe("");
