@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -21,13 +22,21 @@ struct Record {
   std::atomic<uint64_t> state{0};
   std::atomic<bool> owned{true};
   std::atomic<size_t> pending{0};  // retired.size(), readable by others
+  // The global epoch when `retired` was last collected (readable by others:
+  // a record whose owner keeps collecting is left to it).
+  std::atomic<uint64_t> last_collect{0};
   Record* next = nullptr;          // immutable once the record is published
 
   // Owner thread only.
   int depth = 0;
-  size_t collect_at = 64;
-  uint64_t collected_at_epoch = 0;  // global epoch at the last collection
-  std::vector<Retired> retired;
+
+  // What the owner retired. Any collecting thread may free what is safe
+  // (try_lock: never waits for the owner), so a thread that goes idle does
+  // not keep what it retired until it retires more or exits.
+  std::mutex mu;
+  size_t collect_at = 64;           // guarded by mu
+  uint64_t collected_at_epoch = 0;  // guarded by mu: epoch at last collection
+  std::vector<Retired> retired;     // guarded by mu
 };
 
 std::atomic<Record*> g_records{nullptr};
@@ -63,7 +72,7 @@ void ReleaseRecord() {
   CollectRecord(r);
   r->state.store(0);
   // What is still pending stays in the record for its next owner, or for
-  // any collector (DrainOrphans).
+  // any collector (DrainOthers).
   r->owned.store(false);
 }
 
@@ -86,7 +95,9 @@ Record* Mine() {
     // guard), the record is released after each use instead.
     if (!tls_exiting) tls_handle.armed = true;
     // An adopted record may hold what its previous thread retired.
-    if (!tls_record->retired.empty()) CollectRecord(tls_record);
+    if (tls_record->pending.load(std::memory_order_relaxed) != 0) {
+      CollectRecord(tls_record);
+    }
   }
   return tls_record;
 }
@@ -102,32 +113,49 @@ void TryAdvance() {
   g_epoch.compare_exchange_strong(e, e + 1);
 }
 
-// Frees what `r` holds that is safe at epoch `now`; the caller owns `r`.
-void FreeReady(Record* r, uint64_t now);
+// Takes out of `r` what is safe to free at epoch `now`; r->mu held.
+std::vector<Retired> TakeReady(Record* r, uint64_t now);
 
-// Frees what threads that exited left in their records, unless a new thread
-// took the record over (it then frees them itself).
-void DrainOrphans(Record* mine, uint64_t now) {
+void FreeAll(const std::vector<Retired>& ready) {
+  for (const Retired& x : ready) x.deleter(x.p);
+}
+
+// Frees what is safe in the records of threads that exited and of threads
+// that went idle (not collected for a few epochs), never waiting for an
+// owner that is retiring right now. Busy owners' records are left to them:
+// taking their locks on every collection would bounce them between cores.
+void DrainOthers(Record* mine, uint64_t now) {
+  constexpr uint64_t kIdleEpochs = 4;
   for (Record* r = g_records.load(); r != nullptr; r = r->next) {
-    if (r == mine || r->owned.load(std::memory_order_relaxed) ||
-        r->pending.load(std::memory_order_relaxed) == 0) {
+    if (r == mine || r->pending.load(std::memory_order_relaxed) == 0) continue;
+    if (r->owned.load(std::memory_order_relaxed) &&
+        r->last_collect.load(std::memory_order_relaxed) + kIdleEpochs > now) {
       continue;
     }
-    bool owned = false;
-    if (!r->owned.compare_exchange_strong(owned, true)) continue;
-    FreeReady(r, now);
-    r->owned.store(false);
+    std::vector<Retired> ready;
+    {
+      std::unique_lock<std::mutex> lock(r->mu, std::try_to_lock);
+      if (!lock.owns_lock()) continue;
+      ready = TakeReady(r, now);
+    }
+    FreeAll(ready);
   }
 }
 
 void CollectRecord(Record* r) {
   TryAdvance();
   const uint64_t now = g_epoch.load();
-  FreeReady(r, now);
-  DrainOrphans(r, now);
+  std::vector<Retired> ready;
+  {
+    std::lock_guard<std::mutex> lock(r->mu);
+    ready = TakeReady(r, now);
+  }
+  // Deleters run outside the lock (they may retire in turn).
+  FreeAll(ready);
+  DrainOthers(r, now);
 }
 
-void FreeReady(Record* r, uint64_t now) {
+std::vector<Retired> TakeReady(Record* r, uint64_t now) {
   // What was retired at epoch e was unlinked before the epoch reached
   // e + 1. The epoch reached e + 2 only once every thread then inside a guard
   // had entered it at e + 1 or later, that is after the unlink; a guard
@@ -143,8 +171,9 @@ void FreeReady(Record* r, uint64_t now) {
   // move two steps (everything kept now is then free).
   r->collect_at = std::max<size_t>(64, 2 * r->retired.size());
   r->collected_at_epoch = now;
+  r->last_collect.store(now, std::memory_order_relaxed);
   r->pending.store(r->retired.size(), std::memory_order_relaxed);
-  for (const Retired& x : ready) x.deleter(x.p);
+  return ready;
 }
 
 }  // namespace
@@ -171,19 +200,22 @@ void Retire(void* p, void (*deleter)(void*)) {
   if (p == nullptr) return;
   Record* r = Mine();
   const uint64_t now = g_epoch.load();
-  r->retired.push_back({p, deleter, now});
-  r->pending.store(r->retired.size(), std::memory_order_relaxed);
-  if (r->retired.size() >= r->collect_at ||
-      (r->retired.size() >= 64 && now >= r->collected_at_epoch + 2)) {
-    CollectRecord(r);
+  bool collect = false;
+  {
+    std::lock_guard<std::mutex> lock(r->mu);
+    r->retired.push_back({p, deleter, now});
+    r->pending.store(r->retired.size(), std::memory_order_relaxed);
+    collect = r->retired.size() >= r->collect_at ||
+              (r->retired.size() >= 64 && now >= r->collected_at_epoch + 2);
   }
+  if (collect) CollectRecord(r);
   if (tls_exiting && r->depth == 0) ReleaseRecord();
 }
 
 size_t Collect() {
   Record* r = Mine();
   CollectRecord(r);
-  const size_t pending = r->retired.size();
+  const size_t pending = r->pending.load(std::memory_order_relaxed);
   if (tls_exiting && r->depth == 0) ReleaseRecord();
   return pending;
 }

@@ -1,6 +1,7 @@
 #include "common/epoch.h"
 
 #include <atomic>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -87,6 +88,26 @@ TEST(EpochTest, WhatAnExitedThreadRetiredIsFreedByALaterOne) {
   std::thread later([] { CollectUntilFreed(10); });
   later.join();
   EXPECT_EQ(g_freed.load(), 10);
+}
+
+// Issue #10, fault 5: a thread that retires a few nodes and goes idle (a
+// gRPC pool thread, for hours) must not keep them: another thread's
+// collection frees them while it is still alive.
+TEST(EpochTest, WhatAnIdleThreadRetiredIsFreedByAnother) {
+  g_freed = 0;
+  std::atomic<bool> retired{false}, release{false};
+  std::thread idle([&] {
+    for (int i = 0; i < 10; ++i) RetireObject(new Tracked);  // fewer than 64
+    retired = true;
+    while (!release.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  while (!retired.load()) std::this_thread::yield();
+  CollectUntilFreed(10);  // on this thread
+  EXPECT_EQ(g_freed.load(), 10) << "the idle thread still holds them";
+  release = true;
+  idle.join();
 }
 
 // A Treiber stack popped and pushed by several threads, nodes retired on
