@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -242,6 +243,10 @@ AgentSession::AgentSession(AgentSessionOptions options, Backend& backend)
 void AgentSession::Run() {
   absl::Duration backoff = options_.initial_backoff;
   uint64_t failed_attempts = 0;
+  // Resyncs: the first at once; one that follows another within
+  // max_backoff waits, doubling from initial_backoff.
+  absl::Time last_resync = absl::InfinitePast();
+  absl::Duration resync_delay = absl::ZeroDuration();
   while (true) {
     const absl::Time started = absl::Now();
     const SessionOutcome outcome = RunOneSession();
@@ -254,8 +259,21 @@ void AgentSession::Run() {
       resync = std::exchange(resync_, false);
     }
     if (resync) {
+      const absl::Time now = absl::Now();
+      resync_delay =
+          now - last_resync < options_.max_backoff
+              ? std::min(std::max(resync_delay * 2, options_.initial_backoff),
+                         options_.max_backoff)
+              : absl::ZeroDuration();
+      last_resync = now;
       LogInfo("re-reporting wiring to the manager",
-              {{"node", options_.node}, {"manager", options_.manager_address}});
+              {{"node", options_.node},
+               {"manager", options_.manager_address},
+               {"after", absl::FormatDuration(resync_delay)}});
+      if (resync_delay > absl::ZeroDuration() &&
+          !SleepUnlessShutdown(resync_delay)) {
+        break;
+      }
       continue;
     }
     // Reset the backoff only after a session that held for a while, so a
@@ -310,6 +328,9 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
               grpc::Status(grpc::StatusCode::CANCELLED, "shutting down")};
     }
     context_ = &context;
+    // This session's hello reports the wiring as it is now: a re-report
+    // asked for before it is done.
+    resync_ = false;
   }
   // Unpublish the context before it is destroyed, on every path.
   absl::Cleanup unpublish = [this] {
@@ -326,9 +347,14 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
       HelloMessages(options_.node, backend_.Name(), options_.agent_version,
                     backend_.Inventory(), kWiredPerMessage);
   size_t wired_count = 0;
+  // What this session reports: a del that fails for one of these again is
+  // not re-reported (the manager knows, and its disconnect just failed).
+  absl::flat_hash_set<std::string> reported;
   for (const v1::AgentMessage& m : hello_messages) {
-    wired_count += m.has_hello() ? m.hello().wired_size()
-                                 : m.wired_more().wired_size();
+    const auto& pairs =
+        m.has_hello() ? m.hello().wired() : m.wired_more().wired();
+    wired_count += pairs.size();
+    for (const v1::WiredPair& pair : pairs) reported.insert(pair.token());
   }
   const std::string wired = absl::StrCat(wired_count);
   bool hello_sent = true;
@@ -422,12 +448,23 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
           break;
         }
         if (executor_.failed_dels() != failed_dels) {
-          // Part of a pair may still be wired: re-report it (as partial)
-          // so the manager disconnects it, instead of waiting for some
-          // later reconnect.
-          LogWarn("a del step failed; re-reporting wiring to the manager",
-                  {{"node", options_.node}, {"token", in.command().token()}});
-          Resync();
+          if (!reported.contains(in.command().token())) {
+            // Part of a pair may still be wired: re-report it (as partial)
+            // so the manager disconnects it, instead of waiting for some
+            // later reconnect.
+            LogWarn("a del step failed; re-reporting wiring to the manager",
+                    {{"node", options_.node},
+                     {"token", in.command().token()}});
+            Resync();
+          } else {
+            // This session reported it and the manager's disconnect failed
+            // again: re-reporting would only repeat that, in a loop. Left
+            // wired until the next session.
+            LogWarn("a del step failed again for wiring this session "
+                    "reported; left until the next session",
+                    {{"node", options_.node},
+                     {"token", in.command().token()}});
+          }
         }
       } else {
         LogWarn("ignoring empty message from manager",

@@ -447,6 +447,49 @@ TEST(AgentSessionTest, Resync_ReReportsCurrentWiringAtOnce) {
   EXPECT_EQ(manager.hellos()[1].wired(0).token(), "t1");
 }
 
+// Issue #10, fault 3: an agent whose del step keeps failing must not
+// reconnect in a loop. The manager disconnects t1 in every session and the
+// del fails every time: the first session (which did not report t1) re-reports
+// once; the second reported it, so its failed del is left alone.
+TEST(AgentSessionTest, DelKeepsFailing_ReReportedOnceNotInALoop) {
+  SimBackendOptions sim_options;
+  sim_options.node = "n1";
+  sim_options.fault = SimFault{SimStep::kDelProducer, EIO};
+  SimBackend sim(std::move(sim_options));
+  const v1::Command connect = Connect(1, "t1", "vm-1", 1);
+  FakeManager manager({connect, Disconnect(2, connect)});
+  ManagerServer server(manager);
+  ASSERT_TRUE(server.started());
+  RunningAgent agent(Options(server.address()), sim);
+  ASSERT_TRUE(manager.WaitForHellos(2));
+  EXPECT_THAT(manager.hellos()[0].wired(), IsEmpty());
+  ASSERT_THAT(manager.hellos()[1].wired(), SizeIs(1));  // still wired
+  // Long enough for dozens of sessions at the test's 20-200 ms backoff.
+  absl::SleepFor(absl::Seconds(2));
+  EXPECT_EQ(manager.hellos().size(), 2u) << "reconnecting in a loop";
+  EXPECT_EQ(agent.session().sessions_established(), 2u);
+}
+
+// Re-reports asked for in a row back off (the first is immediate).
+TEST(AgentSessionTest, RepeatedResyncs_BackOff) {
+  SimBackend sim = MakeSim();
+  FakeManager manager;
+  ManagerServer server(manager);
+  ASSERT_TRUE(server.started());
+  AgentSessionOptions options = Options(server.address());
+  options.initial_backoff = absl::Milliseconds(400);
+  options.max_backoff = absl::Seconds(5);
+  RunningAgent agent(options, sim);
+  ASSERT_TRUE(manager.WaitForHellos(1));
+  agent.session().Resync();
+  ASSERT_TRUE(manager.WaitForHellos(2));  // at once
+  const absl::Time second = absl::Now();
+  agent.session().Resync();
+  ASSERT_TRUE(manager.WaitForHellos(3));
+  // The second in a row waited about initial_backoff.
+  EXPECT_GE(absl::Now() - second, absl::Milliseconds(300));
+}
+
 }  // namespace
 }  // namespace agent
 }  // namespace irqbypass

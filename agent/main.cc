@@ -55,8 +55,9 @@ ABSL_FLAG(std::string, sim_devices, "",
           "sim: comma-separated PCI addresses of the devices on this host "
           "(empty: every device exists).");
 ABSL_FLAG(std::string, sim_fail_step, "",
-          "sim, for tests: STEP:ERRNO makes every STEP (add_consumer or "
-          "add_producer) fail with ERRNO (a name such as EIO, or a number).");
+          "sim, for tests: STEP:ERRNO makes every STEP (add_consumer, "
+          "add_producer, del_producer or del_consumer) fail with ERRNO (a "
+          "name such as EIO, or a number).");
 ABSL_FLAG(std::string, sim_step_delay_ms, "0",
           "sim, for tests: sleep N milliseconds in every add step.");
 ABSL_FLAG(std::string, metrics_listen, "",

@@ -48,6 +48,10 @@ absl::string_view SimStepName(SimStep step) {
       return "add_consumer";
     case SimStep::kAddProducer:
       return "add_producer";
+    case SimStep::kDelProducer:
+      return "del_producer";
+    case SimStep::kDelConsumer:
+      return "del_consumer";
   }
   return "unknown";
 }
@@ -61,14 +65,18 @@ absl::StatusOr<SimFault> ParseSimFault(absl::string_view spec) {
   const absl::string_view step_name = spec.substr(0, colon);
   const absl::string_view errno_name = spec.substr(colon + 1);
   SimFault fault;
-  if (step_name == SimStepName(SimStep::kAddConsumer)) {
-    fault.step = SimStep::kAddConsumer;
-  } else if (step_name == SimStepName(SimStep::kAddProducer)) {
-    fault.step = SimStep::kAddProducer;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown step \"", step_name,
-                     "\" (want add_consumer or add_producer)"));
+  bool known = false;
+  for (SimStep step : {SimStep::kAddConsumer, SimStep::kAddProducer,
+                       SimStep::kDelProducer, SimStep::kDelConsumer}) {
+    if (step_name == SimStepName(step)) {
+      fault.step = step;
+      known = true;
+    }
+  }
+  if (!known) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown step \"", step_name,
+        "\" (want add_consumer, add_producer, del_producer or del_consumer)"));
   }
   fault.errno_value = ErrnoFromName(errno_name);
   if (fault.errno_value <= 0) {
@@ -94,7 +102,8 @@ SimBackend::GsiKey SimBackend::KeyOf(const v1::Consumer& consumer) {
 
 std::optional<StepResult> SimBackend::Inject(SimStep step) const {
   // Sleep without the lock: a slow host must not serialise Inventory().
-  if (options_.add_step_delay > absl::ZeroDuration()) {
+  const bool add = step == SimStep::kAddConsumer || step == SimStep::kAddProducer;
+  if (add && options_.add_step_delay > absl::ZeroDuration()) {
     absl::SleepFor(options_.add_step_delay);
   }
   if (options_.fault.has_value() && options_.fault->step == step) {
@@ -146,7 +155,10 @@ StepResult SimBackend::AddConsumer(absl::string_view token,
                         Describe(producer), owner_it->second, options_.node));
   }
   vector_owner_.emplace(key, token_str);
-  tokens_[token_str].producer = producer;
+  Wiring& wiring = tokens_[token_str];
+  wiring.producer = producer;
+  wiring.last_producer = producer;
+  wiring.last_consumer = consumer;
   return StepResult::Ok();
 }
 
@@ -185,13 +197,17 @@ StepResult SimBackend::AddProducer(absl::string_view token,
                         Describe(consumer), owner_it->second, options_.node));
   }
   gsi_owner_.emplace(key, token_str);
-  tokens_[token_str].consumer = consumer;
+  Wiring& wiring = tokens_[token_str];
+  wiring.consumer = consumer;
+  wiring.last_producer = producer;
+  wiring.last_consumer = consumer;
   return StepResult::Ok();
 }
 
 StepResult SimBackend::DelProducer(absl::string_view token,
                                    const v1::Producer& producer,
                                    const v1::Consumer& consumer) {
+  if (auto fault = Inject(SimStep::kDelProducer)) return *fault;
   const std::string token_str(token);
   absl::MutexLock lock(&mu_);
   auto it = tokens_.find(token_str);
@@ -209,6 +225,7 @@ StepResult SimBackend::DelProducer(absl::string_view token,
 StepResult SimBackend::DelConsumer(absl::string_view token,
                                    const v1::Producer& producer,
                                    const v1::Consumer& consumer) {
+  if (auto fault = Inject(SimStep::kDelConsumer)) return *fault;
   const std::string token_str(token);
   absl::MutexLock lock(&mu_);
   auto it = tokens_.find(token_str);
@@ -226,11 +243,16 @@ std::vector<v1::WiredPair> SimBackend::Inventory() const {
   std::vector<v1::WiredPair> pairs;
   absl::MutexLock lock(&mu_);
   for (const auto& [token, wiring] : tokens_) {
-    if (!wiring.producer.has_value() || !wiring.consumer.has_value()) continue;
+    const bool producer = wiring.producer.has_value();
+    const bool consumer = wiring.consumer.has_value();
+    if (!producer && !consumer) continue;
     v1::WiredPair& pair = pairs.emplace_back();
     pair.set_token(token);
-    *pair.mutable_producer() = *wiring.producer;
-    *pair.mutable_consumer() = *wiring.consumer;
+    // As the kvm backend: half a pair (a del step failed) is reported as
+    // partial, so the manager disconnects it.
+    pair.set_partial(!(producer && consumer));
+    *pair.mutable_producer() = producer ? *wiring.producer : wiring.last_producer;
+    *pair.mutable_consumer() = consumer ? *wiring.consumer : wiring.last_consumer;
   }
   return pairs;
 }

@@ -38,9 +38,9 @@ namespace irqbypass {
 namespace agent {
 
 // The add steps SimBackend can be told to fail.
-enum class SimStep { kAddConsumer, kAddProducer };
+enum class SimStep { kAddConsumer, kAddProducer, kDelProducer, kDelConsumer };
 
-// "add_consumer" / "add_producer".
+// "add_consumer", "add_producer", "del_producer", "del_consumer".
 absl::string_view SimStepName(SimStep step);
 
 // Fault injection: every call of `step` fails with `errno_value`.
@@ -49,7 +49,8 @@ struct SimFault {
   int errno_value;
 };
 
-// Parses "STEP:ERRNO", where STEP is add_consumer or add_producer and ERRNO a
+// Parses "STEP:ERRNO", where STEP is add_consumer, add_producer, del_producer
+// or del_consumer and ERRNO a
 // name ("EIO") or a positive decimal number ("5"). INVALID_ARGUMENT otherwise,
 // with a message saying what is wrong.
 absl::StatusOr<SimFault> ParseSimFault(absl::string_view spec);
@@ -61,7 +62,8 @@ struct SimBackendOptions {
   std::optional<absl::flat_hash_set<std::string>> vms;
   // PCI addresses of the devices on this host; nullopt: every device exists.
   std::optional<absl::flat_hash_set<std::string>> devices;
-  // Fail one add step, every time (tests).
+  // Fail one add or del step, every time (tests); a failed del changes
+  // nothing.
   std::optional<SimFault> fault;
   // Sleep this long at the start of every add step (tests: a slow host).
   absl::Duration add_step_delay = absl::ZeroDuration();
@@ -112,6 +114,10 @@ class SimBackend final : public Backend {
     std::optional<v1::Producer> producer;
     // Set once AddProducer succeeded: the token feeds the VM's GSI.
     std::optional<v1::Consumer> consumer;
+    // Both sides as the last add step named them: the missing side of a
+    // half-wired pair (a del step failed) in Inventory.
+    v1::Producer last_producer;
+    v1::Consumer last_consumer;
   };
 
   static VectorKey KeyOf(const v1::Producer& producer);

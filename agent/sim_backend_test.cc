@@ -1,6 +1,7 @@
 #include "agent/sim_backend.h"
 
 #include <cerrno>
+#include <map>
 #include <string>
 #include <utility>
 
@@ -174,7 +175,7 @@ TEST(SimBackendTest, AddProducer_GsiAtOrAbove4096_FailsWithEinval) {
   EXPECT_TRUE(sim.AddProducer("t1", Dev(), MakeConsumer("vm-1", 4095)).ok());
 }
 
-TEST(SimBackendTest, Inventory_ListsOnlyTokensWithBothSidesWired) {
+TEST(SimBackendTest, Inventory_HalfWiredTokensReportedAsPartial) {
   SimBackend sim(Options());
   Wire(sim, "both", Dev(), Vm());
   ASSERT_TRUE(
@@ -183,10 +184,13 @@ TEST(SimBackendTest, Inventory_ListsOnlyTokensWithBothSidesWired) {
   ASSERT_TRUE(
       sim.AddProducer("consumer-only", Dev(), MakeConsumer("vm-1", 41)).ok());
 
-  const std::vector<v1::WiredPair> pairs = sim.Inventory();
-
-  ASSERT_THAT(pairs, SizeIs(1));
-  EXPECT_EQ(pairs[0].token(), "both");
+  std::map<std::string, bool> partial;
+  for (const v1::WiredPair& pair : sim.Inventory()) {
+    partial[pair.token()] = pair.partial();
+  }
+  EXPECT_EQ(partial, (std::map<std::string, bool>{{"both", false},
+                                                  {"producer-only", true},
+                                                  {"consumer-only", true}}));
 }
 
 TEST(SimBackendTest, Inventory_ReportsProducerAndConsumerExactlyAsGiven) {
@@ -223,13 +227,34 @@ TEST(SimBackendTest, Del_BothSides_UnwiresAndFreesObjectsForOtherTokens) {
   EXPECT_TRUE(sim.AddProducer("t2", Dev(), Vm()).ok());
 }
 
-TEST(SimBackendTest, DelProducer_OneSide_RemovesPairFromInventory) {
+TEST(SimBackendTest, DelProducer_OneSide_LeavesThePairPartialUntilBothGo) {
   SimBackend sim(Options());
   Wire(sim, "t1", Dev(), Vm());
 
   ASSERT_TRUE(sim.DelProducer("t1", Dev(), Vm()).ok());
+  const std::vector<v1::WiredPair> half = sim.Inventory();
+  ASSERT_THAT(half, SizeIs(1));
+  EXPECT_TRUE(half[0].partial());
+  // The side that went is named as it was wired.
+  EXPECT_EQ(half[0].consumer().gsi(), Vm().gsi());
 
+  ASSERT_TRUE(sim.DelConsumer("t1", Dev(), Vm()).ok());
   EXPECT_THAT(sim.Inventory(), IsEmpty());
+}
+
+TEST(SimBackendTest, FaultDelProducer_FailsAndChangesNothing) {
+  SimBackendOptions options = Options();
+  options.fault = SimFault{SimStep::kDelProducer, EIO};
+  SimBackend sim(std::move(options));
+  Wire(sim, "t1", Dev(), Vm());
+
+  const StepResult result = sim.DelProducer("t1", Dev(), Vm());
+
+  EXPECT_EQ(result.errno_value(), EIO);
+  EXPECT_THAT(result.message(), HasSubstr("del_producer"));
+  const std::vector<v1::WiredPair> pairs = sim.Inventory();
+  ASSERT_THAT(pairs, SizeIs(1));
+  EXPECT_FALSE(pairs[0].partial());
 }
 
 TEST(SimBackendTest, Del_OtherTokenOrOtherObject_LeavesWiringAlone) {
@@ -255,7 +280,10 @@ TEST(SimBackendTest, FaultAddProducer_FailsWithGivenErrnoAndWiresNothing) {
 
   EXPECT_EQ(result.errno_value(), EIO);
   EXPECT_THAT(result.message(), HasSubstr("add_producer"));
-  EXPECT_THAT(sim.Inventory(), IsEmpty());
+  // Only the add that succeeded is wired (the executor's undo removes it).
+  const std::vector<v1::WiredPair> pairs = sim.Inventory();
+  ASSERT_THAT(pairs, SizeIs(1));
+  EXPECT_TRUE(pairs[0].partial());
 }
 
 TEST(SimBackendTest, FaultAddConsumer_FailsWithGivenErrno) {
