@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/time.h"
 #include "client/error_detail.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -224,6 +225,80 @@ std::string FormatBindingTable(const std::vector<Binding>& bindings) {
     }
     absl::StrAppend(&out, row[kColumns - 1], "\n");
   }
+  return out;
+}
+
+namespace {
+
+// Unix microseconds as RFC 3339 in UTC ("-" for 0).
+std::string TimeCell(int64_t unix_micros) {
+  if (unix_micros == 0) return "-";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ",
+                          absl::FromUnixMicros(unix_micros), absl::UTCTimeZone());
+}
+
+std::string ReconcileCell(const irqbypass::v1::Node& node) {
+  if (!node.has_last_reconciliation()) return "-";
+  const irqbypass::v1::Reconciliation& r = node.last_reconciliation();
+  return absl::StrCat("kept=", r.kept(), " disconnected=", r.disconnected(),
+                      " reconnected=", r.reconnected(), " failed=", r.failed(),
+                      " refused=", r.refused(), " in ", r.duration_ms(), "ms");
+}
+
+}  // namespace
+
+std::string FormatNodeTable(const std::vector<irqbypass::v1::Node>& nodes) {
+  constexpr size_t kColumns = 8;
+  using Row = std::array<std::string, kColumns>;
+  std::vector<Row> rows;
+  rows.reserve(nodes.size() + 1);
+  rows.push_back({"NODE", "AGENT", "RECONCILED", "BACKEND", "PRODUCERS",
+                  "CONSUMERS", "CONNECTED", "IN_FLIGHT"});
+  for (const irqbypass::v1::Node& n : nodes) {
+    rows.push_back({n.name(), n.agent_connected() ? "connected" : "absent",
+                    BoolText(n.reconciled()),
+                    n.backend().empty() ? "-" : n.backend(),
+                    absl::StrCat(n.producers()), absl::StrCat(n.consumers()),
+                    absl::StrCat(n.connected_pairs()),
+                    absl::StrCat(n.commands_in_flight())});
+  }
+  std::array<size_t, kColumns> widths{};
+  for (const Row& row : rows) {
+    for (size_t i = 0; i < kColumns; ++i) {
+      widths[i] = std::max(widths[i], row[i].size());
+    }
+  }
+  std::string out;
+  for (const Row& row : rows) {
+    for (size_t i = 0; i + 1 < kColumns; ++i) {
+      absl::StrAppendFormat(&out, "%-*s  ", static_cast<int>(widths[i]),
+                            row[i]);
+    }
+    absl::StrAppend(&out, row[kColumns - 1], "\n");
+  }
+  return out;
+}
+
+std::string FormatNodeText(const irqbypass::v1::Node& node) {
+  std::string out;
+  auto line = [&out](absl::string_view key, absl::string_view value) {
+    absl::StrAppendFormat(&out, "%-22s%s\n", absl::StrCat(key, ":"), value);
+  };
+  line("node", node.name());
+  line("agent", node.agent_connected() ? "connected" : "absent");
+  line("reconciled", BoolText(node.reconciled()));
+  line("backend", node.backend().empty() ? "-" : node.backend());
+  line("agent_version", node.agent_version().empty() ? "-" : node.agent_version());
+  line("peer", node.peer().empty() ? "-" : node.peer());
+  line("session_started", TimeCell(node.session_started_unix_micros()));
+  if (!node.agent_connected()) {
+    line("session_ended", TimeCell(node.session_ended_unix_micros()));
+  }
+  line("producers", absl::StrCat(node.producers()));
+  line("consumers", absl::StrCat(node.consumers()));
+  line("connected_pairs", absl::StrCat(node.connected_pairs()));
+  line("commands_in_flight", absl::StrCat(node.commands_in_flight()));
+  line("last_reconciliation", ReconcileCell(node));
   return out;
 }
 

@@ -90,6 +90,12 @@ std::string FormatBindingTable(
 //   SYNCED
 std::string FormatEventText(const irqbypass::v1::BindingEvent& event);
 
+// `irqbypassctl nodes`: one row per node (NODE AGENT RECONCILED BACKEND
+// PRODUCERS CONSUMERS CONNECTED IN_FLIGHT); `irqbypassctl node`: one
+// "key: value" line per field, times in UTC.
+std::string FormatNodeTable(const std::vector<irqbypass::v1::Node>& nodes);
+std::string FormatNodeText(const irqbypass::v1::Node& node);
+
 // "NOT_FOUND: <DescribeError(status)>" on one line.
 std::string FormatErrorText(const absl::Status& status);
 

@@ -348,6 +348,27 @@ absl::StatusOr<Binding> Client::GetBinding(const std::string& token) const {
   });
 }
 
+absl::StatusOr<std::vector<v1::Node>> Client::ListNodes() const {
+  v1::ListNodesRequest request;
+  absl::StatusOr<v1::ListNodesResponse> response =
+      CallUnary<v1::ListNodesResponse>(
+          [&](BypassManager::StubInterface* stub, grpc::ClientContext* context,
+              v1::ListNodesResponse* out) {
+            return stub->ListNodes(context, request, out);
+          });
+  if (!response.ok()) return response.status();
+  return std::vector<v1::Node>(response->nodes().begin(),
+                               response->nodes().end());
+}
+
+absl::StatusOr<v1::Node> Client::GetNode(const std::string& node) const {
+  v1::GetNodeRequest request;
+  request.set_node(node);
+  return CallUnary<v1::Node>(
+      [&](BypassManager::StubInterface* stub, grpc::ClientContext* context,
+          v1::Node* out) { return stub->GetNode(context, request, out); });
+}
+
 absl::StatusOr<ListBindingsResponse> Client::ListBindings(
     const std::string& node, int32_t page_size,
     const std::string& page_token) const {

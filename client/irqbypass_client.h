@@ -186,6 +186,12 @@ class Client {
       const std::string& node, int32_t page_size = 0,
       const std::string& page_token = "") const;
 
+  // Every node the manager knows (with bindings, or whose agent had a
+  // session since it started), sorted by name; and one of them (NOT_FOUND
+  // when it knows none by that name).
+  absl::StatusOr<std::vector<irqbypass::v1::Node>> ListNodes() const;
+  absl::StatusOr<irqbypass::v1::Node> GetNode(const std::string& node) const;
+
   // Every binding (on `node`, if not empty), following next_page_token until
   // the last page. Not a snapshot: bindings changed while paging may be seen
   // in either state. Returns the first page's error, or INTERNAL if the server

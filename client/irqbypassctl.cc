@@ -112,6 +112,9 @@ Commands:
   watch [--node=N] [--include_existing] [--max_events=N]
         [--start_revision=R] [--progress]
                                            (one line per event)
+  nodes                                    (every node: agent, counts)
+  node NAME  (or --node=NAME)              (one node, with its agent
+                                            session and last reconciliation)
 
 Global flags:
   --server=HOST:PORT   irqbypassd address (default 127.0.0.1:50051; the
@@ -240,6 +243,27 @@ absl::Status RunGet(const Invocation& inv) {
   return absl::OkStatus();
 }
 
+absl::Status RunNodes(const Invocation& inv) {
+  absl::StatusOr<std::vector<v1::Node>> nodes = inv.client->ListNodes();
+  if (!nodes.ok()) return nodes.status();
+  if (inv.output == OutputFormat::kJson) {
+    v1::ListNodesResponse response;
+    for (v1::Node& node : *nodes) *response.add_nodes() = std::move(node);
+    Print(FormatJson(response));
+  } else {
+    Print(FormatNodeTable(*nodes));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunNode(const Invocation& inv) {
+  absl::StatusOr<v1::Node> node = inv.client->GetNode(absl::GetFlag(FLAGS_node));
+  if (!node.ok()) return node.status();
+  Print(inv.output == OutputFormat::kJson ? FormatJson(*node)
+                                          : FormatNodeText(*node));
+  return absl::OkStatus();
+}
+
 absl::Status RunList(const Invocation& inv) {
   absl::StatusOr<std::vector<v1::Binding>> bindings =
       inv.client->ListAllBindings(absl::GetFlag(FLAGS_node),
@@ -301,6 +325,8 @@ const std::vector<Command>& Commands() {
        RunUnregisterConsumer},
       {"get", {"token"}, {}, RunGet},
       {"list", {}, {"node", "page_size"}, RunList},
+      {"nodes", {}, {}, RunNodes},
+      {"node", {"node"}, {}, RunNode},
       {"watch",
        {},
        {"node", "include_existing", "max_events", "start_revision", "progress"},
@@ -469,7 +495,8 @@ int Main(int argc, char** argv) {
     return UsageError(
         absl::InvalidArgumentError(
             "missing command (register-producer, register-consumer, "
-            "unregister-producer, unregister-consumer, get, list, watch)"),
+            "unregister-producer, unregister-consumer, get, list, watch, "
+            "nodes, node)"),
         *output);
   }
   const std::string& name = command_line->positional.front();
@@ -478,6 +505,13 @@ int Main(int argc, char** argv) {
     return UsageError(absl::InvalidArgumentError(
                           absl::StrCat("unknown command \"", name, "\"")),
                       *output);
+  }
+  // `node NAME` is `node --node=NAME`.
+  if (command->name == "node" && command_line->positional.size() == 2 &&
+      command_line->specified.count("node") == 0) {
+    absl::SetFlag(&FLAGS_node, command_line->positional[1]);
+    command_line->specified.insert("node");
+    command_line->positional.pop_back();
   }
   if (command_line->positional.size() > 1) {
     return UsageError(

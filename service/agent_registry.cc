@@ -124,6 +124,12 @@ class AgentRegistry::AgentSession {
     return closed_;
   }
 
+  // Commands sent and awaiting their ack.
+  size_t InFlight() const {
+    MutexLock lock(&mu_);
+    return pending_.size();
+  }
+
  private:
   // Everything but the id is built before the lock is taken.
   bool Enqueue(v1::Command command, const std::shared_ptr<Pending>& pending) {
@@ -357,6 +363,43 @@ std::shared_ptr<AgentRegistry::AgentSession> AgentRegistry::FindLatest(
   return it == latest_.end() ? nullptr : it->second;
 }
 
+std::vector<AgentRegistry::NodeStatus> AgentRegistry::NodeStatuses() const {
+  std::vector<NodeStatus> out;
+  {
+    MutexLock lock(&mu_);
+    out.reserve(node_info_.size());
+    for (const auto& [node, info] : node_info_) {
+      NodeStatus& st = out.emplace_back();
+      st.node = node;
+      st.info = info;
+      auto latest = latest_.find(node);
+      st.connected = latest != latest_.end();
+      st.reconciled = sessions_.contains(node);
+      if (st.connected) st.commands_in_flight = latest->second->InFlight();
+    }
+  }
+  std::sort(out.begin(), out.end(),
+            [](const NodeStatus& a, const NodeStatus& b) {
+              return a.node < b.node;
+            });
+  return out;
+}
+
+std::optional<AgentRegistry::NodeStatus> AgentRegistry::FindNodeStatus(
+    absl::string_view node) const {
+  MutexLock lock(&mu_);
+  auto info = node_info_.find(node);
+  if (info == node_info_.end()) return std::nullopt;
+  NodeStatus st;
+  st.node = std::string(node);
+  st.info = info->second;
+  auto latest = latest_.find(node);
+  st.connected = latest != latest_.end();
+  st.reconciled = sessions_.contains(node);
+  if (st.connected) st.commands_in_flight = latest->second->InFlight();
+  return st;
+}
+
 std::vector<std::string> AgentRegistry::ConnectedNodes() const {
   std::vector<std::string> nodes;
   {
@@ -472,6 +515,12 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
     // The node takes no new commands until this session is reconciled.
     replaced = std::exchange(latest_[hello.node()], session);
     sessions_.erase(hello.node());
+    NodeInfo& info = node_info_[hello.node()];
+    info.backend = hello.backend();
+    info.agent_version = hello.agent_version();
+    info.peer = context->peer();
+    info.started = absl::Now();
+    info.ended = absl::InfinitePast();
   }
   if (options_.metrics != nullptr) {
     options_.metrics->AgentSessionStarted(hello.node());
@@ -513,9 +562,15 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
     {
       MutexLock lock(&mu_);
       auto it = latest_.find(session->node());
-      if (!shutting_down_ && !session->closed() && it != latest_.end() &&
-          it->second == session) {
+      const bool current = it != latest_.end() && it->second == session;
+      if (!shutting_down_ && !session->closed() && current) {
         sessions_[session->node()] = session;
+      }
+      if (current) {
+        NodeInfo& info = node_info_[session->node()];
+        info.last_reconcile = r;
+        info.last_reconcile_duration = absl::Now() - hello_at;
+        info.last_reconcile_finished = absl::Now();
       }
     }
     LogInfo("agent reconciled", {{"node", session->node()},
@@ -547,6 +602,7 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
     auto latest = latest_.find(session->node());
     if (latest != latest_.end() && latest->second == session) {
       latest_.erase(latest);
+      node_info_[session->node()].ended = absl::Now();
     }
   }
   reconciler.join();

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,29 @@ class AgentRegistry final : public AgentDispatcher,
   // Nodes with a live, reconciled session, sorted.
   std::vector<std::string> ConnectedNodes() const;
 
+  // What the registry knows of a node's agent: its current session, or the
+  // last one since this manager started.
+  struct NodeInfo {
+    std::string backend;
+    std::string agent_version;
+    std::string peer;
+    absl::Time started = absl::InfinitePast();
+    absl::Time ended = absl::InfinitePast();  // InfinitePast: still open
+    std::optional<ReconcileResult> last_reconcile;
+    absl::Duration last_reconcile_duration;
+    absl::Time last_reconcile_finished = absl::InfinitePast();
+  };
+  struct NodeStatus {
+    std::string node;
+    bool connected = false;   // a session is open
+    bool reconciled = false;  // ... and takes commands
+    size_t commands_in_flight = 0;
+    NodeInfo info;
+  };
+  // Every node whose agent had a session since this manager started, sorted.
+  std::vector<NodeStatus> NodeStatuses() const;
+  std::optional<NodeStatus> FindNodeStatus(absl::string_view node) const;
+
   // Ends every session (agents will reconnect to the next manager) and
   // refuses new ones. Called on shutdown before the server stops.
   void Shutdown();
@@ -118,6 +142,9 @@ class AgentRegistry final : public AgentDispatcher,
   absl::flat_hash_map<std::string, std::shared_ptr<AgentSession>> sessions_
       ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  // One entry per node name that ever had a session here (sessions are
+  // admitted per node, so this grows with the fleet, not with traffic).
+  absl::flat_hash_map<std::string, NodeInfo> node_info_ ABSL_GUARDED_BY(mu_);
 };
 
 // The contract's connect and disconnect steps, in order (agent.proto).

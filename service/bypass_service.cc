@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -217,6 +218,98 @@ grpc::Status BypassService::ListBindings(grpc::ServerContext*,
 namespace {
 constexpr std::chrono::milliseconds kProgressInterval(1000);
 }  // namespace
+
+namespace {
+
+int64_t UnixMicros(absl::Time t) {
+  return t == absl::InfinitePast() ? 0 : absl::ToUnixMicros(t);
+}
+
+void NodeToProto(const std::string& name, const TokenIndex::Counts* counts,
+                 const AgentRegistry::NodeStatus* status, v1::Node* out) {
+  out->set_name(name);
+  if (counts != nullptr) {
+    out->set_producers(counts->producers);
+    out->set_consumers(counts->consumers);
+    out->set_connected_pairs(counts->connected);
+  }
+  if (status == nullptr) return;
+  const AgentRegistry::NodeInfo& info = status->info;
+  out->set_agent_connected(status->connected);
+  out->set_reconciled(status->reconciled);
+  out->set_commands_in_flight(status->commands_in_flight);
+  out->set_backend(info.backend);
+  out->set_agent_version(info.agent_version);
+  out->set_peer(info.peer);
+  out->set_session_started_unix_micros(UnixMicros(info.started));
+  if (!status->connected) {
+    out->set_session_ended_unix_micros(UnixMicros(info.ended));
+  }
+  if (info.last_reconcile.has_value()) {
+    v1::Reconciliation* r = out->mutable_last_reconciliation();
+    r->set_kept(info.last_reconcile->kept);
+    r->set_disconnected(info.last_reconcile->disconnected);
+    r->set_reconnected(info.last_reconcile->reconnected);
+    r->set_failed(info.last_reconcile->failed);
+    r->set_refused(info.last_reconcile->refused);
+    r->set_duration_ms(absl::ToInt64Milliseconds(info.last_reconcile_duration));
+    r->set_finished_unix_micros(UnixMicros(info.last_reconcile_finished));
+  }
+}
+
+}  // namespace
+
+grpc::Status BypassService::ListNodes(grpc::ServerContext* context,
+                                      const v1::ListNodesRequest* request,
+                                      v1::ListNodesResponse* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
+  }
+  absl::flat_hash_map<std::string, TokenIndex::Counts> by_node;
+  index_.CountAll(&by_node);
+  std::vector<AgentRegistry::NodeStatus> statuses;
+  if (agents_ != nullptr) statuses = agents_->NodeStatuses();
+  std::map<std::string, const AgentRegistry::NodeStatus*> names;
+  for (const auto& [name, counts] : by_node) names[name] = nullptr;
+  for (const AgentRegistry::NodeStatus& st : statuses) names[st.node] = &st;
+  for (const auto& [name, status] : names) {
+    auto counts = by_node.find(name);
+    NodeToProto(name, counts != by_node.end() ? &counts->second : nullptr,
+                status, response->add_nodes());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status BypassService::GetNode(grpc::ServerContext* context,
+                                    const v1::GetNodeRequest* request,
+                                    v1::Node* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
+  }
+  if (auto s = ValidateNode("node", request->node()); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
+  std::optional<AgentRegistry::NodeStatus> status;
+  if (agents_ != nullptr) status = agents_->FindNodeStatus(request->node());
+  // The node's bindings: one pass over the index, as the gauges do.
+  absl::flat_hash_map<std::string, TokenIndex::Counts> by_node;
+  index_.CountAll(&by_node);
+  auto counts = by_node.find(request->node());
+  if (!status.has_value() && counts == by_node.end()) {
+    ErrorContext ctx;
+    ctx.node = request->node();
+    return ToGrpcStatus(MakeError(
+        absl::StatusCode::kNotFound, ErrorReason::kUnspecified,
+        absl::StrCat("node \"", request->node(),
+                     "\" has no bindings and its agent had no session since "
+                     "this manager started"),
+        ctx));
+  }
+  NodeToProto(request->node(),
+              counts != by_node.end() ? &counts->second : nullptr,
+              status.has_value() ? &*status : nullptr, response);
+  return grpc::Status::OK;
+}
 
 grpc::Status BypassService::WatchBindings(
     grpc::ServerContext* context, const v1::WatchBindingsRequest* request,

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
+#include "service/agent_registry.h"
 #include "service/leadership.h"
 #include "service/matcher.h"
 #include "service/token_index.h"
@@ -21,12 +22,16 @@ class BypassService final : public v1::BypassManager::Service {
   // None owned; all must outlive the service. `leadership` null: always
   // serving (one replica); otherwise a standby answers every call
   // UNAVAILABLE (NOT_LEADER) naming the leader.
+  // `agents` (null: no node has an agent) answers ListNodes and GetNode
+  // with the index's counts.
   BypassService(Matcher& matcher, TokenIndex& index, WatchHub& watch_hub,
-                const Leadership* leadership = nullptr)
+                const Leadership* leadership = nullptr,
+                const AgentRegistry* agents = nullptr)
       : matcher_(matcher),
         index_(index),
         watch_hub_(watch_hub),
-        leadership_(leadership) {}
+        leadership_(leadership),
+        agents_(agents) {}
 
   grpc::Status RegisterProducer(
       grpc::ServerContext* context, const v1::RegisterProducerRequest* request,
@@ -51,12 +56,19 @@ class BypassService final : public v1::BypassManager::Service {
   grpc::Status WatchBindings(
       grpc::ServerContext* context, const v1::WatchBindingsRequest* request,
       grpc::ServerWriter<v1::BindingEvent>* writer) override;
+  grpc::Status ListNodes(grpc::ServerContext* context,
+                         const v1::ListNodesRequest* request,
+                         v1::ListNodesResponse* response) override;
+  grpc::Status GetNode(grpc::ServerContext* context,
+                       const v1::GetNodeRequest* request,
+                       v1::Node* response) override;
 
  private:
   Matcher& matcher_;
   TokenIndex& index_;
   WatchHub& watch_hub_;
   const Leadership* const leadership_;
+  const AgentRegistry* const agents_;
 };
 
 // absl::Status from this service -> grpc::Status whose error_details hold an

@@ -314,7 +314,7 @@ int Run() {
   }
   Matcher matcher(index, registry, &requests);
   registry.SetMatcher(&matcher);
-  BypassService service(matcher, index, watch_hub, &leadership);
+  BypassService service(matcher, index, watch_hub, &leadership, &registry);
 
   std::unique_ptr<MetricsEndpoint> metrics;
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);

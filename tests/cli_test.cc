@@ -46,6 +46,54 @@ TEST_F(CliTest, RegisterBothSides_Connected_ExitZero) {
   EXPECT_NE(u.out.find("disconnected=true"), std::string::npos) << u.out;
 }
 
+TEST_F(CliTest, Nodes_ListAndOne_TextAndJson) {
+  ASSERT_EQ(Ctl({"register-consumer", "--token=t1", "--node=n1", "--vm=vm-a",
+                 "--gsi=24"})
+                .exit_code,
+            0);
+  ASSERT_EQ(Ctl({"register-producer", "--token=t1", "--node=n1",
+                 "--device=0000:3b:00.1"})
+                .exit_code,
+            0);
+  // A node with bindings and no agent.
+  ASSERT_EQ(Ctl({"register-consumer", "--token=t2", "--node=n2", "--vm=vm-b",
+                 "--gsi=25"})
+                .exit_code,
+            0);
+  auto nodes = Ctl({"nodes"});
+  ASSERT_EQ(nodes.exit_code, 0) << nodes.err;
+  // Header, n1, n2 in name order.
+  EXPECT_EQ(nodes.out.find("NODE"), 0u) << nodes.out;
+  const size_t n1 = nodes.out.find("\nn1 ");
+  const size_t n2 = nodes.out.find("\nn2 ");
+  ASSERT_NE(n1, std::string::npos) << nodes.out;
+  ASSERT_NE(n2, std::string::npos) << nodes.out;
+  EXPECT_LT(n1, n2);
+  const std::string n1_row = nodes.out.substr(n1 + 1, nodes.out.find('\n', n1 + 1) - n1 - 1);
+  EXPECT_NE(n1_row.find("connected"), std::string::npos) << n1_row;
+  EXPECT_NE(n1_row.find("sim"), std::string::npos) << n1_row;
+  const std::string n2_row = nodes.out.substr(n2 + 1);
+  EXPECT_NE(n2_row.find("absent"), std::string::npos) << n2_row;
+
+  auto one = Ctl({"node", "n1"});
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_NE(one.out.find("connected_pairs:      1"), std::string::npos)
+      << one.out;
+  EXPECT_NE(one.out.find("last_reconciliation:  kept=0"), std::string::npos)
+      << one.out;
+  auto json = Ctl({"--output=json", "node", "--node=n1"});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_NE(json.out.find("\"agent_connected\":true"), std::string::npos)
+      << json.out;
+  EXPECT_NE(json.out.find("\"backend\":\"sim\""), std::string::npos);
+  auto all_json = Ctl({"--output=json", "nodes"});
+  ASSERT_EQ(all_json.exit_code, 0) << all_json.err;
+  EXPECT_NE(all_json.out.find("\"name\":\"n2\""), std::string::npos)
+      << all_json.out;
+  EXPECT_EQ(Ctl({"node", "nowhere"}).exit_code, 3);  // NOT_FOUND
+  EXPECT_EQ(Ctl({"node"}).exit_code, 2);             // usage: no name
+}
+
 TEST_F(CliTest, ConnectFailed_Exit5_NamesStepAndErrno) {
   ASSERT_EQ(Ctl({"register-consumer", "--token=t1", "--node=n1", "--vm=vm-x",
                  "--gsi=24"})

@@ -319,6 +319,56 @@ absl::StatusOr<std::vector<v1::BindingEvent>> ResumeWatch(
   return events;
 }
 
+TEST_F(EndToEndTest, Nodes_ShowAgentsSessionsCountsAndInFlightCommands) {
+  EXPECT_EQ(api().GetNode("n1").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(api().GetNode("").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 3)).ok());
+  ASSERT_TRUE(
+      api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1")).ok());
+  ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("t2", "n2", "vm-b", 4)).ok());
+
+  auto nodes = api().ListNodes();
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  ASSERT_EQ(nodes->size(), 2u);
+  const v1::Node& n1 = (*nodes)[0];
+  EXPECT_EQ(n1.name(), "n1");
+  EXPECT_TRUE(n1.agent_connected());
+  EXPECT_TRUE(n1.reconciled());
+  EXPECT_EQ(n1.backend(), "sim");
+  EXPECT_FALSE(n1.agent_version().empty());
+  EXPECT_GT(n1.session_started_unix_micros(), 0);
+  EXPECT_EQ(n1.producers(), 1u);
+  EXPECT_EQ(n1.consumers(), 1u);
+  EXPECT_EQ(n1.connected_pairs(), 1u);
+  ASSERT_TRUE(n1.has_last_reconciliation());
+  EXPECT_GT(n1.last_reconciliation().finished_unix_micros(), 0);
+  const v1::Node& n2 = (*nodes)[1];  // bindings, never an agent
+  EXPECT_EQ(n2.name(), "n2");
+  EXPECT_FALSE(n2.agent_connected());
+  EXPECT_EQ(n2.consumers(), 1u);
+  EXPECT_EQ(n2.session_started_unix_micros(), 0);
+
+  // A command waiting on a stopped agent is in flight.
+  ASSERT_TRUE(cluster_.agent("n1").Signal(SIGSTOP));
+  std::thread unregister([&] { (void)api().UnregisterProducer("t1"); });
+  EXPECT_TRUE(WaitFor([&] {
+    auto n = api().GetNode("n1");
+    return n.ok() && n->commands_in_flight() == 1;
+  }));
+  ASSERT_TRUE(cluster_.agent("n1").Signal(SIGCONT));
+  unregister.join();
+  // The agent goes: its session ended, the node is still known.
+  ASSERT_TRUE(cluster_.agent("n1").Signal(SIGKILL));
+  cluster_.agent("n1").Wait();
+  EXPECT_TRUE(WaitFor([&] {
+    auto n = api().GetNode("n1");
+    return n.ok() && !n->agent_connected() && !n->reconciled() &&
+           n->session_ended_unix_micros() >= n->session_started_unix_micros();
+  }));
+}
+
 TEST_F(EndToEndTest, WatchResumed_SendsOnlyWhatChangedSince) {
   ASSERT_TRUE(cluster_.StartAgent("n1"));
   for (const char* t : {"a", "b", "c"}) {
