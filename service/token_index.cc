@@ -135,6 +135,13 @@ struct TokenIndex::Slot {
   // Replaced (never modified) by the op-lock holder's Commit; null until
   // the first. Readers copy it inside an epoch guard.
   std::atomic<const BindingState*> committed{nullptr};
+  // Fair waiting, under the shard's mu: a waiter takes the next ticket; a
+  // release that finds waiters hands the lock over (it stays kHeld, one
+  // waiter fewer) and grants one more ticket; ticket t owns the lock once
+  // granted > t. So waiters get the lock in ticket order, and a newcomer
+  // never barges past them (it finds kHeld and queues).
+  uint64_t next_ticket = 0;
+  uint64_t granted = 0;
 
   ~Slot() { delete committed.load(std::memory_order_relaxed); }
   bool dead() const { return (lock.load() & kStateMask) == kDead; }
@@ -309,21 +316,13 @@ std::optional<TokenIndex::TokenLock> TokenIndex::LockImpl(
   }
   if (waiting_on != nullptr) {
     // Another operation holds this token (say across an agent round trip):
-    // sleep until it releases. No epoch guard is held meanwhile.
+    // sleep until a release hands it over. No epoch guard is held meanwhile
+    // (being counted as a waiter keeps the slot alive).
     waited = true;
     if (observer_ != nullptr) wait_start = std::chrono::steady_clock::now();
     MutexLock lock(&shard.mu);
-    while (true) {
-      uint32_t word = waiting_on->lock.load();
-      if ((word & Slot::kStateMask) == Slot::kFree) {
-        if (waiting_on->lock.compare_exchange_strong(
-                word, (word - Slot::kOneWaiter) | Slot::kHeld)) {
-          break;
-        }
-        continue;
-      }
-      shard.released.Wait(&shard.mu);
-    }
+    const uint64_t ticket = waiting_on->next_ticket++;
+    while (waiting_on->granted <= ticket) shard.released.Wait(&shard.mu);
     slot = waiting_on;
   }
   if (observer_ != nullptr) {
@@ -344,10 +343,13 @@ void TokenIndex::Release(size_t shard_index, Slot* slot) {
   uint32_t word = slot->lock.load();
   uint32_t next;
   do {
-    // Nobody waits and it records nothing: declare it dead and remove it.
-    next = (empty && word < Slot::kOneWaiter)
-               ? Slot::kDead
-               : ((word & ~Slot::kStateMask) | Slot::kFree);
+    if (word >= Slot::kOneWaiter) {
+      // Hand over to the next waiter: still held, one waiter fewer.
+      next = word - Slot::kOneWaiter;
+    } else {
+      // Nobody waits and it records nothing: declare it dead and remove it.
+      next = empty ? Slot::kDead : Slot::kFree;
+    }
   } while (!slot->lock.compare_exchange_weak(word, next));
   if (next == Slot::kDead) {
     epoch::Guard guard;
@@ -355,9 +357,12 @@ void TokenIndex::Release(size_t shard_index, Slot* slot) {
     return;
   }
   if (word >= Slot::kOneWaiter) {
-    // A waiter checks the word under mu before sleeping: taking mu here
-    // means it either saw kFree or is already asleep to be woken.
-    { MutexLock lock(&shard.mu); }
+    {
+      // The waiter may not have taken its ticket yet: the grant counts
+      // either way (it then finds granted > its ticket at once).
+      MutexLock lock(&shard.mu);
+      ++slot->granted;
+    }
     shard.released.SignalAll();
   }
 }

@@ -115,6 +115,63 @@ TEST(TokenIndexTest, SettledRevision_StopsBelowAStagedChangeUntilPublished) {
   EXPECT_EQ(index.settled_revision(), 4u);
 }
 
+// Issue #10, fault 4: a waiter must not be starved by newcomers. A holds
+// the token while W queues for it; A releases and at once asks again: W
+// goes first (before the fix A's fast path took the free lock back while W
+// was still waking up, every time).
+TEST(TokenIndexTest, Lock_WaiterServedBeforeALaterRequest) {
+  TokenIndex index(16);
+  std::mutex order_mu;
+  std::vector<std::string> order;
+  std::optional<TokenIndex::TokenLock> held = index.Lock("t");
+  std::thread waiter([&] {
+    auto lock = index.Lock("t");
+    std::lock_guard<std::mutex> g(order_mu);
+    order.push_back("waiter");
+  });
+  // Long enough for the waiter to be queued.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  held.reset();
+  {
+    auto again = index.Lock("t");
+    std::lock_guard<std::mutex> g(order_mu);
+    order.push_back("again");
+  }
+  waiter.join();
+  EXPECT_EQ(order, (std::vector<std::string>{"waiter", "again"}));
+}
+
+TEST(TokenIndexTest, Lock_ManyWaitersEachServedOnce_NoneLost) {
+  TokenIndex index(4);
+  constexpr int kThreads = 8;
+  constexpr int kRounds = 500;
+  std::atomic<int> inside{0}, max_inside{0}, total{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kRounds; ++i) {
+        auto lock = index.Lock("contended");
+        const int now = inside.fetch_add(1) + 1;
+        int seen = max_inside.load();
+        while (now > seen && !max_inside.compare_exchange_weak(seen, now)) {
+        }
+        if (i % 7 == 0) {
+          // Sometimes hold it with something committed, sometimes empty, so
+          // that releases both keep and remove the slot.
+          EXPECT_TRUE(lock.Commit(i % 2 == 0 ? WithProducer("n1")
+                                             : BindingState{})
+                          .ok());
+        }
+        total.fetch_add(1);
+        inside.fetch_sub(1);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(max_inside.load(), 1);  // mutual exclusion
+  EXPECT_EQ(total.load(), kThreads * kRounds);
+}
+
 // A store that refuses every write while `refuse` is set.
 class RefusingStore : public Store {
  public:
