@@ -32,7 +32,12 @@ class Guard {
 };
 
 // Frees `p` with `deleter(p)` once no guard entered before this call is
-// still active. Callable with or without a guard held.
+// still active. Callable with or without a guard held. The deleter may run
+// on any thread (what an idle thread retired is freed by the next thread
+// that collects), inside any Retire or Collect call and under whatever
+// locks that caller holds: it must not lock or block. Freeing needs some
+// thread to retire or Collect: in a process where none does, what is
+// retired waits.
 void Retire(void* p, void (*deleter)(void*));
 
 template <typename T>

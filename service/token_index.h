@@ -15,7 +15,8 @@
 //    readers of this token, never wait for it. Only a second operation on
 //    the same token sleeps until the first releases it (on a per-shard
 //    condition variable, whose mutex a release takes only when that token
-//    has waiters).
+//    has waiters). Waiting is fair: a release with waiters hands the lock
+//    to the longest-waiting one, so newcomers cannot starve it.
 //
 // Readers (Get, List, ForEachCommitted) see only committed state: a side
 // whose connect is still in flight is invisible until TokenLock::Commit (or

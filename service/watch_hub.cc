@@ -108,6 +108,15 @@ bool WatchHub::Subscriber::AnyQueued() {
   return false;
 }
 
+void WatchHub::Subscriber::CloseAndDrop() {
+  Close(kClosed);
+  for (SubQueue& q : queues_) {
+    std::deque<v1::BindingEvent> dropped;  // freed outside q.mu
+    MutexLock lock(&q.mu);
+    dropped.swap(q.events);
+  }
+}
+
 void WatchHub::Subscriber::DropAll() {
   ready_.clear();
   for (SubQueue& q : queues_) {
@@ -151,11 +160,15 @@ WatchHub::Subscriber::Result WatchHub::Subscriber::Next(
 WatchHub::WatchHub(size_t max_queue)
     : sub_queue_capacity_(
           std::max<size_t>(1, (max_queue + kSubQueues - 1) / kSubQueues)),
-      subscribers_(new SubscriberList()) {}
+      subscribers_(&kNoSubscribers) {}
+
+// Never freed: with no subscribers, a commit loads its address and stops.
+const WatchHub::SubscriberList WatchHub::kNoSubscribers;
 
 WatchHub::~WatchHub() {
   // No commit runs any more (the index that calls OnCommit is gone first).
-  delete subscribers_.load();
+  const SubscriberList* list = subscribers_.load();
+  if (list != &kNoSubscribers) delete list;
 }
 
 void WatchHub::Publish(const SubscriberList* list) {
@@ -164,10 +177,16 @@ void WatchHub::Publish(const SubscriberList* list) {
   // of it (its snapshot, after Subscribe returns), this is the store-buffer
   // pattern. Only a single total order over all four makes sure that either
   // the commit finds the new list here or the snapshot finds the commit.
+  if (list->empty() && list != &kNoSubscribers) {
+    delete list;
+    list = &kNoSubscribers;
+  }
   const SubscriberList* old =
       subscribers_.exchange(list, std::memory_order_seq_cst);
   // Commits that loaded it may still be delivering: freed after them.
-  epoch::RetireObject(const_cast<SubscriberList*>(old));
+  if (old != &kNoSubscribers) {
+    epoch::RetireObject(const_cast<SubscriberList*>(old));
+  }
 }
 
 std::shared_ptr<WatchHub::Subscriber> WatchHub::Subscribe(
@@ -194,6 +213,9 @@ void WatchHub::Unsubscribe(const std::shared_ptr<Subscriber>& subscriber) {
   auto* next = new SubscriberList(*current);
   next->erase(next->begin() + (it - current->begin()));
   Publish(next);
+  // A commit that loaded the old list may still push to it; the queued
+  // events go now rather than when the epoch frees that list.
+  subscriber->CloseAndDrop();
 }
 
 void WatchHub::Shutdown() {
@@ -240,8 +262,10 @@ bool WatchHub::RemovalsAfter(uint64_t after, const std::string& node,
 void WatchHub::OnCommit(absl::string_view token, const BindingState& before,
                         const BindingState& after) {
   if (after.empty()) RecordRemoval(token, before.node(), after.revision);
+  // seq_cst: see Publish. (A plain load on x86 and ARMv8.) This load is the
+  // commit's side of that argument; the one in the guard may only be newer.
+  if (subscribers_.load(std::memory_order_seq_cst) == &kNoSubscribers) return;
   epoch::Guard guard;  // keeps the list loaded below alive
-  // seq_cst: see Publish. (A plain load on x86 and ARMv8.)
   const SubscriberList* list = subscribers_.load(std::memory_order_seq_cst);
   if (list->empty()) return;
   v1::BindingEvent event;

@@ -7,9 +7,10 @@
 // never wait on one another:
 //  * The subscriber list is an immutable snapshot behind one atomic
 //    pointer, replaced whole (copy-on-write) by Subscribe/Unsubscribe (which
-//    are rare) and freed through the epoch domain: a commit enters an epoch
-//    guard and loads the pointer (seq_cst: see Publish), with no lock and no
-//    shared reference count; with no subscribers that is all it does.
+//    are rare) and freed through the epoch domain: a commit loads the
+//    pointer (seq_cst: see Publish) and, unless it is the static empty
+//    list (then that load is all it does), enters an epoch guard and reads
+//    the list, with no lock and no shared reference count.
 //    Because a subscription is one exchange, every commit after it (in
 //    particular every later commit of a token whose earlier commit reached
 //    the new subscriber) reaches it too.
@@ -105,6 +106,10 @@ class WatchHub : public ChangeListener {
     bool AnyQueued();
     // Reader side: frees everything queued (after an overflow).
     void DropAll();
+    // Any thread (Unsubscribe): closes and frees what the sub-queues hold,
+    // so an unsubscribed subscriber that a retired list still names keeps
+    // no events.
+    void CloseAndDrop();
 
     const std::string node_;
     const size_t capacity_;  // per sub-queue
@@ -137,7 +142,8 @@ class WatchHub : public ChangeListener {
   std::shared_ptr<Subscriber> Subscribe(const std::string& node);
   // Stops delivery to `subscriber`: commits that start after this returns
   // do not add to it (one already running may still; the subscriber lives
-  // until it is done). No-op for a subscriber that is not subscribed.
+  // until it is done). It is closed and what it had queued is dropped (its
+  // Next returns kClosed). No-op for a subscriber that is not subscribed.
   void Unsubscribe(const std::shared_ptr<Subscriber>& subscriber);
   // Closes every subscriber (their streams end) and every later one; used at
   // shutdown.
@@ -180,6 +186,7 @@ class WatchHub : public ChangeListener {
   // The current subscribers: immutable, replaced whole under mu_, read by
   // commits inside an epoch guard (no lock, no reference count). Owned.
   std::atomic<const SubscriberList*> subscribers_;
+  static const SubscriberList kNoSubscribers;
 
   // A ring of removals; a removal takes the next slot (its own mutex, so
   // two removals contend only when they land kRemovals apart).
