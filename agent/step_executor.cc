@@ -18,13 +18,6 @@ bool IsKnownStep(int kind) {
 
 }  // namespace
 
-std::string StepName(v1::StepKind kind) {
-  if (!v1::StepKind_IsValid(kind)) {
-    return absl::StrCat("step_", static_cast<int>(kind));
-  }
-  return absl::AsciiStrToLower(v1::StepKind_Name(kind));
-}
-
 absl::Status ValidateCommand(const v1::Command& command) {
   if (command.kind() != v1::Command::CONNECT &&
       command.kind() != v1::Command::DISCONNECT) {

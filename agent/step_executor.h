@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "agent/backend.h"
+#include "protocol/agent_protocol.h"
 #include "protos/irqbypass/v1/agent.pb.h"
 
 namespace irqbypass {
@@ -59,10 +60,6 @@ class StepExecutor {
 // INVALID_ARGUMENT naming the offending field, e.g. "steps[2].kind: unknown
 // step kind 42".
 absl::Status ValidateCommand(const v1::Command& command);
-
-// "add_producer" for ADD_PRODUCER; "step_unspecified"; "step_<n>" for a value
-// without a name. Used in logs and by the manager's error details.
-std::string StepName(v1::StepKind kind);
 
 }  // namespace agent
 }  // namespace irqbypass

@@ -391,11 +391,6 @@ TEST(StepExecutorTest, Invalid_MissingTokenProducerOrConsumer_AcksEinval) {
   EXPECT_THAT(backend.calls(), IsEmpty());
 }
 
-TEST(StepNameTest, NamesStepsInLowerCase) {
-  EXPECT_EQ(StepName(ADD_PRODUCER), "add_producer");
-  EXPECT_EQ(StepName(DEL_CONSUMER), "del_consumer");
-  EXPECT_EQ(StepName(static_cast<v1::StepKind>(42)), "step_42");
-}
 
 // With the sim backend: the contract's outcomes on a modelled host.
 

@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "common/errno_name.h"
 #include "common/log.h"
+#include "protocol/agent_protocol.h"
 #include "service/errors.h"
 #include "service/validation.h"
 
@@ -280,14 +281,6 @@ void RecordRoundTrip(ServiceMetrics* metrics, AgentCommand command,
   metrics->ObserveAgentRoundTrip(command, result, ns);
 }
 
-void AddStep(v1::Command* command, v1::StepKind kind, bool always,
-             v1::StepKind undo = v1::STEP_UNSPECIFIED) {
-  v1::Step* step = command->add_steps();
-  step->set_kind(kind);
-  step->set_always(always);
-  step->set_undo(undo);
-}
-
 }  // namespace
 
 v1::Command MakeCommand(v1::Command::Kind kind, absl::string_view token,
@@ -304,24 +297,6 @@ v1::Command MakeCommand(v1::Command::Kind kind, absl::string_view token,
     AddDisconnectSteps(&command);
   }
   return command;
-}
-
-void AddConnectSteps(v1::Command* command) {
-  AddStep(command, v1::STOP_PRODUCER, false);
-  AddStep(command, v1::STOP_CONSUMER, false);
-  AddStep(command, v1::ADD_CONSUMER, false, v1::DEL_CONSUMER);
-  AddStep(command, v1::ADD_PRODUCER, false);
-  AddStep(command, v1::START_CONSUMER, true);
-  AddStep(command, v1::START_PRODUCER, true);
-}
-
-void AddDisconnectSteps(v1::Command* command) {
-  AddStep(command, v1::STOP_PRODUCER, false);
-  AddStep(command, v1::STOP_CONSUMER, false);
-  AddStep(command, v1::DEL_PRODUCER, false);
-  AddStep(command, v1::DEL_CONSUMER, false);
-  AddStep(command, v1::START_CONSUMER, true);
-  AddStep(command, v1::START_PRODUCER, true);
 }
 
 absl::Status ConnectAckToStatus(absl::string_view token,
@@ -341,9 +316,6 @@ absl::Status ConnectAckToStatus(absl::string_view token,
       ctx);
 }
 
-std::string StepName(v1::StepKind kind) {
-  return absl::AsciiStrToLower(v1::StepKind_Name(kind));
-}
 
 AgentRegistry::AgentRegistry(Options options) : options_(options) {}
 

@@ -27,6 +27,7 @@
 #include "absl/time/time.h"
 #include "common/mutex.h"
 #include "protos/irqbypass/v1/agent.grpc.pb.h"
+#include "protocol/agent_protocol.h"
 #include "service/agent_dispatcher.h"
 #include "service/leadership.h"
 #include "service/matcher.h"
@@ -147,9 +148,6 @@ class AgentRegistry final : public AgentDispatcher,
   absl::flat_hash_map<std::string, NodeInfo> node_info_ ABSL_GUARDED_BY(mu_);
 };
 
-// The contract's connect and disconnect steps, in order (agent.proto).
-void AddConnectSteps(v1::Command* command);
-void AddDisconnectSteps(v1::Command* command);
 // A CONNECT or DISCONNECT command for the pair, with its steps (no id yet).
 v1::Command MakeCommand(v1::Command::Kind kind, absl::string_view token,
                         const ProducerRecord& producer,
@@ -159,8 +157,6 @@ v1::Command MakeCommand(v1::Command::Kind kind, absl::string_view token,
 absl::Status ConnectAckToStatus(absl::string_view token,
                                 const std::string& node,
                                 const v1::CommandAck& ack);
-// "add_producer" for ADD_PRODUCER.
-std::string StepName(v1::StepKind kind);
 
 }  // namespace irqbypass
 
