@@ -13,6 +13,7 @@ bash scripts/install-deps.sh || { echo "0 passed, 1 failed"; exit 1; }
 
 SANITIZED_TESTS=(
   //common:epoch_test
+  //common:lockfree_list_test
   //service:token_index_test
   //service:matcher_test
   //agent:step_executor_test

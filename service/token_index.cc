@@ -13,88 +13,19 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/epoch.h"
+#include "common/lockfree_list.h"
 #include "common/thread_slot.h"
 
 namespace irqbypass {
 
 namespace {
 
-// Links of the lock-free lists below: a node pointer whose low bit, when
-// set, marks the node holding the link as removed (it is unlinked by the
-// next thread that walks past it, and retired to epoch reclamation).
-constexpr uintptr_t kRemoved = 1;
-
-// CAS attempts on this thread that lost a race and had to look again.
-thread_local uint64_t tls_retries = 0;
-
-template <typename Node>
-Node* NodeOf(uintptr_t link) {
-  return reinterpret_cast<Node*>(link & ~kRemoved);
-}
-
-template <typename Node>
-uintptr_t LinkOf(Node* node) {
-  return reinterpret_cast<uintptr_t>(node);
-}
-
-// Walks a list from `head` inside an epoch guard, unlinking and retiring
-// nodes marked removed on the way, and returns the first live node for
-// which pred(node) holds (nullptr if none). `*first` is set to the head
-// link the (last) walk started from: a node inserted at the head with a CAS
-// from *first is known not to race an insertion the walk missed.
-template <typename Node, typename Pred>
-Node* FindInList(std::atomic<uintptr_t>& head, const Pred& pred,
-                 uintptr_t* first) {
-retry:
-  std::atomic<uintptr_t>* prev = &head;
-  uintptr_t curr_link = prev->load(std::memory_order_acquire);
-  *first = curr_link;
-  while (curr_link != 0) {
-    Node* curr = NodeOf<Node>(curr_link);
-    const uintptr_t next_link = curr->next.load(std::memory_order_acquire);
-    if ((next_link & kRemoved) != 0) {
-      uintptr_t expected = curr_link;
-      if (!prev->compare_exchange_strong(expected, next_link & ~kRemoved)) {
-        ++tls_retries;
-        goto retry;  // prev changed (or was itself removed): start over
-      }
-      if (prev == &head) *first = next_link & ~kRemoved;
-      epoch::RetireObject(curr);
-      curr_link = next_link & ~kRemoved;
-      continue;
-    }
-    if (pred(*curr)) return curr;
-    prev = &curr->next;
-    curr_link = next_link;
-  }
-  return nullptr;
-}
-
-// Marks `node` removed and unlinks it (here or by the next walker). Only
-// the node's owner may call it, once, inside an epoch guard.
-template <typename Node>
-void RemoveFromList(std::atomic<uintptr_t>& head, Node* node) {
-  uintptr_t link = node->next.load();
-  while ((link & kRemoved) == 0 &&
-         !node->next.compare_exchange_weak(link, link | kRemoved)) {
-  }
-  uintptr_t first;
-  FindInList<Node>(
-      head, [](const Node&) { return false; }, &first);
-}
-
-// Calls fn(node) for each live node, without unlinking anything (readers);
-// inside an epoch guard.
-template <typename Node, typename Fn>
-void ForEachInList(const std::atomic<uintptr_t>& head, const Fn& fn) {
-  uintptr_t link = head.load(std::memory_order_acquire);
-  while (link != 0) {
-    const Node* node = NodeOf<Node>(link);
-    const uintptr_t next_link = node->next.load(std::memory_order_acquire);
-    if ((next_link & kRemoved) == 0) fn(*node);
-    link = next_link & ~kRemoved;
-  }
-}
+using lockfree_list::FindInList;
+using lockfree_list::ForEachInList;
+using lockfree_list::LinkOf;
+using lockfree_list::kRemoved;
+using lockfree_list::NodeOf;
+using lockfree_list::RemoveFromList;
 
 const BindingState kEmptyState;
 
@@ -232,7 +163,7 @@ TokenIndex::~TokenIndex() {
   }
 }
 
-uint64_t TokenIndex::RetriesOnThisThread() { return tls_retries; }
+uint64_t TokenIndex::RetriesOnThisThread() { return lockfree_list::retries; }
 
 uint64_t TokenIndex::HashOf(absl::string_view key) {
   return absl::Hash<absl::string_view>{}(key);
@@ -285,7 +216,7 @@ std::optional<TokenIndex::TokenLock> TokenIndex::LockImpl(
       if (list.compare_exchange_strong(first, LinkOf(spare.get()))) {
         slot = spare.release();
       } else {
-        ++tls_retries;
+        ++lockfree_list::retries;
       }
       continue;
     }
@@ -296,7 +227,7 @@ std::optional<TokenIndex::TokenLock> TokenIndex::LockImpl(
     while (true) {
       const uint32_t state = word & Slot::kStateMask;
       if (state == Slot::kDead) {  // being removed: look again
-        ++tls_retries;
+        ++lockfree_list::retries;
         break;
       }
       if (state == Slot::kFree) {
@@ -625,7 +556,7 @@ TokenIndex::TokenLock::ClaimObject(const std::string& key, bool tentative,
       }
       fresh->next.store(first, std::memory_order_relaxed);
       if (!list.compare_exchange_strong(first, LinkOf(fresh.get()))) {
-        ++tls_retries;
+        ++lockfree_list::retries;
         continue;
       }
       found = fresh.release();
