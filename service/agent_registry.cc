@@ -513,6 +513,17 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
 
   // Reconcile on its own thread (its commands' acks arrive through the read
   // loop below), on this session only; then open the node to commands.
+  // Two invariants make this safe when a newer session replaces this one
+  // mid-reconciliation:
+  //  1. every command of this reconciliation goes through this session
+  //     (BoundDispatcher), never through whatever session the node has
+  //     now, so it cannot reach the newer agent connection, and it stops at
+  //     the first token after `current()` turns false (the newer session's
+  //     own reconciliation handles the rest, from that agent's report);
+  //  2. the node is opened to commands (sessions_) only by the session that
+  //     is still the node's latest when its reconciliation ends, under mu_,
+  //     so a registration never sends to a session whose wiring was not
+  //     reconciled, and a replaced session never reopens the node.
   std::thread reconciler([this, session, hello_at,
                           wired = std::move(wired)] {
     ReconcileResult r;

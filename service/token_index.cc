@@ -279,6 +279,9 @@ void TokenIndex::Release(size_t shard_index, Slot* slot) {
       next = word - Slot::kOneWaiter;
     } else {
       // Nobody waits and it records nothing: declare it dead and remove it.
+      // So a dead slot is always empty (and never taken again: a finder
+      // that sees kDead looks again, and inserts a fresh slot), which is
+      // why readers may skip dead slots and Lock never revives one.
       next = empty ? Slot::kDead : Slot::kFree;
     }
   } while (!slot->lock.compare_exchange_weak(word, next));
