@@ -7,7 +7,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "agent/backend.h"
-#include "agent/sim_backend.h"
+#include "agent/sim/sim_backend.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -24,9 +24,9 @@
 #include <string>
 
 #include "agent/errno_status.h"
-#include "agent/fd.h"
-#include "agent/handoff_client.h"
-#include "agent/kvm_irqfd.h"
+#include "agent/kvm/fd.h"
+#include "agent/handoff/handoff_client.h"
+#include "agent/kvm/kvm_irqfd.h"
 #include "client/error_detail.h"
 #include "client/irqbypass_client.h"
 #include "gtest/gtest.h"
@@ -199,12 +199,12 @@ TEST_F(KvmHandoffEndToEndTest, VmFromAnotherProcess_RefusedWithKernelEio) {
 
 TEST_F(KvmHandoffEndToEndTest, Cli_ConnectsAndReportsAgentErrno) {
   const CommandResult result =
-      RunCommand(BinaryPath("agent/irqbypass-handoff"),
+      RunCommand(BinaryPath("agent/handoff/irqbypass-handoff"),
                  {"--socket=" + socket_, "--create_vm=vm-cli"});
   EXPECT_EQ(result.exit_code, 1) << result.err;
   EXPECT_NE(result.err.find("(EIO)"), std::string::npos) << result.err;
   const CommandResult no_agent =
-      RunCommand(BinaryPath("agent/irqbypass-handoff"),
+      RunCommand(BinaryPath("agent/handoff/irqbypass-handoff"),
                  {"--socket=" + dir_ + "/nothing.sock", "--create_vm=vm-cli"});
   EXPECT_EQ(no_agent.exit_code, 1);
   EXPECT_NE(no_agent.err.find("(ENOENT)"), std::string::npos) << no_agent.err;
@@ -220,7 +220,7 @@ class KvmServedVmEndToEndTest : public KvmHandoffEndToEndTest {
   // register in between would find no agent session: UNAVAILABLE).
   bool StartVmm(Process& vmm, const std::string& log_name) {
     const int reconciles = cluster_.Reconciles("n1");
-    if (!vmm.Start(BinaryPath("agent/irqbypass-handoff"),
+    if (!vmm.Start(BinaryPath("agent/handoff/irqbypass-handoff"),
                    {"--socket=" + socket_, "--serve_vm=vm-v"},
                    cluster_.dir() + "/" + log_name)) {
       return false;
@@ -286,7 +286,7 @@ TEST_F(KvmServedVmEndToEndTest,
 
 TEST_F(KvmServedVmEndToEndTest, Cli_ServeVm_NoAgent_Enoent) {
   const CommandResult result =
-      RunCommand(BinaryPath("agent/irqbypass-handoff"),
+      RunCommand(BinaryPath("agent/handoff/irqbypass-handoff"),
                  {"--socket=" + dir_ + "/nothing.sock", "--serve_vm=vm-v"});
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(result.err.find("(ENOENT)"), std::string::npos) << result.err;

@@ -16,8 +16,8 @@
 // so callers check VFIO_IRQ_INFO_MASKABLE first.
 //
 // Thread-safety: implementations are thread-safe.
-#ifndef IRQBYPASS_AGENT_VFIO_DEVICE_H_
-#define IRQBYPASS_AGENT_VFIO_DEVICE_H_
+#ifndef IRQBYPASS_AGENT_KVM_VFIO_DEVICE_H_
+#define IRQBYPASS_AGENT_KVM_VFIO_DEVICE_H_
 
 #include <linux/vfio.h>
 
@@ -34,7 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "agent/fd.h"
+#include "agent/kvm/fd.h"
 #include "protos/irqbypass/v1/irqbypass.pb.h"
 
 namespace irqbypass {
@@ -162,4 +162,4 @@ class FakeVfioIrqs final : public VfioIrqs {
 }  // namespace agent
 }  // namespace irqbypass
 
-#endif  // IRQBYPASS_AGENT_VFIO_DEVICE_H_
+#endif  // IRQBYPASS_AGENT_KVM_VFIO_DEVICE_H_

@@ -1,4 +1,4 @@
-#include "agent/handoff_client.h"
+#include "agent/handoff/handoff_client.h"
 
 #include <linux/kvm.h>
 #include <poll.h>
@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "agent/errno_status.h"
-#include "agent/kvm_irqfd.h"
+#include "agent/kvm/kvm_irqfd.h"
 
 namespace irqbypass {
 namespace agent {

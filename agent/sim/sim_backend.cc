@@ -1,4 +1,4 @@
-#include "agent/sim_backend.h"
+#include "agent/sim/sim_backend.h"
 
 #include <cerrno>
 

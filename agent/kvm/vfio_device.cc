@@ -1,4 +1,4 @@
-#include "agent/vfio_device.h"
+#include "agent/kvm/vfio_device.h"
 
 #include <sys/ioctl.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "agent/kvm_vm.h"
+#include "agent/kvm/kvm_vm.h"
 
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_format.h"
 #include "agent/errno_status.h"
-#include "agent/kvm_irqfd.h"
+#include "agent/kvm/kvm_irqfd.h"
 #include "common/log.h"
 
 namespace irqbypass {

@@ -40,8 +40,8 @@
 // Thread-safety: thread-safe. One mutex per VM, held across this VM's ioctls
 // (so operations on one VM are serialised, other VMs are not affected) but
 // not across Retire()'s deassigns.
-#ifndef IRQBYPASS_AGENT_KVM_VM_H_
-#define IRQBYPASS_AGENT_KVM_VM_H_
+#ifndef IRQBYPASS_AGENT_KVM_KVM_VM_H_
+#define IRQBYPASS_AGENT_KVM_KVM_VM_H_
 
 #include <cstdint>
 #include <memory>
@@ -54,8 +54,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "agent/fd.h"
-#include "agent/irqfd_target.h"
+#include "agent/kvm/fd.h"
+#include "agent/kvm/irqfd_target.h"
 
 namespace irqbypass {
 namespace agent {
@@ -170,4 +170,4 @@ unsigned long KvmSetGsiRoutingRequest();
 }  // namespace agent
 }  // namespace irqbypass
 
-#endif  // IRQBYPASS_AGENT_KVM_VM_H_
+#endif  // IRQBYPASS_AGENT_KVM_KVM_VM_H_

@@ -72,8 +72,8 @@
 //
 // Thread-safety: thread-safe. Lock order: the backend's mu_ before a KvmVm's
 // or a device's own lock; no ioctl runs under mu_.
-#ifndef IRQBYPASS_AGENT_KVM_BACKEND_H_
-#define IRQBYPASS_AGENT_KVM_BACKEND_H_
+#ifndef IRQBYPASS_AGENT_KVM_KVM_BACKEND_H_
+#define IRQBYPASS_AGENT_KVM_KVM_BACKEND_H_
 
 #include <cstdint>
 #include <functional>
@@ -91,10 +91,10 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/backend.h"
-#include "agent/fd.h"
-#include "agent/irqfd_target.h"
-#include "agent/kvm_vm.h"
-#include "agent/vfio_device.h"
+#include "agent/kvm/fd.h"
+#include "agent/kvm/irqfd_target.h"
+#include "agent/kvm/kvm_vm.h"
+#include "agent/kvm/vfio_device.h"
 
 namespace irqbypass {
 namespace agent {
@@ -258,4 +258,4 @@ class KvmBackend final : public Backend {
 }  // namespace agent
 }  // namespace irqbypass
 
-#endif  // IRQBYPASS_AGENT_KVM_BACKEND_H_
+#endif  // IRQBYPASS_AGENT_KVM_KVM_BACKEND_H_

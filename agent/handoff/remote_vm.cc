@@ -1,4 +1,4 @@
-#include "agent/remote_vm.h"
+#include "agent/handoff/remote_vm.h"
 
 #include <cerrno>
 #include <utility>

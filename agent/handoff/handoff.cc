@@ -1,4 +1,4 @@
-#include "agent/handoff.h"
+#include "agent/handoff/handoff.h"
 
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "agent/errno_status.h"
-#include "agent/vfio_device.h"
+#include "agent/kvm/vfio_device.h"
 
 namespace irqbypass {
 namespace agent {

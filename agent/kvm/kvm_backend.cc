@@ -1,4 +1,4 @@
-#include "agent/kvm_backend.h"
+#include "agent/kvm/kvm_backend.h"
 
 #include <fcntl.h>
 #include <linux/kvm.h>

@@ -10,7 +10,7 @@
 //   * Delivery: the fake device fires, the VMM VM's PIC has the IRR bit.
 //   * The VMM's errno (EINVAL: no irqchip), ETIMEDOUT, ENOTCONN; the VMM
 //     disconnecting drops the wiring and notifies; no fd leaks.
-#include "agent/remote_vm.h"
+#include "agent/handoff/remote_vm.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -31,12 +31,12 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/errno_status.h"
-#include "agent/fd.h"
-#include "agent/handoff.h"
-#include "agent/handoff_client.h"
-#include "agent/handoff_server.h"
-#include "agent/kvm_backend.h"
-#include "agent/kvm_irqfd.h"
+#include "agent/kvm/fd.h"
+#include "agent/handoff/handoff.h"
+#include "agent/handoff/handoff_client.h"
+#include "agent/handoff/handoff_server.h"
+#include "agent/kvm/kvm_backend.h"
+#include "agent/kvm/kvm_irqfd.h"
 #include "agent/test_fd_count.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

@@ -92,8 +92,8 @@
 // fds have no such check and are handed over with DEVICE.
 //
 // Thread-safety: the functions are pure, or act only on the fd given.
-#ifndef IRQBYPASS_AGENT_HANDOFF_H_
-#define IRQBYPASS_AGENT_HANDOFF_H_
+#ifndef IRQBYPASS_AGENT_HANDOFF_HANDOFF_H_
+#define IRQBYPASS_AGENT_HANDOFF_HANDOFF_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -103,7 +103,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "agent/fd.h"
+#include "agent/kvm/fd.h"
 
 namespace irqbypass {
 namespace agent {
@@ -191,4 +191,4 @@ absl::StatusOr<HandoffPacket> ReceiveHandoffPacket(int socket,
 }  // namespace agent
 }  // namespace irqbypass
 
-#endif  // IRQBYPASS_AGENT_HANDOFF_H_
+#endif  // IRQBYPASS_AGENT_HANDOFF_HANDOFF_H_

@@ -1,4 +1,4 @@
-#include "agent/handoff_server.h"
+#include "agent/handoff/handoff_server.h"
 
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -16,8 +16,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "agent/errno_status.h"
-#include "agent/kvm_vm.h"
-#include "agent/vfio_device.h"
+#include "agent/kvm/kvm_vm.h"
+#include "agent/kvm/vfio_device.h"
 #include "common/errno_name.h"
 #include "common/log.h"
 

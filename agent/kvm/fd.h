@@ -4,8 +4,8 @@
 //
 // Thread-safety: like an int; a const Fd may be read from any thread, a
 // mutated one must not be shared.
-#ifndef IRQBYPASS_AGENT_FD_H_
-#define IRQBYPASS_AGENT_FD_H_
+#ifndef IRQBYPASS_AGENT_KVM_FD_H_
+#define IRQBYPASS_AGENT_KVM_FD_H_
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -67,4 +67,4 @@ class Fd {
 }  // namespace agent
 }  // namespace irqbypass
 
-#endif  // IRQBYPASS_AGENT_FD_H_
+#endif  // IRQBYPASS_AGENT_KVM_FD_H_

@@ -11,8 +11,8 @@
 //
 // Test-only. Not thread-safe: one test thread drives it (Run() uses a
 // watchdog thread internally).
-#ifndef IRQBYPASS_AGENT_KVM_TEST_VCPU_H_
-#define IRQBYPASS_AGENT_KVM_TEST_VCPU_H_
+#ifndef IRQBYPASS_AGENT_KVM_KVM_TEST_VCPU_H_
+#define IRQBYPASS_AGENT_KVM_KVM_TEST_VCPU_H_
 
 #include <linux/kvm.h>
 
@@ -22,8 +22,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "agent/fd.h"
-#include "agent/kvm_vm.h"
+#include "agent/kvm/fd.h"
+#include "agent/kvm/kvm_vm.h"
 
 namespace irqbypass {
 namespace agent {
@@ -80,4 +80,4 @@ class TestVcpu {
 }  // namespace agent
 }  // namespace irqbypass
 
-#endif  // IRQBYPASS_AGENT_KVM_TEST_VCPU_H_
+#endif  // IRQBYPASS_AGENT_KVM_KVM_TEST_VCPU_H_

@@ -1,7 +1,7 @@
 // KvmVm on the real /dev/kvm (skipped, with a message, where it cannot be
 // opened): irqchip creation, the agent-owned routing table, KVM_IRQFD
 // assign/deassign and their errnos, Retire().
-#include "agent/kvm_vm.h"
+#include "agent/kvm/kvm_vm.h"
 
 #include <fcntl.h>
 #include <linux/kvm.h>

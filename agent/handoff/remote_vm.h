@@ -22,8 +22,8 @@
 // Thread-safety: thread-safe. No lock is held while waiting for a reply, so
 // Retire() and Close() never wait for a request in flight. Lock order: a
 // RemoteVm's mu_ before its VmmChannel's mu_ (the channel never calls out).
-#ifndef IRQBYPASS_AGENT_REMOTE_VM_H_
-#define IRQBYPASS_AGENT_REMOTE_VM_H_
+#ifndef IRQBYPASS_AGENT_HANDOFF_REMOTE_VM_H_
+#define IRQBYPASS_AGENT_HANDOFF_REMOTE_VM_H_
 
 #include <cstdint>
 #include <memory>
@@ -35,9 +35,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "agent/fd.h"
-#include "agent/handoff.h"
-#include "agent/irqfd_target.h"
+#include "agent/kvm/fd.h"
+#include "agent/handoff/handoff.h"
+#include "agent/kvm/irqfd_target.h"
 
 namespace irqbypass {
 namespace agent {
@@ -147,4 +147,4 @@ class RemoteVm final : public IrqfdTarget {
 }  // namespace agent
 }  // namespace irqbypass
 
-#endif  // IRQBYPASS_AGENT_REMOTE_VM_H_
+#endif  // IRQBYPASS_AGENT_HANDOFF_REMOTE_VM_H_

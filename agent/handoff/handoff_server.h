@@ -17,8 +17,8 @@
 // it cannot deadlock on its own connection.
 //
 // Thread-safety: Start() and Stop() from one thread; the rest is internal.
-#ifndef IRQBYPASS_AGENT_HANDOFF_SERVER_H_
-#define IRQBYPASS_AGENT_HANDOFF_SERVER_H_
+#ifndef IRQBYPASS_AGENT_HANDOFF_HANDOFF_SERVER_H_
+#define IRQBYPASS_AGENT_HANDOFF_HANDOFF_SERVER_H_
 
 #include <sys/types.h>
 
@@ -34,10 +34,10 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "agent/fd.h"
-#include "agent/handoff.h"
-#include "agent/kvm_backend.h"
-#include "agent/remote_vm.h"
+#include "agent/kvm/fd.h"
+#include "agent/handoff/handoff.h"
+#include "agent/kvm/kvm_backend.h"
+#include "agent/handoff/remote_vm.h"
 
 namespace irqbypass {
 namespace agent {
@@ -108,4 +108,4 @@ absl::StatusOr<absl::flat_hash_set<uid_t>> ParseUidList(absl::string_view list);
 }  // namespace agent
 }  // namespace irqbypass
 
-#endif  // IRQBYPASS_AGENT_HANDOFF_SERVER_H_
+#endif  // IRQBYPASS_AGENT_HANDOFF_HANDOFF_SERVER_H_

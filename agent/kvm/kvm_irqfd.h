@@ -1,8 +1,8 @@
 // KvmIrqfd: one KVM_IRQFD ioctl (assign `eventfd` to `gsi` on the VM, or
 // deassign it), returning 0 or the errno. Shared by the agent's own VMs,
 // the VMM-side handoff client and the tests that poke the kernel directly.
-#ifndef IRQBYPASS_AGENT_KVM_IRQFD_H_
-#define IRQBYPASS_AGENT_KVM_IRQFD_H_
+#ifndef IRQBYPASS_AGENT_KVM_KVM_IRQFD_H_
+#define IRQBYPASS_AGENT_KVM_KVM_IRQFD_H_
 
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
@@ -25,4 +25,4 @@ inline int KvmIrqfd(int vm_fd, int eventfd, uint32_t gsi,
 
 }  // namespace irqbypass::agent
 
-#endif  // IRQBYPASS_AGENT_KVM_IRQFD_H_
+#endif  // IRQBYPASS_AGENT_KVM_KVM_IRQFD_H_

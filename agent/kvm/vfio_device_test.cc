@@ -1,7 +1,7 @@
 // VFIO_DEVICE_SET_IRQS encoding (struct layout, argsz, flags) and the fake
 // device's kernel-like validation. No VFIO device exists on CI machines; the
 // real VfioDeviceIrqs is checked only for refusing a non-VFIO fd.
-#include "agent/vfio_device.h"
+#include "agent/kvm/vfio_device.h"
 
 #include <linux/vfio.h>
 #include <sys/eventfd.h>

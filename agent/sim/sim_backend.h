@@ -15,8 +15,8 @@
 // every add step to simulate a slow host (SimBackendOptions).
 //
 // Thread-safe.
-#ifndef IRQBYPASS_AGENT_SIM_BACKEND_H_
-#define IRQBYPASS_AGENT_SIM_BACKEND_H_
+#ifndef IRQBYPASS_AGENT_SIM_SIM_BACKEND_H_
+#define IRQBYPASS_AGENT_SIM_SIM_BACKEND_H_
 
 #include <cstdint>
 #include <optional>
@@ -141,4 +141,4 @@ class SimBackend final : public Backend {
 }  // namespace agent
 }  // namespace irqbypass
 
-#endif  // IRQBYPASS_AGENT_SIM_BACKEND_H_
+#endif  // IRQBYPASS_AGENT_SIM_SIM_BACKEND_H_

@@ -13,15 +13,15 @@
 // ioctl: the manager reports it unchanged.
 //
 // Thread-safety: implementations are thread-safe.
-#ifndef IRQBYPASS_AGENT_IRQFD_TARGET_H_
-#define IRQBYPASS_AGENT_IRQFD_TARGET_H_
+#ifndef IRQBYPASS_AGENT_KVM_IRQFD_TARGET_H_
+#define IRQBYPASS_AGENT_KVM_IRQFD_TARGET_H_
 
 #include <cstdint>
 #include <memory>
 #include <string>
 
 #include "absl/status/status.h"
-#include "agent/fd.h"
+#include "agent/kvm/fd.h"
 
 namespace irqbypass {
 namespace agent {
@@ -72,4 +72,4 @@ class IrqfdTarget {
 }  // namespace agent
 }  // namespace irqbypass
 
-#endif  // IRQBYPASS_AGENT_IRQFD_TARGET_H_
+#endif  // IRQBYPASS_AGENT_KVM_IRQFD_TARGET_H_

@@ -1,4 +1,4 @@
-#include "agent/kvm_test_vcpu.h"
+#include "agent/kvm/kvm_test_vcpu.h"
 
 #include <fcntl.h>
 #include <pthread.h>

@@ -7,7 +7,7 @@
 //     routed vector's IRR bit set; after del_producer it stays clear.
 //   * PIC proof for a legacy GSI, and a real-mode guest counting interrupts.
 //   * thousands of irqfds across several VMs, and no fd leak after teardown.
-#include "agent/kvm_backend.h"
+#include "agent/kvm/kvm_backend.h"
 
 #include <dirent.h>
 #include <linux/kvm.h>
@@ -23,8 +23,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/errno_status.h"
-#include "agent/kvm_irqfd.h"
-#include "agent/kvm_test_vcpu.h"
+#include "agent/kvm/kvm_irqfd.h"
+#include "agent/kvm/kvm_test_vcpu.h"
 #include "agent/step_executor.h"
 #include "agent/test_fd_count.h"
 #include "gmock/gmock.h"

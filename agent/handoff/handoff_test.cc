@@ -1,7 +1,7 @@
 // The handoff socket: wire format, SO_PEERCRED allow-list, adopting real KVM
 // VM fds (on /dev/kvm; those tests skip, saying so, without it), and the
 // teardown when the VMM's connection closes.
-#include "agent/handoff.h"
+#include "agent/handoff/handoff.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -16,9 +16,9 @@
 
 #include "absl/time/clock.h"
 #include "agent/errno_status.h"
-#include "agent/handoff_client.h"
-#include "agent/handoff_server.h"
-#include "agent/kvm_backend.h"
+#include "agent/handoff/handoff_client.h"
+#include "agent/handoff/handoff_server.h"
+#include "agent/kvm/kvm_backend.h"
 #include "agent/test_fd_count.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

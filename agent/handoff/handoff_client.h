@@ -31,8 +31,8 @@
 //
 // Thread-safety: not thread-safe: one thread at a time uses a client (its
 // requests and its serving share the socket's read side).
-#ifndef IRQBYPASS_AGENT_HANDOFF_CLIENT_H_
-#define IRQBYPASS_AGENT_HANDOFF_CLIENT_H_
+#ifndef IRQBYPASS_AGENT_HANDOFF_HANDOFF_CLIENT_H_
+#define IRQBYPASS_AGENT_HANDOFF_HANDOFF_CLIENT_H_
 
 #include <functional>
 #include <memory>
@@ -42,8 +42,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "agent/fd.h"
-#include "agent/handoff.h"
+#include "agent/kvm/fd.h"
+#include "agent/handoff/handoff.h"
 
 namespace irqbypass {
 namespace agent {
@@ -111,4 +111,4 @@ class HandoffClient {
 }  // namespace agent
 }  // namespace irqbypass
 
-#endif  // IRQBYPASS_AGENT_HANDOFF_CLIENT_H_
+#endif  // IRQBYPASS_AGENT_HANDOFF_HANDOFF_CLIENT_H_
