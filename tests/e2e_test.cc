@@ -352,6 +352,7 @@ TEST_F(EndToEndTest, Nodes_ShowAgentsSessionsCountsAndInFlightCommands) {
 
   // A command waiting on a stopped agent is in flight.
   ASSERT_TRUE(cluster_.agent("n1").Signal(SIGSTOP));
+  ASSERT_TRUE(WaitAllThreadsStopped(cluster_.agent("n1").pid()));
   std::thread unregister([&] { (void)api().UnregisterProducer("t1"); });
   EXPECT_TRUE(WaitFor([&] {
     auto n = api().GetNode("n1");
@@ -443,6 +444,7 @@ TEST_F(EndToEndTest, WatchResumedFromProgress_ChangePublishedLateNotMissed) {
   }));
   // x's unregister waits on its disconnect while the agent is stopped.
   ASSERT_TRUE(cluster_.agent("n1").Signal(SIGSTOP));
+  ASSERT_TRUE(WaitAllThreadsStopped(cluster_.agent("n1").pid()));
   std::thread unregister([&] {
     EXPECT_TRUE(api().UnregisterProducer("x").ok());
   });

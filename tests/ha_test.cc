@@ -205,6 +205,10 @@ TEST_F(HaTest, LeaderStoppedPastItsLease_WritesNothingAndStepsDown) {
             absl::StatusCode::kNotFound);
 
   ASSERT_TRUE(ha_.replica(leader).Signal(SIGSTOP));
+  // Only once every thread has stopped does the call below surely wait in
+  // the stopped leader's socket (a call it could still serve would be a
+  // legitimate write of its epoch, found on the new leader).
+  ASSERT_TRUE(WaitAllThreadsStopped(ha_.replica(leader).pid()));
   // This call waits in the stopped leader's socket.
   absl::Status held;
   std::thread call([&] {

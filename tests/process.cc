@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -184,6 +185,33 @@ int CountOccurrences(const std::string& haystack, const std::string& needle) {
     ++n;
   }
   return n;
+}
+
+}  // namespace irqbypass::testing
+
+namespace irqbypass::testing {
+
+bool WaitAllThreadsStopped(pid_t pid, std::chrono::milliseconds timeout) {
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  return WaitFor(
+      [&] {
+        std::error_code ec;
+        int threads = 0;
+        for (const auto& entry :
+             std::filesystem::directory_iterator(tasks, ec)) {
+          const std::string stat = ReadFile(entry.path().string() + "/stat");
+          // "tid (comm) S ...": the state follows the last ')'.
+          const size_t paren = stat.rfind(')');
+          if (paren == std::string::npos || paren + 2 >= stat.size()) {
+            return false;
+          }
+          const char state = stat[paren + 2];
+          if (state != 'T' && state != 't') return false;
+          ++threads;
+        }
+        return !ec && threads > 0;
+      },
+      timeout);
 }
 
 }  // namespace irqbypass::testing

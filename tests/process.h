@@ -68,6 +68,12 @@ std::string TailLines(const std::string& text, int lines);
 // Counts occurrences of `needle` in `haystack`.
 int CountOccurrences(const std::string& haystack, const std::string& needle);
 
+// Whether every thread of `pid` is stopped (SIGSTOP has taken effect on all
+// of them: /proc/PID/task/*/stat state 'T'); polls until `timeout`.
+bool WaitAllThreadsStopped(pid_t pid,
+                           std::chrono::milliseconds timeout =
+                               std::chrono::seconds(10));
+
 }  // namespace irqbypass::testing
 
 #endif  // IRQBYPASS_TESTS_PROCESS_H_
