@@ -34,6 +34,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/latency_stats.h"
 #include "service/matcher.h"
+#include "service/testing/fake_dispatcher.h"
 #include "service/token_index.h"
 
 ABSL_FLAG(int, tokens, 174000, "Tokens (each gets a producer and a consumer)");
@@ -108,15 +109,6 @@ class Design {
 
 // --- sharded: the product's index and matcher ------------------------------
 
-class InstantAgent : public AgentDispatcher {
- public:
-  absl::Status Connect(absl::string_view, const ProducerRecord&,
-                       const ConsumerRecord&) override {
-    return absl::OkStatus();
-  }
-  void Disconnect(absl::string_view, const ProducerRecord&,
-                  const ConsumerRecord&) override {}
-};
 
 class ThreadLocalWaits : public LockWaitObserver {
  public:
@@ -151,7 +143,8 @@ class ShardedDesign : public Design {
 
  private:
   ThreadLocalWaits observer_;
-  InstantAgent agent_;
+  // Every connect succeeds at once, with no lock of the fake's own.
+  testing::FakeDispatcher agent_{testing::FakeDispatcher::Recording::kOff};
   TokenIndex index_;
   Matcher matcher_;
 };

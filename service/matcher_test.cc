@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "service/testing/fake_dispatcher.h"
 #include "service/errors.h"
 #include "service/etcd_store.h"
 #include "service/rocksdb_store.h"
@@ -44,71 +45,7 @@ ConsumerRecord Cons(const std::string& node = "n1",
   return c;
 }
 
-// Records calls; can fail connects, and can hold a connect until released.
-class FakeDispatcher : public AgentDispatcher {
- public:
-  absl::Status Connect(absl::string_view token, const ProducerRecord& p,
-                       const ConsumerRecord& c) override {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      ++connects_;
-      calls_.push_back("connect:" + std::string(token));
-      if (hold_) {
-        ++held_;
-        cv_.notify_all();
-        cv_.wait(lock, [&] { return !hold_; });
-      }
-    }
-    if (on_connect_) on_connect_(token);
-    return fail_with_;
-  }
-  void Disconnect(absl::string_view token, const ProducerRecord& p,
-                  const ConsumerRecord& c) override {
-    if (on_disconnect_) on_disconnect_(token);
-    std::lock_guard<std::mutex> lock(mu_);
-    ++disconnects_;
-    calls_.push_back("disconnect:" + std::string(token));
-  }
-
-  void Hold() {
-    std::lock_guard<std::mutex> lock(mu_);
-    hold_ = true;
-  }
-  void WaitHeld(int n) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return held_ >= n; });
-  }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    hold_ = false;
-    cv_.notify_all();
-  }
-  int connects() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return connects_;
-  }
-  int disconnects() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return disconnects_;
-  }
-  std::vector<std::string> calls() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return calls_;
-  }
-
-  absl::Status fail_with_;
-  std::function<void(absl::string_view)> on_connect_;
-  std::function<void(absl::string_view)> on_disconnect_;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool hold_ = false;
-  int held_ = 0;
-  int connects_ = 0;
-  int disconnects_ = 0;
-  std::vector<std::string> calls_;
-};
+using ::irqbypass::testing::FakeDispatcher;
 
 bool Always() { return true; }
 

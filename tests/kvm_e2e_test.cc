@@ -30,6 +30,7 @@
 #include "client/error_detail.h"
 #include "client/irqbypass_client.h"
 #include "gtest/gtest.h"
+#include "agent/kvm/testing/open_kvm.h"
 #include "tests/cluster.h"
 
 namespace irqbypass::testing {
@@ -62,11 +63,12 @@ class KvmEndToEndTest : public ::testing::Test {
   }
   client::Client& api() { return cluster_.client(); }
   void OpenKvmOrSkip() {
-    kvm_ = agent::Fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
-    if (!kvm_.valid()) {
-      GTEST_SKIP() << "/dev/kvm cannot be opened here (" << std::strerror(errno)
-                   << "): the kvm end-to-end tests need it";
+    absl::StatusOr<agent::Fd> kvm = agent::testing::OpenKvmForTest();
+    if (!kvm.ok()) {
+      GTEST_SKIP() << kvm.status().message()
+                   << ": the kvm end-to-end tests need it";
     }
+    kvm_ = *std::move(kvm);
   }
 
   agent::Fd kvm_;

@@ -22,6 +22,7 @@
 #include "agent/test_fd_count.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "agent/kvm/testing/open_kvm.h"
 
 namespace irqbypass {
 namespace agent {
@@ -126,11 +127,11 @@ class HandoffServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     fds_before_ = OpenFdCount();
-    kvm_ = Fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
-    if (!kvm_.valid()) {
-      GTEST_SKIP() << "/dev/kvm cannot be opened here (" << std::strerror(errno)
-                   << "): these tests need it";
+    absl::StatusOr<Fd> kvm = testing::OpenKvmForTest();
+    if (!kvm.ok()) {
+      GTEST_SKIP() << kvm.status().message() << ": these tests need it";
     }
+    kvm_ = *std::move(kvm);
     KvmBackendOptions options;
     options.node = "n1";
     auto backend = KvmBackend::Create(options);

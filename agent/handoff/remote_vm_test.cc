@@ -40,26 +40,19 @@
 #include "agent/test_fd_count.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "common/testing/eventually.h"
+#include "agent/kvm/testing/open_kvm.h"
 
 namespace irqbypass {
 namespace agent {
 namespace {
 
+using ::irqbypass::testing::Eventually;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
 
 constexpr char kDevice[] = "0000:3b:00.1";
-
-template <typename F>
-bool Eventually(F condition, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    if (condition()) return true;
-    absl::SleepFor(absl::Milliseconds(2));
-  }
-  return condition();
-}
 
 bool PicIrr(int vm_fd, uint32_t irq) {
   kvm_irqchip chip;
@@ -161,11 +154,12 @@ class RemoteVmTest : public ::testing::Test {
  protected:
   void SetUp() override {
     fds_before_ = OpenFdCount();
-    Fd kvm(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
-    if (!kvm.valid()) {
-      GTEST_SKIP() << "/dev/kvm cannot be opened here (" << std::strerror(errno)
-                   << "): the VMM-held VM tests need it";
+    absl::StatusOr<Fd> opened = testing::OpenKvmForTest();
+    if (!opened.ok()) {
+      GTEST_SKIP() << opened.status().message()
+                   << ": the VMM-held VM tests need it";
     }
+    Fd kvm = *std::move(opened);
     KvmBackendOptions options;
     options.node = "n1";
     auto backend = KvmBackend::Create(options);

@@ -29,11 +29,13 @@
 #include "agent/test_fd_count.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "common/testing/eventually.h"
 
 namespace irqbypass {
 namespace agent {
 namespace {
 
+using ::irqbypass::testing::Eventually;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
@@ -58,17 +60,8 @@ v1::Consumer MakeConsumer(const std::string& vm, uint32_t gsi) {
   return c;
 }
 
-// Polls `condition` for up to a second (irqfd injection for irqchip routes
-// runs on a kernel workqueue, so it is asynchronous).
-template <typename F>
-bool Eventually(F condition) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(1);
-  while (absl::Now() < deadline) {
-    if (condition()) return true;
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  return condition();
-}
+// irqfd injection for irqchip routes runs on a kernel workqueue, so it is
+// asynchronous: tests poll for it (Eventually).
 
 class KvmBackendTest : public ::testing::Test {
  protected:

@@ -15,6 +15,7 @@
 #include "agent/errno_status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "agent/kvm/testing/open_kvm.h"
 
 namespace irqbypass {
 namespace agent {
@@ -60,11 +61,11 @@ TEST(GsiRoutingEncodingTest, MsiVector_NeverAnExceptionVector) {
 class KvmVmTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    kvm_ = Fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
-    if (!kvm_.valid()) {
-      GTEST_SKIP() << "/dev/kvm cannot be opened here (" << std::strerror(errno)
-                   << "): the real-KVM tests need it";
+    absl::StatusOr<Fd> kvm = testing::OpenKvmForTest();
+    if (!kvm.ok()) {
+      GTEST_SKIP() << kvm.status().message() << ": the real-KVM tests need it";
     }
+    kvm_ = *std::move(kvm);
   }
   std::unique_ptr<KvmVm> NewVm(const std::string& name) {
     auto vm = KvmVm::Create(kvm_, name);
