@@ -460,6 +460,38 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
   v1::AgentMessage first;
   if (!stream->Read(&first)) return grpc::Status::OK;
   const absl::Time hello_at = absl::Now();  // reconciliation starts here
+  std::vector<WiredPair> wired;
+  if (grpc::Status s = ReadHello(*stream, first, &wired); !s.ok()) return s;
+  const v1::AgentHello& hello = first.hello();
+
+  auto session =
+      std::make_shared<AgentSession>(hello.node(), epoch, context, stream);
+  if (grpc::Status s = Admit(session, hello, context->peer(), wired.size());
+      !s.ok()) {
+    return s;
+  }
+  v1::ManagerMessage hello_ack;
+  hello_ack.mutable_hello()->set_epoch(epoch);
+  session->SendHello(std::move(hello_ack));
+
+  // Reconcile on its own thread: its commands' acks arrive through the read
+  // loop below.
+  std::thread reconciler(
+      [this, session, hello_at, wired = std::move(wired)]() mutable {
+        ReconcileSession(session, std::move(wired), hello_at);
+      });
+  ReadAcks(*stream, *session);
+  session->Close();  // wakes waiters, including the reconciler's
+  Forget(session);
+  reconciler.join();
+  session->Finish();  // after this, nobody touches the context or stream
+  LogInfo("agent disconnected", {{"node", session->node()}});
+  return grpc::Status::OK;
+}
+
+grpc::Status AgentRegistry::ReadHello(Stream& stream,
+                                      const v1::AgentMessage& first,
+                                      std::vector<WiredPair>* wired) {
   if (!first.has_hello()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "hello: the first message of a session must be "
@@ -470,13 +502,12 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         std::string(s.message()));
   }
-  std::vector<WiredPair> wired;
-  if (grpc::Status s = ReadInventory(*stream, hello, &wired); !s.ok()) {
-    return s;
-  }
+  return ReadInventory(stream, hello, wired);
+}
 
-  auto session =
-      std::make_shared<AgentSession>(hello.node(), epoch, context, stream);
+grpc::Status AgentRegistry::Admit(const std::shared_ptr<AgentSession>& session,
+                                  const v1::AgentHello& hello,
+                                  const std::string& peer, size_t wired) {
   std::shared_ptr<AgentSession> replaced;
   {
     MutexLock lock(&mu_);
@@ -490,7 +521,7 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
     NodeInfo& info = node_info_[hello.node()];
     info.backend = hello.backend();
     info.agent_version = hello.agent_version();
-    info.peer = context->peer();
+    info.peer = peer;
     info.started = absl::Now();
     info.ended = absl::InfinitePast();
   }
@@ -504,94 +535,85 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
   }
   LogInfo("agent connected", {{"node", hello.node()},
                               {"backend", hello.backend()},
-                              {"wired", absl::StrCat(wired.size())},
-                              {"peer", context->peer()}});
+                              {"wired", absl::StrCat(wired)},
+                              {"peer", peer}});
+  return grpc::Status::OK;
+}
 
-  v1::ManagerMessage hello_ack;
-  hello_ack.mutable_hello()->set_epoch(epoch);
-  session->SendHello(std::move(hello_ack));
-
-  // Reconcile on its own thread (its commands' acks arrive through the read
-  // loop below), on this session only; then open the node to commands.
-  // Two invariants make this safe when a newer session replaces this one
-  // mid-reconciliation:
-  //  1. every command of this reconciliation goes through this session
-  //     (BoundDispatcher), never through whatever session the node has
-  //     now, so it cannot reach the newer agent connection, and it stops at
-  //     the first token after `current()` turns false (the newer session's
-  //     own reconciliation handles the rest, from that agent's report);
-  //  2. the node is opened to commands (sessions_) only by the session that
-  //     is still the node's latest when its reconciliation ends, under mu_,
-  //     so a registration never sends to a session whose wiring was not
-  //     reconciled, and a replaced session never reopens the node.
-  std::thread reconciler([this, session, hello_at,
-                          wired = std::move(wired)] {
-    ReconcileResult r;
-    if (matcher_ != nullptr) {
-      BoundDispatcher via(*this, session);
-      r = matcher_->Reconcile(session->node(), wired, via,
-                              [this, &session] {
-                                return !session->closed() &&
-                                       (options_.leadership == nullptr ||
-                                        options_.leadership->leading());
-                              });
-      if (options_.metrics != nullptr) {
-        options_.metrics->CommandsRetried(AgentCommand::kConnect,
-                                          r.reconnected + r.failed);
-        options_.metrics->CommandsRetried(AgentCommand::kDisconnect,
-                                          r.disconnected);
-      }
-    }
-    {
-      MutexLock lock(&mu_);
-      auto it = latest_.find(session->node());
-      const bool current = it != latest_.end() && it->second == session;
-      if (!shutting_down_ && !session->closed() && current) {
-        sessions_[session->node()] = session;
-      }
-      if (current) {
-        NodeInfo& info = node_info_[session->node()];
-        info.last_reconcile = r;
-        info.last_reconcile_duration = absl::Now() - hello_at;
-        info.last_reconcile_finished = absl::Now();
-      }
-    }
-    LogInfo("agent reconciled", {{"node", session->node()},
-                                 {"kept", absl::StrCat(r.kept)},
-                                 {"disconnected", absl::StrCat(r.disconnected)},
-                                 {"reconnected", absl::StrCat(r.reconnected)},
-                                 {"failed", absl::StrCat(r.failed)},
-                                 {"refused", absl::StrCat(r.refused)},
-                                 {"duration_ms",
-                                  absl::StrCat(absl::ToInt64Milliseconds(
-                                      absl::Now() - hello_at))}});
-  });
-
-  v1::AgentMessage msg;
-  while (stream->Read(&msg)) {
-    if (msg.has_ack()) {
-      session->Complete(std::move(*msg.mutable_ack()));
-    } else {
-      LogWarn("unexpected message from agent; ignored",
-              {{"node", session->node()}});
+// Two invariants make a reconciliation safe when a newer session replaces
+// this one midway:
+//  1. every command of this reconciliation goes through this session
+//     (BoundDispatcher), never through whatever session the node has now,
+//     so it cannot reach the newer agent connection, and it stops at the
+//     first token after `current()` turns false (the newer session's own
+//     reconciliation handles the rest, from that agent's report);
+//  2. the node is opened to commands (sessions_) only by the session that
+//     is still the node's latest when its reconciliation ends, under mu_,
+//     so a registration never sends to a session whose wiring was not
+//     reconciled, and a replaced session never reopens the node.
+void AgentRegistry::ReconcileSession(std::shared_ptr<AgentSession> session,
+                                     std::vector<WiredPair> wired,
+                                     absl::Time hello_at) {
+  ReconcileResult r;
+  if (matcher_ != nullptr) {
+    BoundDispatcher via(*this, session);
+    r = matcher_->Reconcile(session->node(), wired, via, [this, &session] {
+      return !session->closed() && (options_.leadership == nullptr ||
+                                    options_.leadership->leading());
+    });
+    if (options_.metrics != nullptr) {
+      options_.metrics->CommandsRetried(AgentCommand::kConnect,
+                                        r.reconnected + r.failed);
+      options_.metrics->CommandsRetried(AgentCommand::kDisconnect,
+                                        r.disconnected);
     }
   }
-
-  session->Close();  // wakes waiters, including the reconciler's
   {
     MutexLock lock(&mu_);
-    auto it = sessions_.find(session->node());
-    if (it != sessions_.end() && it->second == session) sessions_.erase(it);
-    auto latest = latest_.find(session->node());
-    if (latest != latest_.end() && latest->second == session) {
-      latest_.erase(latest);
-      node_info_[session->node()].ended = absl::Now();
+    auto it = latest_.find(session->node());
+    const bool current = it != latest_.end() && it->second == session;
+    if (!shutting_down_ && !session->closed() && current) {
+      sessions_[session->node()] = session;
+    }
+    if (current) {
+      NodeInfo& info = node_info_[session->node()];
+      info.last_reconcile = r;
+      info.last_reconcile_duration = absl::Now() - hello_at;
+      info.last_reconcile_finished = absl::Now();
     }
   }
-  reconciler.join();
-  session->Finish();  // after this, nobody touches the context or stream
-  LogInfo("agent disconnected", {{"node", session->node()}});
-  return grpc::Status::OK;
+  LogInfo("agent reconciled",
+          {{"node", session->node()},
+           {"kept", absl::StrCat(r.kept)},
+           {"disconnected", absl::StrCat(r.disconnected)},
+           {"reconnected", absl::StrCat(r.reconnected)},
+           {"failed", absl::StrCat(r.failed)},
+           {"refused", absl::StrCat(r.refused)},
+           {"duration_ms",
+            absl::StrCat(absl::ToInt64Milliseconds(absl::Now() - hello_at))}});
+}
+
+void AgentRegistry::ReadAcks(Stream& stream, AgentSession& session) {
+  v1::AgentMessage msg;
+  while (stream.Read(&msg)) {
+    if (msg.has_ack()) {
+      session.Complete(std::move(*msg.mutable_ack()));
+    } else {
+      LogWarn("unexpected message from agent; ignored",
+              {{"node", session.node()}});
+    }
+  }
+}
+
+void AgentRegistry::Forget(const std::shared_ptr<AgentSession>& session) {
+  MutexLock lock(&mu_);
+  auto it = sessions_.find(session->node());
+  if (it != sessions_.end() && it->second == session) sessions_.erase(it);
+  auto latest = latest_.find(session->node());
+  if (latest != latest_.end() && latest->second == session) {
+    latest_.erase(latest);
+    node_info_[session->node()].ended = absl::Now();
+  }
 }
 
 std::unique_ptr<AgentRegistry::InFlight> AgentRegistry::Start(

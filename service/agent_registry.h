@@ -104,6 +104,21 @@ class AgentRegistry final : public AgentDispatcher,
   class AgentSession;
   class BoundDispatcher;
 
+  using Stream =
+      grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>;
+  // Session, step by step: the hello (validated) and its inventory; the
+  // session made the node's latest (the one it replaces ended); its
+  // reconciliation (on its own thread); the acks it reads until the stream
+  // ends; and forgetting it.
+  grpc::Status ReadHello(Stream& stream, const v1::AgentMessage& first,
+                         std::vector<WiredPair>* wired);
+  grpc::Status Admit(const std::shared_ptr<AgentSession>& session,
+                     const v1::AgentHello& hello, const std::string& peer,
+                     size_t wired);
+  void ReconcileSession(std::shared_ptr<AgentSession> session,
+                        std::vector<WiredPair> wired, absl::Time hello_at);
+  void ReadAcks(Stream& stream, AgentSession& session);
+  void Forget(const std::shared_ptr<AgentSession>& session);
   // The wired pairs of `hello` and of the WiredMore messages after it.
   grpc::Status ReadInventory(
       grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>& stream,
