@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 
 #include <cerrno>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -29,6 +30,52 @@ std::string Describe(const v1::Producer& p) {
 
 std::string Describe(const v1::Consumer& c) {
   return absl::StrFormat("vm \"%s\" gsi %u", c.vm(), c.gsi());
+}
+
+
+// Add steps share one shape: under the lock, check the token's side and the
+// object's owner, then reserve both; run the ioctl without the lock; under
+// the lock again, commit or roll back. These are the shared checks.
+
+// The token's side before an add step: nullopt to go on; otherwise the
+// step's result (the same object already wired: OK; anything else: EBUSY).
+template <typename Side>
+std::optional<StepResult> CheckSide(const std::optional<Side>& held,
+                                    bool same_object, bool pending,
+                                    const std::string& token, const char* step,
+                                    const std::string& node) {
+  if (held.has_value()) {
+    if (same_object) return StepResult::Ok();  // already wired
+    return StepResult::Error(
+        EBUSY, absl::StrFormat("token \"%s\" already wired to %s on node %s",
+                               token, Describe(*held), node));
+  }
+  if (pending) {
+    return StepResult::Error(
+        EBUSY, absl::StrFormat("token \"%s\": %s already in progress on node %s",
+                               token, step, node));
+  }
+  return std::nullopt;
+}
+
+// nullopt when `key` is free or already this token's; otherwise EBUSY.
+template <typename Map, typename Key, typename Object>
+std::optional<StepResult> CheckOwner(const Map& owners, const Key& key,
+                                     const std::string& token,
+                                     const Object& object,
+                                     const std::string& node) {
+  auto it = owners.find(key);
+  if (it == owners.end() || it->second == token) return std::nullopt;
+  return StepResult::Error(
+      EBUSY, absl::StrFormat("%s already bound to token \"%s\" on node %s",
+                             Describe(object), it->second, node));
+}
+
+// Rolls back this token's reservation of `key` (no-op if another holds it).
+template <typename Map, typename Key>
+void ReleaseOwner(Map& owners, const Key& key, const std::string& token) {
+  auto it = owners.find(key);
+  if (it != owners.end() && it->second == token) owners.erase(it);
 }
 
 }  // namespace
@@ -163,24 +210,14 @@ StepResult KvmBackend::AddConsumer(absl::string_view token,
     auto token_it = tokens_.find(t);
     if (token_it != tokens_.end()) {
       const Wiring& w = token_it->second;
-      if (w.producer.has_value()) {
-        const Wiring& held = w;
-        if (VectorKey(held.producer->device(),
-                      VfioIndexOf(held.producer->index()),
-                      held.producer->vector()) == key &&
-            held.device == device_it->second) {
-          return StepResult::Ok();  // already wired
-        }
-        return StepResult::Error(
-            EBUSY,
-            absl::StrFormat("token \"%s\" already wired to %s on node %s", t,
-                            Describe(*held.producer), options_.node));
-      }
-      if (w.producer_pending) {
-        return StepResult::Error(
-            EBUSY, absl::StrFormat("token \"%s\": add_consumer already in "
-                                   "progress on node %s",
-                                   t, options_.node));
+      const bool same =
+          w.producer.has_value() &&
+          VectorKey(w.producer->device(), VfioIndexOf(w.producer->index()),
+                    w.producer->vector()) == key &&
+          w.device == device_it->second;
+      if (auto done = CheckSide(w.producer, same, w.producer_pending, t,
+                                "add_consumer", options_.node)) {
+        return *done;
       }
     }
     auto owner_it = vector_owner_.find(key);
@@ -190,11 +227,8 @@ StepResult KvmBackend::AddConsumer(absl::string_view token,
                                  "went away); retry",
                                  Describe(producer), options_.node));
     }
-    if (owner_it != vector_owner_.end() && owner_it->second != t) {
-      return StepResult::Error(
-          EBUSY,
-          absl::StrFormat("%s already bound to token \"%s\" on node %s",
-                          Describe(producer), owner_it->second, options_.node));
+    if (auto busy = CheckOwner(vector_owner_, key, t, producer, options_.node)) {
+      return *busy;
     }
     absl::StatusOr<Wiring*> wiring = WiringForAdd(t);
     if (!wiring.ok()) return ToStepResult(wiring.status());
@@ -227,10 +261,7 @@ StepResult KvmBackend::AddConsumer(absl::string_view token,
       w.last_producer = producer;
       w.last_consumer = consumer;
     } else {
-      auto owner_it = vector_owner_.find(key);
-      if (owner_it != vector_owner_.end() && owner_it->second == t) {
-        vector_owner_.erase(owner_it);
-      }
+      ReleaseOwner(vector_owner_, key, t);
       EraseIfEmpty(t);
     }
   }
@@ -273,29 +304,16 @@ StepResult KvmBackend::AddProducer(absl::string_view token,
     auto token_it = tokens_.find(t);
     if (token_it != tokens_.end()) {
       const Wiring& w = token_it->second;
-      if (w.consumer.has_value()) {
-        if (GsiKey(w.consumer->vm(), w.consumer->gsi()) == key &&
-            w.vm == vm_it->second) {
-          return StepResult::Ok();  // already wired
-        }
-        return StepResult::Error(
-            EBUSY,
-            absl::StrFormat("token \"%s\" already wired to %s on node %s", t,
-                            Describe(*w.consumer), options_.node));
-      }
-      if (w.consumer_pending) {
-        return StepResult::Error(
-            EBUSY, absl::StrFormat("token \"%s\": add_producer already in "
-                                   "progress on node %s",
-                                   t, options_.node));
+      const bool same = w.consumer.has_value() &&
+                        GsiKey(w.consumer->vm(), w.consumer->gsi()) == key &&
+                        w.vm == vm_it->second;
+      if (auto done = CheckSide(w.consumer, same, w.consumer_pending, t,
+                                "add_producer", options_.node)) {
+        return *done;
       }
     }
-    auto owner_it = gsi_owner_.find(key);
-    if (owner_it != gsi_owner_.end() && owner_it->second != t) {
-      return StepResult::Error(
-          EBUSY,
-          absl::StrFormat("%s already bound to token \"%s\" on node %s",
-                          Describe(consumer), owner_it->second, options_.node));
+    if (auto busy = CheckOwner(gsi_owner_, key, t, consumer, options_.node)) {
+      return *busy;
     }
     absl::StatusOr<Wiring*> wiring = WiringForAdd(t);
     if (!wiring.ok()) return ToStepResult(wiring.status());
@@ -325,10 +343,7 @@ StepResult KvmBackend::AddProducer(absl::string_view token,
       w.last_producer = producer;
       w.last_consumer = consumer;
     } else {
-      auto owner_it = gsi_owner_.find(key);
-      if (owner_it != gsi_owner_.end() && owner_it->second == t) {
-        gsi_owner_.erase(owner_it);
-      }
+      ReleaseOwner(gsi_owner_, key, t);
       EraseIfEmpty(t);
     }
   }
