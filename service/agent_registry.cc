@@ -341,13 +341,7 @@ std::vector<AgentRegistry::NodeStatus> AgentRegistry::NodeStatuses() const {
     MutexLock lock(&mu_);
     out.reserve(node_info_.size());
     for (const auto& [node, info] : node_info_) {
-      NodeStatus& st = out.emplace_back();
-      st.node = node;
-      st.info = info;
-      auto latest = latest_.find(node);
-      st.connected = latest != latest_.end();
-      st.reconciled = sessions_.contains(node);
-      if (st.connected) st.commands_in_flight = latest->second->InFlight();
+      out.push_back(StatusLocked(node, info));
     }
   }
   std::sort(out.begin(), out.end(),
@@ -362,9 +356,14 @@ std::optional<AgentRegistry::NodeStatus> AgentRegistry::FindNodeStatus(
   MutexLock lock(&mu_);
   auto info = node_info_.find(node);
   if (info == node_info_.end()) return std::nullopt;
+  return StatusLocked(info->first, info->second);
+}
+
+AgentRegistry::NodeStatus AgentRegistry::StatusLocked(
+    const std::string& node, const NodeInfo& info) const {
   NodeStatus st;
-  st.node = std::string(node);
-  st.info = info->second;
+  st.node = node;
+  st.info = info;
   auto latest = latest_.find(node);
   st.connected = latest != latest_.end();
   st.reconciled = sessions_.contains(node);
@@ -568,6 +567,7 @@ void AgentRegistry::ReconcileSession(std::shared_ptr<AgentSession> session,
                                         r.disconnected);
     }
   }
+  const absl::Time finished = absl::Now();
   {
     MutexLock lock(&mu_);
     auto it = latest_.find(session->node());
@@ -578,8 +578,8 @@ void AgentRegistry::ReconcileSession(std::shared_ptr<AgentSession> session,
     if (current) {
       NodeInfo& info = node_info_[session->node()];
       info.last_reconcile = r;
-      info.last_reconcile_duration = absl::Now() - hello_at;
-      info.last_reconcile_finished = absl::Now();
+      info.last_reconcile_duration = finished - hello_at;
+      info.last_reconcile_finished = finished;
     }
   }
   LogInfo("agent reconciled",
@@ -590,7 +590,7 @@ void AgentRegistry::ReconcileSession(std::shared_ptr<AgentSession> session,
            {"failed", absl::StrCat(r.failed)},
            {"refused", absl::StrCat(r.refused)},
            {"duration_ms",
-            absl::StrCat(absl::ToInt64Milliseconds(absl::Now() - hello_at))}});
+            absl::StrCat(absl::ToInt64Milliseconds(finished - hello_at))}});
 }
 
 void AgentRegistry::ReadAcks(Stream& stream, AgentSession& session) {

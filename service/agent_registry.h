@@ -119,6 +119,8 @@ class AgentRegistry final : public AgentDispatcher,
                         std::vector<WiredPair> wired, absl::Time hello_at);
   void ReadAcks(Stream& stream, AgentSession& session);
   void Forget(const std::shared_ptr<AgentSession>& session);
+  NodeStatus StatusLocked(const std::string& node, const NodeInfo& info) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The wired pairs of `hello` and of the WiredMore messages after it.
   grpc::Status ReadInventory(
       grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>& stream,

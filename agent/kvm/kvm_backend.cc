@@ -32,7 +32,6 @@ std::string Describe(const v1::Consumer& c) {
   return absl::StrFormat("vm \"%s\" gsi %u", c.vm(), c.gsi());
 }
 
-
 // Add steps share one shape: under the lock, check the token's side and the
 // object's owner, then reserve both; run the ioctl without the lock; under
 // the lock again, commit or roll back. These are the shared checks.
@@ -391,10 +390,7 @@ StepResult KvmBackend::DelProducer(absl::string_view token,
   if (it != tokens_.end() && it->second.vm == vm) {
     it->second.consumer.reset();
     it->second.vm.reset();
-    auto owner_it = gsi_owner_.find(key);
-    if (owner_it != gsi_owner_.end() && owner_it->second == t) {
-      gsi_owner_.erase(owner_it);
-    }
+    ReleaseOwner(gsi_owner_, key, t);
     EraseIfEmpty(t);
   }
   return StepResult::Ok();
@@ -433,10 +429,7 @@ StepResult KvmBackend::DelConsumer(absl::string_view token,
   if (it != tokens_.end() && it->second.device == device) {
     it->second.producer.reset();
     it->second.device.reset();
-    auto owner_it = vector_owner_.find(key);
-    if (owner_it != vector_owner_.end() && owner_it->second == t) {
-      vector_owner_.erase(owner_it);
-    }
+    ReleaseOwner(vector_owner_, key, t);
     EraseIfEmpty(t);
   }
   return StepResult::Ok();
