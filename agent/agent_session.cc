@@ -122,29 +122,27 @@ template <typename Message>
 class MessageQueue {
  public:
   void Push(Message message) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (!closed_) queue_.push_back(std::move(message));
   }
   void Close() {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     closed_ = true;
     queue_.clear();
   }
   // Whether a message is queued and the first satisfies `pred`.
   template <typename Pred>
   bool FrontMatches(Pred pred) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return !closed_ && !queue_.empty() && pred(queue_.front());
   }
   // Waits for the next message; false once closed. `*more` tells whether
   // further messages are queued.
   bool Pop(Message* message, bool* more) {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](MessageQueue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(q->mu_) {
-          return !q->queue_.empty() || q->closed_;
-        },
-        this));
+    MutexLock lock(&mu_);
+    mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !queue_.empty() || closed_;
+    });
     if (closed_ || queue_.empty()) return false;
     *message = std::move(queue_.front());
     queue_.pop_front();
@@ -153,7 +151,7 @@ class MessageQueue {
   }
 
  private:
-  absl::Mutex mu_;
+  Mutex mu_;
   std::deque<Message> queue_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -254,7 +252,7 @@ void AgentSession::Run() {
     const grpc::Status& status = outcome.status;
     bool resync = false;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (shutdown_) break;
       resync = std::exchange(resync_, false);
     }
@@ -322,7 +320,7 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
       v1::AgentControl::NewStub(NewChannel(options_, address, managers_.size() > 1));
   grpc::ClientContext context;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (shutdown_) {
       return {false,
               grpc::Status(grpc::StatusCode::CANCELLED, "shutting down")};
@@ -334,7 +332,7 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
   }
   // Unpublish the context before it is destroyed, on every path.
   absl::Cleanup unpublish = [this] {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     context_ = nullptr;
   };
 
@@ -387,14 +385,14 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
         if (options_.metrics != nullptr) {
           options_.metrics->ManagerSessionStarted();
         }
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         ++sessions_established_;
       }
       if (in.has_hello()) {
         const uint64_t epoch = in.hello().epoch();
         uint64_t highest;
         {
-          absl::MutexLock lock(&mu_);
+          MutexLock lock(&mu_);
           highest = highest_epoch_ = std::max(highest_epoch_, epoch);
         }
         if (epoch < highest) {
@@ -484,13 +482,11 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
 }
 
 bool AgentSession::SleepUnlessShutdown(absl::Duration delay) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   mu_.AwaitWithTimeout(
-      absl::Condition(
-          +[](AgentSession* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
-            return self->shutdown_ || self->resync_;
-          },
-          this),
+      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return shutdown_ || resync_;
+      },
       delay);
   return !shutdown_;
 }
@@ -500,7 +496,7 @@ absl::Duration AgentSession::Jittered(absl::Duration delay) {
 }
 
 void AgentSession::Shutdown() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (shutdown_) return;
   shutdown_ = true;  // Wakes SleepUnlessShutdown.
   // Safe before the call has started too: gRPC cancels it when it starts.
@@ -508,19 +504,19 @@ void AgentSession::Shutdown() {
 }
 
 void AgentSession::Resync() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (shutdown_) return;
   resync_ = true;  // Wakes SleepUnlessShutdown.
   if (context_ != nullptr) context_->TryCancel();
 }
 
 uint64_t AgentSession::highest_epoch() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return highest_epoch_;
 }
 
 uint64_t AgentSession::sessions_established() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return sessions_established_;
 }
 

@@ -29,10 +29,10 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/random/random.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/backend.h"
 #include "agent/step_executor.h"
+#include "common/mutex.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/support/status.h"
 
@@ -129,7 +129,7 @@ class AgentSession {
   StepExecutor executor_;
   absl::BitGen bitgen_;  // Used by the Run() thread only.
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   bool resync_ ABSL_GUARDED_BY(mu_) = false;
   // The context of the stream in progress, so Shutdown() can cancel it.

@@ -1,6 +1,7 @@
 // AgentSession against an in-process fake manager on a loopback port chosen
 // by the OS.
 #include "agent/agent_session.h"
+#include "common/mutex.h"
 #include "common/target_list.h"
 
 #include <cerrno>
@@ -13,7 +14,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/sim/sim_backend.h"
@@ -53,7 +53,7 @@ class FakeManager final : public v1::AgentControl::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "want hello");
     }
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       hellos_.push_back(in.hello());
     }
     v1::ManagerMessage out;
@@ -64,49 +64,50 @@ class FakeManager final : public v1::AgentControl::Service {
       if (!stream->Write(out) || !stream->Read(&in)) {
         return grpc::Status::CANCELLED;
       }
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       acks_.push_back(in.ack());
     }
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     while (!end_streams_ && !context->IsCancelled()) {
-      mu_.AwaitWithTimeout(absl::Condition(&end_streams_),
-                           absl::Milliseconds(10));
+      mu_.AwaitWithTimeout(
+          [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return end_streams_; },
+          absl::Milliseconds(10));
     }
     return grpc::Status::OK;
   }
 
   void EndStreams() {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     end_streams_ = true;
   }
 
   bool WaitForHellos(size_t n) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return hellos_.size() >= n;
     };
-    return mu_.AwaitWithTimeout(absl::Condition(&enough), kWait);
+    return mu_.AwaitWithTimeout(enough, kWait);
   }
   bool WaitForAcks(size_t n) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return acks_.size() >= n;
     };
-    return mu_.AwaitWithTimeout(absl::Condition(&enough), kWait);
+    return mu_.AwaitWithTimeout(enough, kWait);
   }
   std::vector<v1::AgentHello> hellos() {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return hellos_;
   }
   std::vector<v1::CommandAck> acks() {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return acks_;
   }
 
  private:
   const std::vector<v1::Command> script_;
   const uint64_t epoch_;
-  absl::Mutex mu_;
+  Mutex mu_;
   bool end_streams_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<v1::AgentHello> hellos_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::CommandAck> acks_ ABSL_GUARDED_BY(mu_);

@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "agent/backend.h"
 #include "agent/sim/sim_backend.h"
+#include "common/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -37,11 +37,11 @@ class RecordingBackend final : public Backend {
   }
 
   std::vector<v1::StepKind> calls() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return calls_;
   }
   std::string last_token() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return last_token_;
   }
 
@@ -82,7 +82,7 @@ class RecordingBackend final : public Backend {
 
  private:
   StepResult Record(v1::StepKind kind, absl::string_view token) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     calls_.push_back(kind);
     last_token_ = std::string(token);
     if (fail_kind_ == kind) {
@@ -95,7 +95,7 @@ class RecordingBackend final : public Backend {
   int fail_errno_ = 0;
   std::string fail_message_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::vector<v1::StepKind> calls_ ABSL_GUARDED_BY(mu_);
   std::string last_token_ ABSL_GUARDED_BY(mu_);
 };

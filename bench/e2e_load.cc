@@ -35,7 +35,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "bench/latency_stats.h"
 #include "grpcpp/grpcpp.h"
@@ -372,7 +371,7 @@ class Servers {
                       dir_ + "/agent.log")) {
       return false;
     }
-    return testing::WaitFor([&] {
+    return testing::Eventually([&] {
       return testing::ReadFile(dir_ + "/irqbypassd.log")
                  .find("msg=\"agent reconciled\"") != std::string::npos;
     });

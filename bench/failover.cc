@@ -174,12 +174,12 @@ bool RunTrials(bool warm, int trials, absl::Duration ttl, int pairs,
     const int ready_lines =
         testing::CountOccurrences(ha.replica(leader).Log(), ready);
     if (!ha.StartReplica(leader) ||
-        !testing::WaitFor(
+        !testing::Eventually(
             [&] {
               return testing::CountOccurrences(ha.replica(leader).Log(),
                                                ready) > ready_lines;
             },
-            std::chrono::seconds(120))) {
+            absl::Seconds(120))) {
       std::fprintf(stderr, "trial %d: the killed replica did not come back\n",
                    trial);
       return false;

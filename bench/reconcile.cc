@@ -78,9 +78,9 @@ struct Case {
 // Waits (up to 5 minutes: this measures, it does not judge) for one more
 // reconciliation of kNode than `before`.
 bool AwaitReconcile(testing::Cluster& cluster, int before) {
-  return testing::WaitFor(
+  return testing::Eventually(
       [&] { return cluster.Reconciles(kNode) > before; },
-      std::chrono::minutes(5));
+      absl::Minutes(5));
 }
 
 bool RestartManager(testing::Cluster& cluster,

@@ -46,82 +46,81 @@ bool HasDeadline(const grpc::ServerContext* context) {
 }  // namespace
 
 void FakeBypassManager::FailNextCall(absl::Status status) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   fail_next_ = std::move(status);
 }
 
 void FakeBypassManager::FailEveryCall(std::optional<absl::Status> status) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   fail_every_ = std::move(status);
 }
 
 void FakeBypassManager::SetHoldUnary(bool hold) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   hold_unary_ = hold;
 }
 
 void FakeBypassManager::SetWatchScript(std::vector<BindingEvent> events,
                                        bool hold_open,
                                        absl::Status end_status) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   watch_events_ = std::move(events);
   watch_hold_open_ = hold_open;
   watch_end_status_ = std::move(end_status);
 }
 
 void FakeBypassManager::PutBinding(const Binding& binding) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   bindings_[binding.token()] = binding;
 }
 
 void FakeBypassManager::RecordRequestId(const std::string& id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   request_ids_.push_back(id);
 }
 
 std::vector<std::string> FakeBypassManager::request_ids() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return request_ids_;
 }
 
 int FakeBypassManager::calls() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return calls_;
 }
 
 bool FakeBypassManager::last_call_had_deadline() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return last_call_had_deadline_;
 }
 
 v1::ListBindingsRequest FakeBypassManager::last_list_request() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return last_list_request_;
 }
 
 v1::WatchBindingsRequest FakeBypassManager::last_watch_request() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return last_watch_request_;
 }
 
 int FakeBypassManager::watches_finished() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return watches_finished_;
 }
 
 void FakeBypassManager::AwaitWatchesFinished(int count) const {
-  auto done = [this, count]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+  MutexLock lock(&mu_);
+  mu_.Await([this, count]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return watches_finished_ >= count;
-  };
-  mu_.LockWhen(absl::Condition(&done));
-  mu_.Unlock();
+  });
 }
 
 std::optional<grpc::Status> FakeBypassManager::BeginCall(
     grpc::ServerContext* context, bool unary) {
   bool hold = false;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     ++calls_;
     last_call_had_deadline_ = HasDeadline(context);
     if (fail_next_.has_value()) {
@@ -146,7 +145,7 @@ grpc::Status FakeBypassManager::RegisterProducer(
   if (auto status = BeginCall(context, /*unary=*/true)) return *status;
   const v1::Producer& producer = request->producer();
   if (producer.token().empty()) return InvalidToken();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Binding& binding = bindings_[producer.token()];
   if (binding.has_producer()) {
     return Error(
@@ -179,7 +178,7 @@ grpc::Status FakeBypassManager::RegisterConsumer(
   if (auto status = BeginCall(context, /*unary=*/true)) return *status;
   const v1::Consumer& consumer = request->consumer();
   if (consumer.token().empty()) return InvalidToken();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Binding& binding = bindings_[consumer.token()];
   if (binding.has_consumer()) {
     return Error(
@@ -211,7 +210,7 @@ grpc::Status FakeBypassManager::UnregisterProducer(
   RecordRequestId(request->request_id());
   if (auto status = BeginCall(context, /*unary=*/true)) return *status;
   if (request->token().empty()) return InvalidToken();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = bindings_.find(request->token());
   if (it == bindings_.end() || !it->second.has_producer()) {
     return Error(absl::StatusCode::kNotFound,
@@ -242,7 +241,7 @@ grpc::Status FakeBypassManager::UnregisterConsumer(
   RecordRequestId(request->request_id());
   if (auto status = BeginCall(context, /*unary=*/true)) return *status;
   if (request->token().empty()) return InvalidToken();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = bindings_.find(request->token());
   if (it == bindings_.end() || !it->second.has_consumer()) {
     return Error(absl::StatusCode::kNotFound,
@@ -272,7 +271,7 @@ grpc::Status FakeBypassManager::GetBinding(grpc::ServerContext* context,
                                            Binding* response) {
   if (auto status = BeginCall(context, /*unary=*/true)) return *status;
   if (request->token().empty()) return InvalidToken();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = bindings_.find(request->token());
   if (it == bindings_.end()) {
     return Error(absl::StatusCode::kNotFound,
@@ -288,7 +287,7 @@ grpc::Status FakeBypassManager::ListBindings(
     grpc::ServerContext* context, const v1::ListBindingsRequest* request,
     v1::ListBindingsResponse* response) {
   if (auto status = BeginCall(context, /*unary=*/true)) return *status;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   last_list_request_ = *request;
   const int page_size = request->page_size() == 0 ? 100 : request->page_size();
   if (page_size < 0 || page_size > 1000) {
@@ -320,7 +319,7 @@ grpc::Status FakeBypassManager::WatchBindings(
   struct Finished {
     FakeBypassManager* self;
     ~Finished() {
-      absl::MutexLock lock(&self->mu_);
+      MutexLock lock(&self->mu_);
       ++self->watches_finished_;
     }
   } finished{this};
@@ -329,7 +328,7 @@ grpc::Status FakeBypassManager::WatchBindings(
   bool hold_open = false;
   absl::Status end_status;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     last_watch_request_ = *request;
     events = watch_events_;
     hold_open = watch_hold_open_;

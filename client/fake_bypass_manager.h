@@ -28,7 +28,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "grpcpp/server.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
 #include "protos/irqbypass/v1/irqbypass.pb.h"
@@ -102,7 +102,7 @@ class FakeBypassManager final : public irqbypass::v1::BypassManager::Service {
   std::optional<grpc::Status> BeginCall(grpc::ServerContext* context,
                                         bool unary);
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::map<std::string, irqbypass::v1::Binding> bindings_ ABSL_GUARDED_BY(mu_);
   std::optional<absl::Status> fail_next_ ABSL_GUARDED_BY(mu_);
   std::optional<absl::Status> fail_every_ ABSL_GUARDED_BY(mu_);

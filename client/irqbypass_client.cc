@@ -62,7 +62,7 @@ void SetTimeout(absl::Duration timeout, grpc::ClientContext* context) {
 // --- WatchCanceller ---
 
 void WatchCanceller::Cancel() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   cancelled_ = true;
   // TryCancel only flags the call and never calls back into us, so holding
   // mu_ is safe; it also keeps context_ alive until Detach().
@@ -70,19 +70,19 @@ void WatchCanceller::Cancel() {
 }
 
 bool WatchCanceller::IsCancelled() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return cancelled_;
 }
 
 bool WatchCanceller::Attach(grpc::ClientContext* context) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (cancelled_) return false;
   context_ = context;
   return true;
 }
 
 void WatchCanceller::Detach() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   context_ = nullptr;
 }
 
@@ -165,7 +165,7 @@ std::shared_ptr<BypassManager::StubInterface> Client::Stub(size_t i) const {
   // One replica (no redial_): the stub never changes, so calls share no
   // lock.
   if (!redial_) return stubs_[i];
-  absl::MutexLock lock(&stubs_mu_);
+  MutexLock lock(&stubs_mu_);
   return stubs_[i];
 }
 
@@ -173,7 +173,7 @@ void Client::Redial(size_t i, const BypassManager::StubInterface* failed) const 
   if (!redial_) return;
   std::shared_ptr<BypassManager::StubInterface> fresh = redial_(i);
   if (fresh == nullptr) return;
-  absl::MutexLock lock(&stubs_mu_);
+  MutexLock lock(&stubs_mu_);
   // Another call may have redialled already.
   if (stubs_[i].get() == failed) stubs_[i] = std::move(fresh);
 }

@@ -40,9 +40,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/error_detail.h"  // IWYU pragma: export
+#include "common/mutex.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/security/credentials.h"
@@ -119,7 +119,7 @@ class WatchCanceller {
   bool Attach(grpc::ClientContext* context);
   void Detach();
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
@@ -235,7 +235,7 @@ class Client {
               const irqbypass::v1::BypassManager::StubInterface* failed) const;
 
   const size_t replicas_;
-  mutable absl::Mutex stubs_mu_;
+  mutable Mutex stubs_mu_;
   // Guarded by stubs_mu_ when redial_ is set (several replicas); otherwise
   // never changed after construction.
   mutable std::vector<StubPtr> stubs_;

@@ -14,36 +14,19 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "protos/irqbypass/v1/irqbypass.pb.h"
+#include "protocol/testing/records.h"
 
 namespace irqbypass::client {
 namespace {
+
+using ::irqbypass::testing::MakeConsumer;
+using ::irqbypass::testing::MakeProducer;
 
 using ::irqbypass::client::testing::FakeServer;
 using ::irqbypass::v1::Binding;
 using ::irqbypass::v1::BindingEvent;
 using ::irqbypass::v1::ErrorDetail;
 using ::testing::ElementsAre;
-
-v1::Producer MakeProducer(const std::string& token,
-                          const std::string& node = "n1") {
-  v1::Producer p;
-  p.set_token(token);
-  p.set_node(node);
-  p.set_device("0000:3b:00.1");
-  p.set_vector(3);
-  p.set_index(v1::IRQ_INDEX_MSIX);
-  return p;
-}
-
-v1::Consumer MakeConsumer(const std::string& token,
-                          const std::string& node = "n1") {
-  v1::Consumer c;
-  c.set_token(token);
-  c.set_node(node);
-  c.set_vm("vm-x");
-  c.set_gsi(42);
-  return c;
-}
 
 BindingEvent Event(BindingEvent::Type type, const std::string& token) {
   BindingEvent event;
@@ -101,7 +84,7 @@ TEST(ClientCreateTest, NullChannel_IsInvalidArgument) {
 
 TEST_F(ClientTest, RegisterProducer_NoConsumer_ReturnsIdNotConnected) {
   absl::StatusOr<RegisterResult> result =
-      client_->RegisterProducer(MakeProducer("t1"));
+      client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
 
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_FALSE(result->registration_id.empty());
@@ -109,20 +92,20 @@ TEST_F(ClientTest, RegisterProducer_NoConsumer_ReturnsIdNotConnected) {
 }
 
 TEST_F(ClientTest, RegisterConsumer_ProducerPresent_Connected) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1")).ok());
+  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
 
   absl::StatusOr<RegisterResult> result =
-      client_->RegisterConsumer(MakeConsumer("t1"));
+      client_->RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 42));
 
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_TRUE(result->connected);
 }
 
 TEST_F(ClientTest, RegisterProducer_TokenBusy_AlreadyExistsWithDetail) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1")).ok());
+  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
 
   absl::StatusOr<RegisterResult> result =
-      client_->RegisterProducer(MakeProducer("t1"));
+      client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
 
   EXPECT_EQ(result.status().code(), absl::StatusCode::kAlreadyExists);
   std::optional<ErrorDetail> detail = GetErrorDetail(result.status());
@@ -132,10 +115,10 @@ TEST_F(ClientTest, RegisterProducer_TokenBusy_AlreadyExistsWithDetail) {
 }
 
 TEST_F(ClientTest, RegisterConsumer_OtherNode_FailedPreconditionNodeMismatch) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1")).ok());
+  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
 
   absl::StatusOr<RegisterResult> result =
-      client_->RegisterConsumer(MakeConsumer("t1", "n2"));
+      client_->RegisterConsumer(MakeConsumer("t1", "n2", "vm-x", 42));
 
   EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(GetErrorDetail(result.status()).has_value());
@@ -156,7 +139,7 @@ TEST_F(ClientTest, ServerConnectFailure_KeepsCodeMessageAndDetail) {
       absl::FailedPreconditionError("connect step add_producer failed"), sent));
 
   absl::StatusOr<RegisterResult> result =
-      client_->RegisterProducer(MakeProducer("t1"));
+      client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
 
   EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(result.status().message(), "connect step add_producer failed");
@@ -170,9 +153,9 @@ TEST_F(ClientTest, ServerConnectFailure_KeepsCodeMessageAndDetail) {
 
 TEST_F(ClientTest, UnregisterProducer_Connected_ReportsDisconnect) {
   absl::StatusOr<RegisterResult> producer =
-      client_->RegisterProducer(MakeProducer("t1"));
+      client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
   ASSERT_TRUE(producer.ok());
-  ASSERT_TRUE(client_->RegisterConsumer(MakeConsumer("t1")).ok());
+  ASSERT_TRUE(client_->RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 42)).ok());
 
   absl::StatusOr<bool> disconnected =
       client_->UnregisterProducer("t1", producer->registration_id);
@@ -182,7 +165,7 @@ TEST_F(ClientTest, UnregisterProducer_Connected_ReportsDisconnect) {
 }
 
 TEST_F(ClientTest, UnregisterConsumer_NotConnected_NoDisconnect) {
-  ASSERT_TRUE(client_->RegisterConsumer(MakeConsumer("t1")).ok());
+  ASSERT_TRUE(client_->RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 42)).ok());
 
   absl::StatusOr<bool> disconnected = client_->UnregisterConsumer("t1");
 
@@ -191,7 +174,7 @@ TEST_F(ClientTest, UnregisterConsumer_NotConnected_NoDisconnect) {
 }
 
 TEST_F(ClientTest, UnregisterProducer_WrongRegistrationId_FailedPrecondition) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1")).ok());
+  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
 
   absl::StatusOr<bool> result = client_->UnregisterProducer("t1", "p-other");
 
@@ -209,8 +192,8 @@ TEST_F(ClientTest, UnregisterConsumer_Nothing_NotFound) {
 // --- Get / list ---
 
 TEST_F(ClientTest, GetBinding_ReturnsCommittedState) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1")).ok());
-  ASSERT_TRUE(client_->RegisterConsumer(MakeConsumer("t1")).ok());
+  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
+  ASSERT_TRUE(client_->RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 42)).ok());
 
   absl::StatusOr<Binding> binding = client_->GetBinding("t1");
 
@@ -233,7 +216,7 @@ TEST_F(ClientTest, GetBinding_Unknown_NotFoundWithDetail) {
 
 TEST_F(ClientTest, ListBindings_PassesRequestAndReturnsPage) {
   for (const char* token : {"a", "b", "c"}) {
-    ASSERT_TRUE(client_->RegisterProducer(MakeProducer(token)).ok());
+    ASSERT_TRUE(client_->RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
   }
 
   absl::StatusOr<v1::ListBindingsResponse> page =
@@ -248,9 +231,9 @@ TEST_F(ClientTest, ListBindings_PassesRequestAndReturnsPage) {
 
 TEST_F(ClientTest, ListAllBindings_FollowsEveryPage) {
   for (const char* token : {"a", "b", "c", "d", "e"}) {
-    ASSERT_TRUE(client_->RegisterProducer(MakeProducer(token)).ok());
+    ASSERT_TRUE(client_->RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
   }
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("x", "n2")).ok());
+  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("x", "n2", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
   const int calls_before = fake().calls();
 
   absl::StatusOr<std::vector<Binding>> all = client_->ListAllBindings("n1", 2);
@@ -272,7 +255,7 @@ TEST_F(ClientTest, ListAllBindings_ErrorOnAPage_IsReturned) {
 // --- Request ids and retries ---
 
 TEST_F(ClientTest, MutatingCalls_EachCarriesAFreshRequestId) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1")).ok());
+  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
   ASSERT_TRUE(client_->UnregisterProducer("t1").ok());
   const std::vector<std::string> ids = fake().request_ids();
   ASSERT_EQ(ids.size(), 2u);
@@ -284,7 +267,7 @@ TEST_F(ClientTest, MutatingCalls_EachCarriesAFreshRequestId) {
 TEST_F(ClientTest, Unavailable_RetriedWithTheSameRequestId) {
   fake().FailNextCall(absl::UnavailableError("manager restarting"));
   absl::StatusOr<RegisterResult> result =
-      client_->RegisterProducer(MakeProducer("t1"));
+      client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
   ASSERT_TRUE(result.ok()) << result.status();
   const std::vector<std::string> ids = fake().request_ids();
   ASSERT_EQ(ids.size(), 2u);
@@ -292,13 +275,13 @@ TEST_F(ClientTest, Unavailable_RetriedWithTheSameRequestId) {
 }
 
 TEST_F(ClientTest, CallersRequestId_SentAsGiven) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1"), "my-id-1").ok());
+  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX), "my-id-1").ok());
   EXPECT_EQ(fake().request_ids(), std::vector<std::string>{"my-id-1"});
 }
 
 TEST_F(ClientTest, NotRetryable_ReturnedAtOnce) {
   fake().FailNextCall(absl::AlreadyExistsError("busy"));
-  EXPECT_EQ(client_->RegisterProducer(MakeProducer("t1")).status().code(),
+  EXPECT_EQ(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).status().code(),
             absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(fake().request_ids().size(), 1u);
 }
@@ -306,7 +289,7 @@ TEST_F(ClientTest, NotRetryable_ReturnedAtOnce) {
 // --- Deadlines and transport errors ---
 
 TEST_F(ClientTest, UnaryCall_CarriesADeadline) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1")).ok());
+  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
   EXPECT_TRUE(fake().last_call_had_deadline());
 }
 
@@ -449,7 +432,7 @@ TEST_F(ClientTest, ConcurrentCallsFromManyThreads_AllSucceed) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kPerThread; ++i) {
         const std::string token = absl::StrCat("t", t, "-", i);
-        if (!client_->RegisterProducer(MakeProducer(token)).ok() ||
+        if (!client_->RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok() ||
             !client_->GetBinding(token).ok()) {
           ++failures;
         }
@@ -496,7 +479,7 @@ TEST_F(FailoverTest, StandbyNamesTheLeader_CallGoesThereAndStays) {
       standby_->address() + "," + leader_->address(), ClientOptions());
   ASSERT_TRUE(client.ok()) << client.status();
   absl::StatusOr<RegisterResult> result =
-      (*client)->RegisterProducer(MakeProducer("t1"), "id-1");
+      (*client)->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX), "id-1");
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(standby_->service().calls(), 1);
   EXPECT_EQ(leader_->service().request_ids(), std::vector<std::string>{"id-1"});
@@ -510,7 +493,7 @@ TEST_F(FailoverTest, UnreachableReplica_Skipped) {
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(
       "127.0.0.1:1," + leader_->address(), ClientOptions());
   ASSERT_TRUE(client.ok()) << client.status();
-  EXPECT_TRUE((*client)->RegisterProducer(MakeProducer("t1")).ok());
+  EXPECT_TRUE((*client)->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
   EXPECT_EQ(leader_->service().calls(), 1);
 }
 

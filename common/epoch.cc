@@ -2,9 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <mutex>
 #include <utility>
 #include <vector>
+
+#include "common/mutex.h"
 
 namespace irqbypass::epoch {
 namespace {
@@ -33,10 +34,11 @@ struct Record {
   // What the owner retired. Any collecting thread may free what is safe
   // (try_lock: never waits for the owner), so a thread that goes idle does
   // not keep what it retired until it retires more or exits.
-  std::mutex mu;
-  size_t collect_at = 64;           // guarded by mu
-  uint64_t collected_at_epoch = 0;  // guarded by mu: epoch at last collection
-  std::vector<Retired> retired;     // guarded by mu
+  Mutex mu;
+  size_t collect_at ABSL_GUARDED_BY(mu) = 64;
+  // The epoch at the last collection.
+  uint64_t collected_at_epoch ABSL_GUARDED_BY(mu) = 0;
+  std::vector<Retired> retired ABSL_GUARDED_BY(mu);
 };
 
 std::atomic<Record*> g_records{nullptr};
@@ -114,7 +116,8 @@ void TryAdvance() {
 }
 
 // Takes out of `r` what is safe to free at epoch `now`; r->mu held.
-std::vector<Retired> TakeReady(Record* r, uint64_t now);
+std::vector<Retired> TakeReady(Record* r, uint64_t now)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu);
 
 void FreeAll(const std::vector<Retired>& ready) {
   for (const Retired& x : ready) x.deleter(x.p);
@@ -134,9 +137,9 @@ void DrainOthers(Record* mine, uint64_t now) {
     }
     std::vector<Retired> ready;
     {
-      std::unique_lock<std::mutex> lock(r->mu, std::try_to_lock);
-      if (!lock.owns_lock()) continue;
+      if (!r->mu.TryLock()) continue;
       ready = TakeReady(r, now);
+      r->mu.Unlock();
     }
     FreeAll(ready);
   }
@@ -147,7 +150,7 @@ void CollectRecord(Record* r) {
   const uint64_t now = g_epoch.load();
   std::vector<Retired> ready;
   {
-    std::lock_guard<std::mutex> lock(r->mu);
+    MutexLock lock(&r->mu);
     ready = TakeReady(r, now);
   }
   // Deleters run outside the lock (they may retire in turn).
@@ -202,7 +205,7 @@ void Retire(void* p, void (*deleter)(void*)) {
   const uint64_t now = g_epoch.load();
   bool collect = false;
   {
-    std::lock_guard<std::mutex> lock(r->mu);
+    MutexLock lock(&r->mu);
     r->retired.push_back({p, deleter, now});
     r->pending.store(r->retired.size(), std::memory_order_relaxed);
     collect = r->retired.size() >= r->collect_at ||

@@ -21,6 +21,8 @@ packages=(
   etcd-server     # the etcd store's tests run real members on loopback
   prometheus  # promtool and the server, for the observability tests
   jq          # checks the Grafana dashboard JSON (//deploy:deploy_files_test)
+  clang         # the thread-safety analysis build (--config=thread_safety)
+  clang-format  # the format check in scripts/test.sh
 )
 
 missing=()

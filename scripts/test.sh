@@ -3,7 +3,10 @@
 #   1. all test targets (unit, contract, end-to-end, CLI) in the default build;
 #   2. the index, matcher, step-executor, sharded-histogram and watch-hub
 #      tests again under ThreadSanitizer and AddressSanitizer (and the
-#      embedded store's test under AddressSanitizer).
+#      embedded store's test under AddressSanitizer);
+#   3. clang's thread-safety analysis over the code that carries the
+#      annotations (a build with --config=thread_safety; its errors fail);
+#   4. a format check: every C++ file as clang-format (.clang-format) has it.
 # Ends with one line "N passed, M failed", counted from the gtest results of
 # what ran (a target that failed to build or crashed counts as one failure).
 set -uo pipefail
@@ -14,6 +17,7 @@ bash scripts/install-deps.sh || { echo "0 passed, 1 failed"; exit 1; }
 SANITIZED_TESTS=(
   //common:epoch_test
   //common:lockfree_list_test
+  //common:mutex_test
   //service:token_index_test
   //service:matcher_test
   //agent:step_executor_test
@@ -72,6 +76,30 @@ run_bazel_test() {
 run_bazel_test default //...
 run_bazel_test tsan --config=tsan "${SANITIZED_TESTS[@]}"
 run_bazel_test asan --config=asan "${SANITIZED_TESTS[@]}" //service:rocksdb_store_test
+
+# The annotated code: the product's libraries and binaries and their tests
+# (tests/ and bench/ hold none).
+echo "== bazel build --config=thread_safety (clang -Wthread-safety) =="
+if bazel build --color=no --curses=no --config=thread_safety \
+     //common/... //service/... //agent/... //client/... //metrics/... \
+     //protocol/... >"$logdir/thread_safety.log" 2>&1; then
+  echo "thread-safety analysis: clean"
+  passed=$((passed + 1))
+else
+  grep -E 'error|ERROR' "$logdir/thread_safety.log" | head -40
+  failed=$((failed + 1))
+fi
+
+echo "== clang-format --dry-run =="
+mapfile -t cxx_files < <(git ls-files '*.cc' '*.h')
+if clang-format --dry-run --Werror "${cxx_files[@]}" >"$logdir/format.log" 2>&1; then
+  echo "format: ${#cxx_files[@]} files clean"
+  passed=$((passed + 1))
+else
+  grep -oE '^[^:]+\.(cc|h)' "$logdir/format.log" | sort -u | sed 's/^/not formatted: /'
+  echo "(fix with: clang-format -i FILE)"
+  failed=$((failed + 1))
+fi
 # Leave the default build in bazel-bin for the run script.
 bazel build --color=no --curses=no //... >/dev/null 2>&1 || true
 

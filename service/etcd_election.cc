@@ -49,13 +49,14 @@ void EtcdElection::SetDeadline(grpc::ClientContext* context) const {
 }
 
 bool EtcdElection::SleepUnlessStopped(absl::Duration d) {
-  absl::MutexLock lock(&mu_);
-  mu_.AwaitWithTimeout(absl::Condition(&stopped_), d);
+  MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(
+      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopped_; }, d);
   return !stopped_;
 }
 
 int64_t EtcdElection::lease_id() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return lease_;
 }
 
@@ -76,11 +77,11 @@ absl::Status EtcdElection::Grant() {
     return absl::UnavailableError(
         absl::StrCat("etcd lease grant refused: ", response.error()));
   }
-  absl::MutexLock threads(&thread_mu_);
+  MutexLock threads(&thread_mu_);
   // The previous lease's keepalive thread has ended (it saw the lease go).
   if (keepalive_.joinable()) keepalive_.join();
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (stopped_) return absl::CancelledError("election stopped");
     lease_ = response.id();
     lease_lost_ = false;
@@ -104,7 +105,7 @@ void EtcdElection::KeepAliveLoop(int64_t lease, absl::Time expires) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + every));
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (stopped_) return;
       keepalive_context_ = &context;
     }
@@ -128,7 +129,7 @@ void EtcdElection::KeepAliveLoop(int64_t lease, absl::Time expires) {
     }
     bool leading = false;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       keepalive_context_ = nullptr;
       if (lost != nullptr) {
         lease_lost_ = true;
@@ -163,7 +164,7 @@ absl::StatusOr<uint64_t> EtcdElection::Campaign(
     bool need_lease;
     int64_t lease;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (stopped_) return absl::CancelledError("election stopped");
       need_lease = lease_ == 0 || lease_lost_;
       lease = lease_;
@@ -210,7 +211,7 @@ absl::StatusOr<uint64_t> EtcdElection::Campaign(
     }
     if (epoch != 0) {
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         if (stopped_) return absl::CancelledError("election stopped");
         // The lease went while we won with it: campaign again with a new
         // one (the key, attached to the lost lease, goes with it).
@@ -235,7 +236,7 @@ absl::StatusOr<uint64_t> EtcdElection::Campaign(
 void EtcdElection::Resign() {
   int64_t lease;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     leading_ = false;  // the keepalive's "gone" is expected now
     lease = lease_;
   }
@@ -256,11 +257,11 @@ void EtcdElection::Resign() {
 
 void EtcdElection::Stop() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopped_ = true;
     if (keepalive_context_ != nullptr) keepalive_context_->TryCancel();
   }
-  absl::MutexLock threads(&thread_mu_);
+  MutexLock threads(&thread_mu_);
   if (keepalive_.joinable()) keepalive_.join();
 }
 

@@ -29,8 +29,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 #include "grpcpp/client_context.h"
 #include "protos/etcd/rpc.grpc.pb.h"
 
@@ -93,14 +93,14 @@ class EtcdElection {
   std::unique_ptr<etcdserverpb::KV::Stub> kv_;
   std::unique_ptr<etcdserverpb::Lease::Stub> lease_stub_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   bool leading_ ABSL_GUARDED_BY(mu_) = false;
   int64_t lease_ ABSL_GUARDED_BY(mu_) = 0;
   bool lease_lost_ ABSL_GUARDED_BY(mu_) = false;
   // The keepalive stream's context, so that Stop can cancel it.
   grpc::ClientContext* keepalive_context_ ABSL_GUARDED_BY(mu_) = nullptr;
-  absl::Mutex thread_mu_;  // taken before mu_
+  Mutex thread_mu_;  // taken before mu_
   std::thread keepalive_ ABSL_GUARDED_BY(thread_mu_);
 };
 

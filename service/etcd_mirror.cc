@@ -41,7 +41,7 @@ EtcdMirror::~EtcdMirror() {
 }
 
 void EtcdMirror::Cancel() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   stop_ = true;
   if (watching_ != nullptr) watching_->TryCancel();
 }
@@ -49,40 +49,40 @@ void EtcdMirror::Cancel() {
 void EtcdMirror::Release() {
   Cancel();
   if (thread_.joinable()) thread_.join();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   bindings_ = {};
   requests_ = {};
   bad_ = {};
 }
 
 bool EtcdMirror::Stopping() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return stop_;
 }
 
 int64_t EtcdMirror::revision() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return revision_;
 }
 
 int EtcdMirror::lists() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return lists_;
 }
 
 size_t EtcdMirror::bindings() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return bindings_.size();
 }
 
 void EtcdMirror::PauseForTest() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   paused_ = true;
   if (watching_ != nullptr) watching_->TryCancel();
 }
 
 void EtcdMirror::ResumeForTest() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   paused_ = false;
 }
 
@@ -158,7 +158,7 @@ bool EtcdMirror::List() {
     if (!response.more() || response.kvs().empty()) break;
     key = response.kvs().rbegin()->key() + std::string(1, '\0');
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   bindings_.clear();
   requests_.clear();
   mark_ = 0;
@@ -177,7 +177,7 @@ bool EtcdMirror::Watch() {
   grpc::ClientContext context;
   int64_t from = 0;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (stop_ || paused_) return false;
     watching_ = &context;
     from = revision_ + 1;
@@ -205,7 +205,7 @@ bool EtcdMirror::Watch() {
         break;
       }
       if (response.canceled()) break;
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       int64_t at = revision_;
       for (const mvccpb::Event& event : response.events()) {
         const std::string key =
@@ -227,7 +227,7 @@ bool EtcdMirror::Watch() {
   }
   context.TryCancel();
   stream->Finish();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   watching_ = nullptr;
   return compacted;
 }
@@ -238,18 +238,17 @@ void EtcdMirror::Run() {
   absl::Duration backoff = kMinBackoff;
   bool listed = false;
   auto sleep = [&] {
-    absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(absl::Condition(&stop_), backoff);
+    MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(
+        [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; }, backoff);
     backoff = std::min(backoff * 2, kMaxBackoff);
   };
   while (true) {
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](EtcdMirror* m) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            return m->stop_ || !m->paused_;
-          },
-          this));
+      MutexLock lock(&mu_);
+      mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_ || !paused_;
+      });
       if (stop_) return;
     }
     if (!listed) {
@@ -275,21 +274,15 @@ absl::StatusOr<MirrorCopy> EtcdMirror::Take(int64_t etcd_revision,
                                             absl::Duration timeout) {
   MirrorCopy copy;
   {
-    absl::MutexLock lock(&mu_);
-    struct Args {
-      EtcdMirror* m;
-      int64_t want;
-    } args{this, etcd_revision};
+    MutexLock lock(&mu_);
     if (lists_ == 0) {
       return absl::FailedPreconditionError(
           "the standby copy has not been listed yet");
     }
     const bool reached = mu_.AwaitWithTimeout(
-        absl::Condition(
-            +[](Args* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-              return a->m->stop_ || a->m->revision_ >= a->want;
-            },
-            &args),
+        [this, etcd_revision]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stop_ || revision_ >= etcd_revision;
+        },
         timeout);
     if (revision_ < etcd_revision && stop_) {
       return absl::CancelledError("the standby copy was stopped");
@@ -309,7 +302,7 @@ absl::StatusOr<MirrorCopy> EtcdMirror::Take(int64_t etcd_revision,
   }
   thread_.join();
   // The thread is gone: the copy is this thread's alone now.
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   copy.etcd_revision = revision_;
   copy.last_revision = mark_;
   copy.bindings.reserve(bindings_.size());

@@ -30,8 +30,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "protos/etcd/rpc.grpc.pb.h"
 #include "service/binding_state.h"
@@ -109,7 +109,7 @@ class EtcdMirror {
   std::unique_ptr<etcdserverpb::KV::Stub> kv_;
   std::unique_ptr<etcdserverpb::Watch::Stub> watch_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<std::string, BindingState> bindings_ ABSL_GUARDED_BY(mu_);
   // Keyed by their etcd key ("r/<expiry>/<id>").
   absl::flat_hash_map<std::string, RequestRecord> requests_

@@ -75,7 +75,7 @@ class EtcdMirrorTest : public ::testing::Test {
     EXPECT_TRUE(started.ok()) << started.status();
     if (!started.ok()) return nullptr;
     // Take refuses a copy not listed yet.
-    EXPECT_TRUE(::irqbypass::testing::WaitFor(
+    EXPECT_TRUE(::irqbypass::testing::Eventually(
         [&] { return (*started)->lists() > 0; }));
     return *std::move(started);
   }
@@ -222,7 +222,7 @@ TEST_F(EtcdMirrorTest, FollowsWritesBeforeAndAfterStart_TakeIsWhatEtcdHolds) {
 TEST_F(EtcdMirrorTest, FellBehind_CatchesUpFromTheWatchWithoutListing) {
   auto store = OpenStore("behind");
   auto mirror = StartMirror("behind");
-  ASSERT_TRUE(::irqbypass::testing::WaitFor(
+  ASSERT_TRUE(::irqbypass::testing::Eventually(
       [&] { return mirror->revision() > 0; }));
   mirror->PauseForTest();
   // Many revisions for one catch-up (etcd sends them in large messages).
@@ -248,7 +248,7 @@ TEST_F(EtcdMirrorTest, EtcdCompactedPastTheCopy_ListsAgainAndIsExact) {
   uint64_t revision = 0;
   WriteSome(*store, 0, 100, &revision);
   auto mirror = StartMirror("compacted");
-  ASSERT_TRUE(::irqbypass::testing::WaitFor(
+  ASSERT_TRUE(::irqbypass::testing::Eventually(
       [&] { return mirror->bindings() > 0; }));
   mirror->PauseForTest();
   WriteSome(*store, 100, 200, &revision);
@@ -272,7 +272,7 @@ TEST_F(EtcdMirrorTest, EtcdCompactedPastTheCopy_ListsAgainAndIsExact) {
 
 TEST_F(EtcdMirrorTest, ElectionRevisionNotReached_DeadlineExceeded) {
   auto mirror = StartMirror("ahead");
-  ASSERT_TRUE(::irqbypass::testing::WaitFor(
+  ASSERT_TRUE(::irqbypass::testing::Eventually(
       [&] { return mirror->revision() > 0; }));
   auto copy = mirror->Take(mirror->revision() + 1000000,
                            absl::Milliseconds(300));
@@ -320,7 +320,7 @@ TEST_F(EtcdMirrorTest, NeverListed_TakeRefusedAtOnce) {
 
 TEST_F(EtcdMirrorTest, CancelledWhileTakeWaits_TakeReturnsCancelled) {
   auto mirror = StartMirror("cancel");
-  ASSERT_TRUE(::irqbypass::testing::WaitFor(
+  ASSERT_TRUE(::irqbypass::testing::Eventually(
       [&] { return mirror->lists() > 0; }));
   absl::Status got;
   std::thread taker([&] {

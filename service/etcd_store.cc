@@ -352,7 +352,8 @@ void EtcdStore::Write(absl::Span<const StoreChange> changes,
   batch_mu_.Lock();
   queue_.push_back(&me);
   while (true) {
-    batch_mu_.Await(absl::Condition(&me, &Waiter::Ready));
+    batch_mu_.Await(
+        [&me]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch_mu_) { return me.Ready(); });
     if (me.done) break;
     // Become a writer: take the oldest waiting calls, this one among them.
     ++writers_;

@@ -44,9 +44,9 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 #include "protos/etcd/rpc.grpc.pb.h"
 #include "service/errors.h"
 #include "service/store.h"
@@ -127,7 +127,7 @@ class EtcdStore final : public Store {
   std::unique_ptr<etcdserverpb::KV::Stub> kv_;
   struct Waiter;
   static constexpr int kWriters = 4;
-  absl::Mutex batch_mu_;
+  Mutex batch_mu_;
   std::deque<Waiter*> queue_ ABSL_GUARDED_BY(batch_mu_);
   int writers_ ABSL_GUARDED_BY(batch_mu_) = 0;
   // Set once by SetFence before any concurrent write.

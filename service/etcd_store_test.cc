@@ -289,7 +289,7 @@ TEST_F(EtcdStoreTest, GroupCommit_FenceLost_EveryLaterCallRefusedWithItsToken) {
       }
     });
   }
-  ASSERT_TRUE(::irqbypass::testing::WaitFor([&] { return written >= 200; }));
+  ASSERT_TRUE(::irqbypass::testing::Eventually([&] { return written >= 200; }));
   // A newer election: the key deleted and created again.
   DeleteKey(leader);
   ASSERT_GT(PutKey(leader), epoch);
@@ -349,7 +349,7 @@ TEST_F(EtcdStoreTest, ZEtcdDown_WriteUnavailableNothingHangs) {
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(GetErrorReason(s), ErrorReason::kStoreUnavailable);
   ASSERT_TRUE(etcd_->Restart(0));
-  EXPECT_TRUE(::irqbypass::testing::WaitFor([&] {
+  EXPECT_TRUE(::irqbypass::testing::Eventually([&] {
     return store->WriteAndWait(StoreChange{"a", Paired(1, 2)}).ok();
   }));
 }

@@ -8,7 +8,7 @@
 namespace irqbypass {
 
 bool Leadership::Lead(uint64_t epoch) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (stepped_down_) return false;
   epoch_.store(epoch, std::memory_order_release);
   leading_.store(true, std::memory_order_release);
@@ -16,19 +16,19 @@ bool Leadership::Lead(uint64_t epoch) {
 }
 
 void Leadership::StepDown() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   stepped_down_ = true;
   leading_.store(false, std::memory_order_release);
   leader_address_.clear();
 }
 
 void Leadership::SetLeaderAddress(std::string address) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   leader_address_ = std::move(address);
 }
 
 std::string Leadership::leader_address() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return leader_address_;
 }
 

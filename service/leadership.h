@@ -18,7 +18,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 
 namespace irqbypass {
 
@@ -52,7 +52,7 @@ class Leadership {
  private:
   std::atomic<bool> leading_;
   std::atomic<uint64_t> epoch_{0};
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::string leader_address_ ABSL_GUARDED_BY(mu_);
   bool stepped_down_ ABSL_GUARDED_BY(mu_) = false;
 };

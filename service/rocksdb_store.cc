@@ -112,15 +112,39 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
     return absl::UnavailableError(absl::StrCat(
         "cannot open the store in ", options.dir, ": ", s.ToString()));
   }
-  store->db_.reset(db);
+  {
+    MutexLock lock(&store->mu_);
+    store->db_.reset(db);
+  }
   return store;
+}
+
+RocksDbStore::Use::Use(RocksDbStore* store) : store_(store) {
+  MutexLock lock(&store_->mu_);
+  if (store_->db_ == nullptr || store_->closing_) return;
+  db_ = store_->db_.get();
+  ++store_->uses_;
+}
+
+RocksDbStore::Use::~Use() {
+  if (db_ == nullptr) return;
+  MutexLock lock(&store_->mu_);
+  --store_->uses_;  // the Unlock wakes a Close waiting for the last one
 }
 
 RocksDbStore::~RocksDbStore() { Close().IgnoreError(); }
 
 absl::Status RocksDbStore::Close() {
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  if (db_ == nullptr) return absl::OkStatus();
+  MutexLock lock(&mu_);
+  if (db_ == nullptr || closing_) {
+    // Closed, or another Close is closing it: wait for that to finish.
+    mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return db_ == nullptr;
+    });
+    return absl::OkStatus();
+  }
+  closing_ = true;
+  mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return uses_ == 0; });
   // Every acknowledged write is in the fsynced log already; flushing the
   // memtable only shortens the next start's log replay.
   rocksdb::Status flushed = db_->Flush(rocksdb::FlushOptions());
@@ -134,15 +158,16 @@ absl::Status RocksDbStore::Close() {
 absl::StatusOr<uint64_t> RocksDbStore::Load(
     const std::function<absl::Status(std::string token, BindingState state)>&
         fn) {
-  std::shared_lock<std::shared_mutex> lock(mu_);
-  if (db_ == nullptr) {
+  Use use(this);
+  rocksdb::DB* const db = use.db();
+  if (db == nullptr) {
     return absl::UnavailableError("durable store: closed");
   }
   uint64_t last = 0;
   {
     std::string value;
     rocksdb::Status s =
-        db_->Get(rocksdb::ReadOptions(), rocksdb::Slice(kRevisionKey.data(),
+        db->Get(rocksdb::ReadOptions(), rocksdb::Slice(kRevisionKey.data(),
                                                         kRevisionKey.size()),
                  &value);
     if (s.ok()) {
@@ -156,7 +181,7 @@ absl::StatusOr<uint64_t> RocksDbStore::Load(
   }
   rocksdb::ReadOptions read;
   read.fill_cache = false;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read));
+  std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(read));
   const rocksdb::Slice prefix(kBindingPrefix.data(), kBindingPrefix.size());
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix);
        it->Next()) {
@@ -201,18 +226,17 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
   options.sync = sync_;
   rocksdb::Status s;
   {
-    std::shared_lock<std::shared_mutex> lock(mu_);
-    if (db_ == nullptr || failed_.load()) {
-      lock.unlock();
+    Use use(this);
+    const bool closed = use.db() == nullptr;
+    if (closed || failed_.load()) {
       done(MakeError(absl::StatusCode::kUnavailable,
                      ErrorReason::kStoreUnavailable,
-                     db_ == nullptr
-                         ? "durable store: closed"
-                         : "durable store: failed earlier; restart irqbypassd",
+                     closed ? "durable store: closed"
+                            : "durable store: failed earlier; restart irqbypassd",
                      {}));
       return;
     }
-    s = db_->Write(options, &batch);
+    s = use.db()->Write(options, &batch);
   }
   if (!s.ok()) {
     ErrorContext ctx;
@@ -230,11 +254,12 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
 
 absl::Status RocksDbStore::LoadRequests(
     int64_t now_unix_micros, const std::function<void(RequestRecord)>& fn) {
-  std::shared_lock<std::shared_mutex> lock(mu_);
-  if (db_ == nullptr) return absl::UnavailableError("durable store: closed");
+  Use use(this);
+  rocksdb::DB* const db = use.db();
+  if (db == nullptr) return absl::UnavailableError("durable store: closed");
   rocksdb::ReadOptions read;
   read.fill_cache = false;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read));
+  std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(read));
   const std::string from = RequestKeyPrefix(now_unix_micros + 1);
   const rocksdb::Slice prefix(kRequestPrefix.data(), kRequestPrefix.size());
   for (it->Seek(from); it->Valid() && it->key().starts_with(prefix);
@@ -252,12 +277,13 @@ absl::Status RocksDbStore::LoadRequests(
 }
 
 absl::Status RocksDbStore::PruneRequests(int64_t now_unix_micros) {
-  std::shared_lock<std::shared_mutex> lock(mu_);
-  if (db_ == nullptr) return absl::UnavailableError("durable store: closed");
+  Use use(this);
+  rocksdb::DB* const db = use.db();
+  if (db == nullptr) return absl::UnavailableError("durable store: closed");
   // Not synced: a pruned record that comes back after a power cut is
   // expired and skipped on load.
-  rocksdb::Status s = db_->DeleteRange(
-      rocksdb::WriteOptions(), db_->DefaultColumnFamily(),
+  rocksdb::Status s = db->DeleteRange(
+      rocksdb::WriteOptions(), db->DefaultColumnFamily(),
       std::string(kRequestPrefix), RequestKeyPrefix(now_unix_micros + 1));
   if (!s.ok()) return Unavailable("prune request outcomes", s);
   return absl::OkStatus();

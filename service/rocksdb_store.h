@@ -25,11 +25,11 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <shared_mutex>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/mutex.h"
 #include "service/store.h"
 
 namespace rocksdb {
@@ -99,8 +99,27 @@ class RocksDbStore final : public Store {
   std::function<void(const absl::Status&)> on_failure_;
   std::atomic<bool> failed_{false};
   std::shared_ptr<rocksdb::Statistics> statistics_;
-  mutable std::shared_mutex mu_;  // Close excludes Write
-  std::unique_ptr<rocksdb::DB> db_;  // guarded by mu_; null once closed
+  // A call's hold on the open database (Load, Write, ...): Close waits for
+  // the holds to end and refuses new ones, while calls run concurrently
+  // (RocksDB lets concurrent synced writes share one fsync).
+  class Use {
+   public:
+    explicit Use(RocksDbStore* store);
+    ~Use();
+    Use(const Use&) = delete;
+    Use& operator=(const Use&) = delete;
+    // Null once the store is closed or closing.
+    rocksdb::DB* db() const { return db_; }
+
+   private:
+    RocksDbStore* const store_;
+    rocksdb::DB* db_ = nullptr;
+  };
+
+  mutable Mutex mu_;
+  std::unique_ptr<rocksdb::DB> db_ ABSL_GUARDED_BY(mu_);  // null once closed
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  int uses_ ABSL_GUARDED_BY(mu_) = 0;  // Use objects holding db_
   std::atomic<uint64_t> writes_{0};
 };
 

@@ -543,7 +543,7 @@ TEST(TokenIndexTest, WaitersOnATokenBeingEmptied_AllGetTheLock) {
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(done.load(), 0);
-  held->Commit(BindingState{});
+  EXPECT_TRUE(held->Commit(BindingState{}).ok());
   held.reset();
   for (auto& th : waiters) th.join();
   EXPECT_EQ(done.load(), 4);

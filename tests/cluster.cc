@@ -62,7 +62,7 @@ int Cluster::Reconciles(const std::string& node) const {
 }
 
 bool Cluster::WaitReconciles(const std::string& node, int at_least) const {
-  return WaitFor([&] { return Reconciles(node) >= at_least; });
+  return Eventually([&] { return Reconciles(node) >= at_least; });
 }
 
 bool Cluster::StartAgent(const std::string& node,
@@ -79,26 +79,6 @@ bool Cluster::StartAgent(const std::string& node,
     return false;
   }
   return WaitReconciles(node, before + 1);
-}
-
-v1::Producer MakeProducer(const std::string& token, const std::string& node,
-                          const std::string& device, uint32_t vector) {
-  v1::Producer p;
-  p.set_token(token);
-  p.set_node(node);
-  p.set_device(device);
-  p.set_vector(vector);
-  return p;
-}
-
-v1::Consumer MakeConsumer(const std::string& token, const std::string& node,
-                          const std::string& vm, uint32_t gsi) {
-  v1::Consumer c;
-  c.set_token(token);
-  c.set_node(node);
-  c.set_vm(vm);
-  c.set_gsi(gsi);
-  return c;
 }
 
 }  // namespace irqbypass::testing

@@ -11,6 +11,7 @@
 
 #include "client/irqbypass_client.h"
 #include "tests/process.h"
+#include "protocol/testing/records.h"  // IWYU pragma: export
 
 namespace irqbypass::testing {
 
@@ -50,11 +51,6 @@ class Cluster {
   std::map<std::string, std::unique_ptr<Process>> agents_;
   std::unique_ptr<client::Client> client_;
 };
-
-v1::Producer MakeProducer(const std::string& token, const std::string& node,
-                          const std::string& device, uint32_t vector = 0);
-v1::Consumer MakeConsumer(const std::string& token, const std::string& node,
-                          const std::string& vm, uint32_t gsi);
 
 }  // namespace irqbypass::testing
 

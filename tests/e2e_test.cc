@@ -220,7 +220,7 @@ TEST_F(EndToEndTest, WatchBindings_SeesUpdatesAndRemoval) {
         &canceller);
     EXPECT_TRUE(s.ok()) << s;
   });
-  ASSERT_TRUE(WaitFor([&] { return synced.load(); }));
+  ASSERT_TRUE(Eventually([&] { return synced.load(); }));
   ASSERT_TRUE(
       api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
   ASSERT_TRUE(
@@ -252,7 +252,7 @@ TEST_F(EndToEndTest,
                  .status();
   });
   // Wait until the agent is executing the command, then kill it.
-  ASSERT_TRUE(WaitFor([&] {
+  ASSERT_TRUE(Eventually([&] {
     return cluster_.agent("n1").Log().find("token=kill-1") != std::string::npos;
   }));
   cluster_.agent("n1").Signal(SIGKILL);
@@ -291,7 +291,7 @@ TEST_F(EndToEndTest, AgentRestarted_WhileBindingsExist_ReconciledWithManager) {
   cluster_.agent("n1").Signal(SIGKILL);
   cluster_.agent("n1").Wait();
   // While the agent is away: disconnect cannot fail, so unregister succeeds.
-  ASSERT_TRUE(WaitFor([&] { return api().UnregisterProducer("drop").ok(); }));
+  ASSERT_TRUE(Eventually([&] { return api().UnregisterProducer("drop").ok(); }));
   // It comes back without vm-a: the manager re-sends the missing connect,
   // which fails, so "keep" is reported as not connected.
   ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-b"}));
@@ -354,7 +354,7 @@ TEST_F(EndToEndTest, Nodes_ShowAgentsSessionsCountsAndInFlightCommands) {
   ASSERT_TRUE(cluster_.agent("n1").Signal(SIGSTOP));
   ASSERT_TRUE(WaitAllThreadsStopped(cluster_.agent("n1").pid()));
   std::thread unregister([&] { (void)api().UnregisterProducer("t1"); });
-  EXPECT_TRUE(WaitFor([&] {
+  EXPECT_TRUE(Eventually([&] {
     auto n = api().GetNode("n1");
     return n.ok() && n->commands_in_flight() == 1;
   }));
@@ -363,7 +363,7 @@ TEST_F(EndToEndTest, Nodes_ShowAgentsSessionsCountsAndInFlightCommands) {
   // The agent goes: its session ended, the node is still known.
   ASSERT_TRUE(cluster_.agent("n1").Signal(SIGKILL));
   cluster_.agent("n1").Wait();
-  EXPECT_TRUE(WaitFor([&] {
+  EXPECT_TRUE(Eventually([&] {
     auto n = api().GetNode("n1");
     return n.ok() && !n->agent_connected() && !n->reconciled() &&
            n->session_ended_unix_micros() >= n->session_started_unix_micros();
@@ -438,7 +438,7 @@ TEST_F(EndToEndTest, WatchResumedFromProgress_ChangePublishedLateNotMissed) {
             &canceller)
         .IgnoreError();
   });
-  ASSERT_TRUE(WaitFor([&] {
+  ASSERT_TRUE(Eventually([&] {
     std::lock_guard<std::mutex> lock(mu);
     return resume > 0;
   }));
@@ -466,7 +466,7 @@ TEST_F(EndToEndTest, WatchResumedFromProgress_ChangePublishedLateNotMissed) {
   ASSERT_TRUE(cluster_.agent("n1").Signal(SIGCONT));
   unregister.join();
   // Once x is published the resume point moves past both, in a PROGRESS.
-  EXPECT_TRUE(WaitFor([&] {
+  EXPECT_TRUE(Eventually([&] {
     std::lock_guard<std::mutex> lock(mu);
     return resume >= seen && progress_events > 0;
   })) << "no PROGRESS past y";

@@ -25,7 +25,7 @@ bool EtcdCluster::Start(int members) {
   // Up once every member answers its health endpoint.
   for (int i = 0; i < members; ++i) {
     const int port = client_ports_[i];
-    if (!WaitFor([&] {
+    if (!Eventually([&] {
           auto body = HttpGet(port, "/health");
           return body.has_value() &&
                  body->find("\"true\"") != std::string::npos;

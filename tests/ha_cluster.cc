@@ -80,7 +80,7 @@ bool HaCluster::Serving(int i) const {
 
 int HaCluster::WaitLeader(int other_than, std::chrono::milliseconds timeout) {
   int leader = -1;
-  WaitFor(
+  Eventually(
       [&] {
         for (size_t i = 0; i < replicas_.size(); ++i) {
           if (static_cast<int>(i) != other_than && replicas_[i]->running() &&
@@ -91,7 +91,7 @@ int HaCluster::WaitLeader(int other_than, std::chrono::milliseconds timeout) {
         }
         return false;
       },
-      timeout);
+      absl::FromChrono(timeout));
   return leader;
 }
 
@@ -105,8 +105,8 @@ int HaCluster::Reconciles(const std::string& node) const {
 }
 
 bool HaCluster::WaitReconciles(const std::string& node, int at_least) const {
-  return WaitFor([&] { return Reconciles(node) >= at_least; },
-                 std::chrono::seconds(40));
+  return Eventually([&] { return Reconciles(node) >= at_least; },
+                 absl::Seconds(40));
 }
 
 bool HaCluster::StartAgent(const std::string& node,

@@ -237,13 +237,13 @@ TEST_F(HaTest, LeaderStoppedPastItsLease_WritesNothingAndStepsDown) {
   EXPECT_TRUE(held.code() == absl::StatusCode::kUnavailable ||
               held.code() == absl::StatusCode::kCancelled)
       << held;
-  ASSERT_TRUE(WaitFor([&] {
+  ASSERT_TRUE(Eventually([&] {
     return ha_.replica(leader).Log().find("restarting as a standby") !=
            std::string::npos;
   }));
   EXPECT_NE(ha_.replica(leader).Log().find("stepping down"), std::string::npos);
   // It came back as a standby (same process, re-executed) naming the leader.
-  ASSERT_TRUE(WaitFor([&] {
+  ASSERT_TRUE(Eventually([&] {
     return ha_.replica(leader).Log().find(
                "msg=standby leader=" + ha_.address(standby)) !=
            std::string::npos;
@@ -262,7 +262,7 @@ TEST_F(HaTest, LeaderStoppedPastItsLease_WritesNothingAndStepsDown) {
   EXPECT_EQ(kept->producer_registration_id(), after->registration_id);
   // The agent left the deposed replica for the leader.
   const int reconciles = ha_.Reconciles("n1");
-  EXPECT_TRUE(WaitFor([&] {
+  EXPECT_TRUE(Eventually([&] {
     return ha_.Reconciles("n1") > reconciles - 1 &&
            ha_.client()
                .RegisterConsumer(MakeConsumer("after", "n1", "vm-a", 7))
@@ -300,11 +300,11 @@ TEST_F(HaTest, EtcdMembersLost_OneTolerated_TwoRefuseWrites_ThenResume) {
   ASSERT_TRUE(ha_.etcd().Restart(1));
   // Service resumes: a leader serves again and writes succeed.
   ASSERT_GE(ha_.WaitLeader(-1, std::chrono::seconds(60)), 0);
-  bool resumed = WaitFor(
+  bool resumed = Eventually(
       [&] {
         return api.RegisterProducer(MakeProducer("e4", "n1", Device(4))).ok();
       },
-      std::chrono::seconds(60));
+      absl::Seconds(60));
   ASSERT_TRUE(resumed);
   for (const auto& [token, id] :
        {std::pair{"e1", p1->registration_id}, {"e2", p2->registration_id}}) {

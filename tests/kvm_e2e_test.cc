@@ -227,7 +227,7 @@ class KvmServedVmEndToEndTest : public KvmHandoffEndToEndTest {
                    cluster_.dir() + "/" + log_name)) {
       return false;
     }
-    return WaitFor([&] {
+    return Eventually([&] {
              return vmm.Log().find("ready") != std::string::npos ||
                     !vmm.running();
            }) &&
@@ -260,7 +260,7 @@ TEST_F(KvmServedVmEndToEndTest,
   // The VMM dies: its VM goes with it; the manager learns the pair is down.
   ASSERT_TRUE(vmm.Signal(SIGKILL));
   vmm.Wait();
-  EXPECT_TRUE(WaitFor([&] { return !Connected("t1"); }))
+  EXPECT_TRUE(Eventually([&] { return !Connected("t1"); }))
       << cluster_.agent("n1").Log();
   auto binding = api().GetBinding("t1");
   ASSERT_TRUE(binding.ok());
@@ -269,9 +269,9 @@ TEST_F(KvmServedVmEndToEndTest,
   // A VMM serves vm-v again: reconciliation connects the pair again.
   Process again;
   ASSERT_TRUE(StartVmm(again, "vmm2.log")) << again.Log();
-  EXPECT_TRUE(WaitFor([&] { return Connected("t1"); }))
+  EXPECT_TRUE(Eventually([&] { return Connected("t1"); }))
       << cluster_.agent("n1").Log();
-  EXPECT_TRUE(WaitFor([&] {
+  EXPECT_TRUE(Eventually([&] {
     return again.Log().find("irqfd assign vm=vm-v gsi=40 errno=0") !=
            std::string::npos;
   })) << again.Log();

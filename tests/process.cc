@@ -47,19 +47,9 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-bool WaitFor(const std::function<bool()>& condition,
-             std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (true) {
-    if (condition()) return true;
-    if (std::chrono::steady_clock::now() >= deadline) return condition();
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-}
-
 int WaitForPortFile(const std::string& path) {
   std::string text;
-  WaitFor([&] {
+  Eventually([&] {
     text = ReadFile(path);
     return !text.empty();
   });
@@ -193,7 +183,7 @@ namespace irqbypass::testing {
 
 bool WaitAllThreadsStopped(pid_t pid, std::chrono::milliseconds timeout) {
   const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
-  return WaitFor(
+  return Eventually(
       [&] {
         std::error_code ec;
         int threads = 0;
@@ -211,7 +201,7 @@ bool WaitAllThreadsStopped(pid_t pid, std::chrono::milliseconds timeout) {
         }
         return !ec && threads > 0;
       },
-      timeout);
+      absl::FromChrono(timeout));
 }
 
 }  // namespace irqbypass::testing

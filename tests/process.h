@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "common/testing/eventually.h"  // IWYU pragma: export
+
 namespace irqbypass::testing {
 
 // Path of a binary built by Bazel, from the test's (or, under `bazel run`,
@@ -20,10 +22,6 @@ std::string BinaryPath(const std::string& workspace_relative);
 std::string MakeTempDir(const std::string& prefix);
 std::string ReadFile(const std::string& path);
 
-// Polls `condition` every few milliseconds until it holds or `timeout`
-// passes; returns the last result.
-bool WaitFor(const std::function<bool()>& condition,
-             std::chrono::milliseconds timeout = std::chrono::seconds(20));
 // Waits for a server's --port_file to be written; the port, or 0 on timeout.
 int WaitForPortFile(const std::string& path);
 

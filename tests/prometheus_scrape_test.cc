@@ -64,8 +64,8 @@ class PrometheusScrapeTest : public ::testing::Test {
            "--web.listen-address=127.0.0.1:" + std::to_string(port_),
            "--log.level=warn"},
           dir + "/prometheus.log"));
-      if (WaitFor([&] { return HttpGet(port_, "/-/ready").has_value(); },
-                  std::chrono::seconds(30))) {
+      if (Eventually([&] { return HttpGet(port_, "/-/ready").has_value(); },
+                  absl::Seconds(30))) {
         return;
       }
       prometheus_->Signal(SIGKILL);
@@ -104,12 +104,12 @@ class PrometheusScrapeTest : public ::testing::Test {
   std::optional<double> WaitAbove(const std::string& promql, double above,
                                   std::chrono::seconds timeout) {
     std::optional<double> last;
-    WaitFor(
+    Eventually(
         [&] {
           last = QueryPrometheus(port_, promql);
           return last.has_value() && *last > above;
         },
-        timeout);
+        absl::FromChrono(timeout));
     return last;
   }
 

@@ -115,7 +115,7 @@ HandoffServer::~HandoffServer() { Stop(); }
 void HandoffServer::Stop() {
   std::vector<std::thread> connections;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (stopped_) return;
     stopped_ = true;
     const uint64_t one = 1;
@@ -123,7 +123,7 @@ void HandoffServer::Stop() {
   }
   if (acceptor_.joinable()) acceptor_.join();
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     connections.swap(connections_);
   }
   for (std::thread& t : connections) t.join();
@@ -159,7 +159,7 @@ void HandoffServer::AcceptLoop() {
              .ok()) {
       continue;
     }
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (stopped_) return;
     const uint64_t id = next_connection_++;
     LogInfo("vmm connected", {{"node", options_.node},
@@ -205,7 +205,7 @@ void HandoffServer::Serve(uint64_t connection, pid_t pid, Fd socket_fd) {
   }
   channel->Close();  // waiting requests fail now (ENOTCONN)
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (stopped_) return;  // shutting down: the backend releases everything
   }
   LogInfo("vmm disconnected",
@@ -234,7 +234,7 @@ absl::Status HandoffServer::Handle(uint64_t connection,
                             request->version, kHandoffIrqfdVersion));
       }
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         vm_owner_[name] = connection;
       }
       backend_.AddVm(
@@ -250,7 +250,7 @@ absl::Status HandoffServer::Handle(uint64_t connection,
           request->agent_routing ? RoutingOwner::kAgent : RoutingOwner::kVmm);
       if (!vm.ok()) return vm.status();
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         vm_owner_[name] = connection;
       }
       backend_.AddVm(*std::move(vm));
@@ -261,7 +261,7 @@ absl::Status HandoffServer::Handle(uint64_t connection,
           VfioDeviceIrqs::Adopt(std::move(packet.fds[0]), name);
       if (!device.ok()) return device.status();
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         device_owner_[name] = connection;
       }
       backend_.AddDevice(*std::move(device));
@@ -271,7 +271,7 @@ absl::Status HandoffServer::Handle(uint64_t connection,
     case HandoffRequest::Kind::kReleaseDevice: {
       const bool is_vm = request->kind == HandoffRequest::Kind::kReleaseVm;
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         auto& owners = is_vm ? vm_owner_ : device_owner_;
         auto it = owners.find(name);
         if (it == owners.end() || it->second != connection) {
@@ -296,7 +296,7 @@ absl::Status HandoffServer::Handle(uint64_t connection,
 void HandoffServer::ReleaseOwned(uint64_t connection) {
   std::vector<std::string> vms, devices;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     for (auto it = vm_owner_.begin(); it != vm_owner_.end();) {
       if (it->second == connection) {
         vms.push_back(it->first);

@@ -32,12 +32,12 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/kvm/fd.h"
 #include "agent/handoff/handoff.h"
 #include "agent/kvm/kvm_backend.h"
 #include "agent/handoff/remote_vm.h"
+#include "common/mutex.h"
 
 namespace irqbypass {
 namespace agent {
@@ -93,7 +93,7 @@ class HandoffServer {
   const Fd stop_;  // an eventfd; readable once Stop() was called
 
   std::thread acceptor_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_connection_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<std::thread> connections_ ABSL_GUARDED_BY(mu_);

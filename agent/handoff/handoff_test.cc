@@ -20,6 +20,7 @@
 #include "agent/handoff/handoff_server.h"
 #include "agent/kvm/kvm_backend.h"
 #include "agent/test_fd_count.h"
+#include "common/testing/eventually.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "agent/kvm/testing/open_kvm.h"
@@ -27,6 +28,8 @@
 namespace irqbypass {
 namespace agent {
 namespace {
+
+using ::irqbypass::testing::Eventually;
 
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -111,16 +114,6 @@ TEST(HandoffWireTest, IrqfdReply_RoundTrip_KeepsErrnoAndMessage) {
                            "IRQFD-REPLY 1 0 0", "IRQFD-REPLY 1 4 -1"}) {
     EXPECT_EQ(ErrnoOf(ParseIrqfdReply(text).status()), EINVAL) << text;
   }
-}
-
-template <typename F>
-bool Eventually(F condition) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (absl::Now() < deadline) {
-    if (condition()) return true;
-    absl::SleepFor(absl::Milliseconds(2));
-  }
-  return condition();
 }
 
 class HandoffServerTest : public ::testing::Test {

@@ -35,14 +35,14 @@ absl::Status VmmChannel::Call(absl::string_view vm, uint32_t gsi, bool deassign,
   request.gsi = gsi;
   request.deassign = deassign;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (closed_) return VmmGone(peer_);
     request.id = NextIdLocked();
     pending_[request.id] = &pending;
   }
   const absl::Status sent = SendHandoffPacket(socket_->get(), request.Encode(),
                                               {eventfd}, /*wait=*/false);
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (!sent.ok()) {
     pending_.erase(request.id);
     const int err = ErrnoOf(sent);
@@ -57,7 +57,9 @@ absl::Status VmmChannel::Call(absl::string_view vm, uint32_t gsi, bool deassign,
     }
     return sent;
   }
-  mu_.AwaitWithTimeout(absl::Condition(&pending.done), timeout);
+  mu_.AwaitWithTimeout(
+      [&pending]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pending.done; },
+      timeout);
   pending_.erase(request.id);
   if (pending.done) return pending.status;
   return ErrnoErrorWithMessage(
@@ -74,7 +76,7 @@ bool VmmChannel::Post(absl::string_view vm, uint32_t gsi, bool deassign,
   request.gsi = gsi;
   request.deassign = deassign;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     request.id = NextIdLocked();
   }
   return SendHandoffPacket(socket_->get(), request.Encode(), {eventfd},
@@ -83,7 +85,7 @@ bool VmmChannel::Post(absl::string_view vm, uint32_t gsi, bool deassign,
 }
 
 void VmmChannel::Deliver(const IrqfdReply& reply) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = pending_.find(reply.id);
   if (it == pending_.end()) return;  // late, or a Post's
   Pending& pending = *it->second;
@@ -102,7 +104,7 @@ void VmmChannel::Deliver(const IrqfdReply& reply) {
 }
 
 void VmmChannel::Close() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (closed_) return;
   closed_ = true;
   for (auto& [id, pending] : pending_) {
@@ -113,7 +115,7 @@ void VmmChannel::Close() {
 }
 
 bool VmmChannel::closed() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return closed_;
 }
 
@@ -145,7 +147,7 @@ absl::Status RemoteVm::AssignIrqfd(std::shared_ptr<const Fd> eventfd,
                                 gsi, kMaxGsi - 1, name_));
   }
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (retired_) {
       return ErrnoErrorWithMessage(
           ENOENT, absl::StrFormat("vm \"%s\" was released by its VMM", name_));
@@ -161,7 +163,7 @@ absl::Status RemoteVm::AssignIrqfd(std::shared_ptr<const Fd> eventfd,
     }
     return Describe(s, /*deassign=*/false, gsi);
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (retired_) {
     (void)channel_->Post(name_, gsi, /*deassign=*/true, eventfd->get());
     return ErrnoErrorWithMessage(
@@ -176,7 +178,7 @@ absl::Status RemoteVm::AssignIrqfd(std::shared_ptr<const Fd> eventfd,
 absl::Status RemoteVm::DeassignIrqfd(int eventfd, uint32_t gsi) {
   std::shared_ptr<const Fd> held;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = irqfds_.find(eventfd);
     if (it == irqfds_.end() || it->second.gsi != gsi) return absl::OkStatus();
     held = it->second.eventfd;
@@ -191,7 +193,7 @@ absl::Status RemoteVm::DeassignIrqfd(int eventfd, uint32_t gsi) {
     s = absl::OkStatus();
   }
   if (!s.ok()) return Describe(s, /*deassign=*/true, gsi);
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = irqfds_.find(eventfd);
   if (it != irqfds_.end() && it->second.eventfd == held) irqfds_.erase(it);
   return absl::OkStatus();
@@ -200,7 +202,7 @@ absl::Status RemoteVm::DeassignIrqfd(int eventfd, uint32_t gsi) {
 int RemoteVm::Retire() {
   absl::flat_hash_map<int, Irqfd> irqfds;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     retired_ = true;
     irqfds.swap(irqfds_);
   }
@@ -213,17 +215,17 @@ int RemoteVm::Retire() {
 }
 
 bool RemoteVm::retired() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return retired_;
 }
 
 int RemoteVm::irqfd_count() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return static_cast<int>(irqfds_.size());
 }
 
 bool RemoteVm::HoldsIrqfd(int eventfd, uint32_t gsi) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = irqfds_.find(eventfd);
   return it != irqfds_.end() && it->second.gsi == gsi;
 }

@@ -33,11 +33,11 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/kvm/fd.h"
 #include "agent/handoff/handoff.h"
 #include "agent/kvm/irqfd_target.h"
+#include "common/mutex.h"
 
 namespace irqbypass {
 namespace agent {
@@ -86,7 +86,7 @@ class VmmChannel {
   const std::shared_ptr<const Fd> socket_;
   const std::string peer_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   // The callers waiting, by request id; each Pending lives on its caller's
@@ -138,7 +138,7 @@ class RemoteVm final : public IrqfdTarget {
   const std::shared_ptr<VmmChannel> channel_;
   const absl::Duration timeout_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   bool retired_ ABSL_GUARDED_BY(mu_) = false;
   // Keyed by eventfd number (unique while the eventfd is held open here).
   absl::flat_hash_map<int, Irqfd> irqfds_ ABSL_GUARDED_BY(mu_);

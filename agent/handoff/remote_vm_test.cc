@@ -27,7 +27,6 @@
 #include <string>
 #include <thread>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/errno_status.h"
@@ -38,14 +37,19 @@
 #include "agent/kvm/kvm_backend.h"
 #include "agent/kvm/kvm_irqfd.h"
 #include "agent/test_fd_count.h"
+#include "common/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "common/testing/eventually.h"
 #include "agent/kvm/testing/open_kvm.h"
+#include "protocol/testing/records.h"
 
 namespace irqbypass {
 namespace agent {
 namespace {
+
+using ::irqbypass::testing::NodeConsumer;
+using ::irqbypass::testing::NodeProducer;
 
 using ::irqbypass::testing::Eventually;
 using ::testing::HasSubstr;
@@ -60,23 +64,6 @@ bool PicIrr(int vm_fd, uint32_t irq) {
   chip.chip_id = KVM_IRQCHIP_PIC_MASTER;
   if (::ioctl(vm_fd, KVM_GET_IRQCHIP, &chip) != 0) return false;
   return ((chip.chip.pic.irr >> irq) & 1) != 0;
-}
-
-v1::Producer MakeProducer(uint32_t vector) {
-  v1::Producer p;
-  p.set_node("n1");
-  p.set_device(kDevice);
-  p.set_vector(vector);
-  p.set_index(v1::IRQ_INDEX_MSIX);
-  return p;
-}
-
-v1::Consumer MakeConsumer(const std::string& vm, uint32_t gsi) {
-  v1::Consumer c;
-  c.set_node("n1");
-  c.set_vm(vm);
-  c.set_gsi(gsi);
-  return c;
 }
 
 // A VMM: its own VM, and a thread serving the agent's irqfd requests with
@@ -100,7 +87,7 @@ class TestVmm {
     if (!client.ok()) return client.status();
     client_ = *std::move(client);
     client_->SetIrqfdObserver([this](const IrqfdRequest& r, int err) {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       (r.deassign ? deassigns_ : assigns_)++;
       last_errno_ = err;
     });
@@ -126,15 +113,15 @@ class TestVmm {
   int vm_fd() const { return vm_.get(); }
   HandoffClient& client() { return *client_; }
   int assigns() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return assigns_;
   }
   int deassigns() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return deassigns_;
   }
   int last_errno() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return last_errno_;
   }
 
@@ -144,7 +131,7 @@ class TestVmm {
   std::unique_ptr<HandoffClient> client_;
   std::thread thread_;
   absl::Status served_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   int assigns_ ABSL_GUARDED_BY(mu_) = 0;
   int deassigns_ ABSL_GUARDED_BY(mu_) = 0;
   int last_errno_ ABSL_GUARDED_BY(mu_) = -1;
@@ -227,8 +214,8 @@ TEST_F(RemoteVmTest, ServeVm_AddProducer_VmmAssigns_KernelHoldsIt_DelFrees) {
   EXPECT_STREQ(vm->held_by(), "vmm");
   EXPECT_EQ(backend_->FindVm("vm-v"), nullptr);  // not a VM the agent drives
 
-  const v1::Producer p = MakeProducer(3);
-  const v1::Consumer c = MakeConsumer("vm-v", 40);
+  const v1::Producer p = NodeProducer(kDevice, 3);
+  const v1::Consumer c = NodeConsumer("vm-v", 40);
   const StepResult r = Connect("t1", p, c);
   ASSERT_TRUE(r.ok()) << r.message();
   EXPECT_EQ(vmm_->assigns(), 1);
@@ -255,8 +242,8 @@ TEST_F(RemoteVmTest, ServeVm_AddProducer_VmmAssigns_KernelHoldsIt_DelFrees) {
 TEST_F(RemoteVmTest, DeviceFires_VmmVmPicIrrSet_NotAfterDel) {
   ASSERT_TRUE(vmm_->Start(path_, "vm-v").ok());
   const uint32_t gsi = 5;  // PIC master pin 5 in KVM's default routing
-  const v1::Producer p = MakeProducer(7);
-  const v1::Consumer c = MakeConsumer("vm-v", gsi);
+  const v1::Producer p = NodeProducer(kDevice, 7);
+  const v1::Consumer c = NodeConsumer("vm-v", gsi);
   ASSERT_TRUE(Connect("t1", p, c).ok());
   ASSERT_FALSE(PicIrr(vmm_->vm_fd(), gsi));
   ASSERT_TRUE(device_->Fire(VFIO_PCI_MSIX_IRQ_INDEX, 7).ok());
@@ -276,8 +263,8 @@ TEST_F(RemoteVmTest, DeviceFires_VmmVmPicIrrSet_NotAfterDel) {
 
 TEST_F(RemoteVmTest, VmWithoutIrqchip_AddProducer_VmmErrnoEinval_RolledBack) {
   ASSERT_TRUE(vmm_->Start(path_, "vm-v", /*irqchip=*/false).ok());
-  const v1::Producer p = MakeProducer(3);
-  const StepResult r = Connect("t1", p, MakeConsumer("vm-v", 40));
+  const v1::Producer p = NodeProducer(kDevice, 3);
+  const StepResult r = Connect("t1", p, NodeConsumer("vm-v", 40));
   EXPECT_EQ(r.errno_value(), EINVAL) << r.message();
   EXPECT_THAT(r.message(), HasSubstr("KVM_IRQFD assign by the VMM"));
   EXPECT_THAT(r.message(), HasSubstr("vm \"vm-v\" gsi 40"));
@@ -290,15 +277,15 @@ TEST_F(RemoteVmTest, VmWithoutIrqchip_AddProducer_VmmErrnoEinval_RolledBack) {
 TEST_F(RemoteVmTest, GsiOutOfRange_EinvalWithoutAskingTheVmm) {
   ASSERT_TRUE(vmm_->Start(path_, "vm-v").ok());
   const StepResult r =
-      Connect("t1", MakeProducer(3), MakeConsumer("vm-v", 4096));
+      Connect("t1", NodeProducer(kDevice, 3), NodeConsumer("vm-v", 4096));
   EXPECT_EQ(r.errno_value(), EINVAL);
   EXPECT_EQ(vmm_->assigns(), 0);
 }
 
 TEST_F(RemoteVmTest, VmmDisconnects_WiringDropped_Notified_ReconnectsWhenBack) {
   ASSERT_TRUE(vmm_->Start(path_, "vm-v").ok());
-  const v1::Producer p = MakeProducer(3);
-  const v1::Consumer c = MakeConsumer("vm-v", 40);
+  const v1::Producer p = NodeProducer(kDevice, 3);
+  const v1::Consumer c = NodeConsumer("vm-v", 40);
   ASSERT_TRUE(Connect("t1", p, c).ok());
   const int changes_before = changes_;
 
@@ -330,8 +317,8 @@ TEST_F(RemoteVmTest, VmmDisconnects_WiringDropped_Notified_ReconnectsWhenBack) {
 
 TEST_F(RemoteVmTest, VmmReleasesVm_AgentsDeassignServedBeforeTheOk) {
   ASSERT_TRUE(vmm_->Start(path_, "vm-v").ok());
-  const v1::Producer p = MakeProducer(3);
-  ASSERT_TRUE(Connect("t1", p, MakeConsumer("vm-v", 40)).ok());
+  const v1::Producer p = NodeProducer(kDevice, 3);
+  ASSERT_TRUE(Connect("t1", p, NodeConsumer("vm-v", 40)).ok());
   Fd eventfd = DupEventfd("t1");
   vmm_->StopServing();
 
@@ -347,7 +334,7 @@ TEST_F(RemoteVmTest, VmmReleasesVm_AgentsDeassignServedBeforeTheOk) {
 
 TEST_F(RemoteVmTest, AgentStops_BackendLetsGo_DeassignsStillReachTheVmm) {
   ASSERT_TRUE(vmm_->Start(path_, "vm-v").ok());
-  ASSERT_TRUE(Connect("t1", MakeProducer(3), MakeConsumer("vm-v", 40)).ok());
+  ASSERT_TRUE(Connect("t1", NodeProducer(kDevice, 3), NodeConsumer("vm-v", 40)).ok());
   Fd eventfd = DupEventfd("t1");
 
   server_.reset();  // the agent stops: no more serving, wiring still held
@@ -361,8 +348,8 @@ TEST_F(RemoteVmTest, AgentStops_BackendLetsGo_DeassignsStillReachTheVmm) {
 TEST_F(RemoteVmTest, DeassignUnanswered_PairStaysReportedAsPartial) {
   StartServer(absl::Milliseconds(200));
   ASSERT_TRUE(vmm_->Start(path_, "vm-v").ok());
-  const v1::Producer p = MakeProducer(3);
-  const v1::Consumer c = MakeConsumer("vm-v", 40);
+  const v1::Producer p = NodeProducer(kDevice, 3);
+  const v1::Consumer c = NodeConsumer("vm-v", 40);
   ASSERT_TRUE(Connect("t1", p, c).ok());
   vmm_->StopServing();  // the VMM stops answering
 
@@ -411,7 +398,7 @@ TEST_F(RemoteVmTest, VmmNeverReplies_Etimedout_ThenDeassignQueuedBehind) {
   SilentVmm vmm;
   ASSERT_TRUE(vmm.Start(path_, "vm-v").ok());
   const absl::Time start = absl::Now();
-  const StepResult r = Connect("t1", MakeProducer(3), MakeConsumer("vm-v", 40));
+  const StepResult r = Connect("t1", NodeProducer(kDevice, 3), NodeConsumer("vm-v", 40));
   const absl::Duration took = absl::Now() - start;
   EXPECT_EQ(r.errno_value(), ETIMEDOUT) << r.message();
   EXPECT_THAT(r.message(), HasSubstr("did not answer"));
@@ -442,7 +429,7 @@ TEST_F(RemoteVmTest, VmmGoesAwayDuringRequest_Enotconn) {
     vmm.Close();
   });
   const absl::Time start = absl::Now();
-  const StepResult r = Connect("t1", MakeProducer(3), MakeConsumer("vm-v", 40));
+  const StepResult r = Connect("t1", NodeProducer(kDevice, 3), NodeConsumer("vm-v", 40));
   vmm_thread.join();
   EXPECT_EQ(r.errno_value(), ENOTCONN) << r.message();
   EXPECT_THAT(r.message(), HasSubstr("is gone"));
@@ -475,8 +462,8 @@ TEST_F(RemoteVmTest, ManyPairs_AllServed_DisconnectDropsAll) {
   ASSERT_TRUE(vmm_->Start(path_, "vm-v").ok());
   constexpr int kPairs = 64;
   for (int i = 0; i < kPairs; ++i) {
-    const StepResult r = Connect("t" + std::to_string(i), MakeProducer(i),
-                                 MakeConsumer("vm-v", 24 + i));
+    const StepResult r = Connect("t" + std::to_string(i), NodeProducer(kDevice, i),
+                                 NodeConsumer("vm-v", 24 + i));
     ASSERT_TRUE(r.ok()) << i << ": " << r.message();
   }
   EXPECT_THAT(backend_->Inventory(), SizeIs(kPairs));

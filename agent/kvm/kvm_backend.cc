@@ -105,7 +105,7 @@ KvmBackend::~KvmBackend() {
   std::vector<std::string> vms = VmNames();
   std::vector<std::string> devices = DeviceAddresses();
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     on_change_ = nullptr;
   }
   for (const std::string& name : vms) RemoveVm(name);
@@ -113,14 +113,14 @@ KvmBackend::~KvmBackend() {
 }
 
 void KvmBackend::SetChangeCallback(std::function<void()> callback) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   on_change_ = std::move(callback);
 }
 
 void KvmBackend::NotifyChanged() {
   std::function<void()> callback;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     callback = on_change_;
   }
   if (callback) callback();
@@ -199,7 +199,7 @@ StepResult KvmBackend::AddConsumer(absl::string_view token,
   std::shared_ptr<VfioIrqs> device;
   std::shared_ptr<const Fd> eventfd;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto device_it = devices_.find(producer.device());
     if (device_it == devices_.end()) {
       return StepResult::Error(
@@ -242,7 +242,7 @@ StepResult KvmBackend::AddConsumer(absl::string_view token,
 
   bool device_gone = false;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     Wiring& w = tokens_[t];
     w.producer_pending = false;
     auto device_it = devices_.find(producer.device());
@@ -287,7 +287,7 @@ StepResult KvmBackend::AddProducer(absl::string_view token,
   std::shared_ptr<IrqfdTarget> vm;
   std::shared_ptr<const Fd> eventfd;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto vm_it = vms_.find(consumer.vm());
     if (vm_it == vms_.end()) {
       return StepResult::Error(
@@ -325,7 +325,7 @@ StepResult KvmBackend::AddProducer(absl::string_view token,
   absl::Status s = vm->AssignIrqfd(eventfd, consumer.gsi());
 
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     Wiring& w = tokens_[t];
     w.consumer_pending = false;
     auto vm_it = vms_.find(consumer.vm());
@@ -369,7 +369,7 @@ StepResult KvmBackend::DelProducer(absl::string_view token,
   std::shared_ptr<IrqfdTarget> vm;
   std::shared_ptr<const Fd> eventfd;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = tokens_.find(t);
     // Like KVM_IRQFD deassign: only the (eventfd, gsi) actually assigned.
     if (it == tokens_.end() || !it->second.consumer.has_value() ||
@@ -385,7 +385,7 @@ StepResult KvmBackend::DelProducer(absl::string_view token,
                                {"node", options_.node},
                                {"vm", consumer.vm()},
                                {"gsi", std::to_string(consumer.gsi())}});
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = tokens_.find(t);
   if (it != tokens_.end() && it->second.vm == vm) {
     it->second.consumer.reset();
@@ -404,7 +404,7 @@ StepResult KvmBackend::DelConsumer(absl::string_view token,
   const VectorKey key(producer.device(), index, producer.vector());
   std::shared_ptr<VfioIrqs> device;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = tokens_.find(t);
     if (it == tokens_.end() || !it->second.producer.has_value()) {
       return StepResult::Ok();
@@ -424,7 +424,7 @@ StepResult KvmBackend::DelConsumer(absl::string_view token,
            {"device", producer.device()},
            {"index", VfioIndexName(index)},
            {"vector", std::to_string(producer.vector())}});
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = tokens_.find(t);
   if (it != tokens_.end() && it->second.device == device) {
     it->second.producer.reset();
@@ -442,7 +442,7 @@ bool KvmBackend::MayBlock(const v1::Command& command) const {
 
 std::vector<v1::WiredPair> KvmBackend::Inventory() const {
   std::vector<v1::WiredPair> pairs;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (const auto& [token, wiring] : tokens_) {
     const bool producer = wiring.producer.has_value();
     const bool consumer = wiring.consumer.has_value();
@@ -465,7 +465,7 @@ std::vector<v1::WiredPair> KvmBackend::Inventory() const {
 
 absl::Status KvmBackend::CreateVm(const std::string& name) {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (vms_.contains(name)) {
       return ErrnoErrorWithMessage(
           EEXIST, absl::StrFormat("vm \"%s\" already held", name));
@@ -483,7 +483,7 @@ void KvmBackend::AddVm(std::unique_ptr<IrqfdTarget> vm) {
   std::shared_ptr<IrqfdTarget> old;
   std::vector<Trigger> triggers;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     std::shared_ptr<IrqfdTarget>& slot = vms_[name];
     old = std::exchange(slot, std::shared_ptr<IrqfdTarget>(std::move(vm)));
     if (old != nullptr) triggers = DetachVmLocked(name, old);
@@ -498,7 +498,7 @@ bool KvmBackend::RemoveVm(const std::string& name) {
   std::shared_ptr<IrqfdTarget> vm;
   std::vector<Trigger> triggers;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = vms_.find(name);
     if (it == vms_.end()) return false;
     vm = std::move(it->second);
@@ -557,7 +557,7 @@ void KvmBackend::TearDownVm(const std::shared_ptr<IrqfdTarget>& vm,
              {"error", std::string(s.message())}});
   }
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     for (const Trigger& trigger : triggers) {
       auto it = vector_owner_.find(trigger.key);
       if (it != vector_owner_.end() && it->second.empty()) {
@@ -579,7 +579,7 @@ void KvmBackend::AddDevice(std::unique_ptr<VfioIrqs> device) {
   std::shared_ptr<VfioIrqs> old;
   std::vector<std::pair<uint32_t, uint32_t>> vectors;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     std::shared_ptr<VfioIrqs>& slot = devices_[address];
     old = std::exchange(slot, std::shared_ptr<VfioIrqs>(std::move(device)));
     if (old != nullptr) vectors = DetachDeviceLocked(address, old);
@@ -594,7 +594,7 @@ bool KvmBackend::RemoveDevice(const std::string& address) {
   std::shared_ptr<VfioIrqs> device;
   std::vector<std::pair<uint32_t, uint32_t>> vectors;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = devices_.find(address);
     if (it == devices_.end()) return false;
     device = std::move(it->second);
@@ -646,7 +646,7 @@ void KvmBackend::TearDownDevice(
 
 std::shared_ptr<IrqfdTarget> KvmBackend::FindIrqfdTarget(
     const std::string& name) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = vms_.find(name);
   return it == vms_.end() ? nullptr : it->second;
 }
@@ -657,26 +657,26 @@ std::shared_ptr<KvmVm> KvmBackend::FindVm(const std::string& name) const {
 
 std::shared_ptr<VfioIrqs> KvmBackend::FindDevice(
     const std::string& address) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = devices_.find(address);
   return it == devices_.end() ? nullptr : it->second;
 }
 
 std::shared_ptr<const Fd> KvmBackend::EventfdOf(absl::string_view token) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = tokens_.find(std::string(token));
   return it == tokens_.end() ? nullptr : it->second.eventfd;
 }
 
 std::vector<std::string> KvmBackend::VmNames() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<std::string> names;
   for (const auto& [name, vm] : vms_) names.push_back(name);
   return names;
 }
 
 std::vector<std::string> KvmBackend::DeviceAddresses() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<std::string> addresses;
   for (const auto& [address, device] : devices_) addresses.push_back(address);
   return addresses;

@@ -89,12 +89,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "agent/backend.h"
 #include "agent/kvm/fd.h"
 #include "agent/kvm/irqfd_target.h"
 #include "agent/kvm/kvm_vm.h"
 #include "agent/kvm/vfio_device.h"
+#include "common/mutex.h"
 
 namespace irqbypass {
 namespace agent {
@@ -243,7 +243,7 @@ class KvmBackend final : public Backend {
   const KvmBackendOptions options_;
   const Fd kvm_dev_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<IrqfdTarget>> vms_
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::shared_ptr<VfioIrqs>> devices_

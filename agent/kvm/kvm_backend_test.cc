@@ -30,10 +30,14 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "common/testing/eventually.h"
+#include "protocol/testing/records.h"
 
 namespace irqbypass {
 namespace agent {
 namespace {
+
+using ::irqbypass::testing::NodeConsumer;
+using ::irqbypass::testing::NodeProducer;
 
 using ::irqbypass::testing::Eventually;
 using ::testing::HasSubstr;
@@ -41,24 +45,6 @@ using ::testing::IsEmpty;
 using ::testing::SizeIs;
 
 constexpr char kDevice[] = "0000:3b:00.1";
-
-v1::Producer MakeProducer(const std::string& device, uint32_t vector,
-                          v1::IrqIndex index = v1::IRQ_INDEX_MSIX) {
-  v1::Producer p;
-  p.set_node("n1");
-  p.set_device(device);
-  p.set_vector(vector);
-  p.set_index(index);
-  return p;
-}
-
-v1::Consumer MakeConsumer(const std::string& vm, uint32_t gsi) {
-  v1::Consumer c;
-  c.set_node("n1");
-  c.set_vm(vm);
-  c.set_gsi(gsi);
-  return c;
-}
 
 // irqfd injection for irqchip routes runs on a kernel workqueue, so it is
 // asynchronous: tests poll for it (Eventually).
@@ -104,8 +90,8 @@ class KvmBackendTest : public ::testing::Test {
 };
 
 TEST_F(KvmBackendTest, Pair_KernelHoldsIrqfd_SecondAssignEbusy_FreeAfterDel) {
-  const v1::Producer p = MakeProducer(kDevice, 3);
-  const v1::Consumer c = MakeConsumer("vm-a", 40);
+  const v1::Producer p = NodeProducer(kDevice, 3);
+  const v1::Consumer c = NodeConsumer("vm-a", 40);
   ASSERT_TRUE(Connect("t1", p, c).ok());
   std::shared_ptr<const Fd> eventfd = backend_->EventfdOf("t1");
   ASSERT_NE(eventfd, nullptr);
@@ -132,8 +118,8 @@ TEST_F(KvmBackendTest, ConnectCommandThroughExecutor_Acked_Wired) {
   command.set_id(1);
   command.set_kind(v1::Command::CONNECT);
   command.set_token("t1");
-  *command.mutable_producer() = MakeProducer(kDevice, 0);
-  *command.mutable_consumer() = MakeConsumer("vm-a", 24);
+  *command.mutable_producer() = NodeProducer(kDevice, 0);
+  *command.mutable_consumer() = NodeConsumer("vm-a", 24);
   for (auto [kind, always, undo] :
        {std::tuple{v1::STOP_PRODUCER, false, v1::STEP_UNSPECIFIED},
         {v1::STOP_CONSUMER, false, v1::STEP_UNSPECIFIED},
@@ -155,7 +141,7 @@ TEST_F(KvmBackendTest, ConnectCommandThroughExecutor_Acked_Wired) {
 
 TEST_F(KvmBackendTest, AddProducer_UnknownVm_Enoent) {
   const StepResult r =
-      Connect("t1", MakeProducer(kDevice, 0), MakeConsumer("vm-x", 40));
+      Connect("t1", NodeProducer(kDevice, 0), NodeConsumer("vm-x", 40));
   EXPECT_EQ(r.errno_value(), ENOENT);
   EXPECT_THAT(r.message(),
               HasSubstr("vm \"vm-x\" not held by agent on node n1"));
@@ -166,33 +152,33 @@ TEST_F(KvmBackendTest, AddProducer_UnknownVm_Enoent) {
 
 TEST_F(KvmBackendTest, AddConsumer_UnknownDevice_Enoent) {
   const StepResult r = backend_->AddConsumer(
-      "t1", MakeProducer("0000:00:00.0", 0), MakeConsumer("vm-a", 40));
+      "t1", NodeProducer("0000:00:00.0", 0), NodeConsumer("vm-a", 40));
   EXPECT_EQ(r.errno_value(), ENOENT);
   EXPECT_THAT(r.message(), HasSubstr("device \"0000:00:00.0\" not held"));
 }
 
 TEST_F(KvmBackendTest, AddProducer_GsiOutOfRange_Einval) {
   const StepResult r =
-      Connect("t1", MakeProducer(kDevice, 0), MakeConsumer("vm-a", 4096));
+      Connect("t1", NodeProducer(kDevice, 0), NodeConsumer("vm-a", 4096));
   EXPECT_EQ(r.errno_value(), EINVAL);
   EXPECT_THAT(r.message(), HasSubstr("gsi 4096 out of range"));
 }
 
 TEST_F(KvmBackendTest, AddConsumer_DeviceRefuses_KernelErrnoPassedUp) {
   // The fake has 2048 MSI-X vectors, as vfio-pci would report; beyond: EINVAL.
-  StepResult r = backend_->AddConsumer("t1", MakeProducer(kDevice, 5000),
-                                       MakeConsumer("vm-a", 40));
+  StepResult r = backend_->AddConsumer("t1", NodeProducer(kDevice, 5000),
+                                       NodeConsumer("vm-a", 40));
   EXPECT_EQ(r.errno_value(), EINVAL);
   EXPECT_THAT(r.message(), HasSubstr("VFIO_DEVICE_SET_IRQS"));
   device_->FailNextSetIrqs(EIO);
-  r = backend_->AddConsumer("t1", MakeProducer(kDevice, 1),
-                            MakeConsumer("vm-a", 40));
+  r = backend_->AddConsumer("t1", NodeProducer(kDevice, 1),
+                            NodeConsumer("vm-a", 40));
   EXPECT_EQ(r.errno_value(), EIO);
 }
 
 TEST_F(KvmBackendTest, KernelEbusy_EventfdHeldElsewhere_PassedUp) {
-  const v1::Producer p = MakeProducer(kDevice, 0);
-  const v1::Consumer c = MakeConsumer("vm-a", 40);
+  const v1::Producer p = NodeProducer(kDevice, 0);
+  const v1::Consumer c = NodeConsumer("vm-a", 40);
   ASSERT_TRUE(backend_->AddConsumer("t1", p, c).ok());
   // Someone else on the host took the token's eventfd as an irqfd.
   const int other_vm = backend_->FindVm("vm-b")->fd();
@@ -207,28 +193,28 @@ TEST_F(KvmBackendTest, KernelEbusy_EventfdHeldElsewhere_PassedUp) {
 
 TEST_F(KvmBackendTest, GsiAndVectorOwnedByAnotherToken_Ebusy_SameAgainOk) {
   ASSERT_TRUE(
-      Connect("t1", MakeProducer(kDevice, 1), MakeConsumer("vm-a", 40)).ok());
+      Connect("t1", NodeProducer(kDevice, 1), NodeConsumer("vm-a", 40)).ok());
   EXPECT_TRUE(
-      Connect("t1", MakeProducer(kDevice, 1), MakeConsumer("vm-a", 40)).ok());
+      Connect("t1", NodeProducer(kDevice, 1), NodeConsumer("vm-a", 40)).ok());
   StepResult r =
-      Connect("t2", MakeProducer(kDevice, 2), MakeConsumer("vm-a", 40));
+      Connect("t2", NodeProducer(kDevice, 2), NodeConsumer("vm-a", 40));
   EXPECT_EQ(r.errno_value(), EBUSY);
   EXPECT_THAT(r.message(), HasSubstr("already bound to token \"t1\""));
-  r = backend_->AddConsumer("t3", MakeProducer(kDevice, 1),
-                            MakeConsumer("vm-a", 41));
+  r = backend_->AddConsumer("t3", NodeProducer(kDevice, 1),
+                            NodeConsumer("vm-a", 41));
   EXPECT_EQ(r.errno_value(), EBUSY);
 }
 
 TEST_F(KvmBackendTest, StopStart_IntxMasked_MsixUntouched) {
-  const v1::Producer intx = MakeProducer(kDevice, 0, v1::IRQ_INDEX_INTX);
-  const v1::Consumer c = MakeConsumer("vm-a", 5);
+  const v1::Producer intx = NodeProducer(kDevice, 0, v1::IRQ_INDEX_INTX);
+  const v1::Consumer c = NodeConsumer("vm-a", 5);
   backend_->StopProducer("t1", intx, c);
   EXPECT_TRUE(device_->masked(VFIO_PCI_INTX_IRQ_INDEX, 0));
   backend_->StartProducer("t1", intx, c);
   EXPECT_FALSE(device_->masked(VFIO_PCI_INTX_IRQ_INDEX, 0));
   const size_t calls = device_->calls().size();
-  backend_->StopProducer("t1", MakeProducer(kDevice, 0), c);
-  backend_->StartProducer("t1", MakeProducer(kDevice, 0), c);
+  backend_->StopProducer("t1", NodeProducer(kDevice, 0), c);
+  backend_->StartProducer("t1", NodeProducer(kDevice, 0), c);
   EXPECT_EQ(device_->calls().size(), calls);  // MSI-X: not maskable
 }
 
@@ -239,8 +225,8 @@ TEST_F(KvmBackendTest, Delivery_DeviceFires_LapicIrrSet_NotAfterDel) {
   ASSERT_TRUE((*vcpu)->EnableLapic().ok());
   const uint32_t gsi = 40;
   const uint8_t vector = KvmVm::MsiVectorForGsi(gsi);
-  const v1::Producer p = MakeProducer(kDevice, 9);
-  const v1::Consumer c = MakeConsumer("vm-a", gsi);
+  const v1::Producer p = NodeProducer(kDevice, 9);
+  const v1::Consumer c = NodeConsumer("vm-a", gsi);
   ASSERT_TRUE(Connect("t1", p, c).ok());
   ASSERT_FALSE(*(*vcpu)->LapicIrr(vector));
 
@@ -257,8 +243,8 @@ TEST_F(KvmBackendTest, Delivery_DeviceFires_LapicIrrSet_NotAfterDel) {
 TEST_F(KvmBackendTest, Delivery_LegacyGsi_PicIrrSet_NotAfterDel) {
   std::shared_ptr<KvmVm> vm = backend_->FindVm("vm-a");
   const uint32_t gsi = 5;  // PIC master pin 5 (and IOAPIC pin 5)
-  const v1::Producer p = MakeProducer(kDevice, 0, v1::IRQ_INDEX_INTX);
-  const v1::Consumer c = MakeConsumer("vm-a", gsi);
+  const v1::Producer p = NodeProducer(kDevice, 0, v1::IRQ_INDEX_INTX);
+  const v1::Consumer c = NodeConsumer("vm-a", gsi);
   ASSERT_TRUE(Connect("t1", p, c).ok());
   ASSERT_FALSE(*PicIrr(*vm, gsi));
   ASSERT_TRUE(device_->Fire(VFIO_PCI_INTX_IRQ_INDEX, 0).ok());
@@ -287,8 +273,8 @@ TEST_F(KvmBackendTest, Guest_CountsEachInterrupt_NoneAfterDel) {
   }
   ASSERT_EQ(*port, TestVcpu::kPortReady);
 
-  const v1::Producer p = MakeProducer(kDevice, 4);
-  const v1::Consumer c = MakeConsumer("vm-a", gsi);
+  const v1::Producer p = NodeProducer(kDevice, 4);
+  const v1::Consumer c = NodeConsumer("vm-a", gsi);
   ASSERT_TRUE(Connect("t1", p, c).ok());
   constexpr int kInterrupts = 50;
   for (int i = 1; i <= kInterrupts; ++i) {
@@ -309,8 +295,8 @@ TEST_F(KvmBackendTest, Guest_CountsEachInterrupt_NoneAfterDel) {
 TEST_F(KvmBackendTest, RemoveVm_TearsDownWiring_NotifiesAndFreesEventfd) {
   int notified = 0;
   backend_->SetChangeCallback([&] { ++notified; });
-  const v1::Producer p = MakeProducer(kDevice, 1);
-  const v1::Consumer c = MakeConsumer("vm-a", 40);
+  const v1::Producer p = NodeProducer(kDevice, 1);
+  const v1::Consumer c = NodeConsumer("vm-a", 40);
   ASSERT_TRUE(Connect("t1", p, c).ok());
   std::shared_ptr<const Fd> eventfd = backend_->EventfdOf("t1");
   ASSERT_TRUE(backend_->RemoveVm("vm-a"));
@@ -325,8 +311,8 @@ TEST_F(KvmBackendTest, RemoveVm_TearsDownWiring_NotifiesAndFreesEventfd) {
 }
 
 TEST_F(KvmBackendTest, RemoveDevice_ReleasesTriggers) {
-  const v1::Producer p = MakeProducer(kDevice, 1);
-  const v1::Consumer c = MakeConsumer("vm-a", 40);
+  const v1::Producer p = NodeProducer(kDevice, 1);
+  const v1::Consumer c = NodeConsumer("vm-a", 40);
   ASSERT_TRUE(Connect("t1", p, c).ok());
   std::shared_ptr<VfioIrqs> device = backend_->FindDevice(kDevice);
   ASSERT_TRUE(backend_->RemoveDevice(kDevice));
@@ -353,8 +339,8 @@ TEST_F(KvmBackendTest, ThousandsOfIrqfdsAcrossVms_AllHeld_NoFdLeakAfter) {
   for (int v = 0; v < kVms; ++v) {
     for (int i = 0; i < kPerVm; ++i) {
       const std::string token = absl::StrCat("t-", v, "-", i);
-      ASSERT_TRUE(Connect(token, MakeProducer(devices[v], i),
-                          MakeConsumer(names[v], 24 + i))
+      ASSERT_TRUE(Connect(token, NodeProducer(devices[v], i),
+                          NodeConsumer(names[v], 24 + i))
                       .ok())
           << token;
     }
@@ -377,8 +363,8 @@ TEST_F(KvmBackendTest, ThousandsOfIrqfdsAcrossVms_AllHeld_NoFdLeakAfter) {
   // Half of the VMs disconnect token by token, the others go away whole.
   for (int v = 0; v < 2; ++v) {
     for (int i = 0; i < kPerVm; ++i) {
-      Disconnect(absl::StrCat("t-", v, "-", i), MakeProducer(devices[v], i),
-                 MakeConsumer(names[v], 24 + i));
+      Disconnect(absl::StrCat("t-", v, "-", i), NodeProducer(devices[v], i),
+                 NodeConsumer(names[v], 24 + i));
     }
   }
   ASSERT_TRUE(backend_->RemoveVm("vm-2"));

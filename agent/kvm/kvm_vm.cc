@@ -104,7 +104,7 @@ absl::StatusOr<std::unique_ptr<KvmVm>> KvmVm::Create(const Fd& kvm_dev,
   std::unique_ptr<KvmVm> vm(
       new KvmVm(std::move(vm_fd), std::move(name), RoutingOwner::kAgent));
   {
-    absl::MutexLock lock(&vm->mu_);
+    MutexLock lock(&vm->mu_);
     if (absl::Status s = vm->CommitRoutingLocked(); !s.ok()) return s;
   }
   return vm;
@@ -188,7 +188,7 @@ absl::Status KvmVm::AssignIrqfd(std::shared_ptr<const Fd> eventfd,
         EINVAL, absl::StrFormat("gsi %u out of range (max %u) for vm \"%s\"",
                                 gsi, kMaxGsi - 1, name_));
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (retired_) {
     return ErrnoErrorWithMessage(
         ENOENT, absl::StrFormat("vm \"%s\" was released by its VMM", name_));
@@ -205,7 +205,7 @@ absl::Status KvmVm::AssignIrqfd(std::shared_ptr<const Fd> eventfd,
 }
 
 absl::Status KvmVm::DeassignIrqfd(int eventfd, uint32_t gsi) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = irqfds_.find(eventfd);
   if (it == irqfds_.end() || it->second.gsi != gsi) return absl::OkStatus();
   if (const int err = KvmIrqfd(vm_fd_.get(), eventfd, gsi, /*deassign=*/true);
@@ -222,7 +222,7 @@ absl::Status KvmVm::DeassignIrqfd(int eventfd, uint32_t gsi) {
 int KvmVm::Retire() {
   absl::flat_hash_map<int, Irqfd> irqfds;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     retired_ = true;
     irqfds.swap(irqfds_);
   }
@@ -244,23 +244,23 @@ int KvmVm::Retire() {
 }
 
 bool KvmVm::retired() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return retired_;
 }
 
 int KvmVm::irqfd_count() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return static_cast<int>(irqfds_.size());
 }
 
 bool KvmVm::HoldsIrqfd(int eventfd, uint32_t gsi) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = irqfds_.find(eventfd);
   return it != irqfds_.end() && it->second.gsi == gsi;
 }
 
 std::vector<uint32_t> KvmVm::RoutedGsis() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return std::vector<uint32_t>(routed_.begin(), routed_.end());
 }
 

@@ -53,9 +53,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "agent/kvm/fd.h"
 #include "agent/kvm/irqfd_target.h"
+#include "common/mutex.h"
 
 namespace irqbypass {
 namespace agent {
@@ -145,7 +145,7 @@ class KvmVm final : public IrqfdTarget {
   const std::string name_;
   const RoutingOwner routing_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   bool retired_ ABSL_GUARDED_BY(mu_) = false;
   // Keyed by eventfd number (unique while the eventfd is held open here).
   absl::flat_hash_map<int, Irqfd> irqfds_ ABSL_GUARDED_BY(mu_);

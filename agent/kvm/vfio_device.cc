@@ -188,7 +188,7 @@ absl::StatusOr<VfioIrqInfo> FakeVfioIrqs::GetIrqInfo(uint32_t index) {
 }
 
 absl::Status FakeVfioIrqs::SetIrqs(const VfioIrqSet& set) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   calls_.push_back(set);
   const std::string what = absl::StrCat(Describe(address_, set), " (fake)");
   if (fail_next_ != 0) {
@@ -248,23 +248,23 @@ absl::Status FakeVfioIrqs::SetIrqs(const VfioIrqSet& set) {
 }
 
 std::vector<VfioIrqSet> FakeVfioIrqs::calls() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return calls_;
 }
 
 bool FakeVfioIrqs::HasTrigger(uint32_t index, uint32_t vector) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return triggers_.count({index, vector}) > 0;
 }
 
 bool FakeVfioIrqs::masked(uint32_t index, uint32_t vector) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = masked_.find({index, vector});
   return it != masked_.end() && it->second;
 }
 
 absl::Status FakeVfioIrqs::Fire(uint32_t index, uint32_t vector) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = triggers_.find({index, vector});
   if (it == triggers_.end()) {
     return absl::FailedPreconditionError(
@@ -279,7 +279,7 @@ absl::Status FakeVfioIrqs::Fire(uint32_t index, uint32_t vector) {
 }
 
 void FakeVfioIrqs::FailNextSetIrqs(int errno_value) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   fail_next_ = errno_value;
 }
 

@@ -33,8 +33,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "agent/kvm/fd.h"
+#include "common/mutex.h"
 #include "protos/irqbypass/v1/irqbypass.pb.h"
 
 namespace irqbypass {
@@ -152,7 +152,7 @@ class FakeVfioIrqs final : public VfioIrqs {
   const std::string address_;
   const uint32_t msix_count_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::vector<VfioIrqSet> calls_ ABSL_GUARDED_BY(mu_);
   std::map<Vector, Fd> triggers_ ABSL_GUARDED_BY(mu_);
   std::map<Vector, bool> masked_ ABSL_GUARDED_BY(mu_);

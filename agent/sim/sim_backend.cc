@@ -138,7 +138,7 @@ StepResult SimBackend::AddConsumer(absl::string_view token,
   const VectorKey key = KeyOf(producer);
   const std::string token_str(token);
 
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto token_it = tokens_.find(token_str);
   if (token_it != tokens_.end() && token_it->second.producer.has_value()) {
     const v1::Producer& held = *token_it->second.producer;
@@ -180,7 +180,7 @@ StepResult SimBackend::AddProducer(absl::string_view token,
   const GsiKey key = KeyOf(consumer);
   const std::string token_str(token);
 
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto token_it = tokens_.find(token_str);
   if (token_it != tokens_.end() && token_it->second.consumer.has_value()) {
     const v1::Consumer& held = *token_it->second.consumer;
@@ -209,7 +209,7 @@ StepResult SimBackend::DelProducer(absl::string_view token,
                                    const v1::Consumer& consumer) {
   if (auto fault = Inject(SimStep::kDelProducer)) return *fault;
   const std::string token_str(token);
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = tokens_.find(token_str);
   // Like KVM_IRQFD deassign: only the (eventfd, gsi) actually assigned.
   if (it == tokens_.end() || !it->second.consumer.has_value() ||
@@ -227,7 +227,7 @@ StepResult SimBackend::DelConsumer(absl::string_view token,
                                    const v1::Consumer& consumer) {
   if (auto fault = Inject(SimStep::kDelConsumer)) return *fault;
   const std::string token_str(token);
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = tokens_.find(token_str);
   if (it == tokens_.end() || !it->second.producer.has_value() ||
       KeyOf(*it->second.producer) != KeyOf(producer)) {
@@ -241,7 +241,7 @@ StepResult SimBackend::DelConsumer(absl::string_view token,
 
 std::vector<v1::WiredPair> SimBackend::Inventory() const {
   std::vector<v1::WiredPair> pairs;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (const auto& [token, wiring] : tokens_) {
     const bool producer = wiring.producer.has_value();
     const bool consumer = wiring.consumer.has_value();

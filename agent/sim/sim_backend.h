@@ -30,9 +30,9 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/backend.h"
+#include "common/mutex.h"
 
 namespace irqbypass {
 namespace agent {
@@ -131,7 +131,7 @@ class SimBackend final : public Backend {
 
   const SimBackendOptions options_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<std::string, Wiring> tokens_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<VectorKey, std::string> vector_owner_
       ABSL_GUARDED_BY(mu_);

@@ -11,32 +11,18 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "protocol/testing/records.h"
 
 namespace irqbypass {
 namespace agent {
 namespace {
 
+using ::irqbypass::testing::NodeConsumer;
+using ::irqbypass::testing::NodeProducer;
+
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
-
-v1::Producer MakeProducer(const std::string& device, uint32_t vector,
-                          v1::IrqIndex index = v1::IRQ_INDEX_MSIX) {
-  v1::Producer producer;
-  producer.set_node("n1");
-  producer.set_device(device);
-  producer.set_vector(vector);
-  producer.set_index(index);
-  return producer;
-}
-
-v1::Consumer MakeConsumer(const std::string& vm, uint32_t gsi) {
-  v1::Consumer consumer;
-  consumer.set_node("n1");
-  consumer.set_vm(vm);
-  consumer.set_gsi(gsi);
-  return consumer;
-}
 
 SimBackendOptions Options() {
   SimBackendOptions options;
@@ -45,8 +31,8 @@ SimBackendOptions Options() {
 }
 
 // The usual objects: a device vector and a VM GSI.
-v1::Producer Dev() { return MakeProducer("0000:3b:00.1", 3); }
-v1::Consumer Vm() { return MakeConsumer("vm-1", 40); }
+v1::Producer Dev() { return NodeProducer("0000:3b:00.1", 3); }
+v1::Consumer Vm() { return NodeConsumer("vm-1", 40); }
 
 // Both add steps, as a connect runs them.
 void Wire(SimBackend& sim, const std::string& token, const v1::Producer& p,
@@ -73,11 +59,11 @@ TEST(SimBackendTest, AddProducer_VmNotHeld_FailsWithEnoentNamingVmAndNode) {
   SimBackend sim(std::move(options));
 
   const StepResult result =
-      sim.AddProducer("t1", Dev(), MakeConsumer("vm-x", 40));
+      sim.AddProducer("t1", Dev(), NodeConsumer("vm-x", 40));
 
   EXPECT_EQ(result.errno_value(), ENOENT);
   EXPECT_EQ(result.message(), "vm \"vm-x\" not held by agent on node n1");
-  EXPECT_TRUE(sim.AddProducer("t1", Dev(), MakeConsumer("vm-a", 40)).ok());
+  EXPECT_TRUE(sim.AddProducer("t1", Dev(), NodeConsumer("vm-a", 40)).ok());
 }
 
 TEST(SimBackendTest, AddConsumer_DeviceNotHeld_FailsWithEnoentNamingDevice) {
@@ -86,13 +72,13 @@ TEST(SimBackendTest, AddConsumer_DeviceNotHeld_FailsWithEnoentNamingDevice) {
   SimBackend sim(std::move(options));
 
   const StepResult result =
-      sim.AddConsumer("t1", MakeProducer("0000:3b:00.1", 3), Vm());
+      sim.AddConsumer("t1", NodeProducer("0000:3b:00.1", 3), Vm());
 
   EXPECT_EQ(result.errno_value(), ENOENT);
   EXPECT_EQ(result.message(),
             "device \"0000:3b:00.1\" not held by agent on node n1");
   EXPECT_TRUE(
-      sim.AddConsumer("t1", MakeProducer("0000:3b:00.0", 3), Vm()).ok());
+      sim.AddConsumer("t1", NodeProducer("0000:3b:00.0", 3), Vm()).ok());
 }
 
 TEST(SimBackendTest, AddConsumer_VectorBoundToOtherToken_FailsWithEbusy) {
@@ -100,7 +86,7 @@ TEST(SimBackendTest, AddConsumer_VectorBoundToOtherToken_FailsWithEbusy) {
   ASSERT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
 
   const StepResult result =
-      sim.AddConsumer("t2", Dev(), MakeConsumer("vm-2", 41));
+      sim.AddConsumer("t2", Dev(), NodeConsumer("vm-2", 41));
 
   EXPECT_EQ(result.errno_value(), EBUSY);
   EXPECT_THAT(result.message(), HasSubstr("token \"t1\""));
@@ -111,7 +97,7 @@ TEST(SimBackendTest, AddConsumer_UnspecifiedIndexIsMsix_SoSameVectorIsBusy) {
   ASSERT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
 
   const StepResult result = sim.AddConsumer(
-      "t2", MakeProducer("0000:3b:00.1", 3, v1::IRQ_INDEX_UNSPECIFIED), Vm());
+      "t2", NodeProducer("0000:3b:00.1", 3, v1::IRQ_INDEX_UNSPECIFIED), Vm());
 
   EXPECT_EQ(result.errno_value(), EBUSY);
 }
@@ -121,7 +107,7 @@ TEST(SimBackendTest, AddConsumer_SameVectorNumberOnOtherIndex_Succeeds) {
   ASSERT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
 
   EXPECT_TRUE(
-      sim.AddConsumer("t2", MakeProducer("0000:3b:00.1", 3, v1::IRQ_INDEX_MSI),
+      sim.AddConsumer("t2", NodeProducer("0000:3b:00.1", 3, v1::IRQ_INDEX_MSI),
                       Vm())
           .ok());
 }
@@ -132,7 +118,7 @@ TEST(SimBackendTest,
   ASSERT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
 
   const StepResult result =
-      sim.AddConsumer("t1", MakeProducer("0000:3b:00.1", 4), Vm());
+      sim.AddConsumer("t1", NodeProducer("0000:3b:00.1", 4), Vm());
 
   EXPECT_EQ(result.errno_value(), EBUSY);
 }
@@ -151,7 +137,7 @@ TEST(SimBackendTest, AddProducer_GsiBoundToOtherToken_FailsWithEbusy) {
   ASSERT_TRUE(sim.AddProducer("t1", Dev(), Vm()).ok());
 
   const StepResult result =
-      sim.AddProducer("t2", MakeProducer("0000:3b:00.1", 9), Vm());
+      sim.AddProducer("t2", NodeProducer("0000:3b:00.1", 9), Vm());
 
   EXPECT_EQ(result.errno_value(), EBUSY);
   EXPECT_THAT(result.message(), HasSubstr("token \"t1\""));
@@ -161,28 +147,28 @@ TEST(SimBackendTest, AddProducer_SameGsiInAnotherVm_Succeeds) {
   SimBackend sim(Options());
   ASSERT_TRUE(sim.AddProducer("t1", Dev(), Vm()).ok());
 
-  EXPECT_TRUE(sim.AddProducer("t2", Dev(), MakeConsumer("vm-2", 40)).ok());
+  EXPECT_TRUE(sim.AddProducer("t2", Dev(), NodeConsumer("vm-2", 40)).ok());
 }
 
 TEST(SimBackendTest, AddProducer_GsiAtOrAbove4096_FailsWithEinval) {
   SimBackend sim(Options());
 
   const StepResult result =
-      sim.AddProducer("t1", Dev(), MakeConsumer("vm-1", 4096));
+      sim.AddProducer("t1", Dev(), NodeConsumer("vm-1", 4096));
 
   EXPECT_EQ(result.errno_value(), EINVAL);
   EXPECT_THAT(result.message(), HasSubstr("gsi 4096"));
-  EXPECT_TRUE(sim.AddProducer("t1", Dev(), MakeConsumer("vm-1", 4095)).ok());
+  EXPECT_TRUE(sim.AddProducer("t1", Dev(), NodeConsumer("vm-1", 4095)).ok());
 }
 
 TEST(SimBackendTest, Inventory_HalfWiredTokensReportedAsPartial) {
   SimBackend sim(Options());
   Wire(sim, "both", Dev(), Vm());
   ASSERT_TRUE(
-      sim.AddConsumer("producer-only", MakeProducer("0000:3b:00.1", 5), Vm())
+      sim.AddConsumer("producer-only", NodeProducer("0000:3b:00.1", 5), Vm())
           .ok());
   ASSERT_TRUE(
-      sim.AddProducer("consumer-only", Dev(), MakeConsumer("vm-1", 41)).ok());
+      sim.AddProducer("consumer-only", Dev(), NodeConsumer("vm-1", 41)).ok());
 
   std::map<std::string, bool> partial;
   for (const v1::WiredPair& pair : sim.Inventory()) {
@@ -196,7 +182,7 @@ TEST(SimBackendTest, Inventory_HalfWiredTokensReportedAsPartial) {
 TEST(SimBackendTest, Inventory_ReportsProducerAndConsumerExactlyAsGiven) {
   SimBackend sim(Options());
   const v1::Producer producer =
-      MakeProducer("0000:3b:00.1", 3, v1::IRQ_INDEX_UNSPECIFIED);
+      NodeProducer("0000:3b:00.1", 3, v1::IRQ_INDEX_UNSPECIFIED);
   Wire(sim, "t1", producer, Vm());
 
   const std::vector<v1::WiredPair> pairs = sim.Inventory();
@@ -263,9 +249,9 @@ TEST(SimBackendTest, Del_OtherTokenOrOtherObject_LeavesWiringAlone) {
 
   ASSERT_TRUE(sim.DelProducer("t2", Dev(), Vm()).ok());
   ASSERT_TRUE(sim.DelConsumer("t2", Dev(), Vm()).ok());
-  ASSERT_TRUE(sim.DelProducer("t1", Dev(), MakeConsumer("vm-1", 41)).ok());
+  ASSERT_TRUE(sim.DelProducer("t1", Dev(), NodeConsumer("vm-1", 41)).ok());
   ASSERT_TRUE(
-      sim.DelConsumer("t1", MakeProducer("0000:3b:00.1", 4), Vm()).ok());
+      sim.DelConsumer("t1", NodeProducer("0000:3b:00.1", 4), Vm()).ok());
 
   EXPECT_THAT(sim.Inventory(), SizeIs(1));
 }

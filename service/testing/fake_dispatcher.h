@@ -8,14 +8,13 @@
 #ifndef IRQBYPASS_SERVICE_TESTING_FAKE_DISPATCHER_H_
 #define IRQBYPASS_SERVICE_TESTING_FAKE_DISPATCHER_H_
 
-#include <condition_variable>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "common/mutex.h"
 #include "service/agent_dispatcher.h"
 
 namespace irqbypass::testing {
@@ -32,13 +31,12 @@ class FakeDispatcher : public AgentDispatcher {
                        const ConsumerRecord& c) override {
     if (!recording_) return absl::OkStatus();
     {
-      std::unique_lock<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       ++connects_;
       calls_.push_back("connect:" + std::string(token));
       if (hold_) {
         ++held_;
-        cv_.notify_all();
-        cv_.wait(lock, [&] { return !hold_; });
+        mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !hold_; });
       }
     }
     if (on_connect_) on_connect_(token);
@@ -48,34 +46,35 @@ class FakeDispatcher : public AgentDispatcher {
                   const ConsumerRecord& c) override {
     if (!recording_) return;
     if (on_disconnect_) on_disconnect_(token);
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     ++disconnects_;
     calls_.push_back("disconnect:" + std::string(token));
   }
 
   void Hold() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     hold_ = true;
   }
   void WaitHeld(int n) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return held_ >= n; });
+    MutexLock lock(&mu_);
+    mu_.Await([this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return held_ >= n;
+    });
   }
   void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     hold_ = false;
-    cv_.notify_all();
   }
   int connects() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     return connects_;
   }
   int disconnects() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     return disconnects_;
   }
   std::vector<std::string> calls() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     return calls_;
   }
 
@@ -85,13 +84,12 @@ class FakeDispatcher : public AgentDispatcher {
 
  private:
   const bool recording_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool hold_ = false;
-  int held_ = 0;
-  int connects_ = 0;
-  int disconnects_ = 0;
-  std::vector<std::string> calls_;
+  Mutex mu_;
+  bool hold_ ABSL_GUARDED_BY(mu_) = false;
+  int held_ ABSL_GUARDED_BY(mu_) = 0;
+  int connects_ ABSL_GUARDED_BY(mu_) = 0;
+  int disconnects_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> calls_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace irqbypass::testing
