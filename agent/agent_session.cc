@@ -15,9 +15,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "agent/agent_metrics.h"
-#include "common/target_list.h"
 #include "common/errno_name.h"
 #include "common/log.h"
+#include "common/target_list.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
@@ -284,20 +284,19 @@ void AgentSession::Run() {
     const absl::Duration delay = Jittered(backoff);
     // With several replicas the next one may be the new leader: keep the
     // delay short enough to find it soon after an election.
-    backoff = std::min(backoff * 2, managers_.size() > 1
-                                        ? std::min(options_.max_backoff,
-                                                   absl::Seconds(1))
-                                        : options_.max_backoff);
+    backoff = std::min(backoff * 2,
+                       managers_.size() > 1
+                           ? std::min(options_.max_backoff, absl::Seconds(1))
+                           : options_.max_backoff);
     const std::string ended_at = managers_.empty() ? "" : managers_[current_];
     if (!managers_.empty()) current_ = (current_ + 1) % managers_.size();
 
     const std::string retry_in =
         absl::FormatDuration(absl::Trunc(delay, absl::Milliseconds(1)));
     if (established && status.ok()) {
-      LogDebug("session ended by manager",
-               {{"node", options_.node},
-                {"manager", ended_at},
-                {"retry_in", retry_in}});
+      LogDebug("session ended by manager", {{"node", options_.node},
+                                            {"manager", ended_at},
+                                            {"retry_in", retry_in}});
     } else {
       LogWarn(established ? "session failed" : "cannot reach manager",
               {{"node", options_.node},
@@ -316,8 +315,8 @@ void AgentSession::Run() {
 AgentSession::SessionOutcome AgentSession::RunOneSession() {
   const std::string address =
       managers_.empty() ? options_.manager_address : managers_[current_];
-  std::unique_ptr<v1::AgentControl::Stub> stub =
-      v1::AgentControl::NewStub(NewChannel(options_, address, managers_.size() > 1));
+  std::unique_ptr<v1::AgentControl::Stub> stub = v1::AgentControl::NewStub(
+      NewChannel(options_, address, managers_.size() > 1));
   grpc::ClientContext context;
   {
     MutexLock lock(&mu_);
@@ -396,12 +395,13 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
           highest = highest_epoch_ = std::max(highest_epoch_, epoch);
         }
         if (epoch < highest) {
-          LogWarn("manager's leader epoch is older than one seen; it was "
-                  "deposed: trying the next manager",
-                  {{"node", options_.node},
-                   {"manager", address},
-                   {"epoch", absl::StrCat(epoch)},
-                   {"newest_epoch", absl::StrCat(highest)}});
+          LogWarn(
+              "manager's leader epoch is older than one seen; it was "
+              "deposed: trying the next manager",
+              {{"node", options_.node},
+               {"manager", address},
+               {"epoch", absl::StrCat(epoch)},
+               {"newest_epoch", absl::StrCat(highest)}});
           stopped_early = true;
           break;
         }
@@ -451,17 +451,16 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
             // so the manager disconnects it, instead of waiting for some
             // later reconnect.
             LogWarn("a del step failed; re-reporting wiring to the manager",
-                    {{"node", options_.node},
-                     {"token", in.command().token()}});
+                    {{"node", options_.node}, {"token", in.command().token()}});
             Resync();
           } else {
             // This session reported it and the manager's disconnect failed
             // again: re-reporting would only repeat that, in a loop. Left
             // wired until the next session.
-            LogWarn("a del step failed again for wiring this session "
-                    "reported; left until the next session",
-                    {{"node", options_.node},
-                     {"token", in.command().token()}});
+            LogWarn(
+                "a del step failed again for wiring this session "
+                "reported; left until the next session",
+                {{"node", options_.node}, {"token", in.command().token()}});
           }
         }
       } else {
@@ -483,11 +482,9 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
 
 bool AgentSession::SleepUnlessShutdown(absl::Duration delay) {
   MutexLock lock(&mu_);
-  mu_.AwaitWithTimeout(
-      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return shutdown_ || resync_;
-      },
-      delay);
+  mu_.AwaitWithTimeout([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(
+                           mu_) { return shutdown_ || resync_; },
+                       delay);
   return !shutdown_;
 }
 

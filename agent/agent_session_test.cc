@@ -1,8 +1,6 @@
 // AgentSession against an in-process fake manager on a loopback port chosen
 // by the OS.
 #include "agent/agent_session.h"
-#include "common/mutex.h"
-#include "common/target_list.h"
 
 #include <cerrno>
 #include <memory>
@@ -17,6 +15,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/sim/sim_backend.h"
+#include "common/mutex.h"
+#include "common/target_list.h"
 #include "gmock/gmock.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
@@ -40,8 +40,7 @@ constexpr absl::Duration kWait = absl::Seconds(10);
 class FakeManager final : public v1::AgentControl::Service {
  public:
   // `epoch`: the leader epoch its ManagerHello carries.
-  explicit FakeManager(std::vector<v1::Command> script = {},
-                       uint64_t epoch = 0)
+  explicit FakeManager(std::vector<v1::Command> script = {}, uint64_t epoch = 0)
       : script_(std::move(script)), epoch_(epoch) {}
 
   grpc::Status Session(

@@ -31,13 +31,13 @@
 #include "absl/time/time.h"
 #include "agent/agent_metrics.h"
 #include "agent/agent_session.h"
-#include "common/target_list.h"
 #include "agent/handoff/handoff_server.h"
 #include "agent/kvm/kvm_backend.h"
+#include "agent/kvm/vfio_device.h"
 #include "agent/metered_backend.h"
 #include "agent/sim/sim_backend.h"
-#include "agent/kvm/vfio_device.h"
 #include "common/log.h"
+#include "common/target_list.h"
 #include "metrics/metrics_server.h"
 
 ABSL_FLAG(std::string, manager, "127.0.0.1:50051",
@@ -315,8 +315,8 @@ int Main(int argc, char** argv) {
   }
   for (const std::string& m : managers) {
     if (!ValidManagerAddress(m)) {
-      FlagError("manager", absl::StrCat("\"", m,
-                                        "\": want HOST:PORT[,HOST:PORT...]"));
+      FlagError("manager",
+                absl::StrCat("\"", m, "\": want HOST:PORT[,HOST:PORT...]"));
     }
   }
   std::string node = absl::GetFlag(FLAGS_node);

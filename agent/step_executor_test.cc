@@ -391,7 +391,6 @@ TEST(StepExecutorTest, Invalid_MissingTokenProducerOrConsumer_AcksEinval) {
   EXPECT_THAT(backend.calls(), IsEmpty());
 }
 
-
 // With the sim backend: the contract's outcomes on a modelled host.
 
 TEST(StepExecutorWithSimTest, Connect_ThenDisconnect_WiresAndUnwiresThePair) {

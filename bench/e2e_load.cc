@@ -74,7 +74,6 @@ using testing::Process;
 
 constexpr char kNode[] = "bench-node";
 
-
 std::string Device(uint64_t n) {
   const uint64_t bdf = n % 65536;
   return absl::StrFormat("0000:%02x:%02x.%d", bdf >> 8, (bdf >> 3) & 0x1f,
@@ -499,8 +498,7 @@ int RunThroughput(int callers, absl::Duration duration) {
       "register producer + register consumer (connect via sim agent) + "
       "unregister both; irqbypassd --store=%s; %u cores\n",
       callers, absl::FormatDuration(duration).c_str(),
-      absl::GetFlag(FLAGS_store).c_str(),
-      std::thread::hardware_concurrency());
+      absl::GetFlag(FLAGS_store).c_str(), std::thread::hardware_concurrency());
   std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "server", "pairs/s",
               "pairs", "p50", "p99", "p99.9", "errors");
   PrintLoad("irqbypassd", ours);
@@ -528,12 +526,13 @@ int RunDurability(int callers, absl::Duration duration) {
   }
   RunLoad(memory.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
   RunLoad(embedded.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
-  const double writes0 = embedded.ManagerCounter("irqbypass_store_writes_total");
+  const double writes0 =
+      embedded.ManagerCounter("irqbypass_store_writes_total");
   const double syncs0 =
       embedded.ManagerCounter("irqbypass_store_wal_syncs_total");
   LoadResult at_memory, at_embedded;
-  Alternate(memory.manager(), embedded.manager(), callers, duration,
-            &at_memory, &at_embedded);
+  Alternate(memory.manager(), embedded.manager(), callers, duration, &at_memory,
+            &at_embedded);
   const double writes =
       embedded.ManagerCounter("irqbypass_store_writes_total") - writes0;
   const double syncs =
@@ -619,10 +618,10 @@ int RunEtcd(int callers, absl::Duration duration) {
       4 * ours.pairs_per_second(), 4 * bare.pairs_per_second(), ratio * 100);
   const std::string json_out = absl::GetFlag(FLAGS_json_out);
   if (!json_out.empty()) {
-    std::ofstream(json_out) << "{\"callers\": " << callers
-                            << ", \"irqbypassd\": " << LoadJson(ours)
-                            << ", \"raw_etcd\": " << LoadJson(bare)
-                            << ", \"ratio\": " << ratio << "}\n";
+    std::ofstream(json_out)
+        << "{\"callers\": " << callers << ", \"irqbypassd\": " << LoadJson(ours)
+        << ", \"raw_etcd\": " << LoadJson(bare) << ", \"ratio\": " << ratio
+        << "}\n";
   }
   return ours.errors == 0 && bare.errors == 0 ? 0 : 1;
 }

@@ -169,17 +169,17 @@ bool RunTrials(bool warm, int trials, absl::Duration ttl, int pairs,
                  result->mode.c_str(), trial, s, load_ms);
     // Back as a standby (its log is appended to) before the next kill; a
     // warm one must have listed its copy first.
-    const std::string ready = warm ? "msg=\"standby copy listed\""
-                                   : "msg=standby leader=";
+    const std::string ready =
+        warm ? "msg=\"standby copy listed\"" : "msg=standby leader=";
     const int ready_lines =
         testing::CountOccurrences(ha.replica(leader).Log(), ready);
-    if (!ha.StartReplica(leader) ||
-        !testing::Eventually(
-            [&] {
-              return testing::CountOccurrences(ha.replica(leader).Log(),
-                                               ready) > ready_lines;
-            },
-            absl::Seconds(120))) {
+    if (!ha.StartReplica(leader) || !testing::Eventually(
+                                        [&] {
+                                          return testing::CountOccurrences(
+                                                     ha.replica(leader).Log(),
+                                                     ready) > ready_lines;
+                                        },
+                                        absl::Seconds(120))) {
       std::fprintf(stderr, "trial %d: the killed replica did not come back\n",
                    trial);
       return false;
@@ -237,8 +237,8 @@ int Run() {
         << ", \"ttl_s\": " << absl::ToDoubleSeconds(ttl)
         << ", \"pairs\": " << pairs;
     for (const Result& r : results) {
-      out << ", \"" << r.mode << "_p50_s\": " << r.At(0.5) << ", \""
-          << r.mode << "_p99_s\": " << r.At(0.99) << ", \"" << r.mode
+      out << ", \"" << r.mode << "_p50_s\": " << r.At(0.5) << ", \"" << r.mode
+          << "_p99_s\": " << r.At(0.99) << ", \"" << r.mode
           << "_max_s\": " << r.seconds.back();
     }
     out << "}\n";

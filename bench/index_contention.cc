@@ -109,7 +109,6 @@ class Design {
 
 // --- sharded: the product's index and matcher ------------------------------
 
-
 class ThreadLocalWaits : public LockWaitObserver {
  public:
   void OnLockWait(LockOp, size_t, int64_t wait_ns) override {

@@ -78,9 +78,8 @@ struct Case {
 // Waits (up to 5 minutes: this measures, it does not judge) for one more
 // reconciliation of kNode than `before`.
 bool AwaitReconcile(testing::Cluster& cluster, int before) {
-  return testing::Eventually(
-      [&] { return cluster.Reconciles(kNode) > before; },
-      absl::Minutes(5));
+  return testing::Eventually([&] { return cluster.Reconciles(kNode) > before; },
+                             absl::Minutes(5));
 }
 
 bool RestartManager(testing::Cluster& cluster,

@@ -69,9 +69,9 @@ bool FillEmbeddedStore(const std::string& dir, int pairs, int nodes,
     }
   }
   absl::Status closed = (*store)->Close();
-  *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                           t0)
-                 .count();
+  *seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
   if (!closed.ok()) std::fprintf(stderr, "%s\n", closed.ToString().c_str());
   return closed.ok();
 }

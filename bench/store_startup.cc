@@ -6,9 +6,8 @@
 // baselines. Reports the load time
 // irqbypassd logs, the store's bytes on disk and irqbypassd's resident memory
 // per pair.
-#include <sys/stat.h>
-
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cstdio>
@@ -68,9 +67,9 @@ bool StartOn(const std::string& data_dir, const std::string& run_dir,
   testing::Process manager;
   const auto t0 = Clock::now();
   if (!manager.Start(testing::BinaryPath("service/irqbypassd"),
-                     {"--listen=127.0.0.1:0", "--metrics_listen=",
-                      "--port_file=" + port_file, "--store=embedded",
-                      "--data_dir=" + data_dir},
+                     {"--listen=127.0.0.1:0",
+                      "--metrics_listen=", "--port_file=" + port_file,
+                      "--store=embedded", "--data_dir=" + data_dir},
                      run_dir + "/irqbypassd.log")) {
     return false;
   }
@@ -84,7 +83,8 @@ bool StartOn(const std::string& data_dir, const std::string& run_dir,
   const std::string log = manager.Log();
   const size_t at = log.rfind(" ms=");
   if (at != std::string::npos) {
-    out->load_ms = log.substr(at + 4, log.find_first_of(" \n", at + 4) - at - 4);
+    out->load_ms =
+        log.substr(at + 4, log.find_first_of(" \n", at + 4) - at - 4);
   }
   manager.Signal(SIGTERM);
   return manager.Wait(std::chrono::seconds(60)) == 0;
@@ -135,16 +135,12 @@ int Run() {
       pairs, nodes, fill_seconds);
   std::printf("%-10s %12s %12s %12s\n", "store", "serving in", "load (log)",
               "resident");
-  std::printf("%-10s %10.2f s %9s ms %9.1f MiB\n", "empty",
-              empty.serve_seconds, empty.load_ms.c_str(),
-              empty.rss / 1048576.0);
-  std::printf("%-10s %10.2f s %9s ms %9.1f MiB\n",
-              absl::StrCat(pairs).c_str(), full.serve_seconds,
-              full.load_ms.c_str(), full.rss / 1048576.0);
-  std::printf("reading and decoding the store alone: %.2f s\n",
-              read_seconds);
-  const double rss_per_pair =
-      static_cast<double>(full.rss - empty.rss) / pairs;
+  std::printf("%-10s %10.2f s %9s ms %9.1f MiB\n", "empty", empty.serve_seconds,
+              empty.load_ms.c_str(), empty.rss / 1048576.0);
+  std::printf("%-10s %10.2f s %9s ms %9.1f MiB\n", absl::StrCat(pairs).c_str(),
+              full.serve_seconds, full.load_ms.c_str(), full.rss / 1048576.0);
+  std::printf("reading and decoding the store alone: %.2f s\n", read_seconds);
+  const double rss_per_pair = static_cast<double>(full.rss - empty.rss) / pairs;
   std::printf(
       "disk: %.1f MiB, %.0f bytes per pair; resident memory: %.0f bytes per "
       "pair\n",
@@ -152,12 +148,12 @@ int Run() {
   const std::string json_out = absl::GetFlag(FLAGS_json_out);
   if (!json_out.empty()) {
     std::ofstream(json_out)
-        << "{\"pairs\": " << pairs << ", \"serve_seconds_empty\": "
-        << empty.serve_seconds
+        << "{\"pairs\": " << pairs
+        << ", \"serve_seconds_empty\": " << empty.serve_seconds
         << ", \"serve_seconds\": " << full.serve_seconds
         << ", \"read_seconds\": " << read_seconds
-        << ", \"disk_bytes\": " << disk << ", \"rss_bytes_per_pair\": "
-        << rss_per_pair << "}\n";
+        << ", \"disk_bytes\": " << disk
+        << ", \"rss_bytes_per_pair\": " << rss_per_pair << "}\n";
   }
   std::filesystem::remove_all(dir);
   return 0;

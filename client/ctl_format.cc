@@ -234,7 +234,8 @@ namespace {
 std::string TimeCell(int64_t unix_micros) {
   if (unix_micros == 0) return "-";
   return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ",
-                          absl::FromUnixMicros(unix_micros), absl::UTCTimeZone());
+                          absl::FromUnixMicros(unix_micros),
+                          absl::UTCTimeZone());
 }
 
 std::string ReconcileCell(const irqbypass::v1::Node& node) {
@@ -288,7 +289,8 @@ std::string FormatNodeText(const irqbypass::v1::Node& node) {
   line("agent", node.agent_connected() ? "connected" : "absent");
   line("reconciled", BoolText(node.reconciled()));
   line("backend", node.backend().empty() ? "-" : node.backend());
-  line("agent_version", node.agent_version().empty() ? "-" : node.agent_version());
+  line("agent_version",
+       node.agent_version().empty() ? "-" : node.agent_version());
   line("peer", node.peer().empty() ? "-" : node.peer());
   line("session_started", TimeCell(node.session_started_unix_micros()));
   if (!node.agent_connected()) {

@@ -5,13 +5,13 @@
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
-#include "common/target_list.h"
 #include "absl/random/random.h"
-#include "absl/time/clock.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/target_list.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/support/channel_arguments.h"
 
@@ -118,8 +118,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(
     // replica was down).
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   }
-  auto dial = [endpoints, credentials, args](size_t i)
-      -> std::shared_ptr<BypassManager::StubInterface> {
+  auto dial = [endpoints, credentials, args](
+                  size_t i) -> std::shared_ptr<BypassManager::StubInterface> {
     std::shared_ptr<grpc::Channel> channel =
         grpc::CreateCustomChannel(endpoints[i], credentials, args);
     if (channel == nullptr) return nullptr;
@@ -153,9 +153,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::CreateWithChannel(
       new Client(std::move(stubs), {""}, std::move(options)));
 }
 
-Client::Client(
-    std::vector<std::shared_ptr<BypassManager::StubInterface>> stubs,
-    std::vector<std::string> endpoints, ClientOptions options)
+Client::Client(std::vector<std::shared_ptr<BypassManager::StubInterface>> stubs,
+               std::vector<std::string> endpoints, ClientOptions options)
     : replicas_(stubs.size()),
       stubs_(std::move(stubs)),
       endpoints_(std::move(endpoints)),
@@ -169,7 +168,8 @@ std::shared_ptr<BypassManager::StubInterface> Client::Stub(size_t i) const {
   return stubs_[i];
 }
 
-void Client::Redial(size_t i, const BypassManager::StubInterface* failed) const {
+void Client::Redial(size_t i,
+                    const BypassManager::StubInterface* failed) const {
   if (!redial_) return;
   std::shared_ptr<BypassManager::StubInterface> fresh = redial_(i);
   if (fresh == nullptr) return;
@@ -223,14 +223,12 @@ absl::StatusOr<Response> Client::CallUnary(const Rpc& rpc) const {
 
 std::string NewRequestId() {
   thread_local absl::BitGen gen;
-  return absl::StrCat("r-", absl::Hex(absl::Uniform<uint64_t>(gen),
-                                      absl::kZeroPad16),
-                      absl::Hex(absl::Uniform<uint64_t>(gen), absl::kZeroPad16));
+  return absl::StrCat(
+      "r-", absl::Hex(absl::Uniform<uint64_t>(gen), absl::kZeroPad16),
+      absl::Hex(absl::Uniform<uint64_t>(gen), absl::kZeroPad16));
 }
 
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 // Whether another replica may answer where this one did not: it is
 // unreachable or hung (no ErrorDetail: the transport's error), or a
@@ -243,8 +241,7 @@ bool Client::FailsOver(const absl::Status& status) {
   if (status.code() == absl::StatusCode::kCancelled) return true;
   if (status.code() != absl::StatusCode::kUnavailable) return false;
   std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
-  return !detail.has_value() ||
-         detail->reason() == v1::ErrorDetail::NOT_LEADER;
+  return !detail.has_value() || detail->reason() == v1::ErrorDetail::NOT_LEADER;
 }
 
 namespace {
@@ -285,7 +282,8 @@ absl::StatusOr<RegisterResult> Client::RegisterProducer(
   request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   absl::StatusOr<v1::RegisterProducerResponse> response =
       CallMutating<v1::RegisterProducerResponse>(
-          [&](BypassManager::StubInterface* stub, grpc::ClientContext* context, v1::RegisterProducerResponse* out) {
+          [&](BypassManager::StubInterface* stub, grpc::ClientContext* context,
+              v1::RegisterProducerResponse* out) {
             return stub->RegisterProducer(context, request, out);
           });
   if (!response.ok()) return response.status();
@@ -299,7 +297,8 @@ absl::StatusOr<RegisterResult> Client::RegisterConsumer(
   request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
   absl::StatusOr<v1::RegisterConsumerResponse> response =
       CallMutating<v1::RegisterConsumerResponse>(
-          [&](BypassManager::StubInterface* stub, grpc::ClientContext* context, v1::RegisterConsumerResponse* out) {
+          [&](BypassManager::StubInterface* stub, grpc::ClientContext* context,
+              v1::RegisterConsumerResponse* out) {
             return stub->RegisterConsumer(context, request, out);
           });
   if (!response.ok()) return response.status();
@@ -343,19 +342,19 @@ absl::StatusOr<bool> Client::UnregisterConsumer(
 absl::StatusOr<Binding> Client::GetBinding(const std::string& token) const {
   v1::GetBindingRequest request;
   request.set_token(token);
-  return CallUnary<Binding>([&](BypassManager::StubInterface* stub, grpc::ClientContext* context, Binding* out) {
-    return stub->GetBinding(context, request, out);
-  });
+  return CallUnary<Binding>(
+      [&](BypassManager::StubInterface* stub, grpc::ClientContext* context,
+          Binding* out) { return stub->GetBinding(context, request, out); });
 }
 
 absl::StatusOr<std::vector<v1::Node>> Client::ListNodes() const {
   v1::ListNodesRequest request;
   absl::StatusOr<v1::ListNodesResponse> response =
-      CallUnary<v1::ListNodesResponse>(
-          [&](BypassManager::StubInterface* stub, grpc::ClientContext* context,
-              v1::ListNodesResponse* out) {
-            return stub->ListNodes(context, request, out);
-          });
+      CallUnary<v1::ListNodesResponse>([&](BypassManager::StubInterface* stub,
+                                           grpc::ClientContext* context,
+                                           v1::ListNodesResponse* out) {
+        return stub->ListNodes(context, request, out);
+      });
   if (!response.ok()) return response.status();
   return std::vector<v1::Node>(response->nodes().begin(),
                                response->nodes().end());
@@ -376,10 +375,11 @@ absl::StatusOr<ListBindingsResponse> Client::ListBindings(
   request.set_node(node);
   request.set_page_size(page_size);
   request.set_page_token(page_token);
-  return CallUnary<ListBindingsResponse>(
-      [&](BypassManager::StubInterface* stub, grpc::ClientContext* context, ListBindingsResponse* out) {
-        return stub->ListBindings(context, request, out);
-      });
+  return CallUnary<ListBindingsResponse>([&](BypassManager::StubInterface* stub,
+                                             grpc::ClientContext* context,
+                                             ListBindingsResponse* out) {
+    return stub->ListBindings(context, request, out);
+  });
 }
 
 absl::StatusOr<std::vector<Binding>> Client::ListAllBindings(
@@ -436,8 +436,7 @@ absl::Status Client::WatchBindings(const v1::WatchBindingsRequest& request,
       canceller != nullptr && canceller->IsCancelled()) {
     return absl::OkStatus();
   }
-  if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-      replicas_ > 1) {
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE && replicas_ > 1) {
     // The caller's next watch goes to another replica.
     size_t expected = at;
     current_.compare_exchange_strong(expected, (at + 1) % replicas_);

@@ -212,9 +212,10 @@ class Client {
                              WatchCanceller* canceller = nullptr) const;
 
  private:
-  Client(std::vector<std::shared_ptr<irqbypass::v1::BypassManager::StubInterface>>
-             stubs,
-         std::vector<std::string> endpoints, ClientOptions options);
+  Client(
+      std::vector<std::shared_ptr<irqbypass::v1::BypassManager::StubInterface>>
+          stubs,
+      std::vector<std::string> endpoints, ClientOptions options);
 
   // Runs one unary RPC with the per-call deadline, on the current replica
   // and, with several, on the others while they answer UNAVAILABLE. `rpc`

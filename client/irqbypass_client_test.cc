@@ -13,8 +13,8 @@
 #include "client/fake_bypass_manager.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "protos/irqbypass/v1/irqbypass.pb.h"
 #include "protocol/testing/records.h"
+#include "protos/irqbypass/v1/irqbypass.pb.h"
 
 namespace irqbypass::client {
 namespace {
@@ -83,8 +83,8 @@ TEST(ClientCreateTest, NullChannel_IsInvalidArgument) {
 // --- Register / unregister ---
 
 TEST_F(ClientTest, RegisterProducer_NoConsumer_ReturnsIdNotConnected) {
-  absl::StatusOr<RegisterResult> result =
-      client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
+  absl::StatusOr<RegisterResult> result = client_->RegisterProducer(
+      MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
 
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_FALSE(result->registration_id.empty());
@@ -92,7 +92,10 @@ TEST_F(ClientTest, RegisterProducer_NoConsumer_ReturnsIdNotConnected) {
 }
 
 TEST_F(ClientTest, RegisterConsumer_ProducerPresent_Connected) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
+  ASSERT_TRUE(client_
+                  ->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3,
+                                                  v1::IRQ_INDEX_MSIX))
+                  .ok());
 
   absl::StatusOr<RegisterResult> result =
       client_->RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 42));
@@ -102,10 +105,13 @@ TEST_F(ClientTest, RegisterConsumer_ProducerPresent_Connected) {
 }
 
 TEST_F(ClientTest, RegisterProducer_TokenBusy_AlreadyExistsWithDetail) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
+  ASSERT_TRUE(client_
+                  ->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3,
+                                                  v1::IRQ_INDEX_MSIX))
+                  .ok());
 
-  absl::StatusOr<RegisterResult> result =
-      client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
+  absl::StatusOr<RegisterResult> result = client_->RegisterProducer(
+      MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
 
   EXPECT_EQ(result.status().code(), absl::StatusCode::kAlreadyExists);
   std::optional<ErrorDetail> detail = GetErrorDetail(result.status());
@@ -115,7 +121,10 @@ TEST_F(ClientTest, RegisterProducer_TokenBusy_AlreadyExistsWithDetail) {
 }
 
 TEST_F(ClientTest, RegisterConsumer_OtherNode_FailedPreconditionNodeMismatch) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
+  ASSERT_TRUE(client_
+                  ->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3,
+                                                  v1::IRQ_INDEX_MSIX))
+                  .ok());
 
   absl::StatusOr<RegisterResult> result =
       client_->RegisterConsumer(MakeConsumer("t1", "n2", "vm-x", 42));
@@ -138,8 +147,8 @@ TEST_F(ClientTest, ServerConnectFailure_KeepsCodeMessageAndDetail) {
   fake().FailNextCall(WithErrorDetail(
       absl::FailedPreconditionError("connect step add_producer failed"), sent));
 
-  absl::StatusOr<RegisterResult> result =
-      client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
+  absl::StatusOr<RegisterResult> result = client_->RegisterProducer(
+      MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
 
   EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(result.status().message(), "connect step add_producer failed");
@@ -152,10 +161,11 @@ TEST_F(ClientTest, ServerConnectFailure_KeepsCodeMessageAndDetail) {
 }
 
 TEST_F(ClientTest, UnregisterProducer_Connected_ReportsDisconnect) {
-  absl::StatusOr<RegisterResult> producer =
-      client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
+  absl::StatusOr<RegisterResult> producer = client_->RegisterProducer(
+      MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
   ASSERT_TRUE(producer.ok());
-  ASSERT_TRUE(client_->RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 42)).ok());
+  ASSERT_TRUE(
+      client_->RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 42)).ok());
 
   absl::StatusOr<bool> disconnected =
       client_->UnregisterProducer("t1", producer->registration_id);
@@ -165,7 +175,8 @@ TEST_F(ClientTest, UnregisterProducer_Connected_ReportsDisconnect) {
 }
 
 TEST_F(ClientTest, UnregisterConsumer_NotConnected_NoDisconnect) {
-  ASSERT_TRUE(client_->RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 42)).ok());
+  ASSERT_TRUE(
+      client_->RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 42)).ok());
 
   absl::StatusOr<bool> disconnected = client_->UnregisterConsumer("t1");
 
@@ -174,7 +185,10 @@ TEST_F(ClientTest, UnregisterConsumer_NotConnected_NoDisconnect) {
 }
 
 TEST_F(ClientTest, UnregisterProducer_WrongRegistrationId_FailedPrecondition) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
+  ASSERT_TRUE(client_
+                  ->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3,
+                                                  v1::IRQ_INDEX_MSIX))
+                  .ok());
 
   absl::StatusOr<bool> result = client_->UnregisterProducer("t1", "p-other");
 
@@ -192,8 +206,12 @@ TEST_F(ClientTest, UnregisterConsumer_Nothing_NotFound) {
 // --- Get / list ---
 
 TEST_F(ClientTest, GetBinding_ReturnsCommittedState) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
-  ASSERT_TRUE(client_->RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 42)).ok());
+  ASSERT_TRUE(client_
+                  ->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3,
+                                                  v1::IRQ_INDEX_MSIX))
+                  .ok());
+  ASSERT_TRUE(
+      client_->RegisterConsumer(MakeConsumer("t1", "n1", "vm-x", 42)).ok());
 
   absl::StatusOr<Binding> binding = client_->GetBinding("t1");
 
@@ -216,7 +234,10 @@ TEST_F(ClientTest, GetBinding_Unknown_NotFoundWithDetail) {
 
 TEST_F(ClientTest, ListBindings_PassesRequestAndReturnsPage) {
   for (const char* token : {"a", "b", "c"}) {
-    ASSERT_TRUE(client_->RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
+    ASSERT_TRUE(client_
+                    ->RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1",
+                                                    3, v1::IRQ_INDEX_MSIX))
+                    .ok());
   }
 
   absl::StatusOr<v1::ListBindingsResponse> page =
@@ -231,9 +252,15 @@ TEST_F(ClientTest, ListBindings_PassesRequestAndReturnsPage) {
 
 TEST_F(ClientTest, ListAllBindings_FollowsEveryPage) {
   for (const char* token : {"a", "b", "c", "d", "e"}) {
-    ASSERT_TRUE(client_->RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
+    ASSERT_TRUE(client_
+                    ->RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1",
+                                                    3, v1::IRQ_INDEX_MSIX))
+                    .ok());
   }
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("x", "n2", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
+  ASSERT_TRUE(client_
+                  ->RegisterProducer(MakeProducer("x", "n2", "0000:3b:00.1", 3,
+                                                  v1::IRQ_INDEX_MSIX))
+                  .ok());
   const int calls_before = fake().calls();
 
   absl::StatusOr<std::vector<Binding>> all = client_->ListAllBindings("n1", 2);
@@ -255,7 +282,10 @@ TEST_F(ClientTest, ListAllBindings_ErrorOnAPage_IsReturned) {
 // --- Request ids and retries ---
 
 TEST_F(ClientTest, MutatingCalls_EachCarriesAFreshRequestId) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
+  ASSERT_TRUE(client_
+                  ->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3,
+                                                  v1::IRQ_INDEX_MSIX))
+                  .ok());
   ASSERT_TRUE(client_->UnregisterProducer("t1").ok());
   const std::vector<std::string> ids = fake().request_ids();
   ASSERT_EQ(ids.size(), 2u);
@@ -266,8 +296,8 @@ TEST_F(ClientTest, MutatingCalls_EachCarriesAFreshRequestId) {
 
 TEST_F(ClientTest, Unavailable_RetriedWithTheSameRequestId) {
   fake().FailNextCall(absl::UnavailableError("manager restarting"));
-  absl::StatusOr<RegisterResult> result =
-      client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
+  absl::StatusOr<RegisterResult> result = client_->RegisterProducer(
+      MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX));
   ASSERT_TRUE(result.ok()) << result.status();
   const std::vector<std::string> ids = fake().request_ids();
   ASSERT_EQ(ids.size(), 2u);
@@ -275,13 +305,21 @@ TEST_F(ClientTest, Unavailable_RetriedWithTheSameRequestId) {
 }
 
 TEST_F(ClientTest, CallersRequestId_SentAsGiven) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX), "my-id-1").ok());
+  ASSERT_TRUE(client_
+                  ->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3,
+                                                  v1::IRQ_INDEX_MSIX),
+                                     "my-id-1")
+                  .ok());
   EXPECT_EQ(fake().request_ids(), std::vector<std::string>{"my-id-1"});
 }
 
 TEST_F(ClientTest, NotRetryable_ReturnedAtOnce) {
   fake().FailNextCall(absl::AlreadyExistsError("busy"));
-  EXPECT_EQ(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).status().code(),
+  EXPECT_EQ(client_
+                ->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3,
+                                                v1::IRQ_INDEX_MSIX))
+                .status()
+                .code(),
             absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(fake().request_ids().size(), 1u);
 }
@@ -289,7 +327,10 @@ TEST_F(ClientTest, NotRetryable_ReturnedAtOnce) {
 // --- Deadlines and transport errors ---
 
 TEST_F(ClientTest, UnaryCall_CarriesADeadline) {
-  ASSERT_TRUE(client_->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
+  ASSERT_TRUE(client_
+                  ->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3,
+                                                  v1::IRQ_INDEX_MSIX))
+                  .ok());
   EXPECT_TRUE(fake().last_call_had_deadline());
 }
 
@@ -432,7 +473,10 @@ TEST_F(ClientTest, ConcurrentCallsFromManyThreads_AllSucceed) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kPerThread; ++i) {
         const std::string token = absl::StrCat("t", t, "-", i);
-        if (!client_->RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok() ||
+        if (!client_
+                 ->RegisterProducer(MakeProducer(token, "n1", "0000:3b:00.1", 3,
+                                                 v1::IRQ_INDEX_MSIX))
+                 .ok() ||
             !client_->GetBinding(token).ok()) {
           ++failures;
         }
@@ -478,8 +522,8 @@ TEST_F(FailoverTest, StandbyNamesTheLeader_CallGoesThereAndStays) {
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(
       standby_->address() + "," + leader_->address(), ClientOptions());
   ASSERT_TRUE(client.ok()) << client.status();
-  absl::StatusOr<RegisterResult> result =
-      (*client)->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX), "id-1");
+  absl::StatusOr<RegisterResult> result = (*client)->RegisterProducer(
+      MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX), "id-1");
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(standby_->service().calls(), 1);
   EXPECT_EQ(leader_->service().request_ids(), std::vector<std::string>{"id-1"});
@@ -490,10 +534,13 @@ TEST_F(FailoverTest, StandbyNamesTheLeader_CallGoesThereAndStays) {
 }
 
 TEST_F(FailoverTest, UnreachableReplica_Skipped) {
-  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(
-      "127.0.0.1:1," + leader_->address(), ClientOptions());
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Create("127.0.0.1:1," + leader_->address(), ClientOptions());
   ASSERT_TRUE(client.ok()) << client.status();
-  EXPECT_TRUE((*client)->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3, v1::IRQ_INDEX_MSIX)).ok());
+  EXPECT_TRUE((*client)
+                  ->RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1", 3,
+                                                  v1::IRQ_INDEX_MSIX))
+                  .ok());
   EXPECT_EQ(leader_->service().calls(), 1);
 }
 
@@ -503,8 +550,8 @@ TEST_F(FailoverTest, NoLeaderWithinFailoverTimeout_NotLeaderReturned) {
   ClientOptions options;
   options.failover_timeout = absl::Milliseconds(300);
   options.retry_backoff = absl::Milliseconds(20);
-  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(
-      standby_->address() + "," + leader_->address(), options);
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Create(standby_->address() + "," + leader_->address(), options);
   ASSERT_TRUE(client.ok()) << client.status();
   absl::StatusOr<irqbypass::v1::Binding> got = (*client)->GetBinding("t1");
   EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable);

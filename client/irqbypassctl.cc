@@ -257,7 +257,8 @@ absl::Status RunNodes(const Invocation& inv) {
 }
 
 absl::Status RunNode(const Invocation& inv) {
-  absl::StatusOr<v1::Node> node = inv.client->GetNode(absl::GetFlag(FLAGS_node));
+  absl::StatusOr<v1::Node> node =
+      inv.client->GetNode(absl::GetFlag(FLAGS_node));
   if (!node.ok()) return node.status();
   Print(inv.output == OutputFormat::kJson ? FormatJson(*node)
                                           : FormatNodeText(*node));

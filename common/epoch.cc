@@ -26,7 +26,7 @@ struct Record {
   // The global epoch when `retired` was last collected (readable by others:
   // a record whose owner keeps collecting is left to it).
   std::atomic<uint64_t> last_collect{0};
-  Record* next = nullptr;          // immutable once the record is published
+  Record* next = nullptr;  // immutable once the record is published
 
   // Owner thread only.
   int depth = 0;
@@ -164,9 +164,9 @@ std::vector<Retired> TakeReady(Record* r, uint64_t now) {
   // had entered it at e + 1 or later, that is after the unlink; a guard
   // entered later still cannot find the node either. So e + 2 <= now is safe.
   std::vector<Retired> ready;
-  auto keep = std::partition(
-      r->retired.begin(), r->retired.end(),
-      [now](const Retired& x) { return x.epoch + 2 > now; });
+  auto keep =
+      std::partition(r->retired.begin(), r->retired.end(),
+                     [now](const Retired& x) { return x.epoch + 2 > now; });
   ready.assign(keep, r->retired.end());
   r->retired.erase(keep, r->retired.end());
   // While a guard holds the epoch back, collecting on every retirement would

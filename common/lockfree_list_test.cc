@@ -25,7 +25,8 @@ void Insert(std::atomic<uintptr_t>& head, Node* node) {
   while (true) {
     epoch::Guard guard;
     uintptr_t first;
-    FindInList<Node>(head, [](const Node&) { return false; }, &first);
+    FindInList<Node>(
+        head, [](const Node&) { return false; }, &first);
     node->next.store(first, std::memory_order_relaxed);
     if (head.compare_exchange_strong(first, LinkOf(node))) return;
   }
@@ -55,8 +56,8 @@ TEST(LockFreeListTest, InsertRemoveFind_Sequential) {
   EXPECT_EQ(LiveValues(head), (std::set<int>{0, 1, 3}));
   epoch::Guard guard;
   uintptr_t first;
-  Node* found =
-      FindInList<Node>(head, [](const Node& n) { return n.value == 1; }, &first);
+  Node* found = FindInList<Node>(
+      head, [](const Node& n) { return n.value == 1; }, &first);
   ASSERT_NE(found, nullptr);
   EXPECT_EQ(found->value, 1);
   EXPECT_EQ(NodeOf<Node>(first)->value, 3);  // the new head
@@ -97,7 +98,8 @@ TEST(LockFreeListTest, HeadInsertsRacingHeadUnlinks_NothingLostNothingRevived) {
   // And the list holds no marked node a walk would not unlink.
   epoch::Guard guard;
   uintptr_t first;
-  FindInList<Node>(head, [](const Node&) { return false; }, &first);
+  FindInList<Node>(
+      head, [](const Node&) { return false; }, &first);
   size_t linked = 0;
   for (uintptr_t link = head.load(); link != 0;
        link = NodeOf<Node>(link)->next.load() & ~kRemoved) {
@@ -107,9 +109,8 @@ TEST(LockFreeListTest, HeadInsertsRacingHeadUnlinks_NothingLostNothingRevived) {
   EXPECT_EQ(linked, want.size());
   // Clean up: remove what is left (retired, freed by later collections).
   std::vector<Node*> left;
-  ForEachInList<Node>(head, [&](const Node& n) {
-    left.push_back(const_cast<Node*>(&n));
-  });
+  ForEachInList<Node>(
+      head, [&](const Node& n) { left.push_back(const_cast<Node*>(&n)); });
   for (Node* n : left) RemoveFromList(head, n);
   EXPECT_EQ(head.load(), 0u);
 }

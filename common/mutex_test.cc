@@ -25,7 +25,8 @@ TEST(MutexTest, AwaitReturnsAtOnceWhenTheConditionHolds) {
   Guarded g;
   g.Set(1);
   MutexLock lock(&g.mu);
-  g.mu.Await([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(g.mu) { return g.value == 1; });
+  g.mu.Await([&]()
+                 ABSL_EXCLUSIVE_LOCKS_REQUIRED(g.mu) { return g.value == 1; });
   EXPECT_EQ(g.value, 1);
 }
 

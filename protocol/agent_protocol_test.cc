@@ -22,10 +22,9 @@ TEST(AgentProtocolTest, ConnectSteps_TheContractsOrder) {
   v1::Command command;
   AddConnectSteps(&command);
   EXPECT_EQ(Names(command),
-            (std::vector<std::string>{"stop_producer", "stop_consumer",
-                                      "add_consumer/del_consumer",
-                                      "add_producer", "start_consumer!",
-                                      "start_producer!"}));
+            (std::vector<std::string>{
+                "stop_producer", "stop_consumer", "add_consumer/del_consumer",
+                "add_producer", "start_consumer!", "start_producer!"}));
 }
 
 TEST(AgentProtocolTest, DisconnectSteps_TheContractsOrder) {

@@ -316,7 +316,6 @@ absl::Status ConnectAckToStatus(absl::string_view token,
       ctx);
 }
 
-
 AgentRegistry::AgentRegistry(Options options) : options_(options) {}
 
 AgentRegistry::~AgentRegistry() { Shutdown(); }
@@ -344,10 +343,9 @@ std::vector<AgentRegistry::NodeStatus> AgentRegistry::NodeStatuses() const {
       out.push_back(StatusLocked(node, info));
     }
   }
-  std::sort(out.begin(), out.end(),
-            [](const NodeStatus& a, const NodeStatus& b) {
-              return a.node < b.node;
-            });
+  std::sort(
+      out.begin(), out.end(),
+      [](const NodeStatus& a, const NodeStatus& b) { return a.node < b.node; });
   return out;
 }
 
@@ -557,8 +555,8 @@ void AgentRegistry::ReconcileSession(std::shared_ptr<AgentSession> session,
   if (matcher_ != nullptr) {
     BoundDispatcher via(*this, session);
     r = matcher_->Reconcile(session->node(), wired, via, [this, &session] {
-      return !session->closed() && (options_.leadership == nullptr ||
-                                    options_.leadership->leading());
+      return !session->closed() &&
+             (options_.leadership == nullptr || options_.leadership->leading());
     });
     if (options_.metrics != nullptr) {
       options_.metrics->CommandsRetried(AgentCommand::kConnect,

@@ -26,8 +26,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
-#include "protos/irqbypass/v1/agent.grpc.pb.h"
 #include "protocol/agent_protocol.h"
+#include "protos/irqbypass/v1/agent.grpc.pb.h"
 #include "service/agent_dispatcher.h"
 #include "service/leadership.h"
 #include "service/matcher.h"
@@ -104,8 +104,7 @@ class AgentRegistry final : public AgentDispatcher,
   class AgentSession;
   class BoundDispatcher;
 
-  using Stream =
-      grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>;
+  using Stream = grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>;
   // Session, step by step: the hello (validated) and its inventory; the
   // session made the node's latest (the one it replaces ended); its
   // reconciliation (on its own thread); the acks it reads until the stream

@@ -23,8 +23,7 @@ template <typename Request>
 absl::StatusOr<CallId> CallIdOf(const Request& request) {
   CallId call;
   if (request.request_id().empty()) return call;
-  if (auto s = ValidateRequestId("request_id", request.request_id());
-      !s.ok()) {
+  if (auto s = ValidateRequestId("request_id", request.request_id()); !s.ok()) {
     return s;
   }
   Request rest = request;

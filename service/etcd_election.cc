@@ -25,9 +25,9 @@ absl::StatusOr<std::unique_ptr<EtcdElection>> EtcdElection::Create(
         "leader)");
   }
   if (options.ttl < absl::Seconds(2)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "leader_lease_ttl: ", absl::FormatDuration(options.ttl),
-        " is under etcd's shortest lease, 2s"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("leader_lease_ttl: ", absl::FormatDuration(options.ttl),
+                     " is under etcd's shortest lease, 2s"));
   }
   if (options.key.empty()) {
     return absl::InvalidArgumentError("leader key: empty");
@@ -62,8 +62,8 @@ int64_t EtcdElection::lease_id() const {
 
 absl::Status EtcdElection::Grant() {
   etcdserverpb::LeaseGrantRequest request;
-  request.set_ttl(static_cast<int64_t>(
-      std::ceil(absl::ToDoubleSeconds(options_.ttl))));
+  request.set_ttl(
+      static_cast<int64_t>(std::ceil(absl::ToDoubleSeconds(options_.ttl))));
   etcdserverpb::LeaseGrantResponse response;
   grpc::ClientContext context;
   SetDeadline(&context);
@@ -86,10 +86,10 @@ absl::Status EtcdElection::Grant() {
     lease_ = response.id();
     lease_lost_ = false;
   }
-  keepalive_ = std::thread(
-      [this, id = response.id(), expires = sent + absl::Seconds(response.ttl())] {
-        KeepAliveLoop(id, expires);
-      });
+  keepalive_ = std::thread([this, id = response.id(),
+                            expires = sent + absl::Seconds(response.ttl())] {
+    KeepAliveLoop(id, expires);
+  });
   return absl::OkStatus();
 }
 
@@ -110,8 +110,9 @@ void EtcdElection::KeepAliveLoop(int64_t lease, absl::Time expires) {
       keepalive_context_ = &context;
     }
     const absl::Time sent = absl::Now();
-    std::unique_ptr<grpc::ClientReaderWriter<etcdserverpb::LeaseKeepAliveRequest,
-                                             etcdserverpb::LeaseKeepAliveResponse>>
+    std::unique_ptr<
+        grpc::ClientReaderWriter<etcdserverpb::LeaseKeepAliveRequest,
+                                 etcdserverpb::LeaseKeepAliveResponse>>
         stream = lease_stub_->LeaseKeepAlive(&context);
     etcdserverpb::LeaseKeepAliveRequest request;
     request.set_id(lease);
@@ -206,7 +207,8 @@ absl::StatusOr<uint64_t> EtcdElection::Campaign(
       const mvccpb::KeyValue& kv =
           response.responses(0).response_range().kvs(0);
       // Our own key from an attempt whose answer was lost.
-      if (kv.lease() == lease) epoch = static_cast<uint64_t>(kv.create_revision());
+      if (kv.lease() == lease)
+        epoch = static_cast<uint64_t>(kv.create_revision());
       leader = kv.value();
     }
     if (epoch != 0) {
@@ -249,9 +251,10 @@ void EtcdElection::Resign() {
                        std::chrono::seconds(2));
   grpc::Status s = lease_stub_->LeaseRevoke(&context, request, &response);
   if (!s.ok()) {
-    LogWarn("resigning: revoking the etcd lease failed; a standby takes over "
-            "once it expires",
-            {{"error", s.error_message()}});
+    LogWarn(
+        "resigning: revoking the etcd lease failed; a standby takes over "
+        "once it expires",
+        {{"error", s.error_message()}});
   }
 }
 

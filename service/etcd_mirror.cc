@@ -86,8 +86,7 @@ void EtcdMirror::ResumeForTest() {
   paused_ = false;
 }
 
-void EtcdMirror::ApplyLocked(const std::string& key,
-                             const std::string* value) {
+void EtcdMirror::ApplyLocked(const std::string& key, const std::string* value) {
   bad_.erase(key);  // this put or delete replaces what was there
   if (absl::StartsWith(key, "b/")) {
     const std::string token = key.substr(2);
@@ -146,8 +145,7 @@ bool EtcdMirror::List() {
     grpc::Status s = kv_->Range(&context, request, &response);
     if (!s.ok()) {
       // etcd unreachable, or it compacted past `at` meanwhile: again.
-      LogDebug("standby copy: listing failed",
-               {{"error", s.error_message()}});
+      LogDebug("standby copy: listing failed", {{"error", s.error_message()}});
       return false;
     }
     if (at == 0) at = response.header().revision();
@@ -166,10 +164,9 @@ bool EtcdMirror::List() {
   for (const auto& [k, v] : kvs) ApplyLocked(k, &v);
   revision_ = at;
   ++lists_;
-  LogInfo("standby copy listed",
-          {{"tokens", absl::StrCat(bindings_.size())},
-           {"etcd_revision", absl::StrCat(at)},
-           {"lists", absl::StrCat(lists_)}});
+  LogInfo("standby copy listed", {{"tokens", absl::StrCat(bindings_.size())},
+                                  {"etcd_revision", absl::StrCat(at)},
+                                  {"lists", absl::StrCat(lists_)}});
   return true;
 }
 
@@ -197,10 +194,10 @@ bool EtcdMirror::Watch() {
     etcdserverpb::WatchResponse response;
     while (stream->Read(&response)) {
       if (response.compact_revision() > 0) {
-        LogWarn("standby copy: etcd compacted past it; listing again",
-                {{"needed", absl::StrCat(from)},
-                 {"compact_revision",
-                  absl::StrCat(response.compact_revision())}});
+        LogWarn(
+            "standby copy: etcd compacted past it; listing again",
+            {{"needed", absl::StrCat(from)},
+             {"compact_revision", absl::StrCat(response.compact_revision())}});
         compacted = true;
         break;
       }
@@ -208,8 +205,7 @@ bool EtcdMirror::Watch() {
       MutexLock lock(&mu_);
       int64_t at = revision_;
       for (const mvccpb::Event& event : response.events()) {
-        const std::string key =
-            event.kv().key().substr(options_.prefix.size());
+        const std::string key = event.kv().key().substr(options_.prefix.size());
         ApplyLocked(key, event.type() == mvccpb::Event::PUT
                              ? &event.kv().value()
                              : nullptr);
@@ -288,10 +284,10 @@ absl::StatusOr<MirrorCopy> EtcdMirror::Take(int64_t etcd_revision,
       return absl::CancelledError("the standby copy was stopped");
     }
     if (!reached || revision_ < etcd_revision) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "the standby copy reached etcd revision ", revision_,
-          ", not the election's ", etcd_revision, " within ",
-          absl::FormatDuration(timeout)));
+      return absl::DeadlineExceededError(
+          absl::StrCat("the standby copy reached etcd revision ", revision_,
+                       ", not the election's ", etcd_revision, " within ",
+                       absl::FormatDuration(timeout)));
     }
     if (!bad_.empty()) {
       const auto& [key, why] = *bad_.begin();
@@ -322,7 +318,8 @@ absl::StatusOr<MirrorCopy> EtcdMirror::Take(int64_t etcd_revision,
   std::sort(requests.begin(), requests.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
   copy.requests.reserve(requests.size());
-  for (auto& [key, record] : requests) copy.requests.push_back(std::move(record));
+  for (auto& [key, record] : requests)
+    copy.requests.push_back(std::move(record));
   return copy;
 }
 

@@ -56,7 +56,9 @@ class EtcdMirrorTest : public ::testing::Test {
     etcd_ = nullptr;
   }
 
-  std::string Prefix(const std::string& name) { return "/mirror/" + name + "/"; }
+  std::string Prefix(const std::string& name) {
+    return "/mirror/" + name + "/";
+  }
 
   std::unique_ptr<EtcdStore> OpenStore(const std::string& name) {
     EtcdStoreOptions options;
@@ -128,9 +130,10 @@ class EtcdMirrorTest : public ::testing::Test {
     // The same outcomes in the same (expiry) order.
     std::vector<std::string> requests, mirrored_requests;
     ASSERT_TRUE(store
-                    .LoadRequests(0, [&](RequestRecord r) {
-                      requests.push_back(EncodeRequest(r));
-                    })
+                    .LoadRequests(0,
+                                  [&](RequestRecord r) {
+                                    requests.push_back(EncodeRequest(r));
+                                  })
                     .ok());
     for (const RequestRecord& r : copy.requests) {
       mirrored_requests.push_back(EncodeRequest(r));
@@ -222,17 +225,16 @@ TEST_F(EtcdMirrorTest, FollowsWritesBeforeAndAfterStart_TakeIsWhatEtcdHolds) {
 TEST_F(EtcdMirrorTest, FellBehind_CatchesUpFromTheWatchWithoutListing) {
   auto store = OpenStore("behind");
   auto mirror = StartMirror("behind");
-  ASSERT_TRUE(::irqbypass::testing::Eventually(
-      [&] { return mirror->revision() > 0; }));
+  ASSERT_TRUE(
+      ::irqbypass::testing::Eventually([&] { return mirror->revision() > 0; }));
   mirror->PauseForTest();
   // Many revisions for one catch-up (etcd sends them in large messages).
   std::vector<std::thread> writers;
   for (int t = 0; t < 4; ++t) {
-    writers.emplace_back(
-        [&, t] {
-          uint64_t r = 1000000 * (t + 1);
-          WriteSome(*store, t * 800, (t + 1) * 800, &r);
-        });
+    writers.emplace_back([&, t] {
+      uint64_t r = 1000000 * (t + 1);
+      WriteSome(*store, t * 800, (t + 1) * 800, &r);
+    });
   }
   for (auto& th : writers) th.join();
   mirror->ResumeForTest();
@@ -248,17 +250,16 @@ TEST_F(EtcdMirrorTest, EtcdCompactedPastTheCopy_ListsAgainAndIsExact) {
   uint64_t revision = 0;
   WriteSome(*store, 0, 100, &revision);
   auto mirror = StartMirror("compacted");
-  ASSERT_TRUE(::irqbypass::testing::Eventually(
-      [&] { return mirror->bindings() > 0; }));
+  ASSERT_TRUE(
+      ::irqbypass::testing::Eventually([&] { return mirror->bindings() > 0; }));
   mirror->PauseForTest();
   WriteSome(*store, 100, 200, &revision);
   for (int i = 0; i < 100; i += 2) {  // removals the copy never sees
     BindingState removed;
     removed.revision = ++revision;
-    ASSERT_TRUE(store
-                    ->WriteAndWait(
-                        StoreChange{"t" + std::to_string(i), removed})
-                    .ok());
+    ASSERT_TRUE(
+        store->WriteAndWait(StoreChange{"t" + std::to_string(i), removed})
+            .ok());
   }
   CompactAll();
   mirror->ResumeForTest();
@@ -272,10 +273,10 @@ TEST_F(EtcdMirrorTest, EtcdCompactedPastTheCopy_ListsAgainAndIsExact) {
 
 TEST_F(EtcdMirrorTest, ElectionRevisionNotReached_DeadlineExceeded) {
   auto mirror = StartMirror("ahead");
-  ASSERT_TRUE(::irqbypass::testing::Eventually(
-      [&] { return mirror->revision() > 0; }));
-  auto copy = mirror->Take(mirror->revision() + 1000000,
-                           absl::Milliseconds(300));
+  ASSERT_TRUE(
+      ::irqbypass::testing::Eventually([&] { return mirror->revision() > 0; }));
+  auto copy =
+      mirror->Take(mirror->revision() + 1000000, absl::Milliseconds(300));
   EXPECT_EQ(copy.status().code(), absl::StatusCode::kDeadlineExceeded)
       << copy.status();
 }
@@ -320,12 +321,12 @@ TEST_F(EtcdMirrorTest, NeverListed_TakeRefusedAtOnce) {
 
 TEST_F(EtcdMirrorTest, CancelledWhileTakeWaits_TakeReturnsCancelled) {
   auto mirror = StartMirror("cancel");
-  ASSERT_TRUE(::irqbypass::testing::Eventually(
-      [&] { return mirror->lists() > 0; }));
+  ASSERT_TRUE(
+      ::irqbypass::testing::Eventually([&] { return mirror->lists() > 0; }));
   absl::Status got;
   std::thread taker([&] {
-    got = mirror->Take(mirror->revision() + 1000000, absl::Seconds(30))
-              .status();
+    got =
+        mirror->Take(mirror->revision() + 1000000, absl::Seconds(30)).status();
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   mirror->Cancel();

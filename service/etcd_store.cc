@@ -25,10 +25,9 @@ constexpr int EtcdStore::kWriters;
 namespace {
 
 std::string RequestKey(int64_t expires_unix_micros, const std::string& id) {
-  return absl::StrFormat("r/%016x/%s",
-                         static_cast<uint64_t>(std::max<int64_t>(
-                             0, expires_unix_micros)),
-                         id);
+  return absl::StrFormat(
+      "r/%016x/%s",
+      static_cast<uint64_t>(std::max<int64_t>(0, expires_unix_micros)), id);
 }
 
 std::string RequestKeyBound(int64_t expires_unix_micros) {
@@ -93,8 +92,8 @@ absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(
   if (!target.ok()) return target.status();
   std::unique_ptr<EtcdStore> store(new EtcdStore(options));
   store->target_ = *std::move(target);
-  store->kv_ = etcdserverpb::KV::NewStub(grpc::CreateChannel(
-      store->target_, grpc::InsecureChannelCredentials()));
+  store->kv_ = etcdserverpb::KV::NewStub(
+      grpc::CreateChannel(store->target_, grpc::InsecureChannelCredentials()));
   if (options.require_answer) {
     if (absl::Status s = store->EnsureMark(); !s.ok()) return s;
   }
@@ -118,9 +117,9 @@ absl::Status EtcdStore::EnsureMark() {
   context.set_wait_for_ready(true);
   grpc::Status s = kv_->Txn(&context, txn, &response);
   if (!s.ok()) {
-    return absl::UnavailableError(absl::StrCat(
-        "etcd at ", absl::StrJoin(options_.endpoints, ","),
-        " did not answer: ", s.error_message()));
+    return absl::UnavailableError(
+        absl::StrCat("etcd at ", absl::StrJoin(options_.endpoints, ","),
+                     " did not answer: ", s.error_message()));
   }
   return absl::OkStatus();
 }
@@ -146,10 +145,9 @@ absl::Status EtcdStore::RangeAll(
     SetDeadline(&context);
     grpc::Status s = kv_->Range(&context, request, &response);
     if (!s.ok()) {
-      return MakeError(absl::StatusCode::kUnavailable,
-                       ErrorReason::kStoreUnavailable,
-                       absl::StrCat("etcd store: range: ", s.error_message()),
-                       {});
+      return MakeError(
+          absl::StatusCode::kUnavailable, ErrorReason::kStoreUnavailable,
+          absl::StrCat("etcd store: range: ", s.error_message()), {});
     }
     for (const mvccpb::KeyValue& kv : response.kvs()) {
       absl::Status taken =
@@ -213,28 +211,28 @@ absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
   }
   etcdserverpb::TxnRequest txn;
   uint64_t revision = 0;
-  auto add_ops = [&](google::protobuf::RepeatedPtrField<etcdserverpb::RequestOp>*
-                         ops) {
-    for (const StoreChange& change : changes) {
-      const std::string key =
-          absl::StrCat(options_.prefix, "b/", change.token);
-      if (change.state.empty()) {
-        ops->Add()->mutable_request_delete_range()->set_key(key);
-        revision = std::max(revision, change.state.revision);
-      } else {
-        etcdserverpb::PutRequest* put = ops->Add()->mutable_request_put();
-        put->set_key(key);
-        put->set_value(EncodeBinding(change.state));
-      }
-      if (change.request != nullptr) {
-        etcdserverpb::PutRequest* put = ops->Add()->mutable_request_put();
-        put->set_key(options_.prefix +
-                     RequestKey(change.request->expires_unix_micros,
-                                change.request->id));
-        put->set_value(EncodeRequest(*change.request));
-      }
-    }
-  };
+  auto add_ops =
+      [&](google::protobuf::RepeatedPtrField<etcdserverpb::RequestOp>* ops) {
+        for (const StoreChange& change : changes) {
+          const std::string key =
+              absl::StrCat(options_.prefix, "b/", change.token);
+          if (change.state.empty()) {
+            ops->Add()->mutable_request_delete_range()->set_key(key);
+            revision = std::max(revision, change.state.revision);
+          } else {
+            etcdserverpb::PutRequest* put = ops->Add()->mutable_request_put();
+            put->set_key(key);
+            put->set_value(EncodeBinding(change.state));
+          }
+          if (change.request != nullptr) {
+            etcdserverpb::PutRequest* put = ops->Add()->mutable_request_put();
+            put->set_key(options_.prefix +
+                         RequestKey(change.request->expires_unix_micros,
+                                    change.request->id));
+            put->set_value(EncodeRequest(*change.request));
+          }
+        }
+      };
   // The highest revision ever written is the highest of the stored
   // bindings' and of the removals' (Load): only a removal raises the mark,
   // and only when it is higher, so concurrent writers never lower it.
@@ -277,11 +275,9 @@ absl::Status EtcdStore::WriteChunk(absl::Span<const StoreChange> changes) {
     // replica's state may now differ from etcd's, so it steps down and the
     // next leader (maybe itself again) loads what etcd holds.
     if (fenced) StepDown("an etcd write failed with an unknown outcome");
-    return MakeError(absl::StatusCode::kUnavailable,
-                     ErrorReason::kStoreUnavailable,
-                     absl::StrCat("etcd store: write failed: ",
-                                  s.error_message()),
-                     ctx);
+    return MakeError(
+        absl::StatusCode::kUnavailable, ErrorReason::kStoreUnavailable,
+        absl::StrCat("etcd store: write failed: ", s.error_message()), ctx);
   }
   if (fenced && !response.succeeded()) return Fenced(ctx);
   return absl::OkStatus();
@@ -334,11 +330,11 @@ void EtcdStore::Write(absl::Span<const StoreChange> changes,
   }
   if (changes.size() > kChangesPerTxn) {
     // One call is one transaction, so that it stays all-or-none.
-    done(absl::InvalidArgumentError(absl::StrCat(
-        "etcd store: a write of ", changes.size(),
-        " changes exceeds the ", kChangesPerTxn,
-        " one transaction holds (etcd allows 128 operations per "
-        "transaction); nothing was written")));
+    done(absl::InvalidArgumentError(
+        absl::StrCat("etcd store: a write of ", changes.size(),
+                     " changes exceeds the ", kChangesPerTxn,
+                     " one transaction holds (etcd allows 128 operations per "
+                     "transaction); nothing was written")));
     return;
   }
   // Group commit: concurrent calls share transactions. A waiting call
@@ -352,8 +348,9 @@ void EtcdStore::Write(absl::Span<const StoreChange> changes,
   batch_mu_.Lock();
   queue_.push_back(&me);
   while (true) {
-    batch_mu_.Await(
-        [&me]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch_mu_) { return me.Ready(); });
+    batch_mu_.Await([&me]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch_mu_) {
+      return me.Ready();
+    });
     if (me.done) break;
     // Become a writer: take the oldest waiting calls, this one among them.
     ++writers_;

@@ -35,8 +35,8 @@
 #define IRQBYPASS_SERVICE_ETCD_STORE_H_
 
 #include <atomic>
-#include <deque>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -70,7 +70,8 @@ struct EtcdStoreOptions {
 // The gRPC target for `endpoints` ("http://host:port" or "host:port"):
 // "ipv4:a,b,c" when all are IPv4 literals (gRPC then moves to the next
 // member when one fails), else the first. INVALID_ARGUMENT naming a bad one.
-absl::StatusOr<std::string> EtcdTarget(const std::vector<std::string>& endpoints);
+absl::StatusOr<std::string> EtcdTarget(
+    const std::vector<std::string>& endpoints);
 
 class EtcdStore final : public Store {
  public:

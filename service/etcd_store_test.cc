@@ -75,8 +75,9 @@ class EtcdStoreTest : public ::testing::Test {
     static auto* stub = [] {
       auto target = EtcdTarget(etcd_->endpoints());
       EXPECT_TRUE(target.ok());
-      return etcdserverpb::KV::NewStub(grpc::CreateChannel(
-                 *target, grpc::InsecureChannelCredentials()))
+      return etcdserverpb::KV::NewStub(
+                 grpc::CreateChannel(*target,
+                                     grpc::InsecureChannelCredentials()))
           .release();
     }();
     return *stub;
@@ -142,8 +143,8 @@ TEST_F(EtcdStoreTest, ConcurrentWriters_MarkIsTheMaximum_ManyPagesLoaded) {
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 200; ++i) {
-        const std::string token = "t" + std::to_string(t) + "-" +
-                                  std::to_string(i);
+        const std::string token =
+            "t" + std::to_string(t) + "-" + std::to_string(i);
         EXPECT_TRUE(store
                         ->WriteAndWait(StoreChange{
                             token, Paired(i, revision.fetch_add(1) + 1)})
@@ -199,8 +200,8 @@ TEST_F(EtcdStoreTest, GroupCommit_MixedCalls_EachAnsweredOnceAllKept) {
         auto write = [&](const BindingState& st) {
           int answers = 0;
           absl::Status got;
-          store->Write(absl::MakeConstSpan(std::vector<StoreChange>{
-                           StoreChange{token, st}}),
+          store->Write(absl::MakeConstSpan(
+                           std::vector<StoreChange>{StoreChange{token, st}}),
                        [&](absl::Status s) {
                          ++answers;
                          got = std::move(s);
@@ -315,8 +316,7 @@ TEST_F(EtcdStoreTest, RequestOutcomes_LoadedUntilExpiredThenPruned) {
   r.token = "a";
   r.registration_id = 42;
   r.expires_unix_micros = 2000;
-  ASSERT_TRUE(
-      store->WriteAndWait(StoreChange{"a", Paired(1, 1), &r}).ok());
+  ASSERT_TRUE(store->WriteAndWait(StoreChange{"a", Paired(1, 1), &r}).ok());
   std::vector<RequestRecord> got;
   auto collect = [&](RequestRecord rec) { got.push_back(std::move(rec)); };
   ASSERT_TRUE(store->LoadRequests(1000, collect).ok());

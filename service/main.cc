@@ -30,13 +30,13 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "service/agent_registry.h"
 #include "service/bypass_service.h"
-#include "service/matcher.h"
-#include "service/request_log.h"
-#include "service/metrics_endpoint.h"
 #include "service/etcd_election.h"
 #include "service/etcd_mirror.h"
 #include "service/etcd_store.h"
 #include "service/leadership.h"
+#include "service/matcher.h"
+#include "service/metrics_endpoint.h"
+#include "service/request_log.h"
 #include "service/rocksdb_store.h"
 #include "service/rpc_metrics_interceptor.h"
 #include "service/server_options.h"
@@ -131,7 +131,8 @@ int Run() {
   }
   if (absl::GetFlag(FLAGS_request_id_ttl) <= absl::ZeroDuration() ||
       absl::GetFlag(FLAGS_request_id_max) < 1) {
-    return Fail("--request_id_ttl: must be positive; --request_id_max: at least 1");
+    return Fail(
+        "--request_id_ttl: must be positive; --request_id_max: at least 1");
   }
   const absl::Duration timeout = absl::GetFlag(FLAGS_agent_command_timeout);
   if (timeout <= absl::ZeroDuration()) {
@@ -154,9 +155,8 @@ int Run() {
   std::unique_ptr<EtcdMirror> mirror;  // a standby's warm copy
   if (store_kind == "etcd") {
     EtcdStoreOptions etcd_options;
-    etcd_options.endpoints =
-        absl::StrSplit(absl::GetFlag(FLAGS_etcd_endpoints), ',',
-                       absl::SkipEmpty());
+    etcd_options.endpoints = absl::StrSplit(absl::GetFlag(FLAGS_etcd_endpoints),
+                                            ',', absl::SkipEmpty());
     etcd_options.prefix = absl::GetFlag(FLAGS_etcd_prefix);
     if (etcd_options.prefix.empty()) return Fail("--etcd_prefix: empty");
     etcd_options.on_step_down = RequestStepDown;
@@ -164,7 +164,8 @@ int Run() {
     etcd_options.require_answer = false;
     auto opened = EtcdStore::Open(etcd_options);
     if (!opened.ok()) {
-      return Fail(absl::StrCat("--etcd_endpoints: ", opened.status().message()));
+      return Fail(
+          absl::StrCat("--etcd_endpoints: ", opened.status().message()));
     }
     etcd = *std::move(opened);
     if (absl::GetFlag(FLAGS_warm_standby)) {
@@ -190,9 +191,10 @@ int Run() {
     RocksDbStoreOptions store_options;
     store_options.dir = data_dir;
     store_options.on_failure = [&store_failed](const absl::Status& error) {
-      LogWarn("durable store failed: refusing every change from now on; "
-              "health is NOT_SERVING until irqbypassd is restarted",
-              {{"error", error.ToString()}});
+      LogWarn(
+          "durable store failed: refusing every change from now on; "
+          "health is NOT_SERVING until irqbypassd is restarted",
+          {{"error", error.ToString()}});
       store_failed.store(true);
     };
     auto opened = RocksDbStore::Open(store_options);
@@ -207,8 +209,8 @@ int Run() {
   } else {
     return Fail("--store: expected embedded|etcd|memory");
   }
-  Store* store = rocks != nullptr ? static_cast<Store*>(rocks.get())
-                                  : etcd.get();
+  Store* store =
+      rocks != nullptr ? static_cast<Store*>(rocks.get()) : etcd.get();
 
   // --store=etcd: one of several replicas, a standby until elected.
   Leadership leadership(/*standby=*/etcd != nullptr);
@@ -249,9 +251,8 @@ int Run() {
       restored = etcd->EnsureMark();
       if (restored.ok()) {
         restored = index.Restore(
-            [copy](const std::function<absl::Status(std::string,
-                                                    BindingState)>& fn)
-                -> absl::StatusOr<uint64_t> {
+            [copy](const std::function<absl::Status(std::string, BindingState)>&
+                       fn) -> absl::StatusOr<uint64_t> {
               for (auto& [token, state] : copy->bindings) {
                 absl::Status s = fn(std::move(token), std::move(state));
                 if (!s.ok()) return s;
@@ -296,11 +297,10 @@ int Run() {
              {"tokens", absl::StrCat(counts.tokens)},
              {"connected", absl::StrCat(counts.connected)},
              {"revision", absl::StrCat(index.revision())},
-             {"ms", absl::StrCat(std::chrono::duration_cast<
-                                     std::chrono::milliseconds>(
-                                     std::chrono::steady_clock::now() -
-                                     load_start)
-                                     .count())}});
+             {"ms", absl::StrCat(
+                        std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now() - load_start)
+                            .count())}});
     return absl::OkStatus();
   };
   if (store != nullptr && etcd == nullptr) {
@@ -377,9 +377,8 @@ int Run() {
   auto step_down = [](const char* why) { RequestStepDown(why); };
   if (etcd != nullptr) {
     EtcdElectionOptions election_options;
-    election_options.endpoints =
-        absl::StrSplit(absl::GetFlag(FLAGS_etcd_endpoints), ',',
-                       absl::SkipEmpty());
+    election_options.endpoints = absl::StrSplit(
+        absl::GetFlag(FLAGS_etcd_endpoints), ',', absl::SkipEmpty());
     election_options.key = absl::GetFlag(FLAGS_etcd_prefix) + "leader";
     std::string advertise = absl::GetFlag(FLAGS_advertise_address);
     if (advertise.empty()) {
@@ -402,11 +401,12 @@ int Run() {
     election = *std::move(created);
     elector = std::thread([&, key = election_options.key,
                            ttl = election_options.ttl] {
-      absl::StatusOr<uint64_t> epoch =
-          election->Campaign([&leadership](const std::string& leader) {
-            LogInfo("standby", {{"leader", leader.empty() ? "(none)" : leader}});
-            leadership.SetLeaderAddress(leader);
-          });
+      absl::StatusOr<uint64_t> epoch = election->Campaign([&leadership](
+                                                              const std::string&
+                                                                  leader) {
+        LogInfo("standby", {{"leader", leader.empty() ? "(none)" : leader}});
+        leadership.SetLeaderAddress(leader);
+      });
       if (!epoch.ok()) return;  // stopping
       etcd->SetFence(key, static_cast<int64_t>(*epoch));
       // The warm copy, once it has caught up with the election (every
@@ -416,32 +416,33 @@ int Run() {
       if (mirror != nullptr) {
         // The mirror object stays until shutdown (main may Cancel it), but
         // its thread and its copy are gone after Take.
-        absl::StatusOr<MirrorCopy> taken = mirror->Take(
-            static_cast<int64_t>(*epoch), ttl);
+        absl::StatusOr<MirrorCopy> taken =
+            mirror->Take(static_cast<int64_t>(*epoch), ttl);
         if (taken.ok()) {
           copy = *std::move(taken);
         } else if (absl::IsCancelled(taken.status())) {
           return;  // shutting down
         } else {
           mirror->Release();
-          LogWarn("the standby copy cannot be used; reading the state from "
-                  "etcd",
-                  {{"error", taken.status().ToString()}});
+          LogWarn(
+              "the standby copy cannot be used; reading the state from "
+              "etcd",
+              {{"error", taken.status().ToString()}});
         }
       }
       absl::Status s = load_state(copy ? &*copy : nullptr);
       copy.reset();
       if (!s.ok()) {
         LogWarn("elected, but loading the state failed; resigning",
-                 {{"error", s.ToString()}});
+                {{"error", s.ToString()}});
         election->Resign();
         step_down("state not loaded");
         return;
       }
       if (!leadership.Lead(*epoch)) return;  // deposed or stopping meanwhile
       set_ready(true);
-      LogInfo("leading", {{"epoch", absl::StrCat(*epoch)},
-                          {"address", advertise}});
+      LogInfo("leading",
+              {{"epoch", absl::StrCat(*epoch)}, {"address", advertise}});
     });
   }
 
@@ -468,7 +469,8 @@ int Run() {
           set_ready(false);
         }
         if (std::chrono::steady_clock::now() < next_prune) continue;
-        next_prune = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        next_prune =
+            std::chrono::steady_clock::now() + std::chrono::seconds(60);
         if (!leadership.leading()) continue;
         absl::Status pruned = store->PruneRequests(requests.NowUnixMicros());
         if (!pruned.ok()) {
@@ -519,10 +521,10 @@ int Run() {
     std::vector<std::string> args(g_argv.begin(), g_argv.end());
     args.push_back(absl::StrCat("--listen=", listen_host, ":", port));
     if (metrics_listen_port > 0) {
-      args.push_back(absl::StrCat(
-          "--metrics_listen=",
-          metrics_listen.substr(0, metrics_listen.rfind(':')), ":",
-          metrics_listen_port));
+      args.push_back(
+          absl::StrCat("--metrics_listen=",
+                       metrics_listen.substr(0, metrics_listen.rfind(':')), ":",
+                       metrics_listen_port));
     }
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
@@ -539,7 +541,7 @@ int Run() {
     LogInfo("restarting as a standby");
     execv("/proc/self/exe", argv.data());
     LogWarn("re-executing irqbypassd failed; exiting",
-             {{"errno", absl::StrCat(errno)}});
+            {{"errno", absl::StrCat(errno)}});
     return 3;
   }
   LogInfo("stopped");

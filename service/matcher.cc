@@ -314,8 +314,7 @@ absl::StatusOr<T> Matcher::Once(
 absl::StatusOr<RegisterResult> Matcher::RegisterProducer(
     absl::string_view token, ProducerRecord producer, const CallId* call) {
   return Once<RegisterResult>(
-      call, RequestKind::kRegisterProducer, token,
-      [&](RequestRecord* request) {
+      call, RequestKind::kRegisterProducer, token, [&](RequestRecord* request) {
         return Register<ProducerSide>(index_, dispatcher_, token,
                                       std::move(producer), request);
       });
@@ -324,8 +323,7 @@ absl::StatusOr<RegisterResult> Matcher::RegisterProducer(
 absl::StatusOr<RegisterResult> Matcher::RegisterConsumer(
     absl::string_view token, ConsumerRecord consumer, const CallId* call) {
   return Once<RegisterResult>(
-      call, RequestKind::kRegisterConsumer, token,
-      [&](RequestRecord* request) {
+      call, RequestKind::kRegisterConsumer, token, [&](RequestRecord* request) {
         return Register<ConsumerSide>(index_, dispatcher_, token,
                                       std::move(consumer), request);
       });
@@ -432,12 +430,13 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
     if (w.producer.node != node || w.consumer.node != node ||
         !seen.insert(w.token).second) {
       ++result.refused;
-      LogWarn("reconcile: reported wiring refused (another node's, or "
-              "reported twice)",
-              {{"token", w.token},
-               {"node", std::string(node)},
-               {"producer_node", w.producer.node},
-               {"consumer_node", w.consumer.node}});
+      LogWarn(
+          "reconcile: reported wiring refused (another node's, or "
+          "reported twice)",
+          {{"token", w.token},
+           {"node", std::string(node)},
+           {"producer_node", w.producer.node},
+           {"consumer_node", w.consumer.node}});
       continue;
     }
     // Nor is a token that another node holds locked on its word (read
@@ -447,11 +446,12 @@ ReconcileResult Matcher::Reconcile(absl::string_view node,
     const std::optional<BindingState> committed = index_.Get(w.token);
     if (committed.has_value() && committed->node() != node) {
       ++result.disconnected;
-      LogInfo("reconcile: removing stale wiring of a token now on another "
-              "node",
-              {{"token", w.token},
-               {"node", std::string(node)},
-               {"holder_node", committed->node()}});
+      LogInfo(
+          "reconcile: removing stale wiring of a token now on another "
+          "node",
+          {{"token", w.token},
+           {"node", std::string(node)},
+           {"holder_node", committed->node()}});
       via.EndDisconnect(via.BeginDisconnect(w.token, w.producer, w.consumer));
       continue;
     }

@@ -72,13 +72,13 @@ class Matcher {
   // FAILED_PRECONDITION (kNodeMismatch) when the consumer is on another
   // node; otherwise the connect's error, with nothing recorded.
   // The record's registration_id is assigned here.
-  absl::StatusOr<RegisterResult> RegisterProducer(
-      absl::string_view token, ProducerRecord producer,
-      const CallId* call = nullptr);
+  absl::StatusOr<RegisterResult> RegisterProducer(absl::string_view token,
+                                                  ProducerRecord producer,
+                                                  const CallId* call = nullptr);
   // Contract 2, the mirror image.
-  absl::StatusOr<RegisterResult> RegisterConsumer(
-      absl::string_view token, ConsumerRecord consumer,
-      const CallId* call = nullptr);
+  absl::StatusOr<RegisterResult> RegisterConsumer(absl::string_view token,
+                                                  ConsumerRecord consumer,
+                                                  const CallId* call = nullptr);
 
   // Contract 3. registration_id 0 means whatever producer holds the token.
   // NOT_FOUND (kNotRegistered) when no producer holds it;
@@ -117,10 +117,9 @@ class Matcher {
   // Runs `call` (which gets the record to fill, or null) under the request
   // id's rules above.
   template <typename T>
-  absl::StatusOr<T> Once(const CallId* id, RequestKind kind,
-                         absl::string_view token,
-                         const std::function<absl::StatusOr<T>(RequestRecord*)>&
-                             call);
+  absl::StatusOr<T> Once(
+      const CallId* id, RequestKind kind, absl::string_view token,
+      const std::function<absl::StatusOr<T>(RequestRecord*)>& call);
 
   TokenIndex& index_;
   AgentDispatcher& dispatcher_;

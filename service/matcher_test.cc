@@ -5,22 +5,22 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <future>
 #include <map>
 #include <memory>
-#include <condition_variable>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "service/testing/fake_dispatcher.h"
 #include "service/errors.h"
 #include "service/etcd_store.h"
 #include "service/rocksdb_store.h"
 #include "service/store.h"
+#include "service/testing/fake_dispatcher.h"
 #include "tests/etcd_support.h"
 
 namespace irqbypass {
@@ -112,8 +112,8 @@ class NullStore : public Store {
 
 std::string NewTempDir() {
   const char* base = std::getenv("TEST_TMPDIR");
-  std::string path = std::string(base != nullptr ? base : "/tmp") +
-                     "/matcher_test.XXXXXX";
+  std::string path =
+      std::string(base != nullptr ? base : "/tmp") + "/matcher_test.XXXXXX";
   if (mkdtemp(path.data()) == nullptr) std::abort();
   return path;
 }
@@ -155,20 +155,20 @@ class MatcherTest : public ::testing::TestWithParam<StoreKind> {
     } else {
       refusing_ = std::make_unique<RefusingStore>(&null_);
     }
-    index_ = std::make_unique<TokenIndex>(16, nullptr, nullptr,
-                                          refusing_.get());
+    index_ =
+        std::make_unique<TokenIndex>(16, nullptr, nullptr, refusing_.get());
     matcher_ = std::make_unique<Matcher>(*index_, agent_, &requests_);
   }
 
   void TearDown() override {
-    Store* durable = rocks_ != nullptr ? static_cast<Store*>(rocks_.get())
-                                       : etcd_.get();
+    Store* durable =
+        rocks_ != nullptr ? static_cast<Store*>(rocks_.get()) : etcd_.get();
     if (durable == nullptr) return;
     std::map<std::string, BindingState> published;
-    index_->ForEachCommitted([&](const std::string& token,
-                                 const BindingState& st) {
-      published[token] = st;
-    });
+    index_->ForEachCommitted(
+        [&](const std::string& token, const BindingState& st) {
+          published[token] = st;
+        });
     std::map<std::string, BindingState> stored;
     auto loaded = durable->Load([&](std::string token, BindingState st) {
       stored[token] = std::move(st);
@@ -446,7 +446,8 @@ TEST_P(MatcherTest, UnregisterProducer_MatchingRegistrationId_Removes) {
 TEST_P(MatcherTest,
        UnregisterProducer_StaleIdAfterReRegistration_RemovesNothing) {
   auto old_reg = matcher_->RegisterProducer("t1", Prod());
-  ASSERT_TRUE(matcher_->UnregisterProducer("t1", old_reg->registration_id).ok());
+  ASSERT_TRUE(
+      matcher_->UnregisterProducer("t1", old_reg->registration_id).ok());
   auto new_reg = matcher_->RegisterProducer("t1", Prod());
   ASSERT_TRUE(new_reg.ok());
   EXPECT_FALSE(
@@ -573,7 +574,7 @@ TEST_P(MatcherTest, Reconcile_MatchingWiring_Kept) {
   ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
   ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
   auto r = matcher_->Reconcile("n1", {WiredPair{"t1", Prod(), Cons()}}, agent_,
-                              Always);
+                               Always);
   EXPECT_EQ(r.kept, 1);
   EXPECT_EQ(agent_.disconnects(), 0);
   EXPECT_EQ(agent_.connects(), 1);  // only the original connect
@@ -652,11 +653,10 @@ TEST_P(MatcherTest, Reconcile_ReportedPairOfAnotherNode_RefusedNotLocked) {
   // block until the end of this test.
   TokenIndex::TokenLock busy = index_->Lock("theirs");
   auto done = std::async(std::launch::async, [&] {
-    return matcher_->Reconcile(
-        "n1",
-        {WiredPair{"theirs", Prod("n2"), Cons("n2")},
-         WiredPair{"theirs", Prod("n1"), Cons("n2")}},
-        agent_, Always);
+    return matcher_->Reconcile("n1",
+                               {WiredPair{"theirs", Prod("n2"), Cons("n2")},
+                                WiredPair{"theirs", Prod("n1"), Cons("n2")}},
+                               agent_, Always);
   });
   ASSERT_EQ(done.wait_for(std::chrono::seconds(10)), std::future_status::ready);
   const ReconcileResult r = done.get();
@@ -667,10 +667,9 @@ TEST_P(MatcherTest, Reconcile_ReportedPairOfAnotherNode_RefusedNotLocked) {
 }
 
 TEST_P(MatcherTest, Reconcile_SameTokenReportedTwice_TakenOnce) {
-  auto r = matcher_->Reconcile("n1",
-                               {WiredPair{"t1", Prod(), Cons()},
-                                WiredPair{"t1", Prod(), Cons()}},
-                               agent_, Always);
+  auto r = matcher_->Reconcile(
+      "n1", {WiredPair{"t1", Prod(), Cons()}, WiredPair{"t1", Prod(), Cons()}},
+      agent_, Always);
   EXPECT_EQ(r.disconnected, 1);
   EXPECT_EQ(r.refused, 1);
 }
@@ -738,8 +737,8 @@ TEST_P(MatcherTest, Reconcile_NextTokenBusy_ReleasesWhatItHoldsFirst) {
         via, Always);
   });
   stale_sent.get_future().wait();
-  auto took_stale = std::async(std::launch::async,
-                               [&] { return index_->Lock("stale"); });
+  auto took_stale =
+      std::async(std::launch::async, [&] { return index_->Lock("stale"); });
   const bool released = took_stale.wait_for(std::chrono::seconds(10)) ==
                         std::future_status::ready;
   if (released) took_stale.get();  // and released at once
@@ -778,10 +777,10 @@ TEST_P(MatcherTest, Reconcile_Pipelined_UpToWindowCommandsInFlight) {
                     ->RegisterConsumer("held" + std::to_string(i),
                                        Cons("n1", "vm-a", i))
                     .ok());
-    ASSERT_TRUE(matcher_
-                    ->RegisterProducer("held" + std::to_string(i),
-                                       Prod("n1", device))
-                    .ok());
+    ASSERT_TRUE(
+        matcher_
+            ->RegisterProducer("held" + std::to_string(i), Prod("n1", device))
+            .ok());
     // ...and wiring the agent has that is registered nowhere.
     stale.push_back(WiredPair{"stale" + std::to_string(i),
                               Prod("n1", "0000:4b:00.0", i),
@@ -938,9 +937,8 @@ TEST_P(MatcherTest, RequestId_SecondCallWhileFirstRuns_Aborted) {
 #if defined(__SANITIZE_THREAD__)
 #define IRQBYPASS_STORE_KINDS ::testing::Values(StoreKind::kMemory)
 #else
-#define IRQBYPASS_STORE_KINDS                                  \
-  ::testing::Values(StoreKind::kMemory, StoreKind::kEmbedded, \
-                    StoreKind::kEtcd)
+#define IRQBYPASS_STORE_KINDS \
+  ::testing::Values(StoreKind::kMemory, StoreKind::kEmbedded, StoreKind::kEtcd)
 #endif
 INSTANTIATE_TEST_SUITE_P(Stores, MatcherTest, IRQBYPASS_STORE_KINDS,
                          [](const ::testing::TestParamInfo<StoreKind>& info) {
@@ -979,8 +977,10 @@ class RestoreTest : public ::testing::Test {
 TEST_F(RestoreTest, Restore_FreshIndexFromStore_SameBindingsAndClaims) {
   ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok());
   ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
-  ASSERT_TRUE(matcher_->RegisterProducer("t2", Prod("n1", "0000:3b:00.2")).ok());
-  ASSERT_TRUE(matcher_->RegisterProducer("t3", Prod("n1", "0000:3b:00.3")).ok());
+  ASSERT_TRUE(
+      matcher_->RegisterProducer("t2", Prod("n1", "0000:3b:00.2")).ok());
+  ASSERT_TRUE(
+      matcher_->RegisterProducer("t3", Prod("n1", "0000:3b:00.3")).ok());
   ASSERT_TRUE(matcher_->UnregisterProducer("t3", 0).ok());
 
   TokenIndex restored(16);
@@ -996,10 +996,9 @@ TEST_F(RestoreTest, Restore_FreshIndexFromStore_SameBindingsAndClaims) {
   // token is refused, a freed one is not.
   FakeDispatcher agent;
   Matcher matcher(restored, agent);
-  EXPECT_EQ(matcher.RegisterProducer("x", Prod("n1", "0000:3b:00.2"))
-                .status()
-                .code(),
-            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(
+      matcher.RegisterProducer("x", Prod("n1", "0000:3b:00.2")).status().code(),
+      absl::StatusCode::kAlreadyExists);
   EXPECT_TRUE(matcher.RegisterProducer("y", Prod("n1", "0000:3b:00.3")).ok());
 }
 
@@ -1032,7 +1031,6 @@ TEST_F(RestoreTest, Restore_TwoTokensHoldOneObject_DataLossNamingBoth) {
   EXPECT_NE(s.message().find("\"two\""), std::string::npos) << s;
 }
 
-
 }  // namespace
 }  // namespace irqbypass
 
@@ -1050,10 +1048,9 @@ TEST_F(RestoreTest, RequestId_RetriedAfterRestart_FirstOutcome) {
   ASSERT_TRUE(index.Restore(*rocks_).ok());
   RequestLog requests{RequestLog::Options{}};
   ASSERT_TRUE(rocks_
-                  ->LoadRequests(requests.NowUnixMicros(),
-                                 [&](RequestRecord r) {
-                                   requests.Restore(std::move(r));
-                                 })
+                  ->LoadRequests(
+                      requests.NowUnixMicros(),
+                      [&](RequestRecord r) { requests.Restore(std::move(r)); })
                   .ok());
   FakeDispatcher agent;
   Matcher matcher(index, agent, &requests);

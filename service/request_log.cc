@@ -22,9 +22,8 @@ RequestLog::Shard& RequestLog::ShardFor(absl::string_view id) {
 }
 
 void RequestLog::ExpireLocked(Shard& shard, int64_t now) {
-  while (!shard.order.empty() &&
-         (shard.order.front().first <= now ||
-          shard.order.size() > max_per_shard_)) {
+  while (!shard.order.empty() && (shard.order.front().first <= now ||
+                                  shard.order.size() > max_per_shard_)) {
     auto it = shard.entries.find(shard.order.front().second);
     // Only finished entries are in `order`; one restarted under the same id
     // since has a later expiry and its own place.

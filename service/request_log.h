@@ -83,8 +83,8 @@ class RequestLog {
   };
   static constexpr size_t kShards = 64;
   Shard& ShardFor(absl::string_view id);
-  void ExpireLocked(Shard& shard, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(
-      shard.mu);
+  void ExpireLocked(Shard& shard, int64_t now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
 
   const Options options_;
   const size_t max_per_shard_;

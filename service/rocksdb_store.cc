@@ -25,8 +25,8 @@ constexpr absl::string_view kRequestPrefix = "r/";
 // is one key range.
 std::string RequestKeyPrefix(int64_t expires_unix_micros) {
   return absl::StrCat(kRequestPrefix,
-                      absl::Hex(static_cast<uint64_t>(std::max<int64_t>(
-                                    0, expires_unix_micros)),
+                      absl::Hex(static_cast<uint64_t>(
+                                    std::max<int64_t>(0, expires_unix_micros)),
                                 absl::kZeroPad16),
                       "/");
 }
@@ -53,8 +53,8 @@ bool DecodeRevision(const rocksdb::Slice& bytes, uint64_t* revision) {
 class MaxRevisionOperator final : public rocksdb::AssociativeMergeOperator {
  public:
   bool Merge(const rocksdb::Slice& /*key*/,
-             const rocksdb::Slice* existing_value,
-             const rocksdb::Slice& value, std::string* new_value,
+             const rocksdb::Slice* existing_value, const rocksdb::Slice& value,
+             std::string* new_value,
              rocksdb::Logger* /*logger*/) const override {
     uint64_t merged = 0;
     if (!DecodeRevision(value, &merged)) return false;
@@ -70,10 +70,9 @@ class MaxRevisionOperator final : public rocksdb::AssociativeMergeOperator {
 };
 
 absl::Status Unavailable(absl::string_view what, const rocksdb::Status& s) {
-  return MakeError(absl::StatusCode::kUnavailable,
-                   ErrorReason::kStoreUnavailable,
-                   absl::StrCat("durable store: ", what, ": ", s.ToString()),
-                   {});
+  return MakeError(
+      absl::StatusCode::kUnavailable, ErrorReason::kStoreUnavailable,
+      absl::StrCat("durable store: ", what, ": ", s.ToString()), {});
 }
 
 }  // namespace
@@ -138,9 +137,8 @@ absl::Status RocksDbStore::Close() {
   MutexLock lock(&mu_);
   if (db_ == nullptr || closing_) {
     // Closed, or another Close is closing it: wait for that to finish.
-    mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return db_ == nullptr;
-    });
+    mu_.Await(
+        [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return db_ == nullptr; });
     return absl::OkStatus();
   }
   closing_ = true;
@@ -166,10 +164,9 @@ absl::StatusOr<uint64_t> RocksDbStore::Load(
   uint64_t last = 0;
   {
     std::string value;
-    rocksdb::Status s =
-        db->Get(rocksdb::ReadOptions(), rocksdb::Slice(kRevisionKey.data(),
-                                                        kRevisionKey.size()),
-                 &value);
+    rocksdb::Status s = db->Get(
+        rocksdb::ReadOptions(),
+        rocksdb::Slice(kRevisionKey.data(), kRevisionKey.size()), &value);
     if (s.ok()) {
       if (!DecodeRevision(value, &last)) {
         return absl::DataLossError(
@@ -190,8 +187,8 @@ absl::StatusOr<uint64_t> RocksDbStore::Load(
     absl::StatusOr<BindingState> state = DecodeBinding(
         absl::string_view(it->value().data(), it->value().size()));
     if (!state.ok()) {
-      return absl::DataLossError(absl::StrCat("store key b/", token, ": ",
-                                              state.status().message()));
+      return absl::DataLossError(
+          absl::StrCat("store key b/", token, ": ", state.status().message()));
     }
     if (state->revision > last) last = state->revision;
     absl::Status taken = fn(std::move(token), *std::move(state));
@@ -214,10 +211,10 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
     }
     revision = std::max(revision, change.state.revision);
     if (change.request != nullptr) {
-      batch.Put(absl::StrCat(RequestKeyPrefix(
-                                 change.request->expires_unix_micros),
-                             change.request->id),
-                EncodeRequest(*change.request));
+      batch.Put(
+          absl::StrCat(RequestKeyPrefix(change.request->expires_unix_micros),
+                       change.request->id),
+          EncodeRequest(*change.request));
     }
   }
   batch.Merge(rocksdb::Slice(kRevisionKey.data(), kRevisionKey.size()),
@@ -229,11 +226,11 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
     Use use(this);
     const bool closed = use.db() == nullptr;
     if (closed || failed_.load()) {
-      done(MakeError(absl::StatusCode::kUnavailable,
-                     ErrorReason::kStoreUnavailable,
-                     closed ? "durable store: closed"
-                            : "durable store: failed earlier; restart irqbypassd",
-                     {}));
+      done(MakeError(
+          absl::StatusCode::kUnavailable, ErrorReason::kStoreUnavailable,
+          closed ? "durable store: closed"
+                 : "durable store: failed earlier; restart irqbypassd",
+          {}));
       return;
     }
     s = use.db()->Write(options, &batch);
@@ -298,8 +295,7 @@ RocksDbStore::Stats RocksDbStore::GetStats() const {
   stats.writes = writes_.load(std::memory_order_relaxed);
   stats.wal_syncs = statistics_->getTickerCount(rocksdb::WAL_FILE_SYNCED);
   stats.wal_bytes = statistics_->getTickerCount(rocksdb::WAL_FILE_BYTES);
-  stats.write_groups =
-      statistics_->getTickerCount(rocksdb::WRITE_DONE_BY_SELF);
+  stats.write_groups = statistics_->getTickerCount(rocksdb::WRITE_DONE_BY_SELF);
   return stats;
 }
 

@@ -11,9 +11,10 @@
 // Layout: "b/<token>" -> StoredBinding (store_codec.h) for every token that
 // holds something; "r/<expiry>/<request id>" -> StoredRequest, the
 // remembered outcomes of calls with a request id (in the same write as their
-// change; expired ones are deleted as a range); "m/revision" -> the highest revision ever written (8
-// bytes, little-endian), kept by a max-merge so that concurrent writers never
-// lower it and a removed token's revision is not forgotten.
+// change; expired ones are deleted as a range); "m/revision" -> the highest
+// revision ever written (8 bytes, little-endian), kept by a max-merge so that
+// concurrent writers never lower it and a removed token's revision is not
+// forgotten.
 //
 // One process at a time: RocksDB's LOCK file makes a second Open of the same
 // directory fail (FAILED_PRECONDITION naming the directory) instead of
@@ -84,9 +85,9 @@ class RocksDbStore final : public Store {
   absl::Status Close();
 
   struct Stats {
-    uint64_t writes = 0;       // changes written (one per token per Write)
-    uint64_t wal_syncs = 0;    // fsyncs of the write-ahead log
-    uint64_t wal_bytes = 0;    // bytes appended to it
+    uint64_t writes = 0;        // changes written (one per token per Write)
+    uint64_t wal_syncs = 0;     // fsyncs of the write-ahead log
+    uint64_t wal_bytes = 0;     // bytes appended to it
     uint64_t write_groups = 0;  // RocksDB writes done by a group leader
   };
   Stats GetStats() const;

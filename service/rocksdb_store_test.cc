@@ -168,8 +168,7 @@ TEST(RocksDbStoreTest, WriteAfterClose_UnavailableStoreReason) {
   auto store = OpenOrDie({NewTempDir()});
   ASSERT_TRUE(store->Close().ok());
   ASSERT_TRUE(store->Close().ok());  // idempotent
-  absl::Status s =
-      store->WriteAndWait(StoreChange{"a", Paired("n1", 1, 1)});
+  absl::Status s = store->WriteAndWait(StoreChange{"a", Paired("n1", 1, 1)});
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(GetErrorReason(s), ErrorReason::kStoreUnavailable);
 }
@@ -187,9 +186,8 @@ TEST(RocksDbStoreTest, CorruptRecord_LoadFailsDataLossNamingTheKey) {
     delete raw;
   }
   auto store = OpenOrDie({dir});
-  auto r = store->Load([](std::string, BindingState) {
-    return absl::OkStatus();
-  });
+  auto r =
+      store->Load([](std::string, BindingState) { return absl::OkStatus(); });
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(r.status().message().find("b/broken"), std::string::npos)

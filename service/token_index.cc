@@ -22,8 +22,8 @@ namespace {
 
 using lockfree_list::FindInList;
 using lockfree_list::ForEachInList;
-using lockfree_list::LinkOf;
 using lockfree_list::kRemoved;
+using lockfree_list::LinkOf;
 using lockfree_list::NodeOf;
 using lockfree_list::RemoveFromList;
 
@@ -179,8 +179,8 @@ TokenIndex::TokenLock TokenIndex::Lock(absl::string_view token, LockOp op) {
   return *LockImpl(token, op, /*wait=*/true);
 }
 
-std::optional<TokenIndex::TokenLock> TokenIndex::TryLock(absl::string_view token,
-                                                          LockOp op) {
+std::optional<TokenIndex::TokenLock> TokenIndex::TryLock(
+    absl::string_view token, LockOp op) {
   return LockImpl(token, op, /*wait=*/false);
 }
 
@@ -370,8 +370,8 @@ void TokenIndex::TokenLock::Settle() {
 void TokenIndex::SettleRevision(uint32_t slot, uint64_t revision) {
   PendingSlot& pending = pending_[slot];
   MutexLock lock(&pending.mu);
-  auto it = std::find(pending.revisions.begin(), pending.revisions.end(),
-                      revision);
+  auto it =
+      std::find(pending.revisions.begin(), pending.revisions.end(), revision);
   if (it != pending.revisions.end()) {
     *it = pending.revisions.back();
     pending.revisions.pop_back();
@@ -448,8 +448,10 @@ absl::Status TokenIndex::RestoreOne(std::string token, BindingState state) {
 
 absl::Status TokenIndex::Restore(Store& store, int threads) {
   return Restore(
-      [&store](const std::function<absl::Status(std::string, BindingState)>&
-                   fn) { return store.Load(fn); },
+      [&store](
+          const std::function<absl::Status(std::string, BindingState)>& fn) {
+        return store.Load(fn);
+      },
       threads);
 }
 
@@ -501,13 +503,13 @@ absl::Status TokenIndex::Restore(const LoadFn& load, int threads) {
     return absl::OkStatus();
   };
   batch.reserve(kBatch);
-  absl::StatusOr<uint64_t> last = load(
-      [&](std::string token, BindingState state) -> absl::Status {
+  absl::StatusOr<uint64_t> last =
+      load([&](std::string token, BindingState state) -> absl::Status {
         batch.emplace_back(std::move(token), std::move(state));
         return batch.size() < kBatch ? absl::OkStatus() : flush();
       });
-  absl::Status flushed = last.ok() && !batch.empty() ? flush()
-                                                      : absl::OkStatus();
+  absl::Status flushed =
+      last.ok() && !batch.empty() ? flush() : absl::OkStatus();
   {
     MutexLock lock(&mu);
     done = true;

@@ -84,7 +84,8 @@ TEST(TokenIndexTest, Revision_KeepsRisingAcrossRemovalAndReRegistration) {
     last = now;
     {
       auto lock = index.Lock("t1");
-      EXPECT_TRUE(lock.Commit(BindingState{}).ok());  // emptied: the slot is dropped
+      EXPECT_TRUE(
+          lock.Commit(BindingState{}).ok());  // emptied: the slot is dropped
     }
     EXPECT_FALSE(index.Get("t1").has_value());
   }
@@ -158,9 +159,9 @@ TEST(TokenIndexTest, Lock_ManyWaitersEachServedOnce_NoneLost) {
         if (i % 7 == 0) {
           // Sometimes hold it with something committed, sometimes empty, so
           // that releases both keep and remove the slot.
-          EXPECT_TRUE(lock.Commit(i % 2 == 0 ? WithProducer("n1")
-                                             : BindingState{})
-                          .ok());
+          EXPECT_TRUE(
+              lock.Commit(i % 2 == 0 ? WithProducer("n1") : BindingState{})
+                  .ok());
         }
         total.fetch_add(1);
         inside.fetch_sub(1);
@@ -180,8 +181,8 @@ class RefusingStore : public Store {
       const std::function<absl::Status(std::string, BindingState)>&) override {
     return 0;
   }
-  absl::Status LoadRequests(int64_t,
-                            const std::function<void(RequestRecord)>&) override {
+  absl::Status LoadRequests(
+      int64_t, const std::function<void(RequestRecord)>&) override {
     return absl::OkStatus();
   }
   absl::Status PruneRequests(int64_t) override { return absl::OkStatus(); }
@@ -220,7 +221,8 @@ class RevisionRecorder : public ChangeListener {
   std::vector<std::atomic<bool>> seen_;
 };
 
-TEST(TokenIndexTest, SettledRevision_ConcurrentCommits_NeverPassesAnUnpublished) {
+TEST(TokenIndexTest,
+     SettledRevision_ConcurrentCommits_NeverPassesAnUnpublished) {
   constexpr int kThreads = 4;
   constexpr int kCommits = 3000;
   RevisionRecorder recorder(kThreads * kCommits);
@@ -484,7 +486,8 @@ TEST(TokenIndexTest, ChurnOfSlotsAndClaims_KeepsExclusionAndState) {
           EXPECT_TRUE(lock.Commit(WithProducer("n1")).ok());
           present[k] = 1;
         } else {
-          EXPECT_TRUE(lock.Commit(BindingState{}).ok());  // the slot goes on release
+          EXPECT_TRUE(
+              lock.Commit(BindingState{}).ok());  // the slot goes on release
           present[k] = 0;
         }
         inside[k].fetch_sub(1);

@@ -66,8 +66,7 @@ absl::Status ValidateToken(absl::string_view field, absl::string_view token) {
   return ValidatePrintable(field, token, kMaxTokenBytes);
 }
 
-absl::Status ValidateRequestId(absl::string_view field,
-                               absl::string_view id) {
+absl::Status ValidateRequestId(absl::string_view field, absl::string_view id) {
   if (id.empty()) return absl::OkStatus();
   return ValidatePrintable(field, id, kMaxRequestIdBytes);
 }

@@ -69,7 +69,8 @@ TEST_F(CliTest, Nodes_ListAndOne_TextAndJson) {
   ASSERT_NE(n1, std::string::npos) << nodes.out;
   ASSERT_NE(n2, std::string::npos) << nodes.out;
   EXPECT_LT(n1, n2);
-  const std::string n1_row = nodes.out.substr(n1 + 1, nodes.out.find('\n', n1 + 1) - n1 - 1);
+  const std::string n1_row =
+      nodes.out.substr(n1 + 1, nodes.out.find('\n', n1 + 1) - n1 - 1);
   EXPECT_NE(n1_row.find("connected"), std::string::npos) << n1_row;
   EXPECT_NE(n1_row.find("sim"), std::string::npos) << n1_row;
   const std::string n2_row = nodes.out.substr(n2 + 1);

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "client/irqbypass_client.h"
-#include "tests/process.h"
 #include "protocol/testing/records.h"  // IWYU pragma: export
+#include "tests/process.h"
 
 namespace irqbypass::testing {
 

@@ -90,7 +90,8 @@ class DurabilityTest : public ::testing::Test {
     std::mt19937 rng(seed);
     client::Client& api = cluster_.client();
     while (!stop.load()) {
-      const int n = caller + kCallers * static_cast<int>(rng() % kTokensPerCaller);
+      const int n =
+          caller + kCallers * static_cast<int>(rng() % kTokensPerCaller);
       TokenModel& m = model_[n];
       const Sides before = m.acked;
       Sides after = before;
@@ -100,7 +101,7 @@ class DurabilityTest : public ::testing::Test {
       const bool flip = rng() % 2 == 0;
       const bool has_p = !before.producer_id.empty();
       const bool has_c = !before.consumer_id.empty();
-      if ((!has_p && (flip || has_c)) ) {
+      if ((!has_p && (flip || has_c))) {
         op = TokenModel::kRegP;
         auto r = api.RegisterProducer(MakeProducer(Token(n), "n1", Device(n)),
                                       request_id);
@@ -122,15 +123,15 @@ class DurabilityTest : public ::testing::Test {
         }
       } else if (flip) {
         op = TokenModel::kUnregP;
-        status = api.UnregisterProducer(Token(n), before.producer_id,
-                                        request_id)
-                     .status();
+        status =
+            api.UnregisterProducer(Token(n), before.producer_id, request_id)
+                .status();
         after.producer_id.clear();
       } else {
         op = TokenModel::kUnregC;
-        status = api.UnregisterConsumer(Token(n), before.consumer_id,
-                                        request_id)
-                     .status();
+        status =
+            api.UnregisterConsumer(Token(n), before.consumer_id, request_id)
+                .status();
         after.consumer_id.clear();
       }
       if (status.ok()) {
@@ -167,8 +168,9 @@ TEST_F(DurabilityTest, KilledUnderLoad_RestartLosesNothingAndTearsNothingDown) {
     std::atomic<bool> stop{false};
     std::vector<std::thread> callers;
     for (int c = 0; c < kCallers; ++c) {
-      callers.emplace_back(
-          [&, c, seed = static_cast<uint32_t>(rng())] { Caller(c, seed, stop); });
+      callers.emplace_back([&, c, seed = static_cast<uint32_t>(rng())] {
+        Caller(c, seed, stop);
+      });
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 500));
     ASSERT_TRUE(cluster_.manager().Signal(SIGKILL));
@@ -203,8 +205,10 @@ TEST_F(DurabilityTest, KilledUnderLoad_RestartLosesNothingAndTearsNothingDown) {
       Sides actual;
       bool connected = false;
       if (b.ok()) {
-        actual.producer_id = b->has_producer() ? b->producer_registration_id() : "";
-        actual.consumer_id = b->has_consumer() ? b->consumer_registration_id() : "";
+        actual.producer_id =
+            b->has_producer() ? b->producer_registration_id() : "";
+        actual.consumer_id =
+            b->has_consumer() ? b->consumer_registration_id() : "";
         connected = b->connected();
       } else {
         ASSERT_EQ(b.status().code(), absl::StatusCode::kNotFound) << b.status();
@@ -217,8 +221,9 @@ TEST_F(DurabilityTest, KilledUnderLoad_RestartLosesNothingAndTearsNothingDown) {
             (!m.acked.producer_id.empty() && actual.producer_id.empty()) ||
             (!m.acked.consumer_id.empty() && actual.consumer_id.empty());
         (missing ? lost : phantom)++;
-        ADD_FAILURE() << token << " after kill " << kill << ": holds p="
-                      << actual.producer_id << " c=" << actual.consumer_id
+        ADD_FAILURE() << token << " after kill " << kill
+                      << ": holds p=" << actual.producer_id
+                      << " c=" << actual.consumer_id
                       << ", acknowledged p=" << m.acked.producer_id
                       << " c=" << m.acked.consumer_id;
       }
@@ -262,15 +267,15 @@ TEST_F(DurabilityTest, KilledUnderLoad_RestartLosesNothingAndTearsNothingDown) {
             break;
           }
           case TokenModel::kUnregP:
-            retried = api.UnregisterProducer(token, m.acked.producer_id,
-                                             m.request_id)
-                          .status();
+            retried =
+                api.UnregisterProducer(token, m.acked.producer_id, m.request_id)
+                    .status();
             after.producer_id.clear();
             break;
           case TokenModel::kUnregC:
-            retried = api.UnregisterConsumer(token, m.acked.consumer_id,
-                                             m.request_id)
-                          .status();
+            retried =
+                api.UnregisterConsumer(token, m.acked.consumer_id, m.request_id)
+                    .status();
             after.consumer_id.clear();
             break;
         }

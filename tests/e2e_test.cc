@@ -291,7 +291,8 @@ TEST_F(EndToEndTest, AgentRestarted_WhileBindingsExist_ReconciledWithManager) {
   cluster_.agent("n1").Signal(SIGKILL);
   cluster_.agent("n1").Wait();
   // While the agent is away: disconnect cannot fail, so unregister succeeds.
-  ASSERT_TRUE(Eventually([&] { return api().UnregisterProducer("drop").ok(); }));
+  ASSERT_TRUE(
+      Eventually([&] { return api().UnregisterProducer("drop").ok(); }));
   // It comes back without vm-a: the manager re-sends the missing connect,
   // which fails, so "keep" is reported as not connected.
   ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-b"}));
@@ -413,9 +414,9 @@ TEST_F(EndToEndTest, WatchResumedFromProgress_ChangePublishedLateNotMissed) {
       api().RegisterProducer(MakeProducer("x", "n1", "0000:3b:00.1")).ok());
   client::WatchCanceller canceller;
   std::mutex mu;
-  uint64_t resume = 0;       // guarded by mu
-  uint64_t y_revision = 0;   // guarded by mu: as delivered
-  int progress_events = 0;   // guarded by mu
+  uint64_t resume = 0;      // guarded by mu
+  uint64_t y_revision = 0;  // guarded by mu: as delivered
+  int progress_events = 0;  // guarded by mu
   std::thread watcher([&] {
     v1::WatchBindingsRequest req;
     req.set_include_existing(true);
@@ -445,9 +446,8 @@ TEST_F(EndToEndTest, WatchResumedFromProgress_ChangePublishedLateNotMissed) {
   // x's unregister waits on its disconnect while the agent is stopped.
   ASSERT_TRUE(cluster_.agent("n1").Signal(SIGSTOP));
   ASSERT_TRUE(WaitAllThreadsStopped(cluster_.agent("n1").pid()));
-  std::thread unregister([&] {
-    EXPECT_TRUE(api().UnregisterProducer("x").ok());
-  });
+  std::thread unregister(
+      [&] { EXPECT_TRUE(api().UnregisterProducer("x").ok()); });
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   // y needs no agent: published at once, with a higher revision than x's.
   ASSERT_TRUE(api().RegisterConsumer(MakeConsumer("y", "n2", "vm-b", 6)).ok());
@@ -461,8 +461,7 @@ TEST_F(EndToEndTest, WatchResumedFromProgress_ChangePublishedLateNotMissed) {
     seen = y_revision;
   }
   ASSERT_GT(seen, 0u) << "the watcher never got y";
-  EXPECT_LT(resume_from, seen)
-      << "a resume point past x's pending unregister";
+  EXPECT_LT(resume_from, seen) << "a resume point past x's pending unregister";
   ASSERT_TRUE(cluster_.agent("n1").Signal(SIGCONT));
   unregister.join();
   // Once x is published the resume point moves past both, in a PROGRESS.
@@ -617,8 +616,8 @@ TEST_F(EndToEndTest, ManagerRestarted_LongInventoryInParts_AllKept) {
 TEST_F(EndToEndTest, SecondManagerOnTheSameDataDir_RefusedWithClearError) {
   const CommandResult second = RunCommand(
       BinaryPath("service/irqbypassd"),
-      {"--listen=127.0.0.1:0", "--metrics_listen=",
-       "--data_dir=" + cluster_.dir() + "/data"});
+      {"--listen=127.0.0.1:0",
+       "--metrics_listen=", "--data_dir=" + cluster_.dir() + "/data"});
   EXPECT_EQ(second.exit_code, 2);
   EXPECT_NE(second.err.find("in use by another process"), std::string::npos)
       << second.err;

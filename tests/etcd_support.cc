@@ -39,17 +39,17 @@ bool EtcdCluster::Start(int members) {
 
 bool EtcdCluster::StartMember(int i) {
   const std::string name = "m" + std::to_string(i);
-  const std::string client = "http://127.0.0.1:" + std::to_string(client_ports_[i]);
+  const std::string client =
+      "http://127.0.0.1:" + std::to_string(client_ports_[i]);
   const std::string peer = "http://127.0.0.1:" + std::to_string(peer_ports_[i]);
   return members_[i]->Start(
       "/usr/bin/etcd",
       {"--name=" + name, "--data-dir=" + dir_ + "/" + name,
        "--listen-client-urls=" + client, "--advertise-client-urls=" + client,
        "--listen-peer-urls=" + peer, "--initial-advertise-peer-urls=" + peer,
-       "--initial-cluster=" + initial_cluster_,
-       "--initial-cluster-state=new", "--initial-cluster-token=irqbypass-test",
-       "--heartbeat-interval=50", "--election-timeout=500",
-       "--log-level=warn"},
+       "--initial-cluster=" + initial_cluster_, "--initial-cluster-state=new",
+       "--initial-cluster-token=irqbypass-test", "--heartbeat-interval=50",
+       "--election-timeout=500", "--log-level=warn"},
       dir_ + "/" + name + ".log");
 }
 

@@ -106,7 +106,7 @@ int HaCluster::Reconciles(const std::string& node) const {
 
 bool HaCluster::WaitReconciles(const std::string& node, int at_least) const {
   return Eventually([&] { return Reconciles(node) >= at_least; },
-                 absl::Seconds(40));
+                    absl::Seconds(40));
 }
 
 bool HaCluster::StartAgent(const std::string& node,

@@ -57,7 +57,8 @@ struct Acked {
   std::string producer_id, consumer_id;  // both empty: unregistered
 };
 
-TEST_F(HaTest, LeaderKilledUnderLoad_StandbyTakesOverNothingLostNothingTornDown) {
+TEST_F(HaTest,
+       LeaderKilledUnderLoad_StandbyTakesOverNothingLostNothingTornDown) {
   constexpr int kCallers = 16;
   constexpr int kKills = 3;
   std::mutex mu;
@@ -180,8 +181,8 @@ TEST_F(HaTest, LeaderKilledUnderLoad_StandbyTakesOverNothingLostNothingTornDown)
   // first election, at start-up, may come before a copy was listed).
   int warm = 0;
   for (int r = 0; r < 2; ++r) {
-    warm += CountOccurrences(ha_.replica(r).Log(),
-                             "(warm copy at etcd revision ");
+    warm +=
+        CountOccurrences(ha_.replica(r).Log(), "(warm copy at etcd revision ");
   }
   EXPECT_GE(warm, kKills);
   std::printf(
@@ -225,8 +226,8 @@ TEST_F(HaTest, LeaderStoppedPastItsLease_WritesNothingAndStepsDown) {
   absl::Cleanup resume_on_failure = resume;
   ASSERT_EQ(ha_.WaitLeader(leader), standby);
   // The client's calls leave the hung replica for the new leader.
-  auto after = ha_.client().RegisterProducer(
-      MakeProducer("after", "n1", Device(2)));
+  auto after =
+      ha_.client().RegisterProducer(MakeProducer("after", "n1", Device(2)));
   ASSERT_TRUE(after.ok()) << after.status();
 
   resume();
@@ -244,8 +245,8 @@ TEST_F(HaTest, LeaderStoppedPastItsLease_WritesNothingAndStepsDown) {
   EXPECT_NE(ha_.replica(leader).Log().find("stepping down"), std::string::npos);
   // It came back as a standby (same process, re-executed) naming the leader.
   ASSERT_TRUE(Eventually([&] {
-    return ha_.replica(leader).Log().find(
-               "msg=standby leader=" + ha_.address(standby)) !=
+    return ha_.replica(leader).Log().find("msg=standby leader=" +
+                                          ha_.address(standby)) !=
            std::string::npos;
   }));
   EXPECT_FALSE(ha_.Serving(leader));

@@ -24,13 +24,13 @@
 #include <string>
 
 #include "agent/errno_status.h"
-#include "agent/kvm/fd.h"
 #include "agent/handoff/handoff_client.h"
+#include "agent/kvm/fd.h"
 #include "agent/kvm/kvm_irqfd.h"
+#include "agent/kvm/testing/open_kvm.h"
 #include "client/error_detail.h"
 #include "client/irqbypass_client.h"
 #include "gtest/gtest.h"
-#include "agent/kvm/testing/open_kvm.h"
 #include "tests/cluster.h"
 
 namespace irqbypass::testing {

@@ -68,9 +68,8 @@ int CountOccurrences(const std::string& haystack, const std::string& needle);
 
 // Whether every thread of `pid` is stopped (SIGSTOP has taken effect on all
 // of them: /proc/PID/task/*/stat state 'T'); polls until `timeout`.
-bool WaitAllThreadsStopped(pid_t pid,
-                           std::chrono::milliseconds timeout =
-                               std::chrono::seconds(10));
+bool WaitAllThreadsStopped(
+    pid_t pid, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 }  // namespace irqbypass::testing
 

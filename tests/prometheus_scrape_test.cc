@@ -65,7 +65,7 @@ class PrometheusScrapeTest : public ::testing::Test {
            "--log.level=warn"},
           dir + "/prometheus.log"));
       if (Eventually([&] { return HttpGet(port_, "/-/ready").has_value(); },
-                  absl::Seconds(30))) {
+                     absl::Seconds(30))) {
         return;
       }
       prometheus_->Signal(SIGKILL);

@@ -39,8 +39,8 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "agent/errno_status.h"
-#include "agent/kvm/fd.h"
 #include "agent/handoff/handoff_client.h"
+#include "agent/kvm/fd.h"
 #include "common/errno_name.h"
 
 ABSL_FLAG(std::string, socket, "", "The agent's handoff socket (required).");

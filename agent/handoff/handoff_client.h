@@ -42,8 +42,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "agent/kvm/fd.h"
 #include "agent/handoff/handoff.h"
+#include "agent/kvm/fd.h"
 
 namespace irqbypass {
 namespace agent {

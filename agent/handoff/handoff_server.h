@@ -33,10 +33,10 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "agent/kvm/fd.h"
 #include "agent/handoff/handoff.h"
-#include "agent/kvm/kvm_backend.h"
 #include "agent/handoff/remote_vm.h"
+#include "agent/kvm/fd.h"
+#include "agent/kvm/kvm_backend.h"
 #include "common/mutex.h"
 
 namespace irqbypass {

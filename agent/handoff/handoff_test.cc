@@ -19,11 +19,11 @@
 #include "agent/handoff/handoff_client.h"
 #include "agent/handoff/handoff_server.h"
 #include "agent/kvm/kvm_backend.h"
+#include "agent/kvm/testing/open_kvm.h"
 #include "agent/test_fd_count.h"
 #include "common/testing/eventually.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "agent/kvm/testing/open_kvm.h"
 
 namespace irqbypass {
 namespace agent {

@@ -34,8 +34,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "agent/kvm/fd.h"
 #include "agent/handoff/handoff.h"
+#include "agent/kvm/fd.h"
 #include "agent/kvm/irqfd_target.h"
 #include "common/mutex.h"
 

@@ -30,18 +30,18 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "agent/errno_status.h"
-#include "agent/kvm/fd.h"
 #include "agent/handoff/handoff.h"
 #include "agent/handoff/handoff_client.h"
 #include "agent/handoff/handoff_server.h"
+#include "agent/kvm/fd.h"
 #include "agent/kvm/kvm_backend.h"
 #include "agent/kvm/kvm_irqfd.h"
+#include "agent/kvm/testing/open_kvm.h"
 #include "agent/test_fd_count.h"
 #include "common/mutex.h"
+#include "common/testing/eventually.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "common/testing/eventually.h"
-#include "agent/kvm/testing/open_kvm.h"
 #include "protocol/testing/records.h"
 
 namespace irqbypass {
@@ -334,7 +334,8 @@ TEST_F(RemoteVmTest, VmmReleasesVm_AgentsDeassignServedBeforeTheOk) {
 
 TEST_F(RemoteVmTest, AgentStops_BackendLetsGo_DeassignsStillReachTheVmm) {
   ASSERT_TRUE(vmm_->Start(path_, "vm-v").ok());
-  ASSERT_TRUE(Connect("t1", NodeProducer(kDevice, 3), NodeConsumer("vm-v", 40)).ok());
+  ASSERT_TRUE(
+      Connect("t1", NodeProducer(kDevice, 3), NodeConsumer("vm-v", 40)).ok());
   Fd eventfd = DupEventfd("t1");
 
   server_.reset();  // the agent stops: no more serving, wiring still held
@@ -398,7 +399,8 @@ TEST_F(RemoteVmTest, VmmNeverReplies_Etimedout_ThenDeassignQueuedBehind) {
   SilentVmm vmm;
   ASSERT_TRUE(vmm.Start(path_, "vm-v").ok());
   const absl::Time start = absl::Now();
-  const StepResult r = Connect("t1", NodeProducer(kDevice, 3), NodeConsumer("vm-v", 40));
+  const StepResult r =
+      Connect("t1", NodeProducer(kDevice, 3), NodeConsumer("vm-v", 40));
   const absl::Duration took = absl::Now() - start;
   EXPECT_EQ(r.errno_value(), ETIMEDOUT) << r.message();
   EXPECT_THAT(r.message(), HasSubstr("did not answer"));
@@ -429,7 +431,8 @@ TEST_F(RemoteVmTest, VmmGoesAwayDuringRequest_Enotconn) {
     vmm.Close();
   });
   const absl::Time start = absl::Now();
-  const StepResult r = Connect("t1", NodeProducer(kDevice, 3), NodeConsumer("vm-v", 40));
+  const StepResult r =
+      Connect("t1", NodeProducer(kDevice, 3), NodeConsumer("vm-v", 40));
   vmm_thread.join();
   EXPECT_EQ(r.errno_value(), ENOTCONN) << r.message();
   EXPECT_THAT(r.message(), HasSubstr("is gone"));
@@ -462,8 +465,9 @@ TEST_F(RemoteVmTest, ManyPairs_AllServed_DisconnectDropsAll) {
   ASSERT_TRUE(vmm_->Start(path_, "vm-v").ok());
   constexpr int kPairs = 64;
   for (int i = 0; i < kPairs; ++i) {
-    const StepResult r = Connect("t" + std::to_string(i), NodeProducer(kDevice, i),
-                                 NodeConsumer("vm-v", 24 + i));
+    const StepResult r =
+        Connect("t" + std::to_string(i), NodeProducer(kDevice, i),
+                NodeConsumer("vm-v", 24 + i));
     ASSERT_TRUE(r.ok()) << i << ": " << r.message();
   }
   EXPECT_THAT(backend_->Inventory(), SizeIs(kPairs));

@@ -51,8 +51,9 @@ std::optional<StepResult> CheckSide(const std::optional<Side>& held,
   }
   if (pending) {
     return StepResult::Error(
-        EBUSY, absl::StrFormat("token \"%s\": %s already in progress on node %s",
-                               token, step, node));
+        EBUSY,
+        absl::StrFormat("token \"%s\": %s already in progress on node %s",
+                        token, step, node));
   }
   return std::nullopt;
 }
@@ -226,7 +227,8 @@ StepResult KvmBackend::AddConsumer(absl::string_view token,
                                  "went away); retry",
                                  Describe(producer), options_.node));
     }
-    if (auto busy = CheckOwner(vector_owner_, key, t, producer, options_.node)) {
+    if (auto busy =
+            CheckOwner(vector_owner_, key, t, producer, options_.node)) {
       return *busy;
     }
     absl::StatusOr<Wiring*> wiring = WiringForAdd(t);

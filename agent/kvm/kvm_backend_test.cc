@@ -27,9 +27,9 @@
 #include "agent/kvm/kvm_test_vcpu.h"
 #include "agent/step_executor.h"
 #include "agent/test_fd_count.h"
+#include "common/testing/eventually.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "common/testing/eventually.h"
 #include "protocol/testing/records.h"
 
 namespace irqbypass {

@@ -13,9 +13,9 @@
 #include <memory>
 
 #include "agent/errno_status.h"
+#include "agent/kvm/testing/open_kvm.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "agent/kvm/testing/open_kvm.h"
 
 namespace irqbypass {
 namespace agent {

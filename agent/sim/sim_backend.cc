@@ -102,7 +102,8 @@ SimBackend::GsiKey SimBackend::KeyOf(const v1::Consumer& consumer) {
 
 std::optional<StepResult> SimBackend::Inject(SimStep step) const {
   // Sleep without the lock: a slow host must not serialise Inventory().
-  const bool add = step == SimStep::kAddConsumer || step == SimStep::kAddProducer;
+  const bool add =
+      step == SimStep::kAddConsumer || step == SimStep::kAddProducer;
   if (add && options_.add_step_delay > absl::ZeroDuration()) {
     absl::SleepFor(options_.add_step_delay);
   }
@@ -251,8 +252,10 @@ std::vector<v1::WiredPair> SimBackend::Inventory() const {
     // As the kvm backend: half a pair (a del step failed) is reported as
     // partial, so the manager disconnects it.
     pair.set_partial(!(producer && consumer));
-    *pair.mutable_producer() = producer ? *wiring.producer : wiring.last_producer;
-    *pair.mutable_consumer() = consumer ? *wiring.consumer : wiring.last_consumer;
+    *pair.mutable_producer() =
+        producer ? *wiring.producer : wiring.last_producer;
+    *pair.mutable_consumer() =
+        consumer ? *wiring.consumer : wiring.last_consumer;
   }
   return pairs;
 }

@@ -36,7 +36,8 @@ class FakeDispatcher : public AgentDispatcher {
       calls_.push_back("connect:" + std::string(token));
       if (hold_) {
         ++held_;
-        mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !hold_; });
+        mu_.Await([this]()
+                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !hold_; });
       }
     }
     if (on_connect_) on_connect_(token);
@@ -57,9 +58,8 @@ class FakeDispatcher : public AgentDispatcher {
   }
   void WaitHeld(int n) {
     MutexLock lock(&mu_);
-    mu_.Await([this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return held_ >= n;
-    });
+    mu_.Await([this, n]()
+                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return held_ >= n; });
   }
   void Release() {
     MutexLock lock(&mu_);
