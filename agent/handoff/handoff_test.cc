@@ -19,6 +19,7 @@
 #include "agent/handoff/handoff_client.h"
 #include "agent/handoff/handoff_server.h"
 #include "agent/kvm/kvm_backend.h"
+#include "agent/kvm/testing/kvm_backend_fixture.h"
 #include "agent/kvm/testing/open_kvm.h"
 #include "agent/test_fd_count.h"
 #include "common/testing/eventually.h"
@@ -116,22 +117,12 @@ TEST(HandoffWireTest, IrqfdReply_RoundTrip_KeepsErrnoAndMessage) {
   }
 }
 
-class HandoffServerTest : public ::testing::Test {
+class HandoffServerTest
+    : public ::irqbypass::agent::testing::KvmBackendFixture {
  protected:
   void SetUp() override {
-    fds_before_ = OpenFdCount();
-    absl::StatusOr<Fd> kvm = testing::OpenKvmForTest();
-    if (!kvm.ok()) {
-      GTEST_SKIP() << kvm.status().message() << ": these tests need it";
-    }
-    kvm_ = *std::move(kvm);
-    KvmBackendOptions options;
-    options.node = "n1";
-    auto backend = KvmBackend::Create(options);
-    ASSERT_TRUE(backend.ok()) << backend.status();
-    backend_ = *std::move(backend);
-    backend_->AddDevice(std::make_unique<FakeVfioIrqs>("0000:3b:00.1"));
-    backend_->SetChangeCallback([this] { ++changes_; });
+    KvmBackendFixture::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     // sun_path holds 107 bytes; TEST_TMPDIR can be longer.
     char dir[] = "/tmp/irqbypass-handoff-XXXXXX";
     ASSERT_NE(::mkdtemp(dir), nullptr);
@@ -142,11 +133,7 @@ class HandoffServerTest : public ::testing::Test {
   void TearDown() override {
     server_.reset();
     if (!dir_.empty()) ::rmdir(dir_.c_str());
-    backend_.reset();
-    kvm_.reset();
-    if (fds_before_ > 0) {
-      EXPECT_EQ(OpenFdCount(), fds_before_);
-    }
+    KvmBackendFixture::TearDown();
   }
   void StartServer(absl::flat_hash_set<uid_t> uids) {
     server_.reset();
@@ -165,24 +152,17 @@ class HandoffServerTest : public ::testing::Test {
     EXPECT_EQ(::ioctl(vm.get(), KVM_CREATE_IRQCHIP, 0), 0);
     return vm;
   }
+  using KvmBackendFixture::Connect;
+  // Connects `token`: the fixture's device at vector `gsi` into `vm`.
   StepResult Connect(const std::string& token, const std::string& vm,
                      uint32_t gsi) {
-    v1::Producer p;
-    p.set_device("0000:3b:00.1");
-    p.set_vector(gsi);
-    v1::Consumer c;
-    c.set_vm(vm);
-    c.set_gsi(gsi);
-    StepResult r = backend_->AddConsumer(token, p, c);
-    if (!r.ok()) return r;
-    return backend_->AddProducer(token, p, c);
+    return Connect(token,
+                   ::irqbypass::testing::NodeProducer(
+                       ::irqbypass::agent::testing::kFixtureDevice, gsi),
+                   ::irqbypass::testing::NodeConsumer(vm, gsi));
   }
 
-  int fds_before_ = 0;
-  Fd kvm_;
-  std::unique_ptr<KvmBackend> backend_;
   std::unique_ptr<HandoffServer> server_;
-  std::atomic<int> changes_{0};
   std::string dir_;
   std::string path_;
 };

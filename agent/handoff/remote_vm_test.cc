@@ -36,6 +36,7 @@
 #include "agent/kvm/fd.h"
 #include "agent/kvm/kvm_backend.h"
 #include "agent/kvm/kvm_irqfd.h"
+#include "agent/kvm/testing/kvm_backend_fixture.h"
 #include "agent/kvm/testing/open_kvm.h"
 #include "agent/test_fd_count.h"
 #include "common/mutex.h"
@@ -56,7 +57,7 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
 
-constexpr char kDevice[] = "0000:3b:00.1";
+constexpr const char* kDevice = ::irqbypass::agent::testing::kFixtureDevice;
 
 bool PicIrr(int vm_fd, uint32_t irq) {
   kvm_irqchip chip;
@@ -137,25 +138,11 @@ class TestVmm {
   int last_errno_ ABSL_GUARDED_BY(mu_) = -1;
 };
 
-class RemoteVmTest : public ::testing::Test {
+class RemoteVmTest : public ::irqbypass::agent::testing::KvmBackendFixture {
  protected:
   void SetUp() override {
-    fds_before_ = OpenFdCount();
-    absl::StatusOr<Fd> opened = testing::OpenKvmForTest();
-    if (!opened.ok()) {
-      GTEST_SKIP() << opened.status().message()
-                   << ": the VMM-held VM tests need it";
-    }
-    Fd kvm = *std::move(opened);
-    KvmBackendOptions options;
-    options.node = "n1";
-    auto backend = KvmBackend::Create(options);
-    ASSERT_TRUE(backend.ok()) << backend.status();
-    backend_ = *std::move(backend);
-    auto device = std::make_unique<FakeVfioIrqs>(kDevice);
-    device_ = device.get();
-    backend_->AddDevice(std::move(device));
-    backend_->SetChangeCallback([this] { ++changes_; });
+    KvmBackendFixture::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     char dir[] = "/tmp/irqbypass-remote-XXXXXX";  // sun_path: 107 bytes
     ASSERT_NE(::mkdtemp(dir), nullptr);
     dir_ = dir;
@@ -165,11 +152,8 @@ class RemoteVmTest : public ::testing::Test {
   void TearDown() override {
     vmm_.reset();
     server_.reset();
-    backend_.reset();
     if (!dir_.empty()) ::rmdir(dir_.c_str());
-    if (fds_before_ > 0) {
-      EXPECT_EQ(OpenFdCount(), fds_before_) << "fd leak";
-    }
+    KvmBackendFixture::TearDown();
   }
   void StartServer(absl::Duration irqfd_timeout) {
     server_.reset();
@@ -181,28 +165,8 @@ class RemoteVmTest : public ::testing::Test {
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
   }
-  // As the manager's CONNECT: add_consumer, add_producer, undoing
-  // add_consumer if add_producer fails.
-  StepResult Connect(const std::string& token, const v1::Producer& p,
-                     const v1::Consumer& c) {
-    StepResult r = backend_->AddConsumer(token, p, c);
-    if (!r.ok()) return r;
-    r = backend_->AddProducer(token, p, c);
-    if (!r.ok()) (void)backend_->DelConsumer(token, p, c);
-    return r;
-  }
-  // A second reference to the token's eventfd, as the probe needs.
-  Fd DupEventfd(const std::string& token) {
-    std::shared_ptr<const Fd> eventfd = backend_->EventfdOf(token);
-    return eventfd == nullptr ? Fd() : eventfd->Duplicate();
-  }
-
-  int fds_before_ = 0;
-  std::unique_ptr<KvmBackend> backend_;
-  FakeVfioIrqs* device_ = nullptr;  // owned by backend_
   std::unique_ptr<HandoffServer> server_;
   std::unique_ptr<TestVmm> vmm_ = std::make_unique<TestVmm>();
-  std::atomic<int> changes_{0};
   std::string dir_;
   std::string path_;
 };

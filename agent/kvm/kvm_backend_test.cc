@@ -25,6 +25,7 @@
 #include "agent/errno_status.h"
 #include "agent/kvm/kvm_irqfd.h"
 #include "agent/kvm/kvm_test_vcpu.h"
+#include "agent/kvm/testing/kvm_backend_fixture.h"
 #include "agent/step_executor.h"
 #include "agent/test_fd_count.h"
 #include "common/testing/eventually.h"
@@ -44,49 +45,20 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
 
-constexpr char kDevice[] = "0000:3b:00.1";
+using ::irqbypass::agent::testing::kFixtureDevice;
+constexpr const char* kDevice = kFixtureDevice;
 
 // irqfd injection for irqchip routes runs on a kernel workqueue, so it is
 // asynchronous: tests poll for it (Eventually).
 
-class KvmBackendTest : public ::testing::Test {
+class KvmBackendTest : public ::irqbypass::agent::testing::KvmBackendFixture {
  protected:
   void SetUp() override {
-    fds_before_ = OpenFdCount();
-    KvmBackendOptions options;
-    options.node = "n1";
-    auto created = KvmBackend::Create(options);
-    if (!created.ok()) {
-      GTEST_SKIP() << "/dev/kvm cannot be used here (" << created.status()
-                   << "): the real-KVM tests need it";
-    }
-    backend_ = *std::move(created);
+    KvmBackendFixture::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     ASSERT_TRUE(backend_->CreateVm("vm-a").ok());
     ASSERT_TRUE(backend_->CreateVm("vm-b").ok());
-    auto device = std::make_unique<FakeVfioIrqs>(kDevice);
-    device_ = device.get();
-    backend_->AddDevice(std::move(device));
   }
-
-  // Connects `token` as the manager's CONNECT does (add_consumer, then
-  // add_producer, undoing add_consumer if that fails).
-  StepResult Connect(const std::string& token, const v1::Producer& p,
-                     const v1::Consumer& c) {
-    StepResult r = backend_->AddConsumer(token, p, c);
-    if (!r.ok()) return r;
-    r = backend_->AddProducer(token, p, c);
-    if (!r.ok()) (void)backend_->DelConsumer(token, p, c);
-    return r;
-  }
-  void Disconnect(const std::string& token, const v1::Producer& p,
-                  const v1::Consumer& c) {
-    ASSERT_TRUE(backend_->DelProducer(token, p, c).ok());
-    ASSERT_TRUE(backend_->DelConsumer(token, p, c).ok());
-  }
-
-  int fds_before_ = 0;
-  std::unique_ptr<KvmBackend> backend_;
-  FakeVfioIrqs* device_ = nullptr;  // owned by backend_
 };
 
 TEST_F(KvmBackendTest, Pair_KernelHoldsIrqfd_SecondAssignEbusy_FreeAfterDel) {
@@ -373,7 +345,9 @@ TEST_F(KvmBackendTest, ThousandsOfIrqfdsAcrossVms_AllHeld_NoFdLeakAfter) {
     ASSERT_TRUE(backend_->RemoveDevice(device));
   }
   EXPECT_THAT(backend_->Inventory(), IsEmpty());
+  // Without the backend (and the fixture's /dev/kvm), nothing is left open.
   backend_.reset();
+  kvm_.reset();
   EXPECT_EQ(OpenFdCount(), fds_before_);
 }
 
