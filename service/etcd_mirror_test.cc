@@ -17,37 +17,20 @@
 #include "protos/etcd/rpc.grpc.pb.h"
 #include "service/etcd_store.h"
 #include "service/store_codec.h"
+#include "service/testing/store_support.h"
 #include "tests/etcd_support.h"
 
 namespace irqbypass {
 namespace {
 
-BindingState Paired(uint32_t n, uint64_t revision) {
-  BindingState st;
-  ProducerRecord& p = st.producer.emplace();
-  p.node = "n1";
-  p.device = "0000:3b:00.1";
-  p.vector = n % 2048;
-  p.registration_id = 100 + n;
-  ConsumerRecord& c = st.consumer.emplace();
-  c.node = "n1";
-  c.vm = "vm-a";
-  c.gsi = n % 4096;
-  st.connected = true;
-  st.revision = revision;
-  return st;
-}
+using ::irqbypass::testing::PairedState;
 
 class EtcdMirrorTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     etcd_ = new testing::EtcdCluster();
     ASSERT_TRUE(etcd_->Start(1));
-    auto target = EtcdTarget(etcd_->endpoints());
-    ASSERT_TRUE(target.ok());
-    kv_ = etcdserverpb::KV::NewStub(
-              grpc::CreateChannel(*target, grpc::InsecureChannelCredentials()))
-              .release();
+    kv_ = new testing::EtcdKv(etcd_->endpoints()[0]);
   }
   static void TearDownTestSuite() {
     delete kv_;
@@ -84,32 +67,10 @@ class EtcdMirrorTest : public ::testing::Test {
 
   // An election: the leader key created; its revision.
   static int64_t Elect(const std::string& prefix) {
-    etcdserverpb::PutRequest request;
-    request.set_key(prefix + "leader");
-    request.set_value("127.0.0.1:1");
-    etcdserverpb::PutResponse response;
-    grpc::ClientContext context;
-    grpc::Status s = kv_->Put(&context, request, &response);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    return response.header().revision();
+    return kv_->Put(prefix + "leader", "127.0.0.1:1");
   }
 
-  static void CompactAll() {
-    etcdserverpb::RangeRequest range;
-    range.set_key("/none");
-    etcdserverpb::RangeResponse now;
-    {
-      grpc::ClientContext context;
-      ASSERT_TRUE(kv_->Range(&context, range, &now).ok());
-    }
-    etcdserverpb::CompactionRequest request;
-    request.set_revision(now.header().revision());
-    request.set_physical(true);
-    etcdserverpb::CompactionResponse response;
-    grpc::ClientContext context;
-    grpc::Status s = kv_->Compact(&context, request, &response);
-    ASSERT_TRUE(s.ok()) << s.error_message();
-  }
+  static void CompactAll() { kv_->CompactAll(); }
 
   // The copy equals what a load from etcd reads now.
   static void ExpectSameAsEtcd(EtcdStore& store, MirrorCopy& copy) {
@@ -152,10 +113,11 @@ class EtcdMirrorTest : public ::testing::Test {
       r.kind = RequestKind::kRegisterProducer;
       r.token = token;
       r.expires_unix_micros = 1000000 + i;
-      ASSERT_TRUE(store
-                      .WriteAndWait(StoreChange{token, Paired(i, ++*revision),
-                                                i % 5 == 0 ? &r : nullptr})
-                      .ok());
+      ASSERT_TRUE(
+          store
+              .WriteAndWait(StoreChange{token, PairedState(i, ++*revision),
+                                        i % 5 == 0 ? &r : nullptr})
+              .ok());
       if (i % 3 == 0) {
         BindingState removed;
         removed.revision = ++*revision;
@@ -178,7 +140,7 @@ class EtcdMirrorTest : public ::testing::Test {
       const int end = std::min(to, start + 40);
       for (int i = start; i < end; ++i) {
         tokens.push_back("m" + std::to_string(i));
-        states.push_back(Paired(i, 10000 + i));
+        states.push_back(PairedState(i, 10000 + i));
         RequestRecord r;
         r.id = "bulk-" + std::to_string(i);
         r.kind = RequestKind::kRegisterConsumer;
@@ -195,11 +157,11 @@ class EtcdMirrorTest : public ::testing::Test {
   }
 
   static testing::EtcdCluster* etcd_;
-  static etcdserverpb::KV::Stub* kv_;
+  static testing::EtcdKv* kv_;
 };
 
 testing::EtcdCluster* EtcdMirrorTest::etcd_ = nullptr;
-etcdserverpb::KV::Stub* EtcdMirrorTest::kv_ = nullptr;
+testing::EtcdKv* EtcdMirrorTest::kv_ = nullptr;
 
 TEST_F(EtcdMirrorTest, FollowsWritesBeforeAndAfterStart_TakeIsWhatEtcdHolds) {
   auto store = OpenStore("follow");
@@ -283,12 +245,7 @@ TEST_F(EtcdMirrorTest, ElectionRevisionNotReached_DeadlineExceeded) {
 
 TEST_F(EtcdMirrorTest, UndecodableRecord_DataLossNamingTheKey) {
   auto mirror = StartMirror("corrupt");
-  etcdserverpb::PutRequest request;
-  request.set_key(Prefix("corrupt") + "b/bad");
-  request.set_value("\xff\xff not a binding");
-  etcdserverpb::PutResponse response;
-  grpc::ClientContext context;
-  ASSERT_TRUE(kv_->Put(&context, request, &response).ok());
+  ASSERT_GT(kv_->Put(Prefix("corrupt") + "b/bad", "\xff\xff not a binding"), 0);
   auto copy = mirror->Take(Elect(Prefix("corrupt")), absl::Seconds(10));
   EXPECT_EQ(copy.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(copy.status().message().find("b/bad"), std::string::npos)
@@ -337,15 +294,10 @@ TEST_F(EtcdMirrorTest, CancelledWhileTakeWaits_TakeReturnsCancelled) {
 TEST_F(EtcdMirrorTest, UndecodableRecordOverwritten_CopyUsableAgain) {
   auto mirror = StartMirror("fixed");
   auto put = [&](const std::string& value) {
-    etcdserverpb::PutRequest request;
-    request.set_key(Prefix("fixed") + "b/t");
-    request.set_value(value);
-    etcdserverpb::PutResponse response;
-    grpc::ClientContext context;
-    ASSERT_TRUE(kv_->Put(&context, request, &response).ok());
+    ASSERT_GT(kv_->Put(Prefix("fixed") + "b/t", value), 0);
   };
   put("\xff\xff not a binding");
-  put(EncodeBinding(Paired(1, 7)));
+  put(EncodeBinding(PairedState(1, 7)));
   auto copy = mirror->Take(Elect(Prefix("fixed")), absl::Seconds(10));
   ASSERT_TRUE(copy.ok()) << copy.status();
   ASSERT_EQ(copy->bindings.size(), 1u);

@@ -17,26 +17,14 @@
 #include "gtest/gtest.h"
 #include "protos/etcd/rpc.grpc.pb.h"
 #include "service/errors.h"
+#include "service/testing/store_support.h"
 #include "tests/etcd_support.h"
 
 namespace irqbypass {
 namespace {
 
-BindingState Paired(uint32_t n, uint64_t revision) {
-  BindingState st;
-  ProducerRecord& p = st.producer.emplace();
-  p.node = "n1";
-  p.device = "0000:3b:00.1";
-  p.vector = n;
-  p.registration_id = 100 + n;
-  ConsumerRecord& c = st.consumer.emplace();
-  c.node = "n1";
-  c.vm = "vm-a";
-  c.gsi = n;
-  st.connected = true;
-  st.revision = revision;
-  return st;
-}
+using ::irqbypass::testing::LoadAll;
+using ::irqbypass::testing::PairedState;
 
 class EtcdStoreTest : public ::testing::Test {
  protected:
@@ -59,57 +47,9 @@ class EtcdStoreTest : public ::testing::Test {
     return opened.ok() ? *std::move(opened) : nullptr;
   }
 
-  static std::map<std::string, BindingState> LoadAll(Store& store,
-                                                     uint64_t* last) {
-    std::map<std::string, BindingState> loaded;
-    auto r = store.Load([&](std::string token, BindingState st) {
-      loaded[token] = std::move(st);
-      return absl::OkStatus();
-    });
-    EXPECT_TRUE(r.ok()) << r.status();
-    if (last != nullptr) *last = r.ok() ? *r : 0;
-    return loaded;
-  }
-
-  static etcdserverpb::KV::Stub& Kv() {
-    static auto* stub = [] {
-      auto target = EtcdTarget(etcd_->endpoints());
-      EXPECT_TRUE(target.ok());
-      return etcdserverpb::KV::NewStub(
-                 grpc::CreateChannel(*target,
-                                     grpc::InsecureChannelCredentials()))
-          .release();
-    }();
-    return *stub;
-  }
-  // etcd's current revision.
-  static int64_t EtcdRevision() {
-    etcdserverpb::RangeRequest request;
-    request.set_key("/none");
-    etcdserverpb::RangeResponse response;
-    grpc::ClientContext context;
-    grpc::Status s = Kv().Range(&context, request, &response);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    return response.header().revision();
-  }
-  // Creates `key`; its create_revision (0 on failure).
-  static int64_t PutKey(const std::string& key) {
-    etcdserverpb::PutRequest request;
-    request.set_key(key);
-    request.set_value("replica");
-    etcdserverpb::PutResponse response;
-    grpc::ClientContext context;
-    grpc::Status s = Kv().Put(&context, request, &response);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    return s.ok() ? response.header().revision() : 0;
-  }
-  static void DeleteKey(const std::string& key) {
-    etcdserverpb::DeleteRangeRequest request;
-    request.set_key(key);
-    etcdserverpb::DeleteRangeResponse response;
-    grpc::ClientContext context;
-    grpc::Status s = Kv().DeleteRange(&context, request, &response);
-    EXPECT_TRUE(s.ok()) << s.error_message();
+  static testing::EtcdKv& Kv() {
+    static auto* kv = new testing::EtcdKv(etcd_->endpoints()[0]);
+    return *kv;
   }
 
   static testing::EtcdCluster* etcd_;
@@ -121,8 +61,8 @@ TEST_F(EtcdStoreTest, Reopen_LoadsWhatWasWrittenAndNotWhatWasRemoved) {
   {
     auto store = Open("reopen");
     ASSERT_NE(store, nullptr);
-    ASSERT_TRUE(store->WriteAndWait(StoreChange{"a", Paired(1, 1)}).ok());
-    ASSERT_TRUE(store->WriteAndWait(StoreChange{"b", Paired(2, 2)}).ok());
+    ASSERT_TRUE(store->WriteAndWait(StoreChange{"a", PairedState(1, 1)}).ok());
+    ASSERT_TRUE(store->WriteAndWait(StoreChange{"b", PairedState(2, 2)}).ok());
     BindingState removed;
     removed.revision = 3;
     ASSERT_TRUE(store->WriteAndWait(StoreChange{"b", removed}).ok());
@@ -147,7 +87,7 @@ TEST_F(EtcdStoreTest, ConcurrentWriters_MarkIsTheMaximum_ManyPagesLoaded) {
             "t" + std::to_string(t) + "-" + std::to_string(i);
         EXPECT_TRUE(store
                         ->WriteAndWait(StoreChange{
-                            token, Paired(i, revision.fetch_add(1) + 1)})
+                            token, PairedState(i, revision.fetch_add(1) + 1)})
                         .ok());
       }
     });
@@ -164,7 +104,7 @@ TEST_F(EtcdStoreTest, Write_MoreThanOneTransactionHolds_RefusedNothingWritten) {
   std::vector<BindingState> states;
   for (int i = 0; i < 41; ++i) {
     tokens.push_back("k" + std::to_string(i));
-    states.push_back(Paired(i, i + 1));
+    states.push_back(PairedState(i, i + 1));
   }
   std::vector<StoreChange> changes;
   for (int i = 0; i < 41; ++i) changes.push_back({tokens[i], states[i]});
@@ -184,7 +124,7 @@ TEST_F(EtcdStoreTest, Write_MoreThanOneTransactionHolds_RefusedNothingWritten) {
 // and the store ends holding exactly what the calls left.
 TEST_F(EtcdStoreTest, GroupCommit_MixedCalls_EachAnsweredOnceAllKept) {
   auto store = Open("group");
-  const int64_t etcd_before = EtcdRevision();
+  const int64_t etcd_before = Kv().Revision();
   constexpr int kThreads = 32;
   constexpr int kTokens = 40;
   std::atomic<uint64_t> revision{0};
@@ -211,7 +151,7 @@ TEST_F(EtcdStoreTest, GroupCommit_MixedCalls_EachAnsweredOnceAllKept) {
           EXPECT_TRUE(got.ok()) << token << ": " << got;
           highest[t] = std::max(highest[t], st.revision);
         };
-        BindingState st = Paired(i, revision.fetch_add(1) + 1);
+        BindingState st = PairedState(i, revision.fetch_add(1) + 1);
         write(st);
         if (i % 3 == 0) {
           BindingState removed;
@@ -241,7 +181,7 @@ TEST_F(EtcdStoreTest, GroupCommit_MixedCalls_EachAnsweredOnceAllKept) {
   EXPECT_EQ(last, want_last);
   // Each transaction raises etcd's revision by one: fewer than one per
   // call shows calls shared them (32 callers, 4 transactions in flight).
-  const int64_t txns = EtcdRevision() - etcd_before;
+  const int64_t txns = Kv().Revision() - etcd_before;
   EXPECT_LT(txns, calls.load()) << "no call shared a transaction";
   std::printf("%d calls in %lld transactions\n", calls.load(),
               static_cast<long long>(txns));
@@ -252,7 +192,7 @@ TEST_F(EtcdStoreTest, GroupCommit_MixedCalls_EachAnsweredOnceAllKept) {
 // the store steps down once.
 TEST_F(EtcdStoreTest, GroupCommit_FenceLost_EveryLaterCallRefusedWithItsToken) {
   const std::string leader = "/test/fenced/leader";
-  const int64_t epoch = PutKey(leader);
+  const int64_t epoch = Kv().Put(leader, "replica");
   ASSERT_GT(epoch, 0);
   std::atomic<int> step_downs{0};
   EtcdStoreOptions options;
@@ -276,7 +216,7 @@ TEST_F(EtcdStoreTest, GroupCommit_FenceLost_EveryLaterCallRefusedWithItsToken) {
         const std::string token =
             "f" + std::to_string(t) + "-" + std::to_string(i);
         absl::Status s =
-            store->WriteAndWait(StoreChange{token, Paired(i, i + 1)});
+            store->WriteAndWait(StoreChange{token, PairedState(i, i + 1)});
         if (s.ok()) {
           EXPECT_FALSE(after) << token << " written after a newer leader";
           acked[t].push_back(token);
@@ -292,8 +232,8 @@ TEST_F(EtcdStoreTest, GroupCommit_FenceLost_EveryLaterCallRefusedWithItsToken) {
   }
   ASSERT_TRUE(::irqbypass::testing::Eventually([&] { return written >= 200; }));
   // A newer election: the key deleted and created again.
-  DeleteKey(leader);
-  ASSERT_GT(PutKey(leader), epoch);
+  Kv().Delete(leader);
+  ASSERT_GT(Kv().Put(leader, "replica"), epoch);
   deposed.store(true);
   for (auto& th : threads) th.join();
   EXPECT_EQ(step_downs.load(), 1);
@@ -316,7 +256,8 @@ TEST_F(EtcdStoreTest, RequestOutcomes_LoadedUntilExpiredThenPruned) {
   r.token = "a";
   r.registration_id = 42;
   r.expires_unix_micros = 2000;
-  ASSERT_TRUE(store->WriteAndWait(StoreChange{"a", Paired(1, 1), &r}).ok());
+  ASSERT_TRUE(
+      store->WriteAndWait(StoreChange{"a", PairedState(1, 1), &r}).ok());
   std::vector<RequestRecord> got;
   auto collect = [&](RequestRecord rec) { got.push_back(std::move(rec)); };
   ASSERT_TRUE(store->LoadRequests(1000, collect).ok());
@@ -345,12 +286,12 @@ TEST_F(EtcdStoreTest, ZEtcdDown_WriteUnavailableNothingHangs) {
   ASSERT_NE(store, nullptr);
   etcd_->member(0).Signal(SIGKILL);
   etcd_->member(0).Wait();
-  absl::Status s = store->WriteAndWait(StoreChange{"a", Paired(1, 1)});
+  absl::Status s = store->WriteAndWait(StoreChange{"a", PairedState(1, 1)});
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(GetErrorReason(s), ErrorReason::kStoreUnavailable);
   ASSERT_TRUE(etcd_->Restart(0));
   EXPECT_TRUE(::irqbypass::testing::Eventually([&] {
-    return store->WriteAndWait(StoreChange{"a", Paired(1, 2)}).ok();
+    return store->WriteAndWait(StoreChange{"a", PairedState(1, 2)}).ok();
   }));
 }
 

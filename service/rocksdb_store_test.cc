@@ -20,9 +20,13 @@
 #include "rocksdb/env.h"
 #include "rocksdb/file_system.h"
 #include "service/errors.h"
+#include "service/testing/store_support.h"
 
 namespace irqbypass {
 namespace {
+
+using ::irqbypass::testing::LoadAll;
+using ::irqbypass::testing::PairedState;
 
 std::string NewTempDir() {
   const char* base = std::getenv("TEST_TMPDIR");
@@ -30,34 +34,6 @@ std::string NewTempDir() {
                      "/rocksdb_store_test.XXXXXX";
   if (mkdtemp(path.data()) == nullptr) std::abort();
   return path;
-}
-
-BindingState Paired(const std::string& node, uint32_t n, uint64_t revision) {
-  BindingState st;
-  ProducerRecord& p = st.producer.emplace();
-  p.node = node;
-  p.device = "0000:3b:00." + std::to_string(n % 8);
-  p.vector = n;
-  p.registration_id = 1000 + n;
-  ConsumerRecord& c = st.consumer.emplace();
-  c.node = node;
-  c.vm = "vm-" + std::to_string(n);
-  c.gsi = n;
-  c.registration_id = 2000 + n;
-  st.connected = true;
-  st.revision = revision;
-  return st;
-}
-
-std::map<std::string, BindingState> LoadAll(Store& store, uint64_t* last) {
-  std::map<std::string, BindingState> loaded;
-  auto r = store.Load([&](std::string token, BindingState st) {
-    loaded[token] = std::move(st);
-    return absl::OkStatus();
-  });
-  EXPECT_TRUE(r.ok()) << r.status();
-  if (last != nullptr) *last = r.ok() ? *r : 0;
-  return loaded;
 }
 
 std::unique_ptr<RocksDbStore> OpenOrDie(const RocksDbStoreOptions& options) {
@@ -76,8 +52,8 @@ TEST(RocksDbStoreTest, Reopen_LoadsWhatWasWrittenAndNotWhatWasRemoved) {
   const std::string dir = NewTempDir();
   {
     auto store = OpenOrDie({dir});
-    Write(*store, "a", Paired("n1", 1, 1));
-    Write(*store, "b", Paired("n2", 2, 2));
+    Write(*store, "a", PairedState(1, 1, "n1"));
+    Write(*store, "b", PairedState(2, 2, "n2"));
     Write(*store, "b", BindingState{.revision = 3});  // removed
     BindingState waiting;
     waiting.consumer.emplace().node = "n1";
@@ -112,8 +88,8 @@ TEST(RocksDbStoreTest, Load_HighestRevisionWasARemoval_StillReturned) {
   const std::string dir = NewTempDir();
   {
     auto store = OpenOrDie({dir});
-    Write(*store, "a", Paired("n1", 1, 10));
-    Write(*store, "gone", Paired("n1", 2, 11));
+    Write(*store, "a", PairedState(1, 10, "n1"));
+    Write(*store, "gone", PairedState(2, 11, "n1"));
     Write(*store, "gone", BindingState{.revision = 12});
   }
   auto store = OpenOrDie({dir});
@@ -134,7 +110,7 @@ TEST(RocksDbStoreTest, ConcurrentWriters_RevisionMarkIsTheMaximum) {
       threads.emplace_back([&, t] {
         for (int i = 0; i < kPerThread; ++i) {
           const std::string token = absl::StrCat("t", t, "-", i);
-          Write(*store, token, Paired("n1", i, revision.fetch_add(1) + 1));
+          Write(*store, token, PairedState(i, revision.fetch_add(1) + 1, "n1"));
         }
       });
     }
@@ -161,14 +137,15 @@ TEST(RocksDbStoreTest, SecondOpenOfSameDir_FailedPreconditionNamingIt) {
             std::string::npos)
       << second.status();
   // The first is unharmed.
-  Write(*first, "a", Paired("n1", 1, 1));
+  Write(*first, "a", PairedState(1, 1, "n1"));
 }
 
 TEST(RocksDbStoreTest, WriteAfterClose_UnavailableStoreReason) {
   auto store = OpenOrDie({NewTempDir()});
   ASSERT_TRUE(store->Close().ok());
   ASSERT_TRUE(store->Close().ok());  // idempotent
-  absl::Status s = store->WriteAndWait(StoreChange{"a", Paired("n1", 1, 1)});
+  absl::Status s =
+      store->WriteAndWait(StoreChange{"a", PairedState(1, 1, "n1")});
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(GetErrorReason(s), ErrorReason::kStoreUnavailable);
 }
@@ -361,7 +338,7 @@ PowerCutResult WriteThenCutPower(bool sync) {
       threads.emplace_back([&, t] {
         for (int i = 0; i < 40; ++i) {
           const std::string token = absl::StrCat("t", t, "-", i);
-          BindingState st = Paired("n1", i, revision.fetch_add(1) + 1);
+          BindingState st = PairedState(i, revision.fetch_add(1) + 1, "n1");
           if (!store->WriteAndWait(StoreChange{token, st}).ok()) continue;
           if (i % 5 == 4) {
             BindingState removed;
@@ -430,14 +407,15 @@ TEST(RocksDbStoreTest, SyncFails_WriteUnavailableThenEveryWriteRefused) {
   options.env = env.get();
   options.on_failure = [&](const absl::Status&) { ++failures; };
   auto store = OpenOrDie(options);
-  Write(*store, "a", Paired("n1", 1, 1));
+  Write(*store, "a", PairedState(1, 1, "n1"));
   fs->FailSyncs();
-  absl::Status s = store->WriteAndWait(StoreChange{"b", Paired("n1", 2, 2)});
+  absl::Status s =
+      store->WriteAndWait(StoreChange{"b", PairedState(2, 2, "n1")});
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(GetErrorReason(s), ErrorReason::kStoreUnavailable);
   EXPECT_EQ(failures, 1);
   absl::Status later =
-      store->WriteAndWait(StoreChange{"c", Paired("n1", 3, 3)});
+      store->WriteAndWait(StoreChange{"c", PairedState(3, 3, "n1")});
   EXPECT_EQ(later.code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(later.message().find("restart"), std::string::npos) << later;
   EXPECT_EQ(failures, 1);

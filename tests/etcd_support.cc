@@ -1,7 +1,11 @@
 #include "tests/etcd_support.h"
 
 #include <cstdio>
+#include <string>
 
+#include "absl/strings/strip.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "tests/metrics_support.h"
 
 namespace irqbypass::testing {
@@ -60,6 +64,54 @@ void EtcdCluster::DumpLogs() const {
     std::fprintf(stderr, "--- etcd m%zu ---\n%s\n", i,
                  members_[i]->Log().c_str());
   }
+}
+
+EtcdKv::EtcdKv(absl::string_view endpoint) {
+  absl::string_view target = endpoint;
+  absl::ConsumePrefix(&target, "http://");
+  kv_ = etcdserverpb::KV::NewStub(grpc::CreateChannel(
+      std::string(target), grpc::InsecureChannelCredentials()));
+}
+
+int64_t EtcdKv::Revision() {
+  etcdserverpb::RangeRequest request;
+  request.set_key("/none");
+  etcdserverpb::RangeResponse response;
+  grpc::ClientContext context;
+  grpc::Status s = kv_->Range(&context, request, &response);
+  EXPECT_TRUE(s.ok()) << "etcd Range: " << s.error_message();
+  return s.ok() ? response.header().revision() : 0;
+}
+
+int64_t EtcdKv::Put(absl::string_view key, absl::string_view value) {
+  etcdserverpb::PutRequest request;
+  request.set_key(std::string(key));
+  request.set_value(std::string(value));
+  etcdserverpb::PutResponse response;
+  grpc::ClientContext context;
+  grpc::Status s = kv_->Put(&context, request, &response);
+  EXPECT_TRUE(s.ok()) << "etcd Put " << key << ": " << s.error_message();
+  return s.ok() ? response.header().revision() : 0;
+}
+
+void EtcdKv::Delete(absl::string_view key) {
+  etcdserverpb::DeleteRangeRequest request;
+  request.set_key(std::string(key));
+  etcdserverpb::DeleteRangeResponse response;
+  grpc::ClientContext context;
+  grpc::Status s = kv_->DeleteRange(&context, request, &response);
+  EXPECT_TRUE(s.ok()) << "etcd DeleteRange " << key << ": "
+                      << s.error_message();
+}
+
+void EtcdKv::CompactAll() {
+  etcdserverpb::CompactionRequest request;
+  request.set_revision(Revision());
+  request.set_physical(true);
+  etcdserverpb::CompactionResponse response;
+  grpc::ClientContext context;
+  grpc::Status s = kv_->Compact(&context, request, &response);
+  EXPECT_TRUE(s.ok()) << "etcd Compact: " << s.error_message();
 }
 
 }  // namespace irqbypass::testing

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
+#include "protos/etcd/rpc.grpc.pb.h"
 #include "tests/process.h"
 
 namespace irqbypass::testing {
@@ -32,6 +34,26 @@ class EtcdCluster {
   std::vector<int> peer_ports_;
   std::vector<std::string> endpoints_;
   std::vector<std::unique_ptr<Process>> members_;
+};
+
+// A plain etcd KV client, for tests that read or change etcd behind the
+// back of the code under test. Each call fails the running test (gtest
+// EXPECT) if etcd refuses it.
+class EtcdKv {
+ public:
+  // `endpoint`: "http://127.0.0.1:P", as EtcdCluster::endpoints() gives.
+  explicit EtcdKv(absl::string_view endpoint);
+
+  // etcd's current revision (0 on failure).
+  int64_t Revision();
+  // Puts `key` = `value`; the revision of the put (0 on failure).
+  int64_t Put(absl::string_view key, absl::string_view value);
+  void Delete(absl::string_view key);
+  // Compacts (physically) up to the current revision.
+  void CompactAll();
+
+ private:
+  std::unique_ptr<etcdserverpb::KV::Stub> kv_;
 };
 
 }  // namespace irqbypass::testing
