@@ -1,12 +1,15 @@
 // End-to-end benchmark: an async gRPC load generator (one completion queue,
 // --callers concurrent callers) driving irqbypassd with a sim agent on
-// loopback, and in the same run the same generator against bare_server
-// (the same service with empty handlers, same server options).
+// loopback, and in the same run, in alternating one-second windows, the same
+// generator against bare_server (the same service with empty handlers, same
+// server options) on gRPC's callback API (the ceiling) and on its sync API.
 //
-// One cycle = RegisterProducer, RegisterConsumer (connects through the agent),
+// Three workloads, each reported for the three servers with throughput and
+// latency p50/p99/p99.9, and irqbypassd's throughput as a fraction of each
+// bare server's: GetBinding of a registered pair; a duplicate
+// RegisterProducer (ALREADY_EXISTS, no agent involved); and the register
+// cycle = RegisterProducer, RegisterConsumer (connects through the agent),
 // UnregisterProducer (disconnects through the agent), UnregisterConsumer.
-// Reports cycles ("pairs") per second and cycle latency p50/p99/p99.9 for
-// both, and irqbypassd's throughput as a fraction of bare gRPC's.
 //
 // --durability: the same cycle against irqbypassd without a store and with
 // the embedded store, and the store's fsyncs per durable write.
@@ -100,7 +103,7 @@ class LoadCaller {
 
   // Handles a completion; returns false when this caller's pair is done.
   bool Complete() {
-    if (!status_.ok()) {
+    if (!Expected(status_)) {
       ++errors_;
       if (errors_ <= 3) {
         std::fprintf(stderr, "%s %d step %d: %s\n", name_, id_, step_,
@@ -123,6 +126,10 @@ class LoadCaller {
 
  protected:
   virtual int Steps() const = 0;
+  // Whether a call ended as it should (OK, unless a mode expects an error).
+  virtual bool Expected(const grpc::Status& status) const {
+    return status.ok();
+  }
   // Starts RPC number step_ with context ctx_, completing into status_ with
   // tag().
   virtual void Issue() = 0;
@@ -152,7 +159,11 @@ class LoadCaller {
 // on the shared completion queue.
 class Caller final : public LoadCaller {
  public:
-  enum class Mode { kCycle, kPreload };
+  // kCycle: the register cycle (4 calls). kPreload: register a pair (2).
+  // kGet: one GetBinding of a preloaded pair. kDuplicate: one
+  // RegisterProducer of a preloaded pair's token with another device (the
+  // ALREADY_EXISTS path: validation, index lookup, error, no agent).
+  enum class Mode { kCycle, kPreload, kGet, kDuplicate };
 
   Caller(v1::BypassManager::Stub* stub, grpc::CompletionQueue* cq, int id,
          Mode mode)
@@ -160,14 +171,59 @@ class Caller final : public LoadCaller {
 
  private:
   std::string Token() const {
-    return mode_ == Mode::kCycle ? absl::StrCat("load-", id_, "-", n_)
-                                 : absl::StrCat("pre-", n_);
+    switch (mode_) {
+      case Mode::kCycle:
+        return absl::StrCat("load-", id_, "-", n_);
+      case Mode::kPreload:
+        return absl::StrCat("pre-", n_);
+      case Mode::kGet:
+      case Mode::kDuplicate:
+        return absl::StrCat("pre-", id_);  // preloaded: one per caller
+    }
+    return "";
   }
 
-  int Steps() const override { return mode_ == Mode::kCycle ? 4 : 2; }
+  int Steps() const override {
+    switch (mode_) {
+      case Mode::kCycle:
+        return 4;
+      case Mode::kPreload:
+        return 2;
+      case Mode::kGet:
+      case Mode::kDuplicate:
+        return 1;
+    }
+    return 1;
+  }
+
+  bool Expected(const grpc::Status& status) const override {
+    // The bare server answers OK; irqbypassd ALREADY_EXISTS.
+    return status.ok() ||
+           (mode_ == Mode::kDuplicate &&
+            status.error_code() == grpc::StatusCode::ALREADY_EXISTS);
+  }
 
   void Issue() override {
     const std::string token = Token();
+    if (mode_ == Mode::kGet) {
+      v1::GetBindingRequest req;
+      req.set_token(token);
+      get_reader_ = stub_->PrepareAsyncGetBinding(ctx_.get(), req, cq_);
+      get_reader_->StartCall();
+      get_reader_->Finish(&binding_, &status_, tag());
+      return;
+    }
+    if (mode_ == Mode::kDuplicate) {
+      v1::RegisterProducerRequest req;
+      auto* p = req.mutable_producer();
+      p->set_token(token);
+      p->set_node(kNode);
+      p->set_device(Device(5000000 + id_));
+      rp_reader_ = stub_->PrepareAsyncRegisterProducer(ctx_.get(), req, cq_);
+      rp_reader_->StartCall();
+      rp_reader_->Finish(&rp_, &status_, tag());
+      return;
+    }
     // Cycling callers reuse their own device and GSI (freed every cycle);
     // preloaded pairs each get their own.
     const uint64_t obj = mode_ == Mode::kCycle ? 4000000 + id_ : n_;
@@ -223,6 +279,8 @@ class Caller final : public LoadCaller {
   v1::RegisterConsumerResponse rc_;
   v1::UnregisterProducerResponse up_;
   v1::UnregisterConsumerResponse uc_;
+  v1::Binding binding_;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<v1::Binding>> get_reader_;
   std::unique_ptr<grpc::ClientAsyncResponseReader<v1::RegisterProducerResponse>>
       rp_reader_;
   std::unique_ptr<grpc::ClientAsyncResponseReader<v1::RegisterConsumerResponse>>
@@ -306,7 +364,7 @@ LoadResult RunLoad(const std::string& target, int callers, Caller::Mode mode,
   uint64_t next = first;
   const uint64_t end = first + total;
   auto more = [&] {
-    return mode == Caller::Mode::kCycle ? Clock::now() < stop_at : next < end;
+    return mode == Caller::Mode::kPreload ? next < end : Clock::now() < stop_at;
   };
   int active = 0;
   for (auto& c : all) {
@@ -376,10 +434,12 @@ class Servers {
     });
   }
 
-  bool StartBare() {
+  // `api`: bare_server's --api (callback or sync).
+  bool StartBare(const std::string& api) {
     const std::string port_file = dir_ + "/bare.port";
     if (!bare_.Start(testing::BinaryPath("bench/bare_server"),
-                     {"--listen=127.0.0.1:0", "--port_file=" + port_file},
+                     {"--listen=127.0.0.1:0", "--port_file=" + port_file,
+                      "--api=" + api},
                      dir_ + "/bare.log")) {
       return false;
     }
@@ -429,7 +489,7 @@ class Servers {
 };
 
 void PrintLoad(const char* name, const LoadResult& r) {
-  std::printf("%-12s %10.0f %10lu %10s %10s %10s %8lu\n", name,
+  std::printf("%-16s %10.0f %10lu %10s %10s %10s %8lu\n", name,
               r.pairs_per_second(), static_cast<unsigned long>(r.pairs),
               HumanNs(static_cast<double>(r.latency.p50_ns)).c_str(),
               HumanNs(static_cast<double>(r.latency.p99_ns)).c_str(),
@@ -447,71 +507,118 @@ std::string LoadJson(const LoadResult& r) {
 int RunAgainstTarget(const std::string& target, int callers,
                      absl::Duration duration) {
   const LoadResult r = RunLoad(target, callers, Caller::Mode::kCycle, duration);
-  std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "server", "pairs/s",
+  std::printf("%-16s %10s %10s %10s %10s %10s %8s\n", "server", "pairs/s",
               "pairs", "p50", "p99", "p99.9", "errors");
   PrintLoad(target.c_str(), r);
   return r.errors == 0 ? 0 : 1;
 }
 
-// Alternates one-second windows of load between two servers for
+// Alternates one-second windows of `mode` load among `targets` for
 // `duration` each, so that a change in the machine's speed during the run
-// (shared hosts) affects both alike.
-void Alternate(const std::string& first, const std::string& second, int callers,
-               absl::Duration duration, LoadResult* at_first,
-               LoadResult* at_second) {
-  LatencySamples first_samples, second_samples;
+// (shared hosts) affects them all alike. One result per target.
+std::vector<LoadResult> AlternateAmong(const std::vector<std::string>& targets,
+                                       int callers, Caller::Mode mode,
+                                       absl::Duration duration) {
+  std::vector<LoadResult> results(targets.size());
+  std::vector<LatencySamples> samples(targets.size());
   const int64_t rounds = std::max<int64_t>(
       1, absl::ToInt64Seconds(absl::Ceil(duration, absl::Seconds(1))));
   const absl::Duration window = duration / rounds;
   for (int64_t i = 0; i < rounds; ++i) {
-    for (LoadResult* which : {at_first, at_second}) {
-      const bool is_first = which == at_first;
+    for (size_t t = 0; t < targets.size(); ++t) {
       LoadResult r =
-          RunLoad(is_first ? first : second, callers, Caller::Mode::kCycle,
-                  window, 0, 0, is_first ? &first_samples : &second_samples);
-      which->seconds += r.seconds;
-      which->pairs += r.pairs;
-      which->errors += r.errors;
+          RunLoad(targets[t], callers, mode, window, 0, 0, &samples[t]);
+      results[t].seconds += r.seconds;
+      results[t].pairs += r.pairs;
+      results[t].errors += r.errors;
     }
   }
-  at_first->latency = first_samples.Summarise();
-  at_second->latency = second_samples.Summarise();
+  for (size_t t = 0; t < targets.size(); ++t) {
+    results[t].latency = samples[t].Summarise();
+  }
+  return results;
 }
 
+// The register cycle between two servers (the durability and etcd runs).
+void Alternate(const std::string& first, const std::string& second, int callers,
+               absl::Duration duration, LoadResult* at_first,
+               LoadResult* at_second) {
+  std::vector<LoadResult> r =
+      AlternateAmong({first, second}, callers, Caller::Mode::kCycle, duration);
+  *at_first = r[0];
+  *at_second = r[1];
+}
+
+double Ratio(const LoadResult& ours, const LoadResult& base) {
+  return base.pairs_per_second() > 0
+             ? ours.pairs_per_second() / base.pairs_per_second()
+             : 0;
+}
+
+// irqbypassd against the bare server on the callback API (the ceiling) and
+// on the sync API, for each workload: (a) GetBinding, (b) the duplicate
+// register (ALREADY_EXISTS), (c) the register cycle through the sim agent.
 int RunThroughput(int callers, absl::Duration duration) {
-  Servers servers;
+  Servers servers, sync_servers;
   if (!servers.StartManager(absl::GetFlag(FLAGS_store)) ||
-      !servers.StartBare()) {
+      !servers.StartBare("callback") || !sync_servers.StartBare("sync")) {
     std::fprintf(stderr, "could not start the servers\n");
     return 1;
   }
-  // Warm up both (connections, allocator, first-use paths).
-  RunLoad(servers.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
-  RunLoad(servers.bare(), callers, Caller::Mode::kCycle, absl::Seconds(1));
-  LoadResult ours, bare;
-  Alternate(servers.manager(), servers.bare(), callers, duration, &ours, &bare);
-  const double ratio = bare.pairs_per_second() > 0
-                           ? ours.pairs_per_second() / bare.pairs_per_second()
-                           : 0;
+  const std::vector<std::string> targets = {servers.manager(), servers.bare(),
+                                            sync_servers.bare()};
+  // One preloaded pair per caller, for GetBinding and the duplicate
+  // register; then warm every server up (connections, first-use paths).
+  LoadResult preload =
+      RunLoad(servers.manager(), callers, Caller::Mode::kPreload,
+              absl::ZeroDuration(), 0, static_cast<uint64_t>(callers));
+  for (const std::string& target : targets) {
+    RunLoad(target, callers, Caller::Mode::kCycle, absl::Seconds(1));
+  }
+  struct Workload {
+    const char* name;
+    const char* unit;
+    Caller::Mode mode;
+  };
+  const Workload workloads[] = {
+      {"get_binding", "calls/s", Caller::Mode::kGet},
+      {"duplicate_register", "calls/s", Caller::Mode::kDuplicate},
+      {"register_cycle", "cycles/s", Caller::Mode::kCycle},
+  };
   std::printf(
-      "end-to-end: %d callers, %s each (alternating 1 s windows); cycle = "
-      "register producer + register consumer (connect via sim agent) + "
-      "unregister both; irqbypassd --store=%s; %u cores\n",
+      "end-to-end: %d callers, %s per server and workload (alternating 1 s "
+      "windows among the three servers); cycle = register producer + "
+      "register consumer (connect via sim agent) + unregister both; "
+      "irqbypassd --store=%s; %u cores\n",
       callers, absl::FormatDuration(duration).c_str(),
       absl::GetFlag(FLAGS_store).c_str(), std::thread::hardware_concurrency());
-  std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "server", "pairs/s",
-              "pairs", "p50", "p99", "p99.9", "errors");
-  PrintLoad("irqbypassd", ours);
-  PrintLoad("bare gRPC", bare);
-  std::printf("irqbypassd / bare gRPC throughput: %.1f%%\n", ratio * 100);
-  const std::string json_out = absl::GetFlag(FLAGS_json_out);
-  if (!json_out.empty()) {
-    std::ofstream(json_out)
-        << "{\"callers\": " << callers << ", \"irqbypassd\": " << LoadJson(ours)
-        << ", \"bare_grpc\": " << LoadJson(bare) << ", \"ratio\": " << ratio
-        << "}\n";
+  uint64_t errors = preload.errors;
+  std::ostringstream json;
+  json << "{\"callers\": " << callers;
+  for (const Workload& w : workloads) {
+    std::vector<LoadResult> r =
+        AlternateAmong(targets, callers, w.mode, duration);
+    std::printf("\n%s\n%-16s %10s %10s %10s %10s %10s %8s\n", w.name, "server",
+                w.unit, "count", "p50", "p99", "p99.9", "errors");
+    PrintLoad("irqbypassd", r[0]);
+    PrintLoad("bare callback", r[1]);
+    PrintLoad("bare sync", r[2]);
+    std::printf(
+        "irqbypassd / bare callback: %.1f%%; irqbypassd / bare sync: %.1f%%; "
+        "bare sync / bare callback: %.1f%%\n",
+        Ratio(r[0], r[1]) * 100, Ratio(r[0], r[2]) * 100,
+        Ratio(r[2], r[1]) * 100);
+    json << ", \"" << w.name << "\": {\"irqbypassd\": " << LoadJson(r[0])
+         << ", \"bare_callback\": " << LoadJson(r[1])
+         << ", \"bare_sync\": " << LoadJson(r[2])
+         << ", \"ratio\": " << Ratio(r[0], r[1])
+         << ", \"ratio_to_sync\": " << Ratio(r[0], r[2]) << "}";
+    for (const LoadResult& each : r) errors += each.errors;
   }
-  return ours.errors == 0 && bare.errors == 0 ? 0 : 1;
+  json << "}\n";
+  const std::string json_out = absl::GetFlag(FLAGS_json_out);
+  if (!json_out.empty()) std::ofstream(json_out) << json.str();
+  return errors == 0 ? 0 : 1;
 }
 
 // What durability costs: the same cycle against a manager with no store and
@@ -553,7 +660,7 @@ int RunDurability(int callers, absl::Duration duration) {
       "unregister both = 4 durable writes; %u cores\n",
       callers, absl::FormatDuration(duration).c_str(),
       std::thread::hardware_concurrency());
-  std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "store", "pairs/s",
+  std::printf("%-16s %10s %10s %10s %10s %10s %8s\n", "store", "pairs/s",
               "pairs", "p50", "p99", "p99.9", "errors");
   PrintLoad("memory", at_memory);
   PrintLoad("embedded", at_embedded);
@@ -608,7 +715,7 @@ int RunEtcd(int callers, absl::Duration duration) {
       "cycle = 4 one-op Txns on one key; %u cores\n",
       callers, absl::FormatDuration(duration).c_str(), etcd.endpoints().size(),
       std::thread::hardware_concurrency());
-  std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "driving", "cycles/s",
+  std::printf("%-16s %10s %10s %10s %10s %10s %8s\n", "driving", "cycles/s",
               "cycles", "p50", "p99", "p99.9", "errors");
   PrintLoad("irqbypassd", ours);
   PrintLoad("raw etcd", bare);
@@ -680,7 +787,7 @@ int RunScale(int callers, absl::Duration duration) {
       "scale: %d callers, %s per measurement (alternating 1 s windows "
       "between a manager holding %d pairs and one holding %d)\n",
       callers, absl::FormatDuration(duration).c_str(), small, large);
-  std::printf("%-12s %10s %10s %10s %10s %10s %8s\n", "registered", "pairs/s",
+  std::printf("%-16s %10s %10s %10s %10s %10s %8s\n", "registered", "pairs/s",
               "pairs", "p50", "p99", "p99.9", "errors");
   PrintLoad(absl::StrCat(small).c_str(), at_small);
   PrintLoad(absl::StrCat(large).c_str(), at_large);
