@@ -31,11 +31,12 @@ class ABSL_LOCKABLE Mutex {
   bool TryLock() ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) {
     return mu_.try_lock();
   }
-  // Wakes the threads in Await, if any, to re-check their conditions.
+  // Wakes the threads in Await, if any, to re-check their conditions. The
+  // notify comes before the unlock: once the mutex is free, an awaiter may
+  // return and destroy the object that holds it (as absl::Mutex allows).
   void Unlock() ABSL_UNLOCK_FUNCTION() {
-    const bool wake = awaiting_ > 0;
+    if (awaiting_ > 0) released_.notify_all();
     mu_.unlock();
-    if (wake) released_.notify_all();
   }
   // For code the analysis cannot follow (a callback run under the lock).
   void AssertHeld() const ABSL_ASSERT_EXCLUSIVE_LOCK() {}
@@ -52,12 +53,15 @@ class ABSL_LOCKABLE Mutex {
   template <typename F>
   bool AwaitWithTimeout(F&& condition, absl::Duration timeout)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(this) {
-    if (timeout == absl::InfiniteDuration()) {
+    const auto now = std::chrono::steady_clock::now();
+    // Longer than the clock can count (InfiniteDuration, or centuries from a
+    // flag): no deadline, rather than an overflowed one in the past.
+    if (timeout >=
+        absl::FromChrono(std::chrono::steady_clock::time_point::max() - now)) {
       Await(condition);
       return true;
     }
-    return AwaitUntil(condition, std::chrono::steady_clock::now() +
-                                     absl::ToChronoNanoseconds(timeout));
+    return AwaitUntil(condition, now + absl::ToChronoNanoseconds(timeout));
   }
 
  private:

@@ -55,6 +55,57 @@ TEST(MutexTest, AwaitWithTimeoutGivesUpAndSaysSo) {
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(30));
 }
 
+TEST(MutexTest, AwaitWithTimeout_NegativeIsAnImmediateCheck) {
+  Guarded g;
+  MutexLock lock(&g.mu);
+  EXPECT_FALSE(g.mu.AwaitWithTimeout(
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(g.mu) { return g.value == 1; },
+      -absl::Seconds(1)));
+  g.value = 1;
+  EXPECT_TRUE(g.mu.AwaitWithTimeout(
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(g.mu) { return g.value == 1; },
+      absl::ZeroDuration()));
+}
+
+// A timeout longer than the clock can count (300 years) waits, rather than
+// overflowing into a deadline in the past.
+TEST(MutexTest, AwaitWithTimeout_CenturiesDoNotOverflow) {
+  Guarded g;
+  std::thread setter([&] {
+    absl::SleepFor(absl::Milliseconds(20));
+    g.Set(1);
+  });
+  {
+    MutexLock lock(&g.mu);
+    EXPECT_TRUE(g.mu.AwaitWithTimeout(
+        [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(g.mu) { return g.value == 1; },
+        absl::Hours(24 * 365 * 300)));
+    EXPECT_EQ(g.value, 1);
+  }
+  setter.join();
+}
+
+// An awaiter may destroy the object holding the mutex as soon as its
+// condition holds (as absl::Mutex allows): Unlock must be done with the
+// mutex by then. ThreadSanitizer and ASan run this test.
+TEST(MutexTest, AwaiterDestroysTheMutexOnceItsConditionHolds) {
+  for (int i = 0; i < 2000; ++i) {
+    auto* g = new Guarded;
+    std::thread setter([g] { g->Set(1); });
+    {
+      g->mu.Lock();
+      g->mu.AwaitWithTimeout(
+          [g]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return g->value == 1; },
+          absl::Seconds(10));
+      g->mu.Unlock();
+    }
+    // The setter may still be inside Unlock, after the mutex was released:
+    // deleted under it, as a user of the mutex may do.
+    delete g;
+    setter.join();
+  }
+}
+
 TEST(MutexTest, AwaitWithTimeoutReturnsTrueWhenTheConditionComesTrue) {
   Guarded g;
   std::thread setter([&] {
@@ -113,14 +164,20 @@ TEST(MutexTest, AwaitersSeeAChangeMadeBeforeACondVarWait) {
   int c = 0;
   bool stop = false;
   std::atomic<bool> released{false};
+  std::atomic<int> checks{0};
   std::thread waiter([&] {
     MutexLock lock(&mu);
-    mu.Await([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return c == 1; });
+    mu.Await([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      checks.fetch_add(1);
+      return c == 1;
+    });
     released = true;
   });
+  // The waiter checked once (false) with the mutex held, and holds it until
+  // it is inside its wait: the changer's Lock below returns only then.
+  while (checks.load() == 0) absl::SleepFor(absl::Milliseconds(1));
   std::thread changer([&] {
     MutexLock lock(&mu);
-    absl::SleepFor(absl::Milliseconds(5));  // let the waiter wait first
     c = 1;
     // Waits on a CondVar, never calling Unlock, until told to stop.
     while (!stop) cv.Wait(&mu);
@@ -136,7 +193,7 @@ TEST(MutexTest, AwaitersSeeAChangeMadeBeforeACondVarWait) {
 }
 
 // Many awaiters with different conditions, one counter: each is released
-// exactly when its threshold is reached.
+// once its threshold is reached, and none before.
 TEST(MutexTest, ManyAwaitersWithDifferentConditions) {
   Guarded g;
   std::atomic<int> released{0};

@@ -161,49 +161,73 @@ grpc::Status BypassService::UnregisterConsumer(
   return grpc::Status::OK;
 }
 
-grpc::Status BypassService::GetBinding(grpc::ServerContext*,
-                                       const v1::GetBindingRequest* request,
-                                       v1::Binding* response) {
+namespace {
+
+// A unary callback call answered inline, on the thread that received it.
+grpc::ServerUnaryReactor* FinishInline(grpc::CallbackServerContext* context,
+                                       grpc::Status status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(std::move(status));
+  return reactor;
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* BypassService::GetBinding(
+    grpc::CallbackServerContext* context, const v1::GetBindingRequest* request,
+    v1::Binding* response) {
+  return FinishInline(context, DoGetBinding(*request, response));
+}
+
+grpc::ServerUnaryReactor* BypassService::ListBindings(
+    grpc::CallbackServerContext* context,
+    const v1::ListBindingsRequest* request,
+    v1::ListBindingsResponse* response) {
+  return FinishInline(context, DoListBindings(*request, response));
+}
+
+grpc::Status BypassService::DoGetBinding(const v1::GetBindingRequest& request,
+                                         v1::Binding* response) {
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
   }
-  if (auto s = ValidateToken("token", request->token()); !s.ok()) {
+  if (auto s = ValidateToken("token", request.token()); !s.ok()) {
     return ToGrpcStatus(s);
   }
-  std::optional<BindingState> st = index_.Get(request->token());
+  std::optional<BindingState> st = index_.Get(request.token());
   if (!st.has_value()) {
     ErrorContext ctx;
-    ctx.token = request->token();
+    ctx.token = request.token();
     return ToGrpcStatus(
         MakeError(absl::StatusCode::kNotFound, ErrorReason::kNotRegistered,
-                  absl::StrCat("token \"", request->token(),
+                  absl::StrCat("token \"", request.token(),
                                "\" holds neither a producer nor a consumer"),
                   ctx));
   }
-  BindingToProto(request->token(), *st, response);
+  BindingToProto(request.token(), *st, response);
   return grpc::Status::OK;
 }
 
-grpc::Status BypassService::ListBindings(grpc::ServerContext*,
-                                         const v1::ListBindingsRequest* request,
-                                         v1::ListBindingsResponse* response) {
+grpc::Status BypassService::DoListBindings(
+    const v1::ListBindingsRequest& request,
+    v1::ListBindingsResponse* response) {
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
   }
-  if (!request->node().empty()) {
-    if (auto s = ValidateNode("node", request->node()); !s.ok()) {
+  if (!request.node().empty()) {
+    if (auto s = ValidateNode("node", request.node()); !s.ok()) {
       return ToGrpcStatus(s);
     }
   }
-  int page_size = request->page_size();
+  int page_size = request.page_size();
   if (page_size < 0 || page_size > kMaxPageSize) {
     return ToGrpcStatus(InvalidField(
         "page_size",
         absl::StrCat("page_size: ", page_size, " not in 0..", kMaxPageSize)));
   }
   if (page_size == 0) page_size = kDefaultPageSize;
-  auto page = index_.List(request->node(), static_cast<size_t>(page_size),
-                          request->page_token());
+  auto page = index_.List(request.node(), static_cast<size_t>(page_size),
+                          request.page_token());
   if (!page.ok()) {
     return ToGrpcStatus(InvalidField("page_token", page.status().message()));
   }

@@ -17,7 +17,15 @@
 
 namespace irqbypass {
 
-class BypassService final : public v1::BypassManager::Service {
+// The reads (GetBinding, ListBindings) are served on gRPC's callback API and
+// complete inline on the thread that received them: they touch only the
+// lock-free index, so they need no thread of their own. The other methods
+// are still sync handlers (issue #11 moves them too).
+using BypassServiceBase = v1::BypassManager::WithCallbackMethod_GetBinding<
+    v1::BypassManager::WithCallbackMethod_ListBindings<
+        v1::BypassManager::Service>>;
+
+class BypassService final : public BypassServiceBase {
  public:
   // None owned; all must outlive the service. `leadership` null: always
   // serving (one replica); otherwise a standby answers every call
@@ -47,12 +55,13 @@ class BypassService final : public v1::BypassManager::Service {
       grpc::ServerContext* context,
       const v1::UnregisterConsumerRequest* request,
       v1::UnregisterConsumerResponse* response) override;
-  grpc::Status GetBinding(grpc::ServerContext* context,
-                          const v1::GetBindingRequest* request,
-                          v1::Binding* response) override;
-  grpc::Status ListBindings(grpc::ServerContext* context,
-                            const v1::ListBindingsRequest* request,
-                            v1::ListBindingsResponse* response) override;
+  grpc::ServerUnaryReactor* GetBinding(grpc::CallbackServerContext* context,
+                                       const v1::GetBindingRequest* request,
+                                       v1::Binding* response) override;
+  grpc::ServerUnaryReactor* ListBindings(
+      grpc::CallbackServerContext* context,
+      const v1::ListBindingsRequest* request,
+      v1::ListBindingsResponse* response) override;
   grpc::Status WatchBindings(
       grpc::ServerContext* context, const v1::WatchBindingsRequest* request,
       grpc::ServerWriter<v1::BindingEvent>* writer) override;
@@ -64,6 +73,11 @@ class BypassService final : public v1::BypassManager::Service {
                        v1::Node* response) override;
 
  private:
+  grpc::Status DoGetBinding(const v1::GetBindingRequest& request,
+                            v1::Binding* response);
+  grpc::Status DoListBindings(const v1::ListBindingsRequest& request,
+                              v1::ListBindingsResponse* response);
+
   Matcher& matcher_;
   TokenIndex& index_;
   WatchHub& watch_hub_;

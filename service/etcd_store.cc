@@ -316,6 +316,10 @@ struct EtcdStore::Waiter {
   bool taken = false;  // a writer has them in its transaction
   bool done = false;
   absl::Status status;
+  // Signalled when this call's changes are written, or when it is the
+  // oldest waiting call and a writer slot may be free. Each call has its
+  // own, so a release wakes the one thread it concerns, not every waiter.
+  CondVar wake;
   // Under batch_mu_: written, or waiting and a writer slot is free.
   bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
     return done || (!taken && store->writers_ < kWriters);
@@ -347,10 +351,14 @@ void EtcdStore::Write(absl::Span<const StoreChange> changes,
   me.store = this;
   batch_mu_.Lock();
   queue_.push_back(&me);
+  // The oldest waiting call when a writer slot may be free: it becomes a
+  // writer and takes the calls behind it (any waiting call would do, and
+  // the oldest is first in the transaction anyway).
+  auto wake_next_writer = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch_mu_) {
+    if (!queue_.empty() && writers_ < kWriters) queue_.front()->wake.Signal();
+  };
   while (true) {
-    batch_mu_.Await([&me]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch_mu_) {
-      return me.Ready();
-    });
+    while (!me.Ready()) me.wake.Wait(&batch_mu_);
     if (me.done) break;
     // Become a writer: take the oldest waiting calls, this one among them.
     ++writers_;
@@ -364,14 +372,19 @@ void EtcdStore::Write(absl::Span<const StoreChange> changes,
       taken.push_back(w);
       for (const StoreChange& c : w->changes) batch.push_back(c);
     }
+    wake_next_writer();  // the calls left behind, if a slot is still free
     batch_mu_.Unlock();
     const absl::Status s = WriteChunk(batch);
     batch_mu_.Lock();
     for (Waiter* w : taken) {
       w->status = taken.size() == 1 ? s : ForCall(s, w->changes);
       w->done = true;
+      // Its thread waits for batch_mu_, held here, before it can return
+      // and destroy the Waiter.
+      if (w != &me) w->wake.Signal();
     }
     --writers_;
+    wake_next_writer();
   }
   batch_mu_.Unlock();
   done(me.status);

@@ -222,18 +222,23 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
   rocksdb::WriteOptions options;
   options.sync = sync_;
   rocksdb::Status s;
+  const char* refused = nullptr;  // why the store would not take the write
   {
+    // `done` runs after the hold ends, so a callback that closes the store
+    // (or waits for something that does) cannot stall Close.
     Use use(this);
-    const bool closed = use.db() == nullptr;
-    if (closed || failed_.load()) {
-      done(MakeError(
-          absl::StatusCode::kUnavailable, ErrorReason::kStoreUnavailable,
-          closed ? "durable store: closed"
-                 : "durable store: failed earlier; restart irqbypassd",
-          {}));
-      return;
+    if (use.db() == nullptr) {
+      refused = "durable store: closed";
+    } else if (failed_.load()) {
+      refused = "durable store: failed earlier; restart irqbypassd";
+    } else {
+      s = use.db()->Write(options, &batch);
     }
-    s = use.db()->Write(options, &batch);
+  }
+  if (refused != nullptr) {
+    done(MakeError(absl::StatusCode::kUnavailable,
+                   ErrorReason::kStoreUnavailable, refused, {}));
+    return;
   }
   if (!s.ok()) {
     ErrorContext ctx;

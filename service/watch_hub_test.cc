@@ -188,11 +188,15 @@ TEST(WatchHubTest, UnsubscribedWhileCommitsRun_NoUseAfterFree) {
     v1::BindingEvent event;
     (void)Poll(*sub, &event);
     hub.Unsubscribe(sub);
-    // At most what the reader had already taken in hand, then closed.
+    // At most what the reader had already taken in hand, then the end:
+    // closed, or overflowed if the commits filled a sub-queue before the
+    // unsubscribe (this reader never reads, and a preempted test thread
+    // leaves the committers a whole time slice).
     Result result;
     int left = 0;
     while ((result = Poll(*sub, &event)) == Result::kEvent) ++left;
-    EXPECT_EQ(result, Result::kClosed);
+    EXPECT_TRUE(result == Result::kClosed || result == Result::kOverflow)
+        << static_cast<int>(result);
     EXPECT_LT(left, 1000);
   }
   stop = true;
