@@ -138,12 +138,7 @@ void DrainOthers(Record* mine, uint64_t now) {
     std::vector<Retired> ready;
     {
       if (!r->mu.TryLock()) continue;
-      // TryLock's result is what the analysis follows; the holder below
-      // makes sure the unlock happens even if TakeReady throws.
-      struct Unlocker {
-        Mutex* mu;
-        ~Unlocker() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu->Unlock(); }
-      } unlock{&r->mu};
+      AdoptedMutexLock unlock(&r->mu);  // also if TakeReady throws
       ready = TakeReady(r, now);
     }
     FreeAll(ready);

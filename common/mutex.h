@@ -118,6 +118,20 @@ class ABSL_SCOPED_LOCKABLE MutexLock {
   Mutex* const mu_;
 };
 
+// Takes over a mutex its caller already holds (after a successful TryLock)
+// and unlocks it at the end of the scope, also on unwind.
+class ABSL_SCOPED_LOCKABLE AdoptedMutexLock {
+ public:
+  explicit AdoptedMutexLock(Mutex* mu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu)
+      : mu_(mu) {}
+  ~AdoptedMutexLock() ABSL_UNLOCK_FUNCTION() { mu_->Unlock(); }
+  AdoptedMutexLock(const AdoptedMutexLock&) = delete;
+  AdoptedMutexLock& operator=(const AdoptedMutexLock&) = delete;
+
+ private:
+  Mutex* const mu_;
+};
+
 class CondVar {
  public:
   // Atomically releases *mu, waits for a signal, re-acquires *mu.
