@@ -106,10 +106,20 @@ struct TokenIndex::Shard {
   std::atomic<uintptr_t>& ObjectList(const ObjectFingerprint& fp) {
     return objects[fp.b % kObjectLists];
   }
-  // Only for threads waiting on a busy op lock (another operation on the
-  // same token); the lists never take it.
+  // A thread waiting on a busy op lock (another operation on the same
+  // token), with its own condition variable: a release wakes exactly the
+  // waiter it hands the lock to, not every waiter of the shard (with many
+  // callers on one hot token, waking them all made each hand-over cost a
+  // wake-up per waiter).
+  struct Waiter {
+    const Slot* slot;
+    uint64_t ticket;
+    CondVar wake;
+    Waiter* next = nullptr;
+  };
+  // Only for threads waiting on a busy op lock; the lists never take it.
   Mutex mu;
-  CondVar released;
+  Waiter* waiters ABSL_GUARDED_BY(mu) = nullptr;  // in no particular order
 };
 
 const char* LockOpName(LockOp op) {
@@ -252,8 +262,15 @@ std::optional<TokenIndex::TokenLock> TokenIndex::LockImpl(
     waited = true;
     if (observer_ != nullptr) wait_start = std::chrono::steady_clock::now();
     MutexLock lock(&shard.mu);
-    const uint64_t ticket = waiting_on->next_ticket++;
-    while (waiting_on->granted <= ticket) shard.released.Wait(&shard.mu);
+    Shard::Waiter me{waiting_on, waiting_on->next_ticket++};
+    if (waiting_on->granted <= me.ticket) {
+      me.next = shard.waiters;
+      shard.waiters = &me;
+      while (waiting_on->granted <= me.ticket) me.wake.Wait(&shard.mu);
+      Shard::Waiter** link = &shard.waiters;
+      while (*link != &me) link = &(*link)->next;
+      *link = me.next;
+    }
     slot = waiting_on;
   }
   if (observer_ != nullptr) {
@@ -291,13 +308,18 @@ void TokenIndex::Release(size_t shard_index, Slot* slot) {
     return;
   }
   if (word >= Slot::kOneWaiter) {
-    {
-      // The waiter may not have taken its ticket yet: the grant counts
-      // either way (it then finds granted > its ticket at once).
-      MutexLock lock(&shard.mu);
-      ++slot->granted;
+    // The waiter may not have taken its ticket yet: the grant counts either
+    // way (it then finds granted > its ticket at once and never sleeps).
+    // Otherwise it is in the shard's list: wake it alone, under the mutex
+    // (it cannot leave the list, and so free its Waiter, before we unlock).
+    MutexLock lock(&shard.mu);
+    const uint64_t ticket = slot->granted++;
+    for (Shard::Waiter* w = shard.waiters; w != nullptr; w = w->next) {
+      if (w->slot == slot && w->ticket == ticket) {
+        w->wake.Signal();
+        break;
+      }
     }
-    shard.released.SignalAll();
   }
 }
 
