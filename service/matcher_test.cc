@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/testing/eventually.h"
 #include "gtest/gtest.h"
 #include "service/errors.h"
 #include "service/etcd_store.h"
@@ -311,6 +312,33 @@ TEST_P(MatcherTest, ConnectInFlight_ReadersSeeOnlyCommittedState) {
   EXPECT_FALSE(mid->connected);
   agent_.Release();
   registrar.join();
+  EXPECT_TRUE(index_->Get("t1")->connected);
+}
+
+// A register of a side the token already has is answered from the
+// committed state, without waiting for the operation holding the token: here
+// a consumer's connect is held indefinitely, and the duplicate producer must
+// still be told ALREADY_EXISTS (before, it queued behind the connect).
+TEST_P(MatcherTest, DuplicateRegister_WhileTheTokenIsHeld_AlreadyExistsAtOnce) {
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  agent_.Hold();
+  std::thread registrar(
+      [&] { EXPECT_TRUE(matcher_->RegisterConsumer("t1", Cons()).ok()); });
+  agent_.WaitHeld(1);  // t1's op lock is held across the connect
+  std::atomic<bool> answered{false};
+  absl::Status duplicate;
+  std::thread duplicator([&] {
+    duplicate =
+        matcher_->RegisterProducer("t1", Prod("n1", "0000:00:02.0")).status();
+    answered = true;
+  });
+  EXPECT_TRUE(irqbypass::testing::Eventually([&] { return answered.load(); }))
+      << "the duplicate waited for the held connect";
+  agent_.Release();
+  registrar.join();
+  duplicator.join();
+  EXPECT_EQ(duplicate.code(), absl::StatusCode::kAlreadyExists) << duplicate;
+  EXPECT_EQ(GetErrorReason(duplicate), ErrorReason::kTokenBusy);
   EXPECT_TRUE(index_->Get("t1")->connected);
 }
 
