@@ -23,6 +23,7 @@ packages=(
   jq          # checks the Grafana dashboard JSON (//deploy:deploy_files_test)
   clang         # the thread-safety analysis build (--config=thread_safety)
   clang-format  # the format check in scripts/test.sh
+  nghttp2-client  # h2load, the independent generator of bench/h2load_compare.sh
 )
 
 missing=()
