@@ -55,7 +55,7 @@ ABSL_FLAG(absl::Duration, agent_command_timeout, absl::Seconds(5),
           "How long a connect/disconnect waits for the agent's ack");
 ABSL_FLAG(int, shards, 65536,
           "Number of token index shards (each: a few lock-free lists and "
-          "the condition variable that same-token waiters sleep on)");
+          "the mutex under which same-token waiters are listed)");
 ABSL_FLAG(int, grpc_max_pollers, irqbypass::kDefaultGrpcMaxPollers,
           "Most idle gRPC server threads kept waiting for calls");
 ABSL_FLAG(std::string, store, "embedded",

@@ -89,11 +89,14 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
                                         typename Side::Record record,
                                         RequestRecord* request) {
   // A token whose committed state already has this side is answered from
-  // that state, lock-free, without queueing behind the operation that may
+  // that state, lock-free, without queueing behind an operation that may
   // hold the token: the answer is the one the op lock would give on that
-  // state, and it is linearisable (the call overlaps whatever operation
-  // holds the lock, and is ordered before that operation's commit). Many
-  // callers retrying a taken token then cost no lock hand-overs.
+  // state (this side is checked first there too), and it is linearisable
+  // (if an operation holds the lock, the call overlaps it and is ordered
+  // before its commit). So an unregister of this side still in flight (its
+  // disconnect not yet acknowledged) makes a register answer ALREADY_EXISTS
+  // rather than wait for it. Many callers retrying a taken token cost no
+  // lock hand-overs.
   if (std::optional<BindingState> seen = index.Get(token);
       seen.has_value() && Side::Mine(*seen).has_value()) {
     return AlreadyHas<Side>(token, *seen);

@@ -65,7 +65,9 @@ class Matcher {
   // the same id is running; INVALID_ARGUMENT (field request_id) when the id
   // was used for a different request.
 
-  // Contract 1. ALREADY_EXISTS (kTokenBusy) when the token has a producer,
+  // Contract 1. ALREADY_EXISTS (kTokenBusy) when the token has a producer
+  // (read from its committed state, without waiting for an operation in
+  // flight on the token, such as an unregister of that producer),
   // (kObjectBusy) when the same node/device/index/vector is registered under
   // another token; ABORTED (kObjectBusy) when it is being registered under
   // another token whose connect is still in flight (retry);

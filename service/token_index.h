@@ -13,10 +13,11 @@
 //    (register, unregister, reconcile). It is held across the round trip to
 //    a node agent; it is a word in the token's slot, so other tokens, and
 //    readers of this token, never wait for it. Only a second operation on
-//    the same token sleeps until the first releases it (on a per-shard
-//    condition variable, whose mutex a release takes only when that token
-//    has waiters). Waiting is fair: a release with waiters hands the lock
-//    to the longest-waiting one, so newcomers cannot starve it.
+//    the same token sleeps until the first releases it (each waiter on its
+//    own condition variable, listed under a per-shard mutex that a release
+//    takes only when that token has waiters; the release wakes only the
+//    waiter it hands over to). Waiting is fair: a release with waiters hands
+//    the lock to the longest-waiting one, so newcomers cannot starve it.
 //
 // Readers (Get, List, ForEachCommitted) see only committed state: a side
 // whose connect is still in flight is invisible until TokenLock::Commit (or
