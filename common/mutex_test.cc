@@ -6,6 +6,7 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/testing/eventually.h"
 #include "gtest/gtest.h"
 
 namespace irqbypass {
@@ -21,6 +22,14 @@ struct Guarded {
   }
 };
 
+// A thread that sets g.value to `v` after `delay`.
+std::thread SetLater(Guarded& g, int v, absl::Duration delay) {
+  return std::thread([&g, v, delay] {
+    absl::SleepFor(delay);
+    g.Set(v);
+  });
+}
+
 TEST(MutexTest, AwaitReturnsAtOnceWhenTheConditionHolds) {
   Guarded g;
   g.Set(1);
@@ -32,10 +41,7 @@ TEST(MutexTest, AwaitReturnsAtOnceWhenTheConditionHolds) {
 
 TEST(MutexTest, AwaitWakesWhenAnotherThreadChangesTheStateAndUnlocks) {
   Guarded g;
-  std::thread setter([&] {
-    absl::SleepFor(absl::Milliseconds(20));
-    g.Set(7);
-  });
+  std::thread setter = SetLater(g, 7, absl::Milliseconds(20));
   {
     MutexLock lock(&g.mu);
     g.mu.Await(
@@ -71,10 +77,7 @@ TEST(MutexTest, AwaitWithTimeout_NegativeIsAnImmediateCheck) {
 // overflowing into a deadline in the past.
 TEST(MutexTest, AwaitWithTimeout_CenturiesDoNotOverflow) {
   Guarded g;
-  std::thread setter([&] {
-    absl::SleepFor(absl::Milliseconds(20));
-    g.Set(1);
-  });
+  std::thread setter = SetLater(g, 1, absl::Milliseconds(20));
   {
     MutexLock lock(&g.mu);
     EXPECT_TRUE(g.mu.AwaitWithTimeout(
@@ -108,10 +111,7 @@ TEST(MutexTest, AwaiterDestroysTheMutexOnceItsConditionHolds) {
 
 TEST(MutexTest, AwaitWithTimeoutReturnsTrueWhenTheConditionComesTrue) {
   Guarded g;
-  std::thread setter([&] {
-    absl::SleepFor(absl::Milliseconds(10));
-    g.Set(1);
-  });
+  std::thread setter = SetLater(g, 1, absl::Milliseconds(10));
   {
     MutexLock lock(&g.mu);
     EXPECT_TRUE(g.mu.AwaitWithTimeout(
@@ -126,11 +126,7 @@ TEST(MutexTest, AwaitWithTimeoutReturnsTrueWhenTheConditionComesTrue) {
 // be woken to re-check. Without that, `first` below sleeps until someone
 // calls Unlock, which here nobody does until it is done.
 bool WaitFor(const std::atomic<bool>& flag) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (!flag.load() && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  return flag.load();
+  return testing::Eventually([&] { return flag.load(); }, absl::Seconds(10));
 }
 
 TEST(MutexTest, AwaitersSeeAChangeMadeBeforeAnotherAwait) {

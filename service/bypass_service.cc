@@ -194,8 +194,10 @@ grpc::Status BypassService::DoGetBinding(const v1::GetBindingRequest& request,
   if (auto s = ValidateToken("token", request.token()); !s.ok()) {
     return ToGrpcStatus(s);
   }
-  std::optional<BindingState> st = index_.Get(request.token());
-  if (!st.has_value()) {
+  // Straight from the committed state into the response, without a copy.
+  if (!index_.Read(request.token(), [&](const BindingState& st) {
+        BindingToProto(request.token(), st, response);
+      })) {
     ErrorContext ctx;
     ctx.token = request.token();
     return ToGrpcStatus(
@@ -204,7 +206,6 @@ grpc::Status BypassService::DoGetBinding(const v1::GetBindingRequest& request,
                                "\" holds neither a producer nor a consumer"),
                   ctx));
   }
-  BindingToProto(request.token(), *st, response);
   return grpc::Status::OK;
 }
 

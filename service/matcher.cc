@@ -97,10 +97,12 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
   // disconnect not yet acknowledged) makes a register answer ALREADY_EXISTS
   // rather than wait for it. Many callers retrying a taken token cost no
   // lock hand-overs.
-  if (std::optional<BindingState> seen = index.Get(token);
-      seen.has_value() && Side::Mine(*seen).has_value()) {
-    return AlreadyHas<Side>(token, *seen);
-  }
+  // (Read, not Get: the common case, a side not yet there, copies nothing.)
+  absl::Status taken;
+  index.Read(token, [&](const BindingState& seen) {
+    if (Side::Mine(seen).has_value()) taken = AlreadyHas<Side>(token, seen);
+  });
+  if (!taken.ok()) return taken;
   TokenIndex::TokenLock lock = index.Lock(token, Side::kRegisterOp);
   const BindingState& current = lock.state();
 

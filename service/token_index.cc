@@ -546,16 +546,26 @@ absl::Status TokenIndex::Restore(const LoadFn& load, int threads) {
 }
 
 std::optional<BindingState> TokenIndex::Get(absl::string_view token) const {
+  std::optional<BindingState> result;
+  Read(token, [&](const BindingState& st) { result = st; });
+  return result;
+}
+
+bool TokenIndex::Read(absl::string_view token,
+                      absl::FunctionRef<void(const BindingState&)> fn) const {
   const uint64_t hash = HashOf(token);
   const Shard& shard = *shards_[ShardIndexForHash(hash)];
   epoch::Guard guard;
-  std::optional<BindingState> result;
+  bool found = false;
   ForEachInList<Slot>(shard.SlotList(hash), [&](const Slot& s) {
-    if (result.has_value() || s.hash != hash || s.token != token) return;
+    if (found || s.hash != hash || s.token != token) return;
     const BindingState* committed = s.committed.load();
-    if (committed != nullptr && !committed->empty()) result = *committed;
+    if (committed != nullptr && !committed->empty()) {
+      found = true;
+      fn(*committed);
+    }
   });
-  return result;
+  return found;
 }
 
 std::optional<TokenIndex::TokenLock::ObjectHolder>

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -219,6 +220,11 @@ class TokenIndex {
 
   // Committed state of `token`; nullopt when it holds neither side.
   std::optional<BindingState> Get(absl::string_view token) const;
+  // As Get without the copy: calls `fn` with the committed state, inside an
+  // epoch guard (fn must not keep references to it, nor lock the token);
+  // false, without calling fn, when the token holds neither side.
+  bool Read(absl::string_view token,
+            absl::FunctionRef<void(const BindingState&)> fn) const;
 
   static std::string ProducerObjectKey(const ProducerRecord& p);
   static std::string ConsumerObjectKey(const ConsumerRecord& c);
