@@ -7,7 +7,9 @@
 #define IRQBYPASS_SERVICE_AGENT_DISPATCHER_H_
 
 #include <memory>
+#include <utility>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "service/token_index.h"
@@ -34,6 +36,28 @@ class AgentDispatcher {
   virtual void Disconnect(absl::string_view token,
                           const ProducerRecord& producer,
                           const ConsumerRecord& consumer) = 0;
+
+  // Continuation forms, for callers that must not block a thread on the
+  // round trip (the matcher under callback-API RPCs): start the command and
+  // return; `done` runs once with what Connect would have returned (or,
+  // for a disconnect, once Disconnect would have returned), on this thread
+  // or another (the one that reads the agent's ack, a deadline timer, or
+  // the one that ends the session). `done` must not block. The defaults
+  // run the blocking call here and then `done` (fakes need nothing more).
+  using ConnectedFn = absl::AnyInvocable<void(absl::Status) &&>;
+  using DisconnectedFn = absl::AnyInvocable<void() &&>;
+  virtual void ConnectAsync(absl::string_view token,
+                            const ProducerRecord& producer,
+                            const ConsumerRecord& consumer, ConnectedFn done) {
+    std::move(done)(Connect(token, producer, consumer));
+  }
+  virtual void DisconnectAsync(absl::string_view token,
+                               const ProducerRecord& producer,
+                               const ConsumerRecord& consumer,
+                               DisconnectedFn done) {
+    Disconnect(token, producer, consumer);
+    std::move(done)();
+  }
 
   // Pipelined use (reconciliation sends thousands of commands to one agent):
   // Begin* queues the command and returns at once; End* waits for its

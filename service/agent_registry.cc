@@ -30,9 +30,14 @@ class AgentRegistry::AgentSession {
   struct Pending {
     uint64_t id = 0;
     CondVar done_cv;
-    bool done = false;    // guarded by the session's mu_
-    bool closed = false;  // the session ended before the ack
+    bool done = false;       // guarded by the session's mu_
+    bool closed = false;     // the session ended before the ack
+    bool timed_out = false;  // (a continuation's) deadline passed first
     v1::CommandAck ack;
+    // A continuation (ConnectAsync, DisconnectAsync): run once, with no
+    // lock held, when the ack comes, the session ends or the deadline
+    // passes (Expire). Null: a thread waits (Wait).
+    absl::AnyInvocable<void() &&> then;
   };
 
   // `epoch`: the leader epoch every command carries.
@@ -73,13 +78,34 @@ class AgentRegistry::AgentSession {
   }
 
   void Complete(v1::CommandAck&& ack) {
-    MutexLock lock(&mu_);
-    auto it = pending_.find(ack.id());
-    if (it == pending_.end()) return;  // timed out earlier, or not awaited
-    it->second->ack = std::move(ack);
-    it->second->done = true;
-    it->second->done_cv.SignalAll();
-    pending_.erase(it);
+    absl::AnyInvocable<void() &&> then;
+    {
+      MutexLock lock(&mu_);
+      auto it = pending_.find(ack.id());
+      if (it == pending_.end()) return;  // timed out earlier, or not awaited
+      it->second->ack = std::move(ack);
+      it->second->done = true;
+      it->second->done_cv.SignalAll();
+      then = std::move(it->second->then);
+      pending_.erase(it);
+    }
+    if (then) std::move(then)();
+  }
+
+  // A continuation's deadline passed: unless its ack came first, it is
+  // dropped (a late ack is ignored) and runs as timed out.
+  void Expire(uint64_t id) {
+    absl::AnyInvocable<void() &&> then;
+    {
+      MutexLock lock(&mu_);
+      auto it = pending_.find(id);
+      if (it == pending_.end() || !it->second->then) return;
+      it->second->timed_out = true;
+      it->second->done = true;
+      then = std::move(it->second->then);
+      pending_.erase(it);
+    }
+    std::move(then)();
   }
 
   void SendHello(v1::ManagerMessage msg) {
@@ -92,16 +118,21 @@ class AgentRegistry::AgentSession {
   // Fails every waiting command and refuses new ones; queued messages are
   // dropped.
   void Close() {
-    MutexLock lock(&mu_);
-    closed_ = true;
-    outbox_.clear();
-    outbox_cv_.SignalAll();
-    for (auto& [id, pending] : pending_) {
-      pending->closed = true;
-      pending->done = true;
-      pending->done_cv.SignalAll();
+    std::vector<absl::AnyInvocable<void() &&>> continuations;
+    {
+      MutexLock lock(&mu_);
+      closed_ = true;
+      outbox_.clear();
+      outbox_cv_.SignalAll();
+      for (auto& [id, pending] : pending_) {
+        pending->closed = true;
+        pending->done = true;
+        pending->done_cv.SignalAll();
+        if (pending->then) continuations.push_back(std::move(pending->then));
+      }
+      pending_.clear();
     }
-    pending_.clear();
+    for (auto& then : continuations) std::move(then)();
   }
 
   // Ends the stream from the manager's side (the agent sees CANCELLED).
@@ -131,8 +162,9 @@ class AgentRegistry::AgentSession {
     return pending_.size();
   }
 
- private:
-  // Everything but the id is built before the lock is taken.
+  // Queues `command`; its ack will complete `pending` (null: none awaited).
+  // Everything but the id is built before the lock is taken. False when
+  // the session is closed.
   bool Enqueue(v1::Command command, const std::shared_ptr<Pending>& pending) {
     v1::ManagerMessage msg;
     *msg.mutable_command() = std::move(command);
@@ -150,6 +182,7 @@ class AgentRegistry::AgentSession {
     return true;
   }
 
+ private:
   void WriterLoop() {
     std::vector<v1::ManagerMessage> batch;
     bool first = true;
@@ -316,9 +349,19 @@ absl::Status ConnectAckToStatus(absl::string_view token,
       ctx);
 }
 
-AgentRegistry::AgentRegistry(Options options) : options_(options) {}
+AgentRegistry::AgentRegistry(Options options) : options_(options) {
+  deadline_thread_ = std::thread([this] { DeadlineLoop(); });
+}
 
-AgentRegistry::~AgentRegistry() { Shutdown(); }
+AgentRegistry::~AgentRegistry() {
+  Shutdown();
+  {
+    MutexLock lock(&deadline_mu_);
+    deadlines_stop_ = true;
+    deadline_cv_.Signal();
+  }
+  deadline_thread_.join();
+}
 
 std::shared_ptr<AgentRegistry::AgentSession> AgentRegistry::Find(
     absl::string_view node) const {
@@ -614,10 +657,9 @@ void AgentRegistry::Forget(const std::shared_ptr<AgentSession>& session) {
   }
 }
 
-std::unique_ptr<AgentRegistry::InFlight> AgentRegistry::Start(
-    const std::shared_ptr<AgentSession>& session, v1::Command::Kind kind,
-    absl::string_view token, const ProducerRecord& producer,
-    const ConsumerRecord& consumer) {
+std::unique_ptr<AgentRegistry::InFlight> AgentRegistry::NewFlight(
+    const std::shared_ptr<AgentSession>& session, absl::string_view token,
+    const ProducerRecord& producer, const ConsumerRecord& consumer) {
   auto flight = std::make_unique<InFlight>();
   flight->session = session;
   flight->token = std::string(token);
@@ -626,6 +668,14 @@ std::unique_ptr<AgentRegistry::InFlight> AgentRegistry::Start(
   flight->started = std::chrono::steady_clock::now();
   flight->deadline =
       flight->started + absl::ToChronoNanoseconds(options_.command_timeout);
+  return flight;
+}
+
+std::unique_ptr<AgentRegistry::InFlight> AgentRegistry::Start(
+    const std::shared_ptr<AgentSession>& session, v1::Command::Kind kind,
+    absl::string_view token, const ProducerRecord& producer,
+    const ConsumerRecord& consumer) {
+  auto flight = NewFlight(session, token, producer, consumer);
   if (session != nullptr) {
     flight->pending =
         session->Send(MakeCommand(kind, token, producer, consumer));
@@ -633,7 +683,78 @@ std::unique_ptr<AgentRegistry::InFlight> AgentRegistry::Start(
   return flight;
 }
 
-absl::StatusOr<v1::CommandAck> AgentRegistry::AwaitAck(InFlight& flight) {
+void AgentRegistry::StartThen(const std::shared_ptr<AgentSession>& session,
+                              v1::Command::Kind kind, absl::string_view token,
+                              const ProducerRecord& producer,
+                              const ConsumerRecord& consumer,
+                              absl::AnyInvocable<void(InFlight&) &&> then) {
+  std::unique_ptr<InFlight> flight =
+      NewFlight(session, token, producer, consumer);
+  if (session == nullptr) {
+    std::move(then)(*flight);
+    return;
+  }
+  // The slot owns the flight and the continuation until one of the ack,
+  // the session's end or the deadline runs it (which breaks the cycle
+  // flight -> slot -> continuation -> flight).
+  InFlight* const raw = flight.get();
+  // Read before the command is queued: from then on its ack may run (and
+  // free) the flight at any moment.
+  const auto at = raw->deadline;
+  auto pending = std::make_shared<AgentSession::Pending>();
+  raw->pending = pending;
+  pending->then = [flight = std::move(flight),
+                   then = std::move(then)]() mutable {
+    std::move(then)(*flight);
+  };
+  if (!session->Enqueue(MakeCommand(kind, token, producer, consumer),
+                        pending)) {
+    raw->pending = nullptr;  // not sent: the session went away
+    absl::AnyInvocable<void()&&> run = std::move(pending->then);
+    std::move(run)();
+    return;
+  }
+  // The id was set by Enqueue, on this thread.
+  const Deadline deadline{at, session, pending->id};
+  MutexLock lock(&deadline_mu_);
+  const bool earliest = deadlines_.empty() || deadline.at < deadlines_.top().at;
+  deadlines_.push(deadline);
+  if (earliest) deadline_cv_.Signal();
+}
+
+void AgentRegistry::DeadlineLoop() {
+  std::vector<Deadline> expired;
+  while (true) {
+    {
+      MutexLock lock(&deadline_mu_);
+      while (!deadlines_stop_ &&
+             (deadlines_.empty() ||
+              deadlines_.top().at > std::chrono::steady_clock::now())) {
+        if (deadlines_.empty()) {
+          deadline_cv_.Wait(&deadline_mu_);
+        } else {
+          const auto at = deadlines_.top().at;
+          deadline_cv_.WaitUntil(&deadline_mu_, at);
+        }
+      }
+      if (deadlines_stop_) return;
+      const auto now = std::chrono::steady_clock::now();
+      while (!deadlines_.empty() && deadlines_.top().at <= now) {
+        expired.push_back(deadlines_.top());
+        deadlines_.pop();
+      }
+    }
+    // Most have had their ack long ago: Expire finds nothing then.
+    for (Deadline& d : expired) {
+      if (std::shared_ptr<AgentSession> session = d.session.lock()) {
+        session->Expire(d.id);
+      }
+    }
+    expired.clear();
+  }
+}
+
+absl::StatusOr<v1::CommandAck> AgentRegistry::AckOf(InFlight& flight) {
   const std::string& node = flight.producer.node;
   auto error = [&](absl::StatusCode code, ErrorReason reason,
                    absl::string_view message) {
@@ -651,13 +772,7 @@ absl::StatusOr<v1::CommandAck> AgentRegistry::AwaitAck(InFlight& flight) {
     return error(absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
                  absl::StrCat("agent for node \"", node, "\" went away"));
   }
-  if (flight.pipelined) {
-    flight.deadline =
-        std::max(flight.deadline,
-                 std::chrono::steady_clock::now() +
-                     absl::ToChronoNanoseconds(options_.command_timeout));
-  }
-  if (!flight.session->Wait(*flight.pending, flight.deadline)) {
+  if (flight.pending->timed_out) {
     return error(absl::StatusCode::kDeadlineExceeded,
                  ErrorReason::kAgentTimeout,
                  absl::StrCat("agent for node \"", node,
@@ -673,8 +788,24 @@ absl::StatusOr<v1::CommandAck> AgentRegistry::AwaitAck(InFlight& flight) {
   return std::move(flight.pending->ack);
 }
 
-absl::Status AgentRegistry::FinishConnect(InFlight& flight) {
-  absl::StatusOr<v1::CommandAck> ack = AwaitAck(flight);
+absl::StatusOr<v1::CommandAck> AgentRegistry::AwaitAck(InFlight& flight) {
+  if (flight.session != nullptr && flight.pending != nullptr) {
+    if (flight.pipelined) {
+      flight.deadline =
+          std::max(flight.deadline,
+                   std::chrono::steady_clock::now() +
+                       absl::ToChronoNanoseconds(options_.command_timeout));
+    }
+    if (!flight.session->Wait(*flight.pending, flight.deadline)) {
+      // Dropped from the session's map: only this thread sees it now.
+      flight.pending->timed_out = true;
+    }
+  }
+  return AckOf(flight);
+}
+
+absl::Status AgentRegistry::ConnectOutcome(InFlight& flight,
+                                           absl::StatusOr<v1::CommandAck> ack) {
   RecordRoundTrip(options_.metrics, AgentCommand::kConnect, flight.started,
                   ack);
   if (!ack.ok()) {
@@ -689,8 +820,8 @@ absl::Status AgentRegistry::FinishConnect(InFlight& flight) {
   return ConnectAckToStatus(flight.token, flight.producer.node, *ack);
 }
 
-void AgentRegistry::FinishDisconnect(InFlight& flight) {
-  absl::StatusOr<v1::CommandAck> ack = AwaitAck(flight);
+void AgentRegistry::DisconnectOutcome(InFlight& flight,
+                                      absl::StatusOr<v1::CommandAck> ack) {
   RecordRoundTrip(options_.metrics, AgentCommand::kDisconnect, flight.started,
                   ack);
   if (!ack.ok()) {
@@ -711,6 +842,36 @@ void AgentRegistry::FinishDisconnect(InFlight& flight) {
              {"errno", ErrnoName(ack->errno_value())},
              {"message", ack->message()}});
   }
+}
+
+absl::Status AgentRegistry::FinishConnect(InFlight& flight) {
+  return ConnectOutcome(flight, AwaitAck(flight));
+}
+
+void AgentRegistry::FinishDisconnect(InFlight& flight) {
+  DisconnectOutcome(flight, AwaitAck(flight));
+}
+
+void AgentRegistry::ConnectAsync(absl::string_view token,
+                                 const ProducerRecord& producer,
+                                 const ConsumerRecord& consumer,
+                                 ConnectedFn done) {
+  StartThen(Find(producer.node), v1::Command::CONNECT, token, producer,
+            consumer, [this, done = std::move(done)](InFlight& flight) mutable {
+              std::move(done)(ConnectOutcome(flight, AckOf(flight)));
+            });
+}
+
+void AgentRegistry::DisconnectAsync(absl::string_view token,
+                                    const ProducerRecord& producer,
+                                    const ConsumerRecord& consumer,
+                                    DisconnectedFn done) {
+  // To the newest session, as Disconnect.
+  StartThen(FindLatest(producer.node), v1::Command::DISCONNECT, token, producer,
+            consumer, [this, done = std::move(done)](InFlight& flight) mutable {
+              DisconnectOutcome(flight, AckOf(flight));
+              std::move(done)();
+            });
 }
 
 absl::Status AgentRegistry::Connect(absl::string_view token,

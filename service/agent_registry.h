@@ -16,10 +16,14 @@
 #define IRQBYPASS_SERVICE_AGENT_REGISTRY_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <queue>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -69,6 +73,14 @@ class AgentRegistry final : public AgentDispatcher,
                        const ConsumerRecord& consumer) override;
   void Disconnect(absl::string_view token, const ProducerRecord& producer,
                   const ConsumerRecord& consumer) override;
+  // No thread waits: the continuation runs on the thread that reads the
+  // agent's ack, on the one that ends the session, or on the registry's
+  // deadline thread (command_timeout after the command was queued).
+  void ConnectAsync(absl::string_view token, const ProducerRecord& producer,
+                    const ConsumerRecord& consumer, ConnectedFn done) override;
+  void DisconnectAsync(absl::string_view token, const ProducerRecord& producer,
+                       const ConsumerRecord& consumer,
+                       DisconnectedFn done) override;
 
   // Nodes with a live, reconciled session, sorted.
   std::vector<std::string> ConnectedNodes() const;
@@ -129,18 +141,38 @@ class AgentRegistry final : public AgentDispatcher,
   // The node's newest session, reconciled or not, or null.
   std::shared_ptr<AgentSession> FindLatest(absl::string_view node) const;
   struct InFlight;
-  // Queues a command for the pair on `session` (null: none; AwaitAck says
-  // UNAVAILABLE) with a deadline from now.
+  // A command for the pair on `session` (null: none; its outcome is then
+  // UNAVAILABLE) with a deadline from now, not sent yet.
+  std::unique_ptr<InFlight> NewFlight(
+      const std::shared_ptr<AgentSession>& session, absl::string_view token,
+      const ProducerRecord& producer, const ConsumerRecord& consumer);
+  // NewFlight, sent, for a thread to wait on (AwaitAck).
   std::unique_ptr<InFlight> Start(const std::shared_ptr<AgentSession>& session,
                                   v1::Command::Kind kind,
                                   absl::string_view token,
                                   const ProducerRecord& producer,
                                   const ConsumerRecord& consumer);
-  // Waits for the command's ack until its deadline.
+  // NewFlight, sent; `then` runs once with it when its ack comes, the
+  // session ends or its deadline passes (or at once if it cannot be sent).
+  void StartThen(const std::shared_ptr<AgentSession>& session,
+                 v1::Command::Kind kind, absl::string_view token,
+                 const ProducerRecord& producer, const ConsumerRecord& consumer,
+                 absl::AnyInvocable<void(InFlight&) &&> then);
+  // The command's ack, or why there is none; once it is settled.
+  absl::StatusOr<v1::CommandAck> AckOf(InFlight& flight);
+  // Waits for the command's ack until its deadline, then AckOf.
   absl::StatusOr<v1::CommandAck> AwaitAck(InFlight& flight);
-  // The outcome of a started connect (as Connect returns) / disconnect.
+  // What a settled connect means to the matcher (as Connect returns), with
+  // its metrics and, after a timeout, the disconnect queued behind it; and
+  // the same for a disconnect.
+  absl::Status ConnectOutcome(InFlight& flight,
+                              absl::StatusOr<v1::CommandAck> ack);
+  void DisconnectOutcome(InFlight& flight, absl::StatusOr<v1::CommandAck> ack);
+  // Start, AwaitAck, then the outcome.
   absl::Status FinishConnect(InFlight& flight);
   void FinishDisconnect(InFlight& flight);
+  // Expires continuations' commands whose ack did not come in time.
+  void DeadlineLoop();
   absl::Status ConnectOn(const std::shared_ptr<AgentSession>& session,
                          absl::string_view token,
                          const ProducerRecord& producer,
@@ -151,6 +183,21 @@ class AgentRegistry final : public AgentDispatcher,
 
   const Options options_;
   Matcher* matcher_ = nullptr;
+  // Deadlines of continuations' commands (earliest first). Entries stay
+  // until their time even when the ack came first (Expire then finds
+  // nothing), so there are at most command_timeout x command rate.
+  struct Deadline {
+    std::chrono::steady_clock::time_point at;
+    std::weak_ptr<AgentSession> session;
+    uint64_t id = 0;
+    bool operator>(const Deadline& o) const { return at > o.at; }
+  };
+  Mutex deadline_mu_;
+  CondVar deadline_cv_;
+  std::priority_queue<Deadline, std::vector<Deadline>, std::greater<Deadline>>
+      deadlines_ ABSL_GUARDED_BY(deadline_mu_);
+  bool deadlines_stop_ ABSL_GUARDED_BY(deadline_mu_) = false;
+  std::thread deadline_thread_;
   mutable Mutex mu_;
   // Per node: the newest session (reconciling or open), and the session open
   // to commands (the same one, once it is reconciled).

@@ -63,104 +63,6 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
                       rpc_status.SerializeAsString());
 }
 
-grpc::Status BypassService::RegisterProducer(
-    grpc::ServerContext*, const v1::RegisterProducerRequest* request,
-    v1::RegisterProducerResponse* response) {
-  if (leadership_ != nullptr) {
-    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
-  }
-  if (!request->has_producer()) {
-    return ToGrpcStatus(InvalidField("producer", "producer: required"));
-  }
-  absl::StatusOr<ProducerRecord> record =
-      ProducerFromProto(request->producer());
-  if (!record.ok()) return ToGrpcStatus(record.status());
-  const std::string& token = request->producer().token();
-  absl::StatusOr<CallId> call = CallIdOf(*request);
-  if (!call.ok()) return ToGrpcStatus(call.status());
-  absl::StatusOr<RegisterResult> result =
-      matcher_.RegisterProducer(token, *std::move(record), &*call);
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  response->set_registration_id(
-      FormatRegistrationId('p', result->registration_id));
-  response->set_connected(result->connected);
-  LogDebug("producer registered",
-           {{"token", token},
-            {"node", request->producer().node()},
-            {"connected", result->connected ? "true" : "false"}});
-  return grpc::Status::OK;
-}
-
-grpc::Status BypassService::RegisterConsumer(
-    grpc::ServerContext*, const v1::RegisterConsumerRequest* request,
-    v1::RegisterConsumerResponse* response) {
-  if (leadership_ != nullptr) {
-    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
-  }
-  if (!request->has_consumer()) {
-    return ToGrpcStatus(InvalidField("consumer", "consumer: required"));
-  }
-  absl::StatusOr<ConsumerRecord> record =
-      ConsumerFromProto(request->consumer());
-  if (!record.ok()) return ToGrpcStatus(record.status());
-  const std::string& token = request->consumer().token();
-  absl::StatusOr<CallId> call = CallIdOf(*request);
-  if (!call.ok()) return ToGrpcStatus(call.status());
-  absl::StatusOr<RegisterResult> result =
-      matcher_.RegisterConsumer(token, *std::move(record), &*call);
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  response->set_registration_id(
-      FormatRegistrationId('c', result->registration_id));
-  response->set_connected(result->connected);
-  LogDebug("consumer registered",
-           {{"token", token},
-            {"node", request->consumer().node()},
-            {"connected", result->connected ? "true" : "false"}});
-  return grpc::Status::OK;
-}
-
-grpc::Status BypassService::UnregisterProducer(
-    grpc::ServerContext*, const v1::UnregisterProducerRequest* request,
-    v1::UnregisterProducerResponse* response) {
-  if (leadership_ != nullptr) {
-    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
-  }
-  if (auto s = ValidateToken("token", request->token()); !s.ok()) {
-    return ToGrpcStatus(s);
-  }
-  absl::StatusOr<uint64_t> id =
-      ParseRegistrationId("registration_id", 'p', request->registration_id());
-  if (!id.ok()) return ToGrpcStatus(id.status());
-  absl::StatusOr<CallId> call = CallIdOf(*request);
-  if (!call.ok()) return ToGrpcStatus(call.status());
-  absl::StatusOr<bool> disconnected =
-      matcher_.UnregisterProducer(request->token(), *id, &*call);
-  if (!disconnected.ok()) return ToGrpcStatus(disconnected.status());
-  response->set_disconnected(*disconnected);
-  return grpc::Status::OK;
-}
-
-grpc::Status BypassService::UnregisterConsumer(
-    grpc::ServerContext*, const v1::UnregisterConsumerRequest* request,
-    v1::UnregisterConsumerResponse* response) {
-  if (leadership_ != nullptr) {
-    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
-  }
-  if (auto s = ValidateToken("token", request->token()); !s.ok()) {
-    return ToGrpcStatus(s);
-  }
-  absl::StatusOr<uint64_t> id =
-      ParseRegistrationId("registration_id", 'c', request->registration_id());
-  if (!id.ok()) return ToGrpcStatus(id.status());
-  absl::StatusOr<CallId> call = CallIdOf(*request);
-  if (!call.ok()) return ToGrpcStatus(call.status());
-  absl::StatusOr<bool> disconnected =
-      matcher_.UnregisterConsumer(request->token(), *id, &*call);
-  if (!disconnected.ok()) return ToGrpcStatus(disconnected.status());
-  response->set_disconnected(*disconnected);
-  return grpc::Status::OK;
-}
-
 namespace {
 
 // A unary callback call answered inline, on the thread that received it.
@@ -171,7 +73,132 @@ grpc::ServerUnaryReactor* FinishInline(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+// What a register call's continuation does with the matcher's outcome.
+template <typename Response>
+Matcher::RegisterDone FinishRegister(grpc::ServerUnaryReactor* reactor,
+                                     Response* response, char side) {
+  return [reactor, response, side](absl::StatusOr<RegisterResult> result) {
+    if (!result.ok()) {
+      reactor->Finish(ToGrpcStatus(result.status()));
+      return;
+    }
+    response->set_registration_id(
+        FormatRegistrationId(side, result->registration_id));
+    response->set_connected(result->connected);
+    reactor->Finish(grpc::Status::OK);
+  };
+}
+
+template <typename Response>
+Matcher::UnregisterDone FinishUnregister(grpc::ServerUnaryReactor* reactor,
+                                         Response* response) {
+  return [reactor, response](absl::StatusOr<bool> disconnected) {
+    if (!disconnected.ok()) {
+      reactor->Finish(ToGrpcStatus(disconnected.status()));
+      return;
+    }
+    response->set_disconnected(*disconnected);
+    reactor->Finish(grpc::Status::OK);
+  };
+}
+
 }  // namespace
+
+grpc::ServerUnaryReactor* BypassService::RegisterProducer(
+    grpc::CallbackServerContext* context,
+    const v1::RegisterProducerRequest* request,
+    v1::RegisterProducerResponse* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) {
+      return FinishInline(context, ToGrpcStatus(s));
+    }
+  }
+  if (!request->has_producer()) {
+    return FinishInline(
+        context, ToGrpcStatus(InvalidField("producer", "producer: required")));
+  }
+  absl::StatusOr<ProducerRecord> record =
+      ProducerFromProto(request->producer());
+  if (!record.ok()) return FinishInline(context, ToGrpcStatus(record.status()));
+  absl::StatusOr<CallId> call = CallIdOf(*request);
+  if (!call.ok()) return FinishInline(context, ToGrpcStatus(call.status()));
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  matcher_.RegisterProducerAsync(request->producer().token(),
+                                 *std::move(record), &*call,
+                                 FinishRegister(reactor, response, 'p'));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* BypassService::RegisterConsumer(
+    grpc::CallbackServerContext* context,
+    const v1::RegisterConsumerRequest* request,
+    v1::RegisterConsumerResponse* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) {
+      return FinishInline(context, ToGrpcStatus(s));
+    }
+  }
+  if (!request->has_consumer()) {
+    return FinishInline(
+        context, ToGrpcStatus(InvalidField("consumer", "consumer: required")));
+  }
+  absl::StatusOr<ConsumerRecord> record =
+      ConsumerFromProto(request->consumer());
+  if (!record.ok()) return FinishInline(context, ToGrpcStatus(record.status()));
+  absl::StatusOr<CallId> call = CallIdOf(*request);
+  if (!call.ok()) return FinishInline(context, ToGrpcStatus(call.status()));
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  matcher_.RegisterConsumerAsync(request->consumer().token(),
+                                 *std::move(record), &*call,
+                                 FinishRegister(reactor, response, 'c'));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* BypassService::UnregisterProducer(
+    grpc::CallbackServerContext* context,
+    const v1::UnregisterProducerRequest* request,
+    v1::UnregisterProducerResponse* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) {
+      return FinishInline(context, ToGrpcStatus(s));
+    }
+  }
+  if (auto s = ValidateToken("token", request->token()); !s.ok()) {
+    return FinishInline(context, ToGrpcStatus(s));
+  }
+  absl::StatusOr<uint64_t> id =
+      ParseRegistrationId("registration_id", 'p', request->registration_id());
+  if (!id.ok()) return FinishInline(context, ToGrpcStatus(id.status()));
+  absl::StatusOr<CallId> call = CallIdOf(*request);
+  if (!call.ok()) return FinishInline(context, ToGrpcStatus(call.status()));
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  matcher_.UnregisterProducerAsync(request->token(), *id, &*call,
+                                   FinishUnregister(reactor, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* BypassService::UnregisterConsumer(
+    grpc::CallbackServerContext* context,
+    const v1::UnregisterConsumerRequest* request,
+    v1::UnregisterConsumerResponse* response) {
+  if (leadership_ != nullptr) {
+    if (absl::Status s = leadership_->Check(); !s.ok()) {
+      return FinishInline(context, ToGrpcStatus(s));
+    }
+  }
+  if (auto s = ValidateToken("token", request->token()); !s.ok()) {
+    return FinishInline(context, ToGrpcStatus(s));
+  }
+  absl::StatusOr<uint64_t> id =
+      ParseRegistrationId("registration_id", 'c', request->registration_id());
+  if (!id.ok()) return FinishInline(context, ToGrpcStatus(id.status()));
+  absl::StatusOr<CallId> call = CallIdOf(*request);
+  if (!call.ok()) return FinishInline(context, ToGrpcStatus(call.status()));
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  matcher_.UnregisterConsumerAsync(request->token(), *id, &*call,
+                                   FinishUnregister(reactor, response));
+  return reactor;
+}
 
 grpc::ServerUnaryReactor* BypassService::GetBinding(
     grpc::CallbackServerContext* context, const v1::GetBindingRequest* request,

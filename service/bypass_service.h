@@ -17,13 +17,19 @@
 
 namespace irqbypass {
 
-// The reads (GetBinding, ListBindings) are served on gRPC's callback API and
-// complete inline on the thread that received them: they touch only the
-// lock-free index, so they need no thread of their own. The other methods
-// are still sync handlers (issue #11 moves them too).
+// Served on gRPC's callback API: the reads (GetBinding, ListBindings)
+// complete inline on the thread that received them (they touch only the
+// lock-free index); registrations and unregistrations run as the matcher's
+// continuations (Matcher::*Async), so no thread waits for a busy token, an
+// agent's ack or the store while one is in flight. The watch and node
+// methods are still sync handlers.
 using BypassServiceBase = v1::BypassManager::WithCallbackMethod_GetBinding<
     v1::BypassManager::WithCallbackMethod_ListBindings<
-        v1::BypassManager::Service>>;
+        v1::BypassManager::WithCallbackMethod_RegisterProducer<
+            v1::BypassManager::WithCallbackMethod_RegisterConsumer<
+                v1::BypassManager::WithCallbackMethod_UnregisterProducer<
+                    v1::BypassManager::WithCallbackMethod_UnregisterConsumer<
+                        v1::BypassManager::Service>>>>>>;
 
 class BypassService final : public BypassServiceBase {
  public:
@@ -41,18 +47,20 @@ class BypassService final : public BypassServiceBase {
         leadership_(leadership),
         agents_(agents) {}
 
-  grpc::Status RegisterProducer(
-      grpc::ServerContext* context, const v1::RegisterProducerRequest* request,
+  grpc::ServerUnaryReactor* RegisterProducer(
+      grpc::CallbackServerContext* context,
+      const v1::RegisterProducerRequest* request,
       v1::RegisterProducerResponse* response) override;
-  grpc::Status RegisterConsumer(
-      grpc::ServerContext* context, const v1::RegisterConsumerRequest* request,
+  grpc::ServerUnaryReactor* RegisterConsumer(
+      grpc::CallbackServerContext* context,
+      const v1::RegisterConsumerRequest* request,
       v1::RegisterConsumerResponse* response) override;
-  grpc::Status UnregisterProducer(
-      grpc::ServerContext* context,
+  grpc::ServerUnaryReactor* UnregisterProducer(
+      grpc::CallbackServerContext* context,
       const v1::UnregisterProducerRequest* request,
       v1::UnregisterProducerResponse* response) override;
-  grpc::Status UnregisterConsumer(
-      grpc::ServerContext* context,
+  grpc::ServerUnaryReactor* UnregisterConsumer(
+      grpc::CallbackServerContext* context,
       const v1::UnregisterConsumerRequest* request,
       v1::UnregisterConsumerResponse* response) override;
   grpc::ServerUnaryReactor* GetBinding(grpc::CallbackServerContext* context,

@@ -42,6 +42,16 @@ struct ProducerSide {
                          const Record& mine, const Other& theirs) {
     d.Disconnect(token, mine, theirs);
   }
+  static void ConnectAsync(AgentDispatcher& d, absl::string_view token,
+                           const Record& mine, const Other& theirs,
+                           AgentDispatcher::ConnectedFn done) {
+    d.ConnectAsync(token, mine, theirs, std::move(done));
+  }
+  static void DisconnectAsync(AgentDispatcher& d, absl::string_view token,
+                              const Record& mine, const Other& theirs,
+                              AgentDispatcher::DisconnectedFn done) {
+    d.DisconnectAsync(token, mine, theirs, std::move(done));
+  }
 };
 
 struct ConsumerSide {
@@ -69,6 +79,16 @@ struct ConsumerSide {
                          const Record& mine, const Other& theirs) {
     d.Disconnect(token, theirs, mine);
   }
+  static void ConnectAsync(AgentDispatcher& d, absl::string_view token,
+                           const Record& mine, const Other& theirs,
+                           AgentDispatcher::ConnectedFn done) {
+    d.ConnectAsync(token, theirs, mine, std::move(done));
+  }
+  static void DisconnectAsync(AgentDispatcher& d, absl::string_view token,
+                              const Record& mine, const Other& theirs,
+                              AgentDispatcher::DisconnectedFn done) {
+    d.DisconnectAsync(token, theirs, mine, std::move(done));
+  }
 };
 
 // ALREADY_EXISTS: `state` of `token` already has this side.
@@ -82,12 +102,73 @@ absl::Status AlreadyHas(absl::string_view token, const BindingState& state) {
       absl::StrCat("token \"", token, "\" already has a ", Side::kName), ctx);
 }
 
+// An operation on one token, continued in callbacks: it owns the token's
+// lock (which must not move while a store write is in flight: it lives
+// here, on the heap) from when it gets it until it ends.
+template <typename T>
+struct Operation {
+  using Done = absl::AnyInvocable<void(absl::StatusOr<T>, RequestRecord*) &&>;
+  Operation(TokenIndex& index, AgentDispatcher& dispatcher,
+            absl::string_view token, std::optional<RequestRecord> request,
+            Done done)
+      : index(index),
+        dispatcher(dispatcher),
+        token(token),
+        request(std::move(request)),
+        done(std::move(done)) {}
+  TokenIndex& index;
+  AgentDispatcher& dispatcher;
+  const std::string token;
+  std::optional<RequestRecord> request;  // to fill, with a request id
+  Done done;
+  std::optional<TokenIndex::TokenLock> lock;
+
+  RequestRecord* record() { return request ? &*request : nullptr; }
+};
+
+// Ends `op`: releases the token (the next operation queued on it may run
+// now), then reports.
+template <typename T, typename Op>
+void Finish(std::unique_ptr<Op> op, absl::StatusOr<T> outcome) {
+  op->lock.reset();
+  std::move(op->done)(std::move(outcome), op->record());
+}
+
+// Gives `op` its token's lock, then runs step(op): on this thread, waiting
+// for the lock (block), or as the lock's continuation.
+template <typename Op, typename Step>
+void Acquire(std::unique_ptr<Op> op, LockOp lock_op, bool block, Step step) {
+  Op* const raw = op.get();
+  if (block) {
+    raw->lock.emplace(raw->index.Lock(raw->token, lock_op));
+    step(std::move(op));
+    return;
+  }
+  raw->index.LockThen(
+      raw->token, lock_op,
+      [op = std::move(op), step](TokenIndex::TokenLock lock) mutable {
+        op->lock.emplace(std::move(lock));
+        step(std::move(op));
+      });
+}
+
 template <typename Side>
-absl::StatusOr<RegisterResult> Register(TokenIndex& index,
-                                        AgentDispatcher& dispatcher,
-                                        absl::string_view token,
-                                        typename Side::Record record,
-                                        RequestRecord* request) {
+struct RegisterOp : Operation<RegisterResult> {
+  using Operation::Operation;
+  typename Side::Record mine;
+  std::optional<typename Side::Other> theirs;  // the side it connects to
+  TokenIndex::TokenLock::Claim claim;
+  RegisterResult result;
+
+  static void Start(std::unique_ptr<RegisterOp> op, bool block);
+  static void Locked(std::unique_ptr<RegisterOp> op);
+  static void Connected(std::unique_ptr<RegisterOp> op, absl::Status s);
+  static void Stage(std::unique_ptr<RegisterOp> op);
+  static void Stored(std::unique_ptr<RegisterOp> op, absl::Status s);
+};
+
+template <typename Side>
+void RegisterOp<Side>::Start(std::unique_ptr<RegisterOp> op, bool block) {
   // A token whose committed state already has this side is answered from
   // that state, lock-free, without queueing behind an operation that may
   // hold the token: the answer is the one the op lock would give on that
@@ -99,139 +180,213 @@ absl::StatusOr<RegisterResult> Register(TokenIndex& index,
   // lock hand-overs.
   // (Read, not Get: the common case, a side not yet there, copies nothing.)
   absl::Status taken;
-  index.Read(token, [&](const BindingState& seen) {
-    if (Side::Mine(seen).has_value()) taken = AlreadyHas<Side>(token, seen);
+  op->index.Read(op->token, [&](const BindingState& seen) {
+    if (Side::Mine(seen).has_value()) taken = AlreadyHas<Side>(op->token, seen);
   });
-  if (!taken.ok()) return taken;
-  TokenIndex::TokenLock lock = index.Lock(token, Side::kRegisterOp);
-  const BindingState& current = lock.state();
+  if (!taken.ok()) return Finish<RegisterResult>(std::move(op), taken);
+  Acquire(std::move(op), Side::kRegisterOp, block,
+          [](std::unique_ptr<RegisterOp> op) { Locked(std::move(op)); });
+}
 
-  if (Side::Mine(current).has_value()) return AlreadyHas<Side>(token, current);
+template <typename Side>
+void RegisterOp<Side>::Locked(std::unique_ptr<RegisterOp> op) {
+  TokenIndex::TokenLock& lock = *op->lock;
+  const BindingState& current = lock.state();
+  const std::string& token = op->token;
+  const typename Side::Record& record = op->mine;
+
+  if (Side::Mine(current).has_value()) {
+    return Finish<RegisterResult>(std::move(op),
+                                  AlreadyHas<Side>(token, current));
+  }
   const auto& other = Side::Theirs(current);
   if (other.has_value() && other->node != record.node) {
     ErrorContext ctx;
-    ctx.token = std::string(token);
+    ctx.token = token;
     ctx.node = record.node;
-    return MakeError(
+    absl::Status error = MakeError(
         absl::StatusCode::kFailedPrecondition, ErrorReason::kNodeMismatch,
         absl::StrCat(Side::kName, " is on node \"", record.node, "\" but the ",
                      Side::kOtherName, " of token \"", token,
                      "\" is on node \"", other->node,
                      "\"; both sides must be on one node"),
         ctx);
+    return Finish<RegisterResult>(std::move(op), std::move(error));
   }
   const std::string object_key = Side::ObjectKey(record);
   // While a connect decides this registration, its claim is tentative: a
   // competing registration of the same object is told to retry, not that
   // the object is taken (the connect may still fail and free it).
-  TokenIndex::TokenLock::Claim claim;
-  if (auto holder = lock.ClaimObject(object_key, other.has_value(), &claim)) {
+  if (auto holder =
+          lock.ClaimObject(object_key, other.has_value(), &op->claim)) {
     ErrorContext ctx;
-    ctx.token = std::string(token);
+    ctx.token = token;
     ctx.node = record.node;
     ctx.other_token = holder->token;
-    if (holder->tentative) {
-      return MakeError(
-          absl::StatusCode::kAborted, ErrorReason::kObjectBusy,
-          absl::StrCat("the same ", Side::kName,
-                       " is being registered under token \"", holder->token,
-                       "\" (its connect is in progress); retry"),
-          ctx);
-    }
-    return MakeError(absl::StatusCode::kAlreadyExists, ErrorReason::kObjectBusy,
-                     absl::StrCat("the same ", Side::kName,
-                                  " is already registered under token \"",
-                                  holder->token, "\""),
-                     ctx);
+    absl::Status error =
+        holder->tentative
+            ? MakeError(absl::StatusCode::kAborted, ErrorReason::kObjectBusy,
+                        absl::StrCat("the same ", Side::kName,
+                                     " is being registered under token \"",
+                                     holder->token,
+                                     "\" (its connect is in progress); retry"),
+                        ctx)
+            : MakeError(absl::StatusCode::kAlreadyExists,
+                        ErrorReason::kObjectBusy,
+                        absl::StrCat("the same ", Side::kName,
+                                     " is already registered under token \"",
+                                     holder->token, "\""),
+                        ctx);
+    return Finish<RegisterResult>(std::move(op), std::move(error));
   }
 
-  record.registration_id = NewRegistrationId();
-  RegisterResult result;
-  result.registration_id = record.registration_id;
-
-  if (other.has_value()) {
-    absl::Status connected = Side::Connect(dispatcher, token, record, *other);
-    if (!connected.ok()) {
-      // Contract: the new side is not recorded; the other stays untouched.
-      lock.ReleaseObject(claim);
-      LogWarn("connect failed", {{"token", std::string(token)},
-                                 {"node", record.node},
-                                 {"side", Side::kName},
-                                 {"error", connected.ToString()}});
-      return connected;
-    }
-    result.connected = true;
-  }
-
-  BindingState next = current;
-  Side::Mine(next) = record;
-  next.connected = result.connected;
-  if (request != nullptr) {
-    request->registration_id = result.registration_id;
-    request->connected = result.connected;
-  }
-  absl::Status stored = lock.Stage(std::move(next), request);
-  if (!stored.ok()) {
-    // Not durable, so not made: undo the wiring (the other side stays as it
-    // was, as after a failed connect).
-    if (result.connected) Side::Disconnect(dispatcher, token, record, *other);
-    lock.ReleaseObject(claim);
-    LogWarn("registration not stored; rolled back",
-            {{"token", std::string(token)},
-             {"node", record.node},
-             {"side", Side::kName},
-             {"error", stored.ToString()}});
-    return stored;
-  }
-  if (result.connected) lock.ConfirmObject(claim);
-  lock.Publish();
-  return result;
+  op->mine.registration_id = NewRegistrationId();
+  op->result.registration_id = op->mine.registration_id;
+  if (!other.has_value()) return Stage(std::move(op));
+  op->theirs = *other;
+  RegisterOp* const raw = op.get();
+  Side::ConnectAsync(raw->dispatcher, raw->token, raw->mine, *raw->theirs,
+                     [op = std::move(op)](absl::Status s) mutable {
+                       Connected(std::move(op), std::move(s));
+                     });
 }
 
 template <typename Side>
-absl::StatusOr<bool> Unregister(TokenIndex& index, AgentDispatcher& dispatcher,
-                                absl::string_view token,
-                                uint64_t registration_id,
-                                RequestRecord* request) {
-  TokenIndex::TokenLock lock = index.Lock(token, Side::kUnregisterOp);
-  const BindingState& current = lock.state();
+void RegisterOp<Side>::Connected(std::unique_ptr<RegisterOp> op,
+                                 absl::Status connected) {
+  if (!connected.ok()) {
+    // Contract: the new side is not recorded; the other stays untouched.
+    op->lock->ReleaseObject(op->claim);
+    LogWarn("connect failed", {{"token", op->token},
+                               {"node", op->mine.node},
+                               {"side", Side::kName},
+                               {"error", connected.ToString()}});
+    return Finish<RegisterResult>(std::move(op), std::move(connected));
+  }
+  op->result.connected = true;
+  Stage(std::move(op));
+}
+
+template <typename Side>
+void RegisterOp<Side>::Stage(std::unique_ptr<RegisterOp> op) {
+  BindingState next = op->lock->state();
+  Side::Mine(next) = op->mine;
+  next.connected = op->result.connected;
+  if (RequestRecord* request = op->record()) {
+    request->registration_id = op->result.registration_id;
+    request->connected = op->result.connected;
+  }
+  RegisterOp* const raw = op.get();
+  raw->lock->StageAsync(std::move(next), raw->record(),
+                        [op = std::move(op)](absl::Status s) mutable {
+                          Stored(std::move(op), std::move(s));
+                        });
+}
+
+template <typename Side>
+void RegisterOp<Side>::Stored(std::unique_ptr<RegisterOp> op,
+                              absl::Status stored) {
+  if (stored.ok()) {
+    if (op->result.connected) op->lock->ConfirmObject(op->claim);
+    op->lock->Publish();
+    RegisterResult result = op->result;
+    return Finish<RegisterResult>(std::move(op), result);
+  }
+  // Not durable, so not made: undo the wiring (the other side stays as it
+  // was, as after a failed connect).
+  auto roll_back = [stored](std::unique_ptr<RegisterOp> op) {
+    op->lock->ReleaseObject(op->claim);
+    LogWarn("registration not stored; rolled back",
+            {{"token", op->token},
+             {"node", op->mine.node},
+             {"side", Side::kName},
+             {"error", stored.ToString()}});
+    Finish<RegisterResult>(std::move(op), stored);
+  };
+  if (!op->result.connected) return roll_back(std::move(op));
+  RegisterOp* const raw = op.get();
+  Side::DisconnectAsync(
+      raw->dispatcher, raw->token, raw->mine, *raw->theirs,
+      [op = std::move(op), roll_back]() mutable { roll_back(std::move(op)); });
+}
+
+template <typename Side>
+struct UnregisterOp : Operation<bool> {
+  using Operation::Operation;
+  uint64_t registration_id = 0;
+  std::optional<typename Side::Record> mine;
+  std::optional<typename Side::Other> theirs;  // set when it disconnects
+
+  static void Locked(std::unique_ptr<UnregisterOp> op);
+  static void Stored(std::unique_ptr<UnregisterOp> op, absl::Status s);
+  static void Disconnected(std::unique_ptr<UnregisterOp> op);
+};
+
+template <typename Side>
+void UnregisterOp<Side>::Locked(std::unique_ptr<UnregisterOp> op) {
+  const BindingState& current = op->lock->state();
+  const std::string& token = op->token;
   const auto& mine = Side::Mine(current);
   if (!mine.has_value()) {
     ErrorContext ctx;
-    ctx.token = std::string(token);
-    return MakeError(absl::StatusCode::kNotFound, ErrorReason::kNotRegistered,
-                     absl::StrCat("token \"", token, "\" has no ", Side::kName),
-                     ctx);
+    ctx.token = token;
+    return Finish<bool>(
+        std::move(op),
+        MakeError(absl::StatusCode::kNotFound, ErrorReason::kNotRegistered,
+                  absl::StrCat("token \"", token, "\" has no ", Side::kName),
+                  ctx));
   }
-  if (registration_id != 0 && registration_id != mine->registration_id) {
+  if (op->registration_id != 0 &&
+      op->registration_id != mine->registration_id) {
     ErrorContext ctx;
-    ctx.token = std::string(token);
+    ctx.token = token;
     ctx.node = mine->node;
-    return MakeError(
-        absl::StatusCode::kFailedPrecondition,
-        ErrorReason::kRegistrationMismatch,
-        absl::StrCat("registration_id does not match the ", Side::kName,
-                     " that holds token \"", token, "\"; nothing was changed"),
-        ctx);
+    return Finish<bool>(
+        std::move(op),
+        MakeError(absl::StatusCode::kFailedPrecondition,
+                  ErrorReason::kRegistrationMismatch,
+                  absl::StrCat("registration_id does not match the ",
+                               Side::kName, " that holds token \"", token,
+                               "\"; nothing was changed"),
+                  ctx));
   }
   // Durable first: if the store refuses, nothing changes (still wired). If
   // the manager dies after this, the agent's wiring is stale when it
   // reconnects and reconciliation removes it.
-  const bool disconnected =
-      current.connected && Side::Theirs(current).has_value();
+  op->mine = *mine;
+  if (current.connected && Side::Theirs(current).has_value()) {
+    op->theirs = *Side::Theirs(current);
+  }
   BindingState next = current;
   Side::Mine(next).reset();
   next.connected = false;
-  if (request != nullptr) request->disconnected = disconnected;
-  absl::Status stored = lock.Stage(std::move(next), request);
-  if (!stored.ok()) return stored;
-  // `current` stays valid until Publish.
-  if (disconnected) {
-    Side::Disconnect(dispatcher, token, *mine, *Side::Theirs(current));
+  if (RequestRecord* request = op->record()) {
+    request->disconnected = op->theirs.has_value();
   }
-  lock.ReleaseObject(Side::ObjectKey(*mine));
-  lock.Publish();
-  return disconnected;
+  UnregisterOp* const raw = op.get();
+  raw->lock->StageAsync(std::move(next), raw->record(),
+                        [op = std::move(op)](absl::Status s) mutable {
+                          Stored(std::move(op), std::move(s));
+                        });
+}
+
+template <typename Side>
+void UnregisterOp<Side>::Stored(std::unique_ptr<UnregisterOp> op,
+                                absl::Status stored) {
+  if (!stored.ok()) return Finish<bool>(std::move(op), std::move(stored));
+  if (!op->theirs.has_value()) return Disconnected(std::move(op));
+  UnregisterOp* const raw = op.get();
+  Side::DisconnectAsync(
+      raw->dispatcher, raw->token, *raw->mine, *raw->theirs,
+      [op = std::move(op)]() mutable { Disconnected(std::move(op)); });
+}
+
+template <typename Side>
+void UnregisterOp<Side>::Disconnected(std::unique_ptr<UnregisterOp> op) {
+  op->lock->ReleaseObject(Side::ObjectKey(*op->mine));
+  op->lock->Publish();
+  const bool disconnected = op->theirs.has_value();
+  Finish<bool>(std::move(op), disconnected);
 }
 
 bool SameWiring(const BindingState& st, const WiredPair& w) {
@@ -288,11 +443,14 @@ void FromRecord(const RequestRecord& r, RegisterResult* out) {
 void FromRecord(const RequestRecord& r, bool* out) { *out = r.disconnected; }
 
 template <typename T>
-absl::StatusOr<T> Matcher::Once(
-    const CallId* id, RequestKind kind, absl::string_view token,
-    const std::function<absl::StatusOr<T>(RequestRecord*)>& call) {
+void Matcher::Once(const CallId* id, RequestKind kind, absl::string_view token,
+                   OpStart<T> start, Done<T> done) {
   if (id == nullptr || id->id.empty() || requests_ == nullptr) {
-    return call(nullptr);
+    start(std::nullopt, [done = std::move(done)](absl::StatusOr<T> outcome,
+                                                 RequestRecord*) mutable {
+      std::move(done)(std::move(outcome));
+    });
+    return;
   }
   RequestRecord first;
   switch (requests_->Start(id->id, kind, id->fingerprint, &first)) {
@@ -301,71 +459,156 @@ absl::StatusOr<T> Matcher::Once(
     case RequestLog::Claim::kDone: {
       T result;
       FromRecord(first, &result);
-      return result;
+      std::move(done)(result);
+      return;
     }
     case RequestLog::Claim::kInProgress: {
       ErrorContext ctx;
       ctx.token = std::string(token);
-      return MakeError(absl::StatusCode::kAborted,
-                       ErrorReason::kRequestInProgress,
-                       absl::StrCat("a call with request_id \"", id->id,
-                                    "\" is in progress; retry"),
-                       ctx);
+      std::move(done)(
+          MakeError(absl::StatusCode::kAborted, ErrorReason::kRequestInProgress,
+                    absl::StrCat("a call with request_id \"", id->id,
+                                 "\" is in progress; retry"),
+                    ctx));
+      return;
     }
     case RequestLog::Claim::kMismatch: {
       ErrorContext ctx;
       ctx.field = "request_id";
       ctx.token = std::string(token);
-      return MakeError(absl::StatusCode::kInvalidArgument,
-                       ErrorReason::kInvalidField,
-                       absl::StrCat("request_id: \"", id->id,
-                                    "\" was used for a different request"),
-                       ctx);
+      std::move(done)(MakeError(absl::StatusCode::kInvalidArgument,
+                                ErrorReason::kInvalidField,
+                                absl::StrCat("request_id: \"", id->id,
+                                             "\" was used for a different "
+                                             "request"),
+                                ctx));
+      return;
     }
   }
-  RequestRecord record =
-      requests_->NewRecord(id->id, kind, id->fingerprint, token);
-  absl::StatusOr<T> result = call(&record);
-  requests_->Finish(id->id, result.ok() ? &record : nullptr);
-  return result;
+  start(requests_->NewRecord(id->id, kind, id->fingerprint, token),
+        [this, id = id->id, done = std::move(done)](
+            absl::StatusOr<T> outcome, RequestRecord* record) mutable {
+          requests_->Finish(id, outcome.ok() ? record : nullptr);
+          std::move(done)(std::move(outcome));
+        });
+}
+
+template <typename T>
+absl::StatusOr<T> Matcher::Wait(absl::FunctionRef<void(Done<T>)> start) {
+  struct Latch {
+    Mutex mu;
+    CondVar cv;
+    std::optional<absl::StatusOr<T>> outcome ABSL_GUARDED_BY(mu);
+  } latch;
+  start([&latch](absl::StatusOr<T> outcome) {
+    MutexLock lock(&latch.mu);
+    latch.outcome = std::move(outcome);
+    latch.cv.Signal();
+  });
+  MutexLock lock(&latch.mu);
+  while (!latch.outcome.has_value()) latch.cv.Wait(&latch.mu);
+  return *std::move(latch.outcome);
+}
+
+template <typename Side>
+void Matcher::Register(absl::string_view token, typename Side::Record record,
+                       const CallId* call, bool block, RegisterDone done) {
+  Once<RegisterResult>(
+      call,
+      Side::kRegisterOp == LockOp::kRegisterProducer
+          ? RequestKind::kRegisterProducer
+          : RequestKind::kRegisterConsumer,
+      token,
+      [&](std::optional<RequestRecord> request, OpDone<RegisterResult> finish) {
+        auto op = std::make_unique<RegisterOp<Side>>(
+            index_, dispatcher_, token, std::move(request), std::move(finish));
+        op->mine = std::move(record);
+        RegisterOp<Side>::Start(std::move(op), block);
+      },
+      std::move(done));
+}
+
+template <typename Side>
+void Matcher::Unregister(absl::string_view token, uint64_t registration_id,
+                         const CallId* call, bool block, UnregisterDone done) {
+  Once<bool>(
+      call,
+      Side::kUnregisterOp == LockOp::kUnregisterProducer
+          ? RequestKind::kUnregisterProducer
+          : RequestKind::kUnregisterConsumer,
+      token,
+      [&](std::optional<RequestRecord> request, OpDone<bool> finish) {
+        auto op = std::make_unique<UnregisterOp<Side>>(
+            index_, dispatcher_, token, std::move(request), std::move(finish));
+        op->registration_id = registration_id;
+        Acquire(std::move(op), Side::kUnregisterOp, block,
+                [](std::unique_ptr<UnregisterOp<Side>> op) {
+                  UnregisterOp<Side>::Locked(std::move(op));
+                });
+      },
+      std::move(done));
 }
 
 absl::StatusOr<RegisterResult> Matcher::RegisterProducer(
     absl::string_view token, ProducerRecord producer, const CallId* call) {
-  return Once<RegisterResult>(
-      call, RequestKind::kRegisterProducer, token, [&](RequestRecord* request) {
-        return Register<ProducerSide>(index_, dispatcher_, token,
-                                      std::move(producer), request);
-      });
+  return Wait<RegisterResult>([&](RegisterDone done) {
+    Register<ProducerSide>(token, std::move(producer), call, /*block=*/true,
+                           std::move(done));
+  });
 }
 
 absl::StatusOr<RegisterResult> Matcher::RegisterConsumer(
     absl::string_view token, ConsumerRecord consumer, const CallId* call) {
-  return Once<RegisterResult>(
-      call, RequestKind::kRegisterConsumer, token, [&](RequestRecord* request) {
-        return Register<ConsumerSide>(index_, dispatcher_, token,
-                                      std::move(consumer), request);
-      });
+  return Wait<RegisterResult>([&](RegisterDone done) {
+    Register<ConsumerSide>(token, std::move(consumer), call, /*block=*/true,
+                           std::move(done));
+  });
 }
 
 absl::StatusOr<bool> Matcher::UnregisterProducer(absl::string_view token,
                                                  uint64_t registration_id,
                                                  const CallId* call) {
-  return Once<bool>(call, RequestKind::kUnregisterProducer, token,
-                    [&](RequestRecord* request) {
-                      return Unregister<ProducerSide>(
-                          index_, dispatcher_, token, registration_id, request);
-                    });
+  return Wait<bool>([&](UnregisterDone done) {
+    Unregister<ProducerSide>(token, registration_id, call, /*block=*/true,
+                             std::move(done));
+  });
 }
 
 absl::StatusOr<bool> Matcher::UnregisterConsumer(absl::string_view token,
                                                  uint64_t registration_id,
                                                  const CallId* call) {
-  return Once<bool>(call, RequestKind::kUnregisterConsumer, token,
-                    [&](RequestRecord* request) {
-                      return Unregister<ConsumerSide>(
-                          index_, dispatcher_, token, registration_id, request);
-                    });
+  return Wait<bool>([&](UnregisterDone done) {
+    Unregister<ConsumerSide>(token, registration_id, call, /*block=*/true,
+                             std::move(done));
+  });
+}
+
+void Matcher::RegisterProducerAsync(absl::string_view token,
+                                    ProducerRecord producer, const CallId* call,
+                                    RegisterDone done) {
+  Register<ProducerSide>(token, std::move(producer), call, /*block=*/false,
+                         std::move(done));
+}
+
+void Matcher::RegisterConsumerAsync(absl::string_view token,
+                                    ConsumerRecord consumer, const CallId* call,
+                                    RegisterDone done) {
+  Register<ConsumerSide>(token, std::move(consumer), call, /*block=*/false,
+                         std::move(done));
+}
+
+void Matcher::UnregisterProducerAsync(absl::string_view token,
+                                      uint64_t registration_id,
+                                      const CallId* call, UnregisterDone done) {
+  Unregister<ProducerSide>(token, registration_id, call, /*block=*/false,
+                           std::move(done));
+}
+
+void Matcher::UnregisterConsumerAsync(absl::string_view token,
+                                      uint64_t registration_id,
+                                      const CallId* call, UnregisterDone done) {
+  Unregister<ConsumerSide>(token, registration_id, call, /*block=*/false,
+                           std::move(done));
 }
 
 namespace {

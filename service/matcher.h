@@ -11,9 +11,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -94,6 +97,29 @@ class Matcher {
                                           uint64_t registration_id,
                                           const CallId* call = nullptr);
 
+  // Continuation forms of the four calls above, with the same outcomes, for
+  // callers that must not block a thread (callback-API RPCs): they return
+  // at once, and `done` runs once, on this thread or on whichever settles
+  // what the call waits for (the release of the token by the operation
+  // before it, the agent's ack, the store's write). No thread waits for the
+  // token, the agent or the store; operations on one token still run one
+  // at a time, in the order they asked for it (TokenIndex::LockThen).
+  // `done` must not block. The blocking forms above are these, with the
+  // token's lock taken on the calling thread and the outcome waited for.
+  using RegisterDone =
+      absl::AnyInvocable<void(absl::StatusOr<RegisterResult>) &&>;
+  using UnregisterDone = absl::AnyInvocable<void(absl::StatusOr<bool>) &&>;
+  void RegisterProducerAsync(absl::string_view token, ProducerRecord producer,
+                             const CallId* call, RegisterDone done);
+  void RegisterConsumerAsync(absl::string_view token, ConsumerRecord consumer,
+                             const CallId* call, RegisterDone done);
+  void UnregisterProducerAsync(absl::string_view token,
+                               uint64_t registration_id, const CallId* call,
+                               UnregisterDone done);
+  void UnregisterConsumerAsync(absl::string_view token,
+                               uint64_t registration_id, const CallId* call,
+                               UnregisterDone done);
+
   // Brings `node`'s agent in line with the index after it (re)connects:
   // pairs it reports exactly as registered here are kept (no command);
   // pairs that differ are disconnected there (stale wiring, or disconnects
@@ -116,12 +142,31 @@ class Matcher {
                             size_t window = kDefaultReconcileWindow);
 
  private:
-  // Runs `call` (which gets the record to fill, or null) under the request
-  // id's rules above.
   template <typename T>
-  absl::StatusOr<T> Once(
-      const CallId* id, RequestKind kind, absl::string_view token,
-      const std::function<absl::StatusOr<T>(RequestRecord*)>& call);
+  using Done = absl::AnyInvocable<void(absl::StatusOr<T>) &&>;
+  // How an operation ends: its outcome, and the request record it filled
+  // (null: none) for the request log.
+  template <typename T>
+  using OpDone = absl::AnyInvocable<void(absl::StatusOr<T>, RequestRecord*) &&>;
+  // Starts an operation: with the record to fill (none without a request
+  // id) and how it ends.
+  template <typename T>
+  using OpStart =
+      absl::FunctionRef<void(std::optional<RequestRecord>, OpDone<T>)>;
+  // Runs the operation `start` starts under the request id's rules above;
+  // `done` gets its outcome (or the request log's answer).
+  template <typename T>
+  void Once(const CallId* id, RequestKind kind, absl::string_view token,
+            OpStart<T> start, Done<T> done);
+  // Runs `start` (a continuation form) and waits for its outcome.
+  template <typename T>
+  static absl::StatusOr<T> Wait(absl::FunctionRef<void(Done<T>)> start);
+  template <typename Side>
+  void Register(absl::string_view token, typename Side::Record record,
+                const CallId* call, bool block, RegisterDone done);
+  template <typename Side>
+  void Unregister(absl::string_view token, uint64_t registration_id,
+                  const CallId* call, bool block, UnregisterDone done);
 
   TokenIndex& index_;
   AgentDispatcher& dispatcher_;

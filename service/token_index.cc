@@ -29,6 +29,24 @@ using lockfree_list::RemoveFromList;
 
 const BindingState kEmptyState;
 
+// Runs `fn` on this thread, after whatever handed-over continuation this
+// thread is running now returns: a release inside a continuation that hands
+// the token to the next one queues it here instead of nesting it, so a long
+// queue of waiters costs no stack depth.
+void RunHandedOver(absl::AnyInvocable<void() &&> fn) {
+  thread_local std::deque<absl::AnyInvocable<void() &&>> queue;
+  thread_local bool draining = false;
+  queue.push_back(std::move(fn));
+  if (draining) return;
+  draining = true;
+  while (!queue.empty()) {
+    absl::AnyInvocable<void()&&> next = std::move(queue.front());
+    queue.pop_front();
+    std::move(next)();
+  }
+  draining = false;
+}
+
 // An object key reduced to 128 bits by two unrelated hash functions (Abseil's
 // and libstdc++'s), so that each claim costs a fixed 16-byte key instead of
 // the whole key string. Two different objects would have to collide in both
@@ -106,18 +124,22 @@ struct TokenIndex::Shard {
   std::atomic<uintptr_t>& ObjectList(const ObjectFingerprint& fp) {
     return objects[fp.b % kObjectLists];
   }
-  // A thread waiting on a busy op lock (another operation on the same
-  // token), with its own condition variable: a release wakes exactly the
-  // waiter it hands the lock to, not every waiter of the shard (with many
-  // callers on one hot token, waking them all made each hand-over cost a
-  // wake-up per waiter).
+  // An operation waiting on a busy op lock (another operation on the same
+  // token): a thread in Lock, with its own condition variable, or a
+  // continuation (LockThen), on the heap. A release hands over to exactly
+  // one waiter: it wakes that thread alone (with many callers on one hot
+  // token, waking them all made each hand-over cost a wake-up per waiter),
+  // or it unlists that continuation and runs it.
   struct Waiter {
     const Slot* slot;
     uint64_t ticket;
-    CondVar wake;
+    CondVar wake;                // a thread
+    LockedFn then;               // a continuation
+    LockOp op = LockOp::kOther;  // for the wait observer (continuation)
+    std::chrono::steady_clock::time_point since;
     Waiter* next = nullptr;
   };
-  // Only for threads waiting on a busy op lock; the lists never take it.
+  // Only for operations waiting on a busy op lock; the lists never take it.
   Mutex mu;
   Waiter* waiters ABSL_GUARDED_BY(mu) = nullptr;  // in no particular order
 };
@@ -194,8 +216,26 @@ std::optional<TokenIndex::TokenLock> TokenIndex::TryLock(
   return LockImpl(token, op, /*wait=*/false);
 }
 
+void TokenIndex::LockThen(absl::string_view token, LockOp op, LockedFn then) {
+  std::optional<TokenLock> lock = LockImpl(token, op, /*wait=*/true, &then);
+  if (lock.has_value()) std::move(then)(*std::move(lock));
+}
+
+void TokenIndex::ObserveWait(
+    LockOp op, size_t shard,
+    std::chrono::steady_clock::time_point since) const {
+  if (observer_ == nullptr) return;
+  observer_->OnLockWait(
+      op, shard,
+      since == std::chrono::steady_clock::time_point()
+          ? 0
+          : std::chrono::duration_cast<std::chrono::nanoseconds>(
+                std::chrono::steady_clock::now() - since)
+                .count());
+}
+
 std::optional<TokenIndex::TokenLock> TokenIndex::LockImpl(
-    absl::string_view token, LockOp op, bool wait) {
+    absl::string_view token, LockOp op, bool wait, LockedFn* then) {
   const uint64_t hash = HashOf(token);
   const size_t shard_index = ShardIndexForHash(hash);
   Shard& shard = *shards_[shard_index];
@@ -204,8 +244,6 @@ std::optional<TokenIndex::TokenLock> TokenIndex::LockImpl(
   // one CAS; the thread's spare is reused when a CAS loses or the token's
   // slot is already there.
   thread_local std::unique_ptr<Slot> spare;
-  std::chrono::steady_clock::time_point wait_start;
-  bool waited = false;
   Slot* slot = nullptr;
   Slot* waiting_on = nullptr;
   while (slot == nullptr) {
@@ -255,32 +293,46 @@ std::optional<TokenIndex::TokenLock> TokenIndex::LockImpl(
     }
     if (waiting_on != nullptr) break;
   }
+  std::chrono::steady_clock::time_point since;
   if (waiting_on != nullptr) {
-    // Another operation holds this token (say across an agent round trip):
-    // sleep until a release hands it over. No epoch guard is held meanwhile
-    // (being counted as a waiter keeps the slot alive).
-    waited = true;
-    if (observer_ != nullptr) wait_start = std::chrono::steady_clock::now();
-    MutexLock lock(&shard.mu);
-    Shard::Waiter me{waiting_on, waiting_on->next_ticket++};
-    if (waiting_on->granted <= me.ticket) {
-      me.next = shard.waiters;
-      shard.waiters = &me;
-      while (waiting_on->granted <= me.ticket) me.wake.Wait(&shard.mu);
-      Shard::Waiter** link = &shard.waiters;
-      while (*link != &me) link = &(*link)->next;
-      *link = me.next;
+    // Another operation holds this token (say across an agent round trip).
+    // No epoch guard is held meanwhile (being counted as a waiter keeps the
+    // slot alive). A release grants tickets in order; the waiter of a
+    // granted ticket owns the lock (it may take its ticket only after the
+    // grant: then it owns the lock at once).
+    if (observer_ != nullptr) since = std::chrono::steady_clock::now();
+    if (then != nullptr) {
+      auto me = std::make_unique<Shard::Waiter>();
+      me->slot = waiting_on;
+      me->then = std::move(*then);
+      me->op = op;
+      me->since = since;
+      {
+        MutexLock lock(&shard.mu);
+        me->ticket = waiting_on->next_ticket++;
+        if (waiting_on->granted <= me->ticket) {
+          // Queued: the release that grants this ticket runs it.
+          me->next = shard.waiters;
+          shard.waiters = me.release();
+          return std::nullopt;
+        }
+      }
+      *then = std::move(me->then);  // granted already: run it here
+    } else {
+      MutexLock lock(&shard.mu);
+      Shard::Waiter me{waiting_on, waiting_on->next_ticket++};
+      if (waiting_on->granted <= me.ticket) {
+        me.next = shard.waiters;
+        shard.waiters = &me;
+        while (waiting_on->granted <= me.ticket) me.wake.Wait(&shard.mu);
+        Shard::Waiter** link = &shard.waiters;
+        while (*link != &me) link = &(*link)->next;
+        *link = me.next;
+      }
     }
     slot = waiting_on;
   }
-  if (observer_ != nullptr) {
-    observer_->OnLockWait(
-        op, shard_index,
-        waited ? std::chrono::duration_cast<std::chrono::nanoseconds>(
-                     std::chrono::steady_clock::now() - wait_start)
-                     .count()
-               : 0);
-  }
+  ObserveWait(op, shard_index, since);
   return TokenLock(this, shard_index, slot);
 }
 
@@ -310,15 +362,32 @@ void TokenIndex::Release(size_t shard_index, Slot* slot) {
   if (word >= Slot::kOneWaiter) {
     // The waiter may not have taken its ticket yet: the grant counts either
     // way (it then finds granted > its ticket at once and never sleeps).
-    // Otherwise it is in the shard's list: wake it alone, under the mutex
-    // (it cannot leave the list, and so free its Waiter, before we unlock).
-    MutexLock lock(&shard.mu);
-    const uint64_t ticket = slot->granted++;
-    for (Shard::Waiter* w = shard.waiters; w != nullptr; w = w->next) {
-      if (w->slot == slot && w->ticket == ticket) {
-        w->wake.Signal();
+    // Otherwise it is in the shard's list: a thread is woken alone, under
+    // the mutex (it cannot leave the list, and so free its Waiter, before
+    // we unlock); a continuation is unlisted and run once we unlock.
+    std::unique_ptr<Shard::Waiter> continuation;
+    {
+      MutexLock lock(&shard.mu);
+      const uint64_t ticket = slot->granted++;
+      for (Shard::Waiter** link = &shard.waiters; *link != nullptr;
+           link = &(*link)->next) {
+        Shard::Waiter* w = *link;
+        if (w->slot != slot || w->ticket != ticket) continue;
+        if (w->then) {
+          *link = w->next;
+          continuation.reset(w);
+        } else {
+          w->wake.Signal();
+        }
         break;
       }
+    }
+    if (continuation != nullptr) {
+      RunHandedOver(
+          [this, shard_index, slot, w = std::move(continuation)]() mutable {
+            ObserveWait(w->op, shard_index, w->since);
+            std::move(w->then)(TokenLock(this, shard_index, slot));
+          });
     }
   }
 }
@@ -350,18 +419,32 @@ const BindingState& TokenIndex::TokenLock::state() const {
   return committed != nullptr ? *committed : kEmptyState;
 }
 
-absl::Status TokenIndex::TokenLock::Stage(BindingState next,
-                                          const RequestRecord* request) {
+uint32_t TokenIndex::TokenLock::Reserve(BindingState& next) {
   // From the index's counter, so a token's revisions keep rising even after
   // it was emptied and its slot dropped; listed as pending in the same
   // critical section (settled_revision).
   const uint32_t slot = ThreadSlot() % kPendingSlots;
-  {
-    PendingSlot& pending = index_->pending_[slot];
-    MutexLock lock(&pending.mu);
-    next.revision = index_->revision_.fetch_add(1) + 1;
-    pending.revisions.push_back(next.revision);
-  }
+  PendingSlot& pending = index_->pending_[slot];
+  MutexLock lock(&pending.mu);
+  next.revision = index_->revision_.fetch_add(1) + 1;
+  pending.revisions.push_back(next.revision);
+  return slot;
+}
+
+void TokenIndex::TokenLock::Adopt(uint32_t slot, BindingState next) {
+  // A second Stage replaces an unpublished one, whose revision is then
+  // abandoned (only now: until this write, the first was what would be
+  // published).
+  Settle();
+  pending_slot_ = slot;
+  pending_revision_ = next.revision;
+  delete staged_;
+  staged_ = new BindingState(std::move(next));
+}
+
+absl::Status TokenIndex::TokenLock::Stage(BindingState next,
+                                          const RequestRecord* request) {
+  const uint32_t slot = Reserve(next);
   if (index_->store_ != nullptr) {
     absl::Status written =
         index_->store_->WriteAndWait(StoreChange{slot_->token, next, request});
@@ -372,15 +455,40 @@ absl::Status TokenIndex::TokenLock::Stage(BindingState next,
       return written;
     }
   }
-  // A second Stage replaces an unpublished one, whose revision is then
-  // abandoned (only now: until this write, the first was what would be
-  // published).
-  Settle();
-  pending_slot_ = slot;
-  pending_revision_ = next.revision;
-  delete staged_;
-  staged_ = new BindingState(std::move(next));
+  Adopt(slot, std::move(next));
   return absl::OkStatus();
+}
+
+void TokenIndex::TokenLock::StageAsync(BindingState next,
+                                       const RequestRecord* request,
+                                       StagedFn done) {
+  const uint32_t slot = Reserve(next);
+  if (index_->store_ == nullptr) {
+    Adopt(slot, std::move(next));
+    std::move(done)(absl::OkStatus());
+    return;
+  }
+  // The store's callback is a std::function (copyable): it shares the
+  // write's state. The store reads the change before it calls back.
+  struct Write {
+    TokenLock* lock;
+    uint32_t slot;
+    BindingState next;
+    StagedFn done;
+  };
+  auto write = std::make_shared<Write>(
+      Write{this, slot, std::move(next), std::move(done)});
+  const StoreChange change{slot_->token, write->next, request};
+  index_->store_->Write(
+      absl::MakeConstSpan(&change, 1), [write](absl::Status written) {
+        if (written.ok()) {
+          write->lock->Adopt(write->slot, std::move(write->next));
+        } else {
+          write->lock->index_->SettleRevision(write->slot,
+                                              write->next.revision);
+        }
+        std::move(write->done)(std::move(written));
+      });
 }
 
 void TokenIndex::TokenLock::Settle() {

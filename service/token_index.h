@@ -30,6 +30,7 @@
 #define IRQBYPASS_SERVICE_TOKEN_INDEX_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -40,6 +41,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -124,6 +126,15 @@ class TokenIndex {
     // in the same store write (request_log.h).
     [[nodiscard]] absl::Status Stage(BindingState next,
                                      const RequestRecord* request = nullptr);
+    // Stage without waiting for the store: `done` runs once with what Stage
+    // would have returned, on this thread or on the store's, after this lock
+    // has recorded the outcome. Until `done` runs, the TokenLock must stay
+    // where it is (not moved, not destroyed) and must not stage again: an
+    // operation that continues in callbacks keeps it in a heap object that
+    // `done` reaches.
+    using StagedFn = absl::AnyInvocable<void(absl::Status) &&>;
+    void StageAsync(BindingState next, const RequestRecord* request,
+                    StagedFn done);
     // Publishes the staged state to readers, then tells the listener.
     void Publish();
     // Stage, then Publish.
@@ -162,6 +173,11 @@ class TokenIndex {
     friend class TokenIndex;
     TokenLock(TokenIndex* index, size_t shard, Slot* slot)
         : index_(index), shard_(shard), slot_(slot) {}
+    // Gives `next` the next revision and lists it as pending; returns the
+    // pending slot it is listed in.
+    uint32_t Reserve(BindingState& next);
+    // `next` (reserved in `slot`) is durable: it becomes the staged state.
+    void Adopt(uint32_t slot, BindingState next);
     // Installs a state read back from the store (Restore): no store write,
     // no listener, the stored revision kept.
     void Install(BindingState state);
@@ -182,6 +198,17 @@ class TokenIndex {
   // Waits until no other TokenLock holds `token`, then takes it. `op` labels
   // the wait for the LockWaitObserver.
   TokenLock Lock(absl::string_view token, LockOp op = LockOp::kOther);
+  // Lock for an operation that must not block a thread while it waits (a
+  // callback-API RPC): calls `then` with the lock once no other operation
+  // holds the token. At once, on this thread, when it is free; otherwise
+  // from the release that hands it over, on the releasing thread once that
+  // release is done. Threads in Lock and continuations share one queue per
+  // token and get the lock in the order they asked for it. `then` must not
+  // block: it may start asynchronous work and keep the lock (in a heap
+  // object) until that work completes. Continuations that releases hand
+  // over run one after another on the releasing thread, never nested.
+  using LockedFn = absl::AnyInvocable<void(TokenLock) &&>;
+  void LockThen(absl::string_view token, LockOp op, LockedFn then);
   // Takes the token's lock only if no other operation holds it (nullopt
   // otherwise); never waits. For a holder of other tokens' locks, which must
   // not wait for one more (reconciliation).
@@ -264,8 +291,13 @@ class TokenIndex {
   static uint64_t HashOf(absl::string_view key);
   size_t ShardIndexForHash(uint64_t hash) const;
   void Release(size_t shard, Slot* slot);
+  // Takes the lock, or (wait) queues for it: a thread waiter (then null)
+  // sleeps here until it is handed over; a continuation (then set) is
+  // queued and LockImpl returns nullopt at once (`then` runs later).
   std::optional<TokenLock> LockImpl(absl::string_view token, LockOp op,
-                                    bool wait);
+                                    bool wait, LockedFn* then = nullptr);
+  void ObserveWait(LockOp op, size_t shard,
+                   std::chrono::steady_clock::time_point since) const;
   absl::Status RestoreOne(std::string token, BindingState state);
   void SettleRevision(uint32_t slot, uint64_t revision);
 
