@@ -94,6 +94,11 @@ absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(
   store->target_ = *std::move(target);
   store->kv_ = etcdserverpb::KV::NewStub(
       grpc::CreateChannel(store->target_, grpc::InsecureChannelCredentials()));
+  EtcdStore* const raw = store.get();
+  store->batcher_ = std::make_unique<StoreBatcher>(
+      kWriters, kChangesPerTxn, [raw](absl::Span<const StoreChange> changes) {
+        return raw->WriteChunk(changes);
+      });
   if (options.require_answer) {
     if (absl::Status s = store->EnsureMark(); !s.ok()) return s;
   }
@@ -297,35 +302,6 @@ absl::Status EtcdStore::Fenced(const ErrorContext& ctx) {
                    ctx);
 }
 
-// A failed transaction's status as one of the calls that shared it sees
-// it: the same code, reason and message, with that call's token.
-absl::Status EtcdStore::ForCall(const absl::Status& status,
-                                absl::Span<const StoreChange> changes) {
-  if (status.ok()) return status;
-  ErrorContext ctx = GetErrorContext(status);
-  ctx.token = changes.size() == 1 ? std::string(changes[0].token) : "";
-  return MakeError(status.code(), GetErrorReason(status), status.message(),
-                   ctx);
-}
-
-// A call waiting in Write: its changes, and once a writer wrote them, the
-// outcome.
-struct EtcdStore::Waiter {
-  absl::Span<const StoreChange> changes;
-  EtcdStore* store = nullptr;
-  bool taken = false;  // a writer has them in its transaction
-  bool done = false;
-  absl::Status status;
-  // Signalled when this call's changes are written, or when it is the
-  // oldest waiting call and a writer slot may be free. Each call has its
-  // own, so a release wakes the one thread it concerns, not every waiter.
-  CondVar wake;
-  // Under batch_mu_: written, or waiting and a writer slot is free.
-  bool Ready() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    return done || (!taken && store->writers_ < kWriters);
-  }
-};
-
 void EtcdStore::Write(absl::Span<const StoreChange> changes,
                       std::function<void(absl::Status)> done) {
   if (changes.empty()) {
@@ -341,53 +317,9 @@ void EtcdStore::Write(absl::Span<const StoreChange> changes,
                      "transaction); nothing was written")));
     return;
   }
-  // Group commit: concurrent calls share transactions. A waiting call
-  // becomes a writer when fewer than kWriters transactions are in flight,
-  // and writes the oldest waiting calls' changes (its own among them) in
-  // one Txn of up to kChangesPerTxn changes. The calls touch different
-  // tokens (one call at a time per token), so their keys never collide.
-  Waiter me;
-  me.changes = changes;
-  me.store = this;
-  batch_mu_.Lock();
-  queue_.push_back(&me);
-  // The oldest waiting call when a writer slot may be free: it becomes a
-  // writer and takes the calls behind it (any waiting call would do, and
-  // the oldest is first in the transaction anyway).
-  auto wake_next_writer = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch_mu_) {
-    if (!queue_.empty() && writers_ < kWriters) queue_.front()->wake.Signal();
-  };
-  while (true) {
-    while (!me.Ready()) me.wake.Wait(&batch_mu_);
-    if (me.done) break;
-    // Become a writer: take the oldest waiting calls, this one among them.
-    ++writers_;
-    std::vector<Waiter*> taken;
-    std::vector<StoreChange> batch;
-    while (!queue_.empty() &&
-           batch.size() + queue_.front()->changes.size() <= kChangesPerTxn) {
-      Waiter* w = queue_.front();
-      queue_.pop_front();
-      w->taken = true;
-      taken.push_back(w);
-      for (const StoreChange& c : w->changes) batch.push_back(c);
-    }
-    wake_next_writer();  // the calls left behind, if a slot is still free
-    batch_mu_.Unlock();
-    const absl::Status s = WriteChunk(batch);
-    batch_mu_.Lock();
-    for (Waiter* w : taken) {
-      w->status = taken.size() == 1 ? s : ForCall(s, w->changes);
-      w->done = true;
-      // Its thread waits for batch_mu_, held here, before it can return
-      // and destroy the Waiter.
-      if (w != &me) w->wake.Signal();
-    }
-    --writers_;
-    wake_next_writer();
-  }
-  batch_mu_.Unlock();
-  done(me.status);
+  // The calls touch different tokens (one call at a time per token), so
+  // the keys of the calls sharing a transaction never collide.
+  batcher_->Write(changes, std::move(done));
 }
 
 absl::Status EtcdStore::LoadRequests(

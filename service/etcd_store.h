@@ -4,7 +4,8 @@
 //
 // Durability is etcd's: a write is acknowledged once etcd committed it (a
 // quorum of members has it in its fsynced log). Concurrent Writes share
-// Txns (group commit: up to kWriters in flight, 40 changes each); a Txn has
+// Txns (group commit without a blocked caller: up to kWriters in flight,
+// 40 changes each, written by the store's own threads); a Txn has
 // the token's record put or deleted, the call's request outcome put, and,
 // for a removal, the revision mark raised when this revision is higher (a
 // Compare on its value). etcd allows 128 operations per transaction by
@@ -50,6 +51,7 @@
 #include "protos/etcd/rpc.grpc.pb.h"
 #include "service/errors.h"
 #include "service/store.h"
+#include "service/store_batcher.h"
 
 namespace irqbypass {
 
@@ -84,9 +86,10 @@ class EtcdStore final : public Store {
   absl::StatusOr<uint64_t> Load(
       const std::function<absl::Status(std::string token, BindingState state)>&
           fn) override;
-  // Runs on the calling thread (its changes share a transaction with
-  // concurrent calls'); calls `done` before returning. At most
-  // kChangesPerTxn changes.
+  // Queues the changes and returns; up to kWriters writer threads share
+  // the queued calls out into transactions (store_batcher.h) and run their
+  // `done`s. At most kChangesPerTxn changes (more: INVALID_ARGUMENT, at
+  // once).
   void Write(absl::Span<const StoreChange> changes,
              std::function<void(absl::Status)> done) override;
   absl::Status LoadRequests(
@@ -114,8 +117,6 @@ class EtcdStore final : public Store {
       const std::function<absl::Status(const std::string&, const std::string&)>&
           fn);
   absl::Status WriteChunk(absl::Span<const StoreChange> changes);
-  static absl::Status ForCall(const absl::Status& status,
-                              absl::Span<const StoreChange> changes);
   // Makes `txn` apply only while this replica's election stands.
   void AddFence(etcdserverpb::TxnRequest* txn) const;
   // A fenced write found another leader: NOT_LEADER; steps down.
@@ -126,15 +127,13 @@ class EtcdStore final : public Store {
   const EtcdStoreOptions options_;
   std::string target_;
   std::unique_ptr<etcdserverpb::KV::Stub> kv_;
-  struct Waiter;
   static constexpr int kWriters = 4;
-  Mutex batch_mu_;
-  std::deque<Waiter*> queue_ ABSL_GUARDED_BY(batch_mu_);
-  int writers_ ABSL_GUARDED_BY(batch_mu_) = 0;
   // Set once by SetFence before any concurrent write.
   std::string fence_key_;
   int64_t fence_revision_ = 0;
   std::atomic<bool> stepped_down_{false};  // on_step_down has run
+  // Last: its writers stop (writing what is queued) before the rest goes.
+  std::unique_ptr<StoreBatcher> batcher_;  // set by Open
 };
 
 // The first key after every key that starts with `prefix` (a Range's or

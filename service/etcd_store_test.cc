@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "protos/etcd/rpc.grpc.pb.h"
@@ -120,8 +121,8 @@ TEST_F(EtcdStoreTest, Write_MoreThanOneTransactionHolds_RefusedNothingWritten) {
 }
 
 // Group commit: many concurrent calls, puts and removals mixed, share
-// transactions; each call is answered exactly once, before Write returns,
-// and the store ends holding exactly what the calls left.
+// transactions; each call is answered exactly once (on the store's writer
+// threads), and the store ends holding exactly what the calls left.
 TEST_F(EtcdStoreTest, GroupCommit_MixedCalls_EachAnsweredOnceAllKept) {
   auto store = Open("group");
   const int64_t etcd_before = Kv().Revision();
@@ -129,6 +130,7 @@ TEST_F(EtcdStoreTest, GroupCommit_MixedCalls_EachAnsweredOnceAllKept) {
   constexpr int kTokens = 40;
   std::atomic<uint64_t> revision{0};
   std::atomic<int> calls{0};
+  std::atomic<int> answers{0};
   std::vector<std::map<std::string, BindingState>> kept(kThreads);
   std::vector<uint64_t> highest(kThreads, 0);
   std::vector<std::thread> threads;
@@ -138,16 +140,25 @@ TEST_F(EtcdStoreTest, GroupCommit_MixedCalls_EachAnsweredOnceAllKept) {
         const std::string token =
             "g" + std::to_string(t) + "-" + std::to_string(i);
         auto write = [&](const BindingState& st) {
-          int answers = 0;
+          // Answered on one of the store's writer threads.
+          Mutex mu;
+          CondVar cv;
+          bool answered = false;
           absl::Status got;
           store->Write(absl::MakeConstSpan(
                            std::vector<StoreChange>{StoreChange{token, st}}),
                        [&](absl::Status s) {
-                         ++answers;
+                         answers.fetch_add(1);
+                         MutexLock lock(&mu);
                          got = std::move(s);
+                         answered = true;
+                         cv.Signal();
                        });
           calls.fetch_add(1);
-          EXPECT_EQ(answers, 1) << token;
+          {
+            MutexLock lock(&mu);
+            while (!answered) cv.Wait(&mu);
+          }
           EXPECT_TRUE(got.ok()) << token << ": " << got;
           highest[t] = std::max(highest[t], st.revision);
         };
@@ -179,6 +190,8 @@ TEST_F(EtcdStoreTest, GroupCommit_MixedCalls_EachAnsweredOnceAllKept) {
     EXPECT_EQ(loaded[token].producer->vector, st.producer->vector) << token;
   }
   EXPECT_EQ(last, want_last);
+  store.reset();  // its writers stop: any second answer would have come
+  EXPECT_EQ(answers.load(), calls.load()) << "a call answered twice";
   // Each transaction raises etcd's revision by one: fewer than one per
   // call shows calls shared them (32 callers, 4 transactions in flight).
   const int64_t txns = Kv().Revision() - etcd_before;

@@ -20,6 +20,9 @@ namespace {
 constexpr absl::string_view kBindingPrefix = "b/";
 constexpr absl::string_view kRevisionKey = "m/revision";
 constexpr absl::string_view kRequestPrefix = "r/";
+// Most changes one RocksDB write carries (the calls queued while the last
+// write was in flight; more wait for the next one).
+constexpr size_t kChangesPerWrite = 4096;
 
 // "r/<expiry, 16 hex digits>/<id>": sorted by expiry, so that what expired
 // is one key range.
@@ -115,6 +118,12 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(
     MutexLock lock(&store->mu_);
     store->db_.reset(db);
   }
+  RocksDbStore* const raw = store.get();
+  store->batcher_ = std::make_unique<StoreBatcher>(
+      /*writers=*/1, kChangesPerWrite,
+      [raw](absl::Span<const StoreChange> changes) {
+        return raw->WriteNow(changes);
+      });
   return store;
 }
 
@@ -134,6 +143,7 @@ RocksDbStore::Use::~Use() {
 RocksDbStore::~RocksDbStore() { Close().IgnoreError(); }
 
 absl::Status RocksDbStore::Close() {
+  if (batcher_ != nullptr) batcher_->Stop();  // queued writes go in first
   MutexLock lock(&mu_);
   if (db_ == nullptr || closing_) {
     // Closed, or another Close is closing it: wait for that to finish.
@@ -200,6 +210,10 @@ absl::StatusOr<uint64_t> RocksDbStore::Load(
 
 void RocksDbStore::Write(absl::Span<const StoreChange> changes,
                          std::function<void(absl::Status)> done) {
+  batcher_->Write(changes, std::move(done));
+}
+
+absl::Status RocksDbStore::WriteNow(absl::Span<const StoreChange> changes) {
   rocksdb::WriteBatch batch;
   uint64_t revision = 0;
   for (const StoreChange& change : changes) {
@@ -224,8 +238,6 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
   rocksdb::Status s;
   const char* refused = nullptr;  // why the store would not take the write
   {
-    // `done` runs after the hold ends, so a callback that closes the store
-    // (or waits for something that does) cannot stall Close.
     Use use(this);
     if (use.db() == nullptr) {
       refused = "durable store: closed";
@@ -236,9 +248,8 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
     }
   }
   if (refused != nullptr) {
-    done(MakeError(absl::StatusCode::kUnavailable,
-                   ErrorReason::kStoreUnavailable, refused, {}));
-    return;
+    return MakeError(absl::StatusCode::kUnavailable,
+                     ErrorReason::kStoreUnavailable, refused, {});
   }
   if (!s.ok()) {
     ErrorContext ctx;
@@ -247,11 +258,10 @@ void RocksDbStore::Write(absl::Span<const StoreChange> changes,
         absl::StatusCode::kUnavailable, ErrorReason::kStoreUnavailable,
         absl::StrCat("durable store: write failed: ", s.ToString()), ctx);
     if (!failed_.exchange(true) && on_failure_) on_failure_(error);
-    done(std::move(error));
-    return;
+    return error;
   }
   writes_.fetch_add(changes.size(), std::memory_order_relaxed);
-  done(absl::OkStatus());
+  return absl::OkStatus();
 }
 
 absl::Status RocksDbStore::LoadRequests(

@@ -32,6 +32,7 @@
 #include "absl/status/statusor.h"
 #include "common/mutex.h"
 #include "service/store.h"
+#include "service/store_batcher.h"
 
 namespace rocksdb {
 class DB;
@@ -70,8 +71,9 @@ class RocksDbStore final : public Store {
   absl::StatusOr<uint64_t> Load(
       const std::function<absl::Status(std::string token, BindingState state)>&
           fn) override;
-  // Runs the RocksDB write on the calling thread and calls `done` before
-  // returning.
+  // Queues the changes and returns: one writer thread takes every call
+  // queued meanwhile and writes them as one synced RocksDB write (one
+  // fsync), then runs their `done`s (store_batcher.h).
   void Write(absl::Span<const StoreChange> changes,
              std::function<void(absl::Status)> done) override;
   absl::Status LoadRequests(
@@ -80,8 +82,9 @@ class RocksDbStore final : public Store {
   absl::Status PruneRequests(int64_t now_unix_micros) override;
   std::string Describe() const override;
 
-  // Flushes and closes the database; later Writes fail UNAVAILABLE.
-  // Idempotent; waits for Writes in progress.
+  // Writes what is queued, then flushes and closes the database; later
+  // Writes fail UNAVAILABLE. Idempotent; waits for Writes in progress. Not
+  // from a Write's `done`.
   absl::Status Close();
 
   struct Stats {
@@ -94,6 +97,8 @@ class RocksDbStore final : public Store {
 
  private:
   RocksDbStore(std::string dir, bool sync);
+  // Writes the changes of one or more calls as one synced RocksDB write.
+  absl::Status WriteNow(absl::Span<const StoreChange> changes);
 
   const std::string dir_;
   const bool sync_;
@@ -122,6 +127,7 @@ class RocksDbStore final : public Store {
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   int uses_ ABSL_GUARDED_BY(mu_) = 0;  // Use objects holding db_
   std::atomic<uint64_t> writes_{0};
+  std::unique_ptr<StoreBatcher> batcher_;  // set by Open
 };
 
 }  // namespace irqbypass

@@ -1,0 +1,104 @@
+#include "service/store_batcher.h"
+
+#include <utility>
+
+#include "service/errors.h"
+
+namespace irqbypass {
+
+absl::Status ForCall(const absl::Status& status,
+                     absl::Span<const StoreChange> changes) {
+  if (status.ok()) return status;
+  ErrorContext ctx = GetErrorContext(status);
+  ctx.token = changes.size() == 1 ? std::string(changes[0].token) : "";
+  return MakeError(status.code(), GetErrorReason(status), status.message(),
+                   ctx);
+}
+
+StoreBatcher::StoreBatcher(int writers, size_t max_changes, WriteFn write)
+    : max_changes_(max_changes == 0 ? 1 : max_changes),
+      write_(std::move(write)) {
+  if (writers < 1) writers = 1;
+  writers_.reserve(writers);
+  for (int i = 0; i < writers; ++i) {
+    writers_.emplace_back([this] { WriterLoop(); });
+  }
+}
+
+StoreBatcher::~StoreBatcher() { Stop(); }
+
+void StoreBatcher::Write(absl::Span<const StoreChange> changes,
+                         std::function<void(absl::Status)> done) {
+  Call call;
+  call.changes.reserve(changes.size());
+  for (const StoreChange& c : changes) {
+    OwnedChange owned{std::string(c.token), c.state, std::nullopt};
+    if (c.request != nullptr) owned.request = *c.request;
+    call.changes.push_back(std::move(owned));
+  }
+  call.done = std::move(done);
+  {
+    MutexLock lock(&mu_);
+    if (!stopping_) {
+      queue_.push_back(std::move(call));
+      work_.Signal();
+      return;
+    }
+  }
+  call.done(MakeError(absl::StatusCode::kUnavailable,
+                      ErrorReason::kStoreUnavailable, "durable store: closed",
+                      {}));
+}
+
+void StoreBatcher::Stop() {
+  {
+    MutexLock lock(&mu_);
+    stopping_ = true;
+    work_.SignalAll();
+  }
+  for (std::thread& t : writers_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+void StoreBatcher::WriterLoop() {
+  std::vector<Call> taken;
+  std::vector<StoreChange> views;
+  while (true) {
+    taken.clear();
+    views.clear();
+    {
+      MutexLock lock(&mu_);
+      while (queue_.empty() && !stopping_) work_.Wait(&mu_);
+      if (queue_.empty()) return;  // stopping, and everything is written
+      // The oldest calls, whole, while they fit (the first always does:
+      // a store refuses larger calls before queueing them).
+      size_t changes = 0;
+      while (!queue_.empty() &&
+             (taken.empty() ||
+              changes + queue_.front().changes.size() <= max_changes_)) {
+        changes += queue_.front().changes.size();
+        taken.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      // Calls left behind go to another writer, if one is idle.
+      if (!queue_.empty()) work_.Signal();
+    }
+    for (const Call& call : taken) {
+      for (const OwnedChange& c : call.changes) {
+        views.push_back(StoreChange{
+            c.token, c.state, c.request.has_value() ? &*c.request : nullptr});
+      }
+    }
+    const absl::Status written = write_(views);
+    size_t at = 0;
+    for (Call& call : taken) {
+      const absl::Span<const StoreChange> mine(views.data() + at,
+                                               call.changes.size());
+      at += call.changes.size();
+      call.done(taken.size() == 1 ? written : ForCall(written, mine));
+    }
+  }
+}
+
+}  // namespace irqbypass
