@@ -568,3 +568,176 @@ TEST(TokenIndexTest, TryLock_HeldByAnother_NulloptFreeTaken) {
 
 }  // namespace
 }  // namespace irqbypass
+
+namespace irqbypass {
+namespace {
+
+TEST(TokenIndexTest, LockThen_Free_RunsAtOnceOnThisThread) {
+  TokenIndex index(16);
+  bool ran = false;
+  index.LockThen("t", LockOp::kOther, [&](TokenIndex::TokenLock lock) {
+    ran = true;
+    EXPECT_EQ(lock.token(), "t");
+    EXPECT_FALSE(index.TryLock("t").has_value());  // held while it runs
+  });
+  EXPECT_TRUE(ran);
+  EXPECT_TRUE(index.TryLock("t").has_value());  // released when it returned
+}
+
+// Continuations and threads queued on one token get it in the order they
+// asked, one at a time; a continuation runs on the thread whose release
+// handed it over.
+TEST(TokenIndexTest, LockThen_Busy_RunsOnReleaseInOrderWithThreadWaiters) {
+  TokenIndex index(16);
+  std::mutex mu;
+  std::vector<std::string> order;
+  std::vector<std::thread::id> ran_on;
+  auto note = [&](const std::string& who) {
+    std::lock_guard<std::mutex> g(mu);
+    order.push_back(who);
+    ran_on.push_back(std::this_thread::get_id());
+  };
+  std::optional<TokenIndex::TokenLock> held = index.Lock("t");
+  index.LockThen("t", LockOp::kOther,
+                 [&](TokenIndex::TokenLock) { note("first"); });
+  std::thread waiter([&] {
+    auto lock = index.Lock("t");
+    note("thread");
+  });
+  // Long enough for the thread to be queued.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  index.LockThen("t", LockOp::kOther,
+                 [&](TokenIndex::TokenLock) { note("last"); });
+  EXPECT_TRUE(order.empty());  // nothing runs while it is held
+  const std::thread::id releaser = std::this_thread::get_id();
+  held.reset();
+  waiter.join();
+  ASSERT_EQ(order, (std::vector<std::string>{"first", "thread", "last"}));
+  EXPECT_EQ(ran_on[0], releaser);
+  EXPECT_EQ(ran_on[2], ran_on[1]);  // handed over by the thread's release
+  EXPECT_TRUE(index.TryLock("t").has_value());
+}
+
+// A long queue of continuations is drained one after another by the one
+// release, never nested inside each other (no stack growth per waiter).
+TEST(TokenIndexTest, LockThen_LongQueue_RunsEachOnceWithoutNesting) {
+  TokenIndex index(16);
+  constexpr int kWaiters = 100000;
+  int ran = 0;
+  int depth = 0;
+  int max_depth = 0;
+  std::optional<TokenIndex::TokenLock> held = index.Lock("t");
+  for (int i = 0; i < kWaiters; ++i) {
+    index.LockThen("t", LockOp::kOther, [&, i](TokenIndex::TokenLock lock) {
+      ++depth;
+      max_depth = std::max(max_depth, depth);
+      EXPECT_EQ(ran, i);  // in the order queued
+      ++ran;
+      if (i % 1000 == 0) {
+        EXPECT_TRUE(
+            lock.Commit(i % 2000 == 0 ? WithProducer("n1") : BindingState{})
+                .ok());
+      }
+      --depth;
+    });
+  }
+  held.reset();
+  EXPECT_EQ(ran, kWaiters);
+  EXPECT_EQ(max_depth, 1);
+  EXPECT_TRUE(index.TryLock("t").has_value());
+}
+
+// Threads and continuations racing for one token: mutual exclusion holds
+// and every one of them gets the lock exactly once.
+TEST(TokenIndexTest, LockThen_MixedWithThreads_ExclusiveAndNoneLost) {
+  TokenIndex index(4);
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 2000;
+  std::atomic<int> inside{0}, max_inside{0}, total{0};
+  auto enter = [&] {
+    const int now = inside.fetch_add(1) + 1;
+    int seen = max_inside.load();
+    while (now > seen && !max_inside.compare_exchange_weak(seen, now)) {
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRounds; ++i) {
+        if ((i + t) % 2 == 0) {
+          auto lock = index.Lock("hot");
+          enter();
+          total.fetch_add(1);
+          inside.fetch_sub(1);
+        } else {
+          index.LockThen("hot", LockOp::kOther, [&](TokenIndex::TokenLock) {
+            enter();
+            total.fetch_add(1);
+            inside.fetch_sub(1);
+          });
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  // Every continuation queued ran before the last release returned.
+  EXPECT_EQ(total.load(), kThreads * kRounds);
+  EXPECT_EQ(max_inside.load(), 1);
+}
+
+// A store that answers when the test says so.
+class DeferredStore : public Store {
+ public:
+  absl::StatusOr<uint64_t> Load(
+      const std::function<absl::Status(std::string, BindingState)>&) override {
+    return 0;
+  }
+  absl::Status LoadRequests(
+      int64_t, const std::function<void(RequestRecord)>&) override {
+    return absl::OkStatus();
+  }
+  absl::Status PruneRequests(int64_t) override { return absl::OkStatus(); }
+  void Write(absl::Span<const StoreChange> changes,
+             std::function<void(absl::Status)> done) override {
+    ASSERT_EQ(changes.size(), 1u);
+    written.push_back(changes[0].state);
+    answers.push_back(std::move(done));
+  }
+  std::string Describe() const override { return "deferred"; }
+  std::vector<BindingState> written;
+  std::vector<std::function<void(absl::Status)>> answers;
+};
+
+TEST(TokenIndexTest, StageAsync_StoreAnswersLater_StagedOnlyOnceDurable) {
+  DeferredStore store;
+  TokenIndex index(16, nullptr, nullptr, &store);
+  auto lock = std::make_unique<TokenIndex::TokenLock>(index.Lock("t"));
+  std::optional<absl::Status> staged;
+  lock->StageAsync(WithProducer("n1"), nullptr,
+                   [&](absl::Status s) { staged = s; });
+  ASSERT_EQ(store.written.size(), 1u);
+  EXPECT_EQ(store.written[0].revision, 1u);
+  EXPECT_FALSE(staged.has_value());  // not durable yet
+  EXPECT_EQ(index.settled_revision(), 0u);
+  store.answers[0](absl::OkStatus());
+  ASSERT_TRUE(staged.has_value());
+  EXPECT_TRUE(staged->ok());
+  EXPECT_FALSE(index.Get("t").has_value());  // durable, not yet published
+  lock->Publish();
+  EXPECT_EQ(index.Get("t")->producer->node, "n1");
+  EXPECT_EQ(index.settled_revision(), 1u);
+
+  // Refused: nothing staged, the revision abandoned.
+  staged.reset();
+  lock->StageAsync(BindingState{}, nullptr,
+                   [&](absl::Status s) { staged = s; });
+  store.answers[1](absl::UnavailableError("refused"));
+  ASSERT_TRUE(staged.has_value());
+  EXPECT_EQ(staged->code(), absl::StatusCode::kUnavailable);
+  lock.reset();  // nothing to publish
+  EXPECT_EQ(index.Get("t")->producer->node, "n1");
+  EXPECT_EQ(index.settled_revision(), 2u);
+}
+
+}  // namespace
+}  // namespace irqbypass
