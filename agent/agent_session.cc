@@ -1,6 +1,7 @@
 #include "agent/agent_session.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <thread>
@@ -115,8 +116,8 @@ std::shared_ptr<grpc::Channel> NewChannel(const AgentSessionOptions& options,
                                    args);
 }
 
-// Messages handed from the session's reader thread to the thread that
-// executes commands. Once closed, Pop returns nothing more: what is still
+// Acks handed from the workers that execute commands to the thread that
+// writes them. Once closed, PopAll returns nothing more: what is still
 // queued belongs to a stream that ended. Thread-safe.
 template <typename Message>
 class MessageQueue {
@@ -130,23 +131,18 @@ class MessageQueue {
     closed_ = true;
     queue_.clear();
   }
-  // Whether a message is queued and the first satisfies `pred`.
-  template <typename Pred>
-  bool FrontMatches(Pred pred) {
-    MutexLock lock(&mu_);
-    return !closed_ && !queue_.empty() && pred(queue_.front());
-  }
-  // Waits for the next message; false once closed. `*more` tells whether
-  // further messages are queued.
-  bool Pop(Message* message, bool* more) {
+  // Waits for messages and takes all that are queued; false once closed.
+  bool PopAll(std::vector<Message>* messages) {
+    messages->clear();
     MutexLock lock(&mu_);
     mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return !queue_.empty() || closed_;
     });
-    if (closed_ || queue_.empty()) return false;
-    *message = std::move(queue_.front());
-    queue_.pop_front();
-    *more = !queue_.empty();
+    if (closed_) return false;
+    while (!queue_.empty()) {
+      messages->push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
     return true;
   }
 
@@ -189,7 +185,7 @@ namespace {
 
 v1::AgentMessage HandleCommand(StepExecutor& executor, const std::string& node,
                                const v1::Command& command,
-                               AgentMetrics* metrics) {
+                               AgentMetrics* metrics, bool* del_failed) {
   // The fields only debug lines need are built only when they are on.
   const bool debug = LogEnabled(LogLevel::kDebug);
   if (debug) {
@@ -201,7 +197,7 @@ v1::AgentMessage HandleCommand(StepExecutor& executor, const std::string& node,
   v1::AgentMessage out;
   v1::CommandAck& ack = *out.mutable_ack();
   const auto started = std::chrono::steady_clock::now();
-  ack = executor.Execute(command);
+  ack = executor.Execute(command, del_failed);
   if (metrics != nullptr) {
     metrics->CommandExecuted(
         command.kind(), ack.ok(),
@@ -232,11 +228,21 @@ v1::AgentMessage HandleCommand(StepExecutor& executor, const std::string& node,
 
 }  // namespace
 
+std::vector<std::string> CommandKeys(const v1::Command& command) {
+  const v1::Producer& p = command.producer();
+  const v1::Consumer& c = command.consumer();
+  return {absl::StrCat("t/", command.token()),
+          absl::StrCat("p/", p.device(), "/", static_cast<int>(p.index()), "/",
+                       p.vector()),
+          absl::StrCat("v/", c.vm())};
+}
+
 AgentSession::AgentSession(AgentSessionOptions options, Backend& backend)
     : options_(std::move(options)),
       managers_(SplitTargetList(options_.manager_address)),
       backend_(backend),
-      executor_(backend) {}
+      executor_(backend),
+      scheduler_(options_.command_workers) {}
 
 void AgentSession::Run() {
   absl::Duration backoff = options_.initial_backoff;
@@ -364,21 +370,30 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
 
   bool established = false;
   if (hello_sent) {
-    // A reader thread queues what the manager sends, so that this thread
-    // knows whether more commands wait while it executes one: their acks
-    // then go out coalesced (gRPC buffer hint), unless the next command may
-    // block (a VMM round trip), which would hold an earlier ack back.
-    // Commands run one at a time, in order.
-    MessageQueue<v1::ManagerMessage> inbound;
-    std::thread reader([&stream, &inbound] {
-      v1::ManagerMessage message;
-      while (stream->Read(&message)) inbound.Push(std::move(message));
-      inbound.Close();
+    // Commands run on the scheduler's workers: concurrently across tokens,
+    // devices and VMs, in the order received within each (so a slow VMM
+    // holds up only its own VM's commands). Their acks go through the
+    // outbox to one writer thread, which sends everything queued at once
+    // in one coalesced write (gRPC buffer hint). This thread reads.
+    MessageQueue<v1::AgentMessage> outbox;
+    std::atomic<bool> write_failed{false};
+    std::thread writer([&stream, &outbox, &write_failed, &context] {
+      std::vector<v1::AgentMessage> batch;
+      while (outbox.PopAll(&batch)) {
+        for (size_t i = 0; i < batch.size(); ++i) {
+          grpc::WriteOptions write_options;
+          if (i + 1 < batch.size()) write_options.set_buffer_hint();
+          if (!stream->Write(batch[i], write_options)) {
+            write_failed = true;
+            context.TryCancel();  // ends the read loop
+            return;
+          }
+        }
+      }
     });
     v1::ManagerMessage in;
-    bool more_queued = false;
     bool stopped_early = false;
-    while (inbound.Pop(&in, &more_queued)) {
+    while (stream->Read(&in)) {
       if (!established) {
         established = true;
         if (options_.metrics != nullptr) {
@@ -422,55 +437,53 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
                 {{"node", options_.node},
                  {"token", in.command().token()},
                  {"epoch", absl::StrCat(in.command().epoch())}});
-        if (!stream->Write(refusal)) {
-          stopped_early = true;
-          break;
-        }
+        outbox.Push(std::move(refusal));
       } else if (in.has_command()) {
-        const uint64_t failed_dels = executor_.failed_dels();
-        const v1::AgentMessage ack = HandleCommand(
-            executor_, options_.node, in.command(), options_.metrics);
-        grpc::WriteOptions write_options;
-        if (more_queued &&
-            inbound.FrontMatches([this](const v1::ManagerMessage& next) {
-              return next.has_command() && !backend_.MayBlock(next.command());
-            })) {
-          write_options.set_buffer_hint();
-        }
-        if (!stream->Write(ack, write_options)) {
-          LogWarn(
-              "could not send command ack; the manager reconciles on "
-              "reconnect",
-              {{"node", options_.node}, {"token", in.command().token()}});
-          stopped_early = true;
-          break;
-        }
-        if (executor_.failed_dels() != failed_dels) {
-          if (!reported.contains(in.command().token())) {
-            // Part of a pair may still be wired: re-report it (as partial)
-            // so the manager disconnects it, instead of waiting for some
-            // later reconnect.
-            LogWarn("a del step failed; re-reporting wiring to the manager",
-                    {{"node", options_.node}, {"token", in.command().token()}});
-            Resync();
-          } else {
-            // This session reported it and the manager's disconnect failed
-            // again: re-reporting would only repeat that, in a loop. Left
-            // wired until the next session.
-            LogWarn(
-                "a del step failed again for wiring this session "
-                "reported; left until the next session",
-                {{"node", options_.node}, {"token", in.command().token()}});
-          }
-        }
+        std::vector<std::string> keys = CommandKeys(in.command());
+        scheduler_.Submit(
+            std::move(keys), [this, &outbox, &reported,
+                              command = std::move(*in.mutable_command())] {
+              bool del_failed = false;
+              v1::AgentMessage ack =
+                  HandleCommand(executor_, options_.node, command,
+                                options_.metrics, &del_failed);
+              outbox.Push(std::move(ack));
+              if (!del_failed) return;
+              if (!reported.contains(command.token())) {
+                // Part of a pair may still be wired: re-report it (as
+                // partial) so the manager disconnects it, instead of
+                // waiting for some later reconnect.
+                LogWarn("a del step failed; re-reporting wiring to the manager",
+                        {{"node", options_.node}, {"token", command.token()}});
+                Resync();
+              } else {
+                // This session reported it and the manager's disconnect
+                // failed again: re-reporting would only repeat that, in a
+                // loop. Left wired until the next session.
+                LogWarn(
+                    "a del step failed again for wiring this session "
+                    "reported; left until the next session",
+                    {{"node", options_.node}, {"token", command.token()}});
+              }
+            });
       } else {
         LogWarn("ignoring empty message from manager",
                 {{"node", options_.node}});
       }
     }
-    // The reader ends when the call does; end the call if we stopped first.
+    if (write_failed.load()) {
+      LogWarn(
+          "could not send command acks; the manager reconciles on "
+          "reconnect",
+          {{"node", options_.node}});
+    }
+    // End the call if we stopped first; commands not started are dropped
+    // (the manager reconciles from the next hello), running ones finish
+    // before that hello is built, and their acks go out if they still can.
     if (stopped_early) context.TryCancel();
-    reader.join();
+    scheduler_.Drain();
+    outbox.Close();
+    writer.join();
   }
   if (established && options_.metrics != nullptr) {
     options_.metrics->ManagerSessionEnded();

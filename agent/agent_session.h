@@ -2,8 +2,10 @@
 // keeps one irqbypass.v1.AgentControl/Session stream open: on every (re)connect
 // it sends AgentHello {node, backend name, Backend::Inventory(), version}
 // (a long inventory in parts: HelloMessages),
-// then executes each Command the manager sends with StepExecutor, strictly in
-// the order received, and writes one CommandAck (same id) per command.
+// then executes each Command the manager sends with StepExecutor on a pool
+// of workers (CommandScheduler: in the order received per token, device
+// vector and VM; unrelated commands concurrently), and writes one
+// CommandAck (same id) per command, as each finishes.
 //
 // When the stream fails or ends it reconnects forever with exponential
 // backoff (100 ms doubling to 5 s, +/-20% jitter; reset once a session is
@@ -12,7 +14,9 @@
 // end, even if the stream breaks meanwhile; the manager reconciles from the
 // next hello.
 //
-// Uses the gRPC synchronous API on the thread that calls Run().
+// Uses the gRPC synchronous API: the thread that calls Run() reads, one
+// writer thread per session sends the acks, and the scheduler's workers run
+// the commands.
 //
 // Thread-safety: Run() is called once, on one thread; Shutdown() may be
 // called from any thread, any number of times.
@@ -31,6 +35,7 @@
 #include "absl/random/random.h"
 #include "absl/time/time.h"
 #include "agent/backend.h"
+#include "agent/command_scheduler.h"
 #include "agent/step_executor.h"
 #include "common/mutex.h"
 #include "grpcpp/client_context.h"
@@ -75,7 +80,14 @@ struct AgentSessionOptions {
   // Commands executed and sessions (agent_metrics.h); may be null. Must
   // outlive the session.
   AgentMetrics* metrics = nullptr;
+  // Commands executed at once (CommandScheduler): unrelated commands run
+  // concurrently; those for one token, device vector or VM in order.
+  int command_workers = 8;
 };
+
+// What orders a command against others (CommandScheduler keys): its token,
+// its producer's device vector and its consumer's VM.
+std::vector<std::string> CommandKeys(const v1::Command& command);
 
 class AgentSession {
  public:
@@ -127,6 +139,7 @@ class AgentSession {
   size_t current_ = 0;  // index into managers_; the Run() thread only
   Backend& backend_;
   StepExecutor executor_;
+  CommandScheduler scheduler_;
   absl::BitGen bitgen_;  // Used by the Run() thread only.
 
   mutable Mutex mu_;

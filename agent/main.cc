@@ -59,7 +59,14 @@ ABSL_FLAG(std::string, sim_fail_step, "",
           "add_producer, del_producer or del_consumer) fail with ERRNO (a "
           "name such as EIO, or a number).");
 ABSL_FLAG(std::string, sim_step_delay_ms, "0",
-          "sim, for tests: sleep N milliseconds in every add step.");
+          "sim, for tests: sleep N milliseconds in every add step (with "
+          "--sim_slow_vms, only in those VMs').");
+ABSL_FLAG(std::string, sim_slow_vms, "",
+          "sim, for tests: comma-separated VMs whose add steps take "
+          "--sim_step_delay_ms (a slow VMM); empty: every VM's do.");
+ABSL_FLAG(int, command_workers, 8,
+          "Commands executed at once: unrelated commands run concurrently, "
+          "those for one token, device vector or VM in the order received.");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT for this agent's Prometheus /metrics, e.g. "
           "127.0.0.1:9465 (empty: off; port 0: any free port).");
@@ -202,6 +209,8 @@ SimBackendOptions SimOptionsFromFlags(const std::string& node) {
         absl::StrCat("\"", delay, "\": want a number of milliseconds >= 0"));
   }
   options.add_step_delay = absl::Milliseconds(delay_ms);
+  options.slow_vms =
+      ParseNameList("sim_slow_vms", absl::GetFlag(FLAGS_sim_slow_vms));
   return options;
 }
 
@@ -370,6 +379,13 @@ int Main(int argc, char** argv) {
   session_options.node = node;
   session_options.agent_version = kAgentVersion;
   session_options.metrics = &metrics;
+  if (absl::GetFlag(FLAGS_command_workers) < 1 ||
+      absl::GetFlag(FLAGS_command_workers) > 256) {
+    FlagError(
+        "command_workers",
+        absl::StrCat(absl::GetFlag(FLAGS_command_workers), ": want 1 to 256"));
+  }
+  session_options.command_workers = absl::GetFlag(FLAGS_command_workers);
   AgentSession session(session_options, *backend);
 
   // kvm: VMs and devices come and go (handoff); each change makes the

@@ -53,7 +53,11 @@ absl::Status ValidateCommand(const v1::Command& command) {
   return absl::OkStatus();
 }
 
-v1::CommandAck StepExecutor::Execute(const v1::Command& command) {
+v1::CommandAck StepExecutor::Execute(const v1::Command& command,
+                                     bool* del_failed) {
+  bool del_failed_here = false;
+  if (del_failed == nullptr) del_failed = &del_failed_here;
+  *del_failed = false;
   v1::CommandAck ack;
   ack.set_id(command.id());
   if (absl::Status valid = ValidateCommand(command); !valid.ok()) {
@@ -69,7 +73,7 @@ v1::CommandAck StepExecutor::Execute(const v1::Command& command) {
   std::vector<v1::StepKind> undos;
   for (const v1::Step& step : command.steps()) {
     if (failed && !step.always()) continue;
-    StepResult result = RunStep(step.kind(), command);
+    StepResult result = RunStep(step.kind(), command, del_failed);
     ack.add_executed(step.kind());
     if (result.ok()) {
       if (!failed && step.undo() != v1::STEP_UNSPECIFIED) {
@@ -92,7 +96,7 @@ v1::CommandAck StepExecutor::Execute(const v1::Command& command) {
     ack.set_errno_value(result.errno_value());
     ack.set_message(result.message());
     for (auto it = undos.rbegin(); it != undos.rend(); ++it) {
-      StepResult undone = RunStep(*it, command);
+      StepResult undone = RunStep(*it, command, del_failed);
       ack.add_executed(*it);
       if (!undone.ok()) {
         LogWarn("undo step failed", {{"token", command.token()},
@@ -107,8 +111,8 @@ v1::CommandAck StepExecutor::Execute(const v1::Command& command) {
   return ack;
 }
 
-StepResult StepExecutor::RunStep(v1::StepKind kind,
-                                 const v1::Command& command) {
+StepResult StepExecutor::RunStep(v1::StepKind kind, const v1::Command& command,
+                                 bool* del_failed) {
   const std::string& token = command.token();
   const v1::Producer& producer = command.producer();
   const v1::Consumer& consumer = command.consumer();
@@ -137,6 +141,7 @@ StepResult StepExecutor::RunStep(v1::StepKind kind,
       if (!result.ok()) {
         // The contract's del hooks cannot fail: report and carry on.
         failed_dels_.fetch_add(1, std::memory_order_relaxed);
+        *del_failed = true;
         LogWarn("del step failed; ignored",
                 {{"token", token},
                  {"node", producer.node()},

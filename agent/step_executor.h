@@ -1,6 +1,6 @@
 // StepExecutor: runs the steps of one AgentControl Command against a Backend
 // and builds its CommandAck. The agent session calls it once per Command, in
-// the order received.
+// order per token and per object (CommandScheduler).
 //
 // The rules are generic (agent.proto, Step):
 //   * steps run in order;
@@ -39,7 +39,10 @@ class StepExecutor {
   // Runs `command` and returns its ack (same id). Never fails itself: a
   // malformed command (see ValidateCommand) runs no step and is acked with
   // ok=false, failed_step=STEP_UNSPECIFIED, errno_value=EINVAL.
-  v1::CommandAck Execute(const v1::Command& command);
+  // With `del_failed`, also whether a del step of this command failed
+  // (failed_dels() counts every command's, and commands run concurrently).
+  v1::CommandAck Execute(const v1::Command& command,
+                         bool* del_failed = nullptr);
 
   // How many del steps have failed so far (they do not fail their command,
   // as in the contract, but may leave half a pair wired).
@@ -48,7 +51,8 @@ class StepExecutor {
   }
 
  private:
-  StepResult RunStep(v1::StepKind kind, const v1::Command& command);
+  StepResult RunStep(v1::StepKind kind, const v1::Command& command,
+                     bool* del_failed);
 
   Backend& backend_;
   std::atomic<uint64_t> failed_dels_{0};

@@ -277,6 +277,42 @@ TEST_F(EndToEndTest, AgentNeverAcks_DeadlineExceededAndRollsBack) {
   EXPECT_FALSE(api().GetBinding("slow")->has_producer());
 }
 
+// One slow VM (its VMM takes 1.5 s per add step, two per connect) holds up
+// only its own commands: a connect for another VM on the same host completes
+// while the slow one is still in flight (with commands run one at a time it
+// queued behind it and finished after it).
+TEST_F(EndToEndTest, SlowVm_OtherVmsOnTheHostConnectMeanwhile) {
+  ASSERT_TRUE(cluster_.StartAgent(
+      "n1", {"--sim_step_delay_ms=1500", "--sim_slow_vms=vm-slow"}));
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("slow", "n1", "vm-slow", 24)).ok());
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("fast", "n1", "vm-fast", 25)).ok());
+  std::atomic<bool> slow_done{false};
+  absl::Status slow_result;
+  std::thread slow([&] {
+    slow_result =
+        api()
+            .RegisterProducer(MakeProducer("slow", "n1", "0000:3b:00.1"))
+            .status();
+    slow_done = true;
+  });
+  ASSERT_TRUE(Eventually([&] {
+    auto n = api().GetNode("n1");
+    return n.ok() && n->commands_in_flight() == 1;
+  }));
+  auto fast =
+      api().RegisterProducer(MakeProducer("fast", "n1", "0000:3b:00.2"));
+  const bool slow_still_in_flight = !slow_done.load();
+  slow.join();
+  ASSERT_TRUE(fast.ok()) << fast.status();
+  EXPECT_TRUE(fast->connected);
+  EXPECT_TRUE(slow_still_in_flight)
+      << "the fast VM's connect waited for the slow VM's";
+  EXPECT_TRUE(slow_result.ok()) << slow_result;
+  EXPECT_TRUE(api().GetBinding("slow")->connected());
+}
+
 TEST_F(EndToEndTest, AgentRestarted_WhileBindingsExist_ReconciledWithManager) {
   ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-a,vm-b"}));
   ASSERT_TRUE(

@@ -100,11 +100,14 @@ SimBackend::GsiKey SimBackend::KeyOf(const v1::Consumer& consumer) {
   return GsiKey(consumer.vm(), consumer.gsi());
 }
 
-std::optional<StepResult> SimBackend::Inject(SimStep step) const {
+std::optional<StepResult> SimBackend::Inject(
+    SimStep step, const v1::Consumer& consumer) const {
   // Sleep without the lock: a slow host must not serialise Inventory().
   const bool add =
       step == SimStep::kAddConsumer || step == SimStep::kAddProducer;
-  if (add && options_.add_step_delay > absl::ZeroDuration()) {
+  if (add && options_.add_step_delay > absl::ZeroDuration() &&
+      (!options_.slow_vms.has_value() ||
+       options_.slow_vms->contains(consumer.vm()))) {
     absl::SleepFor(options_.add_step_delay);
   }
   if (options_.fault.has_value() && options_.fault->step == step) {
@@ -128,7 +131,7 @@ void SimBackend::EraseIfEmpty(const std::string& token) {
 StepResult SimBackend::AddConsumer(absl::string_view token,
                                    const v1::Producer& producer,
                                    const v1::Consumer& consumer) {
-  if (auto injected = Inject(SimStep::kAddConsumer))
+  if (auto injected = Inject(SimStep::kAddConsumer, consumer))
     return *std::move(injected);
   if (options_.devices.has_value() &&
       !options_.devices->contains(producer.device())) {
@@ -166,7 +169,7 @@ StepResult SimBackend::AddConsumer(absl::string_view token,
 StepResult SimBackend::AddProducer(absl::string_view token,
                                    const v1::Producer& producer,
                                    const v1::Consumer& consumer) {
-  if (auto injected = Inject(SimStep::kAddProducer))
+  if (auto injected = Inject(SimStep::kAddProducer, consumer))
     return *std::move(injected);
   if (options_.vms.has_value() && !options_.vms->contains(consumer.vm())) {
     return StepResult::Error(
@@ -208,7 +211,7 @@ StepResult SimBackend::AddProducer(absl::string_view token,
 StepResult SimBackend::DelProducer(absl::string_view token,
                                    const v1::Producer& producer,
                                    const v1::Consumer& consumer) {
-  if (auto fault = Inject(SimStep::kDelProducer)) return *fault;
+  if (auto fault = Inject(SimStep::kDelProducer, consumer)) return *fault;
   const std::string token_str(token);
   MutexLock lock(&mu_);
   auto it = tokens_.find(token_str);
@@ -226,7 +229,7 @@ StepResult SimBackend::DelProducer(absl::string_view token,
 StepResult SimBackend::DelConsumer(absl::string_view token,
                                    const v1::Producer& producer,
                                    const v1::Consumer& consumer) {
-  if (auto fault = Inject(SimStep::kDelConsumer)) return *fault;
+  if (auto fault = Inject(SimStep::kDelConsumer, consumer)) return *fault;
   const std::string token_str(token);
   MutexLock lock(&mu_);
   auto it = tokens_.find(token_str);

@@ -65,8 +65,10 @@ struct SimBackendOptions {
   // Fail one add or del step, every time (tests); a failed del changes
   // nothing.
   std::optional<SimFault> fault;
-  // Sleep this long at the start of every add step (tests: a slow host).
+  // Sleep this long at the start of every add step (tests: a slow host),
+  // or, with slow_vms, only of those VMs' add steps (a slow VMM).
   absl::Duration add_step_delay = absl::ZeroDuration();
+  std::optional<absl::flat_hash_set<std::string>> slow_vms;
 };
 
 class SimBackend final : public Backend {
@@ -124,7 +126,8 @@ class SimBackend final : public Backend {
   static GsiKey KeyOf(const v1::Consumer& consumer);
 
   // Delay and fault injection common to both add steps; nullopt to proceed.
-  std::optional<StepResult> Inject(SimStep step) const;
+  std::optional<StepResult> Inject(SimStep step,
+                                   const v1::Consumer& consumer) const;
   // Drops the token's entry once it has neither side.
   void EraseIfEmpty(const std::string& token)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
