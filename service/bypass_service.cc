@@ -310,9 +310,19 @@ void NodeToProto(const std::string& name, const TokenIndex::Counts* counts,
 
 }  // namespace
 
-grpc::Status BypassService::ListNodes(grpc::ServerContext* context,
-                                      const v1::ListNodesRequest* request,
-                                      v1::ListNodesResponse* response) {
+grpc::ServerUnaryReactor* BypassService::ListNodes(
+    grpc::CallbackServerContext* context, const v1::ListNodesRequest*,
+    v1::ListNodesResponse* response) {
+  return FinishInline(context, DoListNodes(response));
+}
+
+grpc::ServerUnaryReactor* BypassService::GetNode(
+    grpc::CallbackServerContext* context, const v1::GetNodeRequest* request,
+    v1::Node* response) {
+  return FinishInline(context, DoGetNode(*request, response));
+}
+
+grpc::Status BypassService::DoListNodes(v1::ListNodesResponse* response) {
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
   }
@@ -331,32 +341,31 @@ grpc::Status BypassService::ListNodes(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status BypassService::GetNode(grpc::ServerContext* context,
-                                    const v1::GetNodeRequest* request,
-                                    v1::Node* response) {
+grpc::Status BypassService::DoGetNode(const v1::GetNodeRequest& request,
+                                      v1::Node* response) {
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
   }
-  if (auto s = ValidateNode("node", request->node()); !s.ok()) {
+  if (auto s = ValidateNode("node", request.node()); !s.ok()) {
     return ToGrpcStatus(s);
   }
   std::optional<AgentRegistry::NodeStatus> status;
-  if (agents_ != nullptr) status = agents_->FindNodeStatus(request->node());
+  if (agents_ != nullptr) status = agents_->FindNodeStatus(request.node());
   // The node's bindings: one pass over the index, as the gauges do.
   absl::flat_hash_map<std::string, TokenIndex::Counts> by_node;
   index_.CountAll(&by_node);
-  auto counts = by_node.find(request->node());
+  auto counts = by_node.find(request.node());
   if (!status.has_value() && counts == by_node.end()) {
     ErrorContext ctx;
-    ctx.node = request->node();
+    ctx.node = request.node();
     return ToGrpcStatus(MakeError(
         absl::StatusCode::kNotFound, ErrorReason::kUnspecified,
-        absl::StrCat("node \"", request->node(),
+        absl::StrCat("node \"", request.node(),
                      "\" has no bindings and its agent had no session since "
                      "this manager started"),
         ctx));
   }
-  NodeToProto(request->node(),
+  NodeToProto(request.node(),
               counts != by_node.end() ? &counts->second : nullptr,
               status.has_value() ? &*status : nullptr, response);
   return grpc::Status::OK;

@@ -21,15 +21,18 @@ namespace irqbypass {
 // complete inline on the thread that received them (they touch only the
 // lock-free index); registrations and unregistrations run as the matcher's
 // continuations (Matcher::*Async), so no thread waits for a busy token, an
-// agent's ack or the store while one is in flight. The watch and node
-// methods are still sync handlers.
+// agent's ack or the store while one is in flight; ListNodes and GetNode
+// complete inline too. WatchBindings is still a sync handler (a thread per
+// watcher).
 using BypassServiceBase = v1::BypassManager::WithCallbackMethod_GetBinding<
     v1::BypassManager::WithCallbackMethod_ListBindings<
         v1::BypassManager::WithCallbackMethod_RegisterProducer<
             v1::BypassManager::WithCallbackMethod_RegisterConsumer<
                 v1::BypassManager::WithCallbackMethod_UnregisterProducer<
                     v1::BypassManager::WithCallbackMethod_UnregisterConsumer<
-                        v1::BypassManager::Service>>>>>>;
+                        v1::BypassManager::WithCallbackMethod_ListNodes<
+                            v1::BypassManager::WithCallbackMethod_GetNode<
+                                v1::BypassManager::Service>>>>>>>>;
 
 class BypassService final : public BypassServiceBase {
  public:
@@ -73,18 +76,20 @@ class BypassService final : public BypassServiceBase {
   grpc::Status WatchBindings(
       grpc::ServerContext* context, const v1::WatchBindingsRequest* request,
       grpc::ServerWriter<v1::BindingEvent>* writer) override;
-  grpc::Status ListNodes(grpc::ServerContext* context,
-                         const v1::ListNodesRequest* request,
-                         v1::ListNodesResponse* response) override;
-  grpc::Status GetNode(grpc::ServerContext* context,
-                       const v1::GetNodeRequest* request,
-                       v1::Node* response) override;
+  grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* context,
+                                      const v1::ListNodesRequest* request,
+                                      v1::ListNodesResponse* response) override;
+  grpc::ServerUnaryReactor* GetNode(grpc::CallbackServerContext* context,
+                                    const v1::GetNodeRequest* request,
+                                    v1::Node* response) override;
 
  private:
   grpc::Status DoGetBinding(const v1::GetBindingRequest& request,
                             v1::Binding* response);
   grpc::Status DoListBindings(const v1::ListBindingsRequest& request,
                               v1::ListBindingsResponse* response);
+  grpc::Status DoListNodes(v1::ListNodesResponse* response);
+  grpc::Status DoGetNode(const v1::GetNodeRequest& request, v1::Node* response);
 
   Matcher& matcher_;
   TokenIndex& index_;

@@ -90,13 +90,19 @@ void StoreBatcher::WriterLoop() {
             c.token, c.state, c.request.has_value() ? &*c.request : nullptr});
       }
     }
-    const absl::Status written = write_(views);
+    absl::Status written = write_(views);
+    if (taken.size() == 1) {
+      // Handed over, not shared: a status copied across threads shares its
+      // reference-counted message.
+      taken[0].done(std::move(written));
+      continue;
+    }
     size_t at = 0;
     for (Call& call : taken) {
       const absl::Span<const StoreChange> mine(views.data() + at,
                                                call.changes.size());
       at += call.changes.size();
-      call.done(taken.size() == 1 ? written : ForCall(written, mine));
+      call.done(ForCall(written, mine));  // each call its own
     }
   }
 }
