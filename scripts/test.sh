@@ -23,6 +23,8 @@ SANITIZED_TESTS=(
   //agent:step_executor_test
   //metrics:sharded_histogram_test
   //service:watch_hub_test
+  //service:store_batcher_test
+  //agent:command_scheduler_test
 )
 
 passed=0

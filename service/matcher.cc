@@ -126,12 +126,16 @@ struct Operation {
   RequestRecord* record() { return request ? &*request : nullptr; }
 };
 
-// Ends `op`: releases the token (the next operation queued on it may run
-// now), then reports.
+// Ends `op`: releases the token, then reports (the reply, the request
+// log's record). The operation queued next on the token starts only after
+// that report: the release hands it over behind this, on this thread.
 template <typename T, typename Op>
 void Finish(std::unique_ptr<Op> op, absl::StatusOr<T> outcome) {
-  op->lock.reset();
-  std::move(op->done)(std::move(outcome), op->record());
+  TokenIndex::RunInOrder(
+      [op = std::move(op), outcome = std::move(outcome)]() mutable {
+        op->lock.reset();
+        std::move(op->done)(std::move(outcome), op->record());
+      });
 }
 
 // Gives `op` its token's lock, then runs step(op): on this thread, waiting

@@ -104,7 +104,8 @@ class Matcher {
   // before it, the agent's ack, the store's write). No thread waits for the
   // token, the agent or the store; operations on one token still run one
   // at a time, in the order they asked for it (TokenIndex::LockThen).
-  // `done` must not block. The blocking forms above are these, with the
+  // `done` must not block, nor call a blocking form. The blocking forms
+  // above are these, with the
   // token's lock taken on the calling thread and the outcome waited for.
   using RegisterDone =
       absl::AnyInvocable<void(absl::StatusOr<RegisterResult>) &&>;

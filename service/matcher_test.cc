@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/mutex.h"
 #include "common/testing/eventually.h"
 #include "gtest/gtest.h"
 #include "service/errors.h"
@@ -359,6 +360,44 @@ TEST_P(MatcherTest,
   registrar.join();
   // t1's connect failed, so the object is free.
   EXPECT_TRUE(matcher_->RegisterProducer("t2", Prod()).ok());
+}
+
+TEST_P(MatcherTest, QueuedOperation_StartsOnlyAfterTheOneBeforeAnswered) {
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod()).ok());
+  Mutex mu;
+  std::vector<std::string> answered;  // guarded by mu
+  auto note = [&](const char* what) {
+    MutexLock lock(&mu);
+    answered.push_back(what);
+  };
+  agent_.Hold();
+  std::thread registrar([&] {
+    matcher_->RegisterConsumerAsync("t1", Cons(), nullptr,
+                                    [&](absl::StatusOr<RegisterResult> r) {
+                                      EXPECT_TRUE(r.ok()) << r.status();
+                                      note("register");
+                                    });
+  });
+  agent_.WaitHeld(1);  // the register holds t1 across its connect
+  std::atomic<bool> unregistered{false};
+  matcher_->UnregisterConsumerAsync(
+      "t1", 0, nullptr, [&](absl::StatusOr<bool> r) {
+        EXPECT_TRUE(r.ok()) << r.status();
+        {
+          MutexLock lock(&mu);
+          // The unregister saw the register's outcome: it got the lock only
+          // after the register had answered its caller.
+          EXPECT_EQ(answered, std::vector<std::string>{"register"});
+        }
+        note("unregister");
+        unregistered = true;
+      });
+  agent_.Release();
+  registrar.join();
+  ASSERT_TRUE(
+      irqbypass::testing::Eventually([&] { return unregistered.load(); }));
+  MutexLock lock(&mu);
+  EXPECT_EQ(answered, (std::vector<std::string>{"register", "unregister"}));
 }
 
 TEST_P(MatcherTest, ConnectInFlight_UnrelatedTokensProceed) {

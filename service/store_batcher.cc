@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "common/log.h"
 #include "service/errors.h"
 
 namespace irqbypass {
@@ -19,10 +20,15 @@ StoreBatcher::StoreBatcher(int writers, size_t max_changes, WriteFn write)
     : max_changes_(max_changes == 0 ? 1 : max_changes),
       write_(std::move(write)) {
   if (writers < 1) writers = 1;
+  {
+    MutexLock lock(&mu_);
+    writing_ = writers;
+  }
   writers_.reserve(writers);
   for (int i = 0; i < writers; ++i) {
     writers_.emplace_back([this] { WriterLoop(); });
   }
+  completer_ = std::thread([this] { CompleterLoop(); });
 }
 
 StoreBatcher::~StoreBatcher() { Stop(); }
@@ -50,7 +56,24 @@ void StoreBatcher::Write(absl::Span<const StoreChange> changes,
                       {}));
 }
 
+bool StoreBatcher::OnOwnThread() const {
+  const std::thread::id me = std::this_thread::get_id();
+  if (completer_.get_id() == me) return true;
+  for (const std::thread& t : writers_) {
+    if (t.get_id() == me) return true;
+  }
+  return false;
+}
+
 void StoreBatcher::Stop() {
+  if (OnOwnThread()) {
+    LogWarn("StoreBatcher::Stop called from a done: not waiting for it");
+    MutexLock lock(&mu_);
+    stopping_ = true;
+    work_.SignalAll();
+    return;
+  }
+  MutexLock stopping(&stop_mu_);
   {
     MutexLock lock(&mu_);
     stopping_ = true;
@@ -59,6 +82,7 @@ void StoreBatcher::Stop() {
   for (std::thread& t : writers_) {
     if (t.joinable()) t.join();
   }
+  if (completer_.joinable()) completer_.join();
 }
 
 void StoreBatcher::WriterLoop() {
@@ -70,7 +94,10 @@ void StoreBatcher::WriterLoop() {
     {
       MutexLock lock(&mu_);
       while (queue_.empty() && !stopping_) work_.Wait(&mu_);
-      if (queue_.empty()) return;  // stopping, and everything is written
+      if (queue_.empty()) {  // stopping, and everything is written
+        if (--writing_ == 0) answered_.Signal();
+        return;
+      }
       // The oldest calls, whole, while they fit (the first always does:
       // a store refuses larger calls before queueing them).
       size_t changes = 0;
@@ -91,19 +118,38 @@ void StoreBatcher::WriterLoop() {
       }
     }
     absl::Status written = write_(views);
+    std::vector<Answer> answers;
+    answers.reserve(taken.size());
     if (taken.size() == 1) {
       // Handed over, not shared: a status copied across threads shares its
       // reference-counted message.
-      taken[0].done(std::move(written));
-      continue;
+      answers.push_back({std::move(taken[0].done), std::move(written)});
+    } else {
+      size_t at = 0;
+      for (Call& call : taken) {
+        const absl::Span<const StoreChange> mine(views.data() + at,
+                                                 call.changes.size());
+        at += call.changes.size();
+        answers.push_back({std::move(call.done), ForCall(written, mine)});
+      }
     }
-    size_t at = 0;
-    for (Call& call : taken) {
-      const absl::Span<const StoreChange> mine(views.data() + at,
-                                               call.changes.size());
-      at += call.changes.size();
-      call.done(ForCall(written, mine));  // each call its own
+    MutexLock lock(&mu_);
+    answers_.push_back(std::move(answers));
+    answered_.Signal();
+  }
+}
+
+void StoreBatcher::CompleterLoop() {
+  while (true) {
+    std::vector<Answer> batch;
+    {
+      MutexLock lock(&mu_);
+      while (answers_.empty() && writing_ > 0) answered_.Wait(&mu_);
+      if (answers_.empty()) return;  // every writer ended; all answered
+      batch = std::move(answers_.front());
+      answers_.pop_front();
     }
+    for (Answer& a : batch) a.done(std::move(a.status));
   }
 }
 

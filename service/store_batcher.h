@@ -1,16 +1,19 @@
 // StoreBatcher: group commit without a thread blocked per write. A store's
 // Write queues the call (its changes copied) and returns; `writers` threads
 // each take the oldest queued calls, up to `max_changes` changes in all (a
-// call is never split, so it stays all-or-none), write them with one call
-// of the store's write function (one synced RocksDB write, one etcd Txn),
-// and run every call's `done` with the outcome. While a write is in flight
-// the calls behind it gather, so the next write carries them all: the cost
-// of an fsync or a quorum round trip is shared by every call waiting for
-// it, and no caller's thread waits for it.
+// call is never split, so it stays all-or-none), and write them with one
+// call of the store's write function (one synced RocksDB write, one etcd
+// Txn). While a write is in flight the calls behind it gather, so the next
+// write carries them all: the cost of an fsync or a quorum round trip is
+// shared by every call waiting for it, and no caller's thread waits for it.
 //
-// Thread-safe. `done` runs on a writer thread, with no lock held; it may
-// queue another write (a continuation that goes on to the token's next
-// operation), but must not call Stop.
+// A written batch's `done`s run on one completion thread, in the order the
+// batches were written, while the writers go on to the next write: the
+// continuations the answers start (an operation's commit, the next
+// operation on its token) never delay the next fsync or Txn.
+//
+// Thread-safe. `done` runs with no lock held; it may queue another write,
+// but must not call Stop (nor destroy the batcher).
 #ifndef IRQBYPASS_SERVICE_STORE_BATCHER_H_
 #define IRQBYPASS_SERVICE_STORE_BATCHER_H_
 
@@ -49,8 +52,10 @@ class StoreBatcher {
   void Write(absl::Span<const StoreChange> changes,
              std::function<void(absl::Status)> done);
 
-  // Writes what is queued, then ends the writers; later Writes are
-  // refused. Idempotent.
+  // Writes what is queued, runs every done, then ends the threads; later
+  // Writes are refused. Idempotent; concurrent calls all return once it is
+  // done. Called from a `done` it cannot wait for its own thread: it logs
+  // that, stops taking writes and returns at once.
   void Stop();
 
  private:
@@ -63,15 +68,27 @@ class StoreBatcher {
     std::vector<OwnedChange> changes;
     std::function<void(absl::Status)> done;
   };
+  // A written call: its done and its outcome.
+  struct Answer {
+    std::function<void(absl::Status)> done;
+    absl::Status status;
+  };
   void WriterLoop();
+  void CompleterLoop();
+  bool OnOwnThread() const;
 
   const size_t max_changes_;
   const WriteFn write_;
+  Mutex stop_mu_;  // one Stop at a time
   Mutex mu_;
-  CondVar work_;
+  CondVar work_;      // a call queued, or stopping
+  CondVar answered_;  // answers queued, or the last writer ended
   std::deque<Call> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::vector<Answer>> answers_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int writing_ ABSL_GUARDED_BY(mu_) = 0;  // writer threads not yet ended
   std::vector<std::thread> writers_;
+  std::thread completer_;
 };
 
 // A failed write's status as one of the calls that shared it sees it: the

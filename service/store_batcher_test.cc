@@ -183,5 +183,76 @@ TEST(StoreBatcherTest, Stop_WritesWhatIsQueuedThenRefuses) {
   EXPECT_EQ(written, 5u);
 }
 
+TEST(StoreBatcherTest, SlowDone_NextWriteGoesAheadMeanwhile) {
+  Backend backend;
+  StoreBatcher batcher(1, 100, [&](absl::Span<const StoreChange> c) {
+    return backend.Write(c);
+  });
+  Mutex mu;
+  bool release = false;
+  std::atomic<bool> in_done{false};
+  Outcomes outcomes(2);
+  WriteOne(batcher, "slow", [&](absl::Status s) {
+    EXPECT_TRUE(s.ok()) << s;
+    in_done = true;
+    MutexLock lock(&mu);
+    mu.Await([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return release; });
+  });
+  ASSERT_TRUE(Eventually([&] { return in_done.load(); }));
+  // The only writer is free while the first done still runs: the next
+  // write does not wait for it.
+  WriteOne(batcher, "next", outcomes.For(0));
+  EXPECT_TRUE(Eventually([&] { return backend.writes().size() == 2; }))
+      << "the next write waited for the previous write's done";
+  EXPECT_EQ(outcomes.Answered(), 0);  // answers keep the order of the writes
+  {
+    MutexLock lock(&mu);
+    release = true;
+  }
+  EXPECT_TRUE(Eventually([&] { return outcomes.Answered() == 1; }));
+}
+
+TEST(StoreBatcherTest, ConcurrentStops_AllReturnOnceEverythingIsAnswered) {
+  Backend backend;
+  StoreBatcher batcher(2, 100, [&](absl::Span<const StoreChange> c) {
+    return backend.Write(c);
+  });
+  backend.Hold(true);
+  Outcomes outcomes(8);
+  for (int i = 0; i < 8; ++i) {
+    WriteOne(batcher, "c" + std::to_string(i), outcomes.For(i));
+  }
+  ASSERT_TRUE(Eventually([&] { return backend.in_write() >= 1; }));
+  std::atomic<int> returned{0};
+  std::vector<std::thread> stoppers;
+  for (int i = 0; i < 3; ++i) {
+    stoppers.emplace_back([&] {
+      batcher.Stop();
+      EXPECT_EQ(outcomes.Answered(), 8) << "Stop returned before the answers";
+      ++returned;
+    });
+  }
+  backend.Hold(false);
+  for (std::thread& t : stoppers) t.join();
+  EXPECT_EQ(returned.load(), 3);
+}
+
+TEST(StoreBatcherTest, StopFromADone_DoesNotWaitForItself) {
+  Backend backend;
+  auto batcher = std::make_unique<StoreBatcher>(
+      1, 100,
+      [&](absl::Span<const StoreChange> c) { return backend.Write(c); });
+  std::atomic<bool> stopped{false};
+  WriteOne(*batcher, "x", [&](absl::Status) {
+    batcher->Stop();  // would self-join
+    stopped = true;
+  });
+  ASSERT_TRUE(Eventually([&] { return stopped.load(); }));
+  Outcomes outcomes(1);
+  WriteOne(*batcher, "late", outcomes.For(0));
+  EXPECT_EQ(outcomes.got[0].code(), absl::StatusCode::kUnavailable);
+  batcher.reset();  // joins from this thread
+}
+
 }  // namespace
 }  // namespace irqbypass

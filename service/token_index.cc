@@ -29,11 +29,12 @@ using lockfree_list::RemoveFromList;
 
 const BindingState kEmptyState;
 
-// Runs `fn` on this thread, after whatever handed-over continuation this
-// thread is running now returns: a release inside a continuation that hands
-// the token to the next one queues it here instead of nesting it, so a long
-// queue of waiters costs no stack depth.
-void RunHandedOver(absl::AnyInvocable<void() &&> fn) {
+}  // namespace
+
+// A release inside a continuation that hands the token to the next one
+// queues it here instead of nesting it, so a long queue of waiters costs no
+// stack depth.
+void TokenIndex::RunInOrder(absl::AnyInvocable<void() &&> fn) {
   thread_local std::deque<absl::AnyInvocable<void() &&>> queue;
   thread_local bool draining = false;
   queue.push_back(std::move(fn));
@@ -46,6 +47,8 @@ void RunHandedOver(absl::AnyInvocable<void() &&> fn) {
   }
   draining = false;
 }
+
+namespace {
 
 // An object key reduced to 128 bits by two unrelated hash functions (Abseil's
 // and libstdc++'s), so that each claim costs a fixed 16-byte key instead of
@@ -408,7 +411,7 @@ void TokenIndex::Release(size_t shard_index, Slot* slot) {
       }
     }
     if (continuation != nullptr) {
-      RunHandedOver(
+      RunInOrder(
           [this, shard_index, slot, w = std::move(continuation)]() mutable {
             ObserveWait(w->op, shard_index, w->since);
             std::move(w->then)(TokenLock(this, shard_index, slot));

@@ -209,6 +209,12 @@ class TokenIndex {
   // over run one after another on the releasing thread, never nested.
   using LockedFn = absl::AnyInvocable<void(TokenLock) &&>;
   void LockThen(absl::string_view token, LockOp op, LockedFn then);
+  // Runs `fn` on this thread now, or, when this thread is already running
+  // a handed-over continuation (or another fn given here), right after it
+  // returns. A release inside `fn` queues the continuation it hands the
+  // token to behind `fn`, so `fn` finishes (an operation answers its
+  // caller) before the token's next operation starts.
+  static void RunInOrder(absl::AnyInvocable<void() &&> fn);
   // Takes the token's lock only if no other operation holds it (nullopt
   // otherwise); never waits. For a holder of other tokens' locks, which must
   // not wait for one more (reconciliation).
