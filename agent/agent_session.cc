@@ -166,6 +166,7 @@ std::vector<v1::AgentMessage> HelloMessages(const std::string& node,
   hello.set_node(node);
   hello.set_backend(backend);
   hello.set_agent_version(version);
+  hello.set_accepts_command_batches(true);
   for (size_t i = 0; i < wired.size(); ++i) {
     if (i > 0 && i % per_message == 0) messages.emplace_back();
     if (messages.size() == 1) {
@@ -182,6 +183,28 @@ std::vector<v1::AgentMessage> HelloMessages(const std::string& node,
 }
 
 namespace {
+
+// Most acks in one AckBatch message.
+constexpr int kMaxAcksPerMessage = 1024;
+
+// Packs the acks among `batch` into AckBatch messages (runs of consecutive
+// acks, in order, up to kMaxAcksPerMessage each).
+void PackAcks(std::vector<v1::AgentMessage>& batch) {
+  std::vector<v1::AgentMessage> packed;
+  packed.reserve(batch.size() / kMaxAcksPerMessage + 2);
+  for (v1::AgentMessage& m : batch) {
+    if (!m.has_ack()) {
+      packed.push_back(std::move(m));
+      continue;
+    }
+    if (packed.empty() || !packed.back().has_acks() ||
+        packed.back().acks().acks_size() >= kMaxAcksPerMessage) {
+      packed.emplace_back().mutable_acks();
+    }
+    packed.back().mutable_acks()->add_acks()->Swap(m.mutable_ack());
+  }
+  batch.swap(packed);
+}
 
 v1::AgentMessage HandleCommand(StepExecutor& executor, const std::string& node,
                                const v1::Command& command,
@@ -375,11 +398,18 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
     // holds up only its own VM's commands). Their acks go through the
     // outbox to one writer thread, which sends everything queued at once
     // in one coalesced write (gRPC buffer hint). This thread reads.
+    // With a manager that reads AckBatch messages, the acks queued at once
+    // go out as one message (the rest, one message each).
     MessageQueue<v1::AgentMessage> outbox;
     std::atomic<bool> write_failed{false};
-    std::thread writer([&stream, &outbox, &write_failed, &context] {
+    std::atomic<bool> ack_batches{false};
+    std::thread writer([&stream, &outbox, &write_failed, &context,
+                        &ack_batches] {
       std::vector<v1::AgentMessage> batch;
       while (outbox.PopAll(&batch)) {
+        if (ack_batches.load(std::memory_order_relaxed) && batch.size() > 1) {
+          PackAcks(batch);
+        }
         for (size_t i = 0; i < batch.size(); ++i) {
           grpc::WriteOptions write_options;
           if (i + 1 < batch.size()) write_options.set_buffer_hint();
@@ -391,6 +421,50 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
         }
       }
     });
+    // Runs one command from the manager (alone or in a CommandBatch).
+    auto run = [&](v1::Command command) {
+      if (command.epoch() < highest_epoch()) {
+        // A deposed leader's command: never executed.
+        v1::AgentMessage refusal;
+        v1::CommandAck* ack = refusal.mutable_ack();
+        ack->set_id(command.id());
+        ack->set_ok(false);
+        ack->set_message(absl::StrCat("refused: command from leader epoch ",
+                                      command.epoch(), ", older than epoch ",
+                                      highest_epoch(), " seen"));
+        LogWarn("refused a command from a deposed leader",
+                {{"node", options_.node},
+                 {"token", command.token()},
+                 {"epoch", absl::StrCat(command.epoch())}});
+        outbox.Push(std::move(refusal));
+        return;
+      }
+      std::vector<std::string> keys = CommandKeys(command);
+      scheduler_.Submit(std::move(keys), [this, &outbox, &reported,
+                                          command = std::move(command)] {
+        bool del_failed = false;
+        v1::AgentMessage ack = HandleCommand(executor_, options_.node, command,
+                                             options_.metrics, &del_failed);
+        outbox.Push(std::move(ack));
+        if (!del_failed) return;
+        if (!reported.contains(command.token())) {
+          // Part of a pair may still be wired: re-report it (as
+          // partial) so the manager disconnects it, instead of
+          // waiting for some later reconnect.
+          LogWarn("a del step failed; re-reporting wiring to the manager",
+                  {{"node", options_.node}, {"token", command.token()}});
+          Resync();
+        } else {
+          // This session reported it and the manager's disconnect
+          // failed again: re-reporting would only repeat that, in a
+          // loop. Left wired until the next session.
+          LogWarn(
+              "a del step failed again for wiring this session "
+              "reported; left until the next session",
+              {{"node", options_.node}, {"token", command.token()}});
+        }
+      });
+    };
     v1::ManagerMessage in;
     bool stopped_early = false;
     while (stream->Read(&in)) {
@@ -403,6 +477,7 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
         ++sessions_established_;
       }
       if (in.has_hello()) {
+        ack_batches = in.hello().accepts_ack_batches();
         const uint64_t epoch = in.hello().epoch();
         uint64_t highest;
         {
@@ -424,48 +499,13 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
                                        {"manager", address},
                                        {"epoch", absl::StrCat(epoch)},
                                        {"wired", wired}});
-      } else if (in.has_command() && in.command().epoch() < highest_epoch()) {
-        // A deposed leader's command: never executed.
-        v1::AgentMessage refusal;
-        v1::CommandAck* ack = refusal.mutable_ack();
-        ack->set_id(in.command().id());
-        ack->set_ok(false);
-        ack->set_message(absl::StrCat(
-            "refused: command from leader epoch ", in.command().epoch(),
-            ", older than epoch ", highest_epoch(), " seen"));
-        LogWarn("refused a command from a deposed leader",
-                {{"node", options_.node},
-                 {"token", in.command().token()},
-                 {"epoch", absl::StrCat(in.command().epoch())}});
-        outbox.Push(std::move(refusal));
       } else if (in.has_command()) {
-        std::vector<std::string> keys = CommandKeys(in.command());
-        scheduler_.Submit(
-            std::move(keys), [this, &outbox, &reported,
-                              command = std::move(*in.mutable_command())] {
-              bool del_failed = false;
-              v1::AgentMessage ack =
-                  HandleCommand(executor_, options_.node, command,
-                                options_.metrics, &del_failed);
-              outbox.Push(std::move(ack));
-              if (!del_failed) return;
-              if (!reported.contains(command.token())) {
-                // Part of a pair may still be wired: re-report it (as
-                // partial) so the manager disconnects it, instead of
-                // waiting for some later reconnect.
-                LogWarn("a del step failed; re-reporting wiring to the manager",
-                        {{"node", options_.node}, {"token", command.token()}});
-                Resync();
-              } else {
-                // This session reported it and the manager's disconnect
-                // failed again: re-reporting would only repeat that, in a
-                // loop. Left wired until the next session.
-                LogWarn(
-                    "a del step failed again for wiring this session "
-                    "reported; left until the next session",
-                    {{"node", options_.node}, {"token", command.token()}});
-              }
-            });
+        run(std::move(*in.mutable_command()));
+      } else if (in.has_commands()) {
+        for (v1::Command& command :
+             *in.mutable_commands()->mutable_commands()) {
+          run(std::move(command));
+        }
       } else {
         LogWarn("ignoring empty message from manager",
                 {{"node", options_.node}});

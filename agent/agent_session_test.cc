@@ -3,6 +3,7 @@
 #include "agent/agent_session.h"
 
 #include <cerrno>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -57,8 +58,32 @@ class FakeManager final : public v1::AgentControl::Service {
     }
     v1::ManagerMessage out;
     out.mutable_hello()->set_epoch(epoch_);
+    out.mutable_hello()->set_accepts_ack_batches(batched_);
     if (!stream->Write(out)) return grpc::Status::CANCELLED;
-    for (const v1::Command& command : script_) {
+    if (batched_ && !script_.empty()) {
+      // The whole script in one CommandBatch; acks read as they come (one
+      // by one or in AckBatch messages).
+      v1::ManagerMessage batch;
+      for (const v1::Command& command : script_) {
+        *batch.mutable_commands()->add_commands() = command;
+      }
+      if (!stream->Write(batch)) return grpc::Status::CANCELLED;
+      size_t got = 0;
+      while (got < script_.size() && stream->Read(&in)) {
+        MutexLock lock(&mu_);
+        ++ack_messages_;
+        if (in.has_ack()) {
+          acks_.push_back(in.ack());
+          ++got;
+        }
+        for (const v1::CommandAck& ack : in.acks().acks()) {
+          acks_.push_back(ack);
+          ++got;
+        }
+      }
+    }
+    for (const v1::Command& command :
+         batched_ ? std::vector<v1::Command>{} : script_) {
       *out.mutable_command() = command;
       if (!stream->Write(out) || !stream->Read(&in)) {
         return grpc::Status::CANCELLED;
@@ -73,6 +98,14 @@ class FakeManager final : public v1::AgentControl::Service {
           absl::Milliseconds(10));
     }
     return grpc::Status::OK;
+  }
+
+  // Sends the script as one CommandBatch and says it reads AckBatch
+  // messages. Before the agent connects.
+  void SendAsOneBatch() { batched_ = true; }
+  size_t ack_messages() {
+    MutexLock lock(&mu_);
+    return ack_messages_;
   }
 
   void EndStreams() {
@@ -106,7 +139,9 @@ class FakeManager final : public v1::AgentControl::Service {
  private:
   const std::vector<v1::Command> script_;
   const uint64_t epoch_;
+  bool batched_ = false;
   Mutex mu_;
+  size_t ack_messages_ ABSL_GUARDED_BY(mu_) = 0;
   bool end_streams_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<v1::AgentHello> hellos_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::CommandAck> acks_ ABSL_GUARDED_BY(mu_);
@@ -308,6 +343,38 @@ TEST(AgentSessionTest, Commands_ExecuteInOrderAndEachAckCarriesItsId) {
   EXPECT_EQ(acks[2].id(), 9u);
   EXPECT_TRUE(acks[2].ok());
   EXPECT_THAT(sim.Inventory(), IsEmpty());
+}
+
+TEST(AgentSessionTest, CommandBatch_EachCommandRunsAndIsAcked) {
+  SimBackend sim = MakeSim();
+  std::vector<v1::Command> script;
+  for (int i = 0; i < 200; ++i) {
+    // vm-1 and vm-2 exist in the sim; vm-x does not (those fail).
+    const std::string vm = i % 10 == 9 ? "vm-x" : (i % 2 ? "vm-1" : "vm-2");
+    script.push_back(Connect(100 + i, "t" + std::to_string(i), vm,
+                             static_cast<uint32_t>(i)));
+  }
+  FakeManager manager(script);
+  manager.SendAsOneBatch();
+  ManagerServer server(manager);
+  ASSERT_TRUE(server.started());
+
+  RunningAgent agent(Options(server.address()), sim);
+
+  ASSERT_TRUE(manager.WaitForAcks(script.size()));
+  EXPECT_TRUE(manager.hellos()[0].accepts_command_batches());
+  std::map<uint64_t, bool> ok;
+  for (const v1::CommandAck& ack : manager.acks()) {
+    EXPECT_TRUE(ok.emplace(ack.id(), ack.ok()).second) << "acked twice";
+  }
+  ASSERT_EQ(ok.size(), script.size());
+  for (int i = 0; i < 200; ++i) {
+    EXPECT_EQ(ok[100 + i], i % 10 != 9) << "command " << 100 + i;
+  }
+  EXPECT_THAT(sim.Inventory(), SizeIs(180));
+  // Acks finished together share messages (how many depends on timing;
+  // never more than one message per ack).
+  EXPECT_LE(manager.ack_messages(), script.size());
 }
 
 TEST(AgentSessionTest, ManagerRestart_AgentReconnectsAndReReportsInventory) {

@@ -339,6 +339,35 @@ absl::StatusOr<bool> Client::UnregisterConsumer(
   return response->disconnected();
 }
 
+absl::StatusOr<v1::BatchResponse> Client::Batch(
+    v1::BatchRequest request) const {
+  for (v1::BatchItem& item : *request.mutable_items()) {
+    std::string* id = nullptr;
+    switch (item.op_case()) {
+      case v1::BatchItem::kRegisterProducer:
+        id = item.mutable_register_producer()->mutable_request_id();
+        break;
+      case v1::BatchItem::kRegisterConsumer:
+        id = item.mutable_register_consumer()->mutable_request_id();
+        break;
+      case v1::BatchItem::kUnregisterProducer:
+        id = item.mutable_unregister_producer()->mutable_request_id();
+        break;
+      case v1::BatchItem::kUnregisterConsumer:
+        id = item.mutable_unregister_consumer()->mutable_request_id();
+        break;
+      case v1::BatchItem::OP_NOT_SET:
+        break;  // the server names the item
+    }
+    if (id != nullptr && id->empty()) *id = NewRequestId();
+  }
+  return CallMutating<v1::BatchResponse>([&](BypassManager::StubInterface* stub,
+                                             grpc::ClientContext* context,
+                                             v1::BatchResponse* out) {
+    return stub->Batch(context, request, out);
+  });
+}
+
 absl::StatusOr<Binding> Client::GetBinding(const std::string& token) const {
   v1::GetBindingRequest request;
   request.set_token(token);

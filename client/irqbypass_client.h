@@ -174,6 +174,15 @@ class Client {
       const std::string& token, const std::string& registration_id = "",
       const std::string& request_id = "") const;
 
+  // Many registrations and unregistrations in one call (BypassManager.Batch):
+  // one result per item, in order, each with its own status. Items without
+  // a request_id get a fresh one, so a call retried after a lost answer
+  // changes nothing twice (each item answers its first outcome). The call
+  // fails as a whole only when it could not run: INVALID_ARGUMENT (no
+  // items, or too many), UNAVAILABLE, DEADLINE_EXCEEDED.
+  absl::StatusOr<irqbypass::v1::BatchResponse> Batch(
+      irqbypass::v1::BatchRequest request) const;
+
   // What `token` holds (committed state only). NOT_FOUND when it holds
   // neither side.
   absl::StatusOr<irqbypass::v1::Binding> GetBinding(

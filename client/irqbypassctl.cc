@@ -21,9 +21,12 @@
 //   (FAILED_PRECONDITION, reason CONNECT_FAILED); 6 other FAILED_PRECONDITION
 //   (node mismatch, registration id mismatch); 7 UNAVAILABLE; 8
 //   DEADLINE_EXCEEDED.
+#include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -41,6 +44,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "client/apply_file.h"
 #include "client/ctl_format.h"
 #include "client/irqbypass_client.h"
 #include "protos/irqbypass/v1/irqbypass.pb.h"
@@ -84,6 +88,8 @@ ABSL_FLAG(bool, progress, false,
 ABSL_FLAG(int64_t, max_events, 0,
           "watch: exit after this many events "
           "(0: no limit)");
+ABSL_FLAG(std::string, f, "",
+          "apply: the file of items (YAML or JSON; - for standard input)");
 
 namespace irqbypass::ctl {
 namespace {
@@ -107,6 +113,11 @@ Commands:
        with it while the server is unavailable, up to N attempts (default
        4); irqbypassd answers a retry of a call that took effect with the
        first outcome)
+  apply -f FILE                            (many registrations and
+                                            unregistrations in one call;
+                                            FILE: YAML or JSON, - for stdin;
+                                            one line per item; the exit code
+                                            is the first failed item's)
   get --token=T
   list [--node=N] [--page_size=N]          (follows all pages)
   watch [--node=N] [--include_existing] [--max_events=N]
@@ -265,6 +276,78 @@ absl::Status RunNode(const Invocation& inv) {
   return absl::OkStatus();
 }
 
+// Most items in one Batch call (irqbypassd's limit).
+constexpr size_t kBatchItems = 4096;
+
+absl::StatusOr<std::string> ReadInput(const std::string& path) {
+  std::FILE* f = path == "-" ? stdin : std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("-f: cannot open ", path, ": ", std::strerror(errno)));
+  }
+  std::string text;
+  char buf[65536];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+  const bool failed = std::ferror(f) != 0;
+  if (f != stdin) std::fclose(f);
+  if (failed) {
+    return absl::InvalidArgumentError(absl::StrCat("-f: cannot read ", path));
+  }
+  return text;
+}
+
+absl::Status RunApply(const Invocation& inv) {
+  const std::string path = absl::GetFlag(FLAGS_f);
+  absl::StatusOr<std::string> text = ReadInput(path);
+  if (!text.ok()) return text.status();
+  absl::StatusOr<std::vector<v1::BatchItem>> items = ParseApplyFile(*text);
+  if (!items.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", items.status().message()));
+  }
+  // In calls of at most kBatchItems, one after another, so items on one
+  // token keep their order across calls too.
+  size_t failed = 0;
+  std::optional<absl::Status> first_failure;
+  for (size_t start = 0; start < items->size(); start += kBatchItems) {
+    const size_t end = std::min(items->size(), start + kBatchItems);
+    v1::BatchRequest request;
+    for (size_t i = start; i < end; ++i) *request.add_items() = (*items)[i];
+    absl::StatusOr<v1::BatchResponse> response =
+        inv.client->Batch(std::move(request));
+    if (!response.ok()) {
+      if (start == 0) return response.status();
+      return absl::Status(response.status().code(),
+                          absl::StrCat("items[", start,
+                                       "] onwards not applied (items before "
+                                       "them were, as printed): ",
+                                       response.status().message()));
+    }
+    for (size_t i = start; i < end; ++i) {
+      const v1::BatchResult& result = response->results(i - start);
+      if (inv.output == OutputFormat::kJson) {
+        Print(FormatJson(result));
+      } else {
+        Print(FormatBatchResultText(static_cast<int>(i), (*items)[i], result));
+      }
+      if (result.status().code() != 0) {
+        ++failed;
+        if (!first_failure.has_value()) {
+          first_failure = absl::Status(
+              static_cast<absl::StatusCode>(result.status().code()),
+              absl::StrCat("items[", i, "]: ", result.status().message()));
+        }
+      }
+    }
+  }
+  if (!first_failure.has_value()) return absl::OkStatus();
+  return absl::Status(
+      first_failure->code(),
+      absl::StrCat(failed, " of ", items->size(),
+                   " items failed; the first: ", first_failure->message()));
+}
+
 absl::Status RunList(const Invocation& inv) {
   absl::StatusOr<std::vector<v1::Binding>> bindings =
       inv.client->ListAllBindings(absl::GetFlag(FLAGS_node),
@@ -324,6 +407,7 @@ const std::vector<Command>& Commands() {
        {"token"},
        {"registration_id", "request_id", "attempts"},
        RunUnregisterConsumer},
+      {"apply", {"f"}, {"attempts"}, RunApply},
       {"get", {"token"}, {}, RunGet},
       {"list", {}, {"node", "page_size"}, RunList},
       {"nodes", {}, {}, RunNodes},

@@ -41,10 +41,12 @@ class AgentRegistry::AgentSession {
   };
 
   // `epoch`: the leader epoch every command carries.
-  AgentSession(std::string node, uint64_t epoch, grpc::ServerContext* context,
-               Stream* stream)
+  // `batches`: the agent reads CommandBatch messages.
+  AgentSession(std::string node, uint64_t epoch, bool batches,
+               grpc::ServerContext* context, Stream* stream)
       : node_(std::move(node)),
         epoch_(epoch),
+        batches_(batches),
         context_(context),
         stream_(stream) {
     writer_ = std::thread([this] { WriterLoop(); });
@@ -183,6 +185,29 @@ class AgentRegistry::AgentSession {
   }
 
  private:
+  // Most commands in one CommandBatch message (about 150 bytes each).
+  static constexpr int kMaxCommandsPerMessage = 1024;
+
+  // Packs the commands among `batch` into CommandBatch messages (runs of
+  // consecutive commands, in order, up to kMaxCommandsPerMessage each).
+  static void Pack(std::vector<v1::ManagerMessage>& batch) {
+    std::vector<v1::ManagerMessage> packed;
+    packed.reserve(batch.size() / kMaxCommandsPerMessage + 2);
+    for (v1::ManagerMessage& m : batch) {
+      if (!m.has_command()) {
+        packed.push_back(std::move(m));
+        continue;
+      }
+      if (packed.empty() || !packed.back().has_commands() ||
+          packed.back().commands().commands_size() >= kMaxCommandsPerMessage) {
+        packed.emplace_back().mutable_commands();
+      }
+      packed.back().mutable_commands()->add_commands()->Swap(
+          m.mutable_command());
+    }
+    batch.swap(packed);
+  }
+
   void WriterLoop() {
     std::vector<v1::ManagerMessage> batch;
     bool first = true;
@@ -197,6 +222,7 @@ class AgentRegistry::AgentSession {
           outbox_.pop_front();
         }
       }
+      if (batches_ && batch.size() > 1) Pack(batch);
       for (size_t i = 0; i < batch.size(); ++i) {
         grpc::WriteOptions options;
         // Hold a message back only if another follows in this batch, and
@@ -213,6 +239,7 @@ class AgentRegistry::AgentSession {
 
   const std::string node_;
   const uint64_t epoch_;
+  const bool batches_;
   grpc::ServerContext* const context_;
   Stream* const stream_;
   std::thread writer_;
@@ -504,14 +531,15 @@ grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
   if (grpc::Status s = ReadHello(*stream, first, &wired); !s.ok()) return s;
   const v1::AgentHello& hello = first.hello();
 
-  auto session =
-      std::make_shared<AgentSession>(hello.node(), epoch, context, stream);
+  auto session = std::make_shared<AgentSession>(
+      hello.node(), epoch, hello.accepts_command_batches(), context, stream);
   if (grpc::Status s = Admit(session, hello, context->peer(), wired.size());
       !s.ok()) {
     return s;
   }
   v1::ManagerMessage hello_ack;
   hello_ack.mutable_hello()->set_epoch(epoch);
+  hello_ack.mutable_hello()->set_accepts_ack_batches(true);
   session->SendHello(std::move(hello_ack));
 
   // Reconcile on its own thread: its commands' acks arrive through the read
@@ -639,6 +667,10 @@ void AgentRegistry::ReadAcks(Stream& stream, AgentSession& session) {
   while (stream.Read(&msg)) {
     if (msg.has_ack()) {
       session.Complete(std::move(*msg.mutable_ack()));
+    } else if (msg.has_acks()) {
+      for (v1::CommandAck& ack : *msg.mutable_acks()->mutable_acks()) {
+        session.Complete(std::move(ack));
+      }
     } else {
       LogWarn("unexpected message from agent; ignored",
               {{"node", session.node()}});

@@ -1,11 +1,14 @@
 #include "service/bypass_service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <optional>
 #include <string>
+#include <type_traits>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/errno_name.h"
 #include "common/log.h"
@@ -73,130 +76,237 @@ grpc::ServerUnaryReactor* FinishInline(grpc::CallbackServerContext* context,
   return reactor;
 }
 
-// What a register call's continuation does with the matcher's outcome.
-template <typename Response>
-Matcher::RegisterDone FinishRegister(grpc::ServerUnaryReactor* reactor,
-                                     Response* response, char side) {
-  return [reactor, response, side](absl::StatusOr<RegisterResult> result) {
-    if (!result.ok()) {
-      reactor->Finish(ToGrpcStatus(result.status()));
-      return;
-    }
-    response->set_registration_id(
-        FormatRegistrationId(side, result->registration_id));
-    response->set_connected(result->connected);
-    reactor->Finish(grpc::Status::OK);
-  };
+// Which of a registration's sides: the registration id's prefix.
+template <typename Request>
+constexpr char SideOf() {
+  if constexpr (std::is_same_v<Request, v1::RegisterProducerRequest> ||
+                std::is_same_v<Request, v1::UnregisterProducerRequest>) {
+    return 'p';
+  } else {
+    return 'c';
+  }
 }
 
-template <typename Response>
-Matcher::UnregisterDone FinishUnregister(grpc::ServerUnaryReactor* reactor,
-                                         Response* response) {
-  return [reactor, response](absl::StatusOr<bool> disconnected) {
-    if (!disconnected.ok()) {
-      reactor->Finish(ToGrpcStatus(disconnected.status()));
-      return;
-    }
-    response->set_disconnected(*disconnected);
-    reactor->Finish(grpc::Status::OK);
-  };
+// The record a register request names, validated.
+absl::StatusOr<ProducerRecord> RecordOf(const v1::RegisterProducerRequest& r) {
+  if (!r.has_producer()) return InvalidField("producer", "producer: required");
+  return ProducerFromProto(r.producer());
+}
+absl::StatusOr<ConsumerRecord> RecordOf(const v1::RegisterConsumerRequest& r) {
+  if (!r.has_consumer()) return InvalidField("consumer", "consumer: required");
+  return ConsumerFromProto(r.consumer());
+}
+const std::string& TokenOf(const v1::RegisterProducerRequest& r) {
+  return r.producer().token();
+}
+const std::string& TokenOf(const v1::RegisterConsumerRequest& r) {
+  return r.consumer().token();
+}
+
+// `status` as item `prefix` of a batch reports it: its field (and the
+// message that names it) under the item's path.
+absl::Status InItem(absl::Status status, absl::string_view prefix) {
+  if (status.ok()) return status;
+  ErrorContext ctx = GetErrorContext(status);
+  if (ctx.field.empty()) return status;
+  std::string message(status.message());
+  if (absl::StartsWith(message, ctx.field)) {
+    message = absl::StrCat(prefix, ".", message);
+  }
+  ctx.field = absl::StrCat(prefix, ".", ctx.field);
+  return MakeError(status.code(), GetErrorReason(status), message, ctx);
+}
+
+void ToProto(const absl::Status& status, v1::RpcStatus* out) {
+  if (status.ok()) return;  // code 0
+  grpc::Status g = ToGrpcStatus(status);
+  out->ParseFromString(g.error_details());
 }
 
 }  // namespace
 
-grpc::ServerUnaryReactor* BypassService::RegisterProducer(
-    grpc::CallbackServerContext* context,
-    const v1::RegisterProducerRequest* request,
-    v1::RegisterProducerResponse* response) {
+template <typename Request, typename Response>
+void BypassService::StartRegister(const Request& request, Response* response,
+                                  ItemDone done) {
+  auto record = RecordOf(request);
+  if (!record.ok()) return std::move(done)(record.status());
+  absl::StatusOr<CallId> call = CallIdOf(request);
+  if (!call.ok()) return std::move(done)(call.status());
+  auto finish = [response, done = std::move(done)](
+                    absl::StatusOr<RegisterResult> result) mutable {
+    if (result.ok()) {
+      response->set_registration_id(
+          FormatRegistrationId(SideOf<Request>(), result->registration_id));
+      response->set_connected(result->connected);
+    }
+    std::move(done)(result.status());
+  };
+  if constexpr (SideOf<Request>() == 'p') {
+    matcher_.RegisterProducerAsync(TokenOf(request), *std::move(record), &*call,
+                                   std::move(finish));
+  } else {
+    matcher_.RegisterConsumerAsync(TokenOf(request), *std::move(record), &*call,
+                                   std::move(finish));
+  }
+}
+
+template <typename Request, typename Response>
+void BypassService::StartUnregister(const Request& request, Response* response,
+                                    ItemDone done) {
+  if (auto s = ValidateToken("token", request.token()); !s.ok()) {
+    return std::move(done)(s);
+  }
+  absl::StatusOr<uint64_t> id = ParseRegistrationId(
+      "registration_id", SideOf<Request>(), request.registration_id());
+  if (!id.ok()) return std::move(done)(id.status());
+  absl::StatusOr<CallId> call = CallIdOf(request);
+  if (!call.ok()) return std::move(done)(call.status());
+  auto finish = [response, done = std::move(done)](
+                    absl::StatusOr<bool> disconnected) mutable {
+    if (disconnected.ok()) response->set_disconnected(*disconnected);
+    std::move(done)(disconnected.status());
+  };
+  if constexpr (SideOf<Request>() == 'p') {
+    matcher_.UnregisterProducerAsync(request.token(), *id, &*call,
+                                     std::move(finish));
+  } else {
+    matcher_.UnregisterConsumerAsync(request.token(), *id, &*call,
+                                     std::move(finish));
+  }
+}
+
+template <typename Request, typename Response>
+grpc::ServerUnaryReactor* BypassService::Unary(
+    grpc::CallbackServerContext* context, const Request* request,
+    Response* response) {
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) {
       return FinishInline(context, ToGrpcStatus(s));
     }
   }
-  if (!request->has_producer()) {
-    return FinishInline(
-        context, ToGrpcStatus(InvalidField("producer", "producer: required")));
-  }
-  absl::StatusOr<ProducerRecord> record =
-      ProducerFromProto(request->producer());
-  if (!record.ok()) return FinishInline(context, ToGrpcStatus(record.status()));
-  absl::StatusOr<CallId> call = CallIdOf(*request);
-  if (!call.ok()) return FinishInline(context, ToGrpcStatus(call.status()));
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  matcher_.RegisterProducerAsync(request->producer().token(),
-                                 *std::move(record), &*call,
-                                 FinishRegister(reactor, response, 'p'));
+  ItemDone done = [reactor](absl::Status s) {
+    reactor->Finish(ToGrpcStatus(s));
+  };
+  if constexpr (std::is_same_v<Request, v1::RegisterProducerRequest> ||
+                std::is_same_v<Request, v1::RegisterConsumerRequest>) {
+    StartRegister(*request, response, std::move(done));
+  } else {
+    StartUnregister(*request, response, std::move(done));
+  }
   return reactor;
+}
+
+grpc::ServerUnaryReactor* BypassService::RegisterProducer(
+    grpc::CallbackServerContext* context,
+    const v1::RegisterProducerRequest* request,
+    v1::RegisterProducerResponse* response) {
+  return Unary(context, request, response);
 }
 
 grpc::ServerUnaryReactor* BypassService::RegisterConsumer(
     grpc::CallbackServerContext* context,
     const v1::RegisterConsumerRequest* request,
     v1::RegisterConsumerResponse* response) {
-  if (leadership_ != nullptr) {
-    if (absl::Status s = leadership_->Check(); !s.ok()) {
-      return FinishInline(context, ToGrpcStatus(s));
-    }
-  }
-  if (!request->has_consumer()) {
-    return FinishInline(
-        context, ToGrpcStatus(InvalidField("consumer", "consumer: required")));
-  }
-  absl::StatusOr<ConsumerRecord> record =
-      ConsumerFromProto(request->consumer());
-  if (!record.ok()) return FinishInline(context, ToGrpcStatus(record.status()));
-  absl::StatusOr<CallId> call = CallIdOf(*request);
-  if (!call.ok()) return FinishInline(context, ToGrpcStatus(call.status()));
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  matcher_.RegisterConsumerAsync(request->consumer().token(),
-                                 *std::move(record), &*call,
-                                 FinishRegister(reactor, response, 'c'));
-  return reactor;
+  return Unary(context, request, response);
 }
 
 grpc::ServerUnaryReactor* BypassService::UnregisterProducer(
     grpc::CallbackServerContext* context,
     const v1::UnregisterProducerRequest* request,
     v1::UnregisterProducerResponse* response) {
-  if (leadership_ != nullptr) {
-    if (absl::Status s = leadership_->Check(); !s.ok()) {
-      return FinishInline(context, ToGrpcStatus(s));
-    }
-  }
-  if (auto s = ValidateToken("token", request->token()); !s.ok()) {
-    return FinishInline(context, ToGrpcStatus(s));
-  }
-  absl::StatusOr<uint64_t> id =
-      ParseRegistrationId("registration_id", 'p', request->registration_id());
-  if (!id.ok()) return FinishInline(context, ToGrpcStatus(id.status()));
-  absl::StatusOr<CallId> call = CallIdOf(*request);
-  if (!call.ok()) return FinishInline(context, ToGrpcStatus(call.status()));
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  matcher_.UnregisterProducerAsync(request->token(), *id, &*call,
-                                   FinishUnregister(reactor, response));
-  return reactor;
+  return Unary(context, request, response);
 }
 
 grpc::ServerUnaryReactor* BypassService::UnregisterConsumer(
     grpc::CallbackServerContext* context,
     const v1::UnregisterConsumerRequest* request,
     v1::UnregisterConsumerResponse* response) {
+  return Unary(context, request, response);
+}
+
+grpc::ServerUnaryReactor* BypassService::Batch(
+    grpc::CallbackServerContext* context, const v1::BatchRequest* request,
+    v1::BatchResponse* response) {
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) {
       return FinishInline(context, ToGrpcStatus(s));
     }
   }
-  if (auto s = ValidateToken("token", request->token()); !s.ok()) {
-    return FinishInline(context, ToGrpcStatus(s));
+  const int n = request->items_size();
+  if (n == 0 || n > kMaxBatchItems) {
+    return FinishInline(
+        context,
+        ToGrpcStatus(InvalidField(
+            "items", absl::StrCat("items: ", n, " items; a batch holds 1..",
+                                  kMaxBatchItems))));
   }
-  absl::StatusOr<uint64_t> id =
-      ParseRegistrationId("registration_id", 'c', request->registration_id());
-  if (!id.ok()) return FinishInline(context, ToGrpcStatus(id.status()));
-  absl::StatusOr<CallId> call = CallIdOf(*request);
-  if (!call.ok()) return FinishInline(context, ToGrpcStatus(call.status()));
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  matcher_.UnregisterConsumerAsync(request->token(), *id, &*call,
-                                   FinishUnregister(reactor, response));
+  for (int i = 0; i < n; ++i) response->add_results();
+  // The call ends when its last item does (on whichever thread that is);
+  // each item writes only its own result.
+  struct Call {
+    grpc::ServerUnaryReactor* reactor;
+    std::atomic<int> remaining;
+  };
+  auto* call = new Call{reactor, n + 1};  // + 1: until every item started
+  auto end_one = [call] {
+    if (call->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      call->reactor->Finish(grpc::Status::OK);
+      delete call;
+    }
+  };
+  for (int i = 0; i < n; ++i) {
+    const v1::BatchItem& item = request->items(i);
+    v1::BatchResult* result = response->mutable_results(i);
+    const char* op = "";
+    switch (item.op_case()) {
+      case v1::BatchItem::kRegisterProducer:
+        op = ".register_producer";
+        break;
+      case v1::BatchItem::kRegisterConsumer:
+        op = ".register_consumer";
+        break;
+      case v1::BatchItem::kUnregisterProducer:
+        op = ".unregister_producer";
+        break;
+      case v1::BatchItem::kUnregisterConsumer:
+        op = ".unregister_consumer";
+        break;
+      case v1::BatchItem::OP_NOT_SET:
+        break;
+    }
+    auto done = [result, end_one,
+                 prefix = absl::StrCat("items[", i, "]", op)](absl::Status s) {
+      ToProto(InItem(std::move(s), prefix), result->mutable_status());
+      end_one();
+    };
+    switch (item.op_case()) {
+      case v1::BatchItem::kRegisterProducer:
+        StartRegister(item.register_producer(),
+                      result->mutable_register_producer(), std::move(done));
+        break;
+      case v1::BatchItem::kRegisterConsumer:
+        StartRegister(item.register_consumer(),
+                      result->mutable_register_consumer(), std::move(done));
+        break;
+      case v1::BatchItem::kUnregisterProducer:
+        StartUnregister(item.unregister_producer(),
+                        result->mutable_unregister_producer(), std::move(done));
+        break;
+      case v1::BatchItem::kUnregisterConsumer:
+        StartUnregister(item.unregister_consumer(),
+                        result->mutable_unregister_consumer(), std::move(done));
+        break;
+      case v1::BatchItem::OP_NOT_SET:
+        done(InvalidField("op",
+                          "op: one of register_producer, register_consumer, "
+                          "unregister_producer, unregister_consumer is "
+                          "required"));
+        break;
+    }
+  }
+  end_one();
   return reactor;
 }
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
 #include "service/agent_registry.h"
@@ -21,9 +22,10 @@ namespace irqbypass {
 // complete inline on the thread that received them (they touch only the
 // lock-free index); registrations and unregistrations run as the matcher's
 // continuations (Matcher::*Async), so no thread waits for a busy token, an
-// agent's ack or the store while one is in flight; ListNodes and GetNode
-// complete inline too. WatchBindings is still a sync handler (a thread per
-// watcher).
+// agent's ack or the store while one is in flight (Batch starts all its
+// items at once, the same way, and answers when the last has ended);
+// ListNodes and GetNode complete inline too. WatchBindings is still a sync
+// handler (a thread per watcher).
 using BypassServiceBase = v1::BypassManager::WithCallbackMethod_GetBinding<
     v1::BypassManager::WithCallbackMethod_ListBindings<
         v1::BypassManager::WithCallbackMethod_RegisterProducer<
@@ -32,7 +34,8 @@ using BypassServiceBase = v1::BypassManager::WithCallbackMethod_GetBinding<
                     v1::BypassManager::WithCallbackMethod_UnregisterConsumer<
                         v1::BypassManager::WithCallbackMethod_ListNodes<
                             v1::BypassManager::WithCallbackMethod_GetNode<
-                                v1::BypassManager::Service>>>>>>>>;
+                                v1::BypassManager::WithCallbackMethod_Batch<
+                                    v1::BypassManager::Service>>>>>>>>>;
 
 class BypassService final : public BypassServiceBase {
  public:
@@ -82,12 +85,31 @@ class BypassService final : public BypassServiceBase {
   grpc::ServerUnaryReactor* GetNode(grpc::CallbackServerContext* context,
                                     const v1::GetNodeRequest* request,
                                     v1::Node* response) override;
+  grpc::ServerUnaryReactor* Batch(grpc::CallbackServerContext* context,
+                                  const v1::BatchRequest* request,
+                                  v1::BatchResponse* response) override;
+
+  // Most items in one Batch call.
+  static constexpr int kMaxBatchItems = 4096;
 
  private:
   grpc::Status DoGetBinding(const v1::GetBindingRequest& request,
                             v1::Binding* response);
   grpc::Status DoListBindings(const v1::ListBindingsRequest& request,
                               v1::ListBindingsResponse* response);
+  // One mutating call (unary, or an item of a Batch), validated and
+  // started: `done` gets its outcome once (`response` filled when OK).
+  using ItemDone = absl::AnyInvocable<void(absl::Status) &&>;
+  template <typename Request, typename Response>
+  void StartRegister(const Request& request, Response* response, ItemDone done);
+  template <typename Request, typename Response>
+  void StartUnregister(const Request& request, Response* response,
+                       ItemDone done);
+  // The four unary mutating methods: StartRegister / StartUnregister, the
+  // reactor finished with the outcome.
+  template <typename Request, typename Response>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context,
+                                  const Request* request, Response* response);
   grpc::Status DoListNodes(v1::ListNodesResponse* response);
   grpc::Status DoGetNode(const v1::GetNodeRequest& request, v1::Node* response);
 

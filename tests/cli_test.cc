@@ -1,8 +1,12 @@
 // irqbypassctl against the real irqbypassd and irqbypass-agent: output and
 // the distinct exit codes.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"
 
@@ -44,6 +48,73 @@ TEST_F(CliTest, RegisterBothSides_Connected_ExitZero) {
   auto u = Ctl({"unregister-producer", "--token=t1"});
   EXPECT_EQ(u.exit_code, 0) << u.err;
   EXPECT_NE(u.out.find("disconnected=true"), std::string::npos) << u.out;
+}
+
+TEST_F(CliTest, Apply_YamlFile_EachItemReportedExitCodeOfFirstFailure) {
+  const std::string path =
+      std::string(std::getenv("TEST_TMPDIR")) + "/apply.yaml";
+  std::string yaml;
+  for (int q = 0; q < 8; ++q) {
+    absl::StrAppend(&yaml, "- register_producer:\n    producer: {token: q", q,
+                    ", node: n1, device: \"0000:3b:00.1\", vector: ", q,
+                    ", index: msix}\n", "- register_consumer:\n",
+                    "    consumer: {token: q", q,
+                    ", node: n1, vm: vm-a, gsi: ", 40 + q, "}\n");
+  }
+  // A second consumer for q0 (after the first: items on one token run in
+  // order): ALREADY_EXISTS, exit code 4.
+  absl::StrAppend(&yaml,
+                  "- register_consumer:\n    consumer: {token: q0, node: n2, "
+                  "vm: vm-b, gsi: 1}\n");
+  {
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fwrite(yaml.data(), 1, yaml.size(), f);
+    std::fclose(f);
+  }
+  auto applied = Ctl({"apply", "-f", path});
+  EXPECT_EQ(applied.exit_code, 4) << applied.out << applied.err;
+  // 17 lines, one per item, in order.
+  EXPECT_EQ(std::count(applied.out.begin(), applied.out.end(), '\n'), 17)
+      << applied.out;
+  EXPECT_NE(applied.out.find("items[15] register_consumer q7: registered c-"),
+            std::string::npos)
+      << applied.out;
+  EXPECT_NE(applied.out.find(", connected\n"), std::string::npos);
+  EXPECT_NE(applied.out.find("items[16] register_consumer q0: error"),
+            std::string::npos)
+      << applied.out;
+  EXPECT_NE(applied.err.find("1 of 17 items failed; the first: items[16]"),
+            std::string::npos)
+      << applied.err;
+  for (int q = 0; q < 8; ++q) {
+    auto g = Ctl({"--output=json", "get", absl::StrCat("--token=q", q)});
+    EXPECT_NE(g.out.find("\"connected\":true"), std::string::npos) << g.out;
+  }
+
+  // A JSON BatchRequest works the same.
+  const std::string down = std::string(std::getenv("TEST_TMPDIR")) + "/d.json";
+  {
+    std::string json = "{\"items\": [";
+    for (int q = 0; q < 8; ++q) {
+      absl::StrAppend(&json, q ? "," : "",
+                      "{\"unregisterConsumer\": {\"token\": \"q", q, "\"}}");
+    }
+    json += "]}";
+    std::FILE* f = std::fopen(down.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fwrite(json.data(), 1, json.size(), f);
+    std::fclose(f);
+  }
+  auto removed = Ctl({"--output=json", "apply", "-f", down});
+  EXPECT_EQ(removed.exit_code, 0) << removed.out << removed.err;
+  EXPECT_EQ(std::count(removed.out.begin(), removed.out.end(), '\n'), 8);
+  EXPECT_NE(removed.out.find("\"disconnected\":true"), std::string::npos)
+      << removed.out;
+
+  auto bad = Ctl({"apply", "-f", path + ".missing"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
+  EXPECT_NE(bad.err.find("cannot open"), std::string::npos) << bad.err;
 }
 
 TEST_F(CliTest, Nodes_ListAndOne_TextAndJson) {

@@ -313,6 +313,126 @@ TEST_F(EndToEndTest, SlowVm_OtherVmsOnTheHostConnectMeanwhile) {
   EXPECT_TRUE(api().GetBinding("slow")->connected());
 }
 
+v1::BatchItem RegisterProducerItem(const v1::Producer& p) {
+  v1::BatchItem item;
+  *item.mutable_register_producer()->mutable_producer() = p;
+  return item;
+}
+v1::BatchItem RegisterConsumerItem(const v1::Consumer& c) {
+  v1::BatchItem item;
+  *item.mutable_register_consumer()->mutable_consumer() = c;
+  return item;
+}
+
+TEST_F(EndToEndTest, Batch_VmWith64Queues_AllConnectedEachItemItsOwnResult) {
+  ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-a"}));
+  v1::BatchRequest request;
+  for (int q = 0; q < 64; ++q) {
+    const std::string token = absl::StrCat("vm-a-q", q);
+    // Producer then consumer of one token: the consumer connects them.
+    *request.add_items() = RegisterProducerItem(
+        MakeProducer(token, "n1", "0000:3b:00.1", static_cast<uint32_t>(q)));
+    *request.add_items() = RegisterConsumerItem(
+        MakeConsumer(token, "n1", "vm-a", static_cast<uint32_t>(32 + q)));
+  }
+  // Items that fail, each on its own: a VM the agent does not hold (its
+  // connect fails), a duplicate of item 0, a malformed consumer, no op.
+  *request.add_items() =
+      RegisterProducerItem(MakeProducer("bad-vm", "n1", "0000:3b:00.2", 0));
+  *request.add_items() =
+      RegisterConsumerItem(MakeConsumer("bad-vm", "n1", "vm-x", 5));
+  *request.add_items() =
+      RegisterProducerItem(MakeProducer("vm-a-q0", "n1", "0000:3b:00.3", 0));
+  *request.add_items() =
+      RegisterConsumerItem(MakeConsumer("bad field", "n1", "vm-a", 6));
+  request.add_items();
+  auto response = api().Batch(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  ASSERT_EQ(response->results_size(), 133);
+  for (int q = 0; q < 64; ++q) {
+    const v1::BatchResult& p = response->results(2 * q);
+    const v1::BatchResult& c = response->results(2 * q + 1);
+    ASSERT_EQ(p.status().code(), 0) << p.status().message();
+    ASSERT_EQ(c.status().code(), 0) << c.status().message();
+    EXPECT_FALSE(p.register_producer().connected());
+    EXPECT_TRUE(c.register_consumer().connected()) << q;
+    auto b = api().GetBinding(absl::StrCat("vm-a-q", q));
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_TRUE(b->connected());
+    EXPECT_EQ(b->producer_registration_id(),
+              p.register_producer().registration_id());
+    EXPECT_EQ(b->consumer_registration_id(),
+              c.register_consumer().registration_id());
+  }
+  EXPECT_EQ(response->results(128).status().code(), 0);
+  EXPECT_EQ(response->results(129).status().code(),
+            static_cast<int>(absl::StatusCode::kFailedPrecondition))
+      << response->results(129).status().message();
+  v1::ErrorDetail detail;
+  ASSERT_EQ(response->results(129).status().details_size(), 1);
+  ASSERT_TRUE(response->results(129).status().details(0).UnpackTo(&detail));
+  EXPECT_EQ(detail.reason(), v1::ErrorDetail::CONNECT_FAILED);
+  EXPECT_EQ(detail.step(), "add_producer");
+  EXPECT_EQ(response->results(130).status().code(),
+            static_cast<int>(absl::StatusCode::kAlreadyExists));
+  EXPECT_EQ(response->results(131).status().code(),
+            static_cast<int>(absl::StatusCode::kInvalidArgument));
+  ASSERT_TRUE(response->results(131).status().details(0).UnpackTo(&detail));
+  EXPECT_EQ(detail.field(), "items[131].register_consumer.consumer.token")
+      << response->results(131).status().message();
+  EXPECT_EQ(response->results(132).status().code(),
+            static_cast<int>(absl::StatusCode::kInvalidArgument));
+  ASSERT_TRUE(response->results(132).status().details(0).UnpackTo(&detail));
+  EXPECT_EQ(detail.field(), "items[132].op");
+
+  // Sent again (as a new call: the client library gives its items fresh
+  // request ids): every register answers ALREADY_EXISTS, nothing changes.
+  auto again = api().Batch(request);
+  ASSERT_TRUE(again.ok()) << again.status();
+  for (int i = 0; i < 128; ++i) {
+    EXPECT_EQ(again->results(i).status().code(),
+              static_cast<int>(absl::StatusCode::kAlreadyExists))
+        << i;
+  }
+
+  // Unregister everything in one batch: each consumer's unregister
+  // disconnects its pair.
+  v1::BatchRequest down;
+  for (int q = 0; q < 64; ++q) {
+    const std::string token = absl::StrCat("vm-a-q", q);
+    down.add_items()->mutable_unregister_consumer()->set_token(token);
+    down.add_items()->mutable_unregister_producer()->set_token(token);
+  }
+  auto removed = api().Batch(down);
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  for (int q = 0; q < 64; ++q) {
+    EXPECT_EQ(removed->results(2 * q).status().code(), 0);
+    EXPECT_TRUE(removed->results(2 * q).unregister_consumer().disconnected());
+    EXPECT_EQ(removed->results(2 * q + 1).status().code(), 0);
+    EXPECT_FALSE(
+        removed->results(2 * q + 1).unregister_producer().disconnected());
+    EXPECT_EQ(api().GetBinding(absl::StrCat("vm-a-q", q)).status().code(),
+              absl::StatusCode::kNotFound);
+  }
+}
+
+TEST_F(EndToEndTest, Batch_NoItemsOrTooMany_InvalidArgumentAsAWhole) {
+  v1::BatchRequest empty;
+  auto none = api().Batch(empty);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  auto detail = GetErrorDetail(none.status());
+  ASSERT_TRUE(detail.has_value());
+  EXPECT_EQ(detail->field(), "items");
+  v1::BatchRequest many;
+  for (int i = 0; i < 4097; ++i) {
+    many.add_items()->mutable_unregister_producer()->set_token("t");
+  }
+  auto too_many = api().Batch(many);
+  EXPECT_EQ(too_many.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_many.status().message().find("4096"), std::string::npos)
+      << too_many.status();
+}
+
 TEST_F(EndToEndTest, AgentRestarted_WhileBindingsExist_ReconciledWithManager) {
   ASSERT_TRUE(cluster_.StartAgent("n1", {"--sim_vms=vm-a,vm-b"}));
   ASSERT_TRUE(
