@@ -30,6 +30,13 @@ ABSL_FLAG(int, grpc_max_pollers, irqbypass::kDefaultGrpcMaxPollers,
 namespace irqbypass::bench {
 namespace {
 
+// A Batch answer of the same shape as irqbypassd's: one empty (OK) result
+// per item.
+void EmptyResults(const v1::BatchRequest& request,
+                  v1::BatchResponse* response) {
+  for (int i = 0; i < request.items_size(); ++i) response->add_results();
+}
+
 class EmptyBypassManager final : public v1::BypassManager::Service {
   grpc::Status RegisterProducer(grpc::ServerContext*,
                                 const v1::RegisterProducerRequest*,
@@ -58,6 +65,11 @@ class EmptyBypassManager final : public v1::BypassManager::Service {
   grpc::Status ListBindings(grpc::ServerContext*,
                             const v1::ListBindingsRequest*,
                             v1::ListBindingsResponse*) override {
+    return grpc::Status::OK;
+  }
+  grpc::Status Batch(grpc::ServerContext*, const v1::BatchRequest* request,
+                     v1::BatchResponse* response) override {
+    EmptyResults(*request, response);
     return grpc::Status::OK;
   }
 };
@@ -95,6 +107,13 @@ class EmptyCallbackBypassManager final
   grpc::ServerUnaryReactor* ListBindings(grpc::CallbackServerContext* context,
                                          const v1::ListBindingsRequest*,
                                          v1::ListBindingsResponse*) override {
+    return Done(context);
+  }
+
+  grpc::ServerUnaryReactor* Batch(grpc::CallbackServerContext* context,
+                                  const v1::BatchRequest* request,
+                                  v1::BatchResponse* response) override {
+    EmptyResults(*request, response);
     return Done(context);
   }
 

@@ -65,6 +65,10 @@ ABSL_FLAG(bool, etcd, false,
           "the same generator, on the same etcd");
 ABSL_FLAG(int, etcd_members, 1, "--etcd: etcd members to start");
 ABSL_FLAG(std::string, json_out, "", "Write results as JSON to this file");
+ABSL_FLAG(int, batch_callers, 8, "Concurrent callers of the batch workload");
+ABSL_FLAG(int, batch_pairs, 64,
+          "Pairs per Batch call of the batch workload (a VM with this many "
+          "queues: twice as many registrations)");
 ABSL_FLAG(std::string, target, "",
           "Drive an irqbypassd already running here (its agent must serve "
           "node bench-node) instead of starting the servers; for profiling");
@@ -163,7 +167,8 @@ class Caller final : public LoadCaller {
   // kGet: one GetBinding of a preloaded pair. kDuplicate: one
   // RegisterProducer of a preloaded pair's token with another device (the
   // ALREADY_EXISTS path: validation, index lookup, error, no agent).
-  enum class Mode { kCycle, kPreload, kGet, kDuplicate };
+  // (kBatch: a BatchCaller's cycle.)
+  enum class Mode { kCycle, kPreload, kGet, kDuplicate, kBatch };
 
   Caller(v1::BypassManager::Stub* stub, grpc::CompletionQueue* cq, int id,
          Mode mode)
@@ -293,6 +298,68 @@ class Caller final : public LoadCaller {
       uc_reader_;
 };
 
+// The batch workload: a cycle is one Batch registering batch_pairs pairs
+// (producer and consumer of each token, the consumer connecting them
+// through the sim agent) and one Batch unregistering them (consumer then
+// producer of each: a disconnect each). Every item must succeed.
+class BatchCaller final : public LoadCaller {
+ public:
+  BatchCaller(v1::BypassManager::Stub* stub, grpc::CompletionQueue* cq, int id,
+              int pairs)
+      : LoadCaller(cq, id, "batch caller"), stub_(stub), pairs_(pairs) {}
+
+ private:
+  int Steps() const override { return 2; }
+
+  bool Expected(const grpc::Status& status) const override {
+    if (!status.ok()) return false;
+    if (response_.results_size() != 2 * pairs_) return false;
+    for (const v1::BatchResult& r : response_.results()) {
+      if (r.status().code() != 0) {
+        std::fprintf(stderr, "batch caller %d: item failed: %s\n", id_,
+                     r.status().message().c_str());
+        return false;
+      }
+    }
+    return true;
+  }
+
+  void Issue() override {
+    v1::BatchRequest req;
+    for (int q = 0; q < pairs_; ++q) {
+      // Each caller its own device (vector q) and VM (GSI q): objects are
+      // freed every cycle and reused by the next.
+      const std::string token = absl::StrCat("batch-", id_, "-", n_, "-", q);
+      if (step_ == 0) {
+        auto* p =
+            req.add_items()->mutable_register_producer()->mutable_producer();
+        p->set_token(token);
+        p->set_node(kNode);
+        p->set_device(Device(6000000 + id_));
+        p->set_vector(static_cast<uint32_t>(q));
+        auto* c =
+            req.add_items()->mutable_register_consumer()->mutable_consumer();
+        c->set_token(token);
+        c->set_node(kNode);
+        c->set_vm(absl::StrCat("batch-vm-", id_));
+        c->set_gsi(static_cast<uint32_t>(q));
+      } else {
+        req.add_items()->mutable_unregister_consumer()->set_token(token);
+        req.add_items()->mutable_unregister_producer()->set_token(token);
+      }
+    }
+    response_.Clear();
+    reader_ = stub_->PrepareAsyncBatch(ctx_.get(), req, cq_);
+    reader_->StartCall();
+    reader_->Finish(&response_, &status_, tag());
+  }
+
+  v1::BypassManager::Stub* const stub_;
+  const int pairs_;
+  v1::BatchResponse response_;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<v1::BatchResponse>> reader_;
+};
+
 // The raw-etcd baseline of --etcd: the same generator, each cycle four etcd
 // Txns of the least a registration cycle must write for one token (put,
 // put, put, delete of one key, no compares), straight to etcd.
@@ -355,6 +422,9 @@ LoadResult RunLoad(const std::string& target, int callers, Caller::Mode mode,
   for (int i = 0; i < callers; ++i) {
     if (raw_etcd) {
       all.push_back(std::make_unique<EtcdCaller>(etcd_stub.get(), &cq, i));
+    } else if (mode == Caller::Mode::kBatch) {
+      all.push_back(std::make_unique<BatchCaller>(
+          stub.get(), &cq, i, absl::GetFlag(FLAGS_batch_pairs)));
     } else {
       all.push_back(std::make_unique<Caller>(stub.get(), &cq, i, mode));
     }
@@ -579,11 +649,18 @@ int RunThroughput(int callers, absl::Duration duration) {
     const char* name;
     const char* unit;
     Caller::Mode mode;
+    int callers;
+    // What one counted unit is worth in the unit shown (registrations per
+    // batch cycle).
+    int scale = 1;
   };
+  const int batch_pairs = absl::GetFlag(FLAGS_batch_pairs);
   const Workload workloads[] = {
-      {"get_binding", "calls/s", Caller::Mode::kGet},
-      {"duplicate_register", "calls/s", Caller::Mode::kDuplicate},
-      {"register_cycle", "cycles/s", Caller::Mode::kCycle},
+      {"get_binding", "calls/s", Caller::Mode::kGet, callers},
+      {"duplicate_register", "calls/s", Caller::Mode::kDuplicate, callers},
+      {"register_cycle", "cycles/s", Caller::Mode::kCycle, callers},
+      {"batch", "regs/s", Caller::Mode::kBatch,
+       absl::GetFlag(FLAGS_batch_callers), 2 * batch_pairs},
   };
   std::printf(
       "end-to-end: %d callers, %s per server and workload (alternating 1 s "
@@ -595,9 +672,23 @@ int RunThroughput(int callers, absl::Duration duration) {
   uint64_t errors = preload.errors;
   std::ostringstream json;
   json << "{\"callers\": " << callers;
+  double unary_registrations = 0;  // per second: 2 per register cycle
   for (const Workload& w : workloads) {
     std::vector<LoadResult> r =
-        AlternateAmong(targets, callers, w.mode, duration);
+        AlternateAmong(targets, w.callers, w.mode, duration);
+    for (LoadResult& each : r) {
+      each.pairs *= w.scale;  // latency stays per call or cycle
+    }
+    if (w.mode == Caller::Mode::kCycle) {
+      unary_registrations = 2 * r[0].pairs_per_second();
+    }
+    if (w.mode == Caller::Mode::kBatch) {
+      std::printf(
+          "\nbatch: %d callers, each cycle one Batch registering %d pairs (%d "
+          "registrations, %d connects) and one unregistering them; latency "
+          "per cycle",
+          w.callers, batch_pairs, 2 * batch_pairs, batch_pairs);
+    }
     std::printf("\n%s\n%-16s %10s %10s %10s %10s %10s %8s\n", w.name, "server",
                 w.unit, "count", "p50", "p99", "p99.9", "errors");
     PrintLoad("irqbypassd", r[0]);
@@ -613,6 +704,14 @@ int RunThroughput(int callers, absl::Duration duration) {
          << ", \"bare_sync\": " << LoadJson(r[2])
          << ", \"ratio\": " << Ratio(r[0], r[1])
          << ", \"ratio_to_sync\": " << Ratio(r[0], r[2]) << "}";
+    if (w.mode == Caller::Mode::kBatch && unary_registrations > 0) {
+      std::printf(
+          "irqbypassd batch registrations/s / unary register-cycle "
+          "registrations/s (%.0f): %.1fx\n",
+          unary_registrations, r[0].pairs_per_second() / unary_registrations);
+      json << ", \"batch_over_unary\": "
+           << r[0].pairs_per_second() / unary_registrations;
+    }
     for (const LoadResult& each : r) errors += each.errors;
   }
   json << "}\n";

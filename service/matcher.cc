@@ -1,5 +1,6 @@
 #include "service/matcher.h"
 
+#include <cassert>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -127,8 +128,10 @@ struct Operation {
 };
 
 // Ends `op`: releases the token, then reports (the reply, the request
-// log's record). The operation queued next on the token starts only after
-// that report: the release hands it over behind this, on this thread.
+// log's record). A continuation queued next on the token starts only after
+// that report: the release hands it over behind this, on this thread. (A
+// thread waiting in TokenIndex::Lock, as Reconcile does, is woken by the
+// release and may start while the report runs.)
 template <typename T, typename Op>
 void Finish(std::unique_ptr<Op> op, absl::StatusOr<T> outcome) {
   TokenIndex::RunInOrder(
@@ -499,6 +502,10 @@ void Matcher::Once(const CallId* id, RequestKind kind, absl::string_view token,
 
 template <typename T>
 absl::StatusOr<T> Matcher::Wait(absl::FunctionRef<void(Done<T>)> start) {
+  // Called from a done or a continuation, the outcome would be queued
+  // behind the caller, which would wait for it forever.
+  assert(!TokenIndex::InRunInOrder() &&
+         "a blocking Matcher call from inside a done or continuation");
   struct Latch {
     Mutex mu;
     CondVar cv;

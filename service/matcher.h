@@ -103,7 +103,8 @@ class Matcher {
   // what the call waits for (the release of the token by the operation
   // before it, the agent's ack, the store's write). No thread waits for the
   // token, the agent or the store; operations on one token still run one
-  // at a time, in the order they asked for it (TokenIndex::LockThen).
+  // at a time, in the order they asked for it (TokenIndex::LockThen), and
+  // one queued behind another starts only after the other's `done` ran.
   // `done` must not block, nor call a blocking form. The blocking forms
   // above are these, with the
   // token's lock taken on the calling thread and the outcome waited for.

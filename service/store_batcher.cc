@@ -29,6 +29,8 @@ StoreBatcher::StoreBatcher(int writers, size_t max_changes, WriteFn write)
     writers_.emplace_back([this] { WriterLoop(); });
   }
   completer_ = std::thread([this] { CompleterLoop(); });
+  for (const std::thread& t : writers_) own_ids_.push_back(t.get_id());
+  own_ids_.push_back(completer_.get_id());
 }
 
 StoreBatcher::~StoreBatcher() { Stop(); }
@@ -58,9 +60,8 @@ void StoreBatcher::Write(absl::Span<const StoreChange> changes,
 
 bool StoreBatcher::OnOwnThread() const {
   const std::thread::id me = std::this_thread::get_id();
-  if (completer_.get_id() == me) return true;
-  for (const std::thread& t : writers_) {
-    if (t.get_id() == me) return true;
+  for (const std::thread::id& id : own_ids_) {
+    if (id == me) return true;
   }
   return false;
 }

@@ -13,7 +13,8 @@
 // operation on its token) never delay the next fsync or Txn.
 //
 // Thread-safe. `done` runs with no lock held; it may queue another write,
-// but must not call Stop (nor destroy the batcher).
+// but must not call Stop (nor destroy the batcher), and should be short:
+// every answer waits for the ones before it on the one completion thread.
 #ifndef IRQBYPASS_SERVICE_STORE_BATCHER_H_
 #define IRQBYPASS_SERVICE_STORE_BATCHER_H_
 
@@ -54,8 +55,9 @@ class StoreBatcher {
 
   // Writes what is queued, runs every done, then ends the threads; later
   // Writes are refused. Idempotent; concurrent calls all return once it is
-  // done. Called from a `done` it cannot wait for its own thread: it logs
-  // that, stops taking writes and returns at once.
+  // done. Must not be called from a `done` (it cannot wait for its own
+  // thread): if it is, it logs that, refuses later writes and returns at
+  // once, without waiting for what is queued.
   void Stop();
 
  private:
@@ -89,6 +91,7 @@ class StoreBatcher {
   int writing_ ABSL_GUARDED_BY(mu_) = 0;  // writer threads not yet ended
   std::vector<std::thread> writers_;
   std::thread completer_;
+  std::vector<std::thread::id> own_ids_;  // of the threads above, at start
 };
 
 // A failed write's status as one of the calls that shared it sees it: the

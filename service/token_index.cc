@@ -34,9 +34,14 @@ const BindingState kEmptyState;
 // A release inside a continuation that hands the token to the next one
 // queues it here instead of nesting it, so a long queue of waiters costs no
 // stack depth.
+namespace {
+thread_local bool draining = false;
+}  // namespace
+
+bool TokenIndex::InRunInOrder() { return draining; }
+
 void TokenIndex::RunInOrder(absl::AnyInvocable<void() &&> fn) {
   thread_local std::deque<absl::AnyInvocable<void() &&>> queue;
-  thread_local bool draining = false;
   queue.push_back(std::move(fn));
   if (draining) return;
   draining = true;

@@ -215,6 +215,9 @@ class TokenIndex {
   // token to behind `fn`, so `fn` finishes (an operation answers its
   // caller) before the token's next operation starts.
   static void RunInOrder(absl::AnyInvocable<void() &&> fn);
+  // Whether this thread is inside RunInOrder (or a handed-over
+  // continuation) now: it must not wait for an operation to finish.
+  static bool InRunInOrder();
   // Takes the token's lock only if no other operation holds it (nullopt
   // otherwise); never waits. For a holder of other tokens' locks, which must
   // not wait for one more (reconciliation).
