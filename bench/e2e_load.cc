@@ -65,6 +65,12 @@ ABSL_FLAG(bool, etcd, false,
           "Run irqbypassd on etcd (--store=etcd) against raw etcd Txns from "
           "the same generator, on the same etcd");
 ABSL_FLAG(int, etcd_members, 1, "--etcd: etcd members to start");
+ABSL_FLAG(bool, slow_vm, false,
+          "Run the register cycle against two managers, one whose agent has "
+          "a slow VM (its add steps take --slow_vm_delay_ms) kept busy by one "
+          "more caller: the other VMs' rate beside the manager without one");
+ABSL_FLAG(int, slow_vm_delay_ms, 500,
+          "--slow_vm: how long each of the slow VM's add steps takes");
 ABSL_FLAG(std::string, json_out, "", "Write results as JSON to this file");
 ABSL_FLAG(std::string, workloads,
           "get_binding,duplicate_register,register_cycle,batch",
@@ -189,6 +195,8 @@ class Caller final : public LoadCaller {
       case Mode::kGet:
       case Mode::kDuplicate:
         return absl::StrCat("pre-", id_);  // preloaded: one per caller
+      case Mode::kBatch:
+        break;  // a BatchCaller's
     }
     return "";
   }
@@ -201,6 +209,7 @@ class Caller final : public LoadCaller {
         return 2;
       case Mode::kGet:
       case Mode::kDuplicate:
+      case Mode::kBatch:
         return 1;
     }
     return 1;
@@ -481,7 +490,8 @@ class Servers {
 
   // `store`: irqbypassd's --store (the embedded one in this run's folder).
   bool StartManager(const std::string& store,
-                    const std::vector<std::string>& extra = {}) {
+                    const std::vector<std::string>& extra = {},
+                    const std::vector<std::string>& agent_extra = {}) {
     const std::string port_file = dir_ + "/manager.port";
     std::vector<std::string> args = {
         "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
@@ -496,10 +506,11 @@ class Servers {
     if (manager_port_ == 0) return false;
     metrics_port_ = testing::LoggedPort(
         testing::ReadFile(dir_ + "/irqbypassd.log"), "metrics_port");
-    if (!agent_.Start(testing::BinaryPath("agent/irqbypass-agent"),
-                      {"--manager=127.0.0.1:" + std::to_string(manager_port_),
-                       std::string("--node=") + kNode, "--backend=sim",
-                       "--log_level=warn"},
+    std::vector<std::string> agent_args = {
+        "--manager=127.0.0.1:" + std::to_string(manager_port_),
+        std::string("--node=") + kNode, "--backend=sim", "--log_level=warn"};
+    agent_args.insert(agent_args.end(), agent_extra.begin(), agent_extra.end());
+    if (!agent_.Start(testing::BinaryPath("agent/irqbypass-agent"), agent_args,
                       dir_ + "/agent.log")) {
       return false;
     }
@@ -934,6 +945,101 @@ int RunScale(int callers, absl::Duration duration) {
              : 1;
 }
 
+// One slow VM on a host must not slow the others (issue #11): the register
+// cycle of `callers` callers on ordinary VMs, against a manager whose agent
+// has one slow VM that one more caller keeps connecting and disconnecting,
+// and against a manager without it, in alternating windows.
+int RunSlowVm(int callers, absl::Duration duration) {
+  const int delay_ms = absl::GetFlag(FLAGS_slow_vm_delay_ms);
+  Servers plain, with_slow;
+  if (!plain.StartManager(absl::GetFlag(FLAGS_store)) ||
+      !with_slow.StartManager(
+          absl::GetFlag(FLAGS_store), {},
+          {"--sim_slow_vms=slow-vm",
+           absl::StrCat("--sim_step_delay_ms=", delay_ms)})) {
+    std::fprintf(stderr, "could not start the servers\n");
+    return 1;
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> slow_cycles{0}, slow_errors{0};
+  std::thread slow([&] {
+    auto stub = v1::BypassManager::NewStub(grpc::CreateChannel(
+        with_slow.manager(), grpc::InsecureChannelCredentials()));
+    for (uint64_t n = 0; !stop.load(); ++n) {
+      const std::string token = absl::StrCat("slow-", n);
+      bool ok = true;
+      auto call = [&](auto rpc) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(30));
+        ok = rpc(&ctx).ok() && ok;
+      };
+      v1::RegisterProducerRequest rp;
+      rp.mutable_producer()->set_token(token);
+      rp.mutable_producer()->set_node(kNode);
+      rp.mutable_producer()->set_device("0000:99:00.0");
+      v1::RegisterProducerResponse rp_out;
+      call([&](grpc::ClientContext* c) {
+        return stub->RegisterProducer(c, rp, &rp_out);
+      });
+      v1::RegisterConsumerRequest rc;
+      rc.mutable_consumer()->set_token(token);
+      rc.mutable_consumer()->set_node(kNode);
+      rc.mutable_consumer()->set_vm("slow-vm");
+      rc.mutable_consumer()->set_gsi(1);
+      v1::RegisterConsumerResponse rc_out;
+      call([&](grpc::ClientContext* c) {
+        return stub->RegisterConsumer(c, rc, &rc_out);
+      });
+      v1::UnregisterConsumerRequest uc;
+      uc.set_token(token);
+      v1::UnregisterConsumerResponse uc_out;
+      call([&](grpc::ClientContext* c) {
+        return stub->UnregisterConsumer(c, uc, &uc_out);
+      });
+      v1::UnregisterProducerRequest up;
+      up.set_token(token);
+      v1::UnregisterProducerResponse up_out;
+      call([&](grpc::ClientContext* c) {
+        return stub->UnregisterProducer(c, up, &up_out);
+      });
+      ++(ok ? slow_cycles : slow_errors);
+    }
+  });
+  // Warm up both, then measure.
+  RunLoad(plain.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
+  RunLoad(with_slow.manager(), callers, Caller::Mode::kCycle, absl::Seconds(1));
+  const uint64_t slow_before = slow_cycles.load();
+  LoadResult without_r, with_r;
+  Alternate(plain.manager(), with_slow.manager(), callers, duration, &without_r,
+            &with_r);
+  const uint64_t slow_done = slow_cycles.load() - slow_before;
+  stop = true;
+  slow.join();
+  std::printf(
+      "slow VM: %d callers cycling on ordinary VMs, %s per manager "
+      "(alternating 1 s windows); on one manager's host one more caller "
+      "cycles a VM whose add steps take %d ms each\n"
+      "%-16s %10s %10s %10s %10s %10s %8s\n",
+      callers, absl::FormatDuration(duration).c_str(), delay_ms, "manager",
+      "cycles/s", "cycles", "p50", "p99", "p99.9", "errors");
+  PrintLoad("no slow VM", without_r);
+  PrintLoad("with slow VM", with_r);
+  std::printf(
+      "other VMs with a slow VM / without: %.1f%%; the slow VM's own cycles "
+      "meanwhile: %lu (%lu failed)\n",
+      Ratio(with_r, without_r) * 100, static_cast<unsigned long>(slow_done),
+      static_cast<unsigned long>(slow_errors.load()));
+  const std::string json_out = absl::GetFlag(FLAGS_json_out);
+  if (!json_out.empty()) {
+    std::ofstream(json_out) << "{\"without_slow_vm\": " << LoadJson(without_r)
+                            << ", \"with_slow_vm\": " << LoadJson(with_r)
+                            << ", \"ratio\": " << Ratio(with_r, without_r)
+                            << ", \"slow_vm_cycles\": " << slow_done << "}\n";
+  }
+  return without_r.errors + with_r.errors + slow_errors.load() == 0 ? 0 : 1;
+}
+
 }  // namespace
 }  // namespace irqbypass::bench
 
@@ -961,6 +1067,9 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_etcd)) {
     return irqbypass::bench::RunEtcd(callers, duration);
+  }
+  if (absl::GetFlag(FLAGS_slow_vm)) {
+    return irqbypass::bench::RunSlowVm(callers, duration);
   }
   return absl::GetFlag(FLAGS_scale)
              ? irqbypass::bench::RunScale(callers, duration)
