@@ -31,9 +31,16 @@ passed=0
 failed=0
 logdir=$(mktemp -d)
 
-# The number in attribute $2 of the <testsuites> element of gtest XML $1.
+# The number in attribute $2 of the <testsuites> element of gtest XML $1;
+# Bazel's own XML for a non-gtest test (sh_test) leaves <testsuites> bare
+# and puts the counts on its one <testsuite>.
 suite_attr() {
-  grep -o '<testsuites [^>]*' "$1" | grep -o " $2=\"[0-9]*\"" | grep -o '[0-9]*' | head -1
+  local v
+  v=$(grep -o '<testsuites [^>]*' "$1" | grep -o " $2=\"[0-9]*\"" | grep -o '[0-9]*' | head -1)
+  if [ -z "$v" ]; then
+    v=$(grep -o '<testsuite [^>]*' "$1" | grep -o " $2=\"[0-9]*\"" | grep -o '[0-9]*' | head -1)
+  fi
+  echo "$v"
 }
 
 # Adds the results of one `bazel test` run (its output in $1) to the totals.
