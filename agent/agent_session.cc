@@ -23,6 +23,7 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "grpcpp/support/status.h"
+#include "protocol/agent_protocol.h"
 #include "protos/irqbypass/v1/agent.grpc.pb.h"
 
 namespace irqbypass {
@@ -186,25 +187,6 @@ namespace {
 
 // Most acks in one AckBatch message.
 constexpr int kMaxAcksPerMessage = 1024;
-
-// Packs the acks among `batch` into AckBatch messages (runs of consecutive
-// acks, in order, up to kMaxAcksPerMessage each).
-void PackAcks(std::vector<v1::AgentMessage>& batch) {
-  std::vector<v1::AgentMessage> packed;
-  packed.reserve(batch.size() / kMaxAcksPerMessage + 2);
-  for (v1::AgentMessage& m : batch) {
-    if (!m.has_ack()) {
-      packed.push_back(std::move(m));
-      continue;
-    }
-    if (packed.empty() || !packed.back().has_acks() ||
-        packed.back().acks().acks_size() >= kMaxAcksPerMessage) {
-      packed.emplace_back().mutable_acks();
-    }
-    packed.back().mutable_acks()->add_acks()->Swap(m.mutable_ack());
-  }
-  batch.swap(packed);
-}
 
 v1::AgentMessage HandleCommand(StepExecutor& executor, const std::string& node,
                                const v1::Command& command,
@@ -408,7 +390,14 @@ AgentSession::SessionOutcome AgentSession::RunOneSession() {
       std::vector<v1::AgentMessage> batch;
       while (outbox.PopAll(&batch)) {
         if (ack_batches.load(std::memory_order_relaxed) && batch.size() > 1) {
-          PackAcks(batch);
+          PackRuns(
+              batch, kMaxAcksPerMessage,
+              [](v1::AgentMessage& m) {
+                return m.has_ack() ? m.mutable_ack() : nullptr;
+              },
+              [](v1::AgentMessage& m) {
+                return m.mutable_acks()->mutable_acks();
+              });
         }
         for (size_t i = 0; i < batch.size(); ++i) {
           grpc::WriteOptions write_options;

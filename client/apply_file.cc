@@ -5,43 +5,12 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/json_string.h"
 #include "google/protobuf/util/json_util.h"
 #include "yaml-cpp/yaml.h"
 
 namespace irqbypass::ctl {
 namespace {
-
-void AppendJsonString(absl::string_view s, std::string* out) {
-  out->push_back('"');
-  for (const char c : s) {
-    switch (c) {
-      case '"':
-        out->append("\\\"");
-        break;
-      case '\\':
-        out->append("\\\\");
-        break;
-      case '\n':
-        out->append("\\n");
-        break;
-      case '\t':
-        out->append("\\t");
-        break;
-      case '\r':
-        out->append("\\r");
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          absl::StrAppend(
-              out, "\\u00",
-              absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
-        } else {
-          out->push_back(c);
-        }
-    }
-  }
-  out->push_back('"');
-}
 
 // The `index` values the command line takes, as the enum's names.
 std::string IndexName(const std::string& value) {
@@ -63,7 +32,7 @@ absl::Status ToJson(const YAML::Node& node, absl::string_view key,
       return absl::OkStatus();
     case YAML::NodeType::Scalar:
       AppendJsonString(
-          key == "index" ? IndexName(node.Scalar()) : node.Scalar(), out);
+          out, key == "index" ? IndexName(node.Scalar()) : node.Scalar());
       return absl::OkStatus();
     case YAML::NodeType::Sequence: {
       out->push_back('[');
@@ -86,7 +55,7 @@ absl::Status ToJson(const YAML::Node& node, absl::string_view key,
         }
         if (!first) out->push_back(',');
         first = false;
-        AppendJsonString(kv.first.Scalar(), out);
+        AppendJsonString(out, kv.first.Scalar());
         out->push_back(':');
         if (absl::Status s = ToJson(kv.second, kv.first.Scalar(), out);
             !s.ok()) {

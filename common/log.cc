@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/json_string.h"
 
 namespace irqbypass {
 namespace {
@@ -38,34 +39,6 @@ bool NeedsQuoting(absl::string_view v) {
     }
   }
   return false;
-}
-
-// Quoted with JSON escapes; valid for both formats.
-void AppendQuoted(std::string* out, absl::string_view v) {
-  out->push_back('"');
-  for (char c : v) {
-    switch (c) {
-      case '"':
-        out->append("\\\"");
-        break;
-      case '\\':
-        out->append("\\\\");
-        break;
-      case '\n':
-        out->append("\\n");
-        break;
-      case '\t':
-        out->append("\\t");
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          absl::StrAppendFormat(out, "\\u%04x", c);
-        } else {
-          out->push_back(c);
-        }
-    }
-  }
-  out->push_back('"');
 }
 
 }  // namespace
@@ -111,24 +84,24 @@ void Log(LogLevel level, absl::string_view msg,
   if (static_cast<LogFormat>(g_format.load()) == LogFormat::kJson) {
     absl::StrAppend(&line, "{\"ts\":\"", ts, "\",\"level\":\"",
                     LevelName(level), "\",\"msg\":");
-    AppendQuoted(&line, msg);
+    AppendJsonString(&line, msg);
     for (const auto& f : fields) {
       line.push_back(',');
-      AppendQuoted(&line, f.first);
+      AppendJsonString(&line, f.first);
       line.push_back(':');
-      AppendQuoted(&line, f.second);
+      AppendJsonString(&line, f.second);
     }
     line.append("}\n");
   } else {
     absl::StrAppend(&line, "ts=", ts, " level=", LevelName(level), " msg=");
     if (NeedsQuoting(msg))
-      AppendQuoted(&line, msg);
+      AppendJsonString(&line, msg);
     else
       line.append(msg.data(), msg.size());
     for (const auto& f : fields) {
       absl::StrAppend(&line, " ", f.first, "=");
       if (NeedsQuoting(f.second))
-        AppendQuoted(&line, f.second);
+        AppendJsonString(&line, f.second);
       else
         line.append(f.second.data(), f.second.size());
     }

@@ -188,26 +188,6 @@ class AgentRegistry::AgentSession {
   // Most commands in one CommandBatch message (about 150 bytes each).
   static constexpr int kMaxCommandsPerMessage = 1024;
 
-  // Packs the commands among `batch` into CommandBatch messages (runs of
-  // consecutive commands, in order, up to kMaxCommandsPerMessage each).
-  static void Pack(std::vector<v1::ManagerMessage>& batch) {
-    std::vector<v1::ManagerMessage> packed;
-    packed.reserve(batch.size() / kMaxCommandsPerMessage + 2);
-    for (v1::ManagerMessage& m : batch) {
-      if (!m.has_command()) {
-        packed.push_back(std::move(m));
-        continue;
-      }
-      if (packed.empty() || !packed.back().has_commands() ||
-          packed.back().commands().commands_size() >= kMaxCommandsPerMessage) {
-        packed.emplace_back().mutable_commands();
-      }
-      packed.back().mutable_commands()->add_commands()->Swap(
-          m.mutable_command());
-    }
-    batch.swap(packed);
-  }
-
   void WriterLoop() {
     std::vector<v1::ManagerMessage> batch;
     bool first = true;
@@ -222,7 +202,16 @@ class AgentRegistry::AgentSession {
           outbox_.pop_front();
         }
       }
-      if (batches_ && batch.size() > 1) Pack(batch);
+      if (batches_ && batch.size() > 1) {
+        PackRuns(
+            batch, kMaxCommandsPerMessage,
+            [](v1::ManagerMessage& m) {
+              return m.has_command() ? m.mutable_command() : nullptr;
+            },
+            [](v1::ManagerMessage& m) {
+              return m.mutable_commands()->mutable_commands();
+            });
+      }
       for (size_t i = 0; i < batch.size(); ++i) {
         grpc::WriteOptions options;
         // Hold a message back only if another follows in this batch, and

@@ -40,8 +40,8 @@ absl::StatusOr<CallId> CallIdOf(const Request& request) {
 
 }  // namespace
 
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
+void ToRpcStatus(const absl::Status& status, v1::RpcStatus* out) {
+  if (status.ok()) return;  // code 0
   v1::ErrorDetail detail;
   detail.set_reason(
       static_cast<v1::ErrorDetail::Reason>(GetErrorReason(status)));
@@ -57,10 +57,15 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   detail.set_agent_message(ctx.agent_message);
   detail.set_other_token(ctx.other_token);
   detail.set_leader(ctx.leader);
+  out->set_code(static_cast<int>(status.code()));
+  out->set_message(std::string(status.message()));
+  out->add_details()->PackFrom(detail);
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
   v1::RpcStatus rpc_status;
-  rpc_status.set_code(static_cast<int>(status.code()));
-  rpc_status.set_message(std::string(status.message()));
-  rpc_status.add_details()->PackFrom(detail);
+  ToRpcStatus(status, &rpc_status);
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
                       std::string(status.message()),
                       rpc_status.SerializeAsString());
@@ -103,24 +108,36 @@ const std::string& TokenOf(const v1::RegisterConsumerRequest& r) {
   return r.consumer().token();
 }
 
-// `status` as item `prefix` of a batch reports it: its field (and the
-// message that names it) under the item's path.
-absl::Status InItem(absl::Status status, absl::string_view prefix) {
+// The field a Batch item's request sits in.
+const char* OpField(v1::BatchItem::OpCase op) {
+  switch (op) {
+    case v1::BatchItem::kRegisterProducer:
+      return ".register_producer";
+    case v1::BatchItem::kRegisterConsumer:
+      return ".register_consumer";
+    case v1::BatchItem::kUnregisterProducer:
+      return ".unregister_producer";
+    case v1::BatchItem::kUnregisterConsumer:
+      return ".unregister_consumer";
+    case v1::BatchItem::OP_NOT_SET:
+      break;
+  }
+  return "";
+}
+
+// `status` as item `i` (of kind `op`) of a batch reports it: its field (and
+// the message that names it) under the item's path.
+absl::Status InItem(absl::Status status, int i, v1::BatchItem::OpCase op) {
   if (status.ok()) return status;
   ErrorContext ctx = GetErrorContext(status);
   if (ctx.field.empty()) return status;
+  const std::string prefix = absl::StrCat("items[", i, "]", OpField(op), ".");
   std::string message(status.message());
   if (absl::StartsWith(message, ctx.field)) {
-    message = absl::StrCat(prefix, ".", message);
+    message = absl::StrCat(prefix, message);
   }
-  ctx.field = absl::StrCat(prefix, ".", ctx.field);
+  ctx.field = absl::StrCat(prefix, ctx.field);
   return MakeError(status.code(), GetErrorReason(status), message, ctx);
-}
-
-void ToProto(const absl::Status& status, v1::RpcStatus* out) {
-  if (status.ok()) return;  // code 0
-  grpc::Status g = ToGrpcStatus(status);
-  out->ParseFromString(g.error_details());
 }
 
 }  // namespace
@@ -259,26 +276,8 @@ grpc::ServerUnaryReactor* BypassService::Batch(
   for (int i = 0; i < n; ++i) {
     const v1::BatchItem& item = request->items(i);
     v1::BatchResult* result = response->mutable_results(i);
-    const char* op = "";
-    switch (item.op_case()) {
-      case v1::BatchItem::kRegisterProducer:
-        op = ".register_producer";
-        break;
-      case v1::BatchItem::kRegisterConsumer:
-        op = ".register_consumer";
-        break;
-      case v1::BatchItem::kUnregisterProducer:
-        op = ".unregister_producer";
-        break;
-      case v1::BatchItem::kUnregisterConsumer:
-        op = ".unregister_consumer";
-        break;
-      case v1::BatchItem::OP_NOT_SET:
-        break;
-    }
-    auto done = [result, end_one,
-                 prefix = absl::StrCat("items[", i, "]", op)](absl::Status s) {
-      ToProto(InItem(std::move(s), prefix), result->mutable_status());
+    auto done = [result, end_one, i, op = item.op_case()](absl::Status s) {
+      ToRpcStatus(InItem(std::move(s), i, op), result->mutable_status());
       end_one();
     };
     switch (item.op_case()) {

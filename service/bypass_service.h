@@ -123,6 +123,8 @@ class BypassService final : public BypassServiceBase {
 // absl::Status from this service -> grpc::Status whose error_details hold an
 // irqbypass.v1.RpcStatus carrying an ErrorDetail.
 grpc::Status ToGrpcStatus(const absl::Status& status);
+// The same as an RpcStatus (nothing set for OK): a Batch item's outcome.
+void ToRpcStatus(const absl::Status& status, v1::RpcStatus* out);
 
 }  // namespace irqbypass
 

@@ -29,25 +29,27 @@ using lockfree_list::RemoveFromList;
 
 const BindingState kEmptyState;
 
-}  // namespace
-
-// A release inside a continuation that hands the token to the next one
-// queues it here instead of nesting it, so a long queue of waiters costs no
-// stack depth.
-namespace {
+// RunInOrder's state on this thread: whether it is running in order, and
+// what was queued behind what runs (a release inside a continuation that
+// hands the token to the next one queues it here instead of nesting it, so
+// a long queue of waiters costs no stack depth).
 thread_local bool draining = false;
+thread_local std::deque<absl::AnyInvocable<void() &&>> in_order;
+
 }  // namespace
 
 bool TokenIndex::InRunInOrder() { return draining; }
 
-void TokenIndex::RunInOrder(absl::AnyInvocable<void() &&> fn) {
-  thread_local std::deque<absl::AnyInvocable<void() &&>> queue;
-  queue.push_back(std::move(fn));
-  if (draining) return;
-  draining = true;
-  while (!queue.empty()) {
-    absl::AnyInvocable<void()&&> next = std::move(queue.front());
-    queue.pop_front();
+void TokenIndex::QueueInOrder(absl::AnyInvocable<void() &&> fn) {
+  in_order.push_back(std::move(fn));
+}
+
+void TokenIndex::BeginInOrder() { draining = true; }
+
+void TokenIndex::EndInOrder() {
+  while (!in_order.empty()) {
+    absl::AnyInvocable<void()&&> next = std::move(in_order.front());
+    in_order.pop_front();
     std::move(next)();
   }
   draining = false;

@@ -214,7 +214,18 @@ class TokenIndex {
   // returns. A release inside `fn` queues the continuation it hands the
   // token to behind `fn`, so `fn` finishes (an operation answers its
   // caller) before the token's next operation starts.
-  static void RunInOrder(absl::AnyInvocable<void() &&> fn);
+  // (A template so that the common case, a thread not inside it, runs `fn`
+  // without wrapping and queueing it.)
+  template <typename Fn>
+  static void RunInOrder(Fn&& fn) {
+    if (InRunInOrder()) {
+      QueueInOrder(absl::AnyInvocable<void() &&>(std::forward<Fn>(fn)));
+      return;
+    }
+    BeginInOrder();
+    std::forward<Fn>(fn)();
+    EndInOrder();
+  }
   // Whether this thread is inside RunInOrder (or a handed-over
   // continuation) now: it must not wait for an operation to finish.
   static bool InRunInOrder();
@@ -297,6 +308,12 @@ class TokenIndex {
   static uint64_t RetriesOnThisThread();
 
  private:
+  // RunInOrder's parts: queue `fn` behind what this thread runs now; mark
+  // this thread as running in order; run what was queued meanwhile, in
+  // order, then unmark it.
+  static void QueueInOrder(absl::AnyInvocable<void() &&> fn);
+  static void BeginInOrder();
+  static void EndInOrder();
   static uint64_t HashOf(absl::string_view key);
   size_t ShardIndexForHash(uint64_t hash) const;
   void Release(size_t shard, Slot* slot);
