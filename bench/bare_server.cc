@@ -152,7 +152,10 @@ int Main() {
   // The same options as irqbypassd; what it leaves out on purpose is
   // irqbypassd's work: the RPC-metrics interceptor, the health and
   // reflection services and the handlers themselves.
-  ApplyServerOptions(builder, absl::GetFlag(FLAGS_grpc_max_pollers));
+  ApplyServerOptions(builder);
+  if (api != "callback") {
+    ApplySyncServerOptions(builder, absl::GetFlag(FLAGS_grpc_max_pollers));
+  }
   auto server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::fprintf(stderr, "bare_server: cannot listen\n");

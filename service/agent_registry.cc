@@ -18,13 +18,12 @@
 
 namespace irqbypass {
 
-using Stream = grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>;
-
 // One agent's stream. Commands get ids; acks complete the waiting caller.
-// Callers never write to the stream themselves: they queue, and one writer
-// thread per session sends, so a slow or stuck agent cannot block an RPC
-// beyond its ack deadline, and commands queued together go out in one
-// coalesced write (gRPC buffer hint).
+// Callers never write to the stream themselves: they queue, and the session
+// keeps one write in flight on the stream's reactor, taking everything queued
+// meanwhile as the next write (packed into CommandBatch messages when the
+// agent reads them), so a slow or stuck agent cannot block an RPC beyond its
+// ack deadline and no thread waits on the stream.
 class AgentRegistry::AgentSession {
  public:
   struct Pending {
@@ -42,16 +41,14 @@ class AgentRegistry::AgentSession {
 
   // `epoch`: the leader epoch every command carries.
   // `batches`: the agent reads CommandBatch messages.
+  // `reactor` and `context`: the stream's, used until Detach.
   AgentSession(std::string node, uint64_t epoch, bool batches,
-               grpc::ServerContext* context, Stream* stream)
+               SessionReactor* reactor, grpc::CallbackServerContext* context)
       : node_(std::move(node)),
         epoch_(epoch),
         batches_(batches),
-        context_(context),
-        stream_(stream) {
-    writer_ = std::thread([this] { WriterLoop(); });
-  }
-  ~AgentSession() { Finish(); }
+        reactor_(reactor),
+        context_(context) {}
 
   const std::string& node() const { return node_; }
 
@@ -110,22 +107,24 @@ class AgentRegistry::AgentSession {
     std::move(then)();
   }
 
-  void SendHello(v1::ManagerMessage msg) {
+  // Starts the stream's writes with `hello` (the manager's hello), ahead
+  // of every command queued since the session was admitted.
+  void Open(v1::ManagerMessage hello) {
     MutexLock lock(&mu_);
     if (closed_) return;
-    outbox_.push_back(std::move(msg));
-    outbox_cv_.Signal();
+    outbox_.push_front(std::move(hello));
+    open_ = true;
+    MaybeWriteLocked();
   }
 
   // Fails every waiting command and refuses new ones; queued messages are
-  // dropped.
+  // dropped (a write in flight completes).
   void Close() {
     std::vector<absl::AnyInvocable<void() &&>> continuations;
     {
       MutexLock lock(&mu_);
       closed_ = true;
       outbox_.clear();
-      outbox_cv_.SignalAll();
       for (auto& [id, pending] : pending_) {
         pending->closed = true;
         pending->done = true;
@@ -137,20 +136,11 @@ class AgentRegistry::AgentSession {
     for (auto& then : continuations) std::move(then)();
   }
 
-  // Ends the stream from the manager's side (the agent sees CANCELLED).
+  // Ends the stream from the manager's side (the agent sees CANCELLED; the
+  // reads end, and with them the session).
   void Cancel() {
     MutexLock lock(&mu_);
-    if (!finished_) context_->TryCancel();
-  }
-
-  // Called by the handler just before it returns: gRPC then frees the
-  // context and the stream, so nothing may touch them afterwards. Stops the
-  // writer, waiting out a Write in progress. Idempotent.
-  void Finish() {
-    Close();
-    if (writer_.joinable()) writer_.join();
-    MutexLock lock(&mu_);
-    finished_ = true;
+    if (context_ != nullptr) context_->TryCancel();
   }
 
   bool closed() const {
@@ -180,66 +170,132 @@ class AgentRegistry::AgentSession {
       pending_.emplace(id, pending);
     }
     outbox_.push_back(std::move(msg));
-    outbox_cv_.Signal();
+    MaybeWriteLocked();
     return true;
+  }
+
+  // The reactor's OnWriteDone: the next message of the current write, or
+  // what was queued meanwhile; on failure the session closes and the
+  // stream is cancelled (its reads end too).
+  void WriteDone(bool ok) {
+    bool finish = false;
+    {
+      MutexLock lock(&mu_);
+      if (ok && !closed_ && ++write_pos_ < writes_.size()) {
+        StartWriteLocked();
+        return;
+      }
+      writing_ = false;
+      writes_.clear();
+      if (ok) MaybeWriteLocked();
+      if (ok && writing_) return;
+      finish = ShouldFinishLocked();
+    }
+    if (!ok) {
+      Close();
+      Cancel();
+    }
+    if (finish) FinishStream();
+  }
+
+  // The reads ended (the stream is over for the agent): the stream is
+  // finished once the reconciliation and a write in flight are done.
+  void ReadsEnded() {
+    bool finish;
+    {
+      MutexLock lock(&mu_);
+      reads_ended_ = true;
+      // A write the agent will never read (it half-closed) would hold the
+      // stream open until keepalive noticed: end it now.
+      if (writing_ && context_ != nullptr) context_->TryCancel();
+      finish = ShouldFinishLocked();
+    }
+    if (finish) FinishStream();
+  }
+
+  // The reconciliation of this session's hello ended (on its thread).
+  void ReconcileEnded() {
+    bool finish;
+    {
+      MutexLock lock(&mu_);
+      reconciling_ = false;
+      finish = ShouldFinishLocked();
+    }
+    if (finish) FinishStream();
+  }
+
+  // The reactor's OnDone: the stream and its context are gone.
+  void Detach() {
+    MutexLock lock(&mu_);
+    reactor_ = nullptr;
+    context_ = nullptr;
   }
 
  private:
   // Most commands in one CommandBatch message (about 150 bytes each).
   static constexpr int kMaxCommandsPerMessage = 1024;
 
-  void WriterLoop() {
-    std::vector<v1::ManagerMessage> batch;
-    bool first = true;
-    while (true) {
-      batch.clear();
-      {
-        MutexLock lock(&mu_);
-        while (outbox_.empty() && !closed_) outbox_cv_.Wait(&mu_);
-        if (closed_) return;
-        while (!outbox_.empty()) {
-          batch.push_back(std::move(outbox_.front()));
-          outbox_.pop_front();
-        }
-      }
-      if (batches_ && batch.size() > 1) {
-        PackRuns(
-            batch, kMaxCommandsPerMessage,
-            [](v1::ManagerMessage& m) {
-              return m.has_command() ? m.mutable_command() : nullptr;
-            },
-            [](v1::ManagerMessage& m) {
-              return m.mutable_commands()->mutable_commands();
-            });
-      }
-      for (size_t i = 0; i < batch.size(); ++i) {
-        grpc::WriteOptions options;
-        // Hold a message back only if another follows in this batch, and
-        // never the stream's first (it carries the initial metadata).
-        if (!first && i + 1 < batch.size()) options.set_buffer_hint();
-        first = false;
-        if (!stream_->Write(batch[i], options)) {
-          Close();  // broken stream; the handler's read loop ends too
-          return;
-        }
-      }
+  // Starts a write of everything queued, unless one is in flight.
+  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!open_ || writing_ || closed_ || reactor_ == nullptr ||
+        outbox_.empty()) {
+      return;
     }
+    writes_.assign(std::make_move_iterator(outbox_.begin()),
+                   std::make_move_iterator(outbox_.end()));
+    outbox_.clear();
+    if (batches_ && writes_.size() > 1) {
+      PackRuns(
+          writes_, kMaxCommandsPerMessage,
+          [](v1::ManagerMessage& m) {
+            return m.has_command() ? m.mutable_command() : nullptr;
+          },
+          [](v1::ManagerMessage& m) {
+            return m.mutable_commands()->mutable_commands();
+          });
+    }
+    write_pos_ = 0;
+    writing_ = true;
+    StartWriteLocked();
   }
+
+  // Writes writes_[write_pos_]. gRPC never runs OnWriteDone on this stack,
+  // so it is safe under mu_.
+  void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Whether the stream may be finished now (once: it then is).
+  bool ShouldFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finishing_ || !reads_ended_ || reconciling_ || writing_ ||
+        reactor_ == nullptr) {
+      return false;
+    }
+    finishing_ = true;
+    return true;
+  }
+  // Finishes the stream (OK: the session simply ended). The reactor lives
+  // until its OnDone, which comes after this.
+  void FinishStream();
 
   const std::string node_;
   const uint64_t epoch_;
   const bool batches_;
-  grpc::ServerContext* const context_;
-  Stream* const stream_;
-  std::thread writer_;
   mutable Mutex mu_;
-  CondVar outbox_cv_;
+  SessionReactor* reactor_ ABSL_GUARDED_BY(mu_);
+  grpc::CallbackServerContext* context_ ABSL_GUARDED_BY(mu_);
   std::deque<v1::ManagerMessage> outbox_ ABSL_GUARDED_BY(mu_);
+  // The write in flight: writes_[write_pos_], then the rest of writes_.
+  std::vector<v1::ManagerMessage> writes_ ABSL_GUARDED_BY(mu_);
+  size_t write_pos_ ABSL_GUARDED_BY(mu_) = 0;
+  bool open_ ABSL_GUARDED_BY(mu_) = false;  // the hello is queued
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool first_write_ ABSL_GUARDED_BY(mu_) = true;
+  bool reads_ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool reconciling_ ABSL_GUARDED_BY(mu_) = true;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_
       ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // One command on its way to an agent: sent (or refused), its ack awaited
@@ -371,6 +427,12 @@ AgentRegistry::AgentRegistry(Options options) : options_(options) {
 
 AgentRegistry::~AgentRegistry() {
   Shutdown();
+  std::vector<Reconciler> reconcilers;
+  {
+    MutexLock lock(&reconcilers_mu_);
+    reconcilers.swap(reconcilers_);
+  }
+  for (Reconciler& r : reconcilers) r.thread.join();
   {
     MutexLock lock(&deadline_mu_);
     deadlines_stop_ = true;
@@ -473,93 +535,195 @@ void AddWired(const std::string& node,
 
 }  // namespace
 
-grpc::Status AgentRegistry::ReadInventory(Stream& stream,
-                                          const v1::AgentHello& hello,
-                                          std::vector<WiredPair>* wired) {
-  wired->reserve(hello.wired_size());
-  AddWired(hello.node(), hello.wired(), wired);
-  if (!hello.wired_follows()) return grpc::Status::OK;
-  v1::AgentMessage more;
-  while (true) {
-    if (!stream.Read(&more)) {
-      return grpc::Status(grpc::StatusCode::CANCELLED,
-                          "stream ended inside the hello's inventory");
+// The Session stream on gRPC's callback API: reads the hello and its
+// inventory, admits the session, starts its reconciliation (on a thread of
+// its own, since Matcher::Reconcile waits), then reads acks until the agent
+// or the manager ends the stream. Deletes itself in OnDone.
+class AgentRegistry::SessionReactor final
+    : public grpc::ServerBidiReactor<v1::AgentMessage, v1::ManagerMessage> {
+ public:
+  SessionReactor(AgentRegistry& registry, grpc::CallbackServerContext* context)
+      : registry_(registry), context_(context) {
+    if (registry_.options_.leadership != nullptr) {
+      if (absl::Status s = registry_.options_.leadership->Check(); !s.ok()) {
+        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                            std::string(s.message())));
+        return;
+      }
+      epoch_ = registry_.options_.leadership->epoch();
     }
-    if (!more.has_wired_more()) {
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    switch (phase_) {
+      case Phase::kHello:
+        if (!ok) return Finish(grpc::Status::OK);
+        hello_at_ = absl::Now();  // reconciliation starts here
+        hello_ = std::move(in_);
+        if (grpc::Status s = ReadHello(); !s.ok()) return Finish(s);
+        if (!hello_.hello().wired_follows()) return Admit();
+        phase_ = Phase::kInventory;
+        StartRead(&in_);
+        return;
+      case Phase::kInventory:
+        if (!ok) {
+          return Finish(grpc::Status(grpc::StatusCode::CANCELLED,
+                                     "stream ended inside the hello's "
+                                     "inventory"));
+        }
+        if (grpc::Status s = ReadWiredMore(); !s.ok()) return Finish(s);
+        if (in_.wired_more().last()) return Admit();
+        StartRead(&in_);
+        return;
+      case Phase::kAcks:
+        if (!ok) return ReadsEnded();
+        if (in_.has_ack()) {
+          session_->Complete(std::move(*in_.mutable_ack()));
+        } else if (in_.has_acks()) {
+          for (v1::CommandAck& ack : *in_.mutable_acks()->mutable_acks()) {
+            session_->Complete(std::move(ack));
+          }
+        } else {
+          LogWarn("unexpected message from agent; ignored",
+                  {{"node", session_->node()}});
+        }
+        StartRead(&in_);
+        return;
+    }
+  }
+
+  void OnWriteDone(bool ok) override { session_->WriteDone(ok); }
+
+  void OnDone() override {
+    if (session_ != nullptr) session_->Detach();
+    delete this;
+  }
+
+ private:
+  enum class Phase { kHello, kInventory, kAcks };
+
+  grpc::Status ReadHello() {
+    if (!hello_.has_hello()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "hello: the first message of a session must be "
+                          "AgentHello");
+    }
+    const v1::AgentHello& hello = hello_.hello();
+    if (auto s = ValidateNode("hello.node", hello.node()); !s.ok()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          std::string(s.message()));
+    }
+    wired_.reserve(hello.wired_size());
+    AddWired(hello.node(), hello.wired(), &wired_);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReadWiredMore() {
+    if (!in_.has_wired_more()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           "wired_more: AgentHello.wired_follows is set, so "
                           "WiredMore messages must follow it, up to the one "
                           "with last = true");
     }
-    if (wired->size() + more.wired_more().wired_size() >
-        options_.max_wired_per_hello) {
-      return grpc::Status(
-          grpc::StatusCode::RESOURCE_EXHAUSTED,
-          absl::StrCat("wired: an agent may report at most ",
-                       options_.max_wired_per_hello, " wired pairs"));
+    const size_t most = registry_.options_.max_wired_per_hello;
+    if (wired_.size() + in_.wired_more().wired_size() > most) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          absl::StrCat("wired: an agent may report at most ",
+                                       most, " wired pairs"));
     }
-    AddWired(hello.node(), more.wired_more().wired(), wired);
-    if (more.wired_more().last()) return grpc::Status::OK;
+    AddWired(hello_.hello().node(), in_.wired_more().wired(), &wired_);
+    return grpc::Status::OK;
   }
+
+  void Admit() {
+    const v1::AgentHello& hello = hello_.hello();
+    // Set before the session is visible: from then on its writes (and so
+    // OnWriteDone) may start on other threads.
+    session_ = std::make_shared<AgentSession>(
+        hello.node(), epoch_, hello.accepts_command_batches(), this, context_);
+    if (grpc::Status s =
+            registry_.Admit(session_, hello, context_->peer(), wired_.size());
+        !s.ok()) {
+      session_.reset();  // never visible, never written to
+      return Finish(s);
+    }
+    phase_ = Phase::kAcks;
+    v1::ManagerMessage hello_ack;
+    hello_ack.mutable_hello()->set_epoch(epoch_);
+    hello_ack.mutable_hello()->set_accepts_ack_batches(true);
+    session_->Open(std::move(hello_ack));
+    // Its commands' acks arrive through the reads started below.
+    registry_.StartReconcile(session_, std::move(wired_), hello_at_);
+    StartRead(&in_);
+  }
+
+  void ReadsEnded() {
+    session_->Close();  // wakes waiters, including the reconciler's
+    registry_.Forget(session_);
+    LogInfo("agent disconnected", {{"node", session_->node()}});
+    session_->ReadsEnded();
+  }
+
+  AgentRegistry& registry_;
+  grpc::CallbackServerContext* const context_;
+  uint64_t epoch_ = 0;
+  Phase phase_ = Phase::kHello;
+  v1::AgentMessage in_;
+  v1::AgentMessage hello_;
+  absl::Time hello_at_;
+  std::vector<WiredPair> wired_;
+  std::shared_ptr<AgentSession> session_;  // set once admitted
+};
+
+void AgentRegistry::AgentSession::StartWriteLocked() {
+  grpc::WriteOptions options;
+  // Hold a message back only if another follows in this write, and never
+  // the stream's first (it carries the initial metadata).
+  if (!first_write_ && write_pos_ + 1 < writes_.size()) {
+    options.set_buffer_hint();
+  }
+  first_write_ = false;
+  reactor_->StartWrite(&writes_[write_pos_], options);
 }
 
-grpc::Status AgentRegistry::Session(grpc::ServerContext* context,
-                                    Stream* stream) {
-  if (options_.leadership != nullptr) {
-    if (absl::Status s = options_.leadership->Check(); !s.ok()) {
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                          std::string(s.message()));
-    }
+void AgentRegistry::AgentSession::FinishStream() {
+  // reactor_ stays set until OnDone, which only follows this Finish.
+  SessionReactor* reactor;
+  {
+    MutexLock lock(&mu_);
+    reactor = reactor_;
   }
-  const uint64_t epoch =
-      options_.leadership != nullptr ? options_.leadership->epoch() : 0;
-  v1::AgentMessage first;
-  if (!stream->Read(&first)) return grpc::Status::OK;
-  const absl::Time hello_at = absl::Now();  // reconciliation starts here
-  std::vector<WiredPair> wired;
-  if (grpc::Status s = ReadHello(*stream, first, &wired); !s.ok()) return s;
-  const v1::AgentHello& hello = first.hello();
+  reactor->Finish(grpc::Status::OK);
+}
 
-  auto session = std::make_shared<AgentSession>(
-      hello.node(), epoch, hello.accepts_command_batches(), context, stream);
-  if (grpc::Status s = Admit(session, hello, context->peer(), wired.size());
-      !s.ok()) {
-    return s;
-  }
-  v1::ManagerMessage hello_ack;
-  hello_ack.mutable_hello()->set_epoch(epoch);
-  hello_ack.mutable_hello()->set_accepts_ack_batches(true);
-  session->SendHello(std::move(hello_ack));
+grpc::ServerBidiReactor<v1::AgentMessage, v1::ManagerMessage>*
+AgentRegistry::Session(grpc::CallbackServerContext* context) {
+  return new SessionReactor(*this, context);
+}
 
-  // Reconcile on its own thread: its commands' acks arrive through the read
-  // loop below.
-  std::thread reconciler(
-      [this, session, hello_at, wired = std::move(wired)]() mutable {
-        ReconcileSession(session, std::move(wired), hello_at);
+void AgentRegistry::StartReconcile(std::shared_ptr<AgentSession> session,
+                                   std::vector<WiredPair> wired,
+                                   absl::Time hello_at) {
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::thread thread([this, session = std::move(session),
+                      wired = std::move(wired), hello_at, done]() mutable {
+    ReconcileSession(session, std::move(wired), hello_at);
+    session->ReconcileEnded();
+    done->store(true, std::memory_order_release);
+  });
+  MutexLock lock(&reconcilers_mu_);
+  // Join the threads of reconciliations that ended (their joins are
+  // immediate), so the list holds only running ones.
+  auto running = std::partition(
+      reconcilers_.begin(), reconcilers_.end(), [](const Reconciler& r) {
+        return !r.done->load(std::memory_order_acquire);
       });
-  ReadAcks(*stream, *session);
-  session->Close();  // wakes waiters, including the reconciler's
-  Forget(session);
-  reconciler.join();
-  session->Finish();  // after this, nobody touches the context or stream
-  LogInfo("agent disconnected", {{"node", session->node()}});
-  return grpc::Status::OK;
-}
-
-grpc::Status AgentRegistry::ReadHello(Stream& stream,
-                                      const v1::AgentMessage& first,
-                                      std::vector<WiredPair>* wired) {
-  if (!first.has_hello()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "hello: the first message of a session must be "
-                        "AgentHello");
+  for (auto it = running; it != reconcilers_.end(); ++it) {
+    it->thread.join();
   }
-  const v1::AgentHello& hello = first.hello();
-  if (auto s = ValidateNode("hello.node", hello.node()); !s.ok()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        std::string(s.message()));
-  }
-  return ReadInventory(stream, hello, wired);
+  reconcilers_.erase(running, reconcilers_.end());
+  reconcilers_.push_back(Reconciler{std::move(thread), std::move(done)});
 }
 
 grpc::Status AgentRegistry::Admit(const std::shared_ptr<AgentSession>& session,
@@ -649,22 +813,6 @@ void AgentRegistry::ReconcileSession(std::shared_ptr<AgentSession> session,
            {"refused", absl::StrCat(r.refused)},
            {"duration_ms",
             absl::StrCat(absl::ToInt64Milliseconds(finished - hello_at))}});
-}
-
-void AgentRegistry::ReadAcks(Stream& stream, AgentSession& session) {
-  v1::AgentMessage msg;
-  while (stream.Read(&msg)) {
-    if (msg.has_ack()) {
-      session.Complete(std::move(*msg.mutable_ack()));
-    } else if (msg.has_acks()) {
-      for (v1::CommandAck& ack : *msg.mutable_acks()->mutable_acks()) {
-        session.Complete(std::move(ack));
-      }
-    } else {
-      LogWarn("unexpected message from agent; ignored",
-              {{"node", session.node()}});
-    }
-  }
 }
 
 void AgentRegistry::Forget(const std::shared_ptr<AgentSession>& session) {

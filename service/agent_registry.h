@@ -5,7 +5,7 @@
 // with a deadline, so that no RPC ever hangs on a dead agent.
 //
 // When an agent (re)connects, its AgentHello lists what it has wired; the
-// registry runs Matcher::Reconcile for that node on a thread of the session,
+// registry runs Matcher::Reconcile for that node on a thread of its own,
 // with commands bound to that session, which re-sends missing connects and
 // removes stale wiring (including disconnects that could not be delivered
 // while the agent was away). Only then does the node take commands from
@@ -39,8 +39,12 @@
 
 namespace irqbypass {
 
+// Served on gRPC's callback API (AgentControl.Session is a bidi reactor):
+// no thread waits on a session's stream; a reconciliation runs on a thread
+// of its own while it lasts.
 class AgentRegistry final : public AgentDispatcher,
-                            public v1::AgentControl::Service {
+                            public v1::AgentControl::WithCallbackMethod_Session<
+                                v1::AgentControl::Service> {
  public:
   struct Options {
     // How long a connect or disconnect may wait for the agent's ack.
@@ -63,10 +67,8 @@ class AgentRegistry final : public AgentDispatcher,
   void SetMatcher(Matcher* matcher) { matcher_ = matcher; }
 
   // AgentControl.
-  grpc::Status Session(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>* stream)
-      override;
+  grpc::ServerBidiReactor<v1::AgentMessage, v1::ManagerMessage>* Session(
+      grpc::CallbackServerContext* context) override;
 
   // AgentDispatcher.
   absl::Status Connect(absl::string_view token, const ProducerRecord& producer,
@@ -116,26 +118,24 @@ class AgentRegistry final : public AgentDispatcher,
   class AgentSession;
   class BoundDispatcher;
 
-  using Stream = grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>;
-  // Session, step by step: the hello (validated) and its inventory; the
-  // session made the node's latest (the one it replaces ended); its
-  // reconciliation (on its own thread); the acks it reads until the stream
-  // ends; and forgetting it.
-  grpc::Status ReadHello(Stream& stream, const v1::AgentMessage& first,
-                         std::vector<WiredPair>* wired);
+  class SessionReactor;
+
+  // A session, step by step: its reactor reads the hello (validated) and
+  // its inventory; Admit makes the session the node's latest (the one it
+  // replaces ended); its reconciliation runs on its own thread
+  // (StartReconcile); the reactor reads acks until the stream ends; then
+  // Forget.
   grpc::Status Admit(const std::shared_ptr<AgentSession>& session,
                      const v1::AgentHello& hello, const std::string& peer,
                      size_t wired);
   void ReconcileSession(std::shared_ptr<AgentSession> session,
                         std::vector<WiredPair> wired, absl::Time hello_at);
-  void ReadAcks(Stream& stream, AgentSession& session);
+  // ReconcileSession on a new thread, then the session told it ended.
+  void StartReconcile(std::shared_ptr<AgentSession> session,
+                      std::vector<WiredPair> wired, absl::Time hello_at);
   void Forget(const std::shared_ptr<AgentSession>& session);
   NodeStatus StatusLocked(const std::string& node, const NodeInfo& info) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The wired pairs of `hello` and of the WiredMore messages after it.
-  grpc::Status ReadInventory(
-      grpc::ServerReaderWriter<v1::ManagerMessage, v1::AgentMessage>& stream,
-      const v1::AgentHello& hello, std::vector<WiredPair>* wired);
   // The node's session that is open to commands (reconciled), or null.
   std::shared_ptr<AgentSession> Find(absl::string_view node) const;
   // The node's newest session, reconciled or not, or null.
@@ -198,6 +198,14 @@ class AgentRegistry final : public AgentDispatcher,
       deadlines_ ABSL_GUARDED_BY(deadline_mu_);
   bool deadlines_stop_ ABSL_GUARDED_BY(deadline_mu_) = false;
   std::thread deadline_thread_;
+  // Reconciliations' threads; joined once done (when the next starts, and
+  // in the destructor).
+  struct Reconciler {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  Mutex reconcilers_mu_;
+  std::vector<Reconciler> reconcilers_ ABSL_GUARDED_BY(reconcilers_mu_);
   mutable Mutex mu_;
   // Per node: the newest session (reconciling or open), and the session open
   // to commands (the same one, once it is reconciled).

@@ -376,10 +376,6 @@ grpc::Status BypassService::DoListBindings(
 }
 
 namespace {
-constexpr std::chrono::milliseconds kProgressInterval(1000);
-}  // namespace
-
-namespace {
 
 int64_t UnixMicros(absl::Time t) {
   return t == absl::InfinitePast() ? 0 : absl::ToUnixMicros(t);
@@ -480,151 +476,11 @@ grpc::Status BypassService::DoGetNode(const v1::GetNodeRequest& request,
   return grpc::Status::OK;
 }
 
-grpc::Status BypassService::WatchBindings(
-    grpc::ServerContext* context, const v1::WatchBindingsRequest* request,
-    grpc::ServerWriter<v1::BindingEvent>* writer) {
-  if (leadership_ != nullptr) {
-    if (absl::Status s = leadership_->Check(); !s.ok()) return ToGrpcStatus(s);
-  }
-  if (!request->node().empty()) {
-    if (auto s = ValidateNode("node", request->node()); !s.ok()) {
-      return ToGrpcStatus(s);
-    }
-  }
-  // Every change up to `settled` is published before the subscription, so
-  // the snapshot (or the resume below) holds it: SYNCED can name it as the
-  // place to resume from.
-  const uint64_t settled = index_.settled_revision();
-  // Subscribe first so nothing committed after the snapshot is missed (an
-  // item may then appear both as EXISTING and UPDATED; revisions order them).
-  auto sub = watch_hub_.Subscribe(request->node());
-  struct Unsubscribe {
-    WatchHub& hub;
-    std::shared_ptr<WatchHub::Subscriber> sub;
-    ~Unsubscribe() { hub.Unsubscribe(sub); }
-  } unsubscribe{watch_hub_, sub};
-
-  // Where a watcher could resume from, as last told (SYNCED, PROGRESS). A
-  // plain watch (no snapshot) covers only what its subscription delivers:
-  // every change that missed the subscription took its revision before
-  // Subscribe returned, so it is at or below this.
-  uint64_t resume_from = index_.revision();
-  if (request->start_revision() > 0) {
-    const uint64_t after = request->start_revision();
-    if (after > index_.revision()) {
-      return grpc::Status(
-          grpc::StatusCode::OUT_OF_RANGE,
-          absl::StrCat("start_revision: ", after,
-                       " is newer than this manager's latest revision (",
-                       index_.revision(),
-                       "; a manager without its store?): list and watch "
-                       "again"));
-    }
-    std::vector<WatchHub::Removal> removals;
-    if (!watch_hub_.RemovalsAfter(after, request->node(), &removals)) {
-      return grpc::Status(
-          grpc::StatusCode::OUT_OF_RANGE,
-          absl::StrCat("start_revision: ", after,
-                       " is older than this manager can resume from (",
-                       watch_hub_.ResumeFloor(),
-                       "): list (or watch with include_existing) and watch "
-                       "again"));
-    }
-    bool ok = true;
-    index_.ForEachCommitted(
-        [&](const std::string& token, const BindingState& st) {
-          if (!ok || st.revision <= after) return;
-          if (!request->node().empty() && st.node() != request->node()) return;
-          v1::BindingEvent event;
-          event.set_type(v1::BindingEvent::UPDATED);
-          BindingToProto(token, st, event.mutable_binding());
-          ok = writer->Write(event);
-        });
-    for (const WatchHub::Removal& r : removals) {
-      if (!ok) break;
-      // Registered again since: its UPDATED above is newer.
-      std::optional<BindingState> now = index_.Get(r.token);
-      if (now.has_value() && now->revision > r.revision) continue;
-      v1::BindingEvent event;
-      event.set_type(v1::BindingEvent::REMOVED);
-      event.mutable_binding()->set_token(r.token);
-      event.mutable_binding()->set_node(r.node);
-      event.mutable_binding()->set_revision(r.revision);
-      ok = writer->Write(event);
-    }
-    if (!ok) return grpc::Status::OK;
-    resume_from = std::max(after, settled);
-    v1::BindingEvent synced;
-    synced.set_type(v1::BindingEvent::SYNCED);
-    synced.set_resume_revision(resume_from);
-    if (!writer->Write(synced)) return grpc::Status::OK;
-  } else if (request->include_existing()) {
-    bool ok = true;
-    index_.ForEachCommitted(
-        [&](const std::string& token, const BindingState& st) {
-          if (!ok) return;
-          if (!request->node().empty() && st.node() != request->node()) return;
-          v1::BindingEvent event;
-          event.set_type(v1::BindingEvent::EXISTING);
-          BindingToProto(token, st, event.mutable_binding());
-          ok = writer->Write(event);
-        });
-    if (!ok) return grpc::Status::OK;
-    resume_from = settled;
-    v1::BindingEvent synced;
-    synced.set_type(v1::BindingEvent::SYNCED);
-    synced.set_resume_revision(resume_from);
-    if (!writer->Write(synced)) return grpc::Status::OK;
-  }
-
-  // PROGRESS: once the changes queued when the settled revision was read
-  // have all been written, every change up to it has been sent.
-  struct Candidate {
-    uint64_t revision;
-    WatchHub::Subscriber::Mark mark;
-  };
-  std::optional<Candidate> candidate;
-  auto next_progress = std::chrono::steady_clock::now() + kProgressInterval;
-  v1::BindingEvent event;
-  while (!context->IsCancelled()) {
-    auto now = std::chrono::steady_clock::now();
-    if (request->progress_notify()) {
-      if (!candidate.has_value() && now >= next_progress) {
-        next_progress = now + kProgressInterval;
-        const uint64_t at = index_.settled_revision();  // before the mark
-        if (at > resume_from) {
-          if (auto mark = sub->TakeMark()) candidate = Candidate{at, *mark};
-        }
-      }
-      if (candidate.has_value() && sub->Delivered(candidate->mark)) {
-        v1::BindingEvent progress;
-        progress.set_type(v1::BindingEvent::PROGRESS);
-        progress.set_resume_revision(candidate->revision);
-        if (!writer->Write(progress)) return grpc::Status::OK;
-        resume_from = candidate->revision;
-        candidate.reset();
-      }
-    }
-    auto deadline = now + std::chrono::milliseconds(500);
-    if (request->progress_notify() && !candidate.has_value()) {
-      deadline = std::min(deadline, next_progress);
-    }
-    switch (sub->Next(&event, deadline)) {
-      case WatchHub::Subscriber::Result::kEvent:
-        if (!writer->Write(event)) return grpc::Status::OK;
-        break;
-      case WatchHub::Subscriber::Result::kTimeout:
-        break;
-      case WatchHub::Subscriber::Result::kClosed:
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                            "manager is shutting down; watch again");
-      case WatchHub::Subscriber::Result::kOverflow:
-        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                            "watcher fell too far behind; list and watch "
-                            "again");
-    }
-  }
-  return grpc::Status::OK;
+grpc::ServerWriteReactor<v1::BindingEvent>* BypassService::WatchBindings(
+    grpc::CallbackServerContext* /*context*/,
+    const v1::WatchBindingsRequest* request) {
+  return WatchStream::Start(*request, index_, watch_hub_, leadership_,
+                            progress_ticker_);
 }
 
 }  // namespace irqbypass

@@ -6,6 +6,7 @@
 #define IRQBYPASS_SERVICE_BYPASS_SERVICE_H_
 
 #include <atomic>
+#include <chrono>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
@@ -15,6 +16,7 @@
 #include "service/matcher.h"
 #include "service/token_index.h"
 #include "service/watch_hub.h"
+#include "service/watch_stream.h"
 
 namespace irqbypass {
 
@@ -24,8 +26,8 @@ namespace irqbypass {
 // continuations (Matcher::*Async), so no thread waits for a busy token, an
 // agent's ack or the store while one is in flight (Batch starts all its
 // items at once, the same way, and answers when the last has ended);
-// ListNodes and GetNode complete inline too. WatchBindings is still a sync
-// handler (a thread per watcher).
+// ListNodes and GetNode complete inline too. WatchBindings is a write
+// reactor (WatchStream) that holds no thread while it lives.
 using BypassServiceBase = v1::BypassManager::WithCallbackMethod_GetBinding<
     v1::BypassManager::WithCallbackMethod_ListBindings<
         v1::BypassManager::WithCallbackMethod_RegisterProducer<
@@ -35,7 +37,10 @@ using BypassServiceBase = v1::BypassManager::WithCallbackMethod_GetBinding<
                         v1::BypassManager::WithCallbackMethod_ListNodes<
                             v1::BypassManager::WithCallbackMethod_GetNode<
                                 v1::BypassManager::WithCallbackMethod_Batch<
-                                    v1::BypassManager::Service>>>>>>>>>;
+                                    v1::BypassManager::
+                                        WithCallbackMethod_WatchBindings<
+                                            v1::BypassManager::
+                                                Service>>>>>>>>>>;
 
 class BypassService final : public BypassServiceBase {
  public:
@@ -76,9 +81,9 @@ class BypassService final : public BypassServiceBase {
       grpc::CallbackServerContext* context,
       const v1::ListBindingsRequest* request,
       v1::ListBindingsResponse* response) override;
-  grpc::Status WatchBindings(
-      grpc::ServerContext* context, const v1::WatchBindingsRequest* request,
-      grpc::ServerWriter<v1::BindingEvent>* writer) override;
+  grpc::ServerWriteReactor<v1::BindingEvent>* WatchBindings(
+      grpc::CallbackServerContext* context,
+      const v1::WatchBindingsRequest* request) override;
   grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* context,
                                       const v1::ListNodesRequest* request,
                                       v1::ListNodesResponse* response) override;
@@ -91,6 +96,8 @@ class BypassService final : public BypassServiceBase {
 
   // Most items in one Batch call.
   static constexpr int kMaxBatchItems = 4096;
+  // How often a progress_notify watcher is considered for a PROGRESS event.
+  static constexpr std::chrono::milliseconds kProgressInterval{1000};
 
  private:
   grpc::Status DoGetBinding(const v1::GetBindingRequest& request,
@@ -118,6 +125,7 @@ class BypassService final : public BypassServiceBase {
   WatchHub& watch_hub_;
   const Leadership* const leadership_;
   const AgentRegistry* const agents_;
+  ProgressTicker progress_ticker_{kProgressInterval};
 };
 
 // absl::Status from this service -> grpc::Status whose error_details hold an

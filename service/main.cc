@@ -25,7 +25,6 @@
 #include "absl/time/time.h"
 #include "common/log.h"
 #include "common/mutex.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "service/agent_registry.h"
@@ -36,6 +35,7 @@
 #include "service/leadership.h"
 #include "service/matcher.h"
 #include "service/metrics_endpoint.h"
+#include "service/reflection_service.h"
 #include "service/request_log.h"
 #include "service/rocksdb_store.h"
 #include "service/rpc_metrics_interceptor.h"
@@ -56,8 +56,9 @@ ABSL_FLAG(absl::Duration, agent_command_timeout, absl::Seconds(5),
 ABSL_FLAG(int, shards, 65536,
           "Number of token index shards (each: a few lock-free lists and "
           "the mutex under which same-token waiters are listed)");
-ABSL_FLAG(int, grpc_max_pollers, irqbypass::kDefaultGrpcMaxPollers,
-          "Most idle gRPC server threads kept waiting for calls");
+ABSL_FLAG(int, watch_queue, 10000,
+          "Most events queued for one WatchBindings stream that is not "
+          "reading; past it the stream ends RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, store, "embedded",
           "Where state is kept durably: embedded (RocksDB in --data_dir), "
           "etcd (--etcd_endpoints; several replicas per --etcd_prefix, one "
@@ -216,7 +217,10 @@ int Run() {
   Leadership leadership(/*standby=*/etcd != nullptr);
   g_leadership.store(&leadership);
   absl::Cleanup forget_leadership = [] { g_leadership.store(nullptr); };
-  WatchHub watch_hub;
+  if (absl::GetFlag(FLAGS_watch_queue) < 1) {
+    return Fail("--watch_queue: must be at least 1");
+  }
+  WatchHub watch_hub(static_cast<size_t>(absl::GetFlag(FLAGS_watch_queue)));
   // Lock waits are timed only when someone can scrape them.
   ServiceMetrics service_metrics;
   TokenIndex index(
@@ -329,7 +333,6 @@ int Run() {
   }
 
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();  // grpcurl
   grpc::ServerBuilder builder;
   {
     std::vector<
@@ -344,7 +347,12 @@ int Run() {
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
   builder.RegisterService(&registry);
-  ApplyServerOptions(builder, absl::GetFlag(FLAGS_grpc_max_pollers));
+  // For grpcurl. Every service is on the callback API: no sync server.
+  ReflectionService reflection(
+      {"irqbypass.v1.BypassManager", "irqbypass.v1.AgentControl",
+       "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"});
+  builder.RegisterService(&reflection);
+  ApplyServerOptions(builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::StrCat("--listen: cannot listen on ", listen));
@@ -399,8 +407,9 @@ int Run() {
       return Fail(std::string(created.status().message()));
     }
     election = *std::move(created);
+    // By value: this block's locals end before the thread does.
     elector = std::thread([&, key = election_options.key,
-                           ttl = election_options.ttl] {
+                           ttl = election_options.ttl, advertise] {
       absl::StatusOr<uint64_t> epoch = election->Campaign([&leadership](
                                                               const std::string&
                                                                   leader) {

@@ -7,7 +7,7 @@
 
 namespace irqbypass {
 
-void ApplyServerOptions(grpc::ServerBuilder& builder, int max_pollers) {
+void ApplyServerOptions(grpc::ServerBuilder& builder) {
   // Agents keep one stream open for days: find dead peers, and let agents
   // ping while idle.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
@@ -16,6 +16,9 @@ void ApplyServerOptions(grpc::ServerBuilder& builder, int max_pollers) {
   builder.AddChannelArgument(
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+}
+
+void ApplySyncServerOptions(grpc::ServerBuilder& builder, int max_pollers) {
   // Registrations wait on agent round trips, so many handlers block at
   // once; with gRPC's default of 2 idle pollers the sync server would end
   // and re-create threads for nearly every call.

@@ -9,11 +9,13 @@
 
 namespace irqbypass {
 
-// Idle sync-server threads kept (the --grpc_max_pollers default).
-inline constexpr int kDefaultGrpcMaxPollers = 64;
+// Keepalive for long-lived agent streams.
+void ApplyServerOptions(grpc::ServerBuilder& builder);
 
-// Keepalive for long-lived agent streams and the sync server's poller count.
-void ApplyServerOptions(grpc::ServerBuilder& builder, int max_pollers);
+// For a server with sync handlers (only the benchmark's sync bare server:
+// irqbypassd has none): idle threads kept waiting for calls.
+inline constexpr int kDefaultGrpcMaxPollers = 64;
+void ApplySyncServerOptions(grpc::ServerBuilder& builder, int max_pollers);
 
 // Writes `port` to `path` (a --port_file) so that a reader never sees it
 // half-written: to a temporary file first, then renamed.

@@ -52,16 +52,23 @@ void WatchHub::Subscriber::Push(size_t queue, const v1::BindingEvent& event) {
   // the reader is inside its wait, so the signal is not lost.
   if (sleeping_.load(std::memory_order_relaxed) &&
       sleeping_.exchange(false, std::memory_order_acq_rel)) {
+    if (waker_) {
+      waker_();  // a parked poller (Poll) holds no lock to wait for
+      return;
+    }
     MutexLock lock(&wait_mu_);
     cv_.Signal();
   }
 }
 
 void WatchHub::Subscriber::Close(State state) {
-  MutexLock lock(&wait_mu_);
-  uint8_t expected = kOpen;
-  state_.compare_exchange_strong(expected, state, std::memory_order_acq_rel);
-  cv_.SignalAll();
+  {
+    MutexLock lock(&wait_mu_);
+    uint8_t expected = kOpen;
+    state_.compare_exchange_strong(expected, state, std::memory_order_acq_rel);
+    cv_.SignalAll();
+  }
+  if (waker_) waker_();  // outside wait_mu_: the waker polls
 }
 
 // ---- Subscriber: the reader side ----
@@ -126,22 +133,28 @@ void WatchHub::Subscriber::DropAll() {
   }
 }
 
+WatchHub::Subscriber::Result WatchHub::Subscriber::Take(
+    v1::BindingEvent* event) {
+  const uint8_t state = state_.load(std::memory_order_acquire);
+  if (state == kOverflow) {
+    DropAll();
+    return Result::kOverflow;
+  }
+  if (ready_.empty()) Refill();
+  if (!ready_.empty()) {
+    *event = std::move(ready_.front());
+    ready_.pop_front();
+    ++delivered_[ready_queue_];
+    return Result::kEvent;
+  }
+  if (state == kClosed) return Result::kClosed;
+  return Result::kTimeout;
+}
+
 WatchHub::Subscriber::Result WatchHub::Subscriber::Next(
     v1::BindingEvent* event, std::chrono::steady_clock::time_point deadline) {
   for (;;) {
-    const uint8_t state = state_.load(std::memory_order_acquire);
-    if (state == kOverflow) {
-      DropAll();
-      return Result::kOverflow;
-    }
-    if (ready_.empty()) Refill();
-    if (!ready_.empty()) {
-      *event = std::move(ready_.front());
-      ready_.pop_front();
-      ++delivered_[ready_queue_];
-      return Result::kEvent;
-    }
-    if (state == kClosed) return Result::kClosed;
+    if (Result r = Take(event); r != Result::kTimeout) return r;
     if (std::chrono::steady_clock::now() >= deadline) return Result::kTimeout;
 
     MutexLock lock(&wait_mu_);
@@ -150,6 +163,21 @@ WatchHub::Subscriber::Result WatchHub::Subscriber::Next(
     // under wait_mu_, so it cannot slip in between either.
     if (state_.load(std::memory_order_relaxed) == kOpen && !AnyQueued()) {
       cv_.WaitUntil(&wait_mu_, deadline);
+    }
+    sleeping_.store(false, std::memory_order_relaxed);
+  }
+}
+
+WatchHub::Subscriber::Result WatchHub::Subscriber::Poll(
+    v1::BindingEvent* event) {
+  for (;;) {
+    if (Result r = Take(event); r != Result::kTimeout) return r;
+    MutexLock lock(&wait_mu_);
+    sleeping_.store(true, std::memory_order_seq_cst);
+    // As in Next: a push after this sees sleeping_ and runs the waker; a
+    // push before it is found here. Close runs the waker in any case.
+    if (state_.load(std::memory_order_relaxed) == kOpen && !AnyQueued()) {
+      return Result::kTimeout;  // parked
     }
     sleeping_.store(false, std::memory_order_relaxed);
   }
@@ -190,8 +218,9 @@ void WatchHub::Publish(const SubscriberList* list) {
 }
 
 std::shared_ptr<WatchHub::Subscriber> WatchHub::Subscribe(
-    const std::string& node) {
-  std::shared_ptr<Subscriber> sub(new Subscriber(node, sub_queue_capacity_));
+    const std::string& node, Waker waker) {
+  std::shared_ptr<Subscriber> sub(
+      new Subscriber(node, sub_queue_capacity_, std::move(waker)));
   MutexLock lock(&mu_);
   if (shut_down_) {
     // Arrived after Shutdown: closed from the start, so its stream ends now.

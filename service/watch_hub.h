@@ -39,6 +39,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -56,9 +57,17 @@ class WatchHub : public ChangeListener {
   // Sub-queues per subscriber (see the bound above).
   static constexpr size_t kSubQueues = 16;
 
-  // One watch stream's view of the hub. Next() is for one reader (the
-  // stream's handler): it must not be called from two threads at once.
-  // Everything else about it is internal to the hub.
+  // Called when an event arrives for a subscriber whose reader parked (Poll
+  // found nothing), on the committing thread with no lock held, and when
+  // the subscriber closes, possibly under the hub's mutex (Subscribe after
+  // Shutdown, Unsubscribe, Shutdown). May run on any thread, several at
+  // once, and spuriously; it must never call into the hub, and should not
+  // block (a commit waits for it).
+  using Waker = std::function<void()>;
+
+  // One watch stream's view of the hub. Next() and Poll() are for one
+  // reader (the stream's handler or reactor): they must not be called from
+  // two threads at once. Everything else about it is internal to the hub.
   class Subscriber {
    public:
     enum class Result { kEvent, kTimeout, kClosed, kOverflow };
@@ -69,6 +78,11 @@ class WatchHub : public ChangeListener {
     // Never busy-waits: sleeps until an event, a close or the deadline.
     Result Next(v1::BindingEvent* event,
                 std::chrono::steady_clock::time_point deadline);
+    // For a subscriber with a waker: never waits. As Next, but kTimeout
+    // means nothing is queued now, and the reader is then parked: the waker
+    // runs when the next event arrives or the subscriber closes (then call
+    // Poll again).
+    Result Poll(v1::BindingEvent* event);
 
     // How many events each sub-queue has taken so far; nullopt once the
     // subscriber is closed (later commits skip it, so no mark covers
@@ -91,8 +105,10 @@ class WatchHub : public ChangeListener {
       uint64_t pushed ABSL_GUARDED_BY(mu) = 0;  // ever
     };
 
-    Subscriber(std::string node, size_t capacity)
-        : node_(std::move(node)), capacity_(capacity) {}
+    Subscriber(std::string node, size_t capacity, Waker waker)
+        : node_(std::move(node)),
+          capacity_(capacity),
+          waker_(std::move(waker)) {}
 
     // Commit path: appends `event` to sub-queue `queue`, or closes the
     // subscriber with kOverflow when that sub-queue is full; wakes the reader
@@ -100,6 +116,9 @@ class WatchHub : public ChangeListener {
     void Push(size_t queue, const v1::BindingEvent& event);
     // Leaves kOpen for `state` (no-op if already closed) and wakes the reader.
     void Close(State state);
+    // Reader side: the next event without waiting (Next and Poll share it);
+    // kTimeout when none is queued.
+    Result Take(v1::BindingEvent* event);
     // Reader side: moves one non-empty sub-queue (round robin) into ready_.
     void Refill();
     // Reader side: whether any sub-queue holds an event.
@@ -113,6 +132,7 @@ class WatchHub : public ChangeListener {
 
     const std::string node_;
     const size_t capacity_;  // per sub-queue
+    const Waker waker_;      // null: the reader waits in Next
     SubQueue queues_[kSubQueues];
 
     // Leaves kOpen at most once; written under wait_mu_ (so a reader about
@@ -125,7 +145,8 @@ class WatchHub : public ChangeListener {
     Mutex wait_mu_;
     CondVar cv_;
 
-    // Reader-only state (touched only inside Next).
+    // Reader-only state (touched only by the one reader: Next, Poll,
+    // TakeMark, Delivered).
     std::deque<v1::BindingEvent> ready_;
     size_t ready_queue_ = 0;  // the sub-queue ready_ was taken from
     size_t next_queue_ = 0;
@@ -138,8 +159,10 @@ class WatchHub : public ChangeListener {
   WatchHub& operator=(const WatchHub&) = delete;
 
   // Events for `node` only (empty: all). After Shutdown the subscriber is
-  // closed at once (its Next returns kClosed).
-  std::shared_ptr<Subscriber> Subscribe(const std::string& node);
+  // closed at once (its Next returns kClosed). With a `waker`, the reader
+  // polls (Poll) instead of waiting (Next).
+  std::shared_ptr<Subscriber> Subscribe(const std::string& node,
+                                        Waker waker = nullptr);
   // Stops delivery to `subscriber`: commits that start after this returns
   // do not add to it (one already running may still; the subscriber lives
   // until it is done). It is closed and what it had queued is dropped (its

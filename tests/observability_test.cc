@@ -12,7 +12,9 @@
 #include <sstream>
 #include <string>
 
+#include "google/protobuf/descriptor.pb.h"
 #include "gtest/gtest.h"
+#include "protos/grpc/reflection/v1alpha/reflection.pb.h"
 #include "tests/cluster.h"
 #include "tests/metrics_support.h"
 
@@ -220,6 +222,53 @@ TEST_F(ObservabilityTest, Reflection_ListsTheServices) {
   EXPECT_TRUE(Has(*response, "irqbypass.v1.BypassManager"));
   EXPECT_TRUE(Has(*response, "irqbypass.v1.AgentControl"));
   EXPECT_TRUE(Has(*response, "grpc.health.v1.Health"));
+}
+
+TEST_F(ObservabilityTest, Reflection_DescribesAServiceAndRefusesUnknownOnes) {
+  const std::string method =
+      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
+  // ServerReflectionRequest{file_containing_symbol: ...} (field 4).
+  RawStream describe(cluster_.target(), method,
+                     ProtoStringField(4, "irqbypass.v1.BypassManager"));
+  auto response = describe.Read(std::chrono::seconds(10));
+  ASSERT_TRUE(response.has_value());
+  grpc::reflection::v1alpha::ServerReflectionResponse parsed;
+  ASSERT_TRUE(parsed.ParseFromString(*response));
+  ASSERT_TRUE(parsed.has_file_descriptor_response())
+      << parsed.ShortDebugString();
+  const auto& files = parsed.file_descriptor_response().file_descriptor_proto();
+  ASSERT_GE(files.size(), 1);
+  google::protobuf::FileDescriptorProto file;
+  ASSERT_TRUE(file.ParseFromString(files[0]));
+  EXPECT_EQ(file.name(), "protos/irqbypass/v1/irqbypass.proto");
+  EXPECT_EQ(file.package(), "irqbypass.v1");
+  bool has_batch = false;
+  for (const auto& service : file.service()) {
+    if (service.name() != "BypassManager") continue;
+    for (const auto& m : service.method()) has_batch |= m.name() == "Batch";
+  }
+  EXPECT_TRUE(has_batch) << "BypassManager.Batch not described";
+  // Every file it imports comes along (a client can then build the pool).
+  for (const std::string& dependency : file.dependency()) {
+    bool sent = false;
+    for (int i = 1; i < files.size(); ++i) {
+      google::protobuf::FileDescriptorProto other;
+      ASSERT_TRUE(other.ParseFromString(files[i]));
+      sent |= other.name() == dependency;
+    }
+    EXPECT_TRUE(sent) << dependency << " not sent";
+  }
+
+  RawStream unknown(cluster_.target(), method,
+                    ProtoStringField(4, "no.such.Service"));
+  response = unknown.Read(std::chrono::seconds(10));
+  ASSERT_TRUE(response.has_value());
+  ASSERT_TRUE(parsed.ParseFromString(*response));
+  ASSERT_TRUE(parsed.has_error_response()) << parsed.ShortDebugString();
+  EXPECT_EQ(parsed.error_response().error_code(),
+            static_cast<int>(grpc::StatusCode::NOT_FOUND));
+  EXPECT_NE(parsed.error_response().error_message().find("no.such.Service"),
+            std::string::npos);
 }
 
 TEST_F(ObservabilityTest, DefaultLogLevel_NoLinePerRpc) {

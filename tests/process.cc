@@ -204,4 +204,16 @@ bool WaitAllThreadsStopped(pid_t pid, std::chrono::milliseconds timeout) {
       absl::FromChrono(timeout));
 }
 
+std::vector<std::string> ThreadNames(pid_t pid) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(
+           "/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::string comm = ReadFile(entry.path().string() + "/comm");
+    while (!comm.empty() && comm.back() == '\n') comm.pop_back();
+    names.push_back(std::move(comm));
+  }
+  return names;
+}
+
 }  // namespace irqbypass::testing

@@ -71,6 +71,10 @@ int CountOccurrences(const std::string& haystack, const std::string& needle);
 bool WaitAllThreadsStopped(
     pid_t pid, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
+// The names (/proc/PID/task/*/comm, at most 15 characters) of the threads
+// of `pid`; empty if it is gone.
+std::vector<std::string> ThreadNames(pid_t pid);
+
 }  // namespace irqbypass::testing
 
 #endif  // IRQBYPASS_TESTS_PROCESS_H_
