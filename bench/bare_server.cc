@@ -10,11 +10,15 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
@@ -25,10 +29,37 @@ ABSL_FLAG(std::string, port_file, "", "Write the bound port here");
 ABSL_FLAG(std::string, api, "callback",
           "callback (gRPC's callback API) or sync (the sync server)");
 ABSL_FLAG(int, grpc_max_pollers, irqbypass::kDefaultGrpcMaxPollers,
-          "Most idle gRPC server threads kept (as irqbypassd's flag)");
+          "--api=sync: most idle gRPC server threads kept");
+ABSL_FLAG(std::string, register_error_file, "",
+          "If set: RegisterProducer answers with this error instead of OK "
+          "(the file holds a serialized irqbypass.v1.RpcStatus, sent as the "
+          "status details, its code and message as the status), so the "
+          "price gRPC itself charges for an error with details can be "
+          "measured apart from irqbypassd's work");
 
 namespace irqbypass::bench {
 namespace {
+
+// What RegisterProducer answers (--register_error_file; OK by default).
+grpc::Status g_register_answer;
+
+absl::Status LoadRegisterAnswer(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--register_error_file: cannot read ", path));
+  }
+  std::string bytes((std::istreambuf_iterator<char>(in)),
+                    std::istreambuf_iterator<char>());
+  v1::RpcStatus parsed;
+  if (!parsed.ParseFromString(bytes) || parsed.code() == 0) {
+    return absl::InvalidArgumentError(
+        "--register_error_file: not a serialized RpcStatus with a code");
+  }
+  g_register_answer = grpc::Status(static_cast<grpc::StatusCode>(parsed.code()),
+                                   parsed.message(), bytes);
+  return absl::OkStatus();
+}
 
 // A Batch answer of the same shape as irqbypassd's: one empty (OK) result
 // per item.
@@ -41,7 +72,7 @@ class EmptyBypassManager final : public v1::BypassManager::Service {
   grpc::Status RegisterProducer(grpc::ServerContext*,
                                 const v1::RegisterProducerRequest*,
                                 v1::RegisterProducerResponse*) override {
-    return grpc::Status::OK;
+    return g_register_answer;
   }
   grpc::Status RegisterConsumer(grpc::ServerContext*,
                                 const v1::RegisterConsumerRequest*,
@@ -80,7 +111,9 @@ class EmptyCallbackBypassManager final
   grpc::ServerUnaryReactor* RegisterProducer(
       grpc::CallbackServerContext* context, const v1::RegisterProducerRequest*,
       v1::RegisterProducerResponse*) override {
-    return Done(context);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(g_register_answer);
+    return reactor;
   }
   grpc::ServerUnaryReactor* RegisterConsumer(
       grpc::CallbackServerContext* context, const v1::RegisterConsumerRequest*,
@@ -131,6 +164,14 @@ int Main() {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  const std::string error_file = absl::GetFlag(FLAGS_register_error_file);
+  if (!error_file.empty()) {
+    if (absl::Status s = LoadRegisterAnswer(error_file); !s.ok()) {
+      std::fprintf(stderr, "bare_server: %s\n",
+                   std::string(s.message()).c_str());
+      return 2;
+    }
+  }
   const std::string api = absl::GetFlag(FLAGS_api);
   if (api != "callback" && api != "sync") {
     std::fprintf(stderr,

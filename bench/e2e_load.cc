@@ -520,12 +520,15 @@ class Servers {
     });
   }
 
-  // `api`: bare_server's --api (callback or sync).
-  bool StartBare(const std::string& api) {
+  // `api`: bare_server's --api (callback or sync); `extra`: its other
+  // flags.
+  bool StartBare(const std::string& api,
+                 const std::vector<std::string>& extra = {}) {
     const std::string port_file = dir_ + "/bare.port";
-    if (!bare_.Start(testing::BinaryPath("bench/bare_server"),
-                     {"--listen=127.0.0.1:0", "--port_file=" + port_file,
-                      "--api=" + api},
+    std::vector<std::string> args = {
+        "--listen=127.0.0.1:0", "--port_file=" + port_file, "--api=" + api};
+    args.insert(args.end(), extra.begin(), extra.end());
+    if (!bare_.Start(testing::BinaryPath("bench/bare_server"), args,
                      dir_ + "/bare.log")) {
       return false;
     }
@@ -536,6 +539,7 @@ class Servers {
   std::string manager() const {
     return "127.0.0.1:" + std::to_string(manager_port_);
   }
+  const std::string& dir() const { return dir_; }
   std::string bare() const { return "127.0.0.1:" + std::to_string(bare_port_); }
   // A counter's value on irqbypassd's /metrics (-1 if absent).
   double ManagerCounter(const std::string& name) const {
@@ -661,6 +665,40 @@ int RunThroughput(int callers, absl::Duration duration) {
   for (const std::string& target : targets) {
     RunLoad(target, callers, Caller::Mode::kCycle, absl::Seconds(1));
   }
+  // For the duplicate register, a fourth server: the bare callback one
+  // answering with the very error irqbypassd gives (its status details, as
+  // received), so the row shows what gRPC charges for sending that error
+  // apart from what irqbypassd does to find it.
+  Servers error_servers;
+  std::string error_target;
+  {
+    auto stub = v1::BypassManager::NewStub(grpc::CreateChannel(
+        servers.manager(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    v1::RegisterProducerRequest req;
+    req.mutable_producer()->set_token("pre-0");
+    req.mutable_producer()->set_node(kNode);
+    req.mutable_producer()->set_device(Device(5000000));
+    v1::RegisterProducerResponse resp;
+    const grpc::Status s = stub->RegisterProducer(&ctx, req, &resp);
+    if (s.error_code() != grpc::StatusCode::ALREADY_EXISTS ||
+        s.error_details().empty()) {
+      std::fprintf(stderr,
+                   "duplicate register: expected ALREADY_EXISTS with "
+                   "details, got %d\n",
+                   s.error_code());
+      return 1;
+    }
+    const std::string path = error_servers.dir() + "/duplicate_error.bin";
+    std::ofstream(path, std::ios::binary) << s.error_details();
+    if (!error_servers.StartBare("callback",
+                                 {"--register_error_file=" + path})) {
+      std::fprintf(stderr, "could not start the bare error server\n");
+      return 1;
+    }
+    error_target = error_servers.bare();
+    RunLoad(error_target, callers, Caller::Mode::kDuplicate, absl::Seconds(1));
+  }
   struct Workload {
     const char* name;
     const char* unit;
@@ -703,8 +741,10 @@ int RunThroughput(int callers, absl::Duration duration) {
     if (std::find(chosen.begin(), chosen.end(), w.name) == chosen.end()) {
       continue;
     }
+    std::vector<std::string> these = targets;
+    if (w.mode == Caller::Mode::kDuplicate) these.push_back(error_target);
     std::vector<LoadResult> r =
-        AlternateAmong(targets, w.callers, w.mode, duration);
+        AlternateAmong(these, w.callers, w.mode, duration);
     for (LoadResult& each : r) {
       each.pairs *= w.scale;  // latency stays per call or cycle
     }
@@ -728,6 +768,16 @@ int RunThroughput(int callers, absl::Duration duration) {
         "bare sync / bare callback: %.1f%%\n",
         Ratio(r[0], r[1]) * 100, Ratio(r[0], r[2]) * 100,
         Ratio(r[2], r[1]) * 100);
+    if (r.size() > 3) {
+      PrintLoad("bare, same error", r[3]);
+      std::printf(
+          "bare callback answering irqbypassd's ALREADY_EXISTS (message and "
+          "details) / answering OK: %.1f%%; irqbypassd / that: %.1f%%\n",
+          Ratio(r[3], r[1]) * 100, Ratio(r[0], r[3]) * 100);
+      json << ", \"" << w.name
+           << "_same_error\": {\"bare_error\": " << LoadJson(r[3])
+           << ", \"ratio\": " << Ratio(r[0], r[3]) << "}";
+    }
     json << ", \"" << w.name << "\": {\"irqbypassd\": " << LoadJson(r[0])
          << ", \"bare_callback\": " << LoadJson(r[1])
          << ", \"bare_sync\": " << LoadJson(r[2])

@@ -3,7 +3,11 @@
 # bench/bare_server on the callback API (the fastest server gRPC offers
 # here) and on the sync API, in alternating rounds, for
 #   (a) GetBinding of a registered pair, and
-#   (b) a duplicate RegisterProducer (ALREADY_EXISTS; no agent involved).
+#   (b) a duplicate RegisterProducer (ALREADY_EXISTS; no agent involved),
+#       also against a bare callback server answering with irqbypassd's very
+#       error (its message and status details, taken from irqbypassd's
+#       answer with nghttp), which prices the error itself apart from
+#       irqbypassd's work.
 # Prints requests/s per server and irqbypassd's share of the callback
 # server's rate. Usage:
 #   bench/h2load_compare.sh [--requests=N] [--rounds=R] [--clients=C] [--streams=M]
@@ -22,8 +26,8 @@ for arg in "$@"; do
   esac
 done
 
-if ! command -v h2load >/dev/null; then
-  echo "h2load is missing: apt-get install nghttp2-client (scripts/install-deps.sh does)" >&2
+if ! command -v h2load >/dev/null || ! command -v nghttp >/dev/null; then
+  echo "h2load or nghttp is missing: apt-get install nghttp2-client (scripts/install-deps.sh does)" >&2
   exit 1
 fi
 bazel build --config=opt --color=no --curses=no \
@@ -80,6 +84,19 @@ frame get irqbypass.v1.GetBindingRequest 'token: "h2"'
 frame dup irqbypass.v1.RegisterProducerRequest \
   'producer { token: "h2" node: "bench-node" device: "0000:3b:00.2" }'
 
+# irqbypassd's answer to the duplicate, as sent: the status details header
+# (base64 without padding), decoded for the bare error server.
+details=$(nghttp -v -d "$dir/dup.req" -H 'content-type: application/grpc' -H 'te: trailers' \
+  "http://127.0.0.1:$manager_port/irqbypass.v1.BypassManager/RegisterProducer" 2>&1 |
+  sed -n 's/.*recv (stream_id=[0-9]*) grpc-status-details-bin: //p' | head -1)
+if [ -z "$details" ]; then echo "no status details in irqbypassd's duplicate answer" >&2; exit 1; fi
+while [ $(( ${#details} % 4 )) -ne 0 ]; do details="$details="; done
+base64 -d <<<"$details" >"$dir/dup_error.bin"
+"$bin/bench/bare_server" --listen=127.0.0.1:0 --api=callback \
+  --register_error_file="$dir/dup_error.bin" --port_file="$dir/error.port" 2>"$dir/error.log" &
+pids+=($!)
+error_port=$(wait_port "$dir/error.port")
+
 # Requests/s of one h2load run; exits if any request failed at the HTTP/2
 # level (gRPC errors such as ALREADY_EXISTS travel in trailers: HTTP 200).
 run() {
@@ -96,11 +113,14 @@ run() {
 echo "h2load: $requests requests per round, $rounds rounds, $clients connections x $streams streams; $(nproc) cores"
 for workload in "GetBinding get" "RegisterProducer dup"; do
   set -- $workload
-  declare -A sum=([ours]=0 [callback]=0 [sync]=0)
+  servers="ours callback sync"
+  [ "$2" = dup ] && servers="$servers error"
+  declare -A sum=([ours]=0 [callback]=0 [sync]=0 [error]=0)
   for r in $(seq 1 "$rounds"); do
-    for server in ours callback sync; do
+    for server in $servers; do
       case $server in
-        ours) port=$manager_port ;; callback) port=$callback_port ;; sync) port=$sync_port ;;
+        ours) port=$manager_port ;; callback) port=$callback_port ;;
+        sync) port=$sync_port ;; error) port=$error_port ;;
       esac
       rate=$(run "$port" "$1" "$2")
       sum[$server]=$(awk -v a="${sum[$server]}" -v b="$rate" 'BEGIN { print a + b }')
@@ -109,5 +129,10 @@ for workload in "GetBinding get" "RegisterProducer dup"; do
   awk -v w="$1 ($2)" -v o="${sum[ours]}" -v c="${sum[callback]}" -v s="${sum[sync]}" -v r="$rounds" 'BEGIN {
     printf "%-24s irqbypassd %8.0f req/s   bare callback %8.0f   bare sync %8.0f   irqbypassd/callback %.1f%%   sync/callback %.1f%%\n",
       w, o / r, c / r, s / r, 100 * o / c, 100 * s / c }'
+  if [ "$2" = dup ]; then
+    awk -v o="${sum[ours]}" -v c="${sum[callback]}" -v e="${sum[error]}" -v r="$rounds" 'BEGIN {
+      printf "%-24s bare callback answering irqbypassd'"'"'s error %8.0f req/s (%.1f%% of answering OK)   irqbypassd/that %.1f%%\n",
+        "", e / r, 100 * e / c, 100 * o / e }'
+  fi
   unset sum
 done

@@ -283,14 +283,18 @@ void WatchStream::Drain() {
   // The fence pairs a waker's store of wake_ before its TryLock with a
   // holder's unlock before its load of wake_ (the store-buffer pattern):
   // either the waker's TryLock succeeds, or the holder sees wake_ and
-  // pumps. (TryLock fails only when the mutex is held: glibc's trylock of
-  // a normal mutex does not fail spuriously.)
+  // pumps. (TryLock fails only while the mutex is held: POSIX allows
+  // pthread_mutex_trylock EBUSY only then, and glibc's is a strong CAS.)
+  // wake_ is cleared before Pump, so a wake that Pump's poll missed (it
+  // parked first) sets it again after, and is seen by the load below.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   while (wake_.load(std::memory_order_relaxed)) {
     if (!mu_.TryLock()) return;  // its holder drains when it unlocks
-    wake_.store(false, std::memory_order_relaxed);
-    Pump();
-    mu_.Unlock();
+    {
+      AdoptedMutexLock lock(&mu_);
+      wake_.store(false, std::memory_order_relaxed);
+      Pump();
+    }
     std::atomic_thread_fence(std::memory_order_seq_cst);
   }
 }

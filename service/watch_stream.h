@@ -71,16 +71,16 @@ class WatchStream final : public grpc::ServerWriteReactor<v1::BindingEvent> {
                             const Leadership* leadership,
                             ProgressTicker& ticker);
 
-  void OnWriteDone(bool ok) override;
-  void OnCancel() override;
-  void OnDone() override;
+  void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_);
+  void OnCancel() override ABSL_LOCKS_EXCLUDED(mu_);
+  void OnDone() override ABSL_LOCKS_EXCLUDED(mu_);
 
   // The hub's waker: an event arrived or the subscriber closed. Never
   // blocks (a commit runs it): if another thread holds the stream, that
   // thread pumps for it when it lets go.
-  void Wake();
+  void Wake() ABSL_LOCKS_EXCLUDED(mu_);
   // The ticker's: a PROGRESS event may be due.
-  void Tick();
+  void Tick() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Events listed per page of the snapshot.
   static constexpr size_t kPageSize = 256;
@@ -94,10 +94,11 @@ class WatchStream final : public grpc::ServerWriteReactor<v1::BindingEvent> {
 
   // Pumps for every Wake that found mu_ held, unless another thread holds
   // it now (which then does). Called with mu_ released.
-  void Drain();
+  void Drain() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Validates, subscribes and starts writing (or finishes with an error).
-  void Begin(const Leadership* leadership, ProgressTicker& ticker);
+  void Begin(const Leadership* leadership, ProgressTicker& ticker)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Starts the next write, or finishes, or parks; no-op while a write is in
   // flight.
   void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
