@@ -46,7 +46,19 @@ AgentMetrics::AgentMetrics()
                      .Name("irqbypass_agent_manager_connected")
                      .Help("1 while a session with the manager is up.")
                      .Register(*registry_)
-                     .Add({})) {
+                     .Add({})),
+      plugin_registrations_(
+          prometheus::BuildCounter()
+              .Name("irqbypass_agent_device_plugin_registrations_total")
+              .Help("Registrations of the device plugin with the kubelet, by "
+                    "resource (the first and one after every kubelet "
+                    "restart).")
+              .Register(*registry_)),
+      plugin_devices_(prometheus::BuildGauge()
+                          .Name("irqbypass_agent_device_plugin_devices")
+                          .Help("Devices (IOMMU groups) the device plugin "
+                                "offers, by resource and health.")
+                          .Register(*registry_)) {
   auto& commands = prometheus::BuildCounter()
                        .Name("irqbypass_agent_commands_total")
                        .Help("Commands executed, by command and result.")
@@ -112,6 +124,18 @@ void AgentMetrics::ManagerSessionEnded() { connected_.Set(0); }
 std::vector<std::shared_ptr<prometheus::Collectable>>
 AgentMetrics::Collectables() const {
   return {command_duration_, step_duration_, registry_};
+}
+
+void AgentMetrics::DevicePluginRegistered(const std::string& resource) {
+  plugin_registrations_.Add({{"resource", resource}}).Increment();
+}
+
+void AgentMetrics::DevicePluginDevices(const std::string& resource, int healthy,
+                                       int unhealthy) {
+  plugin_devices_.Add({{"resource", resource}, {"health", "healthy"}})
+      .Set(healthy);
+  plugin_devices_.Add({{"resource", resource}, {"health", "unhealthy"}})
+      .Set(unhealthy);
 }
 
 }  // namespace agent

@@ -10,12 +10,16 @@
 //   irqbypass_agent_backend_errors_total{step,errno}      counter
 //   irqbypass_agent_manager_sessions_total                counter
 //   irqbypass_agent_manager_connected                     gauge (0/1)
+//   irqbypass_agent_device_plugin_registrations_total{resource}  counter
+//   irqbypass_agent_device_plugin_devices{resource,health}       gauge
+// (resource: one of the --device_plugin_resources, so a fixed set)
 // Thread-safe.
 #ifndef IRQBYPASS_AGENT_AGENT_METRICS_H_
 #define IRQBYPASS_AGENT_AGENT_METRICS_H_
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "metrics/sharded_histogram.h"
@@ -42,6 +46,12 @@ class AgentMetrics {
   // A session with the manager was established / ended.
   void ManagerSessionStarted();
   void ManagerSessionEnded();
+  // The device plugin for `resource` registered with the kubelet (the
+  // first time and after every kubelet restart).
+  void DevicePluginRegistered(const std::string& resource);
+  // The plugin's device counts for `resource`.
+  void DevicePluginDevices(const std::string& resource, int healthy,
+                           int unhealthy);
 
   // What the /metrics endpoint collects.
   std::vector<std::shared_ptr<prometheus::Collectable>> Collectables() const;
@@ -54,6 +64,8 @@ class AgentMetrics {
   prometheus::Family<prometheus::Counter>& step_errors_;
   prometheus::Counter& sessions_;
   prometheus::Gauge& connected_;
+  prometheus::Family<prometheus::Counter>& plugin_registrations_;
+  prometheus::Family<prometheus::Gauge>& plugin_devices_;
 };
 
 }  // namespace agent

@@ -31,6 +31,8 @@
 #include "absl/time/time.h"
 #include "agent/agent_metrics.h"
 #include "agent/agent_session.h"
+#include "agent/deviceplugin/device_plugin.h"
+#include "agent/deviceplugin/vfio_inventory.h"
 #include "agent/handoff/handoff_server.h"
 #include "agent/kvm/kvm_backend.h"
 #include "agent/kvm/vfio_device.h"
@@ -91,6 +93,20 @@ ABSL_FLAG(absl::Duration, handoff_irqfd_timeout, absl::Seconds(2),
 ABSL_FLAG(std::string, handoff_allowed_uids, "",
           "kvm: comma-separated uids allowed to hand over fds (checked with "
           "SO_PEERCRED; empty: the agent's own uid).");
+ABSL_FLAG(std::string, device_plugin_resources, "",
+          "Serve the kubelet's device plugin API: one extended resource per "
+          "NAME=VENDOR:DEVICE[|VENDOR:DEVICE...], comma-separated, e.g. "
+          "irqbypass.io/vfio-net=8086:154c; each offers the IOMMU groups of "
+          "the matching PCI functions bound to vfio-pci (empty: off)");
+ABSL_FLAG(std::string, kubelet_dir, "/var/lib/kubelet",
+          "The kubelet's root folder (its device-plugins/ holds "
+          "kubelet.sock and the plugins' sockets)");
+ABSL_FLAG(std::string, sysfs_root, "/sys",
+          "Where sysfs is (the device plugin reads PCI functions and IOMMU "
+          "groups there)");
+ABSL_FLAG(std::string, dev_root, "/dev",
+          "Where /dev is (the device plugin checks and hands out "
+          "<dev_root>/vfio/<group>)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error.");
 ABSL_FLAG(std::string, log_format, "kv", "kv (key=value) or json.");
 
@@ -398,6 +414,40 @@ int Main(int argc, char** argv) {
     FlagError("handoff_socket", "needs --backend=kvm");
   }
 
+  // The device plugin: one per resource, each with its own socket.
+  std::vector<std::unique_ptr<DevicePlugin>> plugins;
+  if (!absl::GetFlag(FLAGS_device_plugin_resources).empty()) {
+    auto specs =
+        ParseResourceSpecs(absl::GetFlag(FLAGS_device_plugin_resources));
+    if (!specs.ok()) {
+      std::fprintf(stderr, "irqbypass-agent: %s\n",
+                   std::string(specs.status().message()).c_str());
+      return kExitUsage;
+    }
+    if (absl::GetFlag(FLAGS_handoff_socket).empty()) {
+      LogWarn(
+          "device plugin without --handoff_socket: allocations carry no "
+          "handoff socket for the pod's VMM",
+          {});
+    }
+    for (ResourceSpec& spec : *specs) {
+      DevicePlugin::Options options;
+      options.resource = std::move(spec);
+      options.kubelet_dir = absl::GetFlag(FLAGS_kubelet_dir);
+      options.sysfs_root = absl::GetFlag(FLAGS_sysfs_root);
+      options.dev_root = absl::GetFlag(FLAGS_dev_root);
+      options.handoff_socket = absl::GetFlag(FLAGS_handoff_socket);
+      options.metrics = &metrics;
+      auto plugin = DevicePlugin::Start(std::move(options));
+      if (!plugin.ok()) {
+        FlagError("device_plugin_resources", plugin.status().message());
+      }
+      LogInfo("device plugin serving", {{"resource", (*plugin)->resource()},
+                                        {"socket", (*plugin)->socket_path()}});
+      plugins.push_back(*std::move(plugin));
+    }
+  }
+
   const int metrics_port =
       metrics_server != nullptr ? metrics_server->port() : 0;
   LogInfo("agent started", {{"node", node},
@@ -413,6 +463,7 @@ int Main(int argc, char** argv) {
   LogInfo("agent stopping",
           {{"node", node},
            {"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  plugins.clear();  // their sockets go; the kubelet sees the devices leave
   if (handoff != nullptr) handoff->Stop();
   if (kvm_backend != nullptr) kvm_backend->SetChangeCallback(nullptr);
   session.Shutdown();

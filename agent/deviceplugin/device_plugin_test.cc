@@ -1,0 +1,314 @@
+// The device plugin against the fake kubelet, over real gRPC on unix
+// sockets, with a fake sysfs and /dev tree.
+#include "agent/deviceplugin/device_plugin.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "agent/deviceplugin/testing/fake_host.h"
+#include "agent/deviceplugin/testing/fake_kubelet.h"
+#include "agent/deviceplugin/vfio_inventory.h"
+#include "gtest/gtest.h"
+
+namespace irqbypass::agent {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::FakeHost;
+using testing::FakeKubelet;
+
+constexpr char kResource[] = "irqbypass.io/vfio-net";
+constexpr absl::Duration kWait = absl::Seconds(10);
+
+ResourceSpec NetResource() {
+  auto specs = ParseResourceSpecs(std::string(kResource) + "=8086:154c");
+  EXPECT_TRUE(specs.ok()) << specs.status();
+  return (*specs)[0];
+}
+
+std::string HealthOf(const v1beta1::ListAndWatchResponse& list,
+                     const std::string& id) {
+  for (const auto& d : list.devices()) {
+    if (d.id() == id) return d.health();
+  }
+  return "absent";
+}
+
+TEST(ResourceSpecsTest, ParsesAndNamesWhatIsWrong) {
+  auto ok = ParseResourceSpecs(
+      "irqbypass.io/vfio-net=8086:154c|8086:10ed,irqbypass.io/nvme=144d:a808");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  ASSERT_EQ(ok->size(), 2u);
+  EXPECT_EQ((*ok)[0].name, "irqbypass.io/vfio-net");
+  ASSERT_EQ((*ok)[0].selectors.size(), 2u);
+  EXPECT_EQ((*ok)[0].selectors[1].vendor, 0x8086);
+  EXPECT_EQ((*ok)[0].selectors[1].device, 0x10ed);
+  EXPECT_EQ((*ok)[1].selectors[0].vendor, 0x144d);
+  for (const char* bad : {"novendor", "irqbypass.io/x=8086", "x=8086:154c",
+                          "irqbypass.io/x=zzzz:154c", "irqbypass.io/x=",
+                          "a.io/x=8086:154c,a.io/x=8086:10ed"}) {
+    auto parsed = ParseResourceSpecs(bad);
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument)
+        << bad;
+    EXPECT_NE(parsed.status().message().find("--device_plugin_resources"),
+              std::string::npos);
+  }
+}
+
+TEST(VfioInventoryTest, OneDevicePerGroup_ViabilityAndDevVfio) {
+  FakeHost host;
+  host.AddFunction("0000:3b:00.0", "8086:154c", "vfio-pci", "40", 0);
+  host.AddFunction("0000:3b:00.1", "8086:154c", "vfio-pci", "40", 0);
+  host.AddFunction("0000:5e:00.0", "8086:154c", "vfio-pci", "41", 1);
+  // Group 42 holds a matching function and another bound to a host driver:
+  // not viable for VFIO.
+  host.AddFunction("0000:af:00.0", "8086:154c", "vfio-pci", "42", 1);
+  host.AddFunction("0000:af:00.1", "8086:1572", "i40e", "42", 1);
+  // Matching but bound to its host driver; and one without an IOMMU group.
+  host.AddFunction("0000:d8:00.0", "8086:154c", "ixgbe", "43", 1);
+  host.AddFunction("0000:d9:00.0", "8086:154c", "vfio-pci", "");
+  // Not matching at all.
+  host.AddFunction("0000:00:1f.0", "8086:a1c1", "lpc_ich", "7");
+
+  VfioInventory inventory(host.sysfs(), host.dev());
+  std::vector<VfioGroup> groups = inventory.Scan(NetResource());
+  ASSERT_EQ(groups.size(), 4u);
+  EXPECT_EQ(groups[0].group, "40");
+  EXPECT_EQ(groups[0].pci_addresses,
+            (std::vector<std::string>{"0000:3b:00.0", "0000:3b:00.1"}));
+  EXPECT_TRUE(groups[0].healthy);
+  EXPECT_EQ(groups[0].numa_node, 0);
+  EXPECT_EQ(groups[1].group, "41");
+  EXPECT_TRUE(groups[1].healthy);
+  EXPECT_EQ(groups[1].numa_node, 1);
+  EXPECT_EQ(groups[2].group, "42");
+  EXPECT_FALSE(groups[2].healthy);
+  EXPECT_NE(groups[2].why_unhealthy.find("0000:af:00.1 is bound to i40e"),
+            std::string::npos)
+      << groups[2].why_unhealthy;
+  EXPECT_EQ(groups[3].group, "43");
+  EXPECT_FALSE(groups[3].healthy);
+  EXPECT_NE(groups[3].why_unhealthy.find("not vfio-pci"), std::string::npos);
+
+  host.RemoveDevVfio("41");
+  groups = inventory.Scan(NetResource());
+  EXPECT_FALSE(groups[1].healthy);
+  EXPECT_NE(groups[1].why_unhealthy.find("/vfio/41 is missing"),
+            std::string::npos);
+}
+
+class DevicePluginTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    host_.AddFunction("0000:3b:00.0", "8086:154c", "vfio-pci", "40", 0);
+    host_.AddFunction("0000:3b:00.1", "8086:154c", "vfio-pci", "40", 0);
+    host_.AddFunction("0000:5e:00.0", "8086:154c", "vfio-pci", "41", 1);
+    host_.AddFunction("0000:5e:00.1", "8086:154c", "vfio-pci", "44", 1);
+    kubelet_ = std::make_unique<FakeKubelet>(host_.kubelet());
+  }
+
+  std::unique_ptr<DevicePlugin> StartPlugin() {
+    DevicePlugin::Options options;
+    options.resource = NetResource();
+    options.kubelet_dir = host_.kubelet();
+    options.sysfs_root = host_.sysfs();
+    options.dev_root = host_.dev();
+    options.handoff_socket = "/run/irqbypass/handoff.sock";
+    options.poll_interval = absl::Milliseconds(200);
+    auto plugin = DevicePlugin::Start(options);
+    EXPECT_TRUE(plugin.ok()) << plugin.status();
+    return plugin.ok() ? *std::move(plugin) : nullptr;
+  }
+
+  bool ListedHealthy(int n) {
+    return kubelet_->WaitForDevices(
+        kResource,
+        [n](const v1beta1::ListAndWatchResponse& l) {
+          int healthy = 0;
+          for (const auto& d : l.devices()) healthy += d.health() == "Healthy";
+          return healthy == n;
+        },
+        kWait);
+  }
+
+  FakeHost host_;
+  std::unique_ptr<FakeKubelet> kubelet_;
+};
+
+TEST_F(DevicePluginTest, Registers_ListsGroupsWithNuma_Allocates) {
+  kubelet_->Start();
+  auto plugin = StartPlugin();
+  ASSERT_NE(plugin, nullptr);
+  ASSERT_TRUE(kubelet_->WaitRegistrations(kResource, 1, kWait));
+  const v1beta1::RegisterRequest reg = kubelet_->Registrations()[0];
+  EXPECT_EQ(reg.version(), "v1beta1");
+  EXPECT_EQ(reg.resource_name(), kResource);
+  EXPECT_EQ(reg.endpoint(), fs::path(plugin->socket_path()).filename());
+  EXPECT_TRUE(reg.options().get_preferred_allocation_available());
+
+  ASSERT_TRUE(ListedHealthy(3));
+  EXPECT_TRUE(
+      kubelet_->OptionsOf(kResource).get_preferred_allocation_available());
+  const auto list = kubelet_->LatestDevices(kResource);
+  ASSERT_EQ(list.devices_size(), 3);
+  EXPECT_EQ(list.devices(0).id(), "40");
+  ASSERT_EQ(list.devices(0).topology().nodes_size(), 1);
+  EXPECT_EQ(list.devices(0).topology().nodes(0).id(), 0);
+  EXPECT_EQ(list.devices(1).topology().nodes(0).id(), 1);
+
+  auto alloc = kubelet_->Allocate(kResource, {{"40", "41"}});
+  ASSERT_TRUE(alloc.ok()) << alloc.status();
+  ASSERT_EQ(alloc->container_responses_size(), 1);
+  const auto& c = alloc->container_responses(0);
+  std::set<std::string> paths;
+  for (const auto& d : c.devices()) {
+    EXPECT_EQ(d.permissions(), "rwm");
+    EXPECT_EQ(d.host_path(), host_.dev() + d.container_path().substr(4));
+    paths.insert(d.container_path());
+  }
+  EXPECT_EQ(paths, (std::set<std::string>{"/dev/vfio/vfio", "/dev/vfio/40",
+                                          "/dev/vfio/41"}));
+  ASSERT_EQ(c.mounts_size(), 1);
+  EXPECT_EQ(c.mounts(0).host_path(), "/run/irqbypass/handoff.sock");
+  EXPECT_EQ(c.mounts(0).container_path(), kContainerHandoffSocket);
+  EXPECT_EQ(c.envs().at("IRQBYPASS_PCI_ADDRESSES"),
+            "0000:3b:00.0,0000:3b:00.1,0000:5e:00.0");
+  EXPECT_EQ(c.envs().at("PCI_RESOURCE_IRQBYPASS_IO_VFIO_NET"),
+            "0000:3b:00.0,0000:3b:00.1,0000:5e:00.0");
+  EXPECT_EQ(c.envs().at("IRQBYPASS_IOMMU_GROUPS"), "40,41");
+  EXPECT_EQ(c.envs().at("IRQBYPASS_HANDOFF_SOCKET"), kContainerHandoffSocket);
+
+  auto unknown = kubelet_->Allocate(kResource, {{"40", "99"}});
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(unknown.status().message().find("\"99\""), std::string::npos);
+}
+
+TEST_F(DevicePluginTest, Health_FollowsBindingAndDevVfio_NeverStuck) {
+  kubelet_->Start();
+  auto plugin = StartPlugin();
+  ASSERT_TRUE(ListedHealthy(3));
+  const auto unhealthy = [&](const std::string& id) {
+    return kubelet_->WaitForDevices(
+        kResource,
+        [&](const v1beta1::ListAndWatchResponse& l) {
+          return HealthOf(l, id) == "Unhealthy";
+        },
+        absl::Seconds(2));
+  };
+  const auto healthy = [&](const std::string& id) {
+    return kubelet_->WaitForDevices(
+        kResource,
+        [&](const v1beta1::ListAndWatchResponse& l) {
+          return HealthOf(l, id) == "Healthy";
+        },
+        absl::Seconds(2));
+  };
+  // Unbound from vfio-pci (to its host driver): Unhealthy within 2 s.
+  host_.Bind("0000:3b:00.1", "i40e");
+  EXPECT_TRUE(unhealthy("40"));
+  auto refused = kubelet_->Allocate(kResource, {{"40"}});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find("unhealthy"), std::string::npos);
+  host_.Bind("0000:3b:00.1", "vfio-pci");
+  EXPECT_TRUE(healthy("40"));
+  // /dev/vfio/<group> gone and back.
+  host_.RemoveDevVfio("41");
+  EXPECT_TRUE(unhealthy("41"));
+  host_.AddDevVfio("41");
+  EXPECT_TRUE(healthy("41"));
+  // The function vanishes from sysfs: still listed, Unhealthy; then back.
+  fs::rename(host_.sysfs() + "/bus/pci/devices/0000:5e:00.1",
+             host_.sysfs() + "/hidden");
+  EXPECT_TRUE(unhealthy("44"));
+  fs::rename(host_.sysfs() + "/hidden",
+             host_.sysfs() + "/bus/pci/devices/0000:5e:00.1");
+  EXPECT_TRUE(healthy("44"));
+}
+
+TEST_F(DevicePluginTest, KubeletRestarts_BothOrdersAndLate_RegistersAgain) {
+  kubelet_->Start();
+  auto plugin = StartPlugin();
+  ASSERT_TRUE(kubelet_->WaitRegistrations(kResource, 1, kWait));
+  ASSERT_TRUE(ListedHealthy(3));
+
+  int expected = 1;
+  struct Case {
+    FakeKubelet::RestartOrder order;
+    absl::Duration gap;
+  };
+  for (const Case& c : {Case{FakeKubelet::RestartOrder::kDeleteSocketsThenServe,
+                             absl::ZeroDuration()},
+                        Case{FakeKubelet::RestartOrder::kServeThenDeleteSockets,
+                             absl::Milliseconds(300)},
+                        Case{FakeKubelet::RestartOrder::kDeleteSocketsThenServe,
+                             absl::Seconds(2)}}) {
+    const int before = kubelet_->RegistrationsOf(kResource);
+    kubelet_->Restart(c.order, c.gap);
+    // Within 5 s of the kubelet being back: registered again, and the new
+    // ListAndWatch (the kubelet dials on Register) lists every device.
+    EXPECT_TRUE(
+        kubelet_->WaitRegistrations(kResource, before + 1, absl::Seconds(5)))
+        << "order " << static_cast<int>(c.order);
+    EXPECT_TRUE(ListedHealthy(3));
+    ++expected;
+  }
+  // Settled: one registration per restart at least, and the plugin counts
+  // its own.
+  EXPECT_GE(plugin->registrations(), expected);
+  EXPECT_TRUE(fs::exists(plugin->socket_path()));
+}
+
+TEST_F(DevicePluginTest, KubeletStartsAfterThePlugin_RegistersThen) {
+  auto plugin = StartPlugin();
+  ASSERT_NE(plugin, nullptr);
+  absl::SleepFor(absl::Milliseconds(600));
+  EXPECT_EQ(kubelet_->RegistrationsOf(kResource), 0);
+  kubelet_->Start();
+  EXPECT_TRUE(kubelet_->WaitRegistrations(kResource, 1, absl::Seconds(5)));
+  EXPECT_TRUE(ListedHealthy(3));
+}
+
+TEST_F(DevicePluginTest, DroppedListAndWatch_ThePluginServesTheNextOne) {
+  kubelet_->Start();
+  auto plugin = StartPlugin();
+  ASSERT_TRUE(ListedHealthy(3));
+  kubelet_->DropListAndWatch(kResource);
+  // The kubelet dials again when it registers the plugin again, which a
+  // restart does; until then the plugin keeps serving.
+  kubelet_->Restart(FakeKubelet::RestartOrder::kDeleteSocketsThenServe);
+  EXPECT_TRUE(ListedHealthy(3));
+}
+
+TEST_F(DevicePluginTest, PreferredAllocation_MustIncludeSizeAndOneNumaNode) {
+  kubelet_->Start();
+  auto plugin = StartPlugin();
+  ASSERT_TRUE(ListedHealthy(3));
+  // 40 is on NUMA 0; 41 and 44 on NUMA 1.
+  auto p = kubelet_->Preferred(kResource, {"40", "41", "44"}, {"41"}, 2);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->container_responses_size(), 1);
+  EXPECT_EQ(
+      std::vector<std::string>(p->container_responses(0).deviceids().begin(),
+                               p->container_responses(0).deviceids().end()),
+      (std::vector<std::string>{"41", "44"}));
+  // Nothing required: the node with the most available devices.
+  p = kubelet_->Preferred(kResource, {"40", "41", "44"}, {}, 2);
+  ASSERT_TRUE(p.ok());
+  std::set<std::string> got(p->container_responses(0).deviceids().begin(),
+                            p->container_responses(0).deviceids().end());
+  EXPECT_EQ(got, (std::set<std::string>{"41", "44"}));
+  // must_include beyond the size: refused, naming the field.
+  p = kubelet_->Preferred(kResource, {"40", "41"}, {"40", "41"}, 1);
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(p.status().message().find("allocation_size"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace irqbypass::agent
