@@ -1,0 +1,246 @@
+// deploy/kubernetes: both overlays render with kustomize (kubectl's), and
+// what they render is what a platform team needs and the binaries accept:
+// every flag in the manifests is one the binary defines; every container
+// has probes, requests and a memory limit; single runs one irqbypassd with
+// Recreate on a PVC at its --data_dir; ha runs replicas on etcd with a
+// PodDisruptionBudget and the pod IP as advertise address; the agent
+// DaemonSet is privileged, system-node-critical, rolls with maxSurge 0 and
+// mounts what it opens; monitoring, network policies, service accounts.
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "yaml-cpp/yaml.h"
+
+namespace irqbypass {
+namespace {
+
+// stdout of `command`, and whether it exited 0.
+bool RunShell(const std::string& command, std::string* out) {
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return false;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out->append(buf, n);
+  const int status = pclose(pipe);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+std::string Runfile(const std::string& path) {
+  const char* dir = getenv("TEST_SRCDIR");
+  const char* ws = getenv("TEST_WORKSPACE");
+  return std::string(dir ? dir : ".") + "/" + (ws ? ws : "irqbypass") + "/" +
+         path;
+}
+
+struct Rendered {
+  std::vector<YAML::Node> docs;
+  YAML::Node Find(const std::string& kind, const std::string& name) const {
+    for (const YAML::Node& d : docs) {
+      if (d["kind"].as<std::string>() == kind &&
+          d["metadata"]["name"].as<std::string>() == name) {
+        return d;
+      }
+    }
+    return YAML::Node();
+  }
+};
+
+class KustomizeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string ignored;
+    if (!RunShell("command -v kubectl", &ignored)) {
+      GTEST_SKIP() << "kubectl (with its kustomize) is not on this machine";
+    }
+    // (absl's --helpfull exits 1 after printing.)
+    RunShell(Runfile("service/irqbypassd") + " --helpfull 2>&1",
+             &irqbypassd_help_);
+    RunShell(Runfile("agent/irqbypass-agent") + " --helpfull 2>&1",
+             &agent_help_);
+    ASSERT_NE(irqbypassd_help_.find("    --store ("), std::string::npos)
+        << irqbypassd_help_;
+    ASSERT_NE(agent_help_.find("    --device_plugin_resources ("),
+              std::string::npos)
+        << agent_help_;
+  }
+
+  Rendered Render(const std::string& overlay) {
+    std::string out;
+    EXPECT_TRUE(
+        RunShell("kubectl kustomize --load-restrictor=LoadRestrictionsNone " +
+                     Runfile("deploy/kubernetes/overlays/" + overlay) + " 2>&1",
+                 &out))
+        << out;
+    Rendered r;
+    for (const YAML::Node& d : YAML::LoadAll(out)) {
+      if (d.IsMap()) r.docs.push_back(d);
+    }
+    return r;
+  }
+
+  // Every --flag in `args` is one `help` (a --helpfull) lists.
+  void ExpectKnownFlags(const YAML::Node& args, const std::string& help,
+                        const std::string& binary) {
+    ASSERT_TRUE(args.IsSequence());
+    for (const YAML::Node& a : args) {
+      const std::string arg = a.as<std::string>();
+      ASSERT_TRUE(absl::StartsWith(arg, "--")) << arg;
+      const std::string name = arg.substr(0, arg.find('='));
+      EXPECT_NE(help.find("    " + name + " ("), std::string::npos)
+          << binary << " has no flag " << name;
+    }
+  }
+
+  static std::string Arg(const YAML::Node& args, const std::string& flag) {
+    for (const YAML::Node& a : args) {
+      const std::string arg = a.as<std::string>();
+      if (absl::StartsWith(arg, flag + "=")) return arg.substr(flag.size() + 1);
+    }
+    return "";
+  }
+
+  void ExpectContainersComplete(const Rendered& r) {
+    for (const YAML::Node& d : r.docs) {
+      const std::string kind = d["kind"].as<std::string>();
+      if (kind != "Deployment" && kind != "DaemonSet") continue;
+      for (const YAML::Node& c : d["spec"]["template"]["spec"]["containers"]) {
+        const std::string what = kind + "/" + c["name"].as<std::string>();
+        EXPECT_TRUE(c["livenessProbe"].IsMap()) << what;
+        EXPECT_TRUE(c["readinessProbe"].IsMap()) << what;
+        EXPECT_TRUE(c["resources"]["requests"]["cpu"].IsScalar()) << what;
+        EXPECT_TRUE(c["resources"]["requests"]["memory"].IsScalar()) << what;
+        EXPECT_TRUE(c["resources"]["limits"]["memory"].IsScalar()) << what;
+      }
+      EXPECT_FALSE(d["spec"]["template"]["spec"]["automountServiceAccountToken"]
+                       .as<bool>(true))
+          << kind;
+    }
+  }
+
+  void ExpectCommon(const Rendered& r) {
+    for (const auto& [kind, name] :
+         std::vector<std::pair<std::string, std::string>>{
+             {"Namespace", "irqbypass-system"},
+             {"ServiceAccount", "irqbypassd"},
+             {"ServiceAccount", "irqbypass-agent"},
+             {"Service", "irqbypassd"},
+             {"NetworkPolicy", "irqbypassd"},
+             {"NetworkPolicy", "irqbypass-agent"},
+             {"ServiceMonitor", "irqbypassd"},
+             {"PodMonitor", "irqbypass-agent"}}) {
+      EXPECT_TRUE(r.Find(kind, name).IsMap()) << kind << " " << name;
+    }
+    const YAML::Node d = r.Find("Deployment", "irqbypassd");
+    ASSERT_TRUE(d.IsMap());
+    const YAML::Node c = d["spec"]["template"]["spec"]["containers"][0];
+    ExpectKnownFlags(c["args"], irqbypassd_help_, "irqbypassd");
+    EXPECT_EQ(c["readinessProbe"]["grpc"]["service"].as<std::string>(),
+              "irqbypass.v1.BypassManager");
+    EXPECT_EQ(c["livenessProbe"]["grpc"]["port"].as<int>(), 50051);
+    EXPECT_EQ(Arg(c["args"], "--listen"), "0.0.0.0:50051");
+
+    const YAML::Node ds = r.Find("DaemonSet", "irqbypass-agent");
+    ASSERT_TRUE(ds.IsMap());
+    const YAML::Node spec = ds["spec"]["template"]["spec"];
+    EXPECT_EQ(spec["priorityClassName"].as<std::string>(),
+              "system-node-critical");
+    EXPECT_EQ(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"].as<int>(), 0);
+    const YAML::Node agent = spec["containers"][0];
+    EXPECT_TRUE(agent["securityContext"]["privileged"].as<bool>());
+    ExpectKnownFlags(agent["args"], agent_help_, "irqbypass-agent");
+    std::map<std::string, std::string> host_paths;  // volume -> host path
+    for (const YAML::Node& v : spec["volumes"]) {
+      host_paths[v["name"].as<std::string>()] =
+          v["hostPath"]["path"].as<std::string>();
+    }
+    std::map<std::string, std::string> mounts;  // mount path -> host path
+    std::set<std::string> read_only;
+    for (const YAML::Node& m : agent["volumeMounts"]) {
+      const std::string path = m["mountPath"].as<std::string>();
+      mounts[path] = host_paths[m["name"].as<std::string>()];
+      if (m["readOnly"].as<bool>(false)) read_only.insert(path);
+    }
+    EXPECT_EQ(mounts["/dev/vfio"], "/dev/vfio");
+    EXPECT_EQ(mounts["/dev/kvm"], "/dev/kvm");
+    const std::string kubelet = Arg(agent["args"], "--kubelet_dir");
+    EXPECT_EQ(mounts[kubelet + "/device-plugins"],
+              "/var/lib/kubelet/device-plugins");
+    EXPECT_EQ(mounts[kubelet + "/pod-resources"],
+              "/var/lib/kubelet/pod-resources");
+    const std::string sysfs = Arg(agent["args"], "--sysfs_root");
+    EXPECT_EQ(mounts[sysfs], "/sys");
+    EXPECT_EQ(read_only.count(sysfs), 1u) << "sysfs must be read-only";
+    const std::string handoff = Arg(agent["args"], "--handoff_socket");
+    const std::string handoff_dir = handoff.substr(0, handoff.rfind('/'));
+    EXPECT_FALSE(mounts[handoff_dir].empty())
+        << "the handoff socket's folder is not a host path";
+    ExpectContainersComplete(r);
+  }
+
+  std::string irqbypassd_help_;
+  std::string agent_help_;
+};
+
+TEST_F(KustomizeTest, Single_OneReplicaRecreateOnAPvcAtItsDataDir) {
+  const Rendered r = Render("single");
+  ExpectCommon(r);
+  const YAML::Node d = r.Find("Deployment", "irqbypassd");
+  EXPECT_EQ(d["spec"]["replicas"].as<int>(), 1);
+  EXPECT_EQ(d["spec"]["strategy"]["type"].as<std::string>(), "Recreate");
+  const YAML::Node pod = d["spec"]["template"]["spec"];
+  const YAML::Node c = pod["containers"][0];
+  EXPECT_EQ(Arg(c["args"], "--store"), "embedded");
+  const std::string data_dir = Arg(c["args"], "--data_dir");
+  std::string volume;
+  for (const YAML::Node& m : c["volumeMounts"]) {
+    if (m["mountPath"].as<std::string>() == data_dir) {
+      volume = m["name"].as<std::string>();
+    }
+  }
+  ASSERT_FALSE(volume.empty()) << "--data_dir " << data_dir << " not mounted";
+  std::string claim;
+  for (const YAML::Node& v : pod["volumes"]) {
+    if (v["name"].as<std::string>() == volume) {
+      claim = v["persistentVolumeClaim"]["claimName"].as<std::string>();
+    }
+  }
+  EXPECT_TRUE(r.Find("PersistentVolumeClaim", claim).IsMap()) << claim;
+  EXPECT_FALSE(r.Find("PodDisruptionBudget", "irqbypassd").IsMap());
+}
+
+TEST_F(KustomizeTest, Ha_ReplicasOnEtcdWithABudgetAndThePodIp) {
+  const Rendered r = Render("ha");
+  ExpectCommon(r);
+  const YAML::Node d = r.Find("Deployment", "irqbypassd");
+  EXPECT_GE(d["spec"]["replicas"].as<int>(), 2);
+  const YAML::Node c = d["spec"]["template"]["spec"]["containers"][0];
+  EXPECT_EQ(Arg(c["args"], "--store"), "etcd");
+  EXPECT_FALSE(Arg(c["args"], "--etcd_endpoints").empty());
+  EXPECT_EQ(Arg(c["args"], "--advertise_address"), "$(POD_IP):50051");
+  bool pod_ip = false;
+  for (const YAML::Node& e : c["env"]) {
+    pod_ip |= e["name"].as<std::string>() == "POD_IP" &&
+              e["valueFrom"]["fieldRef"]["fieldPath"].as<std::string>() ==
+                  "status.podIP";
+  }
+  EXPECT_TRUE(pod_ip);
+  const YAML::Node pdb = r.Find("PodDisruptionBudget", "irqbypassd");
+  ASSERT_TRUE(pdb.IsMap());
+  EXPECT_EQ(pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+                .as<std::string>(),
+            "irqbypassd");
+  EXPECT_EQ(pdb["spec"]["maxUnavailable"].as<int>(), 1);
+}
+
+}  // namespace
+}  // namespace irqbypass
