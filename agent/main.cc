@@ -430,9 +430,15 @@ int Main(int argc, char** argv) {
           "handoff socket for the pod's VMM",
           {});
     }
-    for (ResourceSpec& spec : *specs) {
+    for (const ResourceSpec& spec : *specs) {
       DevicePlugin::Options options;
-      options.resource = std::move(spec);
+      options.resource = spec;
+      for (const ResourceSpec& other : *specs) {
+        if (other.name == spec.name) continue;
+        options.other_selectors.insert(options.other_selectors.end(),
+                                       other.selectors.begin(),
+                                       other.selectors.end());
+      }
       options.kubelet_dir = absl::GetFlag(FLAGS_kubelet_dir);
       options.sysfs_root = absl::GetFlag(FLAGS_sysfs_root);
       options.dev_root = absl::GetFlag(FLAGS_dev_root);
@@ -463,7 +469,10 @@ int Main(int argc, char** argv) {
   LogInfo("agent stopping",
           {{"node", node},
            {"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
-  plugins.clear();  // their sockets go; the kubelet sees the devices leave
+  // All at once (a registration in flight is cancelled), then each waited
+  // for: their sockets go and the kubelet sees the devices leave.
+  for (auto& plugin : plugins) plugin->BeginStop();
+  plugins.clear();
   if (handoff != nullptr) handoff->Stop();
   if (kvm_backend != nullptr) kvm_backend->SetChangeCallback(nullptr);
   session.Shutdown();

@@ -51,15 +51,21 @@ TEST(DevicePluginE2eTest, RealAgent_RegistersAllocatesSurvivesRestarts) {
   EXPECT_NE(cluster.agent("n1").Log().find("msg=\"devices allocated\""),
             std::string::npos);
 
-  kubelet.Restart(FakeKubelet::RestartOrder::kDeleteSocketsThenServe,
-                  absl::Milliseconds(500));
-  ASSERT_TRUE(kubelet.WaitRegistrations(kResource, 2, absl::Seconds(5)));
+  const absl::Time back =
+      kubelet.Restart(FakeKubelet::RestartOrder::kDeleteSocketsThenServe,
+                      absl::Milliseconds(500));
+  ASSERT_TRUE(kubelet.WaitForDevices(
+      kResource,
+      [](const v1beta1::ListAndWatchResponse& l) {
+        return l.devices_size() == 2;
+      },
+      absl::Seconds(5), back));
   const int metrics_port =
       LoggedPort(cluster.agent("n1").Log(), "metrics_port");
   ASSERT_GT(metrics_port, 0);
   const std::string series =
       "irqbypass_agent_device_plugin_registrations_total{resource=\"" +
-      std::string(kResource) + "\"} 2";
+      std::string(kResource) + "\"} 2\n";
   EXPECT_TRUE(Eventually([&] {
     auto body = HttpGet(metrics_port, "/metrics");
     return body.has_value() && body->find(series) != std::string::npos;
@@ -67,20 +73,21 @@ TEST(DevicePluginE2eTest, RealAgent_RegistersAllocatesSurvivesRestarts) {
 
   // SIGTERM: the plugin's socket goes with the agent.
   const std::string socket =
-      host.kubelet() + "/device-plugins/irqbypass-irqbypass.io-vfio-net.sock";
+      host.kubelet() + "/device-plugins/irqbypass-irqbypass.io_2fvfio-net.sock";
   ASSERT_TRUE(std::filesystem::exists(socket));
   ASSERT_TRUE(cluster.agent("n1").Signal(SIGTERM));
   EXPECT_EQ(cluster.agent("n1").Wait(), 0);
   EXPECT_FALSE(std::filesystem::exists(socket));
   // A new agent registers again, and the kubelet's new stream lists both.
+  const absl::Time restarted = absl::Now();
   ASSERT_TRUE(cluster.StartAgent("n1", flags));
-  EXPECT_TRUE(kubelet.WaitRegistrations(kResource, 3, absl::Seconds(5)));
+  ASSERT_TRUE(kubelet.WaitRegistrations(kResource, 3, absl::Seconds(5)));
   EXPECT_TRUE(kubelet.WaitForDevices(
       kResource,
       [](const v1beta1::ListAndWatchResponse& l) {
         return l.devices_size() == 2;
       },
-      absl::Seconds(10)));
+      absl::Seconds(10), restarted));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "agent/deviceplugin/device_plugin.h"
 
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,24 +24,6 @@ namespace {
 
 constexpr char kHealthy[] = "Healthy";
 constexpr char kUnhealthy[] = "Unhealthy";
-
-// "irqbypass.io/vfio-net" -> "irqbypass-irqbypass.io-vfio-net.sock".
-std::string EndpointFor(const std::string& resource) {
-  std::string name = "irqbypass-";
-  for (char c : resource) {
-    name.push_back(absl::ascii_isalnum(c) || c == '.' || c == '-' ? c : '-');
-  }
-  return name + ".sock";
-}
-
-// "irqbypass.io/vfio-net" -> "PCI_RESOURCE_IRQBYPASS_IO_VFIO_NET".
-std::string EnvFor(const std::string& resource) {
-  std::string name = "PCI_RESOURCE_";
-  for (char c : resource) {
-    name.push_back(absl::ascii_isalnum(c) ? absl::ascii_toupper(c) : '_');
-  }
-  return name;
-}
 
 struct FileId {
   ino_t inode = 0;
@@ -165,7 +148,7 @@ class DevicePlugin::Service final : public dp::DevicePlugin::CallbackService {
 DevicePlugin::DevicePlugin(Options options)
     : options_(std::move(options)),
       inventory_(options_.sysfs_root, options_.dev_root),
-      endpoint_(EndpointFor(options_.resource.name)) {}
+      endpoint_(ResourceEndpoint(options_.resource.name)) {}
 
 std::string DevicePlugin::socket_path() const {
   return options_.kubelet_dir + "/device-plugins/" + endpoint_;
@@ -174,45 +157,79 @@ std::string DevicePlugin::socket_path() const {
 absl::StatusOr<std::unique_ptr<DevicePlugin>> DevicePlugin::Start(
     Options options) {
   std::unique_ptr<DevicePlugin> plugin(new DevicePlugin(std::move(options)));
+  // The listener is bound at socket_path() + ".new" first (see Serve).
+  const size_t longest = sizeof(sockaddr_un::sun_path) - 1;
+  if (plugin->socket_path().size() + 4 > longest) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "device plugin for ", plugin->resource(), ": its socket path ",
+        plugin->socket_path(), " is ", plugin->socket_path().size(),
+        " characters; a unix socket path has at most ", longest - 4,
+        " here (use a shorter --kubelet_dir or resource name)"));
+  }
   plugin->Rescan();
+  if (plugin->options_.metrics != nullptr) {
+    MutexLock lock(&plugin->mu_);
+    int healthy = 0;
+    for (const VfioGroup& g : plugin->groups_) healthy += g.healthy ? 1 : 0;
+    plugin->options_.metrics->DevicePluginDevices(
+        plugin->resource(), healthy,
+        static_cast<int>(plugin->groups_.size()) - healthy);
+  }
   {
     MutexLock lock(&plugin->serve_mu_);
-    if (absl::Status s = plugin->Serve(); !s.ok()) return s;
+    if (absl::Status s = plugin->Serve(); !s.ok()) {
+      // Likely the kubelet's folder is not there yet: the monitor retries.
+      LogWarn("device plugin cannot serve its socket yet; retrying",
+              {{"resource", plugin->resource()},
+               {"error", std::string(s.message())}});
+    }
   }
   plugin->monitor_ = std::thread([p = plugin.get()] { p->MonitorLoop(); });
   return plugin;
 }
 
+void DevicePlugin::BeginStop() {
+  MutexLock lock(&stop_mu_);
+  stop_ = true;
+  stop_cv_.Signal();
+  if (registering_ != nullptr) registering_->TryCancel();
+}
+
 DevicePlugin::~DevicePlugin() {
-  {
-    MutexLock lock(&stop_mu_);
-    stop_ = true;
-    stop_cv_.Signal();
-  }
+  BeginStop();
   if (monitor_.joinable()) monitor_.join();
   MutexLock lock(&serve_mu_);
   StopServing();
 }
 
 absl::Status DevicePlugin::Serve() {
+  // Bound at a name of its own, then renamed onto the endpoint: gRPC
+  // unlinks the path it listened on when it shuts down, which would
+  // otherwise delete a socket that is no longer ours (another plugin's,
+  // after a restart). Ours is removed by StopServing, by inode.
   const std::string path = socket_path();
-  unlink(path.c_str());  // a stale socket of an earlier run
+  const std::string bound = path + ".new";
+  unlink(bound.c_str());
   service_ = std::make_unique<Service>(*this);
   grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials(),
-                           &port);
+  builder.AddListeningPort("unix:" + bound, grpc::InsecureServerCredentials());
   builder.RegisterService(service_.get());
   server_ = builder.BuildAndStart();
-  std::optional<FileId> id = Identify(path);
-  if (server_ == nullptr || !id.has_value()) {
+  if (server_ == nullptr || rename(bound.c_str(), path.c_str()) != 0) {
+    if (server_ != nullptr) server_->Shutdown();
     server_.reset();
     service_.reset();
+    unlink(bound.c_str());
     return absl::UnavailableError(absl::StrCat(
         "device plugin for ", options_.resource.name, ": cannot serve ", path,
         " (does --kubelet_dir/device-plugins exist?)"));
   }
-  socket_inode_ = id->inode;
+  std::optional<FileId> id = Identify(path);
+  socket_inode_ = id.has_value() ? id->inode : 0;
+  {
+    MutexLock lock(&mu_);
+    stopping_streams_ = false;
+  }
   return absl::OkStatus();
 }
 
@@ -220,6 +237,7 @@ void DevicePlugin::StopServing() {
   if (server_ == nullptr) return;
   {
     MutexLock lock(&mu_);
+    stopping_streams_ = true;  // one that arrives meanwhile ends at once
     for (const auto& weak : streams_) {
       if (auto stream = weak.lock()) stream->End();
     }
@@ -247,13 +265,21 @@ void DevicePlugin::AddStream(std::weak_ptr<ListStream> stream) {
   streams_.push_back(std::move(stream));
 }
 
+int DevicePlugin::LiveStreams() const {
+  MutexLock lock(&mu_);
+  int n = 0;
+  for (const auto& weak : streams_) n += weak.expired() ? 0 : 1;
+  return n;
+}
+
 v1beta1::ListAndWatchResponse DevicePlugin::Devices() const {
   MutexLock lock(&mu_);
   return devices_;
 }
 
 bool DevicePlugin::Rescan() {
-  std::vector<VfioGroup> scanned = inventory_.Scan(options_.resource);
+  std::vector<VfioGroup> scanned =
+      inventory_.Scan(options_.resource, options_.other_selectors);
   MutexLock lock(&mu_);
   std::map<std::string, VfioGroup> merged;
   for (VfioGroup& g : scanned) merged[g.group] = std::move(g);
@@ -321,7 +347,7 @@ bool DevicePlugin::Register() {
         "unix:" + socket_path(), grpc::InsecureChannelCredentials()));
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::seconds(2));
+                     std::chrono::seconds(1));
     dp::DevicePluginOptions options;
     grpc::Status s = own->GetDevicePluginOptions(&ctx, dp::Empty(), &options);
     if (!s.ok()) {
@@ -336,7 +362,13 @@ bool DevicePlugin::Register() {
       "unix:" + options_.kubelet_dir + "/device-plugins/kubelet.sock",
       grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // The kubelet dials back and asks our options before it answers.
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+  {
+    MutexLock lock(&stop_mu_);
+    if (stop_) return false;
+    registering_ = &ctx;
+  }
   dp::RegisterRequest request;
   request.set_version("v1beta1");
   request.set_endpoint(endpoint_);
@@ -344,6 +376,10 @@ bool DevicePlugin::Register() {
   request.mutable_options()->set_get_preferred_allocation_available(true);
   dp::Empty empty;
   grpc::Status s = kubelet->Register(&ctx, request, &empty);
+  {
+    MutexLock lock(&stop_mu_);
+    registering_ = nullptr;
+  }
   if (!s.ok()) {
     LogWarn("device plugin: the kubelet refused or did not answer Register",
             {{"resource", options_.resource.name},
@@ -359,6 +395,9 @@ void DevicePlugin::MonitorLoop() {
       options_.kubelet_dir + "/device-plugins/kubelet.sock";
   std::optional<FileId> registered;  // the kubelet.sock we registered with
   bool waiting_logged = false;
+  // Registered, but no ListAndWatch open since: the kubelet dials right
+  // after Register, so after a while without a stream, register again.
+  std::optional<std::chrono::steady_clock::time_point> streamless_since;
   for (bool first = true;; first = false) {
     if (!first) {
       MutexLock lock(&stop_mu_);
@@ -375,14 +414,20 @@ void DevicePlugin::MonitorLoop() {
       MutexLock lock(&serve_mu_);
       std::optional<FileId> own = Identify(socket_path());
       if (!own.has_value() || own->inode != socket_inode_) {
-        LogWarn(
-            "device plugin socket gone (a kubelet restart?); serving it "
-            "again",
-            {{"resource", options_.resource.name}, {"socket", socket_path()}});
+        const bool was_serving = server_ != nullptr;
+        if (was_serving) {
+          LogWarn(
+              "device plugin socket gone (a kubelet restart?); serving "
+              "it again",
+              {{"resource", options_.resource.name},
+               {"socket", socket_path()}});
+        }
         StopServing();
         if (absl::Status s = Serve(); !s.ok()) {
-          LogWarn("device plugin cannot serve its socket",
-                  {{"error", std::string(s.message())}});
+          if (was_serving) {
+            LogWarn("device plugin cannot serve its socket; retrying",
+                    {{"error", std::string(s.message())}});
+          }
           continue;
         }
         registered.reset();
@@ -399,7 +444,20 @@ void DevicePlugin::MonitorLoop() {
       }
       continue;
     }
-    if (registered.has_value() && *registered == *kubelet) continue;
+    if (registered.has_value() && *registered == *kubelet) {
+      const auto now = std::chrono::steady_clock::now();
+      if (LiveStreams() > 0) {
+        streamless_since.reset();
+        continue;
+      }
+      if (!streamless_since.has_value()) streamless_since = now;
+      if (now - *streamless_since < std::chrono::seconds(3)) continue;
+      LogWarn(
+          "device plugin: the kubelet has no ListAndWatch open; "
+          "registering again",
+          {{"resource", options_.resource.name}});
+    }
+    streamless_since.reset();
     if (!Register()) continue;
     registered = kubelet;
     waiting_logged = false;
@@ -424,7 +482,9 @@ grpc::Status DevicePlugin::DoAllocate(const dp::AllocateRequest& request,
     dp::ContainerAllocateResponse* out = response->add_container_responses();
     dp::DeviceSpec* vfio = out->add_devices();
     vfio->set_container_path("/dev/vfio/vfio");
-    vfio->set_host_path(options_.dev_root + "/vfio/vfio");
+    // Host paths are the host's /dev: --dev_root is only where this agent
+    // sees it (the kubelet does not).
+    vfio->set_host_path("/dev/vfio/vfio");
     vfio->set_permissions("rwm");
     std::vector<std::string> addresses, groups;
     for (const std::string& id : ids) {
@@ -445,7 +505,7 @@ grpc::Status DevicePlugin::DoAllocate(const dp::AllocateRequest& request,
       }
       dp::DeviceSpec* spec = out->add_devices();
       spec->set_container_path("/dev/vfio/" + id);
-      spec->set_host_path(options_.dev_root + "/vfio/" + id);
+      spec->set_host_path("/dev/vfio/" + id);
       spec->set_permissions("rwm");
       groups.push_back(id);
       addresses.insert(addresses.end(), it->second->pci_addresses.begin(),
@@ -453,16 +513,20 @@ grpc::Status DevicePlugin::DoAllocate(const dp::AllocateRequest& request,
     }
     const std::string joined = absl::StrJoin(addresses, ",");
     (*out->mutable_envs())["IRQBYPASS_PCI_ADDRESSES"] = joined;
-    (*out->mutable_envs())[EnvFor(options_.resource.name)] = joined;
+    (*out->mutable_envs())[ResourceEnvName(options_.resource.name)] = joined;
     (*out->mutable_envs())["IRQBYPASS_IOMMU_GROUPS"] =
         absl::StrJoin(groups, ",");
     if (!options_.handoff_socket.empty()) {
+      const std::string& socket = options_.handoff_socket;
+      const size_t slash = socket.rfind('/');
       dp::Mount* mount = out->add_mounts();
-      mount->set_container_path(kContainerHandoffSocket);
-      mount->set_host_path(options_.handoff_socket);
+      mount->set_container_path(kContainerHandoffDir);
+      mount->set_host_path(slash == std::string::npos || slash == 0
+                               ? std::string("/")
+                               : socket.substr(0, slash));
       mount->set_read_only(false);
       (*out->mutable_envs())["IRQBYPASS_HANDOFF_SOCKET"] =
-          kContainerHandoffSocket;
+          absl::StrCat(kContainerHandoffDir, "/", socket.substr(slash + 1));
     }
     LogInfo("devices allocated", {{"resource", options_.resource.name},
                                   {"iommu_groups", absl::StrJoin(groups, ",")},

@@ -48,15 +48,19 @@ namespace irqbypass::agent {
 
 class AgentMetrics;
 
-// Where the handoff socket appears inside the container (Allocate's Mount
-// and IRQBYPASS_HANDOFF_SOCKET).
-inline constexpr char kContainerHandoffSocket[] =
-    "/var/run/irqbypass/handoff.sock";
+// Where the handoff socket's folder appears inside the container
+// (Allocate's Mount; IRQBYPASS_HANDOFF_SOCKET names the socket in it). The
+// folder, not the socket: a bind mount pins an inode, and a restarted agent
+// makes a new socket.
+inline constexpr char kContainerHandoffDir[] = "/var/run/irqbypass";
 
 class DevicePlugin {
  public:
   struct Options {
     ResourceSpec resource;
+    // The other resources' selectors: a group that holds one of their
+    // devices is not offered under this one (Unhealthy).
+    std::vector<PciSelector> other_selectors;
     std::string kubelet_dir = "/var/lib/kubelet";
     std::string sysfs_root = "/sys";
     std::string dev_root = "/dev";
@@ -68,9 +72,13 @@ class DevicePlugin {
   };
 
   // Serves the plugin's socket and starts the monitor (registration is
-  // its first step, retried until the kubelet answers). Fails only if the
-  // socket cannot be served.
+  // its first step, retried until the kubelet answers; a device-plugins
+  // folder that does not exist yet is waited for). INVALID_ARGUMENT when
+  // the socket's path is longer than a unix socket address allows.
   static absl::StatusOr<std::unique_ptr<DevicePlugin>> Start(Options options);
+  // Stops the monitor and cancels a registration in progress, without
+  // waiting; for stopping several plugins at once (the destructor waits).
+  void BeginStop();
   ~DevicePlugin();  // ends the streams, stops serving, removes the socket
 
   const std::string& resource() const { return options_.resource.name; }
@@ -80,7 +88,7 @@ class DevicePlugin {
   // Successful registrations with the kubelet so far.
   int registrations() const { return registrations_.load(); }
 
-  // The current device list (as ListAndWatch last sent it).
+  // The current device list (what a new ListAndWatch is sent first).
   v1beta1::ListAndWatchResponse Devices() const;
 
   class ListStream;
@@ -97,6 +105,8 @@ class DevicePlugin {
   // Dials the own socket, then registers; true on success.
   bool Register();
   void AddStream(std::weak_ptr<ListStream> stream);
+  // ListAndWatch streams open now.
+  int LiveStreams() const;
 
   grpc::Status DoAllocate(const v1beta1::AllocateRequest& request,
                           v1beta1::AllocateResponse* response) const;
@@ -112,6 +122,7 @@ class DevicePlugin {
   std::vector<VfioGroup> groups_ ABSL_GUARDED_BY(mu_);  // incl. vanished
   v1beta1::ListAndWatchResponse devices_ ABSL_GUARDED_BY(mu_);
   std::vector<std::weak_ptr<ListStream>> streams_ ABSL_GUARDED_BY(mu_);
+  bool stopping_streams_ ABSL_GUARDED_BY(mu_) = false;  // in StopServing
 
   Mutex serve_mu_;  // the server (the monitor and the destructor)
   std::unique_ptr<Service> service_ ABSL_GUARDED_BY(serve_mu_);
@@ -122,6 +133,8 @@ class DevicePlugin {
   Mutex stop_mu_;
   CondVar stop_cv_;
   bool stop_ ABSL_GUARDED_BY(stop_mu_) = false;
+  // The registration call in flight (BeginStop cancels it).
+  grpc::ClientContext* registering_ ABSL_GUARDED_BY(stop_mu_) = nullptr;
   std::thread monitor_;
 };
 

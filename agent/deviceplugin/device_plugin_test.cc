@@ -15,6 +15,7 @@
 #include "agent/deviceplugin/testing/fake_host.h"
 #include "agent/deviceplugin/testing/fake_kubelet.h"
 #include "agent/deviceplugin/vfio_inventory.h"
+#include "common/testing/eventually.h"
 #include "gtest/gtest.h"
 
 namespace irqbypass::agent {
@@ -51,15 +52,48 @@ TEST(ResourceSpecsTest, ParsesAndNamesWhatIsWrong) {
   EXPECT_EQ((*ok)[0].selectors[1].vendor, 0x8086);
   EXPECT_EQ((*ok)[0].selectors[1].device, 0x10ed);
   EXPECT_EQ((*ok)[1].selectors[0].vendor, 0x144d);
-  for (const char* bad : {"novendor", "irqbypass.io/x=8086", "x=8086:154c",
-                          "irqbypass.io/x=zzzz:154c", "irqbypass.io/x=",
-                          "a.io/x=8086:154c,a.io/x=8086:10ed"}) {
+  for (const char* bad :
+       {"novendor", "irqbypass.io/x=8086", "x=8086:154c",
+        "irqbypass.io/x=zzzz:154c",
+        "irqbypass.io/x=", "a.io/x=8086:154c,a.io/x=8086:10ed",
+        "Irqbypass.io/x=8086:154c", "kubernetes.io/x=8086:154c",
+        "a.k8s.io/x=8086:154c", "a.io/-x=8086:154c",
+        // one device in two resources; two names with one variable
+        "a.io/x=8086:154c,a.io/y=8086:154c",
+        "a.io/x-y=8086:154c,a.io/x_y=8086:10ed"}) {
     auto parsed = ParseResourceSpecs(bad);
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument)
         << bad;
     EXPECT_NE(parsed.status().message().find("--device_plugin_resources"),
               std::string::npos);
   }
+}
+
+TEST(ResourceSpecsTest, EndpointsAndVariablesNeverCollide) {
+  EXPECT_EQ(ResourceEndpoint("irqbypass.io/vfio-net"),
+            "irqbypass-irqbypass.io_2fvfio-net.sock");
+  EXPECT_NE(ResourceEndpoint("a.io/x_y"), ResourceEndpoint("a.io/x-y"));
+  EXPECT_NE(ResourceEndpoint("a/b-c"), ResourceEndpoint("a-b/c"));
+  EXPECT_EQ(ResourceEnvName("irqbypass.io/vfio-net"),
+            "PCI_RESOURCE_IRQBYPASS_IO_VFIO_NET");
+}
+
+TEST(VfioInventoryTest, BridgesAllowed_OtherResourcesDevicesNot) {
+  FakeHost host;
+  // A root port (a bridge, on pcieport) shares group 50 with the NIC.
+  host.AddFunction("0000:00:01.0", "8086:2030", "pcieport", "50");
+  host.AddFunction("0000:3b:00.0", "8086:154c", "vfio-pci", "50", 1);
+  // Group 51: the NIC and a device of another resource.
+  host.AddFunction("0000:5e:00.0", "8086:154c", "vfio-pci", "51", 1);
+  host.AddFunction("0000:5e:00.1", "144d:a808", "vfio-pci", "51", 1);
+  VfioInventory inventory(host.sysfs(), host.dev());
+  const std::vector<PciSelector> nvme = {{0x144d, 0xa808}};
+  std::vector<VfioGroup> groups = inventory.Scan(NetResource(), nvme);
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_TRUE(groups[0].healthy) << groups[0].why_unhealthy;
+  EXPECT_FALSE(groups[1].healthy);
+  EXPECT_NE(groups[1].why_unhealthy.find("another resource"), std::string::npos)
+      << groups[1].why_unhealthy;
 }
 
 TEST(VfioInventoryTest, OneDevicePerGroup_ViabilityAndDevVfio) {
@@ -90,7 +124,8 @@ TEST(VfioInventoryTest, OneDevicePerGroup_ViabilityAndDevVfio) {
   EXPECT_EQ(groups[1].numa_node, 1);
   EXPECT_EQ(groups[2].group, "42");
   EXPECT_FALSE(groups[2].healthy);
-  EXPECT_NE(groups[2].why_unhealthy.find("0000:af:00.1 is bound to i40e"),
+  EXPECT_NE(groups[2].why_unhealthy.find(
+                "0000:af:00.1 is bound to i40e: the IOMMU group is not viable"),
             std::string::npos)
       << groups[2].why_unhealthy;
   EXPECT_EQ(groups[3].group, "43");
@@ -127,7 +162,10 @@ class DevicePluginTest : public ::testing::Test {
     return plugin.ok() ? *std::move(plugin) : nullptr;
   }
 
-  bool ListedHealthy(int n) {
+  // `n` devices Healthy on a live ListAndWatch of a registration made after
+  // `after`.
+  bool ListedHealthy(int n, absl::Time after = absl::InfinitePast(),
+                     absl::Duration timeout = kWait) {
     return kubelet_->WaitForDevices(
         kResource,
         [n](const v1beta1::ListAndWatchResponse& l) {
@@ -135,7 +173,7 @@ class DevicePluginTest : public ::testing::Test {
           for (const auto& d : l.devices()) healthy += d.health() == "Healthy";
           return healthy == n;
         },
-        kWait);
+        timeout, after);
   }
 
   FakeHost host_;
@@ -161,6 +199,7 @@ TEST_F(DevicePluginTest, Registers_ListsGroupsWithNuma_Allocates) {
   EXPECT_EQ(list.devices(0).id(), "40");
   ASSERT_EQ(list.devices(0).topology().nodes_size(), 1);
   EXPECT_EQ(list.devices(0).topology().nodes(0).id(), 0);
+  ASSERT_EQ(list.devices(1).topology().nodes_size(), 1);
   EXPECT_EQ(list.devices(1).topology().nodes(0).id(), 1);
 
   auto alloc = kubelet_->Allocate(kResource, {{"40", "41"}});
@@ -170,20 +209,24 @@ TEST_F(DevicePluginTest, Registers_ListsGroupsWithNuma_Allocates) {
   std::set<std::string> paths;
   for (const auto& d : c.devices()) {
     EXPECT_EQ(d.permissions(), "rwm");
-    EXPECT_EQ(d.host_path(), host_.dev() + d.container_path().substr(4));
+    // The host's /dev, not where this agent sees it (--dev_root).
+    EXPECT_EQ(d.host_path(), d.container_path());
     paths.insert(d.container_path());
   }
   EXPECT_EQ(paths, (std::set<std::string>{"/dev/vfio/vfio", "/dev/vfio/40",
                                           "/dev/vfio/41"}));
+  // The socket's folder (a restarted agent's new socket shows through).
   ASSERT_EQ(c.mounts_size(), 1);
-  EXPECT_EQ(c.mounts(0).host_path(), "/run/irqbypass/handoff.sock");
-  EXPECT_EQ(c.mounts(0).container_path(), kContainerHandoffSocket);
+  EXPECT_EQ(c.mounts(0).host_path(), "/run/irqbypass");
+  EXPECT_EQ(c.mounts(0).container_path(), kContainerHandoffDir);
+  EXPECT_FALSE(c.mounts(0).read_only());
   EXPECT_EQ(c.envs().at("IRQBYPASS_PCI_ADDRESSES"),
             "0000:3b:00.0,0000:3b:00.1,0000:5e:00.0");
   EXPECT_EQ(c.envs().at("PCI_RESOURCE_IRQBYPASS_IO_VFIO_NET"),
             "0000:3b:00.0,0000:3b:00.1,0000:5e:00.0");
   EXPECT_EQ(c.envs().at("IRQBYPASS_IOMMU_GROUPS"), "40,41");
-  EXPECT_EQ(c.envs().at("IRQBYPASS_HANDOFF_SOCKET"), kContainerHandoffSocket);
+  EXPECT_EQ(c.envs().at("IRQBYPASS_HANDOFF_SOCKET"),
+            "/var/run/irqbypass/handoff.sock");
 
   auto unknown = kubelet_->Allocate(kResource, {{"40", "99"}});
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
@@ -249,14 +292,13 @@ TEST_F(DevicePluginTest, KubeletRestarts_BothOrdersAndLate_RegistersAgain) {
                              absl::Milliseconds(300)},
                         Case{FakeKubelet::RestartOrder::kDeleteSocketsThenServe,
                              absl::Seconds(2)}}) {
-    const int before = kubelet_->RegistrationsOf(kResource);
-    kubelet_->Restart(c.order, c.gap);
-    // Within 5 s of the kubelet being back: registered again, and the new
-    // ListAndWatch (the kubelet dials on Register) lists every device.
-    EXPECT_TRUE(
-        kubelet_->WaitRegistrations(kResource, before + 1, absl::Seconds(5)))
-        << "order " << static_cast<int>(c.order);
-    EXPECT_TRUE(ListedHealthy(3));
+    const absl::Time back = kubelet_->Restart(c.order, c.gap);
+    // Within 5 s of the restart's end: registered again (after the late
+    // deletion too), and the kubelet's new ListAndWatch is open and lists
+    // every device.
+    EXPECT_TRUE(ListedHealthy(3, back, absl::Seconds(5)))
+        << "order " << static_cast<int>(c.order) << ", gap "
+        << absl::FormatDuration(c.gap);
     ++expected;
   }
   // Settled: one registration per restart at least, and the plugin counts
@@ -268,22 +310,36 @@ TEST_F(DevicePluginTest, KubeletRestarts_BothOrdersAndLate_RegistersAgain) {
 TEST_F(DevicePluginTest, KubeletStartsAfterThePlugin_RegistersThen) {
   auto plugin = StartPlugin();
   ASSERT_NE(plugin, nullptr);
-  absl::SleepFor(absl::Milliseconds(600));
-  EXPECT_EQ(kubelet_->RegistrationsOf(kResource), 0);
+  absl::SleepFor(absl::Milliseconds(600));  // a few polls without a kubelet
   kubelet_->Start();
   EXPECT_TRUE(kubelet_->WaitRegistrations(kResource, 1, absl::Seconds(5)));
   EXPECT_TRUE(ListedHealthy(3));
 }
 
-TEST_F(DevicePluginTest, DroppedListAndWatch_ThePluginServesTheNextOne) {
+TEST_F(DevicePluginTest, DroppedListAndWatch_PluginRegistersAgain) {
   kubelet_->Start();
   auto plugin = StartPlugin();
   ASSERT_TRUE(ListedHealthy(3));
+  // The kubelet lost the stream but did not restart (its socket is the
+  // same): it will not dial again by itself, so the plugin, seeing no
+  // stream for 3 s, registers again.
+  const absl::Time dropped = absl::Now();
   kubelet_->DropListAndWatch(kResource);
-  // The kubelet dials again when it registers the plugin again, which a
-  // restart does; until then the plugin keeps serving.
-  kubelet_->Restart(FakeKubelet::RestartOrder::kDeleteSocketsThenServe);
-  EXPECT_TRUE(ListedHealthy(3));
+  EXPECT_TRUE(ListedHealthy(3, dropped, absl::Seconds(6)));
+  // (It counts once Register has answered, maybe just after the new stream.)
+  EXPECT_TRUE(irqbypass::testing::Eventually(
+      [&] { return plugin->registrations() >= 2; }));
+}
+
+TEST_F(DevicePluginTest, SocketPathTooLong_RefusedNamingTheLimit) {
+  DevicePlugin::Options options;
+  options.resource = NetResource();
+  options.kubelet_dir = "/var/lib/" + std::string(120, 'k');
+  auto plugin = DevicePlugin::Start(options);
+  EXPECT_EQ(plugin.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(plugin.status().message().find("unix socket path has at most"),
+            std::string::npos)
+      << plugin.status();
 }
 
 TEST_F(DevicePluginTest, PreferredAllocation_MustIncludeSizeAndOneNumaNode) {

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -34,19 +35,45 @@ absl::StatusOr<PciSelector> ParseSelector(absl::string_view s) {
   return sel;
 }
 
-bool ValidResourceName(absl::string_view name) {
-  const size_t slash = name.find('/');
-  if (slash == absl::string_view::npos || slash == 0 ||
-      slash + 1 == name.size() || name.size() > 253) {
-    return false;
+// A DNS-1123 subdomain: lowercase alphanumerics, '-' and '.', alphanumeric
+// at both ends of each label, at most 253 characters.
+bool ValidDomain(absl::string_view domain) {
+  if (domain.empty() || domain.size() > 253) return false;
+  for (absl::string_view label : absl::StrSplit(domain, '.')) {
+    if (label.empty() || label.size() > 63) return false;
+    for (char c : label) {
+      if (!(absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '-')) {
+        return false;
+      }
+    }
+    if (label.front() == '-' || label.back() == '-') return false;
   }
+  return true;
+}
+
+// A qualified name's name part: at most 63 characters, alphanumeric at both
+// ends, '-', '_' and '.' inside.
+bool ValidNamePart(absl::string_view name) {
+  if (name.empty() || name.size() > 63) return false;
   for (char c : name) {
-    if (!(absl::ascii_isalnum(c) || c == '.' || c == '-' || c == '_' ||
-          c == '/')) {
+    if (!(absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.')) {
       return false;
     }
   }
-  return name.find('/', slash + 1) == absl::string_view::npos;
+  return absl::ascii_isalnum(name.front()) && absl::ascii_isalnum(name.back());
+}
+
+// As the kubelet's IsExtendedResourceName: DOMAIN/NAME, the domain not
+// Kubernetes' own.
+bool ValidResourceName(absl::string_view name) {
+  const size_t slash = name.find('/');
+  if (slash == absl::string_view::npos) return false;
+  const absl::string_view domain = name.substr(0, slash);
+  if (domain == "kubernetes.io" || absl::EndsWith(domain, ".kubernetes.io") ||
+      domain == "k8s.io" || absl::EndsWith(domain, ".k8s.io")) {
+    return false;
+  }
+  return ValidDomain(domain) && ValidNamePart(name.substr(slash + 1));
 }
 
 std::string ReadTrimmed(const fs::path& path) {
@@ -71,7 +98,48 @@ uint32_t ReadHex(const fs::path& path) {
   return absl::SimpleHexAtoi(v, &out) ? out : 0xffffffff;
 }
 
+// Whether the PCI function in `dir` matches one of `selectors`.
+bool Matches(const std::vector<PciSelector>& selectors, const fs::path& dir) {
+  if (selectors.empty()) return false;
+  const uint32_t vendor = ReadHex(dir / "vendor");
+  const uint32_t device = ReadHex(dir / "device");
+  return std::any_of(selectors.begin(), selectors.end(),
+                     [&](const PciSelector& s) {
+                       return s.vendor == vendor && s.device == device;
+                     });
+}
+
+// A PCI-to-PCI bridge (class 0x0604xx): the kernel lets VFIO have a group
+// that holds one.
+bool IsBridge(const fs::path& dir) {
+  const uint32_t cls = ReadHex(dir / "class");
+  return cls != 0xffffffff && (cls >> 8) == 0x0604;
+}
+
 }  // namespace
+
+std::string ResourceEndpoint(absl::string_view resource) {
+  std::string name = "irqbypass-";
+  for (char c : resource) {
+    if (absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '.' ||
+        c == '-') {
+      name.push_back(c);
+    } else {
+      absl::StrAppend(
+          &name, "_",
+          absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
+    }
+  }
+  return name + ".sock";
+}
+
+std::string ResourceEnvName(absl::string_view resource) {
+  std::string name = "PCI_RESOURCE_";
+  for (char c : resource) {
+    name.push_back(absl::ascii_isalnum(c) ? absl::ascii_toupper(c) : '_');
+  }
+  return name;
+}
 
 absl::StatusOr<std::vector<ResourceSpec>> ParseResourceSpecs(
     absl::string_view flag) {
@@ -88,13 +156,20 @@ absl::StatusOr<std::vector<ResourceSpec>> ParseResourceSpecs(
     if (!ValidResourceName(spec.name)) {
       return absl::InvalidArgumentError(
           absl::StrCat("--device_plugin_resources: \"", spec.name,
-                       "\" is not an extended resource name (DOMAIN/NAME, e.g. "
+                       "\" is not an extended resource name (DOMAIN/NAME: a "
+                       "lowercase DNS domain other than Kubernetes' own, a "
+                       "name of at most 63 characters; e.g. "
                        "irqbypass.io/vfio-net)"));
     }
     for (const ResourceSpec& seen : out) {
       if (seen.name == spec.name) {
         return absl::InvalidArgumentError(absl::StrCat(
             "--device_plugin_resources: \"", spec.name, "\" given twice"));
+      }
+      if (ResourceEnvName(seen.name) == ResourceEnvName(spec.name)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--device_plugin_resources: \"", seen.name, "\" and \"", spec.name,
+            "\" would share the variable ", ResourceEnvName(spec.name)));
       }
     }
     for (absl::string_view sel :
@@ -107,25 +182,35 @@ absl::StatusOr<std::vector<ResourceSpec>> ParseResourceSpecs(
       return absl::InvalidArgumentError(absl::StrCat(
           "--device_plugin_resources: \"", spec.name, "\" has no selector"));
     }
+    for (const PciSelector& sel : spec.selectors) {
+      for (const ResourceSpec& seen : out) {
+        for (const PciSelector& other : seen.selectors) {
+          if (other.vendor == sel.vendor && other.device == sel.device) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("--device_plugin_resources: ",
+                             absl::Hex(sel.vendor, absl::kZeroPad4), ":",
+                             absl::Hex(sel.device, absl::kZeroPad4),
+                             " is in both \"", seen.name, "\" and \"",
+                             spec.name, "\" (a device must be offered once)"));
+          }
+        }
+      }
+    }
     out.push_back(std::move(spec));
   }
   return out;
 }
 
-std::vector<VfioGroup> VfioInventory::Scan(const ResourceSpec& resource) const {
+std::vector<VfioGroup> VfioInventory::Scan(
+    const ResourceSpec& resource,
+    const std::vector<PciSelector>& others) const {
   const fs::path devices = fs::path(sysfs_) / "bus/pci/devices";
   std::map<std::string, VfioGroup> groups;  // by group number
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(devices, ec)) {
-    const fs::path dir = entry.path();
-    const uint32_t vendor = ReadHex(dir / "vendor");
-    const uint32_t device = ReadHex(dir / "device");
-    const bool match =
-        std::any_of(resource.selectors.begin(), resource.selectors.end(),
-                    [&](const PciSelector& s) {
-                      return s.vendor == vendor && s.device == device;
-                    });
-    if (!match) continue;
+  for (fs::directory_iterator it(devices, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    const fs::path dir = it->path();
+    if (!Matches(resource.selectors, dir)) continue;
     const std::string group = LinkName(dir / "iommu_group");
     if (group.empty()) continue;  // no IOMMU: VFIO cannot use it
     VfioGroup& g = groups[group];
@@ -133,8 +218,8 @@ std::vector<VfioGroup> VfioInventory::Scan(const ResourceSpec& resource) const {
     g.pci_addresses.push_back(dir.filename().string());
     int numa = -1;
     if (absl::SimpleAtoi(ReadTrimmed(dir / "numa_node"), &numa) && numa >= 0 &&
-        g.numa_node < 0) {
-      g.numa_node = numa;
+        (g.numa_node < 0 || numa < g.numa_node)) {
+      g.numa_node = numa;  // the lowest, whatever the listing order
     }
   }
   std::vector<VfioGroup> out;
@@ -143,29 +228,42 @@ std::vector<VfioGroup> VfioInventory::Scan(const ResourceSpec& resource) const {
     g.healthy = true;
     const std::set<std::string> matching(g.pci_addresses.begin(),
                                          g.pci_addresses.end());
-    // Every function of the group, matching or not, decides viability.
+    // Every member of the group, matching or not, decides viability.
     const fs::path members =
         fs::path(sysfs_) / "kernel/iommu_groups" / number / "devices";
-    std::vector<std::string> all;
-    for (const auto& m : fs::directory_iterator(members, ec)) {
-      all.push_back(m.path().filename().string());
+    std::vector<fs::path> all;
+    for (fs::directory_iterator it(members, ec), end; !ec && it != end;
+         it.increment(ec)) {
+      all.push_back(it->path());
     }
-    if (all.empty()) all = g.pci_addresses;
+    ec.clear();
+    if (all.empty()) {
+      for (const std::string& addr : g.pci_addresses) {
+        all.push_back(devices / addr);
+      }
+    }
     std::sort(all.begin(), all.end());
-    for (const std::string& addr : all) {
-      const std::string driver = LinkName(devices / addr / "driver");
-      const bool ok =
-          matching.count(addr) > 0
-              ? driver == "vfio-pci"
-              : driver.empty() || driver == "vfio-pci" || driver == "pci-stub";
-      if (!ok) {
+    for (const fs::path& member : all) {
+      const std::string addr = member.filename().string();
+      // Through the group's own link, so non-PCI members count too.
+      const std::string driver = LinkName(member / "driver");
+      const bool vfio =
+          driver == "vfio-pci" || absl::EndsWith(driver, "_vfio_pci");
+      const bool mine = matching.count(addr) > 0;
+      std::string problem;
+      if (mine) {
+        if (!vfio) problem = "not vfio-pci";
+      } else if (Matches(others, member)) {
+        problem = "a device of another resource shares the IOMMU group";
+      } else if (!(driver.empty() || vfio || driver == "pci-stub" ||
+                   driver == "pcieport" || IsBridge(member))) {
+        problem = "the IOMMU group is not viable for VFIO";
+      }
+      if (!problem.empty()) {
         g.healthy = false;
-        g.why_unhealthy =
-            absl::StrCat(addr, " is bound to ",
-                         driver.empty() ? std::string("no driver") : driver,
-                         matching.count(addr) > 0
-                             ? ", not vfio-pci"
-                             : " (the IOMMU group is not viable for VFIO)");
+        g.why_unhealthy = absl::StrCat(
+            addr, " is bound to ",
+            driver.empty() ? std::string("no driver") : driver, ": ", problem);
         break;
       }
     }

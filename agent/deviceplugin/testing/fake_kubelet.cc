@@ -35,8 +35,7 @@ class FakeKubelet::RegistrationService final
                                    "resource_name and endpoint are required"));
       return reactor;
     }
-    kubelet_.OnRegister(*request);  // dials the plugin on a thread
-    reactor->Finish(grpc::Status::OK);
+    reactor->Finish(kubelet_.OnRegister(*request));
     return reactor;
   }
 
@@ -79,7 +78,7 @@ void FakeKubelet::DeletePluginSockets() const {
   }
 }
 
-void FakeKubelet::Restart(RestartOrder order, absl::Duration gap) {
+absl::Time FakeKubelet::Restart(RestartOrder order, absl::Duration gap) {
   Stop();
   if (order == RestartOrder::kDeleteSocketsThenServe) {
     DeletePluginSockets();
@@ -97,53 +96,58 @@ void FakeKubelet::Restart(RestartOrder order, absl::Duration gap) {
       }
     }
   }
+  return absl::Now();
 }
 
-void FakeKubelet::OnRegister(const dp::RegisterRequest& request) {
+grpc::Status FakeKubelet::OnRegister(const dp::RegisterRequest& request) {
   auto plugin = std::make_shared<Plugin>();
   plugin->endpoint = request.endpoint();
   plugin->stub = dp::DevicePlugin::NewStub(
       grpc::CreateChannel("unix:" + Dir() + "/" + request.endpoint(),
                           grpc::InsecureChannelCredentials()));
   plugin->watch = std::make_unique<grpc::ClientContext>();
+  plugin->registered_at = absl::Now();
   const std::string resource = request.resource_name();
-  plugin->reader = std::thread([this, plugin, resource] {
-    dp::DevicePluginOptions options;
-    {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::seconds(5));
-      if (!plugin->stub->GetDevicePluginOptions(&ctx, dp::Empty(), &options)
-               .ok()) {
-        return;
-      }
+  {
+    // Dialled before answering, as the kubelet does.
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(2));
+    grpc::Status s = plugin->stub->GetDevicePluginOptions(&ctx, dp::Empty(),
+                                                          &plugin->options);
+    if (!s.ok()) {
+      return grpc::Status(
+          grpc::StatusCode::UNAVAILABLE,
+          absl::StrCat("cannot dial the plugin at ", request.endpoint(), ": ",
+                       s.error_message()));
     }
-    {
-      MutexLock lock(&mu_);
-      plugin->options = options;
-    }
+  }
+  plugin->reader = std::thread([this, plugin] {
     auto reader = plugin->stub->ListAndWatch(plugin->watch.get(), dp::Empty());
     dp::ListAndWatchResponse list;
     while (reader->Read(&list)) {
       MutexLock lock(&mu_);
       plugin->latest = list;
+      plugin->live = true;
       ++plugin->lists;
       cv_.SignalAll();
     }
     reader->Finish();
+    MutexLock lock(&mu_);
+    plugin->live = false;
+    cv_.SignalAll();
   });
   // Listed once its reader exists (EndPlugin joins it).
-  {
-    MutexLock lock(&mu_);
-    registrations_.push_back(request);
-    auto old = plugins_.find(resource);
-    if (old != plugins_.end()) {
-      old->second->watch->TryCancel();  // joined later, off this thread
-      retired_.push_back(std::move(old->second));
-    }
-    plugins_[resource] = plugin;
-    cv_.SignalAll();
+  MutexLock lock(&mu_);
+  registrations_.push_back(request);
+  auto old = plugins_.find(resource);
+  if (old != plugins_.end()) {
+    old->second->watch->TryCancel();  // joined later, off this thread
+    retired_.push_back(std::move(old->second));
   }
+  plugins_[resource] = plugin;
+  cv_.SignalAll();
+  return grpc::Status::OK;
 }
 
 void FakeKubelet::EndPlugin(Plugin& plugin) {
@@ -207,13 +211,14 @@ bool FakeKubelet::WaitRegistrations(const std::string& resource, int at_least,
 bool FakeKubelet::WaitForDevices(
     const std::string& resource,
     const std::function<bool(const dp::ListAndWatchResponse&)>& pred,
-    absl::Duration timeout) const {
+    absl::Duration timeout, absl::Time registered_after) const {
   const auto deadline =
       std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
   MutexLock lock(&mu_);
   while (true) {
     auto it = plugins_.find(resource);
-    if (it != plugins_.end() && it->second->lists > 0 &&
+    if (it != plugins_.end() && it->second->live &&
+        it->second->registered_at > registered_after &&
         pred(it->second->latest)) {
       return true;
     }

@@ -43,8 +43,10 @@ class FakeKubelet {
   };
   // A kubelet restart: stops, deletes every socket in device-plugins (the
   // plugins' too), waits `gap`, serves kubelet.sock again; or in the other
-  // order.
-  void Restart(RestartOrder order, absl::Duration gap = absl::ZeroDuration());
+  // order. Returns when it is done: a plugin that recovered registered
+  // after that.
+  absl::Time Restart(RestartOrder order,
+                     absl::Duration gap = absl::ZeroDuration());
 
   // Register calls answered OK so far, and those for `resource`.
   std::vector<v1beta1::RegisterRequest> Registrations() const;
@@ -52,11 +54,13 @@ class FakeKubelet {
   bool WaitRegistrations(const std::string& resource, int at_least,
                          absl::Duration timeout) const;
 
-  // Waits until the latest list `resource`'s plugin sent satisfies `pred`.
+  // Waits until `resource`'s plugin, registered after `registered_after`,
+  // has its ListAndWatch stream open and its latest list satisfies `pred`.
   bool WaitForDevices(
       const std::string& resource,
       const std::function<bool(const v1beta1::ListAndWatchResponse&)>& pred,
-      absl::Duration timeout) const;
+      absl::Duration timeout,
+      absl::Time registered_after = absl::InfinitePast()) const;
   v1beta1::ListAndWatchResponse LatestDevices(
       const std::string& resource) const;
   // The options the plugin answered when dialled last.
@@ -83,9 +87,12 @@ class FakeKubelet {
     v1beta1::DevicePluginOptions options;
     v1beta1::ListAndWatchResponse latest;
     int lists = 0;
+    bool live = false;  // ListAndWatch open (a list came, the stream is on)
+    absl::Time registered_at;
   };
 
-  void OnRegister(const v1beta1::RegisterRequest& request);
+  // Dials the plugin (its options), then starts its ListAndWatch reader.
+  grpc::Status OnRegister(const v1beta1::RegisterRequest& request);
   // The plugin registered last for `resource`.
   absl::StatusOr<std::shared_ptr<Plugin>> Current(
       const std::string& resource) const;
