@@ -1,5 +1,8 @@
 #include "agent/deviceplugin/device_plugin.h"
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -148,7 +151,8 @@ class DevicePlugin::Service final : public dp::DevicePlugin::CallbackService {
 DevicePlugin::DevicePlugin(Options options)
     : options_(std::move(options)),
       inventory_(options_.sysfs_root, options_.dev_root),
-      endpoint_(ResourceEndpoint(options_.resource.name)) {}
+      endpoint_(ResourceEndpoint(options_.resource.name)),
+      wake_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
 std::string DevicePlugin::socket_path() const {
   return options_.kubelet_dir + "/device-plugins/" + endpoint_;
@@ -191,15 +195,21 @@ absl::StatusOr<std::unique_ptr<DevicePlugin>> DevicePlugin::Start(
 void DevicePlugin::BeginStop() {
   MutexLock lock(&stop_mu_);
   stop_ = true;
-  stop_cv_.Signal();
+  const uint64_t one = 1;
+  if (write(wake_fd_, &one, sizeof(one)) < 0) {
+    // Full (a stop was already signalled): the monitor wakes anyway.
+  }
   if (registering_ != nullptr) registering_->TryCancel();
 }
 
 DevicePlugin::~DevicePlugin() {
   BeginStop();
   if (monitor_.joinable()) monitor_.join();
-  MutexLock lock(&serve_mu_);
-  StopServing();
+  {
+    MutexLock lock(&serve_mu_);
+    StopServing();
+  }
+  close(wake_fd_);
 }
 
 absl::Status DevicePlugin::Serve() {
@@ -390,6 +400,56 @@ bool DevicePlugin::Register() {
   return true;
 }
 
+// inotify on the device-plugins folder: a socket created, deleted or moved
+// there wakes the monitor at once (the poll interval stays the fallback,
+// also for a folder that does not exist yet).
+class DevicePlugin::DirWatch {
+ public:
+  explicit DirWatch(std::string dir)
+      : dir_(std::move(dir)), fd_(inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) {}
+  ~DirWatch() {
+    if (fd_ >= 0) close(fd_);
+  }
+  // The fd to poll, watching the folder if it can (-1: none).
+  int Fd() {
+    if (fd_ < 0) return -1;
+    if (!watching_) {
+      watching_ = inotify_add_watch(fd_, dir_.c_str(),
+                                    IN_CREATE | IN_DELETE | IN_MOVED_TO |
+                                        IN_MOVED_FROM | IN_DELETE_SELF |
+                                        IN_ATTRIB) >= 0;
+    }
+    return watching_ ? fd_ : -1;
+  }
+  // Reads what is pending; a deleted folder is watched again next time.
+  void Drain() {
+    alignas(struct inotify_event) char buf[4096];
+    ssize_t n;
+    while ((n = read(fd_, buf, sizeof(buf))) > 0) {
+      for (char* p = buf; p < buf + n;) {
+        auto* event = reinterpret_cast<struct inotify_event*>(p);
+        if (event->mask & (IN_IGNORED | IN_DELETE_SELF)) watching_ = false;
+        p += sizeof(struct inotify_event) + event->len;
+      }
+    }
+  }
+
+ private:
+  const std::string dir_;
+  const int fd_;
+  bool watching_ = false;
+};
+
+void DevicePlugin::WaitForChange(DirWatch& watch) {
+  struct pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {watch.Fd(), POLLIN, 0}};
+  const int nfds = fds[1].fd >= 0 ? 2 : 1;
+  const int ms =
+      static_cast<int>(absl::ToInt64Milliseconds(options_.poll_interval));
+  if (poll(fds, nfds, ms) > 0 && nfds == 2 && (fds[1].revents & POLLIN)) {
+    watch.Drain();
+  }
+}
+
 void DevicePlugin::MonitorLoop() {
   const std::string kubelet_sock =
       options_.kubelet_dir + "/device-plugins/kubelet.sock";
@@ -398,14 +458,11 @@ void DevicePlugin::MonitorLoop() {
   // Registered, but no ListAndWatch open since: the kubelet dials right
   // after Register, so after a while without a stream, register again.
   std::optional<std::chrono::steady_clock::time_point> streamless_since;
+  DirWatch watch(options_.kubelet_dir + "/device-plugins");
   for (bool first = true;; first = false) {
     if (!first) {
+      WaitForChange(watch);
       MutexLock lock(&stop_mu_);
-      const auto until = std::chrono::steady_clock::now() +
-                         absl::ToChronoNanoseconds(options_.poll_interval);
-      while (!stop_ && std::chrono::steady_clock::now() < until) {
-        stop_cv_.WaitUntil(&stop_mu_, until);
-      }
       if (stop_) return;
     }
     Rescan();

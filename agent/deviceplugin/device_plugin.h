@@ -11,7 +11,9 @@
 //    again when it is back; a group that disappears stays listed,
 //    Unhealthy, so the kubelet never loses track of an allocated device;
 //  * watches for a kubelet restart, which deletes every plugin socket and
-//    re-creates kubelet.sock (in either order, possibly late): a missing or
+//    re-creates kubelet.sock (in either order, possibly late; inotify on
+//    the folder wakes the monitor at once, the poll is the fallback): a
+//    missing or
 //    replaced own socket is served again, and a new kubelet.sock (another
 //    inode) is registered with again (the kubelet never re-opens
 //    ListAndWatch by itself, so a plugin that missed this would leave the
@@ -99,7 +101,11 @@ class DevicePlugin {
 
   absl::Status Serve() ABSL_EXCLUSIVE_LOCKS_REQUIRED(serve_mu_);
   void StopServing() ABSL_EXCLUSIVE_LOCKS_REQUIRED(serve_mu_);
+  class DirWatch;
   void MonitorLoop();
+  // Until the poll interval passed, a stop, or a change in the
+  // device-plugins folder (inotify), whichever comes first.
+  void WaitForChange(DirWatch& watch);
   // Rescans; true when the list changed (then streams were told).
   bool Rescan();
   // Dials the own socket, then registers; true on success.
@@ -130,8 +136,8 @@ class DevicePlugin {
   ino_t socket_inode_ ABSL_GUARDED_BY(serve_mu_) = 0;
 
   std::atomic<int> registrations_{0};
+  const int wake_fd_;  // an eventfd: BeginStop wakes the monitor
   Mutex stop_mu_;
-  CondVar stop_cv_;
   bool stop_ ABSL_GUARDED_BY(stop_mu_) = false;
   // The registration call in flight (BeginStop cancels it).
   grpc::ClientContext* registering_ ABSL_GUARDED_BY(stop_mu_) = nullptr;

@@ -149,14 +149,15 @@ class DevicePluginTest : public ::testing::Test {
     kubelet_ = std::make_unique<FakeKubelet>(host_.kubelet());
   }
 
-  std::unique_ptr<DevicePlugin> StartPlugin() {
+  std::unique_ptr<DevicePlugin> StartPlugin(
+      absl::Duration poll = absl::Milliseconds(200)) {
     DevicePlugin::Options options;
     options.resource = NetResource();
     options.kubelet_dir = host_.kubelet();
     options.sysfs_root = host_.sysfs();
     options.dev_root = host_.dev();
     options.handoff_socket = "/run/irqbypass/handoff.sock";
-    options.poll_interval = absl::Milliseconds(200);
+    options.poll_interval = poll;
     auto plugin = DevicePlugin::Start(options);
     EXPECT_TRUE(plugin.ok()) << plugin.status();
     return plugin.ok() ? *std::move(plugin) : nullptr;
@@ -305,6 +306,17 @@ TEST_F(DevicePluginTest, KubeletRestarts_BothOrdersAndLate_RegistersAgain) {
   // its own.
   EXPECT_GE(plugin->registrations(), expected);
   EXPECT_TRUE(fs::exists(plugin->socket_path()));
+}
+
+TEST_F(DevicePluginTest, KubeletRestart_SeenAtOnceThroughInotify) {
+  kubelet_->Start();
+  // A poll too slow to see the restart within the wait below: only the
+  // inotify watch on device-plugins/ can.
+  auto plugin = StartPlugin(absl::Seconds(30));
+  ASSERT_TRUE(ListedHealthy(3));
+  const absl::Time back =
+      kubelet_->Restart(FakeKubelet::RestartOrder::kDeleteSocketsThenServe);
+  EXPECT_TRUE(ListedHealthy(3, back, absl::Seconds(3)));
 }
 
 TEST_F(DevicePluginTest, KubeletStartsAfterThePlugin_RegistersThen) {
