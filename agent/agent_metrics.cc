@@ -58,7 +58,12 @@ AgentMetrics::AgentMetrics()
                           .Name("irqbypass_agent_device_plugin_devices")
                           .Help("Devices (IOMMU groups) the device plugin "
                                 "offers, by resource and health.")
-                          .Register(*registry_)) {
+                          .Register(*registry_)),
+      plugin_allocated_(prometheus::BuildGauge()
+                            .Name("irqbypass_agent_device_plugin_allocated")
+                            .Help("Devices of the resource that pods hold, "
+                                  "from the kubelet's pod-resources API.")
+                            .Register(*registry_)) {
   auto& commands = prometheus::BuildCounter()
                        .Name("irqbypass_agent_commands_total")
                        .Help("Commands executed, by command and result.")
@@ -128,6 +133,10 @@ AgentMetrics::Collectables() const {
 
 void AgentMetrics::DevicePluginRegistered(const std::string& resource) {
   plugin_registrations_.Add({{"resource", resource}}).Increment();
+}
+
+void AgentMetrics::DevicePluginAllocated(const std::string& resource, int n) {
+  plugin_allocated_.Add({{"resource", resource}}).Set(n);
 }
 
 void AgentMetrics::DevicePluginDevices(const std::string& resource, int healthy,

@@ -12,6 +12,7 @@
 //   irqbypass_agent_manager_connected                     gauge (0/1)
 //   irqbypass_agent_device_plugin_registrations_total{resource}  counter
 //   irqbypass_agent_device_plugin_devices{resource,health}       gauge
+//   irqbypass_agent_device_plugin_allocated{resource}            gauge
 // (resource: one of the --device_plugin_resources, so a fixed set)
 // Thread-safe.
 #ifndef IRQBYPASS_AGENT_AGENT_METRICS_H_
@@ -52,6 +53,8 @@ class AgentMetrics {
   // The plugin's device counts for `resource`.
   void DevicePluginDevices(const std::string& resource, int healthy,
                            int unhealthy);
+  // Devices of `resource` that pods hold (pod-resources).
+  void DevicePluginAllocated(const std::string& resource, int n);
 
   // What the /metrics endpoint collects.
   std::vector<std::shared_ptr<prometheus::Collectable>> Collectables() const;
@@ -66,6 +69,7 @@ class AgentMetrics {
   prometheus::Gauge& connected_;
   prometheus::Family<prometheus::Counter>& plugin_registrations_;
   prometheus::Family<prometheus::Gauge>& plugin_devices_;
+  prometheus::Family<prometheus::Gauge>& plugin_allocated_;
 };
 
 }  // namespace agent

@@ -32,6 +32,7 @@
 #include "agent/agent_metrics.h"
 #include "agent/agent_session.h"
 #include "agent/deviceplugin/device_plugin.h"
+#include "agent/deviceplugin/pod_devices.h"
 #include "agent/deviceplugin/vfio_inventory.h"
 #include "agent/handoff/handoff_server.h"
 #include "agent/kvm/kvm_backend.h"
@@ -454,6 +455,35 @@ int Main(int argc, char** argv) {
     }
   }
 
+  // Which pod holds which device; a pod's devices are released when it is
+  // gone (kvm: the handed-over device fds closed, so their wiring goes).
+  std::unique_ptr<PodDevices> pod_devices;
+  if (!plugins.empty()) {
+    PodDevices::Options options;
+    options.kubelet_dir = absl::GetFlag(FLAGS_kubelet_dir);
+    for (const auto& plugin : plugins) {
+      options.resources.push_back(plugin->resource());
+    }
+    options.metrics = &metrics;
+    options.released = [&plugins, kvm_backend](const std::string& resource,
+                                               const std::string& device,
+                                               const PodDevices::Holder&) {
+      for (const auto& plugin : plugins) {
+        if (plugin->resource() != resource) continue;
+        for (const std::string& address : plugin->AddressesOf(device)) {
+          const bool removed =
+              kvm_backend != nullptr && kvm_backend->RemoveDevice(address);
+          LogInfo("device released",
+                  {{"resource", resource},
+                   {"iommu_group", device},
+                   {"pci", address},
+                   {"handed_over", removed ? "closed" : "none held"}});
+        }
+      }
+    };
+    pod_devices = PodDevices::Start(std::move(options));
+  }
+
   const int metrics_port =
       metrics_server != nullptr ? metrics_server->port() : 0;
   LogInfo("agent started", {{"node", node},
@@ -469,6 +499,7 @@ int Main(int argc, char** argv) {
   LogInfo("agent stopping",
           {{"node", node},
            {"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  pod_devices.reset();  // before the plugins its callback uses
   // All at once (a registration in flight is cancelled), then each waited
   // for: their sockets go and the kubelet sees the devices leave.
   for (auto& plugin : plugins) plugin->BeginStop();

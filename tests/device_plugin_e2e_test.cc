@@ -51,6 +51,22 @@ TEST(DevicePluginE2eTest, RealAgent_RegistersAllocatesSurvivesRestarts) {
   EXPECT_NE(cluster.agent("n1").Log().find("msg=\"devices allocated\""),
             std::string::npos);
 
+  // The kubelet says which pod got it (pod-resources); the agent logs it,
+  // and when the pod is gone releases the device.
+  kubelet.SetPod("vms", "vm-1", "vmm", kResource, {"41"});
+  ASSERT_TRUE(Eventually([&] {
+    return cluster.agent("n1").Log().find("msg=\"device held by a pod\"") !=
+           std::string::npos;
+  })) << cluster.agent("n1").Log();
+  EXPECT_NE(cluster.agent("n1").Log().find("pod=vms/vm-1"), std::string::npos);
+  kubelet.RemovePod("vms", "vm-1");
+  ASSERT_TRUE(Eventually([&] {
+    return cluster.agent("n1").Log().find("msg=\"device released\"") !=
+           std::string::npos;
+  })) << cluster.agent("n1").Log();
+  EXPECT_NE(cluster.agent("n1").Log().find("pci=0000:5e:00.0"),
+            std::string::npos);
+
   const absl::Time back =
       kubelet.Restart(FakeKubelet::RestartOrder::kDeleteSocketsThenServe,
                       absl::Milliseconds(500));

@@ -275,6 +275,15 @@ void DevicePlugin::AddStream(std::weak_ptr<ListStream> stream) {
   streams_.push_back(std::move(stream));
 }
 
+std::vector<std::string> DevicePlugin::AddressesOf(
+    const std::string& id) const {
+  MutexLock lock(&mu_);
+  for (const VfioGroup& g : groups_) {
+    if (g.group == id) return g.pci_addresses;
+  }
+  return {};
+}
+
 int DevicePlugin::LiveStreams() const {
   MutexLock lock(&mu_);
   int n = 0;

@@ -90,6 +90,9 @@ class DevicePlugin {
   // Successful registrations with the kubelet so far.
   int registrations() const { return registrations_.load(); }
 
+  // The PCI functions of device (IOMMU group) `id`; empty if unknown.
+  std::vector<std::string> AddressesOf(const std::string& id) const;
+
   // The current device list (what a new ListAndWatch is sent first).
   v1beta1::ListAndWatchResponse Devices() const;
 

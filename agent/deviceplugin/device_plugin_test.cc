@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "agent/deviceplugin/pod_devices.h"
 #include "agent/deviceplugin/testing/fake_host.h"
 #include "agent/deviceplugin/testing/fake_kubelet.h"
 #include "agent/deviceplugin/vfio_inventory.h"
@@ -376,6 +377,85 @@ TEST_F(DevicePluginTest, PreferredAllocation_MustIncludeSizeAndOneNumaNode) {
   p = kubelet_->Preferred(kResource, {"40", "41"}, {"40", "41"}, 1);
   EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(p.status().message().find("allocation_size"), std::string::npos);
+}
+
+// Which pod holds which device (pod-resources), and a pod going away.
+class PodDevicesTest : public DevicePluginTest {
+ protected:
+  struct Release {
+    std::string resource, device, pod;
+  };
+  std::unique_ptr<PodDevices> StartTracker() {
+    PodDevices::Options options;
+    options.kubelet_dir = host_.kubelet();
+    options.resources = {kResource};
+    options.interval = absl::Milliseconds(100);
+    options.released = [this](const std::string& resource,
+                              const std::string& device,
+                              const PodDevices::Holder& was) {
+      MutexLock lock(&mu_);
+      released_.push_back(
+          {resource, device, was.pod_namespace + "/" + was.pod_name});
+    };
+    return PodDevices::Start(options);
+  }
+  std::vector<Release> Released() {
+    MutexLock lock(&mu_);
+    return released_;
+  }
+  Mutex mu_;
+  std::vector<Release> released_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(PodDevicesTest, HolderLearned_PodGone_ItsDevicesReleased) {
+  kubelet_->Start();
+  auto pods = StartTracker();
+  ASSERT_TRUE(irqbypass::testing::Eventually([&] { return pods->synced(); }));
+  kubelet_->SetPod("vms", "vm-1", "vmm", kResource, {"40", "41"});
+  kubelet_->SetPod("vms", "other", "c", "example.com/other", {"40"});
+  ASSERT_TRUE(irqbypass::testing::Eventually(
+      [&] { return pods->HolderOf(kResource, "41").has_value(); }));
+  EXPECT_EQ(pods->HolderOf(kResource, "40")->pod_name, "vm-1");
+  EXPECT_EQ(pods->HolderOf(kResource, "40")->container, "vmm");
+  EXPECT_FALSE(pods->HolderOf("example.com/other", "40").has_value());
+  EXPECT_TRUE(Released().empty());
+
+  kubelet_->RemovePod("vms", "vm-1");
+  ASSERT_TRUE(
+      irqbypass::testing::Eventually([&] { return Released().size() == 2; }));
+  std::set<std::string> devices;
+  for (const Release& r : Released()) {
+    EXPECT_EQ(r.resource, kResource);
+    EXPECT_EQ(r.pod, "vms/vm-1");
+    devices.insert(r.device);
+  }
+  EXPECT_EQ(devices, (std::set<std::string>{"40", "41"}));
+  EXPECT_FALSE(pods->HolderOf(kResource, "40").has_value());
+}
+
+TEST_F(PodDevicesTest, AgentOrKubeletRestart_ReleasesNothing) {
+  // Pods running before the agent starts: learned, not released.
+  kubelet_->Start();
+  kubelet_->SetPod("vms", "vm-1", "vmm", kResource, {"44"});
+  auto pods = StartTracker();
+  ASSERT_TRUE(irqbypass::testing::Eventually(
+      [&] { return pods->HolderOf(kResource, "44").has_value(); }));
+  // The kubelet goes away (List fails) and comes back with the pod still
+  // running: nothing was released meanwhile.
+  kubelet_->Stop();
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_TRUE(pods->HolderOf(kResource, "44").has_value());
+  kubelet_->SetPod("vms", "vm-1", "vmm", kResource, {"44"});
+  kubelet_->Start();
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_TRUE(Released().empty());
+  EXPECT_EQ(pods->HolderOf(kResource, "44")->pod_name, "vm-1");
+  // A new tracker (a restarted agent) learns the same holder.
+  pods.reset();
+  pods = StartTracker();
+  ASSERT_TRUE(irqbypass::testing::Eventually([&] { return pods->synced(); }));
+  EXPECT_EQ(pods->HolderOf(kResource, "44")->pod_name, "vm-1");
+  EXPECT_TRUE(Released().empty());
 }
 
 }  // namespace

@@ -43,9 +43,74 @@ class FakeKubelet::RegistrationService final
   FakeKubelet& kubelet_;
 };
 
+class FakeKubelet::PodResourcesService final
+    : public ::v1::PodResourcesLister::CallbackService {
+ public:
+  explicit PodResourcesService(FakeKubelet& kubelet) : kubelet_(kubelet) {}
+  grpc::ServerUnaryReactor* List(
+      grpc::CallbackServerContext* context,
+      const ::v1::ListPodResourcesRequest*,
+      ::v1::ListPodResourcesResponse* response) override {
+    {
+      MutexLock lock(&kubelet_.mu_);
+      for (const auto& [key, pod] : kubelet_.pods_) {
+        *response->add_pod_resources() = pod;
+      }
+    }
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* Get(
+      grpc::CallbackServerContext* context,
+      const ::v1::GetPodResourcesRequest* request,
+      ::v1::GetPodResourcesResponse* response) override {
+    grpc::Status status(grpc::StatusCode::NOT_FOUND, "no such pod");
+    {
+      MutexLock lock(&kubelet_.mu_);
+      auto it = kubelet_.pods_.find(request->pod_namespace() + "/" +
+                                    request->pod_name());
+      if (it != kubelet_.pods_.end()) {
+        *response->mutable_pod_resources() = it->second;
+        status = grpc::Status::OK;
+      }
+    }
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(status);
+    return reactor;
+  }
+
+ private:
+  FakeKubelet& kubelet_;
+};
+
 FakeKubelet::FakeKubelet(std::string kubelet_dir)
     : dir_(std::move(kubelet_dir)) {
   fs::create_directories(Dir());
+  fs::create_directories(dir_ + "/pod-resources");
+}
+
+void FakeKubelet::SetPod(const std::string& pod_namespace,
+                         const std::string& pod_name,
+                         const std::string& container,
+                         const std::string& resource,
+                         const std::vector<std::string>& devices) {
+  ::v1::PodResources pod;
+  pod.set_name(pod_name);
+  pod.set_namespace_(pod_namespace);
+  auto* c = pod.add_containers();
+  c->set_name(container);
+  auto* d = c->add_devices();
+  d->set_resource_name(resource);
+  for (const auto& id : devices) d->add_device_ids(id);
+  MutexLock lock(&mu_);
+  pods_[pod_namespace + "/" + pod_name] = std::move(pod);
+}
+
+void FakeKubelet::RemovePod(const std::string& pod_namespace,
+                            const std::string& pod_name) {
+  MutexLock lock(&mu_);
+  pods_.erase(pod_namespace + "/" + pod_name);
 }
 
 FakeKubelet::~FakeKubelet() { Stop(); }
@@ -58,6 +123,15 @@ void FakeKubelet::Start() {
   builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials());
   builder.RegisterService(service_.get());
   server_ = builder.BuildAndStart();
+
+  const std::string pods = dir_ + "/pod-resources/kubelet.sock";
+  unlink(pods.c_str());
+  pods_service_ = std::make_unique<PodResourcesService>(*this);
+  grpc::ServerBuilder pods_builder;
+  pods_builder.AddListeningPort("unix:" + pods,
+                                grpc::InsecureServerCredentials());
+  pods_builder.RegisterService(pods_service_.get());
+  pods_server_ = pods_builder.BuildAndStart();
 }
 
 void FakeKubelet::Stop() {
@@ -66,6 +140,12 @@ void FakeKubelet::Stop() {
                       std::chrono::seconds(1));
     server_.reset();
     service_.reset();
+  }
+  if (pods_server_ != nullptr) {
+    pods_server_->Shutdown(std::chrono::system_clock::now() +
+                           std::chrono::seconds(1));
+    pods_server_.reset();
+    pods_service_.reset();
   }
   unlink((Dir() + "/kubelet.sock").c_str());
   EndAllPlugins();

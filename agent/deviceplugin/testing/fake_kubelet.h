@@ -23,6 +23,7 @@
 #include "common/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "protos/k8s/deviceplugin/v1beta1/api.grpc.pb.h"
+#include "protos/k8s/podresources/v1/api.grpc.pb.h"
 
 namespace irqbypass::agent::testing {
 
@@ -66,6 +67,13 @@ class FakeKubelet {
   // The options the plugin answered when dialled last.
   v1beta1::DevicePluginOptions OptionsOf(const std::string& resource) const;
 
+  // A pod's container holds `devices` of `resource` (pod-resources); a pod
+  // set again is replaced. RemovePod: the pod is gone.
+  void SetPod(const std::string& pod_namespace, const std::string& pod_name,
+              const std::string& container, const std::string& resource,
+              const std::vector<std::string>& devices);
+  void RemovePod(const std::string& pod_namespace, const std::string& pod_name);
+
   // Ends `resource`'s ListAndWatch stream from this side; like the real
   // kubelet, it does not open it again by itself.
   void DropListAndWatch(const std::string& resource);
@@ -79,6 +87,7 @@ class FakeKubelet {
 
  private:
   class RegistrationService;
+  class PodResourcesService;
   struct Plugin {
     std::string endpoint;
     std::unique_ptr<v1beta1::DevicePlugin::Stub> stub;
@@ -104,13 +113,17 @@ class FakeKubelet {
 
   const std::string dir_;
   std::unique_ptr<RegistrationService> service_;
+  std::unique_ptr<PodResourcesService> pods_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> pods_server_;
 
   mutable Mutex mu_;
   mutable CondVar cv_;
   std::vector<v1beta1::RegisterRequest> registrations_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Plugin>> plugins_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<Plugin>> retired_ ABSL_GUARDED_BY(mu_);
+  // By namespace/name.
+  std::map<std::string, ::v1::PodResources> pods_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace irqbypass::agent::testing
