@@ -55,15 +55,18 @@ TEST(DevicePluginE2eTest, RealAgent_RegistersAllocatesSurvivesRestarts) {
   // and when the pod is gone releases the device.
   kubelet.SetPod("vms", "vm-1", "vmm", kResource, {"41"});
   ASSERT_TRUE(Eventually([&] {
-    return cluster.agent("n1").Log().find("msg=\"device held by a pod\"") !=
+    return cluster.agent("n1").Log().find("msg=\"device held by a pod") !=
            std::string::npos;
   })) << cluster.agent("n1").Log();
   EXPECT_NE(cluster.agent("n1").Log().find("pod=vms/vm-1"), std::string::npos);
   kubelet.RemovePod("vms", "vm-1");
-  ASSERT_TRUE(Eventually([&] {
-    return cluster.agent("n1").Log().find("msg=\"device released\"") !=
-           std::string::npos;
-  })) << cluster.agent("n1").Log();
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return cluster.agent("n1").Log().find("msg=\"device released\"") !=
+               std::string::npos;
+      },
+      absl::Seconds(40)))  // held by no pod for 10 s, listed every 2 s
+      << cluster.agent("n1").Log();
   EXPECT_NE(cluster.agent("n1").Log().find("pci=0000:5e:00.0"),
             std::string::npos);
 

@@ -265,7 +265,13 @@ void DevicePlugin::StopServing() {
 
 void DevicePlugin::AddStream(std::weak_ptr<ListStream> stream) {
   MutexLock lock(&mu_);
-  if (auto live = stream.lock()) live->Update(devices_);
+  if (auto live = stream.lock()) {
+    live->Update(devices_);
+    if (stopping_streams_) {  // arrived while StopServing ends the streams
+      live->End();
+      return;
+    }
+  }
   // Streams that ended are dropped as new ones come.
   streams_.erase(std::remove_if(streams_.begin(), streams_.end(),
                                 [](const std::weak_ptr<ListStream>& w) {

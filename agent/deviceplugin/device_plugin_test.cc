@@ -390,6 +390,7 @@ class PodDevicesTest : public DevicePluginTest {
     options.kubelet_dir = host_.kubelet();
     options.resources = {kResource};
     options.interval = absl::Milliseconds(100);
+    options.release_after = absl::Milliseconds(300);
     options.released = [this](const std::string& resource,
                               const std::string& device,
                               const PodDevices::Holder& was) {
@@ -434,27 +435,66 @@ TEST_F(PodDevicesTest, HolderLearned_PodGone_ItsDevicesReleased) {
 }
 
 TEST_F(PodDevicesTest, AgentOrKubeletRestart_ReleasesNothing) {
+  using irqbypass::testing::Eventually;
   // Pods running before the agent starts: learned, not released.
   kubelet_->Start();
   kubelet_->SetPod("vms", "vm-1", "vmm", kResource, {"44"});
   auto pods = StartTracker();
-  ASSERT_TRUE(irqbypass::testing::Eventually(
-      [&] { return pods->HolderOf(kResource, "44").has_value(); }));
-  // The kubelet goes away (List fails) and comes back with the pod still
-  // running: nothing was released meanwhile.
+  ASSERT_TRUE(
+      Eventually([&] { return pods->HolderOf(kResource, "44").has_value(); }));
+  // The kubelet goes away (List fails), then comes back listing no pods
+  // for a while (it is still filling in), then the pod: nothing is
+  // released.
   kubelet_->Stop();
-  absl::SleepFor(absl::Milliseconds(500));
-  EXPECT_TRUE(pods->HolderOf(kResource, "44").has_value());
-  kubelet_->SetPod("vms", "vm-1", "vmm", kResource, {"44"});
+  const int failures = pods->failures();
+  ASSERT_TRUE(Eventually([&] { return pods->failures() > failures; }));
+  kubelet_->RemovePod("vms", "vm-1");
   kubelet_->Start();
-  absl::SleepFor(absl::Milliseconds(500));
+  // Longer than release_after (300 ms here) without the pod.
+  const int lists = pods->lists();
+  ASSERT_TRUE(Eventually([&] { return pods->lists() > lists + 5; }));
+  kubelet_->SetPod("vms", "vm-1", "vmm", kResource, {"44"});
+  const int later = pods->lists();
+  ASSERT_TRUE(Eventually([&] { return pods->lists() > later + 5; }));
   EXPECT_TRUE(Released().empty());
   EXPECT_EQ(pods->HolderOf(kResource, "44")->pod_name, "vm-1");
+  // A kubelet restart between two polls (no List fails; the socket is
+  // another): the first List after it only learns, too.
+  kubelet_->RemovePod("vms", "vm-1");
+  kubelet_->Restart(FakeKubelet::RestartOrder::kServeThenDeleteSockets);
+  const int after_restart = pods->lists();
+  ASSERT_TRUE(Eventually([&] { return pods->lists() > after_restart + 5; }));
+  kubelet_->SetPod("vms", "vm-1", "vmm", kResource, {"44"});
+  const int settled = pods->lists();
+  ASSERT_TRUE(Eventually([&] { return pods->lists() > settled + 5; }));
+  EXPECT_TRUE(Released().empty());
   // A new tracker (a restarted agent) learns the same holder.
   pods.reset();
   pods = StartTracker();
-  ASSERT_TRUE(irqbypass::testing::Eventually([&] { return pods->synced(); }));
+  ASSERT_TRUE(Eventually([&] { return pods->synced(); }));
   EXPECT_EQ(pods->HolderOf(kResource, "44")->pod_name, "vm-1");
+  EXPECT_TRUE(Released().empty());
+}
+
+TEST_F(PodDevicesTest, DeviceMovesToAnotherPod_NotReleased) {
+  using irqbypass::testing::Eventually;
+  kubelet_->Start();
+  auto pods = StartTracker();
+  kubelet_->SetPod("vms", "vm-a", "vmm", kResource, {"40"});
+  ASSERT_TRUE(Eventually([&] {
+    auto h = pods->HolderOf(kResource, "40");
+    return h.has_value() && h->pod_name == "vm-a";
+  }));
+  // Between two polls vm-a ends and vm-b gets the device: vm-b's VMM hands
+  // it over itself, and nothing may tear that down.
+  kubelet_->RemovePod("vms", "vm-a");
+  kubelet_->SetPod("vms", "vm-b", "vmm", kResource, {"40"});
+  ASSERT_TRUE(Eventually([&] {
+    auto h = pods->HolderOf(kResource, "40");
+    return h.has_value() && h->pod_name == "vm-b";
+  }));
+  const int lists = pods->lists();
+  ASSERT_TRUE(Eventually([&] { return pods->lists() > lists + 5; }));
   EXPECT_TRUE(Released().empty());
 }
 

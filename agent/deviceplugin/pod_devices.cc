@@ -1,5 +1,7 @@
 #include "agent/deviceplugin/pod_devices.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <chrono>
 
@@ -39,6 +41,16 @@ bool PodDevices::synced() const {
   return synced_;
 }
 
+int PodDevices::lists() const {
+  MutexLock lock(&mu_);
+  return lists_;
+}
+
+int PodDevices::failures() const {
+  MutexLock lock(&mu_);
+  return failures_;
+}
+
 void PodDevices::Loop() {
   while (true) {
     Poll();
@@ -55,6 +67,17 @@ void PodDevices::Loop() {
 void PodDevices::Poll() {
   const std::string socket =
       options_.kubelet_dir + "/pod-resources/kubelet.sock";
+  struct stat st;
+  // Inode and change time: a re-created socket may get the same inode.
+  const std::pair<int64_t, int64_t> socket_id =
+      stat(socket.c_str(), &st) == 0
+          ? std::make_pair(
+                static_cast<int64_t>(st.st_ino),
+                static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 +
+                    st.st_ctim.tv_nsec)
+          : std::make_pair(int64_t{-1}, int64_t{-1});
+  if (socket_id != socket_id_) relearn_ = true;  // another kubelet
+  socket_id_ = socket_id;
   auto stub = ::v1::PodResourcesLister::NewStub(grpc::CreateChannel(
       "unix:" + socket, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
@@ -62,6 +85,11 @@ void PodDevices::Poll() {
   ::v1::ListPodResourcesResponse list;
   grpc::Status s = stub->List(&ctx, ::v1::ListPodResourcesRequest(), &list);
   if (!s.ok()) {
+    relearn_ = true;
+    {
+      MutexLock lock(&mu_);
+      ++failures_;
+    }
     if (!failing_) {
       LogWarn(
           "pod-resources: cannot list the pods' devices; nothing is "
@@ -88,31 +116,47 @@ void PodDevices::Poll() {
       }
     }
   }
+  const bool learn_only = relearn_;
+  relearn_ = false;
+  const absl::Time at = absl::Now();
   std::vector<std::pair<Key, Holder>> released;
-  bool first;
   {
     MutexLock lock(&mu_);
-    first = !synced_;
+    ++lists_;
     for (const auto& [key, holder] : now) {
+      unheld_.erase(key);  // held again (or still): nothing to release
       auto old = held_.find(key);
       if (old != held_.end() && old->second == holder) continue;
       LogInfo(
-          first ? "device held by a pod (already running)"
-                : "device held by a pod",
+          learn_only ? "device held by a pod (already running)"
+                     : "device held by a pod",
           {{"resource", key.first},
            {"device", key.second},
            {"pod", absl::StrCat(holder.pod_namespace, "/", holder.pod_name)},
            {"container", holder.container}});
     }
-    if (!first) {
+    if (learn_only) {
+      // What this List does not show may be the kubelet still filling in:
+      // forget it without releasing.
+      unheld_.clear();
+    } else {
       for (const auto& [key, holder] : held_) {
-        auto still = now.find(key);
-        if (still == now.end() || !(still->second == holder)) {
-          released.emplace_back(key, holder);
+        if (now.count(key) == 0 && unheld_.count(key) == 0) {
+          unheld_.emplace(key, std::make_pair(holder, at));
+        }
+      }
+      for (auto it = unheld_.begin(); it != unheld_.end();) {
+        if (at - it->second.second >= options_.release_after) {
+          released.emplace_back(it->first, it->second.first);
+          it = unheld_.erase(it);
+        } else {
+          ++it;
         }
       }
     }
     held_ = std::move(now);
+    // Still waiting out release_after: keep them known as last held.
+    for (const auto& [key, was] : unheld_) held_.emplace(key, was.first);
     synced_ = true;
     if (options_.metrics != nullptr) {
       std::map<std::string, int> per_resource;

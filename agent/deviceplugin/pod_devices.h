@@ -5,10 +5,14 @@
 // pod that went away so its devices can be released (the kvm backend's
 // handed-over device fds closed, its wiring removed).
 //
-// It never releases on what it does not know: the first List after a start
-// only learns the holders (a restarted agent keeps every running pod's
-// devices: the kubelet does not call Allocate again for them), and a List
-// that fails changes nothing (a kubelet restart is not a pod leaving).
+// It never releases on what it does not know: the first List after a start,
+// after a failed List or after the kubelet's socket changed (a kubelet
+// restart, whose first answers may list pods only partly) only learns the
+// holders (a restarted agent keeps every running pod's devices: the kubelet
+// does not call Allocate again for them); a device is released only once no
+// pod has held it in every List for `release_after` (at least two Lists),
+// and never because it moved to another pod (the new pod's VMM hands it
+// over itself; a VMM's handover also ends when its connection does).
 // Thread-safe.
 #ifndef IRQBYPASS_AGENT_DEVICEPLUGIN_POD_DEVICES_H_
 #define IRQBYPASS_AGENT_DEVICEPLUGIN_POD_DEVICES_H_
@@ -48,6 +52,8 @@ class PodDevices {
     std::string kubelet_dir = "/var/lib/kubelet";
     std::vector<std::string> resources;  // the plugin's; others are ignored
     absl::Duration interval = absl::Seconds(2);
+    // How long a device must stay held by no pod before it is released.
+    absl::Duration release_after = absl::Seconds(10);
     // A device a pod held is held by no pod any more. Runs on the poller's
     // thread, with no lock held.
     ReleasedFn released;
@@ -61,6 +67,9 @@ class PodDevices {
                                  const std::string& device) const;
   // Whether a List has succeeded since the start.
   bool synced() const;
+  // Lists that succeeded and failed so far.
+  int lists() const;
+  int failures() const;
 
  private:
   explicit PodDevices(Options options) : options_(std::move(options)) {}
@@ -71,8 +80,17 @@ class PodDevices {
   const Options options_;
   mutable Mutex mu_;
   std::map<Key, Holder> held_ ABSL_GUARDED_BY(mu_);
+  // Held before, by no pod since (the first List that showed it so).
+  std::map<Key, std::pair<Holder, absl::Time>> unheld_ ABSL_GUARDED_BY(mu_);
   bool synced_ ABSL_GUARDED_BY(mu_) = false;
-  bool failing_ = false;  // the poller's: a failure was logged
+  int lists_ ABSL_GUARDED_BY(mu_) = 0;
+  int failures_ ABSL_GUARDED_BY(mu_) = 0;
+  // The poller's own: the next good List only learns (start, failure,
+  // another kubelet socket).
+  bool relearn_ = true;
+  bool failing_ = false;  // a failure was logged
+  // Inode and change time of the socket the last List used.
+  std::pair<int64_t, int64_t> socket_id_{-1, -1};
   Mutex stop_mu_;
   CondVar stop_cv_;
   bool stop_ ABSL_GUARDED_BY(stop_mu_) = false;
