@@ -57,17 +57,27 @@ TEST(WatchStreamTest, IdleWatchers_HoldNoManagerThread_AndAllSeeAnEvent) {
   const size_t before = ThreadCount(pid);
 
   constexpr int kWatchers = 200;
+  // WatchBindingsRequest{include_existing: true} (field 2): each sends
+  // SYNCED once it is subscribed.
+  const std::string request("\x10\x01", 2);
   std::vector<std::unique_ptr<RawStream>> watchers;
   for (int i = 0; i < kWatchers; ++i) {
     watchers.push_back(
-        std::make_unique<RawStream>(cluster.target(), kWatchMethod, ""));
+        std::make_unique<RawStream>(cluster.target(), kWatchMethod, request));
+  }
+  for (int i = 0; i < kWatchers; ++i) {
+    auto synced = watchers[i]->Read(std::chrono::seconds(30));
+    ASSERT_TRUE(synced.has_value()) << "watcher " << i << " not subscribed";
+    v1::BindingEvent parsed;
+    ASSERT_TRUE(parsed.ParseFromString(*synced));
+    ASSERT_EQ(parsed.type(), v1::BindingEvent::SYNCED);
   }
   // Every watch is subscribed: one registration reaches them all.
   ASSERT_TRUE(cluster.client()
                   .RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1"))
                   .ok());
   for (int i = 0; i < kWatchers; ++i) {
-    auto event = watchers[i]->Read(std::chrono::seconds(10));
+    auto event = watchers[i]->Read(std::chrono::seconds(30));
     ASSERT_TRUE(event.has_value()) << "watcher " << i << " got nothing";
     v1::BindingEvent parsed;
     ASSERT_TRUE(parsed.ParseFromString(*event));
