@@ -100,7 +100,7 @@ TEST_F(ReflectionServiceTest, UnknownOrEmpty_ErrorResponseNamingIt) {
   response.Clear();
   service_.Answer(rv1::ServerReflectionRequest(), &sent, &response);
   EXPECT_EQ(response.error_response().error_code(), 3);  // INVALID_ARGUMENT
-  EXPECT_TRUE(sent.empty());  // no file was sent
+  EXPECT_TRUE(sent.empty());                             // no file was sent
 }
 
 }  // namespace
