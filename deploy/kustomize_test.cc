@@ -6,8 +6,6 @@
 // PodDisruptionBudget and the pod IP as advertise address; the agent
 // DaemonSet is privileged, system-node-critical, rolls with maxSurge 0 and
 // mounts what it opens; monitoring, network policies, service accounts.
-#include <stdio.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <map>
@@ -18,21 +16,14 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include "tests/process.h"
 #include "yaml-cpp/yaml.h"
 
 namespace irqbypass {
 namespace {
 
-// stdout of `command`, and whether it exited 0.
-bool RunShell(const std::string& command, std::string* out) {
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return false;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out->append(buf, n);
-  const int status = pclose(pipe);
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
+using ::irqbypass::testing::CommandResult;
+using ::irqbypass::testing::RunCommand;
 
 std::string Runfile(const std::string& path) {
   const char* dir = getenv("TEST_SRCDIR");
@@ -57,15 +48,16 @@ struct Rendered {
 class KustomizeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string ignored;
-    if (!RunShell("command -v kubectl", &ignored)) {
+    if (RunCommand("/bin/sh", {"-c", "command -v kubectl"}).exit_code != 0) {
       GTEST_SKIP() << "kubectl (with its kustomize) is not on this machine";
     }
     // (absl's --helpfull exits 1 after printing.)
-    RunShell(Runfile("service/irqbypassd") + " --helpfull 2>&1",
-             &irqbypassd_help_);
-    RunShell(Runfile("agent/irqbypass-agent") + " --helpfull 2>&1",
-             &agent_help_);
+    const CommandResult irqbypassd =
+        RunCommand(Runfile("service/irqbypassd"), {"--helpfull"});
+    irqbypassd_help_ = irqbypassd.out + irqbypassd.err;
+    const CommandResult agent =
+        RunCommand(Runfile("agent/irqbypass-agent"), {"--helpfull"});
+    agent_help_ = agent.out + agent.err;
     ASSERT_NE(irqbypassd_help_.find("    --store ("), std::string::npos)
         << irqbypassd_help_;
     ASSERT_NE(agent_help_.find("    --device_plugin_resources ("),
@@ -74,14 +66,14 @@ class KustomizeTest : public ::testing::Test {
   }
 
   Rendered Render(const std::string& overlay) {
-    std::string out;
-    EXPECT_TRUE(
-        RunShell("kubectl kustomize --load-restrictor=LoadRestrictionsNone " +
-                     Runfile("deploy/kubernetes/overlays/" + overlay) + " 2>&1",
-                 &out))
-        << out;
+    const CommandResult kustomize = RunCommand(
+        "/bin/sh",
+        {"-c",
+         "exec kubectl kustomize --load-restrictor=LoadRestrictionsNone " +
+             Runfile("deploy/kubernetes/overlays/" + overlay)});
+    EXPECT_EQ(kustomize.exit_code, 0) << kustomize.err;
     Rendered r;
-    for (const YAML::Node& d : YAML::LoadAll(out)) {
+    for (const YAML::Node& d : YAML::LoadAll(kustomize.out)) {
       if (d.IsMap()) r.docs.push_back(d);
     }
     return r;

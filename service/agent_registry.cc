@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <deque>
 #include <thread>
 #include <utility>
 
@@ -112,7 +111,8 @@ class AgentRegistry::AgentSession {
   void Open(v1::ManagerMessage hello) {
     MutexLock lock(&mu_);
     if (closed_) return;
-    outbox_.push_front(std::move(hello));
+    // Once per session, before anything else is written.
+    outbox_.insert(outbox_.begin(), std::move(hello));
     open_ = true;
     MaybeWriteLocked();
   }
@@ -241,8 +241,7 @@ class AgentRegistry::AgentSession {
         outbox_.empty()) {
       return;
     }
-    writes_.assign(std::make_move_iterator(outbox_.begin()),
-                   std::make_move_iterator(outbox_.end()));
+    writes_.swap(outbox_);  // writes_ is empty: no write is in flight
     outbox_.clear();
     if (batches_ && writes_.size() > 1) {
       PackRuns(
@@ -282,7 +281,7 @@ class AgentRegistry::AgentSession {
   mutable Mutex mu_;
   SessionReactor* reactor_ ABSL_GUARDED_BY(mu_);
   grpc::CallbackServerContext* context_ ABSL_GUARDED_BY(mu_);
-  std::deque<v1::ManagerMessage> outbox_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::ManagerMessage> outbox_ ABSL_GUARDED_BY(mu_);
   // The write in flight: writes_[write_pos_], then the rest of writes_.
   std::vector<v1::ManagerMessage> writes_ ABSL_GUARDED_BY(mu_);
   size_t write_pos_ ABSL_GUARDED_BY(mu_) = 0;

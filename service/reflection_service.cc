@@ -37,6 +37,15 @@ void NotFound(const std::string& what, rv1::ServerReflectionResponse* out) {
   out->mutable_error_response()->set_error_message(what);
 }
 
+// `file` with the dependencies not yet sent on this stream, or NOT_FOUND
+// saying `missing` when there is no such file.
+void FileOrNotFound(const FileDescriptor* file, const std::string& missing,
+                    std::vector<std::string>* sent,
+                    rv1::ServerReflectionResponse* out) {
+  if (file == nullptr) return NotFound(missing, out);
+  AddFile(file, sent, out->mutable_file_descriptor_response());
+}
+
 // One stream: read a request, write its answer, read the next.
 class InfoReactor final
     : public grpc::ServerBidiReactor<rv1::ServerReflectionRequest,
@@ -86,43 +95,29 @@ void ReflectionService::Answer(const rv1::ServerReflectionRequest& request,
             name);
       }
       return;
-    case rv1::ServerReflectionRequest::kFileByFilename: {
-      const FileDescriptor* file =
-          pool->FindFileByName(request.file_by_filename());
-      if (file == nullptr) {
-        return NotFound(absl::StrCat("file_by_filename: no file \"",
-                                     request.file_by_filename(), "\""),
-                        response);
-      }
-      AddFile(file, sent, response->mutable_file_descriptor_response());
-      return;
-    }
-    case rv1::ServerReflectionRequest::kFileContainingSymbol: {
-      const FileDescriptor* file =
-          pool->FindFileContainingSymbol(request.file_containing_symbol());
-      if (file == nullptr) {
-        return NotFound(absl::StrCat("file_containing_symbol: no symbol \"",
-                                     request.file_containing_symbol(), "\""),
-                        response);
-      }
-      AddFile(file, sent, response->mutable_file_descriptor_response());
-      return;
-    }
+    case rv1::ServerReflectionRequest::kFileByFilename:
+      return FileOrNotFound(pool->FindFileByName(request.file_by_filename()),
+                            absl::StrCat("file_by_filename: no file \"",
+                                         request.file_by_filename(), "\""),
+                            sent, response);
+    case rv1::ServerReflectionRequest::kFileContainingSymbol:
+      return FileOrNotFound(
+          pool->FindFileContainingSymbol(request.file_containing_symbol()),
+          absl::StrCat("file_containing_symbol: no symbol \"",
+                       request.file_containing_symbol(), "\""),
+          sent, response);
     case rv1::ServerReflectionRequest::kFileContainingExtension: {
       const rv1::ExtensionRequest& ext = request.file_containing_extension();
       const auto* type = pool->FindMessageTypeByName(ext.containing_type());
       const auto* field = type == nullptr ? nullptr
                                           : pool->FindExtensionByNumber(
                                                 type, ext.extension_number());
-      if (field == nullptr) {
-        return NotFound(absl::StrCat("file_containing_extension: no extension ",
-                                     ext.extension_number(), " of \"",
-                                     ext.containing_type(), "\""),
-                        response);
-      }
-      AddFile(field->file(), sent,
-              response->mutable_file_descriptor_response());
-      return;
+      return FileOrNotFound(
+          field == nullptr ? nullptr : field->file(),
+          absl::StrCat("file_containing_extension: no extension ",
+                       ext.extension_number(), " of \"", ext.containing_type(),
+                       "\""),
+          sent, response);
     }
     case rv1::ServerReflectionRequest::kAllExtensionNumbersOfType: {
       const auto* type =

@@ -177,19 +177,27 @@ int CountOccurrences(const std::string& haystack, const std::string& needle) {
   return n;
 }
 
-}  // namespace irqbypass::testing
+namespace {
 
-namespace irqbypass::testing {
+// The /proc/PID/task/TID folders of `pid`'s threads; empty if it is gone.
+std::vector<std::string> TaskDirs(pid_t pid) {
+  std::vector<std::string> dirs;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(
+           "/proc/" + std::to_string(pid) + "/task", ec)) {
+    dirs.push_back(entry.path().string());
+  }
+  return dirs;
+}
+
+}  // namespace
 
 bool WaitAllThreadsStopped(pid_t pid, std::chrono::milliseconds timeout) {
-  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
   return Eventually(
       [&] {
-        std::error_code ec;
-        int threads = 0;
-        for (const auto& entry :
-             std::filesystem::directory_iterator(tasks, ec)) {
-          const std::string stat = ReadFile(entry.path().string() + "/stat");
+        const std::vector<std::string> tasks = TaskDirs(pid);
+        for (const std::string& task : tasks) {
+          const std::string stat = ReadFile(task + "/stat");
           // "tid (comm) S ...": the state follows the last ')'.
           const size_t paren = stat.rfind(')');
           if (paren == std::string::npos || paren + 2 >= stat.size()) {
@@ -197,19 +205,16 @@ bool WaitAllThreadsStopped(pid_t pid, std::chrono::milliseconds timeout) {
           }
           const char state = stat[paren + 2];
           if (state != 'T' && state != 't') return false;
-          ++threads;
         }
-        return !ec && threads > 0;
+        return !tasks.empty();
       },
       absl::FromChrono(timeout));
 }
 
 std::vector<std::string> ThreadNames(pid_t pid) {
   std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(
-           "/proc/" + std::to_string(pid) + "/task", ec)) {
-    std::string comm = ReadFile(entry.path().string() + "/comm");
+  for (const std::string& task : TaskDirs(pid)) {
+    std::string comm = ReadFile(task + "/comm");
     while (!comm.empty() && comm.back() == '\n') comm.pop_back();
     names.push_back(std::move(comm));
   }

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/agent_metrics.h"
+#include "agent/deviceplugin/file_id.h"
 #include "common/log.h"
 
 namespace irqbypass::agent {
@@ -27,21 +28,6 @@ namespace {
 
 constexpr char kHealthy[] = "Healthy";
 constexpr char kUnhealthy[] = "Unhealthy";
-
-struct FileId {
-  ino_t inode = 0;
-  int64_t ctime_ns = 0;
-  bool operator==(const FileId& o) const {
-    return inode == o.inode && ctime_ns == o.ctime_ns;
-  }
-};
-std::optional<FileId> Identify(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) return std::nullopt;
-  return FileId{st.st_ino,
-                static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 +
-                    st.st_ctim.tv_nsec};
-}
 
 }  // namespace
 
@@ -234,7 +220,7 @@ absl::Status DevicePlugin::Serve() {
         "device plugin for ", options_.resource.name, ": cannot serve ", path,
         " (does --kubelet_dir/device-plugins exist?)"));
   }
-  std::optional<FileId> id = Identify(path);
+  std::optional<FileId> id = IdentifyFile(path);
   socket_inode_ = id.has_value() ? id->inode : 0;
   {
     MutexLock lock(&mu_);
@@ -257,7 +243,7 @@ void DevicePlugin::StopServing() {
   server_.reset();
   service_.reset();
   // Only our own socket: after a kubelet restart the path may be gone.
-  std::optional<FileId> id = Identify(socket_path());
+  std::optional<FileId> id = IdentifyFile(socket_path());
   if (id.has_value() && id->inode == socket_inode_) {
     unlink(socket_path().c_str());
   }
@@ -484,7 +470,7 @@ void DevicePlugin::MonitorLoop() {
     {
       // The kubelet deletes every plugin socket when it restarts.
       MutexLock lock(&serve_mu_);
-      std::optional<FileId> own = Identify(socket_path());
+      std::optional<FileId> own = IdentifyFile(socket_path());
       if (!own.has_value() || own->inode != socket_inode_) {
         const bool was_serving = server_ != nullptr;
         if (was_serving) {
@@ -505,7 +491,7 @@ void DevicePlugin::MonitorLoop() {
         registered.reset();
       }
     }
-    std::optional<FileId> kubelet = Identify(kubelet_sock);
+    std::optional<FileId> kubelet = IdentifyFile(kubelet_sock);
     if (!kubelet.has_value()) {
       registered.reset();  // the kubelet is down: register once it is back
       if (!waiting_logged) {

@@ -1,7 +1,5 @@
 #include "agent/deviceplugin/pod_devices.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <chrono>
 
@@ -67,16 +65,9 @@ void PodDevices::Loop() {
 void PodDevices::Poll() {
   const std::string socket =
       options_.kubelet_dir + "/pod-resources/kubelet.sock";
-  struct stat st;
-  // Inode and change time: a re-created socket may get the same inode.
-  const std::pair<int64_t, int64_t> socket_id =
-      stat(socket.c_str(), &st) == 0
-          ? std::make_pair(
-                static_cast<int64_t>(st.st_ino),
-                static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 +
-                    st.st_ctim.tv_nsec)
-          : std::make_pair(int64_t{-1}, int64_t{-1});
-  if (socket_id != socket_id_) relearn_ = true;  // another kubelet
+  // Another kubelet: a socket re-created (or gone).
+  const std::optional<FileId> socket_id = IdentifyFile(socket);
+  if (socket_id != socket_id_) relearn_ = true;
   socket_id_ = socket_id;
   auto stub = ::v1::PodResourcesLister::NewStub(grpc::CreateChannel(
       "unix:" + socket, grpc::InsecureChannelCredentials()));

@@ -28,6 +28,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
+#include "agent/deviceplugin/file_id.h"
 #include "common/mutex.h"
 
 namespace irqbypass::agent {
@@ -89,8 +90,8 @@ class PodDevices {
   // another kubelet socket).
   bool relearn_ = true;
   bool failing_ = false;  // a failure was logged
-  // Inode and change time of the socket the last List used.
-  std::pair<int64_t, int64_t> socket_id_{-1, -1};
+  // The socket the last List used.
+  std::optional<FileId> socket_id_;
   Mutex stop_mu_;
   CondVar stop_cv_;
   bool stop_ ABSL_GUARDED_BY(stop_mu_) = false;

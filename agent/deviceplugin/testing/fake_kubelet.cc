@@ -151,30 +151,27 @@ void FakeKubelet::Stop() {
   EndAllPlugins();
 }
 
-void FakeKubelet::DeletePluginSockets() const {
+void FakeKubelet::DeletePluginSockets(bool keep_kubelet_sock) const {
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(Dir(), ec)) {
-    if (entry.path().extension() == ".sock") fs::remove(entry.path(), ec);
+    if (entry.path().extension() != ".sock") continue;
+    if (keep_kubelet_sock && entry.path().filename() == "kubelet.sock") {
+      continue;
+    }
+    fs::remove(entry.path(), ec);
   }
 }
 
 absl::Time FakeKubelet::Restart(RestartOrder order, absl::Duration gap) {
   Stop();
   if (order == RestartOrder::kDeleteSocketsThenServe) {
-    DeletePluginSockets();
+    DeletePluginSockets(/*keep_kubelet_sock=*/false);
     absl::SleepFor(gap);
     Start();
   } else {
     Start();
     absl::SleepFor(gap);
-    // kubelet.sock stays: only the plugins' go.
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(Dir(), ec)) {
-      if (entry.path().extension() == ".sock" &&
-          entry.path().filename() != "kubelet.sock") {
-        fs::remove(entry.path(), ec);
-      }
-    }
+    DeletePluginSockets(/*keep_kubelet_sock=*/true);
   }
   return absl::Now();
 }

@@ -108,7 +108,8 @@ class FakeKubelet {
   // Cancels and joins `resource`'s reader; the caller then drops it.
   void EndPlugin(Plugin& plugin) ABSL_LOCKS_EXCLUDED(mu_);
   void EndAllPlugins();
-  void DeletePluginSockets() const;
+  // Deletes every socket in device-plugins/, or every plugin's only.
+  void DeletePluginSockets(bool keep_kubelet_sock) const;
   std::string Dir() const { return dir_ + "/device-plugins"; }
 
   const std::string dir_;
