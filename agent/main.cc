@@ -356,8 +356,11 @@ int Main(int argc, char** argv) {
   const std::string backend_name = absl::GetFlag(FLAGS_backend);
   std::unique_ptr<Backend> backend;
   KvmBackend* kvm_backend = nullptr;  // --backend=kvm; owned by `backend`
+  SimBackend* sim_backend = nullptr;  // --backend=sim; owned by `backend`
   if (backend_name == "sim") {
-    backend = std::make_unique<SimBackend>(SimOptionsFromFlags(node));
+    auto sim = std::make_unique<SimBackend>(SimOptionsFromFlags(node));
+    sim_backend = sim.get();
+    backend = std::move(sim);
   } else if (backend_name == "kvm") {
     std::unique_ptr<KvmBackend> kvm = KvmBackendFromFlags(node);
     kvm_backend = kvm.get();
@@ -445,6 +448,18 @@ int Main(int argc, char** argv) {
       options.dev_root = absl::GetFlag(FLAGS_dev_root);
       options.handoff_socket = absl::GetFlag(FLAGS_handoff_socket);
       options.metrics = &metrics;
+      // sim: an allocated device is on the host (kvm: once its VMM hands
+      // the device fd over).
+      if (sim_backend != nullptr) {
+        options.allocated = [sim_backend,
+                             &session](const std::vector<std::string>& pci) {
+          bool added = false;
+          for (const std::string& address : pci) {
+            added = sim_backend->AddDevice(address) || added;
+          }
+          if (added) session.Resync();
+        };
+      }
       auto plugin = DevicePlugin::Start(std::move(options));
       if (!plugin.ok()) {
         FlagError("device_plugin_resources", plugin.status().message());
@@ -456,7 +471,9 @@ int Main(int argc, char** argv) {
   }
 
   // Which pod holds which device; a pod's devices are released when it is
-  // gone (kvm: the handed-over device fds closed, so their wiring goes).
+  // gone and their wiring goes (kvm: the handed-over device fds closed;
+  // sim: the device leaves the simulated host), so the manager sees the
+  // pairs disconnected.
   std::unique_ptr<PodDevices> pod_devices;
   if (!plugins.empty()) {
     PodDevices::Options options;
@@ -465,14 +482,21 @@ int Main(int argc, char** argv) {
       options.resources.push_back(plugin->resource());
     }
     options.metrics = &metrics;
-    options.released = [&plugins, kvm_backend](const std::string& resource,
-                                               const std::string& device,
-                                               const PodDevices::Holder&) {
+    options.released = [&plugins, kvm_backend, sim_backend, &session](
+                           const std::string& resource,
+                           const std::string& device,
+                           const PodDevices::Holder&) {
+      bool sim_removed = false;
       for (const auto& plugin : plugins) {
         if (plugin->resource() != resource) continue;
         for (const std::string& address : plugin->AddressesOf(device)) {
-          const bool removed =
-              kvm_backend != nullptr && kvm_backend->RemoveDevice(address);
+          bool removed = false;
+          if (kvm_backend != nullptr) {
+            removed = kvm_backend->RemoveDevice(address);  // resyncs itself
+          } else if (sim_backend != nullptr) {
+            removed = sim_backend->RemoveDevice(address);
+            sim_removed = sim_removed || removed;
+          }
           LogInfo("device released",
                   {{"resource", resource},
                    {"iommu_group", device},
@@ -480,6 +504,7 @@ int Main(int argc, char** argv) {
                    {"handed_over", removed ? "closed" : "none held"}});
         }
       }
+      if (sim_removed) session.Resync();
     };
     pod_devices = PodDevices::Start(std::move(options));
   }

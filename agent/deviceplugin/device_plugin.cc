@@ -532,7 +532,19 @@ void DevicePlugin::MonitorLoop() {
 
 grpc::Status DevicePlugin::DoAllocate(const dp::AllocateRequest& request,
                                       dp::AllocateResponse* response) const {
-  MutexLock lock(&mu_);
+  std::vector<std::string> addresses;
+  grpc::Status status;
+  {
+    MutexLock lock(&mu_);
+    status = AllocateLocked(request, response, &addresses);
+  }
+  if (status.ok() && options_.allocated) options_.allocated(addresses);
+  return status;
+}
+
+grpc::Status DevicePlugin::AllocateLocked(
+    const dp::AllocateRequest& request, dp::AllocateResponse* response,
+    std::vector<std::string>* all_addresses) const {
   std::map<std::string, const VfioGroup*> by_id;
   for (const VfioGroup& g : groups_) by_id[g.group] = &g;
   for (int c = 0; c < request.container_requests_size(); ++c) {
@@ -589,6 +601,8 @@ grpc::Status DevicePlugin::DoAllocate(const dp::AllocateRequest& request,
     LogInfo("devices allocated", {{"resource", options_.resource.name},
                                   {"iommu_groups", absl::StrJoin(groups, ",")},
                                   {"pci", joined}});
+    all_addresses->insert(all_addresses->end(), addresses.begin(),
+                          addresses.end());
   }
   return grpc::Status::OK;
 }

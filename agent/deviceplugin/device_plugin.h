@@ -32,6 +32,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -71,6 +72,10 @@ class DevicePlugin {
     // Rescans and kubelet-restart checks.
     absl::Duration poll_interval = absl::Milliseconds(500);
     AgentMetrics* metrics = nullptr;  // may be null; must outlive the plugin
+    // Called after each successful Allocate with the PCI functions it gave
+    // (on a gRPC thread, no lock held); may be empty.
+    std::function<void(const std::vector<std::string>& pci_addresses)>
+        allocated;
   };
 
   // Serves the plugin's socket and starts the monitor (registration is
@@ -119,6 +124,11 @@ class DevicePlugin {
 
   grpc::Status DoAllocate(const v1beta1::AllocateRequest& request,
                           v1beta1::AllocateResponse* response) const;
+  // DoAllocate's answer; `addresses` gets every PCI function given.
+  grpc::Status AllocateLocked(const v1beta1::AllocateRequest& request,
+                              v1beta1::AllocateResponse* response,
+                              std::vector<std::string>* addresses) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   grpc::Status DoPreferred(
       const v1beta1::PreferredAllocationRequest& request,
       v1beta1::PreferredAllocationResponse* response) const;

@@ -120,6 +120,39 @@ std::optional<StepResult> SimBackend::Inject(
   return std::nullopt;
 }
 
+bool SimBackend::DeviceHeldLocked(const std::string& address) const {
+  if (removed_devices_.contains(address)) return false;
+  return !options_.devices.has_value() || options_.devices->contains(address) ||
+         added_devices_.contains(address);
+}
+
+bool SimBackend::RemoveDevice(const std::string& address) {
+  MutexLock lock(&mu_);
+  if (!DeviceHeldLocked(address)) return false;
+  removed_devices_.insert(address);
+  added_devices_.erase(address);
+  std::vector<std::string> unwired;
+  for (auto& [token, wiring] : tokens_) {
+    if (wiring.producer.has_value() && wiring.producer->device() == address) {
+      vector_owner_.erase(KeyOf(*wiring.producer));
+      wiring.producer.reset();
+      unwired.push_back(token);
+    }
+  }
+  for (const std::string& token : unwired) EraseIfEmpty(token);
+  return true;
+}
+
+bool SimBackend::AddDevice(const std::string& address) {
+  MutexLock lock(&mu_);
+  if (DeviceHeldLocked(address)) return false;
+  removed_devices_.erase(address);
+  if (options_.devices.has_value() && !options_.devices->contains(address)) {
+    added_devices_.insert(address);
+  }
+  return true;
+}
+
 void SimBackend::EraseIfEmpty(const std::string& token) {
   auto it = tokens_.find(token);
   if (it != tokens_.end() && !it->second.producer.has_value() &&
@@ -133,16 +166,15 @@ StepResult SimBackend::AddConsumer(absl::string_view token,
                                    const v1::Consumer& consumer) {
   if (auto injected = Inject(SimStep::kAddConsumer, consumer))
     return *std::move(injected);
-  if (options_.devices.has_value() &&
-      !options_.devices->contains(producer.device())) {
-    return StepResult::Error(
-        ENOENT, absl::StrFormat("device \"%s\" not held by agent on node %s",
-                                producer.device(), options_.node));
-  }
   const VectorKey key = KeyOf(producer);
   const std::string token_str(token);
 
   MutexLock lock(&mu_);
+  if (!DeviceHeldLocked(producer.device())) {
+    return StepResult::Error(
+        ENOENT, absl::StrFormat("device \"%s\" not held by agent on node %s",
+                                producer.device(), options_.node));
+  }
   auto token_it = tokens_.find(token_str);
   if (token_it != tokens_.end() && token_it->second.producer.has_value()) {
     const v1::Producer& held = *token_it->second.producer;

@@ -104,6 +104,16 @@ class SimBackend final : public Backend {
 
   std::vector<v1::WiredPair> Inventory() const override;
 
+  // The sim's counterpart of a device fd handed over and closed again (the
+  // device plugin: a device allocated to a pod, the pod gone).
+  // RemoveDevice: the device leaves this host; every vector wired on it is
+  // unwired (the VM side stays, so the pair is reported partial and the
+  // manager disconnects it) and add_consumer on it fails with ENOENT until
+  // AddDevice. False if the device was not on this host.
+  bool RemoveDevice(const std::string& address);
+  // The device is on this host (again); true if it was not.
+  bool AddDevice(const std::string& address);
+
  private:
   // (device, index with UNSPECIFIED read as MSIX, vector).
   using VectorKey = std::tuple<std::string, int, uint32_t>;
@@ -128,6 +138,8 @@ class SimBackend final : public Backend {
   // Delay and fault injection common to both add steps; nullopt to proceed.
   std::optional<StepResult> Inject(SimStep step,
                                    const v1::Consumer& consumer) const;
+  bool DeviceHeldLocked(const std::string& address) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops the token's entry once it has neither side.
   void EraseIfEmpty(const std::string& token)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -139,6 +151,9 @@ class SimBackend final : public Backend {
   absl::flat_hash_map<VectorKey, std::string> vector_owner_
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<GsiKey, std::string> gsi_owner_ ABSL_GUARDED_BY(mu_);
+  // RemoveDevice / AddDevice over options_.devices.
+  absl::flat_hash_set<std::string> removed_devices_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> added_devices_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace agent

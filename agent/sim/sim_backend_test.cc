@@ -193,6 +193,52 @@ TEST(SimBackendTest, Inventory_ReportsProducerAndConsumerExactlyAsGiven) {
   EXPECT_EQ(pairs[0].consumer().SerializeAsString(), Vm().SerializeAsString());
 }
 
+TEST(SimBackendTest, RemoveDevice_UnwiresItsVectors_AddFailsUntilAddDevice) {
+  SimBackend sim(Options());  // every device exists
+  Wire(sim, "t1", Dev(), Vm());
+  Wire(sim, "other", NodeProducer("0000:5e:00.0", 1), NodeConsumer("vm-2", 7));
+
+  ASSERT_TRUE(sim.RemoveDevice("0000:3b:00.1"));
+  EXPECT_FALSE(sim.RemoveDevice("0000:3b:00.1"));  // already gone
+
+  // t1 keeps its VM side only (partial: the manager disconnects it); the
+  // pair on another device is untouched.
+  std::map<std::string, bool> partial;
+  for (const v1::WiredPair& pair : sim.Inventory()) {
+    partial[pair.token()] = pair.partial();
+  }
+  EXPECT_EQ(partial,
+            (std::map<std::string, bool>{{"t1", true}, {"other", false}}));
+  const StepResult gone = sim.AddConsumer("t1", Dev(), Vm());
+  EXPECT_EQ(gone.errno_value(), ENOENT);
+  EXPECT_EQ(gone.message(),
+            "device \"0000:3b:00.1\" not held by agent on node n1");
+  // The vector is free again (not left owned by t1) once the device is back.
+  ASSERT_TRUE(sim.AddDevice("0000:3b:00.1"));
+  EXPECT_FALSE(sim.AddDevice("0000:3b:00.1"));
+  EXPECT_TRUE(sim.AddConsumer("t2", Dev(), NodeConsumer("vm-3", 9)).ok());
+}
+
+TEST(SimBackendTest, AddDevice_OutsideTheDeviceList_IsHeldUntilRemoved) {
+  SimBackendOptions options = Options();
+  options.devices = absl::flat_hash_set<std::string>{"0000:3b:00.0"};
+  SimBackend sim(std::move(options));
+  EXPECT_FALSE(sim.RemoveDevice("0000:3b:00.1"));  // never held
+
+  ASSERT_TRUE(sim.AddDevice("0000:3b:00.1"));
+  EXPECT_TRUE(sim.AddConsumer("t1", Dev(), Vm()).ok());
+  ASSERT_TRUE(sim.RemoveDevice("0000:3b:00.1"));
+  EXPECT_EQ(sim.AddConsumer("t2", Dev(), Vm()).errno_value(), ENOENT);
+  // One from the list goes and comes back too.
+  ASSERT_TRUE(sim.RemoveDevice("0000:3b:00.0"));
+  EXPECT_EQ(sim.AddConsumer("t3", NodeProducer("0000:3b:00.0", 1), Vm())
+                .errno_value(),
+            ENOENT);
+  ASSERT_TRUE(sim.AddDevice("0000:3b:00.0"));
+  EXPECT_TRUE(
+      sim.AddConsumer("t3", NodeProducer("0000:3b:00.0", 1), Vm()).ok());
+}
+
 TEST(SimBackendTest, Del_NothingWired_IsNoOpAndSucceeds) {
   SimBackend sim(Options());
 
