@@ -45,6 +45,15 @@ struct Rendered {
   }
 };
 
+// The value of `--flag=VALUE` in a container's args; empty if absent.
+std::string Arg(const YAML::Node& args, const std::string& flag) {
+  for (const YAML::Node& a : args) {
+    const std::string arg = a.as<std::string>();
+    if (absl::StartsWith(arg, flag + "=")) return arg.substr(flag.size() + 1);
+  }
+  return "";
+}
+
 class KustomizeTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -90,14 +99,6 @@ class KustomizeTest : public ::testing::Test {
       EXPECT_NE(help.find("    " + name + " ("), std::string::npos)
           << binary << " has no flag " << name;
     }
-  }
-
-  static std::string Arg(const YAML::Node& args, const std::string& flag) {
-    for (const YAML::Node& a : args) {
-      const std::string arg = a.as<std::string>();
-      if (absl::StartsWith(arg, flag + "=")) return arg.substr(flag.size() + 1);
-    }
-    return "";
   }
 
   void ExpectContainersComplete(const Rendered& r) {
@@ -182,6 +183,200 @@ class KustomizeTest : public ::testing::Test {
   std::string irqbypassd_help_;
   std::string agent_help_;
 };
+
+// Whether `selector` (a map of labels) selects a pod labelled `labels`.
+bool Selects(const YAML::Node& selector, const YAML::Node& labels) {
+  if (!selector.IsDefined() || !selector.IsMap() || selector.size() == 0) {
+    return false;
+  }
+  for (const auto& kv : selector) {
+    const YAML::Node value = labels[kv.first.as<std::string>()];
+    if (!value.IsDefined() || !value.IsScalar() ||
+        value.as<std::string>() != kv.second.as<std::string>()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The named ports of the first container of `workload`: name -> number.
+std::map<std::string, int> ContainerPorts(const YAML::Node& workload) {
+  std::map<std::string, int> ports;
+  for (const YAML::Node& p :
+       workload["spec"]["template"]["spec"]["containers"][0]["ports"]) {
+    ports[p["name"].as<std::string>()] = p["containerPort"].as<int>();
+  }
+  return ports;
+}
+
+// What refers to the pods finds them: every selector selects the pods it is
+// for, every port it names is one they serve, probes and flags agree.
+void ExpectReferencesResolve(const Rendered& r) {
+  const YAML::Node d = r.Find("Deployment", "irqbypassd");
+  const YAML::Node ds = r.Find("DaemonSet", "irqbypass-agent");
+  ASSERT_TRUE(d.IsMap() && ds.IsMap());
+  const YAML::Node d_labels = d["spec"]["template"]["metadata"]["labels"];
+  const YAML::Node ds_labels = ds["spec"]["template"]["metadata"]["labels"];
+  EXPECT_TRUE(Selects(d["spec"]["selector"]["matchLabels"], d_labels));
+  EXPECT_TRUE(Selects(ds["spec"]["selector"]["matchLabels"], ds_labels));
+  EXPECT_FALSE(Selects(d["spec"]["selector"]["matchLabels"], ds_labels))
+      << "the Deployment's selector also takes the agent's pods";
+
+  const std::map<std::string, int> d_ports = ContainerPorts(d);
+  const std::map<std::string, int> ds_ports = ContainerPorts(ds);
+  const YAML::Node svc = r.Find("Service", "irqbypassd");
+  ASSERT_TRUE(svc.IsMap());
+  EXPECT_TRUE(Selects(svc["spec"]["selector"], d_labels));
+  EXPECT_FALSE(Selects(svc["spec"]["selector"], ds_labels));
+  std::set<std::string> svc_ports;
+  for (const YAML::Node& p : svc["spec"]["ports"]) {
+    svc_ports.insert(p["name"].as<std::string>());
+    const YAML::Node target = p["targetPort"];
+    EXPECT_EQ(d_ports.count(target.as<std::string>()), 1u)
+        << "Service port " << p["name"] << " targets " << target
+        << ", which irqbypassd's container does not name";
+    EXPECT_EQ(d_ports.at(target.as<std::string>()), p["port"].as<int>());
+  }
+
+  const YAML::Node sm = r.Find("ServiceMonitor", "irqbypassd");
+  ASSERT_TRUE(sm.IsMap());
+  EXPECT_TRUE(
+      Selects(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]))
+      << "the ServiceMonitor does not select the Service";
+  for (const YAML::Node& e : sm["spec"]["endpoints"]) {
+    EXPECT_EQ(svc_ports.count(e["port"].as<std::string>()), 1u) << e["port"];
+  }
+  const YAML::Node pm = r.Find("PodMonitor", "irqbypass-agent");
+  ASSERT_TRUE(pm.IsMap());
+  EXPECT_TRUE(Selects(pm["spec"]["selector"]["matchLabels"], ds_labels));
+  for (const YAML::Node& e : pm["spec"]["podMetricsEndpoints"]) {
+    EXPECT_EQ(ds_ports.count(e["port"].as<std::string>()), 1u) << e["port"];
+  }
+
+  // Probes and the ports the binaries listen on.
+  const YAML::Node c = d["spec"]["template"]["spec"]["containers"][0];
+  const int grpc_port = d_ports.count("grpc") ? d_ports.at("grpc") : -1;
+  for (const char* probe :
+       {"startupProbe", "livenessProbe", "readinessProbe"}) {
+    if (!c[probe].IsDefined()) continue;
+    EXPECT_EQ(c[probe]["grpc"]["port"].as<int>(), grpc_port) << probe;
+  }
+  EXPECT_TRUE(absl::EndsWith(Arg(c["args"], "--listen"),
+                             ":" + std::to_string(grpc_port)));
+  EXPECT_TRUE(absl::EndsWith(Arg(c["args"], "--metrics_listen"),
+                             ":" + std::to_string(d_ports.at("metrics"))));
+  const YAML::Node a = ds["spec"]["template"]["spec"]["containers"][0];
+  EXPECT_TRUE(absl::EndsWith(Arg(a["args"], "--metrics_listen"),
+                             ":" + std::to_string(ds_ports.at("metrics"))));
+  for (const char* probe : {"livenessProbe", "readinessProbe"}) {
+    EXPECT_EQ(a[probe]["httpGet"]["port"].as<std::string>(), "metrics")
+        << probe;
+  }
+
+  // The network policies: each selects its pods and opens the ports they
+  // serve; the agents may reach irqbypassd's gRPC port.
+  const YAML::Node np = r.Find("NetworkPolicy", "irqbypassd");
+  const YAML::Node np_agent = r.Find("NetworkPolicy", "irqbypass-agent");
+  ASSERT_TRUE(np.IsMap() && np_agent.IsMap());
+  EXPECT_TRUE(Selects(np["spec"]["podSelector"]["matchLabels"], d_labels));
+  EXPECT_TRUE(
+      Selects(np_agent["spec"]["podSelector"]["matchLabels"], ds_labels));
+  bool agents_reach_grpc = false;
+  for (const YAML::Node& rule : np["spec"]["ingress"]) {
+    bool grpc = false;
+    for (const YAML::Node& p : rule["ports"]) {
+      grpc |= p["port"].as<int>() == grpc_port;
+    }
+    for (const YAML::Node& from : rule["from"]) {
+      if (!from["podSelector"].IsDefined()) continue;  // namespaceSelector
+      agents_reach_grpc |=
+          grpc && Selects(from["podSelector"]["matchLabels"], ds_labels);
+    }
+  }
+  EXPECT_TRUE(agents_reach_grpc);
+
+  // RBAC: neither binary calls the Kubernetes API, so no Role or binding
+  // is granted and no pod mounts a service account token.
+  for (const YAML::Node& doc : r.docs) {
+    const std::string kind = doc["kind"].as<std::string>();
+    EXPECT_TRUE(kind != "Role" && kind != "ClusterRole" &&
+                kind != "RoleBinding" && kind != "ClusterRoleBinding")
+        << kind << " " << doc["metadata"]["name"];
+  }
+  for (const YAML::Node& w : {d, ds}) {
+    const YAML::Node pod = w["spec"]["template"]["spec"];
+    EXPECT_FALSE(pod["automountServiceAccountToken"].as<bool>(true));
+    EXPECT_TRUE(
+        r.Find("ServiceAccount", pod["serviceAccountName"].as<std::string>())
+            .IsMap());
+  }
+}
+
+// Exit code and output of `script` run by bash with pipefail.
+CommandResult Bash(const std::string& script) {
+  return RunCommand("/bin/bash", {"-o", "pipefail", "-c", script});
+}
+
+// Validates `overlay`'s objects against the Kubernetes schemas.
+CommandResult ValidateOverlay(const std::string& overlay) {
+  return Bash("kubectl kustomize --load-restrictor=LoadRestrictionsNone " +
+              Runfile("deploy/kubernetes/overlays/" + overlay) + " | node " +
+              Runfile("deploy/validate/validate.mjs"));
+}
+
+TEST_F(KustomizeTest, BothOverlays_SelectorsPortsProbesAndRbacResolve) {
+  for (const char* overlay : {"single", "ha"}) {
+    SCOPED_TRACE(overlay);
+    ExpectReferencesResolve(Render(overlay));
+  }
+}
+
+TEST_F(KustomizeTest, BothOverlays_ValidAgainstTheKubernetesSchemas) {
+  ASSERT_EQ(Bash("command -v node").exit_code, 0)
+      << "node (Node.js) is not on this machine";
+  for (const char* overlay : {"single", "ha"}) {
+    const CommandResult result = ValidateOverlay(overlay);
+    EXPECT_EQ(result.exit_code, 0)
+        << overlay << ":\n"
+        << result.out << result.err
+        << "(missing modules: scripts/install-deps.sh runs npm ci in "
+           "deploy/validate)";
+    EXPECT_NE(result.out.find("11 objects, 0 invalid"), std::string::npos)
+        << result.out;
+  }
+  // The validator is not a pass-through: a wrong type, a missing required
+  // field and a kind it has no schema for are each refused.
+  const std::string validate =
+      "node " + Runfile("deploy/validate/validate.mjs");
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"apiVersion: apps/v1\\nkind: Deployment\\nmetadata: {name: x}\\n"
+       "spec: {replicas: two, selector: {}, template: {}}",
+       "spec/replicas must be integer"},
+      {"apiVersion: apps/v1\\nkind: DaemonSet\\nmetadata: {name: x}\\n"
+       "spec: {template: {}}",
+       "required property selector"},
+      {"apiVersion: example.com/v1\\nkind: Widget\\nmetadata: {name: w}",
+       "no schema for example.com/v1 Widget"},
+  };
+  for (const auto& [yaml, why] : refused) {
+    const CommandResult r = Bash("printf '" + yaml + "\\n' | " + validate);
+    EXPECT_EQ(r.exit_code, 1) << yaml << ": " << r.out << r.err;
+    EXPECT_NE(r.out.find(why), std::string::npos) << r.out;
+  }
+}
+
+TEST_F(KustomizeTest, YamlFiles_PassYamllint) {
+  ASSERT_EQ(Bash("command -v yamllint").exit_code, 0)
+      << "yamllint is not on this machine (scripts/install-deps.sh)";
+  const CommandResult lint =
+      Bash("yamllint -f parsable -c " + Runfile("deploy/.yamllint") + " " +
+           Runfile("deploy/kubernetes") + " " + Runfile("deploy/prometheus"));
+  EXPECT_EQ(lint.exit_code, 0) << lint.out << lint.err;
+  // And it does fail on what it is for (a duplicated key).
+  const CommandResult dup = Bash("printf 'a: 1\\na: 2\\n' | yamllint -c " +
+                                 Runfile("deploy/.yamllint") + " -");
+  EXPECT_EQ(dup.exit_code, 1) << dup.out;
+}
 
 TEST_F(KustomizeTest, Single_OneReplicaRecreateOnAPvcAtItsDataDir) {
   const Rendered r = Render("single");

@@ -25,6 +25,7 @@ packages=(
   clang         # the thread-safety analysis build (--config=thread_safety)
   clang-format  # the format check in scripts/test.sh
   nghttp2-client  # h2load, the independent generator of bench/h2load_compare.sh
+  yamllint        # lints deploy/'s YAML (//deploy:kustomize_test)
 )
 
 missing=()
@@ -36,12 +37,26 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "install-deps: all ${#packages[@]} packages present"
-  exit 0
+else
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "install-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# The Kubernetes schemas deploy/ is validated against (npm, pinned by
+# deploy/validate/package-lock.json), with the machine's Node.js.
+validate_dir="$(cd "$(dirname "$0")/.." && pwd)/deploy/validate"
+if command -v npm >/dev/null; then
+  # The lock file a completed install was made from, kept beside it.
+  stamp="$validate_dir/node_modules/.installed-from-lock.json"
+  if ! cmp -s "$validate_dir/package-lock.json" "$stamp"; then
+    echo "install-deps: npm ci in deploy/validate"
+    npm ci --prefix "$validate_dir" --no-audit --no-fund --loglevel=error
+    cp "$validate_dir/package-lock.json" "$stamp"
+  fi
+else
+  echo "install-deps: no npm here: //deploy:kustomize_test's schema check will fail" >&2
+fi
