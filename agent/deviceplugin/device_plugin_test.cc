@@ -53,12 +53,20 @@ TEST(ResourceSpecsTest, ParsesAndNamesWhatIsWrong) {
   EXPECT_EQ((*ok)[0].selectors[1].vendor, 0x8086);
   EXPECT_EQ((*ok)[0].selectors[1].device, 0x10ed);
   EXPECT_EQ((*ok)[1].selectors[0].vendor, 0x144d);
+  // "requests." + the domain must be a DNS subdomain (253 characters).
+  const std::string long_domain =
+      std::string(60, 'a') + "." + std::string(60, 'b') + "." +
+      std::string(60, 'c') + "." + std::string(60, 'd') + ".io";
+  ASSERT_EQ(long_domain.size(), 246u);  // 255 with "requests."
+  EXPECT_FALSE(ParseResourceSpecs(long_domain + "/x=8086:154c").ok());
+  EXPECT_TRUE(ParseResourceSpecs(long_domain.substr(4) + "/x=8086:154c").ok());
   for (const char* bad :
        {"novendor", "irqbypass.io/x=8086", "x=8086:154c",
         "irqbypass.io/x=zzzz:154c",
         "irqbypass.io/x=", "a.io/x=8086:154c,a.io/x=8086:10ed",
         "Irqbypass.io/x=8086:154c", "kubernetes.io/x=8086:154c",
         "a.k8s.io/x=8086:154c", "a.io/-x=8086:154c",
+        "a.kubernetes.io/x=8086:154c", "requests.a.io/x=8086:154c",
         // one device in two resources; two names with one variable
         "a.io/x=8086:154c,a.io/y=8086:154c",
         "a.io/x-y=8086:154c,a.io/x_y=8086:10ed"}) {
@@ -432,6 +440,26 @@ TEST_F(PodDevicesTest, HolderLearned_PodGone_ItsDevicesReleased) {
   }
   EXPECT_EQ(devices, (std::set<std::string>{"40", "41"}));
   EXPECT_FALSE(pods->HolderOf(kResource, "40").has_value());
+}
+
+TEST_F(PodDevicesTest, StopWhileAListHangs_CancelsIt_NothingReleased) {
+  kubelet_->Start();
+  kubelet_->HoldLists(true);
+  PodDevices::Options options;
+  options.kubelet_dir = host_.kubelet();
+  options.resources = {kResource};
+  options.list_timeout = absl::Minutes(5);
+  int released = 0;
+  options.released = [&released](const std::string&, const std::string&,
+                                 const PodDevices::Holder&) { ++released; };
+  auto pods = PodDevices::Start(options);
+  ASSERT_TRUE(
+      irqbypass::testing::Eventually([&] { return kubelet_->HeldLists(); }));
+  const absl::Time stop = absl::Now();
+  pods.reset();
+  // Not the List's five minutes: the destructor cancelled it.
+  EXPECT_LT(absl::Now() - stop, absl::Minutes(1));
+  EXPECT_EQ(released, 0);
 }
 
 TEST_F(PodDevicesTest, AgentOrKubeletRestart_ReleasesNothing) {

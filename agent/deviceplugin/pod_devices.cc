@@ -22,6 +22,8 @@ PodDevices::~PodDevices() {
     MutexLock lock(&stop_mu_);
     stop_ = true;
     stop_cv_.Signal();
+    // A List in flight ends now, not at its deadline.
+    if (in_flight_ != nullptr) in_flight_->TryCancel();
   }
   thread_.join();
 }
@@ -72,9 +74,20 @@ void PodDevices::Poll() {
   auto stub = ::v1::PodResourcesLister::NewStub(grpc::CreateChannel(
       "unix:" + socket, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   absl::ToChronoNanoseconds(options_.list_timeout));
   ::v1::ListPodResourcesResponse list;
+  {
+    MutexLock lock(&stop_mu_);
+    if (stop_) return;
+    in_flight_ = &ctx;
+  }
   grpc::Status s = stub->List(&ctx, ::v1::ListPodResourcesRequest(), &list);
+  {
+    MutexLock lock(&stop_mu_);
+    in_flight_ = nullptr;
+    if (stop_) return;  // cancelled by the destructor: nothing to learn
+  }
   if (!s.ok()) {
     relearn_ = true;
     {

@@ -31,6 +31,10 @@
 #include "agent/deviceplugin/file_id.h"
 #include "common/mutex.h"
 
+namespace grpc {
+class ClientContext;
+}  // namespace grpc
+
 namespace irqbypass::agent {
 
 class AgentMetrics;
@@ -55,6 +59,8 @@ class PodDevices {
     absl::Duration interval = absl::Seconds(2);
     // How long a device must stay held by no pod before it is released.
     absl::Duration release_after = absl::Seconds(10);
+    // The deadline of one List (the destructor cancels one in flight).
+    absl::Duration list_timeout = absl::Seconds(2);
     // A device a pod held is held by no pod any more. Runs on the poller's
     // thread, with no lock held.
     ReleasedFn released;
@@ -62,7 +68,7 @@ class PodDevices {
   };
 
   static std::unique_ptr<PodDevices> Start(Options options);
-  ~PodDevices();  // stops the poller
+  ~PodDevices();  // stops the poller, cancelling a List in flight
 
   std::optional<Holder> HolderOf(const std::string& resource,
                                  const std::string& device) const;
@@ -95,6 +101,7 @@ class PodDevices {
   Mutex stop_mu_;
   CondVar stop_cv_;
   bool stop_ ABSL_GUARDED_BY(stop_mu_) = false;
+  grpc::ClientContext* in_flight_ ABSL_GUARDED_BY(stop_mu_) = nullptr;
   std::thread thread_;
 };
 

@@ -64,16 +64,20 @@ bool ValidNamePart(absl::string_view name) {
 }
 
 // As the kubelet's IsExtendedResourceName: DOMAIN/NAME, the domain not
-// Kubernetes' own.
+// Kubernetes' own (nor k8s.io), not starting "requests." (the quota form),
+// and short enough that "requests.DOMAIN" (the name a quota uses) is still
+// a DNS subdomain.
 bool ValidResourceName(absl::string_view name) {
   const size_t slash = name.find('/');
   if (slash == absl::string_view::npos) return false;
   const absl::string_view domain = name.substr(0, slash);
-  if (domain == "kubernetes.io" || absl::EndsWith(domain, ".kubernetes.io") ||
-      domain == "k8s.io" || absl::EndsWith(domain, ".k8s.io")) {
+  if (absl::StrContains(name, "kubernetes.io/") || domain == "k8s.io" ||
+      absl::EndsWith(domain, ".k8s.io") ||
+      absl::StartsWith(name, "requests.")) {
     return false;
   }
-  return ValidDomain(domain) && ValidNamePart(name.substr(slash + 1));
+  return ValidDomain(absl::StrCat("requests.", domain)) &&
+         ValidNamePart(name.substr(slash + 1));
 }
 
 std::string ReadTrimmed(const fs::path& path) {

@@ -51,13 +51,17 @@ class FakeKubelet::PodResourcesService final
       grpc::CallbackServerContext* context,
       const ::v1::ListPodResourcesRequest*,
       ::v1::ListPodResourcesResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     {
       MutexLock lock(&kubelet_.mu_);
       for (const auto& [key, pod] : kubelet_.pods_) {
         *response->add_pod_resources() = pod;
       }
+      if (kubelet_.hold_lists_) {
+        kubelet_.held_lists_.push_back(reactor);
+        return reactor;
+      }
     }
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
@@ -113,6 +117,21 @@ void FakeKubelet::RemovePod(const std::string& pod_namespace,
   pods_.erase(pod_namespace + "/" + pod_name);
 }
 
+void FakeKubelet::HoldLists(bool hold) {
+  std::vector<grpc::ServerUnaryReactor*> answer;
+  {
+    MutexLock lock(&mu_);
+    hold_lists_ = hold;
+    if (!hold) answer.swap(held_lists_);
+  }
+  for (grpc::ServerUnaryReactor* r : answer) r->Finish(grpc::Status::OK);
+}
+
+int FakeKubelet::HeldLists() const {
+  MutexLock lock(&mu_);
+  return static_cast<int>(held_lists_.size());
+}
+
 FakeKubelet::~FakeKubelet() { Stop(); }
 
 void FakeKubelet::Start() {
@@ -142,6 +161,12 @@ void FakeKubelet::Stop() {
     service_.reset();
   }
   if (pods_server_ != nullptr) {
+    std::vector<grpc::ServerUnaryReactor*> held;
+    {
+      MutexLock lock(&mu_);
+      held.swap(held_lists_);
+    }
+    for (grpc::ServerUnaryReactor* r : held) r->Finish(grpc::Status::OK);
     pods_server_->Shutdown(std::chrono::system_clock::now() +
                            std::chrono::seconds(1));
     pods_server_.reset();

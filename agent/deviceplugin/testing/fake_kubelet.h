@@ -73,6 +73,11 @@ class FakeKubelet {
               const std::string& container, const std::string& resource,
               const std::vector<std::string>& devices);
   void RemovePod(const std::string& pod_namespace, const std::string& pod_name);
+  // While held, pod-resources List calls get no answer (a kubelet that
+  // hangs); released, or on Stop, they are answered. HeldLists: how many
+  // wait now.
+  void HoldLists(bool hold);
+  int HeldLists() const;
 
   // Ends `resource`'s ListAndWatch stream from this side; like the real
   // kubelet, it does not open it again by itself.
@@ -125,6 +130,8 @@ class FakeKubelet {
   std::vector<std::shared_ptr<Plugin>> retired_ ABSL_GUARDED_BY(mu_);
   // By namespace/name.
   std::map<std::string, ::v1::PodResources> pods_ ABSL_GUARDED_BY(mu_);
+  bool hold_lists_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<grpc::ServerUnaryReactor*> held_lists_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace irqbypass::agent::testing
