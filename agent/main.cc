@@ -484,11 +484,18 @@ int Main(int argc, char** argv) {
     options.metrics = &metrics;
     options.released = [&plugins, kvm_backend, sim_backend, &session](
                            const std::string& resource,
-                           const std::string& device,
-                           const PodDevices::Holder&) {
+                           const std::string& device, const PodDevices::Holder&,
+                           absl::Time unheld_since) {
       bool sim_removed = false;
       for (const auto& plugin : plugins) {
         if (plugin->resource() != resource) continue;
+        // Given to a new pod since it was last seen held: that pod's now
+        // (pod-resources has not caught up yet).
+        if (plugin->LastAllocated(device) >= unheld_since) {
+          LogInfo("device not released: allocated again since",
+                  {{"resource", resource}, {"iommu_group", device}});
+          continue;
+        }
         for (const std::string& address : plugin->AddressesOf(device)) {
           bool removed = false;
           if (kvm_backend != nullptr) {

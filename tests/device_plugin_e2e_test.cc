@@ -146,7 +146,8 @@ std::string AllocateGroup41(FakeKubelet& kubelet,
 bool WaitHeld(Process& agent) {
   return Eventually([&] {
     const std::string log = agent.Log();
-    const size_t at = log.find("msg=\"device held by a pod\"");
+    // (Or "... (already running)", if the first List came after SetPod.)
+    const size_t at = log.find("msg=\"device held by a pod");
     return at != std::string::npos &&
            log.find("pod=vms/vm-1", at) != std::string::npos;
   });

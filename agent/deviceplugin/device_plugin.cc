@@ -530,6 +530,12 @@ void DevicePlugin::MonitorLoop() {
   }
 }
 
+absl::Time DevicePlugin::LastAllocated(const std::string& id) const {
+  MutexLock lock(&mu_);
+  auto it = last_allocated_.find(id);
+  return it == last_allocated_.end() ? absl::InfinitePast() : it->second;
+}
+
 grpc::Status DevicePlugin::DoAllocate(const dp::AllocateRequest& request,
                                       dp::AllocateResponse* response) const {
   std::vector<std::string> addresses;
@@ -578,6 +584,7 @@ grpc::Status DevicePlugin::AllocateLocked(
       spec->set_host_path("/dev/vfio/" + id);
       spec->set_permissions("rwm");
       groups.push_back(id);
+      last_allocated_[id] = absl::Now();
       addresses.insert(addresses.end(), it->second->pci_addresses.begin(),
                        it->second->pci_addresses.end());
     }

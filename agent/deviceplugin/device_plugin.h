@@ -33,6 +33,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -97,6 +98,9 @@ class DevicePlugin {
 
   // The PCI functions of device (IOMMU group) `id`; empty if unknown.
   std::vector<std::string> AddressesOf(const std::string& id) const;
+  // When device `id` was last given to a container by Allocate
+  // (InfinitePast if never since the start).
+  absl::Time LastAllocated(const std::string& id) const;
 
   // The current device list (what a new ListAndWatch is sent first).
   v1beta1::ListAndWatchResponse Devices() const;
@@ -138,6 +142,9 @@ class DevicePlugin {
   const std::string endpoint_;
 
   mutable Mutex mu_;  // the device list and the streams
+  // Device id -> when Allocate last gave it out.
+  mutable std::map<std::string, absl::Time> last_allocated_
+      ABSL_GUARDED_BY(mu_);
   std::vector<VfioGroup> groups_ ABSL_GUARDED_BY(mu_);  // incl. vanished
   v1beta1::ListAndWatchResponse devices_ ABSL_GUARDED_BY(mu_);
   std::vector<std::weak_ptr<ListStream>> streams_ ABSL_GUARDED_BY(mu_);

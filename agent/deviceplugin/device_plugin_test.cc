@@ -212,8 +212,14 @@ TEST_F(DevicePluginTest, Registers_ListsGroupsWithNuma_Allocates) {
   ASSERT_EQ(list.devices(1).topology().nodes_size(), 1);
   EXPECT_EQ(list.devices(1).topology().nodes(0).id(), 1);
 
+  EXPECT_EQ(plugin->LastAllocated("40"), absl::InfinitePast());
+  const absl::Time before = absl::Now();
   auto alloc = kubelet_->Allocate(kResource, {{"40", "41"}});
   ASSERT_TRUE(alloc.ok()) << alloc.status();
+  // (What keeps a release of the previous pod from taking it from this one.)
+  EXPECT_GE(plugin->LastAllocated("40"), before);
+  EXPECT_GE(plugin->LastAllocated("41"), before);
+  EXPECT_EQ(plugin->LastAllocated("42"), absl::InfinitePast());
   ASSERT_EQ(alloc->container_responses_size(), 1);
   const auto& c = alloc->container_responses(0);
   std::set<std::string> paths;
@@ -401,7 +407,7 @@ class PodDevicesTest : public DevicePluginTest {
     options.release_after = absl::Milliseconds(300);
     options.released = [this](const std::string& resource,
                               const std::string& device,
-                              const PodDevices::Holder& was) {
+                              const PodDevices::Holder& was, absl::Time) {
       MutexLock lock(&mu_);
       released_.push_back(
           {resource, device, was.pod_namespace + "/" + was.pod_name});
@@ -451,7 +457,8 @@ TEST_F(PodDevicesTest, StopWhileAListHangs_CancelsIt_NothingReleased) {
   options.list_timeout = absl::Minutes(5);
   int released = 0;
   options.released = [&released](const std::string&, const std::string&,
-                                 const PodDevices::Holder&) { ++released; };
+                                 const PodDevices::Holder&,
+                                 absl::Time) { ++released; };
   auto pods = PodDevices::Start(options);
   ASSERT_TRUE(
       irqbypass::testing::Eventually([&] { return kubelet_->HeldLists(); }));

@@ -123,7 +123,12 @@ void PodDevices::Poll() {
   const bool learn_only = relearn_;
   relearn_ = false;
   const absl::Time at = absl::Now();
-  std::vector<std::pair<Key, Holder>> released;
+  struct Released {
+    Key key;
+    Holder holder;
+    absl::Time unheld_since;
+  };
+  std::vector<Released> released;
   {
     MutexLock lock(&mu_);
     ++lists_;
@@ -151,7 +156,7 @@ void PodDevices::Poll() {
       }
       for (auto it = unheld_.begin(); it != unheld_.end();) {
         if (at - it->second.second >= options_.release_after) {
-          released.emplace_back(it->first, it->second.first);
+          released.push_back({it->first, it->second.first, it->second.second});
           it = unheld_.erase(it);
         } else {
           ++it;
@@ -171,13 +176,15 @@ void PodDevices::Poll() {
       }
     }
   }
-  for (const auto& [key, holder] : released) {
+  for (const auto& [key, holder, unheld_since] : released) {
     LogInfo("pod gone: releasing its device",
             {{"resource", key.first},
              {"device", key.second},
              {"pod", absl::StrCat(holder.pod_namespace, "/", holder.pod_name)},
              {"container", holder.container}});
-    if (options_.released) options_.released(key.first, key.second, holder);
+    if (options_.released) {
+      options_.released(key.first, key.second, holder, unheld_since);
+    }
   }
 }
 

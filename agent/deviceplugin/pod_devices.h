@@ -50,9 +50,11 @@ class PodDevices {
              container == o.container;
     }
   };
+  // `unheld_since`: when the device was first seen held by no pod (a
+  // device allocated again after that is not to be released).
   using ReleasedFn =
       std::function<void(const std::string& resource, const std::string& device,
-                         const Holder& was)>;
+                         const Holder& was, absl::Time unheld_since)>;
   struct Options {
     std::string kubelet_dir = "/var/lib/kubelet";
     std::vector<std::string> resources;  // the plugin's; others are ignored

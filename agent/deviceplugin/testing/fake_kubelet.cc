@@ -164,6 +164,7 @@ void FakeKubelet::Stop() {
     std::vector<grpc::ServerUnaryReactor*> held;
     {
       MutexLock lock(&mu_);
+      hold_lists_ = false;  // a List arriving from now on is answered
       held.swap(held_lists_);
     }
     for (grpc::ServerUnaryReactor* r : held) r->Finish(grpc::Status::OK);

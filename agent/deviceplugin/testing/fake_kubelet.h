@@ -74,8 +74,8 @@ class FakeKubelet {
               const std::vector<std::string>& devices);
   void RemovePod(const std::string& pod_namespace, const std::string& pod_name);
   // While held, pod-resources List calls get no answer (a kubelet that
-  // hangs); released, or on Stop, they are answered. HeldLists: how many
-  // wait now.
+  // hangs); released, or on Stop (which ends the hold), they are answered.
+  // HeldLists: how many wait now.
   void HoldLists(bool hold);
   int HeldLists() const;
 
