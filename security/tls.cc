@@ -1,0 +1,238 @@
+#include "security/tls.h"
+
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <algorithm>
+#include <functional>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "grpc/grpc_security_constants.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_certificate_verifier.h"
+#include "grpcpp/security/tls_credentials_options.h"
+
+namespace irqbypass::security {
+
+namespace {
+
+struct BioFree {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
+struct X509Free {
+  void operator()(X509* x) const { X509_free(x); }
+};
+struct KeyFree {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+using BioPtr = std::unique_ptr<BIO, BioFree>;
+using X509Ptr = std::unique_ptr<X509, X509Free>;
+using KeyPtr = std::unique_ptr<EVP_PKEY, KeyFree>;
+
+std::vector<std::string> UrisOf(X509* cert) {
+  std::vector<std::string> out;
+  auto* names = static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (names == nullptr) return out;
+  for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
+    if (name->type != GEN_URI) continue;
+    const ASN1_IA5STRING* s = name->d.uniformResourceIdentifier;
+    out.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+                     static_cast<size_t>(ASN1_STRING_length(s)));
+  }
+  GENERAL_NAMES_free(names);
+  return out;
+}
+
+std::string RoleList(const std::vector<Role>& roles) {
+  std::vector<std::string> names;
+  for (Role r : roles) names.emplace_back(RoleName(r));
+  return absl::StrJoin(names, ", ");
+}
+
+// The one identity in `uris`, if of one of `roles`; UNAUTHENTICATED else.
+absl::StatusOr<Identity> IdentityOf(const std::vector<std::string>& uris,
+                                    absl::string_view trust_domain,
+                                    const std::vector<Role>& roles) {
+  if (uris.size() != 1) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        "a certificate must carry exactly one URI subject alternative name "
+        "(its identity); this one has ",
+        uris.size()));
+  }
+  absl::StatusOr<Identity> id = ParseIdentity(uris[0], trust_domain);
+  if (!id.ok()) return id.status();
+  if (std::find(roles.begin(), roles.end(), id->role) == roles.end()) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("certificate identity \"", id->uri, "\" has role ",
+                     RoleName(id->role), "; want ", RoleList(roles)));
+  }
+  return id;
+}
+
+// Checks the peer's identity at the handshake, after gRPC has verified
+// its chain against the CA.
+class IdentityVerifier final
+    : public grpc::experimental::ExternalCertificateVerifier {
+ public:
+  IdentityVerifier(std::string trust_domain, std::vector<Role> roles)
+      : trust_domain_(std::move(trust_domain)), roles_(std::move(roles)) {}
+
+  bool Verify(grpc::experimental::TlsCustomVerificationCheckRequest* request,
+              std::function<void(grpc::Status)> /*callback*/,
+              grpc::Status* sync_status) override {
+    std::vector<std::string> uris;
+    for (const grpc::string_ref& uri : request->uri_names()) {
+      uris.emplace_back(uri.data(), uri.size());
+    }
+    absl::StatusOr<Identity> id = IdentityOf(uris, trust_domain_, roles_);
+    *sync_status = id.ok() ? grpc::Status::OK
+                           : grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                                          std::string(id.status().message()));
+    return true;  // answered synchronously
+  }
+  void Cancel(grpc::experimental::TlsCustomVerificationCheckRequest*) override {
+  }
+
+ private:
+  const std::string trust_domain_;
+  const std::vector<Role> roles_;
+};
+
+std::shared_ptr<grpc::experimental::FileWatcherCertificateProvider> Provider(
+    const TlsOptions& options) {
+  const int64_t seconds =
+      std::max<int64_t>(1, absl::ToInt64Seconds(options.refresh));
+  return std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      options.key_file, options.cert_file, options.ca_file,
+      static_cast<unsigned int>(seconds));
+}
+
+const std::vector<Role>& ClientRoles() {
+  static const std::vector<Role>* roles = new std::vector<Role>{
+      Role::kAgent, Role::kOrchestrator, Role::kReader, Role::kAdmin};
+  return *roles;
+}
+
+}  // namespace
+
+std::vector<std::string> CertificateUris(absl::string_view pem) {
+  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (bio == nullptr) return {};
+  X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (cert == nullptr) return {};
+  return UrisOf(cert.get());
+}
+
+absl::StatusOr<Identity> CheckOwnCertificate(const TlsOptions& options,
+                                             const std::vector<Role>& roles) {
+  if (!ValidTrustDomain(options.trust_domain)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("trust domain \"", options.trust_domain,
+                     "\": want 1..255 characters of [a-z0-9.-_]"));
+  }
+  BioPtr cert_bio(BIO_new_file(options.cert_file.c_str(), "r"));
+  if (cert_bio == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "certificate file \"", options.cert_file, "\" cannot be read"));
+  }
+  X509Ptr cert(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
+  if (cert == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("certificate file \"", options.cert_file,
+                     "\" holds no PEM certificate"));
+  }
+  BioPtr key_bio(BIO_new_file(options.key_file.c_str(), "r"));
+  if (key_bio == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("key file \"", options.key_file, "\" cannot be read"));
+  }
+  KeyPtr key(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
+  if (key == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key file \"", options.key_file, "\" holds no PEM private key"));
+  }
+  if (X509_check_private_key(cert.get(), key.get()) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key file \"", options.key_file, "\" is not the key of certificate \"",
+        options.cert_file, "\""));
+  }
+  if (X509_cmp_current_time(X509_get0_notAfter(cert.get())) < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("certificate \"", options.cert_file, "\" has expired"));
+  }
+  BioPtr ca_bio(BIO_new_file(options.ca_file.c_str(), "r"));
+  if (ca_bio == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("CA file \"", options.ca_file, "\" cannot be read"));
+  }
+  X509Ptr ca(PEM_read_bio_X509(ca_bio.get(), nullptr, nullptr, nullptr));
+  if (ca == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CA file \"", options.ca_file, "\" holds no PEM certificate"));
+  }
+  absl::StatusOr<Identity> id =
+      IdentityOf(UrisOf(cert.get()), options.trust_domain, roles);
+  if (!id.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "certificate \"", options.cert_file, "\": ", id.status().message()));
+  }
+  return id;
+}
+
+std::shared_ptr<grpc::ServerCredentials> ServerCredentials(
+    const TlsOptions& options) {
+  grpc::experimental::TlsServerCredentialsOptions tls(Provider(options));
+  tls.watch_root_certs();
+  tls.watch_identity_key_cert_pairs();
+  tls.set_cert_request_type(
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  tls.set_certificate_verifier(
+      grpc::experimental::ExternalCertificateVerifier::Create<IdentityVerifier>(
+          options.trust_domain, ClientRoles()));
+  return grpc::experimental::TlsServerCredentials(tls);
+}
+
+std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(
+    const TlsOptions& options) {
+  grpc::experimental::TlsChannelCredentialsOptions tls;
+  tls.set_certificate_provider(Provider(options));
+  tls.watch_root_certs();
+  tls.watch_identity_key_cert_pairs();
+  tls.set_verify_server_certs(true);
+  tls.set_check_call_host(false);
+  tls.set_certificate_verifier(
+      grpc::experimental::ExternalCertificateVerifier::Create<IdentityVerifier>(
+          options.trust_domain, std::vector<Role>{Role::kServer}));
+  return grpc::experimental::TlsCredentials(tls);
+}
+
+absl::StatusOr<Identity> PeerIdentity(const grpc::AuthContext& auth,
+                                      absl::string_view trust_domain) {
+  std::vector<std::string> uris;
+  for (const grpc::string_ref& uri :
+       auth.FindPropertyValues(GRPC_PEER_URI_PROPERTY_NAME)) {
+    uris.emplace_back(uri.data(), uri.size());
+  }
+  if (uris.empty()) {
+    // Older peers' contexts carry only the certificate.
+    for (const grpc::string_ref& pem :
+         auth.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME)) {
+      uris = CertificateUris(absl::string_view(pem.data(), pem.size()));
+    }
+  }
+  if (uris.empty() && !auth.IsPeerAuthenticated()) {
+    return absl::UnauthenticatedError(
+        "no client certificate: the connection is not mutual TLS");
+  }
+  return IdentityOf(uris, trust_domain, ClientRoles());
+}
+
+}  // namespace irqbypass::security

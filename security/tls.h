@@ -1,0 +1,66 @@
+// Mutual TLS for every gRPC connection of the product: irqbypassd requires
+// and verifies a client certificate; agents and clients verify the
+// server's. Certificates are read by gRPC's file-watching provider, so a
+// rotated certificate, key or CA bundle is picked up without a restart
+// (within `refresh`); new connections use it, open ones keep theirs.
+//
+// Each side also checks the peer's identity (identity.h) at the handshake:
+// exactly one URI SAN, in our trust domain, of a role the side accepts (a
+// server accepts agents, orchestrators, readers and admins; a client only
+// a server). A peer that fails this never gets a call through.
+#ifndef IRQBYPASS_SECURITY_TLS_H_
+#define IRQBYPASS_SECURITY_TLS_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/security/auth_context.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/security/server_credentials.h"
+#include "security/identity.h"
+
+namespace irqbypass::security {
+
+struct TlsOptions {
+  std::string cert_file;  // PEM: this process's certificate (chain)
+  std::string key_file;   // PEM: its private key
+  std::string ca_file;    // PEM: the CA bundle peers are verified against
+  std::string trust_domain = "irqbypass.local";
+  // How often the files are re-read.
+  absl::Duration refresh = absl::Seconds(10);
+};
+
+// Reads the files now (so a start fails with a clear error rather than
+// every handshake later): the certificate parses, the key is its key, the
+// CA bundle holds a certificate, and the certificate's identity is in the
+// trust domain with one of `roles`. The identity, or INVALID_ARGUMENT /
+// FAILED_PRECONDITION naming the file and what is wrong.
+absl::StatusOr<Identity> CheckOwnCertificate(const TlsOptions& options,
+                                             const std::vector<Role>& roles);
+
+// irqbypassd's credentials: TLS, client certificate required and verified
+// against the CA, identity of an agent, orchestrator, reader or admin.
+std::shared_ptr<grpc::ServerCredentials> ServerCredentials(
+    const TlsOptions& options);
+
+// A client's (agent, irqbypassctl, the client library): TLS with this
+// process's certificate, the server's verified against the CA and its
+// identity required to be a server of the trust domain (no host name
+// check: replicas are reached by address).
+std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(
+    const TlsOptions& options);
+
+// The identity of the peer of a call on a TLS connection (verified at the
+// handshake); UNAUTHENTICATED if it has none (a plaintext connection).
+absl::StatusOr<Identity> PeerIdentity(const grpc::AuthContext& auth,
+                                      absl::string_view trust_domain);
+
+// The URI SANs of a PEM certificate (empty if it does not parse).
+std::vector<std::string> CertificateUris(absl::string_view pem);
+
+}  // namespace irqbypass::security
+
+#endif  // IRQBYPASS_SECURITY_TLS_H_
