@@ -113,7 +113,10 @@ std::shared_ptr<grpc::Channel> NewChannel(const AgentSessionOptions& options,
     // The stream can be idle for long; keep pinging all the same.
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   }
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
+  return grpc::CreateCustomChannel(address,
+                                   options.credentials != nullptr
+                                       ? options.credentials
+                                       : grpc::InsecureChannelCredentials(),
                                    args);
 }
 

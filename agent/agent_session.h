@@ -39,6 +39,7 @@
 #include "agent/step_executor.h"
 #include "common/mutex.h"
 #include "grpcpp/client_context.h"
+#include "grpcpp/security/credentials.h"
 #include "grpcpp/support/status.h"
 
 namespace irqbypass {
@@ -83,6 +84,9 @@ struct AgentSessionOptions {
   // Commands executed at once (CommandScheduler): unrelated commands run
   // concurrently; those for one token, device vector or VM in order.
   int command_workers = 8;
+  // The channel's credentials (mutual TLS: security/tls.h); null means
+  // plaintext (--insecure).
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 
 // What orders a command against others (CommandScheduler keys): its token,

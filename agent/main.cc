@@ -39,9 +39,12 @@
 #include "agent/kvm/vfio_device.h"
 #include "agent/metered_backend.h"
 #include "agent/sim/sim_backend.h"
+#include "common/grpc_log.h"
 #include "common/log.h"
 #include "common/target_list.h"
 #include "metrics/metrics_server.h"
+#include "security/tls.h"
+#include "security/tls_flags.h"
 
 ABSL_FLAG(std::string, manager, "127.0.0.1:50051",
           "The manager's AgentControl address, HOST:PORT; with several "
@@ -49,7 +52,8 @@ ABSL_FLAG(std::string, manager, "127.0.0.1:50051",
           "finds the leader.");
 ABSL_FLAG(std::string, node, "",
           "This host's node name, as producers and consumers name it "
-          "(default: the hostname).");
+          "(default: the name in the agent certificate; with --insecure, "
+          "the hostname).");
 ABSL_FLAG(std::string, backend, "sim", "Backend: sim or kvm.");
 ABSL_FLAG(std::string, sim_vms, "",
           "sim: comma-separated VM names on this host (empty: every VM "
@@ -306,7 +310,8 @@ int Main(int argc, char** argv) {
   };
   // --help lists this file's flags (absl's default matches the file name).
   usage_config.contains_help_flags = [](absl::string_view path) {
-    return absl::EndsWith(path, "agent/main.cc");
+    return absl::EndsWith(path, "agent/main.cc") ||
+           security::IsTlsFlagsFile(std::string(path));
   };
   usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
   absl::SetFlagsUsageConfig(usage_config);
@@ -315,6 +320,7 @@ int Main(int argc, char** argv) {
   // gRPC locks absl::Mutex on every call; the system Abseil is built with
   // deadlock detection on, which costs a lock-graph update per acquisition.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  RouteGrpcLogs();
   if (rest.size() > 1) {
     std::fprintf(stderr, "irqbypass-agent: unexpected argument \"%s\"\n",
                  rest[1]);
@@ -345,8 +351,17 @@ int Main(int argc, char** argv) {
                 absl::StrCat("\"", m, "\": want HOST:PORT[,HOST:PORT...]"));
     }
   }
+  // Mutual TLS with an agent certificate, which names this node (or
+  // --insecure).
+  const security::TlsSetup tls =
+      security::TlsFromFlagsOrExit("irqbypass-agent", {security::Role::kAgent});
   std::string node = absl::GetFlag(FLAGS_node);
-  if (node.empty()) node = Hostname();
+  if (node.empty()) node = tls.insecure ? Hostname() : tls.own.name;
+  if (!tls.insecure && node != tls.own.name) {
+    FlagError("node",
+              absl::StrCat("\"", node, "\": the certificate (", tls.own.uri,
+                           ") is for node \"", tls.own.name, "\""));
+  }
   if (!ValidNodeName(node)) {
     FlagError("node", absl::StrCat("\"", node,
                                    "\": want 1..256 printable characters "
@@ -406,6 +421,9 @@ int Main(int argc, char** argv) {
         absl::StrCat(absl::GetFlag(FLAGS_command_workers), ": want 1 to 256"));
   }
   session_options.command_workers = absl::GetFlag(FLAGS_command_workers);
+  if (!tls.insecure) {
+    session_options.credentials = security::ChannelCredentials(tls.options);
+  }
   AgentSession session(session_options, *backend);
 
   // kvm: VMs and devices come and go (handoff); each change makes the

@@ -496,7 +496,9 @@ class Servers {
     std::vector<std::string> args = {
         "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
         "--port_file=" + port_file, "--store=" + store,
-        "--data_dir=" + dir_ + "/data"};
+        "--data_dir=" + dir_ + "/data",
+        // Plaintext, as the bare server it is measured against.
+        "--insecure"};
     args.insert(args.end(), extra.begin(), extra.end());
     if (!manager_.Start(testing::BinaryPath("service/irqbypassd"), args,
                         dir_ + "/irqbypassd.log")) {
@@ -508,7 +510,8 @@ class Servers {
         testing::ReadFile(dir_ + "/irqbypassd.log"), "metrics_port");
     std::vector<std::string> agent_args = {
         "--manager=127.0.0.1:" + std::to_string(manager_port_),
-        std::string("--node=") + kNode, "--backend=sim", "--log_level=warn"};
+        std::string("--node=") + kNode, "--backend=sim", "--log_level=warn",
+        "--insecure"};
     agent_args.insert(agent_args.end(), agent_extra.begin(), agent_extra.end());
     if (!agent_.Start(testing::BinaryPath("agent/irqbypass-agent"), agent_args,
                       dir_ + "/agent.log")) {

@@ -48,11 +48,12 @@ wait_port() {
   echo "no port in $1" >&2; exit 1
 }
 
-"$bin/service/irqbypassd" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
+# Plaintext (--insecure), as the bare servers it is compared with.
+"$bin/service/irqbypassd" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --insecure \
   --data_dir="$dir/data" --port_file="$dir/manager.port" 2>"$dir/irqbypassd.log" &
 pids+=($!)
 manager_port=$(wait_port "$dir/manager.port")
-"$bin/agent/irqbypass-agent" --manager=127.0.0.1:$manager_port --node=bench-node \
+"$bin/agent/irqbypass-agent" --manager=127.0.0.1:$manager_port --node=bench-node --insecure \
   --backend=sim --sim_vms=vm-a --log_level=warn 2>"$dir/agent.log" &
 pids+=($!)
 for api in callback sync; do

@@ -67,7 +67,7 @@ bool StartOn(const std::string& data_dir, const std::string& run_dir,
   testing::Process manager;
   const auto t0 = Clock::now();
   if (!manager.Start(testing::BinaryPath("service/irqbypassd"),
-                     {"--listen=127.0.0.1:0",
+                     {"--listen=127.0.0.1:0", "--insecure",
                       "--metrics_listen=", "--port_file=" + port_file,
                       "--store=embedded", "--data_dir=" + data_dir},
                      run_dir + "/irqbypassd.log")) {

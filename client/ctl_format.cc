@@ -107,6 +107,9 @@ ExitCode ExitCodeForStatus(const absl::Status& status) {
       return kExitUnavailable;
     case absl::StatusCode::kDeadlineExceeded:
       return kExitDeadlineExceeded;
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kUnauthenticated:
+      return kExitDenied;
     default:
       return kExitError;
   }
@@ -123,7 +126,9 @@ std::string ExitCodeHelp() {
          "  6  other failed precondition (node mismatch, registration id "
          "mismatch)\n"
          "  7  unavailable (UNAVAILABLE: server or node agent unreachable)\n"
-         "  8  deadline exceeded (DEADLINE_EXCEEDED)\n";
+         "  8  deadline exceeded (DEADLINE_EXCEEDED)\n"
+         "  9  refused: this caller may not (PERMISSION_DENIED), or has no "
+         "identity (UNAUTHENTICATED)\n";
 }
 
 absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view name) {

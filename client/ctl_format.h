@@ -34,6 +34,7 @@ enum ExitCode : int {
                                 // registration id mismatch)
   kExitUnavailable = 7,         // UNAVAILABLE (server or agent unreachable)
   kExitDeadlineExceeded = 8,    // DEADLINE_EXCEEDED
+  kExitDenied = 9,              // PERMISSION_DENIED or UNAUTHENTICATED
 };
 
 // The exit code for the outcome of a command; kExitOk for an OK status.

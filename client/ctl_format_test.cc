@@ -75,6 +75,8 @@ TEST(ExitCodeForStatusTest, EachOutcome_HasItsDocumentedCode) {
             6);
   EXPECT_EQ(ExitCodeForStatus(absl::UnavailableError("x")), 7);
   EXPECT_EQ(ExitCodeForStatus(absl::DeadlineExceededError("x")), 8);
+  EXPECT_EQ(ExitCodeForStatus(absl::PermissionDeniedError("x")), 9);
+  EXPECT_EQ(ExitCodeForStatus(absl::UnauthenticatedError("x")), 9);
 }
 
 TEST(ExitCodeForStatusTest,
@@ -87,7 +89,6 @@ TEST(ExitCodeForStatusTest, UnmappedCodes_AreOtherError) {
   EXPECT_EQ(ExitCodeForStatus(absl::ResourceExhaustedError("x")), kExitError);
   EXPECT_EQ(ExitCodeForStatus(absl::CancelledError("x")), kExitError);
   EXPECT_EQ(ExitCodeForStatus(absl::UnknownError("x")), kExitError);
-  EXPECT_EQ(ExitCodeForStatus(absl::PermissionDeniedError("x")), kExitError);
 }
 
 TEST(ExitCodeForStatusTest, ReasonOnOtherCode_DoesNotChangeMapping) {

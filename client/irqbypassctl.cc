@@ -20,7 +20,7 @@
 //   bad command line); 3 NOT_FOUND; 4 ALREADY_EXISTS; 5 connect failed
 //   (FAILED_PRECONDITION, reason CONNECT_FAILED); 6 other FAILED_PRECONDITION
 //   (node mismatch, registration id mismatch); 7 UNAVAILABLE; 8
-//   DEADLINE_EXCEEDED.
+//   DEADLINE_EXCEEDED; 9 PERMISSION_DENIED or UNAUTHENTICATED.
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
@@ -48,6 +48,8 @@
 #include "client/ctl_format.h"
 #include "client/irqbypass_client.h"
 #include "protos/irqbypass/v1/irqbypass.pb.h"
+#include "security/tls.h"
+#include "security/tls_flags.h"
 
 // Global flags.
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",
@@ -137,6 +139,15 @@ Global flags:
                        errors included as {"error":{"code","message","detail"}}
   --timeout=DURATION   deadline of each call, e.g. 10s, 500ms (default 10s);
                        for watch it bounds the whole watch, and only if given
+  --tls_cert=PEM --tls_key=PEM --tls_ca=PEM
+                       this client's certificate (an orchestrator's, a
+                       reader's or an admin's), its key, and the CA bundle
+                       irqbypassd is verified against (mutual TLS, the
+                       default; from IRQBYPASS_TLS_CERT, IRQBYPASS_TLS_KEY
+                       and IRQBYPASS_TLS_CA when not given)
+  --trust_domain=D     of the identities (default irqbypass.local)
+  --insecure           plaintext, for an irqbypassd started with --insecure
+                       (or IRQBYPASS_INSECURE=1)
 
 Flags may come before or after the command; "--flag value" and "--flag=value"
 both work; boolean flags also take --noflag. A flag that does not belong to
@@ -146,8 +157,9 @@ the command is an error.
 
 // Flags every command accepts.
 const std::vector<absl::string_view>& GlobalFlags() {
-  static const auto* const kFlags =
-      new std::vector<absl::string_view>{"server", "output", "timeout"};
+  static const auto* const kFlags = new std::vector<absl::string_view>{
+      "server", "output",       "timeout",     "tls_cert", "tls_key",
+      "tls_ca", "trust_domain", "tls_refresh", "insecure"};
   return *kFlags;
 }
 
@@ -634,8 +646,36 @@ int Main(int argc, char** argv) {
     if (!index.ok()) return UsageError(index.status(), *output);
   }
 
+  // Mutual TLS unless --insecure; flags first, then the environment (whose
+  // certificates do not apply to a call made --insecure).
+  const bool insecure_given = command_line->specified.count("insecure") > 0;
+  for (const auto& [flag, env] :
+       {std::pair<const char*, const char*>{"tls_cert", "IRQBYPASS_TLS_CERT"},
+        {"tls_key", "IRQBYPASS_TLS_KEY"},
+        {"tls_ca", "IRQBYPASS_TLS_CA"},
+        {"insecure", "IRQBYPASS_INSECURE"}}) {
+    const char* value = std::getenv(env);
+    if (command_line->specified.count(flag) > 0 || value == nullptr ||
+        value[0] == '\0' ||
+        (insecure_given && flag != std::string("insecure"))) {
+      continue;
+    }
+    std::string error;
+    if (!absl::FindCommandLineFlag(flag)->ParseFrom(value, &error)) {
+      return UsageError(
+          absl::InvalidArgumentError(absl::StrCat(env, ": ", error)), *output);
+    }
+  }
+  absl::StatusOr<security::TlsSetup> tls =
+      security::TlsFromFlags({security::Role::kOrchestrator,
+                              security::Role::kReader, security::Role::kAdmin});
+  if (!tls.ok()) return UsageError(tls.status(), *output);
+
   client::ClientOptions options;
   options.call_timeout = timeout;
+  if (!tls->insecure) {
+    options.credentials = security::ChannelCredentials(tls->options);
+  }
   options.max_attempts = absl::GetFlag(FLAGS_attempts);
   if (command_line->specified.count("timeout") > 0) {
     options.watch_timeout = timeout;

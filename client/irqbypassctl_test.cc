@@ -64,8 +64,10 @@ std::string ReadFile(const std::string& path) {
   return buffer.str();
 }
 
-// Runs irqbypassctl with `args`, IRQBYPASS_SERVER removed from the
-// environment and `extra_env` ("NAME=value") added.
+// Runs irqbypassctl with `args`, IRQBYPASS_SERVER and the TLS variables
+// removed from the environment and `extra_env` ("NAME=value") added; the
+// fake server is plaintext, so IRQBYPASS_INSECURE=1 unless `extra_env`
+// sets it.
 RunResult RunCtl(const std::vector<std::string>& args,
                  const std::vector<std::string>& extra_env = {}) {
   const std::string path = CtlPath();
@@ -80,9 +82,18 @@ RunResult RunCtl(const std::vector<std::string>& args,
 
   std::vector<std::string> env_storage;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (!absl::StartsWith(*e, "IRQBYPASS_SERVER=")) env_storage.push_back(*e);
+    if (!absl::StartsWith(*e, "IRQBYPASS_SERVER=") &&
+        !absl::StartsWith(*e, "IRQBYPASS_TLS_") &&
+        !absl::StartsWith(*e, "IRQBYPASS_INSECURE=")) {
+      env_storage.push_back(*e);
+    }
   }
   env_storage.insert(env_storage.end(), extra_env.begin(), extra_env.end());
+  if (std::none_of(extra_env.begin(), extra_env.end(), [](const auto& v) {
+        return absl::StartsWith(v, "IRQBYPASS_INSECURE=");
+      })) {
+    env_storage.push_back("IRQBYPASS_INSECURE=1");
+  }
   std::vector<char*> envp;
   for (std::string& var : env_storage) envp.push_back(var.data());
   envp.push_back(nullptr);
@@ -167,6 +178,25 @@ TEST_F(IrqbypassctlTest, Help_ExitsZeroAndDocumentsCommandsAndExitCodes) {
   EXPECT_THAT(r.out, HasSubstr("IRQBYPASS_SERVER"));
   EXPECT_THAT(r.out, HasSubstr("5  connect failed"));
   EXPECT_THAT(r.out, HasSubstr("8  deadline exceeded"));
+}
+
+TEST_F(IrqbypassctlTest, NoCertificatesAndNotInsecure_Exit2NamesTheFlag) {
+  RunResult r = RunCtl({"--server=127.0.0.1:1", "get", "--token=t1"},
+                       {"IRQBYPASS_INSECURE="});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--tls_cert: mutual TLS needs --tls_cert"));
+  RunResult both = RunCtl({"--server=127.0.0.1:1", "--insecure",
+                           "--tls_cert=/x.pem", "get", "--token=t1"});
+  EXPECT_EQ(both.exit_code, 2);
+  EXPECT_THAT(both.err, HasSubstr("--insecure: plaintext takes no"));
+  RunResult missing =
+      RunCtl({"--server=127.0.0.1:1", "--tls_cert=/x.pem", "--tls_key=/x.key",
+              "--tls_ca=/ca.pem", "get", "--token=t1"},
+             {"IRQBYPASS_INSECURE="});
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_THAT(missing.err,
+              HasSubstr("--tls_cert: certificate file \"/x.pem\" cannot be "
+                        "read"));
 }
 
 TEST_F(IrqbypassctlTest, MissingRequiredFlag_Exit2NamesItWithoutCallingServer) {

@@ -138,7 +138,7 @@ class KustomizeTest : public ::testing::Test {
     ExpectKnownFlags(c["args"], irqbypassd_help_, "irqbypassd");
     EXPECT_EQ(c["readinessProbe"]["grpc"]["service"].as<std::string>(),
               "irqbypass.v1.BypassManager");
-    EXPECT_EQ(c["livenessProbe"]["grpc"]["port"].as<int>(), 50051);
+    EXPECT_EQ(c["livenessProbe"]["grpc"]["port"].as<int>(), 50052);
     EXPECT_EQ(Arg(c["args"], "--listen"), "0.0.0.0:50051");
 
     const YAML::Node ds = r.Find("DaemonSet", "irqbypass-agent");
@@ -253,16 +253,21 @@ void ExpectReferencesResolve(const Rendered& r) {
     EXPECT_EQ(ds_ports.count(e["port"].as<std::string>()), 1u) << e["port"];
   }
 
-  // Probes and the ports the binaries listen on.
+  // Probes and the ports the binaries listen on: the kubelet's gRPC probes
+  // present no certificate, so they go to the plaintext health-only port.
   const YAML::Node c = d["spec"]["template"]["spec"]["containers"][0];
   const int grpc_port = d_ports.count("grpc") ? d_ports.at("grpc") : -1;
+  const int health_port = d_ports.count("health") ? d_ports.at("health") : -1;
+  ASSERT_NE(health_port, grpc_port);
   for (const char* probe :
        {"startupProbe", "livenessProbe", "readinessProbe"}) {
     if (!c[probe].IsDefined()) continue;
-    EXPECT_EQ(c[probe]["grpc"]["port"].as<int>(), grpc_port) << probe;
+    EXPECT_EQ(c[probe]["grpc"]["port"].as<int>(), health_port) << probe;
   }
   EXPECT_TRUE(absl::EndsWith(Arg(c["args"], "--listen"),
                              ":" + std::to_string(grpc_port)));
+  EXPECT_TRUE(absl::EndsWith(Arg(c["args"], "--health_listen"),
+                             ":" + std::to_string(health_port)));
   EXPECT_TRUE(absl::EndsWith(Arg(c["args"], "--metrics_listen"),
                              ":" + std::to_string(d_ports.at("metrics"))));
   const YAML::Node a = ds["spec"]["template"]["spec"]["containers"][0];
@@ -294,6 +299,36 @@ void ExpectReferencesResolve(const Rendered& r) {
     }
   }
   EXPECT_TRUE(agents_reach_grpc);
+
+  // Mutual TLS for both: the three files in a mounted volume (a Secret for
+  // irqbypassd; for the agents, whose certificates name their nodes, a
+  // folder on each host), never --insecure.
+  for (const YAML::Node& w : {d, ds}) {
+    const YAML::Node pod = w["spec"]["template"]["spec"];
+    const YAML::Node container = pod["containers"][0];
+    const std::string what = w["metadata"]["name"].as<std::string>();
+    for (const YAML::Node& a : container["args"]) {
+      EXPECT_NE(a.as<std::string>(), "--insecure") << what;
+    }
+    std::map<std::string, YAML::Node> volumes;
+    for (const YAML::Node& v : pod["volumes"]) {
+      volumes[v["name"].as<std::string>()] = v;
+    }
+    for (const char* flag : {"--tls_cert", "--tls_key", "--tls_ca"}) {
+      const std::string file = Arg(container["args"], flag);
+      ASSERT_FALSE(file.empty()) << what << " has no " << flag;
+      const std::string folder = file.substr(0, file.rfind('/'));
+      bool mounted = false;
+      for (const YAML::Node& m : container["volumeMounts"]) {
+        if (m["mountPath"].as<std::string>() != folder) continue;
+        const YAML::Node v = volumes[m["name"].as<std::string>()];
+        mounted = m["readOnly"].IsDefined() && m["readOnly"].as<bool>() &&
+                  (v["secret"].IsDefined() || v["hostPath"].IsDefined());
+      }
+      EXPECT_TRUE(mounted) << what << ": " << flag << "=" << file
+                           << " is not in a read-only Secret or host folder";
+    }
+  }
 
   // RBAC: neither binary calls the Kubernetes API, so no Role or binding
   // is granted and no pod mounts a service account token.

@@ -10,6 +10,8 @@
 #
 # State is kept in the embedded store in .run/irqbypassd (or
 # $IRQBYPASS_DATA_DIR), so a second run starts with what the first left.
+# Everything speaks mutual TLS, with a throwaway CA and certificates made by
+# scripts/pki.sh in .run/pki (kept while valid; no key is ever committed).
 #
 # --backend=kvm wires for real on /dev/kvm (root): the agent creates VMs
 # vm-a and vm-b with an in-kernel irqchip, and (no VFIO device on most test
@@ -38,6 +40,17 @@ echo "== building =="
 bazel build --color=no --curses=no //service:irqbypassd //agent:irqbypass-agent //client:irqbypassctl
 bin=$(bazel info bazel-bin 2>/dev/null)
 
+# A throwaway CA and certificates (kept for a run tomorrow while valid).
+pki=$PWD/.run/pki
+if ! [ -f "$pki/server.pem" ] || ! openssl x509 -checkend 86400 -noout -in "$pki/server.pem" >/dev/null 2>&1; then
+  echo "== making a throwaway CA and certificates in $pki =="
+  rm -rf "$pki"
+  bash scripts/pki.sh fleet "$pki" irqbypass.local node-1
+fi
+tls() {  # the TLS flags for certificate $1
+  echo "--tls_cert=$pki/$1.pem --tls_key=$pki/$1.key --tls_ca=$pki/ca.pem"
+}
+
 rundir=$(mktemp -d /tmp/irqbypass-run.XXXXXX)
 datadir=${IRQBYPASS_DATA_DIR:-$PWD/.run/irqbypassd}
 mkdir -p "$datadir"
@@ -52,7 +65,8 @@ trap 'exit 130' INT TERM
 
 start_manager() {
   rm -f "$rundir/port"
-  "$bin/service/irqbypassd" --listen="$server" --metrics_listen=127.0.0.1:0 \
+  # shellcheck disable=SC2046
+  "$bin/service/irqbypassd" --listen="$server" --metrics_listen=127.0.0.1:0 $(tls server) \
     --data_dir="$datadir" --port_file="$rundir/port" 2>>"$rundir/irqbypassd.log" &
   manager_pid=$!
   pids+=($manager_pid)
@@ -79,11 +93,15 @@ else
   agent_flags=(--backend=sim --sim_vms=vm-a,vm-b)
 fi
 echo "== starting irqbypass-agent --node=node-1 ${agent_flags[*]} =="
-"$bin/agent/irqbypass-agent" --manager="$server" --node=node-1 \
+# shellcheck disable=SC2046
+"$bin/agent/irqbypass-agent" --manager="$server" --node=node-1 $(tls agent-node-1) \
   "${agent_flags[@]}" 2>"$rundir/agent.log" &
 pids+=($!)
 wait_reconciled 1
 
+# irqbypassctl as an orchestrator (its certificate from the environment).
+export IRQBYPASS_TLS_CERT=$pki/orchestrator.pem IRQBYPASS_TLS_KEY=$pki/orchestrator.key
+export IRQBYPASS_TLS_CA=$pki/ca.pem
 ctl() {
   echo "\$ irqbypassctl $*"
   local rc=0
@@ -132,12 +150,17 @@ grep -o 'msg="agent reconciled".*' "$rundir/irqbypassd.log" | tail -1
 ctl get --token=demo-3
 echo "(demo-3 stays registered: the next run of this script lists it in step 0)"
 echo
+echo "== 7. who may do what: a reader may read but not unregister; no certificate, no call =="
+ctl --tls_cert="$pki/reader.pem" --tls_key="$pki/reader.key" get --token=demo-3
+ctl --tls_cert="$pki/reader.pem" --tls_key="$pki/reader.key" unregister-producer --token=demo-3
+ctl --insecure --timeout=3s get --token=demo-3
 
 if [ "$once" = "1" ]; then
   echo "== demo done (--once): stopping =="
   exit 0
 fi
 echo "== irqbypassd is serving on ${server} with agent node-1; try:"
-echo "   $bin/client/irqbypassctl --server=${server} list"
+echo "   IRQBYPASS_TLS_CERT=$pki/orchestrator.pem IRQBYPASS_TLS_KEY=$pki/orchestrator.key \\"
+echo "   IRQBYPASS_TLS_CA=$pki/ca.pem $bin/client/irqbypassctl --server=${server} list"
 echo "   Ctrl-C to stop. =="
 wait "$manager_pid"

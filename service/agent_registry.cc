@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -514,10 +515,22 @@ void AgentRegistry::Shutdown() {
 
 namespace {
 
-void AddWired(const std::string& node,
-              const google::protobuf::RepeatedPtrField<v1::WiredPair>& from,
-              std::vector<WiredPair>* to) {
+// Adds the well-formed pairs of `from` to `to`; PERMISSION_DENIED if one
+// names another node (an agent reports only its own node's wiring).
+grpc::Status AddWired(
+    const std::string& node,
+    const google::protobuf::RepeatedPtrField<v1::WiredPair>& from,
+    std::vector<WiredPair>* to) {
   for (const v1::WiredPair& w : from) {
+    if (w.producer().node() != node || w.consumer().node() != node) {
+      return grpc::Status(
+          grpc::StatusCode::PERMISSION_DENIED,
+          absl::StrCat("wired: token \"", w.token(), "\" names node \"",
+                       w.producer().node() != node ? w.producer().node()
+                                                   : w.consumer().node(),
+                       "\"; this session is node \"", node,
+                       "\"'s and reports only its wiring"));
+    }
     auto p = ProducerFromProto(w.producer());
     auto c = ConsumerFromProto(w.consumer());
     if (!p.ok() || !c.ok() || !ValidateToken("wired.token", w.token()).ok() ||
@@ -530,6 +543,7 @@ void AddWired(const std::string& node,
     to->push_back(
         WiredPair{w.token(), *std::move(p), *std::move(c), w.partial()});
   }
+  return grpc::Status::OK;
 }
 
 }  // namespace
@@ -543,6 +557,16 @@ class AgentRegistry::SessionReactor final
  public:
   SessionReactor(AgentRegistry& registry, grpc::CallbackServerContext* context)
       : registry_(registry), context_(context) {
+    if (const Authorizer* authz = registry_.options_.authorizer) {
+      absl::StatusOr<security::Identity> id =
+          authz->Check(*context, Access::kAgent, "Session");
+      if (!id.ok()) {
+        Finish(grpc::Status(static_cast<grpc::StatusCode>(id.status().code()),
+                            std::string(id.status().message())));
+        return;
+      }
+      if (!authz->insecure()) identity_ = *std::move(id);
+    }
     if (registry_.options_.leadership != nullptr) {
       if (absl::Status s = registry_.options_.leadership->Check(); !s.ok()) {
         Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -613,9 +637,19 @@ class AgentRegistry::SessionReactor final
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           std::string(s.message()));
     }
+    if (identity_.has_value() && hello.node() != identity_->name) {
+      grpc::Status denied(
+          grpc::StatusCode::PERMISSION_DENIED,
+          absl::StrCat("hello.node \"", hello.node(),
+                       "\": this agent's certificate (\"", identity_->uri,
+                       "\") is for node \"", identity_->name, "\""));
+      registry_.options_.authorizer->NoteDenied(
+          "Session", absl::PermissionDeniedError(denied.error_message()),
+          context_->peer());
+      return denied;
+    }
     wired_.reserve(hello.wired_size());
-    AddWired(hello.node(), hello.wired(), &wired_);
-    return grpc::Status::OK;
+    return AddWired(hello.node(), hello.wired(), &wired_);
   }
 
   grpc::Status ReadWiredMore() {
@@ -631,8 +665,7 @@ class AgentRegistry::SessionReactor final
                           absl::StrCat("wired: an agent may report at most ",
                                        most, " wired pairs"));
     }
-    AddWired(hello_.hello().node(), in_.wired_more().wired(), &wired_);
-    return grpc::Status::OK;
+    return AddWired(hello_.hello().node(), in_.wired_more().wired(), &wired_);
   }
 
   void Admit() {
@@ -668,6 +701,8 @@ class AgentRegistry::SessionReactor final
   grpc::CallbackServerContext* const context_;
   uint64_t epoch_ = 0;
   Phase phase_ = Phase::kHello;
+  // The caller's certificate identity (none with --insecure).
+  std::optional<security::Identity> identity_;
   v1::AgentMessage in_;
   v1::AgentMessage hello_;
   absl::Time hello_at_;

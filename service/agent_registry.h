@@ -33,6 +33,7 @@
 #include "protocol/agent_protocol.h"
 #include "protos/irqbypass/v1/agent.grpc.pb.h"
 #include "service/agent_dispatcher.h"
+#include "service/authorizer.h"
 #include "service/leadership.h"
 #include "service/matcher.h"
 #include "service/service_metrics.h"
@@ -58,6 +59,9 @@ class AgentRegistry final : public AgentDispatcher,
     // (UNAVAILABLE naming the leader) and a leader's commands carry its
     // epoch. Must outlive the registry.
     const Leadership* leadership = nullptr;
+    // Checks each session's caller: an agent, whose hello names its own
+    // node. Null (in-process tests only): none. Must outlive the registry.
+    const Authorizer* authorizer = nullptr;
   };
 
   explicit AgentRegistry(Options options);

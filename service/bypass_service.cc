@@ -195,7 +195,10 @@ void BypassService::StartUnregister(const Request& request, Response* response,
 template <typename Request, typename Response>
 grpc::ServerUnaryReactor* BypassService::Unary(
     grpc::CallbackServerContext* context, const Request* request,
-    Response* response) {
+    Response* response, absl::string_view method) {
+  if (grpc::Status s = Authorize(*context, Access::kWrite, method); !s.ok()) {
+    return FinishInline(context, std::move(s));
+  }
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) {
       return FinishInline(context, ToGrpcStatus(s));
@@ -218,33 +221,36 @@ grpc::ServerUnaryReactor* BypassService::RegisterProducer(
     grpc::CallbackServerContext* context,
     const v1::RegisterProducerRequest* request,
     v1::RegisterProducerResponse* response) {
-  return Unary(context, request, response);
+  return Unary(context, request, response, "RegisterProducer");
 }
 
 grpc::ServerUnaryReactor* BypassService::RegisterConsumer(
     grpc::CallbackServerContext* context,
     const v1::RegisterConsumerRequest* request,
     v1::RegisterConsumerResponse* response) {
-  return Unary(context, request, response);
+  return Unary(context, request, response, "RegisterConsumer");
 }
 
 grpc::ServerUnaryReactor* BypassService::UnregisterProducer(
     grpc::CallbackServerContext* context,
     const v1::UnregisterProducerRequest* request,
     v1::UnregisterProducerResponse* response) {
-  return Unary(context, request, response);
+  return Unary(context, request, response, "UnregisterProducer");
 }
 
 grpc::ServerUnaryReactor* BypassService::UnregisterConsumer(
     grpc::CallbackServerContext* context,
     const v1::UnregisterConsumerRequest* request,
     v1::UnregisterConsumerResponse* response) {
-  return Unary(context, request, response);
+  return Unary(context, request, response, "UnregisterConsumer");
 }
 
 grpc::ServerUnaryReactor* BypassService::Batch(
     grpc::CallbackServerContext* context, const v1::BatchRequest* request,
     v1::BatchResponse* response) {
+  if (grpc::Status s = Authorize(*context, Access::kWrite, "Batch"); !s.ok()) {
+    return FinishInline(context, std::move(s));
+  }
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) {
       return FinishInline(context, ToGrpcStatus(s));
@@ -312,6 +318,10 @@ grpc::ServerUnaryReactor* BypassService::Batch(
 grpc::ServerUnaryReactor* BypassService::GetBinding(
     grpc::CallbackServerContext* context, const v1::GetBindingRequest* request,
     v1::Binding* response) {
+  if (grpc::Status s = Authorize(*context, Access::kRead, "GetBinding");
+      !s.ok()) {
+    return FinishInline(context, std::move(s));
+  }
   return FinishInline(context, DoGetBinding(*request, response));
 }
 
@@ -319,6 +329,10 @@ grpc::ServerUnaryReactor* BypassService::ListBindings(
     grpc::CallbackServerContext* context,
     const v1::ListBindingsRequest* request,
     v1::ListBindingsResponse* response) {
+  if (grpc::Status s = Authorize(*context, Access::kRead, "ListBindings");
+      !s.ok()) {
+    return FinishInline(context, std::move(s));
+  }
   return FinishInline(context, DoListBindings(*request, response));
 }
 
@@ -418,12 +432,19 @@ void NodeToProto(const std::string& name, const TokenIndex::Counts* counts,
 grpc::ServerUnaryReactor* BypassService::ListNodes(
     grpc::CallbackServerContext* context, const v1::ListNodesRequest*,
     v1::ListNodesResponse* response) {
+  if (grpc::Status s = Authorize(*context, Access::kRead, "ListNodes");
+      !s.ok()) {
+    return FinishInline(context, std::move(s));
+  }
   return FinishInline(context, DoListNodes(response));
 }
 
 grpc::ServerUnaryReactor* BypassService::GetNode(
     grpc::CallbackServerContext* context, const v1::GetNodeRequest* request,
     v1::Node* response) {
+  if (grpc::Status s = Authorize(*context, Access::kRead, "GetNode"); !s.ok()) {
+    return FinishInline(context, std::move(s));
+  }
   return FinishInline(context, DoGetNode(*request, response));
 }
 
@@ -477,10 +498,20 @@ grpc::Status BypassService::DoGetNode(const v1::GetNodeRequest& request,
 }
 
 grpc::ServerWriteReactor<v1::BindingEvent>* BypassService::WatchBindings(
-    grpc::CallbackServerContext* /*context*/,
+    grpc::CallbackServerContext* context,
     const v1::WatchBindingsRequest* request) {
-  return WatchStream::Start(*request, index_, watch_hub_, leadership_,
-                            progress_ticker_);
+  return WatchStream::Start(
+      *request, index_, watch_hub_, leadership_, progress_ticker_,
+      Authorize(*context, Access::kRead, "WatchBindings"));
+}
+
+grpc::Status BypassService::Authorize(
+    const grpc::CallbackServerContext& context, Access access,
+    absl::string_view method) const {
+  if (authorizer_ == nullptr) return grpc::Status::OK;
+  absl::StatusOr<security::Identity> id =
+      authorizer_->Check(context, access, method);
+  return id.ok() ? grpc::Status::OK : ToGrpcStatus(id.status());
 }
 
 }  // namespace irqbypass

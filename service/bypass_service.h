@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
 #include "service/agent_registry.h"
+#include "service/authorizer.h"
 #include "service/leadership.h"
 #include "service/matcher.h"
 #include "service/token_index.h"
@@ -48,15 +49,18 @@ class BypassService final : public BypassServiceBase {
   // serving (one replica); otherwise a standby answers every call
   // UNAVAILABLE (NOT_LEADER) naming the leader.
   // `agents` (null: no node has an agent) answers ListNodes and GetNode
-  // with the index's counts.
+  // with the index's counts. `authorizer` checks every call's caller
+  // (irqbypassd always has one; null, for in-process tests only: none).
   BypassService(Matcher& matcher, TokenIndex& index, WatchHub& watch_hub,
                 const Leadership* leadership = nullptr,
-                const AgentRegistry* agents = nullptr)
+                const AgentRegistry* agents = nullptr,
+                const Authorizer* authorizer = nullptr)
       : matcher_(matcher),
         index_(index),
         watch_hub_(watch_hub),
         leadership_(leadership),
-        agents_(agents) {}
+        agents_(agents),
+        authorizer_(authorizer) {}
 
   grpc::ServerUnaryReactor* RegisterProducer(
       grpc::CallbackServerContext* context,
@@ -116,7 +120,12 @@ class BypassService final : public BypassServiceBase {
   // reactor finished with the outcome.
   template <typename Request, typename Response>
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context,
-                                  const Request* request, Response* response);
+                                  const Request* request, Response* response,
+                                  absl::string_view method);
+  // OK if the caller may make a call of `access` to `method`; otherwise the
+  // refusal to answer with.
+  grpc::Status Authorize(const grpc::CallbackServerContext& context,
+                         Access access, absl::string_view method) const;
   grpc::Status DoListNodes(v1::ListNodesResponse* response);
   grpc::Status DoGetNode(const v1::GetNodeRequest& request, v1::Node* response);
 
@@ -125,6 +134,7 @@ class BypassService final : public BypassServiceBase {
   WatchHub& watch_hub_;
   const Leadership* const leadership_;
   const AgentRegistry* const agents_;
+  const Authorizer* const authorizer_;
   ProgressTicker progress_ticker_{kProgressInterval};
 };
 

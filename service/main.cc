@@ -23,11 +23,15 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/grpc_log.h"
 #include "common/log.h"
 #include "common/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "security/tls.h"
+#include "security/tls_flags.h"
 #include "service/agent_registry.h"
+#include "service/authorizer.h"
 #include "service/bypass_service.h"
 #include "service/etcd_election.h"
 #include "service/etcd_mirror.h"
@@ -47,6 +51,10 @@
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "HOST:PORT for the gRPC API and the agents' streams (port 0: any "
           "free port; see --port_file)");
+ABSL_FLAG(std::string, health_listen, "",
+          "HOST:PORT for a plaintext port serving only the gRPC health "
+          "service (grpc.health.v1.Health), for probes that cannot present a "
+          "client certificate, e.g. the kubelet's gRPC probes (empty: off)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "HOST:PORT for the Prometheus /metrics endpoint (empty: off)");
 ABSL_FLAG(std::string, port_file, "",
@@ -139,6 +147,10 @@ int Run() {
   if (timeout <= absl::ZeroDuration()) {
     return Fail("--agent_command_timeout: must be positive");
   }
+  // Mutual TLS (or --insecure): every call's caller is checked.
+  const security::TlsSetup tls =
+      security::TlsFromFlagsOrExit("irqbypassd", {security::Role::kServer});
+  Authorizer authorizer(tls.insecure, tls.options.trust_domain);
 
   // Block the signals we wait for before any thread starts.
   sigset_t signals;
@@ -228,6 +240,7 @@ int Run() {
       absl::GetFlag(FLAGS_metrics_listen).empty() ? nullptr : &service_metrics,
       store);
   AgentRegistry::Options registry_options;
+  registry_options.authorizer = &authorizer;
   registry_options.command_timeout = timeout;
   registry_options.metrics = &service_metrics;
   registry_options.leadership = &leadership;
@@ -318,7 +331,8 @@ int Run() {
   }
   Matcher matcher(index, registry, &requests);
   registry.SetMatcher(&matcher);
-  BypassService service(matcher, index, watch_hub, &leadership, &registry);
+  BypassService service(matcher, index, watch_hub, &leadership, &registry,
+                        &authorizer);
 
   std::unique_ptr<MetricsEndpoint> metrics;
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
@@ -344,7 +358,11 @@ int Run() {
   }
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen,
+                           tls.insecure
+                               ? grpc::InsecureServerCredentials()
+                               : security::ServerCredentials(tls.options),
+                           &port);
   builder.RegisterService(&service);
   builder.RegisterService(&registry);
   // For grpcurl. Every service is on the callback API: no sync server.
@@ -358,13 +376,32 @@ int Run() {
     return Fail(absl::StrCat("--listen: cannot listen on ", listen));
   }
   const std::string listen_host = listen.substr(0, listen.rfind(':'));
+  // --health_listen: the health service alone, in plaintext (it says only
+  // whether this replica serves).
+  std::unique_ptr<grpc::Server> health_server;
+  int health_port = 0;
+  const std::string health_listen = absl::GetFlag(FLAGS_health_listen);
+  if (!health_listen.empty()) {
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(
+        health_listen, grpc::InsecureServerCredentials(), &health_port);
+    health_server = health_builder.BuildAndStart();
+    if (health_server == nullptr || health_port == 0) {
+      server->Shutdown();
+      return Fail(
+          absl::StrCat("--health_listen: cannot listen on ", health_listen));
+    }
+  }
   // Besides the server as a whole (""), probes may name either service;
   // a standby is not ready for either.
-  auto set_ready = [&server](bool ready) {
-    server->GetHealthCheckService()->SetServingStatus(
-        "irqbypass.v1.BypassManager", ready);
-    server->GetHealthCheckService()->SetServingStatus(
-        "irqbypass.v1.AgentControl", ready);
+  auto set_ready = [&server, &health_server](bool ready) {
+    for (grpc::Server* s : {server.get(), health_server.get()}) {
+      if (s == nullptr) continue;
+      s->GetHealthCheckService()->SetServingStatus("irqbypass.v1.BypassManager",
+                                                   ready);
+      s->GetHealthCheckService()->SetServingStatus("irqbypass.v1.AgentControl",
+                                                   ready);
+    }
   };
   set_ready(leadership.leading());
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
@@ -374,6 +411,8 @@ int Run() {
            {"port", absl::StrCat(port)},
            {"metrics_listen", metrics_listen},
            {"metrics_port", absl::StrCat(metrics ? metrics->port() : 0)},
+           {"health_port", absl::StrCat(health_port)},
+           {"tls", tls.insecure ? "off (--insecure)" : "mutual"},
            {"shards", absl::StrCat(shards)},
            {"role", leadership.leading() ? "leader" : "standby"}});
 
@@ -503,11 +542,14 @@ int Run() {
                              : "shutting down",
           {{"signal", absl::StrCat(sig)}});
   server->GetHealthCheckService()->Shutdown();  // probes now see NOT_SERVING
+  if (health_server != nullptr)
+    health_server->GetHealthCheckService()->Shutdown();
   leadership.StepDown();
   registry.Shutdown();
   watch_hub.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
+  if (health_server != nullptr) health_server->Shutdown();
   if (election != nullptr) {
     // Hand over at once instead of after the lease's TTL (a lease already
     // gone makes this a no-op).
@@ -569,5 +611,6 @@ int main(int argc, char** argv) {
   // gRPC locks absl::Mutex on every call; the system Abseil is built with
   // deadlock detection on, which costs a lock-graph update per acquisition.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  irqbypass::RouteGrpcLogs();
   return irqbypass::Run();
 }

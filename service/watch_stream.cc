@@ -89,17 +89,18 @@ WatchStream::WatchStream(const v1::WatchBindingsRequest& request,
 WatchStream* WatchStream::Start(const v1::WatchBindingsRequest& request,
                                 const TokenIndex& index, WatchHub& hub,
                                 const Leadership* leadership,
-                                ProgressTicker& ticker) {
+                                ProgressTicker& ticker, grpc::Status refusal) {
   auto stream = std::make_shared<WatchStream>(request, index, hub);
   WatchStream* raw = stream.get();
   raw->self_ = std::move(stream);
-  raw->Begin(leadership, ticker);
+  raw->Begin(leadership, ticker, std::move(refusal));
   return raw;
 }
 
-void WatchStream::Begin(const Leadership* leadership, ProgressTicker& ticker) {
-  grpc::Status invalid;
-  if (leadership != nullptr) {
+void WatchStream::Begin(const Leadership* leadership, ProgressTicker& ticker,
+                        grpc::Status refusal) {
+  grpc::Status invalid = std::move(refusal);
+  if (invalid.ok() && leadership != nullptr) {
     if (absl::Status s = leadership->Check(); !s.ok())
       invalid = ToGrpcStatus(s);
   }

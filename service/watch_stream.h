@@ -65,11 +65,13 @@ class WatchStream final : public grpc::ServerWriteReactor<v1::BindingEvent> {
  public:
   // The reactor for one call, already started (it may have finished with
   // an error). None of the references is owned; all must outlive the call.
-  // `leadership` may be null (always serving).
+  // `leadership` may be null (always serving). `refusal` not OK: the
+  // caller may not watch; the stream ends with it at once.
   static WatchStream* Start(const v1::WatchBindingsRequest& request,
                             const TokenIndex& index, WatchHub& hub,
                             const Leadership* leadership,
-                            ProgressTicker& ticker);
+                            ProgressTicker& ticker,
+                            grpc::Status refusal = grpc::Status::OK);
 
   void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_);
   void OnCancel() override ABSL_LOCKS_EXCLUDED(mu_);
@@ -97,8 +99,8 @@ class WatchStream final : public grpc::ServerWriteReactor<v1::BindingEvent> {
   void Drain() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Validates, subscribes and starts writing (or finishes with an error).
-  void Begin(const Leadership* leadership, ProgressTicker& ticker)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  void Begin(const Leadership* leadership, ProgressTicker& ticker,
+             grpc::Status refusal) ABSL_LOCKS_EXCLUDED(mu_);
   // Starts the next write, or finishes, or parks; no-op while a write is in
   // flight.
   void Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -22,7 +22,11 @@ class CliTest : public ::testing::Test {
   void TearDown() override {
     if (HasFailure()) cluster_.DumpLogs();
   }
+  // As an orchestrator (mutual TLS).
   CommandResult Ctl(std::vector<std::string> args) {
+    std::vector<std::string> tls = cluster_.TlsFlags(
+        cluster_.Certificate(security::Role::kOrchestrator, "ctl"));
+    args.insert(args.begin(), tls.begin(), tls.end());
     args.insert(args.begin(), "--server=" + cluster_.target());
     return RunCommand(BinaryPath("client/irqbypassctl"), args);
   }
@@ -235,9 +239,9 @@ TEST_F(CliTest, Unavailable_Exit7_NoAgentAndNoServer) {
   auto no_agent = Ctl({"register-producer", "--token=t1", "--node=ghost",
                        "--device=0000:3b:00.1"});
   EXPECT_EQ(no_agent.exit_code, 7) << no_agent.err;
-  auto no_server =
-      RunCommand(BinaryPath("client/irqbypassctl"),
-                 {"--server=127.0.0.1:1", "--timeout=2s", "get", "--token=t1"});
+  auto no_server = RunCommand(BinaryPath("client/irqbypassctl"),
+                              {"--server=127.0.0.1:1", "--insecure",
+                               "--timeout=2s", "get", "--token=t1"});
   EXPECT_EQ(no_server.exit_code, 7) << no_server.err;
 }
 

@@ -7,7 +7,9 @@
 
 namespace irqbypass::testing {
 
-Cluster::Cluster() : dir_(MakeTempDir("cluster")) {}
+Cluster::Cluster(Security security)
+    : dir_(MakeTempDir("cluster")),
+      tls_(dir_ + "/pki", security == Security::kInsecure) {}
 
 Cluster::~Cluster() {
   for (auto& [node, agent] : agents_) agent->Signal(SIGKILL);
@@ -28,6 +30,9 @@ bool Cluster::StartManager(const std::vector<std::string>& flags) {
       // The embedded store, kept across restarts of this cluster's manager.
       "--data_dir=" + dir_ + "/data",
   };
+  for (std::string& f : tls_.Flags(security::Role::kServer, "irqbypassd")) {
+    args.push_back(std::move(f));
+  }
   args.insert(args.end(), flags.begin(), flags.end());
   if (!manager_.Start(BinaryPath("service/irqbypassd"), args,
                       dir_ + "/irqbypassd.log")) {
@@ -40,6 +45,7 @@ bool Cluster::StartManager(const std::vector<std::string>& flags) {
     // manager restart.
     client::ClientOptions options;
     options.call_timeout = absl::Seconds(30);
+    options.credentials = credentials();
     auto created = client::Client::Create(target(), options);
     if (!created.ok()) return false;
     client_ = *std::move(created);
@@ -73,6 +79,9 @@ bool Cluster::StartAgent(const std::string& node,
   agent = std::make_unique<Process>();
   std::vector<std::string> args = {"--manager=" + target(), "--node=" + node,
                                    "--backend=sim", "--log_level=debug"};
+  for (std::string& f : tls_.Flags(security::Role::kAgent, node)) {
+    args.push_back(std::move(f));
+  }
   args.insert(args.end(), flags.begin(), flags.end());
   if (!agent->Start(BinaryPath("agent/irqbypass-agent"), args,
                     dir_ + "/agent-" + node + ".log")) {

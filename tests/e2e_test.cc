@@ -770,10 +770,10 @@ TEST_F(EndToEndTest, ManagerRestarted_LongInventoryInParts_AllKept) {
 }
 
 TEST_F(EndToEndTest, SecondManagerOnTheSameDataDir_RefusedWithClearError) {
-  const CommandResult second = RunCommand(
-      BinaryPath("service/irqbypassd"),
-      {"--listen=127.0.0.1:0",
-       "--metrics_listen=", "--data_dir=" + cluster_.dir() + "/data"});
+  const CommandResult second =
+      RunCommand(BinaryPath("service/irqbypassd"),
+                 {"--listen=127.0.0.1:0", "--metrics_listen=", "--insecure",
+                  "--data_dir=" + cluster_.dir() + "/data"});
   EXPECT_EQ(second.exit_code, 2);
   EXPECT_NE(second.err.find("in use by another process"), std::string::npos)
       << second.err;

@@ -10,7 +10,11 @@
 
 namespace irqbypass::testing {
 
-HaCluster::HaCluster() : dir_(MakeTempDir("ha")) {}
+HaCluster::HaCluster()
+    : dir_(MakeTempDir("ha")),
+      tls_(dir_ + "/pki", /*insecure=*/false),
+      probe_credentials_(
+          tls_.Credentials(security::Role::kReader, "health-probe")) {}
 
 HaCluster::~HaCluster() {
   for (auto& [node, agent] : agents_) agent->Signal(SIGKILL);
@@ -52,6 +56,8 @@ bool HaCluster::Start(int etcd_members, int replicas, absl::Duration ttl,
   // After a failover the agent needs a few seconds to reconnect to the new
   // leader; connects meanwhile fail AGENT_UNAVAILABLE and are retried.
   options.max_attempts = 20;
+  options.credentials =
+      tls_.Credentials(security::Role::kOrchestrator, "tests");
   auto created = client::Client::Create(targets(), options);
   if (!created.ok()) return false;
   client_ = *std::move(created);
@@ -67,6 +73,10 @@ bool HaCluster::StartReplica(int i) {
       "--leader_lease_ttl=" + absl::FormatDuration(ttl_),
       "--log_level=debug",
   };
+  // One server certificate for every replica (any may lead).
+  for (std::string& f : tls_.Flags(security::Role::kServer, "irqbypassd")) {
+    args.push_back(std::move(f));
+  }
   args.insert(args.end(), replica_flags_.begin(), replica_flags_.end());
   return replicas_.at(i)->Start(BinaryPath("service/irqbypassd"), args,
                                 LogPath(i));
@@ -74,7 +84,8 @@ bool HaCluster::StartReplica(int i) {
 
 bool HaCluster::Serving(int i) const {
   RawResult r = RawUnary(address(i), "/grpc.health.v1.Health/Check",
-                         ProtoStringField(1, "irqbypass.v1.BypassManager"));
+                         ProtoStringField(1, "irqbypass.v1.BypassManager"),
+                         probe_credentials_);
   return r.status.ok() && r.response == std::string("\x08\x01", 2);
 }
 
@@ -117,6 +128,9 @@ bool HaCluster::StartAgent(const std::string& node,
   agent = std::make_unique<Process>();
   std::vector<std::string> args = {"--manager=" + targets(), "--node=" + node,
                                    "--backend=sim", "--log_level=debug"};
+  for (std::string& f : tls_.Flags(security::Role::kAgent, node)) {
+    args.push_back(std::move(f));
+  }
   args.insert(args.end(), flags.begin(), flags.end());
   if (!agent->Start(BinaryPath("agent/irqbypass-agent"), args,
                     absl::StrCat(dir_, "/agent-", node, ".log"))) {

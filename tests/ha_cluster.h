@@ -16,6 +16,7 @@
 #include "client/irqbypass_client.h"
 #include "tests/etcd_support.h"
 #include "tests/process.h"
+#include "tests/test_tls.h"
 
 namespace irqbypass::testing {
 
@@ -55,14 +56,18 @@ class HaCluster {
   int Reconciles(const std::string& node) const;
   bool WaitReconciles(const std::string& node, int at_least) const;
 
-  // A client over every replica.
+  // A client over every replica (an orchestrator's certificate).
   client::Client& client() { return *client_; }
+  // The certificates (mutual TLS, as Cluster).
+  TestTls& tls() { return tls_; }
   void DumpLogs() const;
   const std::string& dir() const { return dir_; }
 
  private:
   std::string LogPath(int i) const;
   std::string dir_;
+  TestTls tls_;
+  std::shared_ptr<grpc::ChannelCredentials> probe_credentials_;  // Serving's
   EtcdCluster etcd_;
   absl::Duration ttl_;
   std::vector<std::string> replica_flags_;

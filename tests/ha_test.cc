@@ -200,6 +200,8 @@ TEST_F(HaTest, LeaderStoppedPastItsLease_WritesNothingAndStepsDown) {
   client::ClientOptions options;
   options.call_timeout = absl::Seconds(30);
   options.max_attempts = 1;
+  options.credentials =
+      ha_.tls().Credentials(security::Role::kOrchestrator, "tests");
   auto direct = client::Client::Create(ha_.address(leader), options);
   ASSERT_TRUE(direct.ok());
   ASSERT_EQ((*direct)->GetBinding("none").status().code(),
@@ -292,6 +294,8 @@ TEST_F(HaTest, EtcdMembersLost_OneTolerated_TwoRefuseWrites_ThenResume) {
   once.max_attempts = 1;
   once.failover_timeout = absl::ZeroDuration();
   once.call_timeout = absl::Seconds(30);
+  once.credentials =
+      ha_.tls().Credentials(security::Role::kOrchestrator, "tests");
   auto single = client::Client::Create(ha_.targets(), once);
   ASSERT_TRUE(single.ok());
   auto p3 = (*single)->RegisterProducer(MakeProducer("e3", "n1", Device(3)));

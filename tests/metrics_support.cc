@@ -128,10 +128,12 @@ std::optional<double> QueryPrometheus(int port, const std::string& promql) {
 }
 
 RawResult RawUnary(const std::string& target, const std::string& method,
-                   const std::string& request) {
+                   const std::string& request,
+                   std::shared_ptr<grpc::ChannelCredentials> credentials) {
   RawResult result;
-  grpc::GenericStub stub(
-      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::GenericStub stub(grpc::CreateChannel(
+      target, credentials != nullptr ? credentials
+                                     : grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(10));
@@ -152,8 +154,12 @@ RawResult RawUnary(const std::string& target, const std::string& method,
 }
 
 RawStream::RawStream(const std::string& target, const std::string& method,
-                     const std::string& request)
-    : stub_(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())) {
+                     const std::string& request,
+                     std::shared_ptr<grpc::ChannelCredentials> credentials)
+    : stub_(grpc::CreateChannel(target,
+                                credentials != nullptr
+                                    ? credentials
+                                    : grpc::InsecureChannelCredentials())) {
   call_ = stub_.PrepareCall(&context_, method, &cq_);
   call_->StartCall(Tag(1));
   bool ok = false;

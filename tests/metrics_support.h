@@ -14,6 +14,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/security/credentials.h"
 #include "grpcpp/support/status.h"
 
 namespace irqbypass::testing {
@@ -38,15 +39,19 @@ struct RawResult {
   grpc::Status status;
   std::string response;
 };
-RawResult RawUnary(const std::string& target, const std::string& method,
-                   const std::string& request);
+// `credentials` null: plaintext.
+RawResult RawUnary(
+    const std::string& target, const std::string& method,
+    const std::string& request,
+    std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
 
 // A raw streaming gRPC call: sends `request`, half-closes, then reads
 // responses one at a time.
 class RawStream {
  public:
   RawStream(const std::string& target, const std::string& method,
-            const std::string& request);
+            const std::string& request,
+            std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
   ~RawStream();  // cancels the call
   // The next response; nullopt when the stream ended or `timeout` passed.
   std::optional<std::string> Read(std::chrono::milliseconds timeout);

@@ -189,18 +189,20 @@ TEST_F(ObservabilityTest, HealthService_ServingForServerAndEachService) {
   for (const std::string service :
        {"", "irqbypass.v1.BypassManager", "irqbypass.v1.AgentControl"}) {
     RawResult r = RawUnary(cluster_.target(), "/grpc.health.v1.Health/Check",
-                           service.empty() ? "" : ProtoStringField(1, service));
+                           service.empty() ? "" : ProtoStringField(1, service),
+                           cluster_.credentials());
     ASSERT_TRUE(r.status.ok()) << service << ": " << r.status.error_message();
     EXPECT_EQ(r.response, std::string("\x08\x01", 2)) << service;  // SERVING
   }
   RawResult unknown =
       RawUnary(cluster_.target(), "/grpc.health.v1.Health/Check",
-               ProtoStringField(1, "no.such.Service"));
+               ProtoStringField(1, "no.such.Service"), cluster_.credentials());
   EXPECT_EQ(unknown.status.error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 TEST_F(ObservabilityTest, HealthWatch_TurnsNotServingOnSigterm) {
-  RawStream watch(cluster_.target(), "/grpc.health.v1.Health/Watch", "");
+  RawStream watch(cluster_.target(), "/grpc.health.v1.Health/Watch", "",
+                  cluster_.credentials());
   auto first = watch.Read(std::chrono::seconds(10));
   ASSERT_TRUE(first.has_value());
   EXPECT_EQ(*first, std::string("\x08\x01", 2));  // SERVING
@@ -216,7 +218,7 @@ TEST_F(ObservabilityTest, Reflection_ListsTheServices) {
   RawStream reflection(cluster_.target(),
                        "/grpc.reflection.v1alpha.ServerReflection/"
                        "ServerReflectionInfo",
-                       ProtoStringField(7, ""));
+                       ProtoStringField(7, ""), cluster_.credentials());
   auto response = reflection.Read(std::chrono::seconds(10));
   ASSERT_TRUE(response.has_value());
   EXPECT_TRUE(Has(*response, "irqbypass.v1.BypassManager"));
@@ -229,7 +231,8 @@ TEST_F(ObservabilityTest, Reflection_DescribesAServiceAndRefusesUnknownOnes) {
       "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
   // ServerReflectionRequest{file_containing_symbol: ...} (field 4).
   RawStream describe(cluster_.target(), method,
-                     ProtoStringField(4, "irqbypass.v1.BypassManager"));
+                     ProtoStringField(4, "irqbypass.v1.BypassManager"),
+                     cluster_.credentials());
   auto response = describe.Read(std::chrono::seconds(10));
   ASSERT_TRUE(response.has_value());
   grpc::reflection::v1alpha::ServerReflectionResponse parsed;
@@ -260,7 +263,8 @@ TEST_F(ObservabilityTest, Reflection_DescribesAServiceAndRefusesUnknownOnes) {
   }
 
   RawStream unknown(cluster_.target(), method,
-                    ProtoStringField(4, "no.such.Service"));
+                    ProtoStringField(4, "no.such.Service"),
+                    cluster_.credentials());
   response = unknown.Read(std::chrono::seconds(10));
   ASSERT_TRUE(response.has_value());
   ASSERT_TRUE(parsed.ParseFromString(*response));

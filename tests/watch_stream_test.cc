@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -29,8 +30,12 @@ constexpr char kWatchMethod[] = "/irqbypass.v1.BypassManager/WatchBindings";
 size_t ThreadCount(pid_t pid) { return ThreadNames(pid).size(); }
 
 // Registers producers p0..p(n-1) on `node` (no agent needed) through Batch.
-void RegisterProducers(client::Client& api, const std::string& prefix, int n,
-                       const std::string& node) {
+// Registers n producers in Batch calls of 4000; after each, `after_batch`
+// (given how many are registered) may wait.
+void RegisterProducers(
+    client::Client& api, const std::string& prefix, int n,
+    const std::string& node,
+    const std::function<void(int)>& after_batch = [](int) {}) {
   for (int start = 0; start < n; start += 4000) {
     v1::BatchRequest request;
     for (int i = start; i < std::min(n, start + 4000); ++i) {
@@ -44,6 +49,7 @@ void RegisterProducers(client::Client& api, const std::string& prefix, int n,
     for (const auto& result : response->results()) {
       ASSERT_EQ(result.status().code(), 0) << result.status().message();
     }
+    after_batch(std::min(n, start + 4000));
   }
 }
 
@@ -62,8 +68,8 @@ TEST(WatchStreamTest, IdleWatchers_HoldNoManagerThread_AndAllSeeAnEvent) {
   const std::string request("\x10\x01", 2);
   std::vector<std::unique_ptr<RawStream>> watchers;
   for (int i = 0; i < kWatchers; ++i) {
-    watchers.push_back(
-        std::make_unique<RawStream>(cluster.target(), kWatchMethod, request));
+    watchers.push_back(std::make_unique<RawStream>(
+        cluster.target(), kWatchMethod, request, cluster.credentials()));
   }
   for (int i = 0; i < kWatchers; ++i) {
     auto synced = watchers[i]->Read(std::chrono::seconds(30));
@@ -99,8 +105,8 @@ TEST(WatchStreamTest, WatcherThatStopsReading_EndsResourceExhausted) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8192);
-  auto stub = v1::BypassManager::NewStub(grpc::CreateCustomChannel(
-      cluster.target(), grpc::InsecureChannelCredentials(), args));
+  auto stub = v1::BypassManager::NewStub(
+      grpc::CreateCustomChannel(cluster.target(), cluster.credentials(), args));
   grpc::ClientContext slow_context;
   slow_context.set_deadline(std::chrono::system_clock::now() +
                             std::chrono::seconds(120));
@@ -136,7 +142,12 @@ TEST(WatchStreamTest, WatcherThatStopsReading_EndsResourceExhausted) {
   ASSERT_TRUE(Eventually([&] { return fast_synced.load(); }));
 
   constexpr int kChanges = 60000;  // ~8 MB of events
-  RegisterProducers(cluster.client(), "p", kChanges, "n1");
+  // Paced by the reading watcher (it keeps up: never more than a batch
+  // behind), while the other's backlog only grows.
+  RegisterProducers(cluster.client(), "p", kChanges, "n1", [&](int done) {
+    EXPECT_TRUE(Eventually([&] { return fast_events.load() >= done; }))
+        << fast_events.load() << " of " << done;
+  });
   // The reading watcher saw every change.
   EXPECT_TRUE(Eventually([&] { return fast_events.load() == kChanges; }))
       << fast_events.load();
@@ -183,14 +194,14 @@ TEST(WatchStreamTest, Manager_RunsNoSyncServerThread) {
   ASSERT_TRUE(cluster.client()
                   .RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1"))
                   .ok());
-  RawStream watch(cluster.target(), kWatchMethod, "");
+  RawStream watch(cluster.target(), kWatchMethod, "", cluster.credentials());
   RawStream reflection(
       cluster.target(),
       "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-      ProtoStringField(7, ""));
+      ProtoStringField(7, ""), cluster.credentials());
   ASSERT_TRUE(reflection.Read(std::chrono::seconds(10)).has_value());
-  RawResult health =
-      RawUnary(cluster.target(), "/grpc.health.v1.Health/Check", "");
+  RawResult health = RawUnary(cluster.target(), "/grpc.health.v1.Health/Check",
+                              "", cluster.credentials());
   ASSERT_TRUE(health.status.ok()) << health.status.error_message();
   for (const std::string& name : ThreadNames(cluster.manager().pid())) {
     EXPECT_FALSE(absl::StartsWith(name, "grpcpp_sync"))

@@ -74,10 +74,10 @@ if [ "$check" = 1 ]; then
     fi
   done
   chroot "$root" /usr/local/bin/irqbypassd --store=memory --listen=127.0.0.1:0 \
-    --metrics_listen= --port_file=/tmp/port 2>"$out/irqbypassd.log" &
+    --insecure --metrics_listen= --port_file=/tmp/port 2>"$out/irqbypassd.log" &
   for _ in $(seq 1 100); do [ -s "$root/tmp/port" ] && break; sleep 0.1; done
   port=$(cat "$root/tmp/port")
-  chroot "$root" /usr/local/bin/irqbypassctl --server="127.0.0.1:$port" nodes
+  chroot "$root" /usr/local/bin/irqbypassctl --server="127.0.0.1:$port" --insecure nodes
   help=$(chroot "$root" /usr/local/bin/irqbypass-agent --helpfull 2>&1 || true)  # exits 1
   grep -q -- "--device_plugin_resources" <<<"$help" ||
     { echo "FAIL: irqbypass-agent in the image does not run: $help" >&2; exit 1; }

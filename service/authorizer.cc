@@ -1,0 +1,91 @@
+#include "service/authorizer.h"
+
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "security/tls.h"
+
+namespace irqbypass {
+
+using security::Identity;
+using security::Role;
+
+namespace {
+
+bool Allowed(Access access, Role role) {
+  switch (access) {
+    case Access::kRead:
+      return role == Role::kReader || role == Role::kOrchestrator ||
+             role == Role::kAdmin;
+    case Access::kWrite:
+      return role == Role::kOrchestrator || role == Role::kAdmin;
+    case Access::kAgent:
+      return role == Role::kAgent;
+  }
+  return false;
+}
+
+absl::string_view Needs(Access access) {
+  switch (access) {
+    case Access::kRead:
+      return "reader, orchestrator or admin";
+    case Access::kWrite:
+      return "orchestrator or admin";
+    case Access::kAgent:
+      return "agent";
+  }
+  return "";
+}
+
+}  // namespace
+
+Authorizer::Authorizer(bool insecure, std::string trust_domain)
+    : insecure_(insecure), trust_domain_(std::move(trust_domain)) {}
+
+absl::StatusOr<Identity> Authorizer::Caller(
+    const grpc::ServerContextBase& context) const {
+  if (insecure_) {
+    Identity anyone;
+    anyone.role = Role::kAdmin;
+    anyone.name = "insecure";
+    return anyone;
+  }
+  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr) {
+    return absl::UnauthenticatedError("no authentication context");
+  }
+  return security::PeerIdentity(*auth, trust_domain_);
+}
+
+absl::StatusOr<Identity> Authorizer::Check(
+    const grpc::ServerContextBase& context, Access access,
+    absl::string_view method) const {
+  absl::StatusOr<Identity> id = Caller(context);
+  if (!id.ok()) {
+    NoteDenied(method, id.status(), context.peer());
+    return id;
+  }
+  if (insecure_ && access != Access::kAgent) return id;
+  if (insecure_ || Allowed(access, id->role)) return id;
+  absl::Status denied = absl::PermissionDeniedError(
+      absl::StrCat(method, " takes the role ", Needs(access), "; the caller \"",
+                   id->uri, "\" is ", security::RoleName(id->role)));
+  NoteDenied(method, denied, context.peer());
+  return denied;
+}
+
+void Authorizer::NoteDenied(absl::string_view method, const absl::Status& why,
+                            absl::string_view peer) const {
+  denied_.fetch_add(1, std::memory_order_relaxed);
+  uint64_t left_out = 0;
+  if (!log_limiter_.Allow(&left_out)) return;
+  LogWarn("call refused", {{"method", std::string(method)},
+                           {"code", absl::StatusCodeToString(why.code())},
+                           {"peer", std::string(peer)},
+                           {"reason", std::string(why.message())},
+                           {"refusals_not_logged", absl::StrCat(left_out)}});
+}
+
+}  // namespace irqbypass

@@ -1,0 +1,277 @@
+// irqbypassd's authorization with the real binaries and real mutual TLS on
+// loopback: every RPC by role (none, reader, orchestrator, admin, the
+// agents of nodes n1 and n2), and every way an agent of n1 could touch n2.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
+#include "gtest/gtest.h"
+#include "protos/irqbypass/v1/agent.grpc.pb.h"
+#include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
+#include "tests/cluster.h"
+
+namespace irqbypass::testing {
+namespace {
+
+using security::Role;
+
+std::chrono::system_clock::time_point Soon() {
+  return std::chrono::system_clock::now() + std::chrono::seconds(10);
+}
+
+// What a call may come back with: let through (any status but these),
+// refused for its role, or refused at the handshake.
+enum class Outcome { kAllowed, kDenied, kNoConnection };
+
+Outcome Classify(const grpc::Status& s) {
+  if (s.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+    return Outcome::kDenied;
+  }
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+      s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+    return Outcome::kNoConnection;
+  }
+  return Outcome::kAllowed;
+}
+
+using Stub = v1::BypassManager::Stub;
+
+// A unary call with a 10 s deadline; its status.
+template <typename Request, typename Response>
+grpc::Status Call(Stub& stub,
+                  grpc::Status (Stub::*method)(grpc::ClientContext*,
+                                               const Request&, Response*),
+                  const Request& request) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Soon());
+  Response response;
+  return (stub.*method)(&ctx, request, &response);
+}
+
+const char* Name(Outcome o) {
+  switch (o) {
+    case Outcome::kAllowed:
+      return "allowed";
+    case Outcome::kDenied:
+      return "PERMISSION_DENIED";
+    case Outcome::kNoConnection:
+      return "refused at the handshake";
+  }
+  return "";
+}
+
+class SecurityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(cluster_.StartManager({"--store=memory"}));
+    ASSERT_TRUE(cluster_.StartAgent("n1"));
+    ASSERT_TRUE(cluster_.StartAgent("n2"));
+  }
+  void TearDown() override {
+    if (HasFailure()) cluster_.DumpLogs();
+  }
+  std::shared_ptr<grpc::Channel> Channel(
+      std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return grpc::CreateCustomChannel(cluster_.target(), credentials, args);
+  }
+  // TLS that verifies the server but presents no certificate.
+  std::shared_ptr<grpc::ChannelCredentials> NoCertificate() {
+    grpc::experimental::TlsChannelCredentialsOptions options;
+    options.set_certificate_provider(
+        std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+            cluster_.Certificate(Role::kReader, "x").ca_file, 1));
+    options.watch_root_certs();
+    options.set_check_call_host(false);
+    options.set_certificate_verifier(
+        std::make_shared<grpc::experimental::NoOpCertificateVerifier>());
+    return grpc::experimental::TlsCredentials(options);
+  }
+  // The first message of an agent session opened with `credentials` whose
+  // hello names `node` and reports `wired`: its status (OK: the manager
+  // answered with its hello).
+  grpc::Status OpenSession(std::shared_ptr<grpc::ChannelCredentials> creds,
+                           const std::string& node,
+                           const std::vector<v1::WiredPair>& wired = {}) {
+    auto stub = v1::AgentControl::NewStub(Channel(creds));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Soon());
+    auto stream = stub->Session(&ctx);
+    v1::AgentMessage hello;
+    hello.mutable_hello()->set_node(node);
+    hello.mutable_hello()->set_backend("sim");
+    for (const v1::WiredPair& w : wired)
+      *hello.mutable_hello()->add_wired() = w;
+    stream->Write(hello);
+    v1::ManagerMessage answer;
+    if (stream->Read(&answer) && answer.has_hello()) {
+      ctx.TryCancel();
+      stream->Finish().IgnoreError();
+      return grpc::Status::OK;
+    }
+    return stream->Finish();
+  }
+
+  Cluster cluster_;
+};
+
+TEST_F(SecurityTest, EveryRpcByRole) {
+  struct Caller {
+    const char* name;
+    std::shared_ptr<grpc::ChannelCredentials> credentials;
+    bool reads, writes, agent_n1;
+    bool connects = true;
+  };
+  std::vector<Caller> callers = {
+      {"no certificate", NoCertificate(), false, false, false, false},
+      {"reader", cluster_.tls().Credentials(Role::kReader, "r"), true, false,
+       false},
+      {"orchestrator", cluster_.tls().Credentials(Role::kOrchestrator, "o"),
+       true, true, false},
+      {"admin", cluster_.tls().Credentials(Role::kAdmin, "a"), true, true,
+       false},
+      {"agent n1", cluster_.tls().Credentials(Role::kAgent, "n1"), false, false,
+       true},
+      {"agent n2", cluster_.tls().Credentials(Role::kAgent, "n2"), false, false,
+       false},
+  };
+  int token = 0;
+  for (const Caller& caller : callers) {
+    SCOPED_TRACE(caller.name);
+    auto stub = v1::BypassManager::NewStub(Channel(caller.credentials));
+    const Outcome read = !caller.connects ? Outcome::kNoConnection
+                         : caller.reads   ? Outcome::kAllowed
+                                          : Outcome::kDenied;
+    const Outcome write = !caller.connects ? Outcome::kNoConnection
+                          : caller.writes  ? Outcome::kAllowed
+                                           : Outcome::kDenied;
+    const std::string t = "t" + std::to_string(++token);
+    auto expect = [&](const char* method, Outcome want, grpc::Status got) {
+      EXPECT_EQ(Classify(got), want)
+          << method << ": want " << Name(want) << ", got " << got.error_code()
+          << " " << got.error_message();
+    };
+    v1::GetBindingRequest get;
+    get.set_token(t);
+    expect("GetBinding", read, Call(*stub, &Stub::GetBinding, get));
+    expect("ListBindings", read,
+           Call(*stub, &Stub::ListBindings, v1::ListBindingsRequest()));
+    expect("ListNodes", read,
+           Call(*stub, &Stub::ListNodes, v1::ListNodesRequest()));
+    v1::GetNodeRequest node;
+    node.set_node("n1");
+    expect("GetNode", read, Call(*stub, &Stub::GetNode, node));
+    {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(Soon());
+      v1::WatchBindingsRequest req;
+      req.set_include_existing(true);
+      auto watch = stub->WatchBindings(&ctx, req);
+      v1::BindingEvent event;
+      if (watch->Read(&event)) {
+        expect("WatchBindings", read, grpc::Status::OK);
+        ctx.TryCancel();
+        watch->Finish().IgnoreError();
+      } else {
+        expect("WatchBindings", read, watch->Finish());
+      }
+    }
+    v1::RegisterConsumerRequest consumer;
+    *consumer.mutable_consumer() = MakeConsumer(t, "n1", "vm-a", token);
+    expect("RegisterConsumer", write,
+           Call(*stub, &Stub::RegisterConsumer, consumer));
+    v1::RegisterProducerRequest producer;
+    *producer.mutable_producer() = MakeProducer(t, "n1", "0000:3b:00.1", token);
+    expect("RegisterProducer", write,
+           Call(*stub, &Stub::RegisterProducer, producer));
+    v1::UnregisterProducerRequest unproducer;
+    unproducer.set_token(t);
+    expect("UnregisterProducer", write,
+           Call(*stub, &Stub::UnregisterProducer, unproducer));
+    v1::UnregisterConsumerRequest unconsumer;
+    unconsumer.set_token(t);
+    expect("UnregisterConsumer", write,
+           Call(*stub, &Stub::UnregisterConsumer, unconsumer));
+    v1::BatchRequest batch;
+    *batch.add_items()->mutable_register_consumer()->mutable_consumer() =
+        MakeConsumer(t + "-b", "n1", "vm-b", token);
+    expect("Batch", write, Call(*stub, &Stub::Batch, batch));
+    expect("AgentControl/Session (hello n1)",
+           !caller.connects  ? Outcome::kNoConnection
+           : caller.agent_n1 ? Outcome::kAllowed
+                             : Outcome::kDenied,
+           OpenSession(caller.credentials, "n1"));
+  }
+  // What the orchestrator and the admin registered in their batches is
+  // there (their other registrations they unregistered again); nothing the
+  // others tried is.
+  EXPECT_TRUE(cluster_.client().GetBinding("t3-b").ok());
+  EXPECT_TRUE(cluster_.client().GetBinding("t4-b").ok());
+  for (const char* refused : {"t2", "t2-b", "t5", "t5-b", "t6", "t6-b"}) {
+    EXPECT_EQ(cluster_.client().GetBinding(refused).status().code(),
+              absl::StatusCode::kNotFound)
+        << refused;
+  }
+}
+
+TEST_F(SecurityTest, AgentOfN1_CannotActForN2) {
+  const auto n1 = cluster_.tls().Credentials(Role::kAgent, "n1");
+  // Claiming n2 in its hello.
+  grpc::Status claim = OpenSession(n1, "n2");
+  EXPECT_EQ(claim.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(claim.error_message().find("is for node \"n1\""), std::string::npos)
+      << claim.error_message();
+  // Reporting n2's wiring in its own session.
+  v1::WiredPair foreign;
+  foreign.set_token("w1");
+  *foreign.mutable_producer() = MakeProducer("w1", "n2", "0000:3b:00.1", 1);
+  *foreign.mutable_consumer() = MakeConsumer("w1", "n2", "vm-a", 40);
+  grpc::Status report = OpenSession(n1, "n1", {foreign});
+  EXPECT_EQ(report.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(report.error_message().find("names node \"n2\""), std::string::npos)
+      << report.error_message();
+  // n2's real agent kept its session throughout: a pair on n2 connects.
+  ASSERT_TRUE(cluster_.client()
+                  .RegisterConsumer(MakeConsumer("k2", "n2", "vm-a", 41))
+                  .ok());
+  auto p = cluster_.client().RegisterProducer(
+      MakeProducer("k2", "n2", "0000:3b:00.2", 2));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->connected);
+  EXPECT_NE(cluster_.agent("n2").Log().find("token=k2"), std::string::npos)
+      << "n2's commands went to n2's agent";
+  EXPECT_EQ(cluster_.agent("n1").Log().find("token=k2"), std::string::npos)
+      << "n1's agent was sent n2's command";
+  // Each refusal was logged.
+  const std::string log = cluster_.manager().Log();
+  EXPECT_NE(log.find("msg=\"call refused\" method=Session"), std::string::npos)
+      << log;
+}
+
+TEST_F(SecurityTest, InsecureCluster_PlaintextAndWarned) {
+  Cluster plain(Cluster::Security::kInsecure);
+  ASSERT_TRUE(plain.StartManager({"--store=memory"}));
+  ASSERT_TRUE(plain.StartAgent("n1"));
+  EXPECT_NE(plain.manager().Log().find("--insecure: plaintext"),
+            std::string::npos);
+  EXPECT_TRUE(plain.client()
+                  .RegisterConsumer(MakeConsumer("i1", "n1", "vm-a", 1))
+                  .ok());
+  // The TLS cluster refuses a plaintext caller.
+  auto stub =
+      v1::BypassManager::NewStub(Channel(grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Soon());
+  v1::GetBindingRequest req;
+  req.set_token("x");
+  v1::Binding resp;
+  EXPECT_EQ(stub->GetBinding(&ctx, req, &resp).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+}
+
+}  // namespace
+}  // namespace irqbypass::testing
