@@ -49,8 +49,10 @@ class AgentMetrics;
 
 // Pairs per message of the inventory: AgentHello carries the first
 // kWiredPerMessage, WiredMore messages the rest (about 100 bytes a pair, so
-// every message stays near 100 KiB however much is wired).
-inline constexpr size_t kWiredPerMessage = 1000;
+// every message stays near 50 KiB however much is wired, and under 1 MiB,
+// irqbypassd's message limit, even with every field at its longest: about
+// 1.5 KB a pair).
+inline constexpr size_t kWiredPerMessage = 500;
 
 // The hello of a session: AgentHello with `wired`, split as above.
 std::vector<v1::AgentMessage> HelloMessages(const std::string& node,

@@ -4,12 +4,12 @@
 #include <deque>
 #include <memory>
 #include <optional>
-#include <random>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/secure_random.h"
 #include "service/errors.h"
 
 namespace irqbypass {
@@ -436,9 +436,9 @@ void MarkConnectedOrUnwire(TokenIndex::TokenLock& lock, AgentDispatcher& via) {
 }  // namespace
 
 uint64_t NewRegistrationId() {
-  thread_local std::mt19937_64 gen{std::random_device{}()};
+  // Unguessable: an id is what an unregister must name.
   uint64_t id = 0;
-  while (id == 0) id = gen();
+  while (id == 0) id = SecureRandom64();
   return id;
 }
 

@@ -9,7 +9,17 @@
 
 namespace irqbypass {
 
-// Keepalive for long-lived agent streams.
+// The largest message irqbypassd takes (gRPC's default is 4 MiB): a Batch
+// of kMaxBatchItems ordinary items, or an agent's inventory message
+// (agent_session.h: kWiredPerMessage pairs of the longest fields) fits; a
+// larger one is refused RESOURCE_EXHAUSTED by gRPC before it is parsed.
+inline constexpr int kMaxRequestBytes = 1 << 20;
+// A TLS handshake not done in this long is dropped (gRPC's default: 120 s).
+inline constexpr int kHandshakeTimeoutMs = 10'000;
+
+// Keepalive for long-lived agent streams (and its enforcement: a client
+// that pings more often than every 5 s is sent GOAWAY), the message size
+// and handshake limits above.
 void ApplyServerOptions(grpc::ServerBuilder& builder);
 
 // For a server with sync handlers (only the benchmark's sync bare server:

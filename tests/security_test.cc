@@ -5,12 +5,15 @@
 #include <string>
 #include <vector>
 
+#include "agent/agent_session.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
 #include "gtest/gtest.h"
 #include "protos/irqbypass/v1/agent.grpc.pb.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
+#include "service/bypass_service.h"
+#include "service/server_options.h"
 #include "tests/cluster.h"
 
 namespace irqbypass::testing {
@@ -250,6 +253,50 @@ TEST_F(SecurityTest, AgentOfN1_CannotActForN2) {
   const std::string log = cluster_.manager().Log();
   EXPECT_NE(log.find("msg=\"call refused\" method=Session"), std::string::npos)
       << log;
+}
+
+// The largest legitimate messages fit irqbypassd's 1 MiB limit; a larger
+// one is refused, naming the limit, and the server goes on.
+TEST_F(SecurityTest, MessageLimit_LegitimateOnesFit_LargerRefused) {
+  const std::string longest_token(256, 't');
+  const std::string longest_node(253, 'n');
+  // An agent's inventory message: kWiredPerMessage pairs, every field at
+  // its longest.
+  v1::AgentMessage inventory;
+  for (size_t i = 0; i < agent::kWiredPerMessage; ++i) {
+    v1::WiredPair* w = inventory.mutable_wired_more()->add_wired();
+    w->set_token(longest_token);
+    *w->mutable_producer() =
+        MakeProducer(longest_token, longest_node, "0000:3b:00.1", 2047);
+    *w->mutable_consumer() =
+        MakeConsumer(longest_token, longest_node, std::string(128, 'v'), 4095);
+  }
+  EXPECT_LT(inventory.ByteSizeLong(), static_cast<size_t>(kMaxRequestBytes));
+  // A Batch of the most items, of ordinary size.
+  v1::BatchRequest batch;
+  for (int i = 0; i < BypassService::kMaxBatchItems; ++i) {
+    auto* item = batch.add_items()->mutable_register_consumer();
+    *item->mutable_consumer() = MakeConsumer(
+        "vm-" + std::to_string(i) + "-queue-0", "node-17", "vm-1", i % 4096);
+    item->set_request_id("0123456789abcdef0123456789abcdef");
+  }
+  EXPECT_LT(batch.ByteSizeLong(), static_cast<size_t>(kMaxRequestBytes));
+
+  // Past the limit: refused by gRPC before it is parsed.
+  v1::BatchRequest huge;
+  for (int i = 0; i < 3000; ++i) {
+    *huge.add_items()->mutable_register_consumer()->mutable_consumer() =
+        MakeConsumer(longest_token, longest_node, "vm-1", 1);
+  }
+  ASSERT_GT(huge.ByteSizeLong(), static_cast<size_t>(kMaxRequestBytes));
+  auto stub = v1::BypassManager::NewStub(Channel(cluster_.credentials()));
+  const grpc::Status refused = Call(*stub, &Stub::Batch, huge);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.error_message().find(std::to_string(kMaxRequestBytes)),
+            std::string::npos)
+      << refused.error_message();
+  EXPECT_EQ(cluster_.client().GetBinding("none").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST_F(SecurityTest, InsecureCluster_PlaintextAndWarned) {
