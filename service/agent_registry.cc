@@ -548,6 +548,17 @@ grpc::Status AddWired(
 
 }  // namespace
 
+// What the deadline thread needs to end a session stream: its context
+// while the stream lives (cleared in OnDone, under mu), and whether the
+// hello came.
+struct AgentRegistry::StreamWatch {
+  Mutex mu;
+  grpc::CallbackServerContext* context ABSL_GUARDED_BY(mu) = nullptr;
+  bool hello ABSL_GUARDED_BY(mu) = false;
+  std::string node ABSL_GUARDED_BY(mu);
+  std::string peer;
+};
+
 // The Session stream on gRPC's callback API: reads the hello and its
 // inventory, admits the session, starts its reconciliation (on a thread of
 // its own, since Matcher::Reconcile waits), then reads acks until the agent
@@ -575,6 +586,20 @@ class AgentRegistry::SessionReactor final
       }
       epoch_ = registry_.options_.leadership->epoch();
     }
+    watch_ = std::make_shared<StreamWatch>();
+    watch_->peer = context->peer();
+    {
+      MutexLock lock(&watch_->mu);
+      watch_->context = context;
+    }
+    if (registry_.options_.hello_timeout > absl::ZeroDuration()) {
+      Deadline d;
+      d.at = std::chrono::steady_clock::now() +
+             absl::ToChronoNanoseconds(registry_.options_.hello_timeout);
+      d.stream = watch_;
+      d.hello = true;
+      registry_.AddDeadline(std::move(d));
+    }
     StartRead(&in_);
   }
 
@@ -584,6 +609,11 @@ class AgentRegistry::SessionReactor final
         if (!ok) return Finish(grpc::Status::OK);
         hello_at_ = absl::Now();  // reconciliation starts here
         hello_ = std::move(in_);
+        {
+          MutexLock lock(&watch_->mu);
+          watch_->hello = true;
+          watch_->node = hello_.hello().node();
+        }
         if (grpc::Status s = ReadHello(); !s.ok()) return Finish(s);
         if (!hello_.hello().wired_follows()) return Admit();
         phase_ = Phase::kInventory;
@@ -619,6 +649,10 @@ class AgentRegistry::SessionReactor final
   void OnWriteDone(bool ok) override { session_->WriteDone(ok); }
 
   void OnDone() override {
+    if (watch_ != nullptr) {
+      MutexLock lock(&watch_->mu);
+      watch_->context = nullptr;  // the deadline thread leaves it alone now
+    }
     if (session_ != nullptr) session_->Detach();
     delete this;
   }
@@ -687,6 +721,13 @@ class AgentRegistry::SessionReactor final
     session_->Open(std::move(hello_ack));
     // Its commands' acks arrive through the reads started below.
     registry_.StartReconcile(session_, std::move(wired_), hello_at_);
+    if (registry_.options_.max_session_age > absl::ZeroDuration()) {
+      Deadline d;
+      d.at = std::chrono::steady_clock::now() +
+             absl::ToChronoNanoseconds(registry_.options_.max_session_age);
+      d.stream = watch_;
+      registry_.AddDeadline(std::move(d));
+    }
     StartRead(&in_);
   }
 
@@ -703,6 +744,8 @@ class AgentRegistry::SessionReactor final
   Phase phase_ = Phase::kHello;
   // The caller's certificate identity (none with --insecure).
   std::optional<security::Identity> identity_;
+  // For the hello and age deadlines (null if finished in the constructor).
+  std::shared_ptr<StreamWatch> watch_;
   v1::AgentMessage in_;
   v1::AgentMessage hello_;
   absl::Time hello_at_;
@@ -918,11 +961,33 @@ void AgentRegistry::StartThen(const std::shared_ptr<AgentSession>& session,
     return;
   }
   // The id was set by Enqueue, on this thread.
-  const Deadline deadline{at, session, pending->id};
+  Deadline deadline;
+  deadline.at = at;
+  deadline.session = session;
+  deadline.id = pending->id;
+  AddDeadline(std::move(deadline));
+}
+
+void AgentRegistry::AddDeadline(Deadline deadline) {
   MutexLock lock(&deadline_mu_);
   const bool earliest = deadlines_.empty() || deadline.at < deadlines_.top().at;
-  deadlines_.push(deadline);
+  deadlines_.push(std::move(deadline));
   if (earliest) deadline_cv_.Signal();
+}
+
+void AgentRegistry::ExpireStream(const Deadline& d) {
+  std::shared_ptr<StreamWatch> watch = d.stream.lock();
+  if (watch == nullptr) return;
+  MutexLock lock(&watch->mu);
+  if (watch->context == nullptr) return;  // done already
+  if (d.hello) {
+    if (watch->hello) return;
+    LogWarn("agent stream ended: no hello in time", {{"peer", watch->peer}});
+  } else {
+    LogInfo("agent session ended: at its maximum age (the agent reconnects)",
+            {{"node", watch->node}, {"peer", watch->peer}});
+  }
+  watch->context->TryCancel();
 }
 
 void AgentRegistry::DeadlineLoop() {
@@ -949,6 +1014,10 @@ void AgentRegistry::DeadlineLoop() {
     }
     // Most have had their ack long ago: Expire finds nothing then.
     for (Deadline& d : expired) {
+      if (!d.stream.expired()) {
+        ExpireStream(d);
+        continue;
+      }
       if (std::shared_ptr<AgentSession> session = d.session.lock()) {
         session->Expire(d.id);
       }

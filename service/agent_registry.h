@@ -62,6 +62,14 @@ class AgentRegistry final : public AgentDispatcher,
     // Checks each session's caller: an agent, whose hello names its own
     // node. Null (in-process tests only): none. Must outlive the registry.
     const Authorizer* authorizer = nullptr;
+    // A stream whose first message (the hello) has not come this long
+    // after it opened is ended (it holds a connection and a reactor).
+    absl::Duration hello_timeout = absl::Seconds(10);
+    // A session is ended this long after it was admitted (the agent
+    // reconnects at once and is reconciled, keeping its wiring), so a
+    // rotated or revoked certificate takes effect within this time. Zero:
+    // never.
+    absl::Duration max_session_age = absl::Hours(1);
   };
 
   explicit AgentRegistry(Options options);
@@ -190,12 +198,19 @@ class AgentRegistry final : public AgentDispatcher,
   // Deadlines of continuations' commands (earliest first). Entries stay
   // until their time even when the ack came first (Expire then finds
   // nothing), so there are at most command_timeout x command rate.
+  // Or of a stream: `stream` set, the stream is ended then if it is still
+  // live (and, for `hello`, has sent no hello).
+  struct StreamWatch;
   struct Deadline {
     std::chrono::steady_clock::time_point at;
     std::weak_ptr<AgentSession> session;
     uint64_t id = 0;
+    std::weak_ptr<StreamWatch> stream;
+    bool hello = false;
     bool operator>(const Deadline& o) const { return at > o.at; }
   };
+  void AddDeadline(Deadline deadline) ABSL_LOCKS_EXCLUDED(deadline_mu_);
+  static void ExpireStream(const Deadline& deadline);
   Mutex deadline_mu_;
   CondVar deadline_cv_;
   std::priority_queue<Deadline, std::vector<Deadline>, std::greater<Deadline>>

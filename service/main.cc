@@ -61,6 +61,13 @@ ABSL_FLAG(std::string, port_file, "",
           "If set, write the bound gRPC port to this file once serving");
 ABSL_FLAG(absl::Duration, agent_command_timeout, absl::Seconds(5),
           "How long a connect/disconnect waits for the agent's ack");
+ABSL_FLAG(absl::Duration, agent_hello_timeout, absl::Seconds(10),
+          "An agent stream that has sent no hello this long after it opened "
+          "is ended");
+ABSL_FLAG(absl::Duration, agent_session_max_age, absl::Hours(1),
+          "An agent session is ended this long after it began (the agent "
+          "reconnects and keeps its wiring), so a rotated or revoked "
+          "certificate takes effect within this time (0: never)");
 ABSL_FLAG(int, shards, 65536,
           "Number of token index shards (each: a few lock-free lists and "
           "the mutex under which same-token waiters are listed)");
@@ -242,6 +249,14 @@ int Run() {
   AgentRegistry::Options registry_options;
   registry_options.authorizer = &authorizer;
   registry_options.command_timeout = timeout;
+  registry_options.hello_timeout = absl::GetFlag(FLAGS_agent_hello_timeout);
+  registry_options.max_session_age = absl::GetFlag(FLAGS_agent_session_max_age);
+  if (registry_options.hello_timeout <= absl::ZeroDuration() ||
+      registry_options.max_session_age < absl::ZeroDuration()) {
+    return Fail(
+        "--agent_hello_timeout: must be positive; --agent_session_max_age: "
+        "0 or positive");
+  }
   registry_options.metrics = &service_metrics;
   registry_options.leadership = &leadership;
   AgentRegistry registry(registry_options);

@@ -299,6 +299,53 @@ TEST_F(SecurityTest, MessageLimit_LegitimateOnesFit_LargerRefused) {
             absl::StatusCode::kNotFound);
 }
 
+TEST(SecurityTimeoutsTest, StreamWithoutHello_Ended) {
+  Cluster cluster;
+  ASSERT_TRUE(
+      cluster.StartManager({"--store=memory", "--agent_hello_timeout=1s"}));
+  grpc::ChannelArguments args;
+  auto stub = v1::AgentControl::NewStub(grpc::CreateCustomChannel(
+      cluster.target(), cluster.tls().Credentials(Role::kAgent, "n1"), args));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto stream = stub->Session(&ctx);  // and then says nothing
+  v1::ManagerMessage m;
+  EXPECT_FALSE(stream->Read(&m));  // ended by the manager, not the deadline
+  const grpc::Status s = stream->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << s.error_message();
+  EXPECT_TRUE(Eventually([&] {
+    return cluster.manager().Log().find(
+               "msg=\"agent stream ended: no hello in time\"") !=
+           std::string::npos;
+  })) << cluster.manager().Log();
+}
+
+TEST(SecurityTimeoutsTest,
+     SessionPastItsMaximumAge_EndedAndResumedKeepingWiring) {
+  Cluster cluster;
+  ASSERT_TRUE(
+      cluster.StartManager({"--store=memory", "--agent_session_max_age=2s"}));
+  ASSERT_TRUE(cluster.StartAgent("n1"));
+  ASSERT_TRUE(cluster.client()
+                  .RegisterConsumer(MakeConsumer("a1", "n1", "vm-a", 1))
+                  .ok());
+  auto p = cluster.client().RegisterProducer(
+      MakeProducer("a1", "n1", "0000:3b:00.1", 1));
+  ASSERT_TRUE(p.ok()) << p.status();
+  const int reconciles = cluster.Reconciles("n1");
+  // Ended at 2 s, again 2 s later: each time the agent comes back (a new
+  // handshake with its certificate as it is then) and keeps its pair.
+  ASSERT_TRUE(cluster.WaitReconciles("n1", reconciles + 2))
+      << cluster.manager().Log();
+  EXPECT_NE(cluster.manager().Log().find("at its maximum age"),
+            std::string::npos);
+  EXPECT_NE(cluster.manager().Log().find("kept=1 disconnected=0"),
+            std::string::npos);
+  auto binding = cluster.client().GetBinding("a1");
+  ASSERT_TRUE(binding.ok());
+  EXPECT_TRUE(binding->connected());
+}
+
 TEST_F(SecurityTest, InsecureCluster_PlaintextAndWarned) {
   Cluster plain(Cluster::Security::kInsecure);
   ASSERT_TRUE(plain.StartManager({"--store=memory"}));
