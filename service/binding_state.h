@@ -17,6 +17,9 @@ struct ProducerRecord {
   std::string device;  // PCI address
   uint32_t vector = 0;
   uint8_t irq_index = 3;  // irqbypass.v1.IrqIndex value; MSIX by default
+  // Who registered it (owners.h; 0: nobody in particular, e.g. --insecure).
+  // In the padding before registration_id: no bigger than without.
+  uint16_t owner = 0;
   uint64_t registration_id = 0;
 };
 
@@ -24,6 +27,7 @@ struct ConsumerRecord {
   std::string node;
   std::string vm;
   uint32_t gsi = 0;
+  uint16_t owner = 0;  // as ProducerRecord's
   uint64_t registration_id = 0;
 };
 

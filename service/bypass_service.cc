@@ -13,6 +13,7 @@
 #include "common/errno_name.h"
 #include "common/log.h"
 #include "service/errors.h"
+#include "service/owners.h"
 #include "service/validation.h"
 
 namespace irqbypass {
@@ -21,10 +22,12 @@ namespace {
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
 
-// The request's CallId: its request_id, and a fingerprint of the rest.
+// The request's CallId: its request_id, a fingerprint of the rest (and of
+// the caller's owner), and the caller.
 template <typename Request>
-absl::StatusOr<CallId> CallIdOf(const Request& request) {
+absl::StatusOr<CallId> CallIdOf(const Request& request, const Caller& caller) {
   CallId call;
+  call.caller = caller;
   if (request.request_id().empty()) return call;
   if (auto s = ValidateRequestId("request_id", request.request_id()); !s.ok()) {
     return s;
@@ -34,7 +37,10 @@ absl::StatusOr<CallId> CallIdOf(const Request& request) {
   std::string bytes;
   rest.SerializeToString(&bytes);
   call.id = request.request_id();
-  call.fingerprint = StableFingerprint(bytes);
+  // Another owner reusing the id makes a different request (it must not get
+  // this one's outcome, its registration id among it).
+  call.fingerprint =
+      StableFingerprint(bytes) ^ (uint64_t{caller.owner} * 0x9e3779b97f4a7c15);
   return call;
 }
 
@@ -144,10 +150,10 @@ absl::Status InItem(absl::Status status, int i, v1::BatchItem::OpCase op) {
 
 template <typename Request, typename Response>
 void BypassService::StartRegister(const Request& request, Response* response,
-                                  ItemDone done) {
+                                  const Caller& caller, ItemDone done) {
   auto record = RecordOf(request);
   if (!record.ok()) return std::move(done)(record.status());
-  absl::StatusOr<CallId> call = CallIdOf(request);
+  absl::StatusOr<CallId> call = CallIdOf(request, caller);
   if (!call.ok()) return std::move(done)(call.status());
   auto finish = [response, done = std::move(done)](
                     absl::StatusOr<RegisterResult> result) mutable {
@@ -169,14 +175,14 @@ void BypassService::StartRegister(const Request& request, Response* response,
 
 template <typename Request, typename Response>
 void BypassService::StartUnregister(const Request& request, Response* response,
-                                    ItemDone done) {
+                                    const Caller& caller, ItemDone done) {
   if (auto s = ValidateToken("token", request.token()); !s.ok()) {
     return std::move(done)(s);
   }
   absl::StatusOr<uint64_t> id = ParseRegistrationId(
       "registration_id", SideOf<Request>(), request.registration_id());
   if (!id.ok()) return std::move(done)(id.status());
-  absl::StatusOr<CallId> call = CallIdOf(request);
+  absl::StatusOr<CallId> call = CallIdOf(request, caller);
   if (!call.ok()) return std::move(done)(call.status());
   auto finish = [response, done = std::move(done)](
                     absl::StatusOr<bool> disconnected) mutable {
@@ -196,9 +202,8 @@ template <typename Request, typename Response>
 grpc::ServerUnaryReactor* BypassService::Unary(
     grpc::CallbackServerContext* context, const Request* request,
     Response* response, absl::string_view method) {
-  if (grpc::Status s = Authorize(*context, Access::kWrite, method); !s.ok()) {
-    return FinishInline(context, std::move(s));
-  }
+  absl::StatusOr<Caller> caller = WriteCaller(*context, method);
+  if (!caller.ok()) return FinishInline(context, ToGrpcStatus(caller.status()));
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) {
       return FinishInline(context, ToGrpcStatus(s));
@@ -210,9 +215,9 @@ grpc::ServerUnaryReactor* BypassService::Unary(
   };
   if constexpr (std::is_same_v<Request, v1::RegisterProducerRequest> ||
                 std::is_same_v<Request, v1::RegisterConsumerRequest>) {
-    StartRegister(*request, response, std::move(done));
+    StartRegister(*request, response, *caller, std::move(done));
   } else {
-    StartUnregister(*request, response, std::move(done));
+    StartUnregister(*request, response, *caller, std::move(done));
   }
   return reactor;
 }
@@ -248,9 +253,8 @@ grpc::ServerUnaryReactor* BypassService::UnregisterConsumer(
 grpc::ServerUnaryReactor* BypassService::Batch(
     grpc::CallbackServerContext* context, const v1::BatchRequest* request,
     v1::BatchResponse* response) {
-  if (grpc::Status s = Authorize(*context, Access::kWrite, "Batch"); !s.ok()) {
-    return FinishInline(context, std::move(s));
-  }
+  absl::StatusOr<Caller> caller = WriteCaller(*context, "Batch");
+  if (!caller.ok()) return FinishInline(context, ToGrpcStatus(caller.status()));
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) {
       return FinishInline(context, ToGrpcStatus(s));
@@ -289,19 +293,23 @@ grpc::ServerUnaryReactor* BypassService::Batch(
     switch (item.op_case()) {
       case v1::BatchItem::kRegisterProducer:
         StartRegister(item.register_producer(),
-                      result->mutable_register_producer(), std::move(done));
+                      result->mutable_register_producer(), *caller,
+                      std::move(done));
         break;
       case v1::BatchItem::kRegisterConsumer:
         StartRegister(item.register_consumer(),
-                      result->mutable_register_consumer(), std::move(done));
+                      result->mutable_register_consumer(), *caller,
+                      std::move(done));
         break;
       case v1::BatchItem::kUnregisterProducer:
         StartUnregister(item.unregister_producer(),
-                        result->mutable_unregister_producer(), std::move(done));
+                        result->mutable_unregister_producer(), *caller,
+                        std::move(done));
         break;
       case v1::BatchItem::kUnregisterConsumer:
         StartUnregister(item.unregister_consumer(),
-                        result->mutable_unregister_consumer(), std::move(done));
+                        result->mutable_unregister_consumer(), *caller,
+                        std::move(done));
         break;
       case v1::BatchItem::OP_NOT_SET:
         done(InvalidField("op",
@@ -503,6 +511,25 @@ grpc::ServerWriteReactor<v1::BindingEvent>* BypassService::WatchBindings(
   return WatchStream::Start(
       *request, index_, watch_hub_, leadership_, progress_ticker_,
       Authorize(*context, Access::kRead, "WatchBindings"));
+}
+
+absl::StatusOr<Caller> BypassService::WriteCaller(
+    const grpc::CallbackServerContext& context,
+    absl::string_view method) const {
+  Caller caller;  // no authorizer (in-process tests): unrestricted
+  if (authorizer_ == nullptr) return caller;
+  absl::StatusOr<security::Identity> id =
+      authorizer_->Check(context, Access::kWrite, method);
+  if (!id.ok()) return id.status();
+  if (authorizer_->insecure()) return caller;
+  caller.admin = id->role == security::Role::kAdmin;
+  caller.owner = Owners::Get().Intern(id->uri);
+  if (caller.owner == 0) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        method, ": more than ", Owners::kMaxOwners,
+        " distinct identities have registered; this one cannot be recorded"));
+  }
+  return caller;
 }
 
 grpc::Status BypassService::Authorize(

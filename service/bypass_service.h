@@ -112,10 +112,11 @@ class BypassService final : public BypassServiceBase {
   // started: `done` gets its outcome once (`response` filled when OK).
   using ItemDone = absl::AnyInvocable<void(absl::Status) &&>;
   template <typename Request, typename Response>
-  void StartRegister(const Request& request, Response* response, ItemDone done);
+  void StartRegister(const Request& request, Response* response,
+                     const Caller& caller, ItemDone done);
   template <typename Request, typename Response>
   void StartUnregister(const Request& request, Response* response,
-                       ItemDone done);
+                       const Caller& caller, ItemDone done);
   // The four unary mutating methods: StartRegister / StartUnregister, the
   // reactor finished with the outcome.
   template <typename Request, typename Response>
@@ -126,6 +127,9 @@ class BypassService final : public BypassServiceBase {
   // refusal to answer with.
   grpc::Status Authorize(const grpc::CallbackServerContext& context,
                          Access access, absl::string_view method) const;
+  // For a mutating call: the caller (its owner interned), or the refusal.
+  absl::StatusOr<Caller> WriteCaller(const grpc::CallbackServerContext& context,
+                                     absl::string_view method) const;
   grpc::Status DoListNodes(v1::ListNodesResponse* response);
   grpc::Status DoGetNode(const v1::GetNodeRequest& request, v1::Node* response);
 

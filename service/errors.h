@@ -28,6 +28,7 @@ enum class ErrorReason {
   kStoreUnavailable = 10,
   kRequestInProgress = 11,
   kNotLeader = 12,
+  kNotOwner = 13,
 };
 
 // Context attached to an error; empty fields are not attached.

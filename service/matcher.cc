@@ -122,6 +122,7 @@ struct Operation {
   const std::string token;
   std::optional<RequestRecord> request;  // to fill, with a request id
   Done done;
+  Caller caller;
   std::optional<TokenIndex::TokenLock> lock;
 
   RequestRecord* record() { return request ? &*request : nullptr; }
@@ -218,6 +219,20 @@ void RegisterOp<Side>::Locked(std::unique_ptr<RegisterOp> op) {
                      "\" is on node \"", other->node,
                      "\"; both sides must be on one node"),
         ctx);
+    return Finish<RegisterResult>(std::move(op), std::move(error));
+  }
+  if (other.has_value() && !op->caller.admin && other->owner != 0 &&
+      other->owner != op->caller.owner) {
+    ErrorContext ctx;
+    ctx.token = token;
+    ctx.node = record.node;
+    // (Not saying who: the caller learns only that it is not its own.)
+    absl::Status error =
+        MakeError(absl::StatusCode::kPermissionDenied, ErrorReason::kNotOwner,
+                  absl::StrCat("the ", Side::kOtherName, " of token \"", token,
+                               "\" was registered by another orchestrator; "
+                               "only it (or an admin) may pair with it"),
+                  ctx);
     return Finish<RegisterResult>(std::move(op), std::move(error));
   }
   const std::string object_key = Side::ObjectKey(record);
@@ -355,6 +370,20 @@ void UnregisterOp<Side>::Locked(std::unique_ptr<UnregisterOp> op) {
                   absl::StrCat("registration_id does not match the ",
                                Side::kName, " that holds token \"", token,
                                "\"; nothing was changed"),
+                  ctx));
+  }
+  if (!op->caller.admin && mine->owner != 0 &&
+      mine->owner != op->caller.owner) {
+    ErrorContext ctx;
+    ctx.token = token;
+    ctx.node = mine->node;
+    return Finish<bool>(
+        std::move(op),
+        MakeError(absl::StatusCode::kPermissionDenied, ErrorReason::kNotOwner,
+                  absl::StrCat("the ", Side::kName, " of token \"", token,
+                               "\" was registered by another orchestrator; "
+                               "only it (or an admin) may unregister it; "
+                               "nothing was changed"),
                   ctx));
   }
   // Durable first: if the store refuses, nothing changes (still wired). If
@@ -534,6 +563,10 @@ void Matcher::Register(absl::string_view token, typename Side::Record record,
         auto op = std::make_unique<RegisterOp<Side>>(
             index_, dispatcher_, token, std::move(request), std::move(finish));
         op->mine = std::move(record);
+        if (call != nullptr) {
+          op->caller = call->caller;
+          op->mine.owner = call->caller.owner;
+        }
         RegisterOp<Side>::Start(std::move(op), block);
       },
       std::move(done));
@@ -552,6 +585,7 @@ void Matcher::Unregister(absl::string_view token, uint64_t registration_id,
         auto op = std::make_unique<UnregisterOp<Side>>(
             index_, dispatcher_, token, std::move(request), std::move(finish));
         op->registration_id = registration_id;
+        if (call != nullptr) op->caller = call->caller;
         Acquire(std::move(op), Side::kUnregisterOp, block,
                 [](std::unique_ptr<UnregisterOp<Side>> op) {
                   UnregisterOp<Side>::Locked(std::move(op));

@@ -47,11 +47,23 @@ struct ReconcileResult {
   int refused = 0;       // reported wiring of another node, or a duplicate
 };
 
+// Who makes a call: the owner a registration records (owners.h), and
+// whether it may act on what others registered (an admin; also every
+// caller of an irqbypassd run --insecure, and in-process callers that name
+// none).
+struct Caller {
+  uint16_t owner = 0;
+  bool admin = true;
+};
+
 // A client-chosen request id and the fingerprint of the rest of its request
-// (StableFingerprint of the serialized request without the id).
+// (StableFingerprint of the serialized request without the id, mixed with
+// the caller's owner: another caller reusing the id is a different
+// request), and the caller.
 struct CallId {
   std::string id;
   uint64_t fingerprint = 0;
+  Caller caller;
 };
 
 class Matcher {
@@ -75,8 +87,10 @@ class Matcher {
   // another token; ABORTED (kObjectBusy) when it is being registered under
   // another token whose connect is still in flight (retry);
   // FAILED_PRECONDITION (kNodeMismatch) when the consumer is on another
-  // node; otherwise the connect's error, with nothing recorded.
-  // The record's registration_id is assigned here.
+  // node; PERMISSION_DENIED (kNotOwner) when another owner registered the
+  // consumer and the caller is no admin; otherwise the connect's error, with
+  // nothing recorded. The record's registration_id is assigned here, and
+  // its owner (the call's caller; kept otherwise).
   absl::StatusOr<RegisterResult> RegisterProducer(absl::string_view token,
                                                   ProducerRecord producer,
                                                   const CallId* call = nullptr);
@@ -88,7 +102,9 @@ class Matcher {
   // Contract 3. registration_id 0 means whatever producer holds the token.
   // NOT_FOUND (kNotRegistered) when no producer holds it;
   // FAILED_PRECONDITION (kRegistrationMismatch) when another registration
-  // holds it (left untouched). Returns whether a disconnect was issued.
+  // holds it (left untouched); PERMISSION_DENIED (kNotOwner) when another
+  // owner registered it and the caller is no admin. Returns whether a
+  // disconnect was issued.
   absl::StatusOr<bool> UnregisterProducer(absl::string_view token,
                                           uint64_t registration_id,
                                           const CallId* call = nullptr);

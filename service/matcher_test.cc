@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "service/errors.h"
 #include "service/etcd_store.h"
+#include "service/owners.h"
 #include "service/rocksdb_store.h"
 #include "service/store.h"
 #include "service/testing/fake_dispatcher.h"
@@ -521,6 +522,83 @@ TEST_P(MatcherTest,
       matcher_->UnregisterProducer("t1", old_reg->registration_id).ok());
   EXPECT_EQ(index_->Get("t1")->producer->registration_id,
             new_reg->registration_id);
+}
+
+// --- Owners
+// -------------------------------------------------------------------
+
+TEST_P(MatcherTest, Owners_OnlyTheOwnerOrAnAdmin_PairsWithOrUnregisters) {
+  auto as = [](const char* uri, bool admin) {
+    CallId call;
+    call.caller.owner = Owners::Get().Intern(uri);
+    call.caller.admin = admin;
+    return call;
+  };
+  const CallId x = as("spiffe://td/irqbypass/orchestrator/x", false);
+  const CallId y = as("spiffe://td/irqbypass/orchestrator/y", false);
+  const CallId admin = as("spiffe://td/irqbypass/admin/a", true);
+  ASSERT_NE(x.caller.owner, y.caller.owner);
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons(), &x).ok());
+
+  // Y may neither pair with X's consumer nor unregister it; the refusal
+  // does not say whose it is.
+  auto pair = matcher_->RegisterProducer("t1", Prod(), &y);
+  EXPECT_EQ(pair.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(GetErrorReason(pair.status()), ErrorReason::kNotOwner);
+  EXPECT_EQ(pair.status().message().find("orchestrator/x"), std::string::npos)
+      << pair.status();
+  EXPECT_EQ(agent_.connects(), 0);
+  auto unregister = matcher_->UnregisterConsumer("t1", 0, &y);
+  EXPECT_EQ(unregister.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(GetErrorReason(unregister.status()), ErrorReason::kNotOwner);
+  ASSERT_TRUE(index_->Get("t1")->consumer.has_value());
+
+  // X pairs; each side records its owner, in the store too.
+  auto p = matcher_->RegisterProducer("t1", Prod(), &x);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->connected);
+  EXPECT_EQ(index_->Get("t1")->producer->owner, x.caller.owner);
+  EXPECT_EQ(index_->Get("t1")->consumer->owner, x.caller.owner);
+  Store* durable =
+      rocks_ != nullptr ? static_cast<Store*>(rocks_.get()) : etcd_.get();
+  if (durable != nullptr) {
+    std::optional<BindingState> stored;
+    ASSERT_TRUE(durable
+                    ->Load([&](std::string token, BindingState st) {
+                      if (token == "t1") stored = std::move(st);
+                      return absl::OkStatus();
+                    })
+                    .ok());
+    ASSERT_TRUE(stored.has_value() && stored->producer && stored->consumer);
+    EXPECT_EQ(Owners::Get().Name(stored->producer->owner),
+              "spiffe://td/irqbypass/orchestrator/x");
+    EXPECT_EQ(stored->consumer->owner, x.caller.owner);
+  }
+
+  // An admin may unregister what X registered; X its own.
+  auto by_admin = matcher_->UnregisterProducer("t1", 0, &admin);
+  ASSERT_TRUE(by_admin.ok()) << by_admin.status();
+  EXPECT_TRUE(*by_admin);
+  EXPECT_TRUE(matcher_->UnregisterConsumer("t1", 0, &x).ok());
+  EXPECT_FALSE(index_->Get("t1").has_value());
+}
+
+TEST_P(MatcherTest, Owners_ARequestIdReusedByAnotherOwner_IsAnotherRequest) {
+  // (The service mixes the owner into the fingerprint; the matcher then
+  // refuses the reuse rather than answering with the first call's
+  // outcome, registration id included.)
+  CallId x;
+  x.id = "req-1";
+  x.fingerprint = 7;
+  x.caller.owner = Owners::Get().Intern("spiffe://td/irqbypass/orchestrator/x");
+  x.caller.admin = false;
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons(), &x).ok());
+  CallId y = x;
+  y.fingerprint = 7 ^ 0x9e3779b97f4a7c15;
+  y.caller.owner = Owners::Get().Intern("spiffe://td/irqbypass/orchestrator/y");
+  auto reused = matcher_->RegisterConsumer("t1", Cons(), &y);
+  EXPECT_EQ(reused.status().code(), absl::StatusCode::kInvalidArgument)
+      << reused.status();
 }
 
 // --- 4. Unregister consumer (mirror image) -----------------------------------

@@ -2,6 +2,7 @@
 
 #include "absl/status/status.h"
 #include "protos/irqbypass/store/v1/store.pb.h"
+#include "service/owners.h"
 
 namespace irqbypass {
 
@@ -14,6 +15,9 @@ std::string EncodeBinding(const BindingState& state) {
     p->set_vector(state.producer->vector);
     p->set_irq_index(state.producer->irq_index);
     p->set_registration_id(state.producer->registration_id);
+    if (state.producer->owner != 0) {
+      p->set_owner(Owners::Get().Name(state.producer->owner));
+    }
   }
   if (state.consumer) {
     store::v1::StoredConsumer* c = stored.mutable_consumer();
@@ -21,6 +25,9 @@ std::string EncodeBinding(const BindingState& state) {
     c->set_vm(state.consumer->vm);
     c->set_gsi(state.consumer->gsi);
     c->set_registration_id(state.consumer->registration_id);
+    if (state.consumer->owner != 0) {
+      c->set_owner(Owners::Get().Name(state.consumer->owner));
+    }
   }
   stored.set_connected(state.connected);
   stored.set_revision(state.revision);
@@ -44,6 +51,10 @@ absl::StatusOr<BindingState> DecodeBinding(absl::string_view bytes) {
     r.vector = p.vector();
     r.irq_index = static_cast<uint8_t>(p.irq_index());
     r.registration_id = p.registration_id();
+    r.owner = Owners::Get().Intern(p.owner());
+    if (r.owner == 0 && !p.owner().empty()) {
+      return absl::ResourceExhaustedError("producer.owner: owner table full");
+    }
   }
   if (stored.has_consumer()) {
     const store::v1::StoredConsumer& c = stored.consumer();
@@ -52,6 +63,10 @@ absl::StatusOr<BindingState> DecodeBinding(absl::string_view bytes) {
     r.vm = c.vm();
     r.gsi = c.gsi();
     r.registration_id = c.registration_id();
+    r.owner = Owners::Get().Intern(c.owner());
+    if (r.owner == 0 && !c.owner().empty()) {
+      return absl::ResourceExhaustedError("consumer.owner: owner table full");
+    }
   }
   state.connected = stored.connected();
   state.revision = stored.revision();

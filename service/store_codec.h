@@ -16,7 +16,8 @@ namespace irqbypass {
 std::string EncodeBinding(const BindingState& state);
 
 // DATA_LOSS when `bytes` is not a StoredBinding, or one that names a value
-// out of range (an irq index above 255); never crashes on any input.
+// out of range (an irq index above 255); never crashes on any input. Owners
+// are stored as their URIs and interned (owners.h) when read.
 absl::StatusOr<BindingState> DecodeBinding(absl::string_view bytes);
 
 std::string EncodeRequest(const RequestRecord& request);

@@ -1,11 +1,14 @@
 // irqbypassd's authorization with the real binaries and real mutual TLS on
 // loopback: every RPC by role (none, reader, orchestrator, admin, the
 // agents of nodes n1 and n2), and every way an agent of n1 could touch n2.
+#include <signal.h>
+
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "agent/agent_session.h"
+#include "client/error_detail.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
@@ -253,6 +256,54 @@ TEST_F(SecurityTest, AgentOfN1_CannotActForN2) {
   const std::string log = cluster_.manager().Log();
   EXPECT_NE(log.find("msg=\"call refused\" method=Session"), std::string::npos)
       << log;
+}
+
+// Tokens belong to the orchestrator that registered them, across a
+// restart of irqbypassd (the embedded store keeps the owner).
+TEST(SecurityOwnersTest, OtherOrchestrator_CannotUnregisterOrPair_AdminMay) {
+  Cluster cluster;
+  ASSERT_TRUE(cluster.StartManager());
+  ASSERT_TRUE(cluster.StartAgent("n1"));
+  auto client_as = [&](Role role, const std::string& name) {
+    client::ClientOptions options;
+    options.credentials = cluster.tls().Credentials(role, name);
+    return *client::Client::Create(cluster.target(), options);
+  };
+  auto x = client_as(Role::kOrchestrator, "x");
+  auto y = client_as(Role::kOrchestrator, "y");
+  auto admin = client_as(Role::kAdmin, "ops");
+  auto c = x->RegisterConsumer(MakeConsumer("vm1-q0", "n1", "vm-a", 24));
+  ASSERT_TRUE(c.ok()) << c.status();
+
+  auto expect_not_owner = [](const absl::Status& s) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+    auto detail = client::GetErrorDetail(s);
+    ASSERT_TRUE(detail.has_value());
+    EXPECT_EQ(detail->reason(), v1::ErrorDetail::NOT_OWNER);
+    EXPECT_EQ(s.message().find("orchestrator/x"), std::string::npos) << s;
+  };
+  expect_not_owner(y->UnregisterConsumer("vm1-q0", "").status());
+  expect_not_owner(
+      y->RegisterProducer(MakeProducer("vm1-q0", "n1", "0000:3b:00.1", 1))
+          .status());
+
+  // irqbypassd restarted: the owner is still known.
+  ASSERT_TRUE(cluster.manager().Signal(SIGKILL));
+  cluster.manager().Wait();
+  ASSERT_TRUE(cluster.StartManager());
+  auto y2 = client_as(Role::kOrchestrator, "y");
+  auto x2 = client_as(Role::kOrchestrator, "x");
+  auto admin2 = client_as(Role::kAdmin, "ops");
+  expect_not_owner(y2->UnregisterConsumer("vm1-q0", "").status());
+  // X pairs its own; an admin may unregister X's.
+  ASSERT_TRUE(cluster.WaitReconciles("n1", 2));
+  auto p =
+      x2->RegisterProducer(MakeProducer("vm1-q0", "n1", "0000:3b:00.1", 1));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->connected);
+  auto by_admin = admin2->UnregisterProducer("vm1-q0", "");
+  EXPECT_TRUE(by_admin.ok()) << by_admin.status();
+  EXPECT_TRUE(x2->UnregisterConsumer("vm1-q0", "").ok());
 }
 
 // The largest legitimate messages fit irqbypassd's 1 MiB limit; a larger
