@@ -646,24 +646,31 @@ int Main(int argc, char** argv) {
     if (!index.ok()) return UsageError(index.status(), *output);
   }
 
-  // Mutual TLS unless --insecure; flags first, then the environment (whose
-  // certificates do not apply to a call made --insecure).
-  const bool insecure_given = command_line->specified.count("insecure") > 0;
-  for (const auto& [flag, env] :
-       {std::pair<const char*, const char*>{"tls_cert", "IRQBYPASS_TLS_CERT"},
-        {"tls_key", "IRQBYPASS_TLS_KEY"},
-        {"tls_ca", "IRQBYPASS_TLS_CA"},
-        {"insecure", "IRQBYPASS_INSECURE"}}) {
+  // Mutual TLS unless --insecure; flags first, then the environment: the
+  // plaintext choice first, then (unless plaintext) the certificates.
+  auto from_env = [&](const char* flag, const char* env) -> absl::Status {
     const char* value = std::getenv(env);
     if (command_line->specified.count(flag) > 0 || value == nullptr ||
-        value[0] == '\0' ||
-        (insecure_given && flag != std::string("insecure"))) {
-      continue;
+        value[0] == '\0') {
+      return absl::OkStatus();
     }
     std::string error;
     if (!absl::FindCommandLineFlag(flag)->ParseFrom(value, &error)) {
-      return UsageError(
-          absl::InvalidArgumentError(absl::StrCat(env, ": ", error)), *output);
+      return absl::InvalidArgumentError(absl::StrCat(env, ": ", error));
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status s = from_env("insecure", "IRQBYPASS_INSECURE"); !s.ok()) {
+    return UsageError(s, *output);
+  }
+  if (!security::InsecureFlag()) {
+    for (const auto& [flag, env] :
+         {std::pair<const char*, const char*>{"tls_cert", "IRQBYPASS_TLS_CERT"},
+          {"tls_key", "IRQBYPASS_TLS_KEY"},
+          {"tls_ca", "IRQBYPASS_TLS_CA"}}) {
+      if (absl::Status s = from_env(flag, env); !s.ok()) {
+        return UsageError(s, *output);
+      }
     }
   }
   absl::StatusOr<security::TlsSetup> tls =

@@ -1,20 +1,31 @@
 #include "common/grpc_log.h"
 
 #include <cstring>
+#include <memory>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/log_limiter.h"
+#include "common/mutex.h"
 #include "grpc/support/log.h"
 
 namespace irqbypass {
 
 namespace {
 
-LogLimiter& Limiter() {
-  static LogLimiter* limiter = new LogLimiter(10);
+// One budget per call site (file:line): a peer that fails handshakes on
+// purpose uses up the handshake line's, never another's. Sites are few
+// (gRPC's source lines), so the map stays small.
+LogLimiter& LimiterFor(const std::string& where) {
+  static Mutex* mu = new Mutex();
+  static auto* limiters =
+      new absl::flat_hash_map<std::string, std::unique_ptr<LogLimiter>>();
+  MutexLock lock(mu);
+  auto& limiter = (*limiters)[where];
+  if (limiter == nullptr) limiter = std::make_unique<LogLimiter>(10);
   return *limiter;
 }
 
@@ -32,11 +43,17 @@ void OnGrpcLog(gpr_log_func_args* args) {
     LogDebug("grpc", {{"at", where}, {"text", text}});
     return;
   }
+  // A failed assertion is the last line before gRPC aborts: never dropped.
+  const bool assertion = absl::StartsWith(text, "assertion failed");
   uint64_t left_out = 0;
-  if (!Limiter().Allow(&left_out)) return;
-  LogWarn("grpc", {{"at", where},
-                   {"text", text},
-                   {"lines_not_logged", absl::StrCat(left_out)}});
+  if (!assertion && !LimiterFor(where).Allow(&left_out)) return;
+  // A failed handshake concerns one peer; anything else may be the
+  // process's (a certificate that no longer loads, say).
+  const bool one_peer = absl::StrContains(text, "Handshake failed") ||
+                        absl::StrContains(text, "handshake");
+  const std::string not_logged = absl::StrCat(left_out);
+  Log(one_peer ? LogLevel::kWarn : LogLevel::kError, "grpc",
+      {{"at", where}, {"text", text}, {"lines_not_logged", not_logged}});
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
 // Routes gRPC's own log lines (gpr_log, which otherwise go straight to
 // stderr in gRPC's format) into this product's log: one line each,
-// msg="grpc" with the file, line and text, at most 10 a second (a peer
-// that fails handshakes on purpose cannot flood the log). gRPC's errors are
-// level=warn (they concern one connection, not the process); a TLS client
+// msg="grpc" with the file, line and text, at most 10 a second from each
+// of gRPC's source lines (a peer that fails handshakes on purpose cannot
+// flood the log, nor hide another line); a failed assertion (gRPC then
+// aborts) always. A failed handshake is level=warn (it concerns one peer),
+// gRPC's other errors level=error; a TLS client
 // naming a server (SNI) the certificate does not carry is level=debug:
 // clients reach replicas by address, and certificates name identities,
 // not hosts. Call once, before the first gRPC object.

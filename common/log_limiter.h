@@ -6,9 +6,8 @@
 #define IRQBYPASS_COMMON_LOG_LIMITER_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
-
-#include "absl/time/clock.h"
 
 namespace irqbypass {
 
@@ -19,11 +18,19 @@ class LogLimiter {
   // Whether to log this line; if so, `*left_out` is how many lines were
   // held back since the last one logged.
   bool Allow(uint64_t* left_out) {
-    const int64_t second = absl::ToUnixSeconds(absl::Now());
+    // A monotonic second, moved only forward (a thread that read the clock
+    // just before a later one won never moves it back).
+    const int64_t second =
+        std::chrono::duration_cast<std::chrono::seconds>(
+            std::chrono::steady_clock::now().time_since_epoch())
+            .count();
     int64_t seen = second_.load(std::memory_order_relaxed);
-    if (seen != second && second_.compare_exchange_strong(
-                              seen, second, std::memory_order_relaxed)) {
-      this_second_.store(0, std::memory_order_relaxed);
+    while (seen < second) {
+      if (second_.compare_exchange_weak(seen, second,
+                                        std::memory_order_relaxed)) {
+        this_second_.store(0, std::memory_order_relaxed);
+        break;
+      }
     }
     if (this_second_.fetch_add(1, std::memory_order_relaxed) >= per_second_) {
       held_back_.fetch_add(1, std::memory_order_relaxed);

@@ -14,6 +14,7 @@
 #       a CA and what a local fleet needs: server (irqbypassd), agent-NODE
 #       for each node, orchestrator, reader and admin
 set -euo pipefail
+umask 077  # keys are the owner's only, from the first byte
 
 die() { echo "pki.sh: $*" >&2; exit 2; }
 
@@ -34,7 +35,10 @@ issue() {
   [ -f "$ca_dir/ca.pem" ] && [ -f "$ca_dir/ca.key" ] || die "no CA in $ca_dir"
   mkdir -p "$out_dir"
   local tmp
-  tmp=$(mktemp -d)
+  # Beside the files it replaces, so the renames below stay on one file
+  # system (atomic); removed whatever happens.
+  tmp=$(mktemp -d "$out_dir/.pki.XXXXXX")
+  trap 'rm -rf "${tmp:-}"; trap - RETURN' RETURN
   {
     echo "basicConstraints=critical,CA:FALSE"
     echo "keyUsage=critical,digitalSignature"
@@ -51,10 +55,14 @@ issue() {
     -set_serial "0x$(openssl rand -hex 16)" -days "$days" -extfile "$tmp/ext" \
     -out "$tmp/pem" 2>/dev/null
   chmod 600 "$tmp/key"
-  # Renamed into place: a process watching the files never reads half of one.
+  # Renamed into place: a process watching the files never reads half of
+  # one. (The key and the certificate are two renames: a process that reads
+  # between them sees a mismatched pair and keeps its old one until its next
+  # refresh. To rotate a running process's pair at once, swap a directory
+  # symlink instead, as a Kubernetes Secret volume does.)
   mv "$tmp/key" "$out_dir/$name.key"
   mv "$tmp/pem" "$out_dir/$name.pem"
-  rm -rf "$tmp"
+  chmod 644 "$out_dir/$name.pem"
 }
 
 case "${1:-}" in

@@ -47,6 +47,7 @@ bool ValidTrustDomain(absl::string_view trust_domain) {
 
 bool ValidIdentityName(absl::string_view name) {
   if (name.empty() || name.size() > 253) return false;
+  if (name == "." || name == "..") return false;  // not a SPIFFE path segment
   for (char c : name) {
     if (!(absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '-')) {
       return false;

@@ -29,7 +29,7 @@ struct Identity {
 
 // A trust domain: 1..255 characters of [a-z0-9.-_].
 bool ValidTrustDomain(absl::string_view trust_domain);
-// An identity's name: 1..253 characters of [A-Za-z0-9._-].
+// An identity's name: 1..253 characters of [A-Za-z0-9._-], not "." or "..".
 bool ValidIdentityName(absl::string_view name);
 
 // The identity `uri` names in `trust_domain`; UNAUTHENTICATED saying what

@@ -49,6 +49,9 @@ TEST(IdentityTest, TrustDomainsAndNames) {
   EXPECT_TRUE(ValidIdentityName(std::string(253, 'a')));
   EXPECT_FALSE(ValidIdentityName(std::string(254, 'a')));
   EXPECT_FALSE(ValidIdentityName("a:b"));
+  EXPECT_FALSE(ValidIdentityName("."));
+  EXPECT_FALSE(ValidIdentityName(".."));
+  EXPECT_TRUE(ValidIdentityName("..a"));
 }
 
 }  // namespace

@@ -123,14 +123,6 @@ const std::vector<Role>& ClientRoles() {
 
 }  // namespace
 
-std::vector<std::string> CertificateUris(absl::string_view pem) {
-  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  if (bio == nullptr) return {};
-  X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-  if (cert == nullptr) return {};
-  return UrisOf(cert.get());
-}
-
 absl::StatusOr<Identity> CheckOwnCertificate(const TlsOptions& options,
                                              const std::vector<Role>& roles) {
   if (!ValidTrustDomain(options.trust_domain)) {
@@ -216,21 +208,15 @@ std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(
 
 absl::StatusOr<Identity> PeerIdentity(const grpc::AuthContext& auth,
                                       absl::string_view trust_domain) {
+  if (!auth.IsPeerAuthenticated()) {
+    return absl::UnauthenticatedError(
+        "no client certificate: the connection is not mutual TLS");
+  }
+  // The verified leaf certificate's URI SANs (gRPC sets one property each).
   std::vector<std::string> uris;
   for (const grpc::string_ref& uri :
        auth.FindPropertyValues(GRPC_PEER_URI_PROPERTY_NAME)) {
     uris.emplace_back(uri.data(), uri.size());
-  }
-  if (uris.empty()) {
-    // Older peers' contexts carry only the certificate.
-    for (const grpc::string_ref& pem :
-         auth.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME)) {
-      uris = CertificateUris(absl::string_view(pem.data(), pem.size()));
-    }
-  }
-  if (uris.empty() && !auth.IsPeerAuthenticated()) {
-    return absl::UnauthenticatedError(
-        "no client certificate: the connection is not mutual TLS");
   }
   return IdentityOf(uris, trust_domain, ClientRoles());
 }

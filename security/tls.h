@@ -58,9 +58,6 @@ std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(
 absl::StatusOr<Identity> PeerIdentity(const grpc::AuthContext& auth,
                                       absl::string_view trust_domain);
 
-// The URI SANs of a PEM certificate (empty if it does not parse).
-std::vector<std::string> CertificateUris(absl::string_view pem);
-
 }  // namespace irqbypass::security
 
 #endif  // IRQBYPASS_SECURITY_TLS_H_

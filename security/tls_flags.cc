@@ -108,6 +108,8 @@ TlsSetup TlsFromFlagsOrExit(const char* program,
   return *std::move(setup);
 }
 
+bool InsecureFlag() { return absl::GetFlag(FLAGS_insecure); }
+
 bool IsTlsFlagsFile(const std::string& path) {
   return absl::EndsWith(path, "security/tls_flags.cc");
 }

@@ -30,6 +30,9 @@ absl::StatusOr<TlsSetup> TlsFromFlags(const std::vector<Role>& own_roles);
 TlsSetup TlsFromFlagsOrExit(const char* program,
                             const std::vector<Role>& own_roles);
 
+// --insecure's value now.
+bool InsecureFlag();
+
 // Whether `path` is this file (for the binaries' --help filters).
 bool IsTlsFlagsFile(const std::string& path);
 

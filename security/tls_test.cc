@@ -155,6 +155,18 @@ TEST_F(TlsTest, ClientRefusesAServerThatIsNotAServer) {
       << who.status();
 }
 
+TEST_F(TlsTest, ClientRefusesAServerOfAnotherCa) {
+  // A server identity all right, but signed by a CA the client does not
+  // trust (the server would accept the client: it trusts the client's CA).
+  server_->Shutdown();
+  TlsOptions impostor = other_ca_.For(Role::kServer, "irqbypassd");
+  impostor.ca_file = pki_.ca_file();
+  StartServer(impostor);
+  auto who = CallAs(pki_.For(Role::kOrchestrator, "o1"));
+  EXPECT_EQ(who.status().code(), absl::StatusCode::kUnavailable)
+      << who.status();
+}
+
 TEST_F(TlsTest, RotatedFiles_PickedUpWithoutARestart) {
   const TlsOptions old_client = pki_.For(Role::kOrchestrator, "o1");
   ASSERT_TRUE(CallAs(old_client).ok());

@@ -76,11 +76,19 @@ absl::StatusOr<Identity> Authorizer::Check(
   return denied;
 }
 
+LogLimiter& Authorizer::LimiterFor(absl::string_view method) const {
+  MutexLock lock(&limiters_mu_);
+  auto& limiter = limiters_[method];  // our own method names: a few
+  if (limiter == nullptr)
+    limiter = std::make_unique<LogLimiter>(kLogsPerSecond);
+  return *limiter;
+}
+
 void Authorizer::NoteDenied(absl::string_view method, const absl::Status& why,
                             absl::string_view peer) const {
   denied_.fetch_add(1, std::memory_order_relaxed);
   uint64_t left_out = 0;
-  if (!log_limiter_.Allow(&left_out)) return;
+  if (!LimiterFor(method).Allow(&left_out)) return;
   LogWarn("call refused", {{"method", std::string(method)},
                            {"code", absl::StatusCodeToString(why.code())},
                            {"peer", std::string(peer)},

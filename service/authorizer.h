@@ -10,18 +10,22 @@
 // Health and reflection take any authenticated caller. With --insecure
 // there is no identity: every caller is let through as admin "insecure"
 // and an agent stream may claim any node (what --insecure gives up).
-// Refusals are counted per method and reason, and logged at most a few
-// times a second (a flood of them cannot flood the log). Thread-safe.
+// Refusals are counted, and logged at most 10 times a second per method (a
+// flood of them cannot flood the log, nor hide another method's).
+// Thread-safe.
 #ifndef IRQBYPASS_SERVICE_AUTHORIZER_H_
 #define IRQBYPASS_SERVICE_AUTHORIZER_H_
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/log_limiter.h"
+#include "common/mutex.h"
 #include "grpcpp/server_context.h"
 #include "security/identity.h"
 
@@ -50,8 +54,8 @@ class Authorizer {
   // Refusals so far (all methods).
   uint64_t denied() const { return denied_.load(std::memory_order_relaxed); }
 
-  // Logs a refusal, at most kLogsPerSecond a second; the next line says how
-  // many were left out. Counts it.
+  // Logs a refusal, at most kLogsPerSecond a second for `method`; the next
+  // line says how many were left out. Counts it.
   void NoteDenied(absl::string_view method, const absl::Status& why,
                   absl::string_view peer) const;
   static constexpr int kLogsPerSecond = 10;
@@ -60,7 +64,12 @@ class Authorizer {
   const bool insecure_;
   const std::string trust_domain_;
   mutable std::atomic<uint64_t> denied_{0};
-  mutable LogLimiter log_limiter_{kLogsPerSecond};
+  // One budget per method (a flood of refused writes does not hide a
+  // refused agent session).
+  LogLimiter& LimiterFor(absl::string_view method) const;
+  mutable Mutex limiters_mu_;
+  mutable absl::flat_hash_map<std::string, std::unique_ptr<LogLimiter>>
+      limiters_ ABSL_GUARDED_BY(limiters_mu_);
 };
 
 }  // namespace irqbypass

@@ -64,10 +64,12 @@ ABSL_FLAG(absl::Duration, agent_command_timeout, absl::Seconds(5),
 ABSL_FLAG(absl::Duration, agent_hello_timeout, absl::Seconds(10),
           "An agent stream that has sent no hello this long after it opened "
           "is ended");
-ABSL_FLAG(absl::Duration, agent_session_max_age, absl::Hours(1),
-          "An agent session is ended this long after it began (the agent "
-          "reconnects and keeps its wiring), so a rotated or revoked "
-          "certificate takes effect within this time (0: never)");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::Hours(1),
+          "Every connection is closed this long after it opened (clients "
+          "reconnect; calls in flight get a minute to finish) and every agent "
+          "session ended (the agent reconnects and keeps its wiring), so a "
+          "rotated, expired or revoked certificate takes effect within this "
+          "time (0: never)");
 ABSL_FLAG(int, shards, 65536,
           "Number of token index shards (each: a few lock-free lists and "
           "the mutex under which same-token waiters are listed)");
@@ -250,12 +252,13 @@ int Run() {
   registry_options.authorizer = &authorizer;
   registry_options.command_timeout = timeout;
   registry_options.hello_timeout = absl::GetFlag(FLAGS_agent_hello_timeout);
-  registry_options.max_session_age = absl::GetFlag(FLAGS_agent_session_max_age);
+  registry_options.max_session_age = absl::GetFlag(FLAGS_max_connection_age);
   if (registry_options.hello_timeout <= absl::ZeroDuration() ||
-      registry_options.max_session_age < absl::ZeroDuration()) {
+      registry_options.max_session_age < absl::ZeroDuration() ||
+      registry_options.max_session_age > absl::Hours(24 * 20)) {
     return Fail(
-        "--agent_hello_timeout: must be positive; --agent_session_max_age: "
-        "0 or positive");
+        "--agent_hello_timeout: must be positive; --max_connection_age: 0 "
+        "to 480h");
   }
   registry_options.metrics = &service_metrics;
   registry_options.leadership = &leadership;
@@ -386,6 +389,13 @@ int Run() {
        "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"});
   builder.RegisterService(&reflection);
   ApplyServerOptions(builder);
+  if (const absl::Duration age = absl::GetFlag(FLAGS_max_connection_age);
+      age > absl::ZeroDuration()) {
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_MS,
+        static_cast<int>(absl::ToInt64Milliseconds(age)));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 60'000);
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::StrCat("--listen: cannot listen on ", listen));

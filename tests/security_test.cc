@@ -375,7 +375,7 @@ TEST(SecurityTimeoutsTest,
      SessionPastItsMaximumAge_EndedAndResumedKeepingWiring) {
   Cluster cluster;
   ASSERT_TRUE(
-      cluster.StartManager({"--store=memory", "--agent_session_max_age=2s"}));
+      cluster.StartManager({"--store=memory", "--max_connection_age=2s"}));
   ASSERT_TRUE(cluster.StartAgent("n1"));
   ASSERT_TRUE(cluster.client()
                   .RegisterConsumer(MakeConsumer("a1", "n1", "vm-a", 1))
