@@ -508,9 +508,30 @@ grpc::Status BypassService::DoGetNode(const v1::GetNodeRequest& request,
 grpc::ServerWriteReactor<v1::BindingEvent>* BypassService::WatchBindings(
     grpc::CallbackServerContext* context,
     const v1::WatchBindingsRequest* request) {
-  return WatchStream::Start(
-      *request, index_, watch_hub_, leadership_, progress_ticker_,
-      Authorize(*context, Access::kRead, "WatchBindings"));
+  grpc::Status refusal;
+  std::string identity = "insecure";
+  if (authorizer_ != nullptr) {
+    absl::StatusOr<security::Identity> id =
+        authorizer_->Check(*context, Access::kRead, "WatchBindings");
+    if (!id.ok()) {
+      refusal = ToGrpcStatus(id.status());
+    } else if (!authorizer_->insecure()) {
+      identity = id->uri;
+    }
+  }
+  std::unique_ptr<WatchSlots::Slot> slot;
+  if (refusal.ok() && watch_slots_ != nullptr) {
+    absl::StatusOr<std::unique_ptr<WatchSlots::Slot>> taken =
+        watch_slots_->Take(identity);
+    if (taken.ok()) {
+      slot = *std::move(taken);
+    } else {
+      refusal = ToGrpcStatus(taken.status());
+    }
+  }
+  return WatchStream::Start(*request, index_, watch_hub_, leadership_,
+                            progress_ticker_, std::move(refusal),
+                            std::move(slot));
 }
 
 absl::StatusOr<Caller> BypassService::WriteCaller(

@@ -51,16 +51,19 @@ class BypassService final : public BypassServiceBase {
   // `agents` (null: no node has an agent) answers ListNodes and GetNode
   // with the index's counts. `authorizer` checks every call's caller
   // (irqbypassd always has one; null, for in-process tests only: none).
+  // `watch_slots` (null: no limit) bounds the open WatchBindings streams.
   BypassService(Matcher& matcher, TokenIndex& index, WatchHub& watch_hub,
                 const Leadership* leadership = nullptr,
                 const AgentRegistry* agents = nullptr,
-                const Authorizer* authorizer = nullptr)
+                const Authorizer* authorizer = nullptr,
+                WatchSlots* watch_slots = nullptr)
       : matcher_(matcher),
         index_(index),
         watch_hub_(watch_hub),
         leadership_(leadership),
         agents_(agents),
-        authorizer_(authorizer) {}
+        authorizer_(authorizer),
+        watch_slots_(watch_slots) {}
 
   grpc::ServerUnaryReactor* RegisterProducer(
       grpc::CallbackServerContext* context,
@@ -139,6 +142,7 @@ class BypassService final : public BypassServiceBase {
   const Leadership* const leadership_;
   const AgentRegistry* const agents_;
   const Authorizer* const authorizer_;
+  WatchSlots* const watch_slots_;
   ProgressTicker progress_ticker_{kProgressInterval};
 };
 

@@ -47,6 +47,7 @@
 #include "service/service_metrics.h"
 #include "service/token_index.h"
 #include "service/watch_hub.h"
+#include "service/watch_slots.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "HOST:PORT for the gRPC API and the agents' streams (port 0: any "
@@ -73,6 +74,11 @@ ABSL_FLAG(absl::Duration, max_connection_age, absl::Hours(1),
 ABSL_FLAG(int, shards, 65536,
           "Number of token index shards (each: a few lock-free lists and "
           "the mutex under which same-token waiters are listed)");
+ABSL_FLAG(int, max_watches, 10000,
+          "Most WatchBindings streams open at once, in all; past it a watch "
+          "is refused RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_watches_per_identity, 100,
+          "Most WatchBindings streams one caller identity may have open");
 ABSL_FLAG(int, watch_queue, 10000,
           "Most events queued for one WatchBindings stream that is not "
           "reading; past it the stream ends RESOURCE_EXHAUSTED");
@@ -349,8 +355,14 @@ int Run() {
   }
   Matcher matcher(index, registry, &requests);
   registry.SetMatcher(&matcher);
+  if (absl::GetFlag(FLAGS_max_watches) < 1 ||
+      absl::GetFlag(FLAGS_max_watches_per_identity) < 1) {
+    return Fail("--max_watches, --max_watches_per_identity: at least 1");
+  }
+  WatchSlots watch_slots(absl::GetFlag(FLAGS_max_watches_per_identity),
+                         absl::GetFlag(FLAGS_max_watches));
   BypassService service(matcher, index, watch_hub, &leadership, &registry,
-                        &authorizer);
+                        &authorizer, &watch_slots);
 
   std::unique_ptr<MetricsEndpoint> metrics;
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);

@@ -89,9 +89,11 @@ WatchStream::WatchStream(const v1::WatchBindingsRequest& request,
 WatchStream* WatchStream::Start(const v1::WatchBindingsRequest& request,
                                 const TokenIndex& index, WatchHub& hub,
                                 const Leadership* leadership,
-                                ProgressTicker& ticker, grpc::Status refusal) {
+                                ProgressTicker& ticker, grpc::Status refusal,
+                                std::unique_ptr<WatchSlots::Slot> slot) {
   auto stream = std::make_shared<WatchStream>(request, index, hub);
   WatchStream* raw = stream.get();
+  raw->slot_ = std::move(slot);
   raw->self_ = std::move(stream);
   raw->Begin(leadership, ticker, std::move(refusal));
   return raw;

@@ -34,6 +34,7 @@
 #include "service/leadership.h"
 #include "service/token_index.h"
 #include "service/watch_hub.h"
+#include "service/watch_slots.h"
 
 namespace irqbypass {
 
@@ -71,7 +72,8 @@ class WatchStream final : public grpc::ServerWriteReactor<v1::BindingEvent> {
                             const TokenIndex& index, WatchHub& hub,
                             const Leadership* leadership,
                             ProgressTicker& ticker,
-                            grpc::Status refusal = grpc::Status::OK);
+                            grpc::Status refusal = grpc::Status::OK,
+                            std::unique_ptr<WatchSlots::Slot> slot = nullptr);
 
   void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_);
   void OnCancel() override ABSL_LOCKS_EXCLUDED(mu_);
@@ -119,6 +121,9 @@ class WatchStream final : public grpc::ServerWriteReactor<v1::BindingEvent> {
   const bool progress_notify_;
   // Keeps this alive from Start to OnDone (the hub's waker and the ticker
   // hold weak references).
+  // Its place among the open watches (null: not counted); given back
+  // when this object is freed.
+  std::unique_ptr<WatchSlots::Slot> slot_;
   std::shared_ptr<WatchStream> self_;
 
   Mutex mu_;

@@ -350,6 +350,54 @@ TEST_F(SecurityTest, MessageLimit_LegitimateOnesFit_LargerRefused) {
             absl::StatusCode::kNotFound);
 }
 
+TEST(SecurityLimitsTest, WatchesPerIdentity_Capped_OthersUnaffected) {
+  Cluster cluster;
+  ASSERT_TRUE(
+      cluster.StartManager({"--store=memory", "--max_watches_per_identity=2"}));
+  auto open_watch = [&](std::shared_ptr<grpc::ChannelCredentials> creds,
+                        grpc::ClientContext* ctx) {
+    auto stub = v1::BypassManager::NewStub(
+        grpc::CreateChannel(cluster.target(), creds));
+    v1::WatchBindingsRequest req;
+    req.set_include_existing(true);
+    auto watch = stub->WatchBindings(ctx, req);
+    v1::BindingEvent event;
+    const bool live = watch->Read(&event);  // SYNCED, if admitted
+    grpc::Status status = grpc::Status::OK;
+    if (!live) status = watch->Finish();
+    return std::make_pair(std::move(watch), status);
+  };
+  const auto reader = cluster.tls().Credentials(Role::kReader, "r1");
+  grpc::ClientContext c1, c2, c3, c4;
+  auto w1 = open_watch(reader, &c1);
+  auto w2 = open_watch(reader, &c2);
+  ASSERT_TRUE(w1.second.ok() && w2.second.ok());
+  auto w3 = open_watch(reader, &c3);
+  EXPECT_EQ(w3.second.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(w3.second.error_message().find("--max_watches_per_identity"),
+            std::string::npos)
+      << w3.second.error_message();
+  // Another identity is not held back by the first one's watches.
+  auto other = open_watch(cluster.tls().Credentials(Role::kReader, "r2"), &c4);
+  EXPECT_TRUE(other.second.ok()) << other.second.error_message();
+  // One of r1's ends: r1 may watch again.
+  c1.TryCancel();
+  w1.first->Finish().IgnoreError();
+  EXPECT_TRUE(Eventually([&] {
+    grpc::ClientContext again;
+    auto w = open_watch(reader, &again);
+    const bool ok = w.second.ok();
+    if (ok) {
+      again.TryCancel();
+      w.first->Finish().IgnoreError();
+    }
+    return ok;
+  }));
+  for (grpc::ClientContext* c : {&c2, &c4}) c->TryCancel();
+  w2.first->Finish().IgnoreError();
+  other.first->Finish().IgnoreError();
+}
+
 TEST(SecurityTimeoutsTest, StreamWithoutHello_Ended) {
   Cluster cluster;
   ASSERT_TRUE(

@@ -55,7 +55,9 @@ void RegisterProducers(
 
 TEST(WatchStreamTest, IdleWatchers_HoldNoManagerThread_AndAllSeeAnEvent) {
   Cluster cluster;
-  ASSERT_TRUE(cluster.StartManager({"--store=memory"}));
+  // (All 200 as one identity, the test client: above the default 100.)
+  ASSERT_TRUE(cluster.StartManager(
+      {"--store=memory", "--max_watches_per_identity=1000"}));
   const pid_t pid = cluster.manager().pid();
   // Let the process settle (the first calls start gRPC's own threads).
   ASSERT_TRUE(cluster.client().GetBinding("warm-up").status().code() ==
