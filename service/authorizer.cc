@@ -1,5 +1,7 @@
 #include "service/authorizer.h"
 
+#include <algorithm>
+#include <chrono>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -41,8 +43,30 @@ absl::string_view Needs(Access access) {
 
 }  // namespace
 
-Authorizer::Authorizer(bool insecure, std::string trust_domain)
-    : insecure_(insecure), trust_domain_(std::move(trust_domain)) {}
+Authorizer::Authorizer(bool insecure, std::string trust_domain,
+                       double rate_per_second)
+    : insecure_(insecure),
+      trust_domain_(std::move(trust_domain)),
+      rate_(rate_per_second) {}
+
+bool Authorizer::TakeRate(const std::string& identity) const {
+  if (rate_ <= 0) return true;
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  MutexLock lock(&rate_mu_);
+  auto [it, fresh] = buckets_.try_emplace(identity);
+  Bucket& b = it->second;
+  if (fresh) {
+    b.tokens = rate_;  // a full second's worth to start with
+  } else {
+    b.tokens = std::min(rate_, b.tokens + (now - b.at_ns) * 1e-9 * rate_);
+  }
+  b.at_ns = now;
+  if (b.tokens < 1) return false;
+  b.tokens -= 1;
+  return true;
+}
 
 absl::StatusOr<Identity> Authorizer::Caller(
     const grpc::ServerContextBase& context) const {
@@ -67,8 +91,15 @@ absl::StatusOr<Identity> Authorizer::Check(
     NoteDenied(method, id.status(), context.peer());
     return id;
   }
-  if (insecure_ && access != Access::kAgent) return id;
-  if (insecure_ || Allowed(access, id->role)) return id;
+  if (insecure_) return id;  // (no identity: no per-identity limit)
+  if (Allowed(access, id->role)) {
+    if (TakeRate(id->uri)) return id;
+    absl::Status limited = absl::ResourceExhaustedError(absl::StrCat(
+        method, ": the caller \"", id->uri, "\" started more than ", rate_,
+        " calls a second (--rate_limit_per_identity); slow down"));
+    NoteDenied(method, limited, context.peer());
+    return limited;
+  }
   absl::Status denied = absl::PermissionDeniedError(
       absl::StrCat(method, " takes the role ", Needs(access), "; the caller \"",
                    id->uri, "\" is ", security::RoleName(id->role)));

@@ -35,8 +35,11 @@ enum class Access { kRead, kWrite, kAgent };
 
 class Authorizer {
  public:
-  // `insecure`: plaintext, no identities (see above).
-  Authorizer(bool insecure, std::string trust_domain);
+  // `insecure`: plaintext, no identities (see above). `rate_per_second`
+  // (0: no limit): the calls one identity may start a second, with bursts
+  // of up to a second's worth; past it a call is RESOURCE_EXHAUSTED.
+  Authorizer(bool insecure, std::string trust_domain,
+             double rate_per_second = 0);
 
   // The caller's identity if it may make a call of `access` to `method`
   // ("GetBinding"); UNAUTHENTICATED (no identity) or PERMISSION_DENIED
@@ -61,8 +64,19 @@ class Authorizer {
   static constexpr int kLogsPerSecond = 10;
 
  private:
+  // Whether `identity` may start another call now (token bucket).
+  bool TakeRate(const std::string& identity) const;
+
   const bool insecure_;
   const std::string trust_domain_;
+  const double rate_;
+  struct Bucket {
+    double tokens = 0;
+    int64_t at_ns = 0;
+  };
+  mutable Mutex rate_mu_;
+  mutable absl::flat_hash_map<std::string, Bucket> buckets_
+      ABSL_GUARDED_BY(rate_mu_);
   mutable std::atomic<uint64_t> denied_{0};
   // One budget per method (a flood of refused writes does not hide a
   // refused agent session).

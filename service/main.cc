@@ -74,6 +74,10 @@ ABSL_FLAG(absl::Duration, max_connection_age, absl::Hours(1),
 ABSL_FLAG(int, shards, 65536,
           "Number of token index shards (each: a few lock-free lists and "
           "the mutex under which same-token waiters are listed)");
+ABSL_FLAG(double, rate_limit_per_identity, 20000,
+          "Calls one caller identity may start a second (bursts of up to a "
+          "second's worth); past it a call is RESOURCE_EXHAUSTED (0: no "
+          "limit; with --insecure there are no identities, so none)");
 ABSL_FLAG(int, max_watches, 10000,
           "Most WatchBindings streams open at once, in all; past it a watch "
           "is refused RESOURCE_EXHAUSTED");
@@ -165,7 +169,11 @@ int Run() {
   // Mutual TLS (or --insecure): every call's caller is checked.
   const security::TlsSetup tls =
       security::TlsFromFlagsOrExit("irqbypassd", {security::Role::kServer});
-  Authorizer authorizer(tls.insecure, tls.options.trust_domain);
+  if (absl::GetFlag(FLAGS_rate_limit_per_identity) < 0) {
+    return Fail("--rate_limit_per_identity: 0 (off) or more");
+  }
+  Authorizer authorizer(tls.insecure, tls.options.trust_domain,
+                        absl::GetFlag(FLAGS_rate_limit_per_identity));
 
   // Block the signals we wait for before any thread starts.
   sigset_t signals;

@@ -398,6 +398,41 @@ TEST(SecurityLimitsTest, WatchesPerIdentity_Capped_OthersUnaffected) {
   other.first->Finish().IgnoreError();
 }
 
+TEST(SecurityLimitsTest, RatePerIdentity_Limited_OthersUnaffected) {
+  Cluster cluster;
+  ASSERT_TRUE(
+      cluster.StartManager({"--store=memory", "--rate_limit_per_identity=20"}));
+  auto stub = v1::BypassManager::NewStub(grpc::CreateChannel(
+      cluster.target(), cluster.tls().Credentials(Role::kReader, "busy")));
+  v1::GetBindingRequest get;
+  get.set_token("t");
+  int allowed = 0, limited = 0;
+  std::string message;
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < 200; ++i) {
+    const grpc::Status s = Call(*stub, &Stub::GetBinding, get);
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++limited;
+      message = s.error_message();
+    } else {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+      ++allowed;
+    }
+  }
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  // A second's worth at once, then 20 a second.
+  EXPECT_LE(allowed, 20 + static_cast<int>(seconds * 20) + 1)
+      << allowed << " in " << seconds << " s";
+  EXPECT_GT(limited, 0);
+  EXPECT_NE(message.find("--rate_limit_per_identity"), std::string::npos)
+      << message;
+  // Another identity gets its own budget.
+  auto other = v1::BypassManager::NewStub(grpc::CreateChannel(
+      cluster.target(), cluster.tls().Credentials(Role::kReader, "calm")));
+  EXPECT_EQ(Call(*other, &Stub::GetBinding, get).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
 TEST(SecurityTimeoutsTest, StreamWithoutHello_Ended) {
   Cluster cluster;
   ASSERT_TRUE(
