@@ -679,7 +679,7 @@ class AgentRegistry::SessionReactor final
                        "\") is for node \"", identity_->name, "\""));
       registry_.options_.authorizer->NoteDenied(
           "Session", absl::PermissionDeniedError(denied.error_message()),
-          context_->peer());
+          context_->peer(), &*identity_);
       return denied;
     }
     wired_.reserve(hello.wired_size());

@@ -97,13 +97,13 @@ absl::StatusOr<Identity> Authorizer::Check(
     absl::Status limited = absl::ResourceExhaustedError(absl::StrCat(
         method, ": the caller \"", id->uri, "\" started more than ", rate_,
         " calls a second (--rate_limit_per_identity); slow down"));
-    NoteDenied(method, limited, context.peer());
+    NoteDenied(method, limited, context.peer(), &*id);
     return limited;
   }
   absl::Status denied = absl::PermissionDeniedError(
       absl::StrCat(method, " takes the role ", Needs(access), "; the caller \"",
                    id->uri, "\" is ", security::RoleName(id->role)));
-  NoteDenied(method, denied, context.peer());
+  NoteDenied(method, denied, context.peer(), &*id);
   return denied;
 }
 
@@ -116,10 +116,23 @@ LogLimiter& Authorizer::LimiterFor(absl::string_view method) const {
 }
 
 void Authorizer::NoteDenied(absl::string_view method, const absl::Status& why,
-                            absl::string_view peer) const {
+                            absl::string_view peer,
+                            const security::Identity* who) const {
   denied_.fetch_add(1, std::memory_order_relaxed);
   uint64_t left_out = 0;
   if (!LimiterFor(method).Allow(&left_out)) return;
+  if (audit_ != nullptr) {
+    AuditEntry entry;
+    if (who != nullptr) {
+      entry.identity = who->uri;
+      entry.role = security::RoleName(who->role);
+    }
+    entry.method = method;
+    entry.denied = true;
+    entry.code = why.code();
+    entry.peer = peer;
+    audit_->Write(entry);
+  }
   LogWarn("call refused", {{"method", std::string(method)},
                            {"code", absl::StatusCodeToString(why.code())},
                            {"peer", std::string(peer)},

@@ -28,6 +28,7 @@
 #include "common/mutex.h"
 #include "grpcpp/server_context.h"
 #include "security/identity.h"
+#include "service/audit_log.h"
 
 namespace irqbypass {
 
@@ -59,8 +60,13 @@ class Authorizer {
 
   // Logs a refusal, at most kLogsPerSecond a second for `method`; the next
   // line says how many were left out. Counts it.
+  // `who`: the caller, if it has an identity. Also an audit line, when
+  // there is an audit log (SetAuditLog).
   void NoteDenied(absl::string_view method, const absl::Status& why,
-                  absl::string_view peer) const;
+                  absl::string_view peer,
+                  const security::Identity* who = nullptr) const;
+  // Refusals also go to `audit` (may be null); set before serving.
+  void SetAuditLog(const AuditLog* audit) { audit_ = audit; }
   static constexpr int kLogsPerSecond = 10;
 
  private:
@@ -70,6 +76,7 @@ class Authorizer {
   const bool insecure_;
   const std::string trust_domain_;
   const double rate_;
+  const AuditLog* audit_ = nullptr;
   struct Bucket {
     double tokens = 0;
     int64_t at_ns = 0;

@@ -114,6 +114,28 @@ const std::string& TokenOf(const v1::RegisterConsumerRequest& r) {
   return r.consumer().token();
 }
 
+// What an audit line names of a request.
+std::string AuditToken(const v1::RegisterProducerRequest& r) {
+  return r.producer().token();
+}
+std::string AuditToken(const v1::RegisterConsumerRequest& r) {
+  return r.consumer().token();
+}
+std::string AuditToken(const v1::UnregisterProducerRequest& r) {
+  return r.token();
+}
+std::string AuditToken(const v1::UnregisterConsumerRequest& r) {
+  return r.token();
+}
+std::string AuditNode(const v1::RegisterProducerRequest& r) {
+  return r.producer().node();
+}
+std::string AuditNode(const v1::RegisterConsumerRequest& r) {
+  return r.consumer().node();
+}
+std::string AuditNode(const v1::UnregisterProducerRequest&) { return ""; }
+std::string AuditNode(const v1::UnregisterConsumerRequest&) { return ""; }
+
 // The field a Batch item's request sits in.
 const char* OpField(v1::BatchItem::OpCase op) {
   switch (op) {
@@ -202,7 +224,8 @@ template <typename Request, typename Response>
 grpc::ServerUnaryReactor* BypassService::Unary(
     grpc::CallbackServerContext* context, const Request* request,
     Response* response, absl::string_view method) {
-  absl::StatusOr<Caller> caller = WriteCaller(*context, method);
+  security::Identity who;
+  absl::StatusOr<Caller> caller = WriteCaller(*context, method, &who);
   if (!caller.ok()) return FinishInline(context, ToGrpcStatus(caller.status()));
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) {
@@ -210,9 +233,10 @@ grpc::ServerUnaryReactor* BypassService::Unary(
     }
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  ItemDone done = [reactor](absl::Status s) {
-    reactor->Finish(ToGrpcStatus(s));
-  };
+  ItemDone done =
+      Audited([reactor](absl::Status s) { reactor->Finish(ToGrpcStatus(s)); },
+              who, std::string(method), AuditToken(*request),
+              AuditNode(*request), context->peer());
   if constexpr (std::is_same_v<Request, v1::RegisterProducerRequest> ||
                 std::is_same_v<Request, v1::RegisterConsumerRequest>) {
     StartRegister(*request, response, *caller, std::move(done));
@@ -253,8 +277,10 @@ grpc::ServerUnaryReactor* BypassService::UnregisterConsumer(
 grpc::ServerUnaryReactor* BypassService::Batch(
     grpc::CallbackServerContext* context, const v1::BatchRequest* request,
     v1::BatchResponse* response) {
-  absl::StatusOr<Caller> caller = WriteCaller(*context, "Batch");
+  security::Identity who;
+  absl::StatusOr<Caller> caller = WriteCaller(*context, "Batch", &who);
   if (!caller.ok()) return FinishInline(context, ToGrpcStatus(caller.status()));
+  const std::string peer = audit_ != nullptr ? context->peer() : "";
   if (leadership_ != nullptr) {
     if (absl::Status s = leadership_->Check(); !s.ok()) {
       return FinishInline(context, ToGrpcStatus(s));
@@ -286,10 +312,34 @@ grpc::ServerUnaryReactor* BypassService::Batch(
   for (int i = 0; i < n; ++i) {
     const v1::BatchItem& item = request->items(i);
     v1::BatchResult* result = response->mutable_results(i);
-    auto done = [result, end_one, i, op = item.op_case()](absl::Status s) {
+    ItemDone done = [result, end_one, i, op = item.op_case()](absl::Status s) {
       ToRpcStatus(InItem(std::move(s), i, op), result->mutable_status());
       end_one();
     };
+    if (audit_ != nullptr) {
+      std::string token, node;
+      switch (item.op_case()) {
+        case v1::BatchItem::kRegisterProducer:
+          token = AuditToken(item.register_producer());
+          node = AuditNode(item.register_producer());
+          break;
+        case v1::BatchItem::kRegisterConsumer:
+          token = AuditToken(item.register_consumer());
+          node = AuditNode(item.register_consumer());
+          break;
+        case v1::BatchItem::kUnregisterProducer:
+          token = item.unregister_producer().token();
+          break;
+        case v1::BatchItem::kUnregisterConsumer:
+          token = item.unregister_consumer().token();
+          break;
+        case v1::BatchItem::OP_NOT_SET:
+          break;
+      }
+      done = Audited(std::move(done), who,
+                     absl::StrCat("Batch[", i, "]", OpField(item.op_case())),
+                     std::move(token), std::move(node), peer);
+    }
     switch (item.op_case()) {
       case v1::BatchItem::kRegisterProducer:
         StartRegister(item.register_producer(),
@@ -312,10 +362,11 @@ grpc::ServerUnaryReactor* BypassService::Batch(
                         std::move(done));
         break;
       case v1::BatchItem::OP_NOT_SET:
-        done(InvalidField("op",
-                          "op: one of register_producer, register_consumer, "
-                          "unregister_producer, unregister_consumer is "
-                          "required"));
+        std::move(done)(
+            InvalidField("op",
+                         "op: one of register_producer, register_consumer, "
+                         "unregister_producer, unregister_consumer is "
+                         "required"));
         break;
     }
   }
@@ -535,14 +586,15 @@ grpc::ServerWriteReactor<v1::BindingEvent>* BypassService::WatchBindings(
 }
 
 absl::StatusOr<Caller> BypassService::WriteCaller(
-    const grpc::CallbackServerContext& context,
-    absl::string_view method) const {
+    const grpc::CallbackServerContext& context, absl::string_view method,
+    security::Identity* who) const {
   Caller caller;  // no authorizer (in-process tests): unrestricted
   if (authorizer_ == nullptr) return caller;
   absl::StatusOr<security::Identity> id =
       authorizer_->Check(context, Access::kWrite, method);
   if (!id.ok()) return id.status();
   if (authorizer_->insecure()) return caller;
+  *who = *id;
   caller.admin = id->role == security::Role::kAdmin;
   caller.owner = Owners::Get().Intern(id->uri);
   if (caller.owner == 0) {
@@ -551,6 +603,29 @@ absl::StatusOr<Caller> BypassService::WriteCaller(
         " distinct identities have registered; this one cannot be recorded"));
   }
   return caller;
+}
+
+BypassService::ItemDone BypassService::Audited(
+    ItemDone done, const security::Identity& who, std::string method,
+    std::string token, std::string node, std::string peer) const {
+  if (audit_ == nullptr) return done;
+  return [audit = audit_, identity = who.uri,
+          role = who.uri.empty() ? std::string()
+                                 : std::string(security::RoleName(who.role)),
+          method = std::move(method), token = std::move(token),
+          node = std::move(node), peer = std::move(peer),
+          done = std::move(done)](absl::Status s) mutable {
+    AuditEntry entry;
+    entry.identity = identity;
+    entry.role = role;
+    entry.method = method;
+    entry.token = token;
+    entry.node = node;
+    entry.code = s.code();
+    entry.peer = peer;
+    audit->Write(entry);
+    std::move(done)(std::move(s));
+  };
 }
 
 grpc::Status BypassService::Authorize(

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
 #include "service/agent_registry.h"
+#include "service/audit_log.h"
 #include "service/authorizer.h"
 #include "service/leadership.h"
 #include "service/matcher.h"
@@ -101,6 +102,10 @@ class BypassService final : public BypassServiceBase {
                                   const v1::BatchRequest* request,
                                   v1::BatchResponse* response) override;
 
+  // Every mutation also writes an audit line to `audit` (may be null); set
+  // before serving.
+  void SetAuditLog(const AuditLog* audit) { audit_ = audit; }
+
   // Most items in one Batch call.
   static constexpr int kMaxBatchItems = 4096;
   // How often a progress_notify watcher is considered for a PROGRESS event.
@@ -130,9 +135,16 @@ class BypassService final : public BypassServiceBase {
   // refusal to answer with.
   grpc::Status Authorize(const grpc::CallbackServerContext& context,
                          Access access, absl::string_view method) const;
-  // For a mutating call: the caller (its owner interned), or the refusal.
+  // For a mutating call: the caller (its owner interned), or the refusal;
+  // `who` gets its identity (unset with --insecure).
   absl::StatusOr<Caller> WriteCaller(const grpc::CallbackServerContext& context,
-                                     absl::string_view method) const;
+                                     absl::string_view method,
+                                     security::Identity* who) const;
+  // `done`, writing an audit line with its outcome first (or `done`
+  // itself, without an audit log).
+  ItemDone Audited(ItemDone done, const security::Identity& who,
+                   std::string method, std::string token, std::string node,
+                   std::string peer) const;
   grpc::Status DoListNodes(v1::ListNodesResponse* response);
   grpc::Status DoGetNode(const v1::GetNodeRequest& request, v1::Node* response);
 
@@ -143,6 +155,7 @@ class BypassService final : public BypassServiceBase {
   const AgentRegistry* const agents_;
   const Authorizer* const authorizer_;
   WatchSlots* const watch_slots_;
+  const AuditLog* audit_ = nullptr;
   ProgressTicker progress_ticker_{kProgressInterval};
 };
 

@@ -31,6 +31,7 @@
 #include "security/tls.h"
 #include "security/tls_flags.h"
 #include "service/agent_registry.h"
+#include "service/audit_log.h"
 #include "service/authorizer.h"
 #include "service/bypass_service.h"
 #include "service/etcd_election.h"
@@ -74,6 +75,9 @@ ABSL_FLAG(absl::Duration, max_connection_age, absl::Hours(1),
 ABSL_FLAG(int, shards, 65536,
           "Number of token index shards (each: a few lock-free lists and "
           "the mutex under which same-token waiters are listed)");
+ABSL_FLAG(std::string, audit_log, "",
+          "File that gets one JSON line per mutation and per refused call "
+          "(README: Security, audit log); - for standard error; empty: none");
 ABSL_FLAG(double, rate_limit_per_identity, 20000,
           "Calls one caller identity may start a second (bursts of up to a "
           "second's worth); past it a call is RESOURCE_EXHAUSTED (0: no "
@@ -174,6 +178,15 @@ int Run() {
   }
   Authorizer authorizer(tls.insecure, tls.options.trust_domain,
                         absl::GetFlag(FLAGS_rate_limit_per_identity));
+  std::unique_ptr<AuditLog> audit;
+  if (const std::string path = absl::GetFlag(FLAGS_audit_log); !path.empty()) {
+    absl::StatusOr<std::unique_ptr<AuditLog>> opened = AuditLog::Open(path);
+    if (!opened.ok()) {
+      return Fail(absl::StrCat("--audit_log: ", opened.status().message()));
+    }
+    audit = *std::move(opened);
+    authorizer.SetAuditLog(audit.get());
+  }
 
   // Block the signals we wait for before any thread starts.
   sigset_t signals;
@@ -371,6 +384,7 @@ int Run() {
                          absl::GetFlag(FLAGS_max_watches));
   BypassService service(matcher, index, watch_hub, &leadership, &registry,
                         &authorizer, &watch_slots);
+  service.SetAuditLog(audit.get());
 
   std::unique_ptr<MetricsEndpoint> metrics;
   const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);

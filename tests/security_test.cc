@@ -3,10 +3,12 @@
 // agents of nodes n1 and n2), and every way an agent of n1 could touch n2.
 #include <signal.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
 #include "agent/agent_session.h"
 #include "client/error_detail.h"
 #include "grpcpp/grpcpp.h"
@@ -431,6 +433,73 @@ TEST(SecurityLimitsTest, RatePerIdentity_Limited_OthersUnaffected) {
       cluster.target(), cluster.tls().Credentials(Role::kReader, "calm")));
   EXPECT_EQ(Call(*other, &Stub::GetBinding, get).error_code(),
             grpc::StatusCode::NOT_FOUND);
+}
+
+TEST(SecurityAuditTest, OneLinePerMutationAndPerDenial_NoneForReads) {
+  Cluster cluster;
+  const std::string audit = cluster.dir() + "/audit.jsonl";
+  ASSERT_TRUE(cluster.StartManager({"--store=memory", "--audit_log=" + audit}));
+  ASSERT_TRUE(cluster.StartAgent("n1"));
+  ASSERT_TRUE(cluster.client()
+                  .RegisterConsumer(MakeConsumer("a1", "n1", "vm-a", 1))
+                  .ok());
+  ASSERT_TRUE(cluster.client()
+                  .RegisterProducer(MakeProducer("a1", "n1", "0000:3b:00.1", 1))
+                  .ok());
+  EXPECT_EQ(cluster.client().UnregisterProducer("a2", "").status().code(),
+            absl::StatusCode::kNotFound);  // a mutation that failed: audited
+  v1::BatchRequest batch;
+  *batch.add_items()->mutable_register_consumer()->mutable_consumer() =
+      MakeConsumer("b1", "n1", "vm-b", 2);
+  batch.add_items()->mutable_unregister_consumer()->set_token("a1");
+  ASSERT_TRUE(cluster.client().Batch(batch).ok());
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(cluster.client().GetBinding("a1").ok());  // reads: none
+  }
+  auto reader = v1::BypassManager::NewStub(grpc::CreateChannel(
+      cluster.target(), cluster.tls().Credentials(Role::kReader, "r1")));
+  v1::UnregisterProducerRequest refused;
+  refused.set_token("a1");
+  EXPECT_EQ(Call(*reader, &Stub::UnregisterProducer, refused).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+
+  std::vector<std::string> lines;
+  EXPECT_TRUE(Eventually([&] {
+    lines = absl::StrSplit(ReadFile(audit), '\n', absl::SkipEmpty());
+    return lines.size() >= 6;
+  })) << ReadFile(audit);
+  ASSERT_EQ(lines.size(), 6u) << ReadFile(audit);
+  const std::string tests =
+      "\"identity\":\"spiffe://irqbypass.test/irqbypass/orchestrator/tests\","
+      "\"role\":\"orchestrator\",";
+  const std::vector<std::string> want = {
+      tests +
+          "\"method\":\"RegisterConsumer\",\"token\":\"a1\",\"node\":"
+          "\"n1\",\"decision\":\"allowed\",\"code\":\"OK\"",
+      tests +
+          "\"method\":\"RegisterProducer\",\"token\":\"a1\",\"node\":"
+          "\"n1\",\"decision\":\"allowed\",\"code\":\"OK\"",
+      tests +
+          "\"method\":\"UnregisterProducer\",\"token\":\"a2\",\"node\":"
+          "\"\",\"decision\":\"allowed\",\"code\":\"NOT_FOUND\"",
+      tests + "\"method\":\"Batch[0].register_consumer\",\"token\":\"b1\"",
+      tests + "\"method\":\"Batch[1].unregister_consumer\",\"token\":\"a1\"",
+      "\"identity\":\"spiffe://irqbypass.test/irqbypass/reader/r1\",\"role\":"
+      "\"reader\",\"method\":\"UnregisterProducer\",\"token\":\"\",\"node\":"
+      "\"\",\"decision\":\"denied\",\"code\":\"PERMISSION_DENIED\"",
+  };
+  // (Batch items end in any order.)
+  for (const std::string& w : want) {
+    EXPECT_EQ(std::count_if(lines.begin(), lines.end(),
+                            [&](const std::string& l) {
+                              return l.find(w) != std::string::npos &&
+                                     l.find("\"peer\":\"ipv4:127.0.0.1:") !=
+                                         std::string::npos;
+                            }),
+              1)
+        << w << "\n"
+        << ReadFile(audit);
+  }
 }
 
 TEST(SecurityTimeoutsTest, StreamWithoutHello_Ended) {
