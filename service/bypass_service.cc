@@ -561,6 +561,7 @@ grpc::ServerWriteReactor<v1::BindingEvent>* BypassService::WatchBindings(
     const v1::WatchBindingsRequest* request) {
   grpc::Status refusal;
   std::string identity = "insecure";
+  std::optional<security::Identity> who;
   if (authorizer_ != nullptr) {
     absl::StatusOr<security::Identity> id =
         authorizer_->Check(*context, Access::kRead, "WatchBindings");
@@ -568,6 +569,7 @@ grpc::ServerWriteReactor<v1::BindingEvent>* BypassService::WatchBindings(
       refusal = ToGrpcStatus(id.status());
     } else if (!authorizer_->insecure()) {
       identity = id->uri;
+      who = *std::move(id);
     }
   }
   std::unique_ptr<WatchSlots::Slot> slot;
@@ -578,6 +580,10 @@ grpc::ServerWriteReactor<v1::BindingEvent>* BypassService::WatchBindings(
       slot = *std::move(taken);
     } else {
       refusal = ToGrpcStatus(taken.status());
+      if (authorizer_ != nullptr) {
+        authorizer_->NoteDenied("WatchBindings", taken.status(),
+                                context->peer(), who ? &*who : nullptr);
+      }
     }
   }
   return WatchStream::Start(*request, index_, watch_hub_, leadership_,

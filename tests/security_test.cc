@@ -354,8 +354,10 @@ TEST_F(SecurityTest, MessageLimit_LegitimateOnesFit_LargerRefused) {
 
 TEST(SecurityLimitsTest, WatchesPerIdentity_Capped_OthersUnaffected) {
   Cluster cluster;
+  const std::string audit = cluster.dir() + "/audit.jsonl";
   ASSERT_TRUE(
-      cluster.StartManager({"--store=memory", "--max_watches_per_identity=2"}));
+      cluster.StartManager({"--store=memory", "--max_watches_per_identity=2",
+                            "--audit_log=" + audit}));
   auto open_watch = [&](std::shared_ptr<grpc::ChannelCredentials> creds,
                         grpc::ClientContext* ctx) {
     auto stub = v1::BypassManager::NewStub(
@@ -379,6 +381,12 @@ TEST(SecurityLimitsTest, WatchesPerIdentity_Capped_OthersUnaffected) {
   EXPECT_NE(w3.second.error_message().find("--max_watches_per_identity"),
             std::string::npos)
       << w3.second.error_message();
+  EXPECT_TRUE(Eventually([&] {
+    return ReadFile(audit).find(
+               "\"role\":\"reader\",\"method\":\"WatchBindings\",\"token\":"
+               "\"\",\"node\":\"\",\"decision\":\"denied\",\"code\":"
+               "\"RESOURCE_EXHAUSTED\"") != std::string::npos;
+  })) << ReadFile(audit);
   // Another identity is not held back by the first one's watches.
   auto other = open_watch(cluster.tls().Credentials(Role::kReader, "r2"), &c4);
   EXPECT_TRUE(other.second.ok()) << other.second.error_message();
