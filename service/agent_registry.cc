@@ -312,6 +312,9 @@ struct AgentRegistry::InFlight : AgentDispatcher::Pending {
   // time, so this one's deadline counts from when it is waited for (the
   // previous one's ack), not from when it was queued.
   bool pipelined = false;
+  // A connect not sent: the node already had max_backlog commands waiting
+  // for its agent (its outcome: RESOURCE_EXHAUSTED).
+  bool backlog_full = false;
 };
 
 // Routes a reconciliation's commands to the session whose hello it is
@@ -940,6 +943,14 @@ void AgentRegistry::StartThen(const std::shared_ptr<AgentSession>& session,
     std::move(then)(*flight);
     return;
   }
+  // A connect is refused when the node's agent is that far behind (a
+  // disconnect never is: it must reach the agent).
+  if (kind == v1::Command::CONNECT && options_.max_backlog > 0 &&
+      session->InFlight() >= options_.max_backlog) {
+    flight->backlog_full = true;
+    std::move(then)(*flight);
+    return;
+  }
   // The slot owns the flight and the continuation until one of the ack,
   // the session's end or the deadline runs it (which breaks the cycle
   // flight -> slot -> continuation -> flight).
@@ -1039,6 +1050,13 @@ absl::StatusOr<v1::CommandAck> AgentRegistry::AckOf(InFlight& flight) {
     return error(absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,
                  absl::StrCat("no agent connected (and reconciled) for node \"",
                               node, "\""));
+  }
+  if (flight.backlog_full) {
+    return error(
+        absl::StatusCode::kResourceExhausted, ErrorReason::kAgentUnavailable,
+        absl::StrCat("node \"", node, "\" has ", options_.max_backlog,
+                     " commands waiting for its agent (--agent_backlog); "
+                     "nothing was changed; retry later"));
   }
   if (flight.pending == nullptr) {
     return error(absl::StatusCode::kUnavailable, ErrorReason::kAgentUnavailable,

@@ -70,6 +70,10 @@ class AgentRegistry final : public AgentDispatcher,
     // rotated or revoked certificate takes effect within this time. Zero:
     // never.
     absl::Duration max_session_age = absl::Hours(1);
+    // Most commands one node's session may have waiting for acks; a
+    // connect past it is refused RESOURCE_EXHAUSTED (disconnects always
+    // go). Zero: no limit.
+    size_t max_backlog = 10000;
   };
 
   explicit AgentRegistry(Options options);

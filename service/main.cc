@@ -63,6 +63,10 @@ ABSL_FLAG(std::string, port_file, "",
           "If set, write the bound gRPC port to this file once serving");
 ABSL_FLAG(absl::Duration, agent_command_timeout, absl::Seconds(5),
           "How long a connect/disconnect waits for the agent's ack");
+ABSL_FLAG(int, agent_backlog, 10000,
+          "Most commands one node may have waiting for its agent's acks; a "
+          "registration whose connect would go past it is refused "
+          "RESOURCE_EXHAUSTED, nothing changed (0: no limit)");
 ABSL_FLAG(absl::Duration, agent_hello_timeout, absl::Seconds(10),
           "An agent stream that has sent no hello this long after it opened "
           "is ended");
@@ -279,6 +283,11 @@ int Run() {
   registry_options.authorizer = &authorizer;
   registry_options.command_timeout = timeout;
   registry_options.hello_timeout = absl::GetFlag(FLAGS_agent_hello_timeout);
+  if (absl::GetFlag(FLAGS_agent_backlog) < 0) {
+    return Fail("--agent_backlog: 0 (no limit) or more");
+  }
+  registry_options.max_backlog =
+      static_cast<size_t>(absl::GetFlag(FLAGS_agent_backlog));
   registry_options.max_session_age = absl::GetFlag(FLAGS_max_connection_age);
   if (registry_options.hello_timeout <= absl::ZeroDuration() ||
       registry_options.max_session_age < absl::ZeroDuration() ||

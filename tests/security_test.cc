@@ -510,6 +510,45 @@ TEST(SecurityAuditTest, OneLinePerMutationAndPerDenial_NoneForReads) {
   }
 }
 
+TEST(SecurityLimitsTest, CommandBacklogPerNode_ConnectsPastItRefused) {
+  Cluster cluster;
+  ASSERT_TRUE(cluster.StartManager({"--store=memory", "--agent_backlog=2"}));
+  ASSERT_TRUE(cluster.StartAgent("n1", {"--sim_step_delay_ms=1000"}));
+  v1::BatchRequest consumers, producers;
+  for (int i = 0; i < 6; ++i) {
+    const std::string t = "k" + std::to_string(i);
+    *consumers.add_items()->mutable_register_consumer()->mutable_consumer() =
+        MakeConsumer(t, "n1", "vm-a", 10 + i);
+    *producers.add_items()->mutable_register_producer()->mutable_producer() =
+        MakeProducer(t, "n1", "0000:3b:00.1", i);
+  }
+  ASSERT_TRUE(cluster.client().Batch(consumers).ok());
+  auto results = cluster.client().Batch(producers);  // six connects at once
+  ASSERT_TRUE(results.ok()) << results.status();
+  int connected = 0, refused = 0;
+  for (const auto& r : results->results()) {
+    if (r.status().code() == 0) {
+      ++connected;
+    } else {
+      EXPECT_EQ(r.status().code(),
+                static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+      EXPECT_NE(r.status().message().find("--agent_backlog"), std::string::npos)
+          << r.status().message();
+      ++refused;
+    }
+  }
+  EXPECT_EQ(connected, 2);
+  EXPECT_EQ(refused, 4);
+  // Refused means not made: those producers are not registered.
+  int registered = 0;
+  for (int i = 0; i < 6; ++i) {
+    auto b = cluster.client().GetBinding("k" + std::to_string(i));
+    ASSERT_TRUE(b.ok());
+    registered += b->has_producer();
+  }
+  EXPECT_EQ(registered, 2);
+}
+
 TEST(SecurityTimeoutsTest, StreamWithoutHello_Ended) {
   Cluster cluster;
   ASSERT_TRUE(
