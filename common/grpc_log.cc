@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "common/log_limiter.h"
 #include "common/mutex.h"
+#include "google/protobuf/stubs/logging.h"
 #include "grpc/support/log.h"
 
 namespace irqbypass {
@@ -56,8 +57,31 @@ void OnGrpcLog(gpr_log_func_args* args) {
       {{"at", where}, {"text", text}, {"lines_not_logged", not_logged}});
 }
 
+// Protobuf's: one line per malformed message a peer sends (invalid UTF-8
+// in a string field, say) would otherwise go straight to stderr, unbounded.
+void OnProtobufLog(google::protobuf::LogLevel level, const char* filename,
+                   int line, const std::string& message) {
+  const char* file = filename != nullptr ? filename : "";
+  const char* slash = std::strrchr(file, '/');
+  const std::string where =
+      absl::StrCat("protobuf:", slash != nullptr ? slash + 1 : file, ":", line);
+  uint64_t left_out = 0;
+  if (level != google::protobuf::LOGLEVEL_FATAL &&
+      !LimiterFor(where).Allow(&left_out)) {
+    return;
+  }
+  const std::string not_logged = absl::StrCat(left_out);
+  Log(level >= google::protobuf::LOGLEVEL_ERROR ? LogLevel::kWarn
+                                                : LogLevel::kInfo,
+      "protobuf",
+      {{"at", where}, {"text", message}, {"lines_not_logged", not_logged}});
+}
+
 }  // namespace
 
-void RouteGrpcLogs() { gpr_set_log_function(&OnGrpcLog); }
+void RouteGrpcLogs() {
+  gpr_set_log_function(&OnGrpcLog);
+  google::protobuf::SetLogHandler(&OnProtobufLog);
+}
 
 }  // namespace irqbypass

@@ -7,7 +7,8 @@
 // gRPC's other errors level=error; a TLS client
 // naming a server (SNI) the certificate does not carry is level=debug:
 // clients reach replicas by address, and certificates name identities,
-// not hosts. Call once, before the first gRPC object.
+// not hosts. Protobuf's lines (a peer's malformed message, say) the same
+// way, at level=warn. Call once, before the first gRPC object.
 #ifndef IRQBYPASS_COMMON_GRPC_LOG_H_
 #define IRQBYPASS_COMMON_GRPC_LOG_H_
 

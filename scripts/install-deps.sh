@@ -23,6 +23,7 @@ packages=(
   prometheus  # promtool and the server, for the observability tests
   jq          # checks the Grafana dashboard JSON (//deploy:deploy_files_test)
   clang         # the thread-safety analysis build (--config=thread_safety)
+  libclang-rt-14-dev  # libFuzzer and the sanitizers for --config=fuzz (bench/fuzz.sh)
   clang-format  # the format check in scripts/test.sh
   nghttp2-client  # h2load, the independent generator of bench/h2load_compare.sh
   yamllint        # lints deploy/'s YAML (//deploy:kustomize_test)

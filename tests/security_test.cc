@@ -20,6 +20,7 @@
 #include "service/bypass_service.h"
 #include "service/server_options.h"
 #include "tests/cluster.h"
+#include "tests/metrics_support.h"
 
 namespace irqbypass::testing {
 namespace {
@@ -547,6 +548,32 @@ TEST(SecurityLimitsTest, CommandBacklogPerNode_ConnectsPastItRefused) {
     registered += b->has_producer();
   }
   EXPECT_EQ(registered, 2);
+}
+
+TEST(SecurityLimitsTest, MalformedRequests_LibraryLinesRateLimited) {
+  Cluster cluster;
+  ASSERT_TRUE(cluster.StartManager({"--store=memory"}));
+  const auto creds = cluster.tls().Credentials(Role::kReader, "r1");
+  // A token that is not UTF-8: protobuf refuses to parse the request and
+  // says so, once per request.
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < 100; ++i) {
+    RawResult r =
+        RawUnary(cluster.target(), "/irqbypass.v1.BypassManager/GetBinding",
+                 ProtoStringField(1, "\xff\xfe"), creds);
+    EXPECT_FALSE(r.status.ok());
+  }
+  const int seconds =
+      static_cast<int>(absl::ToInt64Seconds(absl::Now() - start)) + 1;
+  const std::string log = cluster.manager().Log();
+  EXPECT_EQ(CountOccurrences(log, "[libprotobuf"), 0) << TailLines(log, 5);
+  const int lines = CountOccurrences(log, "msg=protobuf");
+  EXPECT_GT(lines, 0);
+  EXPECT_LE(lines, 10 * (seconds + 1))
+      << lines << " lines in " << seconds << " s";
+  // The server is fine.
+  EXPECT_EQ(cluster.client().GetBinding("t").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST(SecurityTimeoutsTest, StreamWithoutHello_Ended) {
