@@ -41,6 +41,7 @@
 #include "service/matcher.h"
 #include "service/metrics_endpoint.h"
 #include "service/reflection_service.h"
+#include "service/registration_limits.h"
 #include "service/request_log.h"
 #include "service/rocksdb_store.h"
 #include "service/rpc_metrics_interceptor.h"
@@ -86,6 +87,14 @@ ABSL_FLAG(double, rate_limit_per_identity, 20000,
           "Calls one caller identity may start a second (bursts of up to a "
           "second's worth); past it a call is RESOURCE_EXHAUSTED (0: no "
           "limit; with --insecure there are no identities, so none)");
+ABSL_FLAG(int64_t, max_registrations_per_node, 4000000,
+          "Most producers and consumers one node may have registered (as "
+          "many as one agent's hello may report); past it a registration is "
+          "RESOURCE_EXHAUSTED, nothing changed (0: no limit)");
+ABSL_FLAG(int64_t, max_registrations_per_owner, 10000000,
+          "Most producers and consumers one caller identity may have "
+          "registered (0: no limit; with --insecure there are no "
+          "identities, so none)");
 ABSL_FLAG(int, max_watches, 10000,
           "Most WatchBindings streams open at once, in all; past it a watch "
           "is refused RESOURCE_EXHAUSTED");
@@ -307,6 +316,10 @@ int Run() {
   // Everything the store holds is in the index before anything is served,
   // so reconnecting agents find their wiring known and keep it.
   // From the store, or (a standby just elected) from its warm copy.
+  // (Counted again from the state whenever it is loaded.)
+  RegistrationLimits limits(
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_registrations_per_node)),
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_registrations_per_owner)));
   auto load_state = [&](MirrorCopy* copy) -> absl::Status {
     const auto load_start = std::chrono::steady_clock::now();
     const int threads =
@@ -363,6 +376,7 @@ int Run() {
                                        loaded.message()));
     }
     const TokenIndex::Counts counts = index.CountAll();
+    limits.Recount(index);
     LogInfo("store loaded",
             {{"store", source},
              {"tokens", absl::StrCat(counts.tokens)},
@@ -383,7 +397,14 @@ int Run() {
     index.SkipRevision();
     watch_hub.SetResumeFloor(index.revision());
   }
+  if (absl::GetFlag(FLAGS_max_registrations_per_node) < 0 ||
+      absl::GetFlag(FLAGS_max_registrations_per_owner) < 0) {
+    return Fail(
+        "--max_registrations_per_node, --max_registrations_per_owner: 0 (no "
+        "limit) or more");
+  }
   Matcher matcher(index, registry, &requests);
+  matcher.SetLimits(&limits);
   registry.SetMatcher(&matcher);
   if (absl::GetFlag(FLAGS_max_watches) < 1 ||
       absl::GetFlag(FLAGS_max_watches_per_identity) < 1) {

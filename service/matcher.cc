@@ -123,6 +123,7 @@ struct Operation {
   std::optional<RequestRecord> request;  // to fill, with a request id
   Done done;
   Caller caller;
+  RegistrationLimits* limits = nullptr;  // null: no limits
   std::optional<TokenIndex::TokenLock> lock;
 
   RequestRecord* record() { return request ? &*request : nullptr; }
@@ -167,6 +168,12 @@ struct RegisterOp : Operation<RegisterResult> {
   std::optional<typename Side::Other> theirs;  // the side it connects to
   TokenIndex::TokenLock::Claim claim;
   RegisterResult result;
+  bool reserved = false;  // a place in `limits`, given back if not made
+
+  void GiveBack() {
+    if (reserved && limits != nullptr) limits->Release(mine.owner, mine.node);
+    reserved = false;
+  }
 
   static void Start(std::unique_ptr<RegisterOp> op, bool block);
   static void Locked(std::unique_ptr<RegisterOp> op);
@@ -261,6 +268,14 @@ void RegisterOp<Side>::Locked(std::unique_ptr<RegisterOp> op) {
                         ctx);
     return Finish<RegisterResult>(std::move(op), std::move(error));
   }
+  if (op->limits != nullptr) {
+    if (absl::Status full = op->limits->Reserve(record.owner, record.node);
+        !full.ok()) {
+      lock.ReleaseObject(op->claim);
+      return Finish<RegisterResult>(std::move(op), std::move(full));
+    }
+    op->reserved = true;
+  }
 
   op->mine.registration_id = NewRegistrationId();
   op->result.registration_id = op->mine.registration_id;
@@ -279,6 +294,7 @@ void RegisterOp<Side>::Connected(std::unique_ptr<RegisterOp> op,
   if (!connected.ok()) {
     // Contract: the new side is not recorded; the other stays untouched.
     op->lock->ReleaseObject(op->claim);
+    op->GiveBack();
     LogWarn("connect failed", {{"token", op->token},
                                {"node", op->mine.node},
                                {"side", Side::kName},
@@ -318,6 +334,7 @@ void RegisterOp<Side>::Stored(std::unique_ptr<RegisterOp> op,
   // was, as after a failed connect).
   auto roll_back = [stored](std::unique_ptr<RegisterOp> op) {
     op->lock->ReleaseObject(op->claim);
+    op->GiveBack();
     LogWarn("registration not stored; rolled back",
             {{"token", op->token},
              {"node", op->mine.node},
@@ -420,6 +437,8 @@ void UnregisterOp<Side>::Stored(std::unique_ptr<UnregisterOp> op,
 template <typename Side>
 void UnregisterOp<Side>::Disconnected(std::unique_ptr<UnregisterOp> op) {
   op->lock->ReleaseObject(Side::ObjectKey(*op->mine));
+  if (op->limits != nullptr)
+    op->limits->Release(op->mine->owner, op->mine->node);
   op->lock->Publish();
   const bool disconnected = op->theirs.has_value();
   Finish<bool>(std::move(op), disconnected);
@@ -567,6 +586,7 @@ void Matcher::Register(absl::string_view token, typename Side::Record record,
           op->caller = call->caller;
           op->mine.owner = call->caller.owner;
         }
+        op->limits = limits_;
         RegisterOp<Side>::Start(std::move(op), block);
       },
       std::move(done));
@@ -586,6 +606,7 @@ void Matcher::Unregister(absl::string_view token, uint64_t registration_id,
             index_, dispatcher_, token, std::move(request), std::move(finish));
         op->registration_id = registration_id;
         if (call != nullptr) op->caller = call->caller;
+        op->limits = limits_;
         Acquire(std::move(op), Side::kUnregisterOp, block,
                 [](std::unique_ptr<UnregisterOp<Side>> op) {
                   UnregisterOp<Side>::Locked(std::move(op));

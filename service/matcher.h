@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "service/agent_dispatcher.h"
+#include "service/registration_limits.h"
 #include "service/request_log.h"
 #include "service/token_index.h"
 
@@ -73,6 +74,11 @@ class Matcher {
   Matcher(TokenIndex& index, AgentDispatcher& dispatcher,
           RequestLog* requests = nullptr)
       : index_(index), dispatcher_(dispatcher), requests_(requests) {}
+
+  // Caps on the sides per node and per owner (null: none; a registration
+  // past one is RESOURCE_EXHAUSTED, nothing recorded). Set before serving;
+  // must outlive the matcher.
+  void SetLimits(RegistrationLimits* limits) { limits_ = limits; }
 
   // Every mutating call takes an optional CallId (null or empty id: none).
   // A call whose id already made a change returns that change's outcome
@@ -189,6 +195,7 @@ class Matcher {
   TokenIndex& index_;
   AgentDispatcher& dispatcher_;
   RequestLog* const requests_;
+  RegistrationLimits* limits_ = nullptr;
 };
 
 // A fresh random, non-zero registration id.

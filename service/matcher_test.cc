@@ -21,6 +21,7 @@
 #include "service/errors.h"
 #include "service/etcd_store.h"
 #include "service/owners.h"
+#include "service/registration_limits.h"
 #include "service/rocksdb_store.h"
 #include "service/store.h"
 #include "service/testing/fake_dispatcher.h"
@@ -599,6 +600,61 @@ TEST_P(MatcherTest, Owners_ARequestIdReusedByAnotherOwner_IsAnotherRequest) {
   auto reused = matcher_->RegisterConsumer("t1", Cons(), &y);
   EXPECT_EQ(reused.status().code(), absl::StatusCode::kInvalidArgument)
       << reused.status();
+}
+
+// --- Registration limits
+// ---------------------------------------------------------
+
+TEST_P(MatcherTest,
+       Limits_PerNodeAndPerOwner_RefusedNothingRecorded_GivenBack) {
+  RegistrationLimits limits(/*per_node=*/3, /*per_owner=*/2);
+  matcher_->SetLimits(&limits);
+  CallId x;
+  x.caller.owner =
+      Owners::Get().Intern("spiffe://td/irqbypass/orchestrator/lx");
+  x.caller.admin = false;
+  CallId y = x;
+  y.caller.owner =
+      Owners::Get().Intern("spiffe://td/irqbypass/orchestrator/ly");
+
+  ASSERT_TRUE(matcher_->RegisterConsumer("t1", Cons("n1", "vm-1", 1), &x).ok());
+  ASSERT_TRUE(matcher_->RegisterConsumer("t2", Cons("n1", "vm-1", 2), &x).ok());
+  // X's third side: over its owner limit.
+  auto over_owner = matcher_->RegisterConsumer("t3", Cons("n1", "vm-1", 3), &x);
+  EXPECT_EQ(over_owner.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(over_owner.status().message().find("--max_registrations_per_owner"),
+            std::string::npos);
+  EXPECT_FALSE(index_->Get("t3").has_value());
+  // Y's first is the node's third; its second is over the node limit.
+  ASSERT_TRUE(matcher_->RegisterConsumer("t4", Cons("n1", "vm-1", 4), &y).ok());
+  auto over_node = matcher_->RegisterConsumer("t5", Cons("n1", "vm-1", 5), &y);
+  EXPECT_EQ(over_node.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(over_node.status().message().find("--max_registrations_per_node"),
+            std::string::npos);
+  // Another node is not full.
+  ASSERT_TRUE(matcher_->RegisterConsumer("t6", Cons("n2", "vm-1", 6), &y).ok());
+  EXPECT_EQ(limits.OfNode("n1"), 3u);
+  EXPECT_EQ(limits.OfOwner(x.caller.owner), 2u);
+
+  // A connect that fails gives its place back.
+  ASSERT_TRUE(matcher_->UnregisterConsumer("t2", 0, &x).ok());
+  EXPECT_EQ(limits.OfNode("n1"), 2u);
+  agent_.fail_with_ = absl::UnavailableError("agent gone");
+  EXPECT_FALSE(matcher_->RegisterProducer("t1", Prod("n1"), &x).ok());
+  agent_.fail_with_ = absl::OkStatus();
+  EXPECT_EQ(limits.OfNode("n1"), 2u);
+  EXPECT_EQ(limits.OfOwner(x.caller.owner), 1u);
+  ASSERT_TRUE(matcher_->RegisterProducer("t1", Prod("n1"), &x).ok());
+  EXPECT_EQ(limits.OfOwner(x.caller.owner), 2u);
+
+  // Counted again from the committed state: the same.
+  RegistrationLimits recounted(3, 2);
+  recounted.Recount(*index_);
+  EXPECT_EQ(recounted.OfNode("n1"), 3u);
+  EXPECT_EQ(recounted.OfNode("n2"), 1u);
+  EXPECT_EQ(recounted.OfOwner(x.caller.owner), 2u);
+  EXPECT_EQ(recounted.OfOwner(y.caller.owner), 2u);
+  matcher_->SetLimits(nullptr);
 }
 
 // --- 4. Unregister consumer (mirror image) -----------------------------------

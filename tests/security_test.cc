@@ -576,6 +576,39 @@ TEST(SecurityLimitsTest, MalformedRequests_LibraryLinesRateLimited) {
             absl::StatusCode::kNotFound);
 }
 
+TEST(SecurityLimitsTest, RegistrationsPerNode_CountedAgainAfterARestart) {
+  Cluster cluster;
+  const std::vector<std::string> flags = {"--max_registrations_per_node=2"};
+  ASSERT_TRUE(cluster.StartManager(flags));
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(cluster.client()
+                    .RegisterConsumer(MakeConsumer("c" + std::to_string(i),
+                                                   "n1", "vm-a", 10 + i))
+                    .ok());
+  }
+  auto third =
+      cluster.client().RegisterConsumer(MakeConsumer("c2", "n1", "vm-a", 12));
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(third.status().message().find("--max_registrations_per_node"),
+            std::string::npos)
+      << third.status();
+  ASSERT_TRUE(cluster.manager().Signal(SIGKILL));
+  cluster.manager().Wait();
+  ASSERT_TRUE(cluster.StartManager(flags));  // the embedded store's state
+  EXPECT_EQ(cluster.client()
+                .RegisterConsumer(MakeConsumer("c2", "n1", "vm-a", 12))
+                .status()
+                .code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(cluster.client()
+                  .RegisterConsumer(MakeConsumer("o1", "n2", "vm-a", 12))
+                  .ok());  // another node
+  ASSERT_TRUE(cluster.client().UnregisterConsumer("c0", "").ok());
+  EXPECT_TRUE(cluster.client()
+                  .RegisterConsumer(MakeConsumer("c2", "n1", "vm-a", 12))
+                  .ok());
+}
+
 TEST(SecurityTimeoutsTest, StreamWithoutHello_Ended) {
   Cluster cluster;
   ASSERT_TRUE(
