@@ -1,15 +1,12 @@
 #include "common/grpc_log.h"
 
 #include <cstring>
-#include <memory>
 #include <string>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/log_limiter.h"
-#include "common/mutex.h"
 #include "google/protobuf/stubs/logging.h"
 #include "grpc/support/log.h"
 
@@ -20,14 +17,9 @@ namespace {
 // One budget per call site (file:line): a peer that fails handshakes on
 // purpose uses up the handshake line's, never another's. Sites are few
 // (gRPC's source lines), so the map stays small.
-LogLimiter& LimiterFor(const std::string& where) {
-  static Mutex* mu = new Mutex();
-  static auto* limiters =
-      new absl::flat_hash_map<std::string, std::unique_ptr<LogLimiter>>();
-  MutexLock lock(mu);
-  auto& limiter = (*limiters)[where];
-  if (limiter == nullptr) limiter = std::make_unique<LogLimiter>(10);
-  return *limiter;
+KeyedLogLimiter& Limiters() {
+  static auto* limiters = new KeyedLogLimiter(10);
+  return *limiters;
 }
 
 void OnGrpcLog(gpr_log_func_args* args) {
@@ -47,7 +39,7 @@ void OnGrpcLog(gpr_log_func_args* args) {
   // A failed assertion is the last line before gRPC aborts: never dropped.
   const bool assertion = absl::StartsWith(text, "assertion failed");
   uint64_t left_out = 0;
-  if (!assertion && !LimiterFor(where).Allow(&left_out)) return;
+  if (!assertion && !Limiters().Allow(where, &left_out)) return;
   // A failed handshake concerns one peer; anything else may be the
   // process's (a certificate that no longer loads, say).
   const bool one_peer = absl::StrContains(text, "Handshake failed") ||
@@ -67,7 +59,7 @@ void OnProtobufLog(google::protobuf::LogLevel level, const char* filename,
       absl::StrCat("protobuf:", slash != nullptr ? slash + 1 : file, ":", line);
   uint64_t left_out = 0;
   if (level != google::protobuf::LOGLEVEL_FATAL &&
-      !LimiterFor(where).Allow(&left_out)) {
+      !Limiters().Allow(where, &left_out)) {
     return;
   }
   const std::string not_logged = absl::StrCat(left_out);

@@ -8,6 +8,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
+#include "common/mutex.h"
 
 namespace irqbypass {
 
@@ -45,6 +51,32 @@ class LogLimiter {
   std::atomic<int64_t> second_{0};
   std::atomic<int> this_second_{0};
   std::atomic<uint64_t> held_back_{0};
+};
+
+// One LogLimiter per key (a source line, a method), made on first use:
+// a flood from one source cannot hide another's lines. Keys must come from
+// a small set the program names, not from peers. Thread-safe.
+class KeyedLogLimiter {
+ public:
+  explicit KeyedLogLimiter(int per_second) : per_second_(per_second) {}
+
+  // LogLimiter::Allow for `key`'s budget.
+  bool Allow(absl::string_view key, uint64_t* left_out) {
+    LogLimiter* limiter;
+    {
+      MutexLock lock(&mu_);
+      auto& slot = limiters_[key];
+      if (slot == nullptr) slot = std::make_unique<LogLimiter>(per_second_);
+      limiter = slot.get();  // stable: entries are never removed
+    }
+    return limiter->Allow(left_out);
+  }
+
+ private:
+  const int per_second_;
+  Mutex mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<LogLimiter>> limiters_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace irqbypass

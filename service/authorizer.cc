@@ -107,20 +107,12 @@ absl::StatusOr<Identity> Authorizer::Check(
   return denied;
 }
 
-LogLimiter& Authorizer::LimiterFor(absl::string_view method) const {
-  MutexLock lock(&limiters_mu_);
-  auto& limiter = limiters_[method];  // our own method names: a few
-  if (limiter == nullptr)
-    limiter = std::make_unique<LogLimiter>(kLogsPerSecond);
-  return *limiter;
-}
-
 void Authorizer::NoteDenied(absl::string_view method, const absl::Status& why,
                             absl::string_view peer,
                             const security::Identity* who) const {
   denied_.fetch_add(1, std::memory_order_relaxed);
   uint64_t left_out = 0;
-  if (!LimiterFor(method).Allow(&left_out)) return;
+  if (!log_limiters_.Allow(method, &left_out)) return;
   if (audit_ != nullptr) {
     AuditEntry entry;
     if (who != nullptr) {

@@ -87,10 +87,7 @@ class Authorizer {
   mutable std::atomic<uint64_t> denied_{0};
   // One budget per method (a flood of refused writes does not hide a
   // refused agent session).
-  LogLimiter& LimiterFor(absl::string_view method) const;
-  mutable Mutex limiters_mu_;
-  mutable absl::flat_hash_map<std::string, std::unique_ptr<LogLimiter>>
-      limiters_ ABSL_GUARDED_BY(limiters_mu_);
+  mutable KeyedLogLimiter log_limiters_{kLogsPerSecond};
 };
 
 }  // namespace irqbypass
