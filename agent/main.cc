@@ -98,6 +98,9 @@ ABSL_FLAG(absl::Duration, handoff_irqfd_timeout, absl::Seconds(2),
 ABSL_FLAG(std::string, handoff_allowed_uids, "",
           "kvm: comma-separated uids allowed to hand over fds (checked with "
           "SO_PEERCRED; empty: the agent's own uid).");
+ABSL_FLAG(std::string, handoff_allowed_gids, "",
+          "kvm: comma-separated gids whose members may hand over fds too "
+          "(the peer's primary gid, SO_PEERCRED; empty: none).");
 ABSL_FLAG(std::string, device_plugin_resources, "",
           "Serve the kubelet's device plugin API: one extended resource per "
           "NAME=VENDOR:DEVICE[|VENDOR:DEVICE...], comma-separated, e.g. "
@@ -285,6 +288,10 @@ std::unique_ptr<HandoffServer> HandoffFromFlags(const std::string& node,
       ParseUidList(absl::GetFlag(FLAGS_handoff_allowed_uids));
   if (!uids.ok()) FlagError("handoff_allowed_uids", uids.status().message());
   options.allowed_uids = *std::move(uids);
+  absl::StatusOr<absl::flat_hash_set<uid_t>> gids =
+      ParseUidList(absl::GetFlag(FLAGS_handoff_allowed_gids));
+  if (!gids.ok()) FlagError("handoff_allowed_gids", gids.status().message());
+  for (uid_t gid : *gids) options.allowed_gids.insert(static_cast<gid_t>(gid));
   options.irqfd_timeout = absl::GetFlag(FLAGS_handoff_irqfd_timeout);
   if (options.irqfd_timeout <= absl::ZeroDuration()) {
     FlagError("handoff_irqfd_timeout", "want a duration > 0, e.g. 2s");

@@ -67,10 +67,28 @@
 // per (eventfd, gsi).
 //
 // Rules:
-//   * Access: the agent reads the peer's uid with SO_PEERCRED when it
-//     accepts and serves only allow-listed uids (--handoff_allowed_uids,
-//     default: the agent's own); see the greeting. The socket file itself
-//     is mode 0666: the uid check is the access control.
+//   * Access: the agent reads the peer's uid and gid with SO_PEERCRED when
+//     it accepts (not its pid: pids are reused) and serves only allow-listed
+//     uids (--handoff_allowed_uids, default: the agent's own) or gids
+//     (--handoff_allowed_gids, default none); see the greeting. The socket
+//     file itself is mode 0666: that check is the access control. The
+//     socket's directory must belong to root or the agent's user and not be
+//     writable by others unless sticky (the agent refuses to start
+//     otherwise), so nobody else can put a socket of theirs in its place.
+//   * Every received fd is checked to be what the request says before the
+//     agent sends it any ioctl (agent/kvm/fd_identity.h: by the kernel's
+//     own name for it, /proc/self/fd and fdinfo, and the sysfs link of a
+//     cdev's device number), and a VFIO device fd to be the device at the
+//     PCI address named (vfio_device.h VfioDeviceIrqs::Adopt):
+//       ERR 25 (ENOTTY)  the fd is not a VFIO device fd / KVM VM fd (the
+//                        reply names what it is: "pipe:[..]", "/dev/null",
+//                        an O_PATH fd)
+//       ERR 1 (EPERM)    a VFIO device fd of another device than named
+//       ERR 19 (ENODEV)  a VFIO device but not PCI, or no such address here
+//     Fds are received close-on-exec (MSG_CMSG_CLOEXEC); a message over 1024
+//     bytes or with more than 4 fds is refused whole (ERR 90, EMSGSIZE:
+//     MSG_TRUNC/MSG_CTRUNC), and every fd that came with a refused request,
+//     or with a message that takes none, is closed.
 //   * The agent duplicates nothing: the fds it receives are its own
 //     references; the VMM keeps using its copies.
 //   * Lifetime: what a connection handed over or offered is held while the

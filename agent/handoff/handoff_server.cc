@@ -69,6 +69,34 @@ absl::StatusOr<std::unique_ptr<HandoffServer>> HandoffServer::Start(
   }
   std::memcpy(address.sun_path, options.path.data(), options.path.size());
 
+  // The directory: whoever may write in it could put another socket in
+  // this one's place.
+  {
+    const size_t slash = options.path.rfind('/');
+    const std::string directory =
+        slash == std::string::npos ? "."
+        : slash == 0               ? "/"
+                                   : options.path.substr(0, slash);
+    struct stat dir;
+    if (::stat(directory.c_str(), &dir) != 0) {
+      return ErrnoError(errno, absl::StrCat("handoff socket directory ",
+                                            directory));
+    }
+    if (dir.st_uid != 0 && dir.st_uid != ::geteuid()) {
+      return ErrnoErrorWithMessage(
+          EPERM, absl::StrFormat("handoff socket directory %s belongs to uid "
+                                 "%d, neither root nor this agent's (%d): "
+                                 "its owner could replace the socket",
+                                 directory, dir.st_uid, ::geteuid()));
+    }
+    if ((dir.st_mode & S_IWOTH) != 0 && (dir.st_mode & S_ISVTX) == 0) {
+      return ErrnoErrorWithMessage(
+          EPERM, absl::StrFormat("handoff socket directory %s (mode %04o) is "
+                                 "writable by others without the sticky bit: "
+                                 "anyone could replace the socket",
+                                 directory, dir.st_mode & 07777));
+    }
+  }
   struct stat st;
   if (::lstat(options.path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
@@ -140,17 +168,20 @@ void HandoffServer::AcceptLoop() {
         0) {
       continue;
     }
-    if (!options_.allowed_uids.contains(peer.uid)) {
+    if (!options_.allowed_uids.contains(peer.uid) &&
+        !options_.allowed_gids.contains(peer.gid)) {
       LogWarn("handoff refused: uid not allowed",
               {{"node", options_.node},
                {"uid", absl::StrCat(peer.uid)},
+               {"gid", absl::StrCat(peer.gid)},
                {"pid", absl::StrCat(peer.pid)}});
       (void)SendHandoffPacket(
           socket.get(),
           EncodeHandoffReply(ErrnoErrorWithMessage(
-              EACCES, absl::StrCat("uid ", peer.uid,
-                                   " is not allowed to hand over to this "
-                                   "agent (--handoff_allowed_uids)"))),
+              EACCES,
+              absl::StrCat("uid ", peer.uid, " gid ", peer.gid,
+                           " is not allowed to hand over to this agent "
+                           "(--handoff_allowed_uids, --handoff_allowed_gids)"))),
           {});
       continue;
     }
@@ -258,8 +289,14 @@ absl::Status HandoffServer::Handle(uint64_t connection,
     }
     case HandoffRequest::Kind::kDevice: {
       absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> device =
-          VfioDeviceIrqs::Adopt(std::move(packet.fds[0]), name);
+          VfioDeviceIrqs::Adopt(std::move(packet.fds[0]), name,
+                                options_.fd_paths);
       if (!device.ok()) return device.status();
+      LogInfo("vmm handed over device",
+              {{"node", options_.node},
+               {"connection", absl::StrCat(connection)},
+               {"device", name},
+               {"verified_by", (*device)->verified_by()}});
       {
         MutexLock lock(&mu_);
         device_owner_[name] = connection;

@@ -36,6 +36,7 @@
 #include "agent/handoff/handoff.h"
 #include "agent/handoff/remote_vm.h"
 #include "agent/kvm/fd.h"
+#include "agent/kvm/fd_identity.h"
 #include "agent/kvm/kvm_backend.h"
 #include "common/mutex.h"
 
@@ -46,8 +47,13 @@ struct HandoffServerOptions {
   // Where to listen. An existing socket file there is replaced (a stale one
   // from an earlier run); any other file is an error (EEXIST).
   std::string path;
-  // Peer uids served. Empty: only the agent's own effective uid.
+  // Peers served: those whose uid is in allowed_uids or whose gid (the
+  // primary group SO_PEERCRED reports) is in allowed_gids. allowed_uids
+  // empty: the agent's own effective uid.
   absl::flat_hash_set<uid_t> allowed_uids;
+  absl::flat_hash_set<gid_t> allowed_gids;
+  // Where the kernel's views of received fds are (tests: a fake sysfs).
+  FdIdentityPaths fd_paths;
   // This host's node name, for logs.
   std::string node;
   // How long the agent waits for a VMM's answer to one irqfd request
@@ -58,7 +64,11 @@ struct HandoffServerOptions {
 class HandoffServer {
  public:
   // Binds and listens, then serves on its own threads. `backend` must
-  // outlive the server. Errors carry the errno (socket, bind, listen).
+  // outlive the server. Errors carry the errno (socket, bind, listen). The
+  // socket's directory must exist, belong to root or the agent's user and
+  // not be writable by others unless sticky (EPERM naming its mode
+  // otherwise): whoever may write there could replace the socket, and VMMs
+  // would hand their fds to it.
   static absl::StatusOr<std::unique_ptr<HandoffServer>> Start(
       HandoffServerOptions options, KvmBackend& backend);
 
@@ -102,7 +112,8 @@ class HandoffServer {
   absl::flat_hash_map<std::string, uint64_t> device_owner_ ABSL_GUARDED_BY(mu_);
 };
 
-// Parses "0,107,1000" into uids; INVALID_ARGUMENT naming a bad entry.
+// Parses "0,107,1000" into uids (or gids: the same type); INVALID_ARGUMENT
+// naming a bad entry.
 absl::StatusOr<absl::flat_hash_set<uid_t>> ParseUidList(absl::string_view list);
 
 }  // namespace agent

@@ -10,9 +10,17 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "agent/errno_status.h"
@@ -132,15 +140,18 @@ class HandoffServerTest
   }
   void TearDown() override {
     server_.reset();
-    if (!dir_.empty()) ::rmdir(dir_.c_str());
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
     KvmBackendFixture::TearDown();
   }
-  void StartServer(absl::flat_hash_set<uid_t> uids) {
+  void StartServer(absl::flat_hash_set<uid_t> uids, std::string sys = "/sys",
+                   absl::flat_hash_set<gid_t> gids = {}) {
     server_.reset();
     HandoffServerOptions options;
     options.path = path_;
     options.node = "n1";
     options.allowed_uids = std::move(uids);
+    options.allowed_gids = std::move(gids);
+    options.fd_paths.sys = std::move(sys);
     auto server = HandoffServer::Start(options, *backend_);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -228,7 +239,7 @@ TEST_F(HandoffServerTest, WrongFds_AgentErrnoReturned_ConnectionStaysUsable) {
   EXPECT_EQ(ErrnoOf(s), ENOTTY) << s;
   s = (*client)->HandOverDevice("0000:3b:00.2", not_a_vm.get());
   EXPECT_EQ(ErrnoOf(s), ENOTTY) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("VFIO_DEVICE_GET_INFO"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("not a VFIO device fd"));
   // A VM request without its fd.
   ASSERT_TRUE(SendHandoffPacket((*client)->socket(), "VM vm-a vmm", {}).ok());
   auto reply = ReceiveHandoffPacket((*client)->socket());
@@ -246,6 +257,177 @@ TEST_F(HandoffServerTest, UidNotAllowed_Eacces) {
   EXPECT_EQ(ErrnoOf(s), EACCES) << s;
   EXPECT_THAT(std::string(s.message()), HasSubstr("not allowed"));
   EXPECT_EQ(backend_->FindVm("vm-a"), nullptr);
+}
+
+TEST_F(HandoffServerTest, UidNotAllowedButGidAllowed_Served) {
+  StartServer({::geteuid() + 4242}, "/sys", {::getegid()});
+  auto client = HandoffClient::Connect(path_);
+  ASSERT_TRUE(client.ok()) << client.status();
+  Fd vm = NewVmFd();
+  EXPECT_TRUE((*client)->HandOverVm("vm-a", vm.get(), false).ok());
+}
+
+TEST_F(HandoffServerTest, SocketDirectoryWritableByOthers_Refused) {
+  server_.reset();
+  ASSERT_EQ(::chmod(dir_.c_str(), 0777), 0);
+  HandoffServerOptions options;
+  options.path = path_;
+  auto server = HandoffServer::Start(options, *backend_);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(ErrnoOf(server.status()), EPERM) << server.status();
+  EXPECT_THAT(std::string(server.status().message()),
+              HasSubstr("mode 0777"));
+  // Sticky (as /tmp): nobody can remove another's file, so it is accepted.
+  ASSERT_EQ(::chmod(dir_.c_str(), 01777), 0);
+  server = HandoffServer::Start(options, *backend_);
+  EXPECT_TRUE(server.ok()) << server.status();
+}
+
+// sendmsg() of `text` with any number of fds (SendHandoffPacket caps them).
+absl::Status SendRaw(int socket, const std::string& text,
+                     const std::vector<int>& fds) {
+  iovec iov{const_cast<char*>(text.data()), text.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+  if (!fds.empty()) {
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+  }
+  if (::sendmsg(socket, &msg, MSG_NOSIGNAL) < 0) {
+    return ErrnoError(errno, "sendmsg");
+  }
+  return absl::OkStatus();
+}
+
+// Every hostile message a VMM could send: each is refused with its errno,
+// nothing is added to the backend, every fd that came with it is closed (the
+// process's open-fd count is what it was before it was sent), and the
+// connection stays usable.
+TEST_F(HandoffServerTest, HostileMessages_RefusedAndEveryFdClosed) {
+  // A fake sysfs in which /dev/null's device number is the VFIO cdev of
+  // device 0000:3b:00.2 (the kernel's way of naming a cdev's device).
+  struct stat null_stat;
+  ASSERT_EQ(::stat("/dev/null", &null_stat), 0);
+  const std::string sys = dir_ + "/sys";
+  const std::string cdev_dir =
+      sys + "/devices/pci0000:00/0000:3b:00.2/vfio-dev/vfio0";
+  std::filesystem::create_directories(cdev_dir);
+  std::filesystem::create_directories(sys + "/dev/char");
+  std::filesystem::create_directory_symlink(
+      cdev_dir, sys + "/dev/char/" +
+                    std::to_string(major(null_stat.st_rdev)) + ":" +
+                    std::to_string(minor(null_stat.st_rdev)));
+  StartServer({}, sys);
+
+  Fd event(::eventfd(0, EFD_CLOEXEC));
+  Fd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  Fd zero(::open("/dev/zero", O_RDONLY | O_CLOEXEC));
+  Fd path_only(::open("/dev/null", O_PATH | O_CLOEXEC));
+  Fd kvm_system(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
+  Fd memfd(::memfd_create("hostile", MFD_CLOEXEC));
+  Fd file(::open("/proc/self/status", O_RDONLY | O_CLOEXEC));
+  int pipe_fds[2], pair[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  Fd pipe_read(pipe_fds[0]), pipe_write(pipe_fds[1]);
+  Fd socket_a(pair[0]), socket_b(pair[1]);
+  Fd vm = NewVmFd();
+  for (const Fd* fd :
+       {&event, &null, &zero, &path_only, &kvm_system, &memfd, &file}) {
+    ASSERT_TRUE(fd->valid());
+  }
+  const int e = event.get();
+  const std::vector<int> many(5, e), most(250, e);
+
+  struct Case {
+    std::string name;
+    std::string text;
+    std::vector<int> fds;
+    int want_errno;
+    std::string want_message;  // a part of the reply
+  };
+  const std::string kDev = "DEVICE 0000:3b:00.1";
+  const std::vector<Case> cases = {
+      {"device: eventfd", kDev, {e}, ENOTTY, "anon_inode:[eventfd]"},
+      {"device: /dev/zero", kDev, {zero.get()}, ENOTTY, "/dev/zero"},
+      {"device: O_PATH", kDev, {path_only.get()}, ENOTTY, "O_PATH"},
+      {"device: /dev/kvm", kDev, {kvm_system.get()}, ENOTTY, "/dev/kvm"},
+      {"device: a KVM VM", kDev, {vm.get()}, ENOTTY, "anon_inode:kvm-vm"},
+      {"device: memfd", kDev, {memfd.get()}, ENOTTY, "memfd:hostile"},
+      {"device: file", kDev, {file.get()}, ENOTTY, "status"},
+      {"device: pipe", kDev, {pipe_read.get()}, ENOTTY, "pipe:["},
+      {"device: socket", kDev, {socket_a.get()}, ENOTTY, "socket:["},
+      // The cdev of 0000:3b:00.2 offered as 0000:3b:00.1: refused by the
+      // kernel's name for it, before any ioctl.
+      {"device: another device's cdev", kDev, {null.get()}, EPERM,
+       "is device \"0000:3b:00.2\""},
+      // Named right, but no VFIO device answers VFIO_DEVICE_GET_INFO.
+      {"device: right name, not VFIO", "DEVICE 0000:3b:00.2", {null.get()},
+       ENOTTY, "VFIO_DEVICE_GET_INFO"},
+      {"device: two fds", kDev, {e, null.get()}, EINVAL, "want 1 fd, got 2"},
+      {"device: no fd", kDev, {}, EINVAL, "want 1 fd, got 0"},
+      {"device: bad address", "DEVICE 0000:3b:00.9", {e}, EINVAL,
+       "bad PCI address"},
+      {"vm: eventfd", "VM vm-h vmm", {e}, ENOTTY, "not a KVM VM fd"},
+      {"vm: /dev/kvm", "VM vm-h agent", {kvm_system.get()}, ENOTTY,
+       "/dev/kvm"},
+      {"vm: O_PATH", "VM vm-h vmm", {path_only.get()}, ENOTTY, "O_PATH"},
+      {"serve-vm with an fd", "SERVE-VM 1 vm-h", {e}, EINVAL,
+       "want 0 fd, got 1"},
+      {"release with fds", "RELEASE-VM vm-h", {e, e, e}, EINVAL,
+       "want 0 fd, got 3"},
+      {"unknown verb with an fd", "EXEC /bin/sh", {e}, EINVAL,
+       "unknown request"},
+      {"empty with an fd", "", {e}, EINVAL, "unknown request"},
+      {"name too long", "SERVE-VM 1 " + std::string(129, 'v'), {}, EINVAL,
+       "bad VM name"},
+      {"5 fds (over the 4 a message may carry)", kDev, many, EMSGSIZE,
+       "4 fds"},
+      {"250 fds", kDev, most, EMSGSIZE, "4 fds"},
+      {"2000 bytes with an fd", kDev + std::string(2000, 'x'), {e}, EMSGSIZE,
+       "1024 bytes"},
+  };
+  auto client = HandoffClient::Connect(path_);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const int socket = (*client)->socket();
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const int before = OpenFdCount();
+    ASSERT_TRUE(SendRaw(socket, c.text, c.fds).ok());
+    auto reply = ReceiveHandoffPacket(socket);
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    const absl::Status status = ParseHandoffReply(reply->text);
+    EXPECT_EQ(ErrnoOf(status), c.want_errno) << reply->text;
+    EXPECT_THAT(reply->text, HasSubstr(c.want_message));
+    EXPECT_TRUE(reply->fds.empty());
+    EXPECT_EQ(OpenFdCount(), before) << "an fd of the message stayed open";
+  }
+  // An IRQFD-REPLY (no reply is sent to one) carrying fds: closed too, as
+  // the next request's answer shows.
+  const int before = OpenFdCount();
+  ASSERT_TRUE(SendRaw(socket, "IRQFD-REPLY 1 77 0", {e, e}).ok());
+  ASSERT_TRUE(SendRaw(socket, "RELEASE-VM vm-h", {}).ok());
+  auto reply = ReceiveHandoffPacket(socket);
+  ASSERT_TRUE(reply.ok());
+  EXPECT_EQ(ErrnoOf(ParseHandoffReply(reply->text)), ENOENT) << reply->text;
+  EXPECT_EQ(OpenFdCount(), before);
+
+  EXPECT_EQ(backend_->FindVm("vm-h"), nullptr);
+  EXPECT_EQ(backend_->FindIrqfdTarget("vm-h"), nullptr);
+  EXPECT_EQ(backend_->FindDevice("0000:3b:00.2"), nullptr);
+  // The fixture's (fake) device is still the one under its address.
+  EXPECT_EQ(backend_->FindDevice(::irqbypass::agent::testing::kFixtureDevice)
+                .get(),
+            device_);
+  // The connection is still served.
+  EXPECT_TRUE((*client)->HandOverVm("vm-h", vm.get(), false).ok());
 }
 
 }  // namespace

@@ -116,6 +116,16 @@ absl::StatusOr<std::unique_ptr<KvmVm>> KvmVm::Adopt(Fd vm_fd, std::string name,
     return ErrnoErrorWithMessage(
         EBADF, absl::StrFormat("vm \"%s\": no file descriptor", name));
   }
+  // No KVM ioctl to an fd the kernel does not call a KVM VM (fd_identity.h).
+  absl::StatusOr<FdIdentity> identity = IdentifyFd(vm_fd.get());
+  if (!identity.ok()) return identity.status();
+  if (identity->kind != FdKind::kKvmVm || identity->path_only) {
+    return ErrnoErrorWithMessage(
+        ENOTTY, absl::StrFormat("vm \"%s\": the fd handed over is %s%s, not "
+                                "a KVM VM fd (no ioctl was sent to it)",
+                                name, identity->description,
+                                identity->path_only ? " opened O_PATH" : ""));
+  }
   const int has_irqfd =
       ::ioctl(vm_fd.get(), KVM_CHECK_EXTENSION, KVM_CAP_IRQFD);
   if (has_irqfd < 0 && errno == EIO) {

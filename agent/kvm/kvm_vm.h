@@ -54,6 +54,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "agent/kvm/fd.h"
+#include "agent/kvm/fd_identity.h"
 #include "agent/kvm/irqfd_target.h"
 #include "common/mutex.h"
 
@@ -76,9 +77,10 @@ class KvmVm final : public IrqfdTarget {
   static absl::StatusOr<std::unique_ptr<KvmVm>> Create(const Fd& kvm_dev,
                                                        std::string name);
 
-  // Adopts a VM fd. Checks that `vm_fd` is a KVM VM this process may drive
-  // (KVM_CHECK_EXTENSION(KVM_CAP_IRQFD) on it succeeds): EIO for a VM created
-  // by another process, ENOTTY or EBADF for other fds. The VM must already have
+  // Adopts a VM fd. Checks that the kernel calls `vm_fd` a KVM VM
+  // (fd_identity.h; ENOTTY naming what it is otherwise, before any ioctl on
+  // it) and that this process may drive it (KVM_CHECK_EXTENSION(
+  // KVM_CAP_IRQFD) on it succeeds): EIO for a VM created by another process. The VM must already have
   // its in-kernel irqchip (else KVM_IRQFD fails EINVAL later). With kAgent the
   // first wiring replaces the VMM's routing table with the agent's.
   static absl::StatusOr<std::unique_ptr<KvmVm>> Adopt(Fd vm_fd,

@@ -1,10 +1,12 @@
 #include "agent/kvm/vfio_device.h"
 
+#include <fcntl.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -127,19 +129,106 @@ std::string VfioIndexName(uint32_t vfio_index) {
 
 // ---- VfioDeviceIrqs ----
 
+bool SamePciIdentity(absl::string_view config_a, absl::string_view config_b) {
+  constexpr size_t kHeader = 0x30;
+  if (config_a.size() < kHeader || config_b.size() < kHeader) return false;
+  // Vendor and device id; revision and class; subsystem vendor and id.
+  for (auto [offset, length] : {std::pair<size_t, size_t>{0x00, 4},
+                                {0x08, 4},
+                                {0x2c, 4}}) {
+    if (config_a.substr(offset, length) != config_b.substr(offset, length)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> VfioDeviceIrqs::Adopt(
-    Fd device_fd, std::string address) {
+    Fd device_fd, std::string address, const FdIdentityPaths& paths) {
+  absl::StatusOr<FdIdentity> identity = IdentifyFd(device_fd.get(), paths);
+  if (!identity.ok()) return identity.status();
+  if (identity->kind != FdKind::kVfioDevice || identity->path_only) {
+    return ErrnoErrorWithMessage(
+        ENOTTY, absl::StrFormat("the fd handed over for device \"%s\" is %s%s, "
+                                "not a VFIO device fd (no ioctl was sent to "
+                                "it)",
+                                address, identity->description,
+                                identity->path_only ? " opened O_PATH" : ""));
+  }
+  if (!identity->sysfs_path.empty()) {
+    const std::string named = PciAddressOfSysfsPath(identity->sysfs_path);
+    if (named != address) {
+      return ErrnoErrorWithMessage(
+          EPERM, absl::StrFormat("the fd handed over for device \"%s\" is "
+                                 "device \"%s\" (%s)",
+                                 address, named, identity->sysfs_path));
+    }
+  }
   struct vfio_device_info info;
   std::memset(&info, 0, sizeof(info));
   info.argsz = sizeof(info);
   if (::ioctl(device_fd.get(), VFIO_DEVICE_GET_INFO, &info) != 0) {
     return ErrnoError(
         errno, absl::StrFormat("VFIO_DEVICE_GET_INFO on the fd handed over "
-                               "for device \"%s\" (is it a VFIO device fd?)",
+                               "for device \"%s\"",
                                address));
   }
-  return std::unique_ptr<VfioDeviceIrqs>(
-      new VfioDeviceIrqs(std::move(device_fd), std::move(address)));
+  if ((info.flags & VFIO_DEVICE_FLAGS_PCI) == 0) {
+    return ErrnoErrorWithMessage(
+        ENODEV, absl::StrFormat("the fd handed over for device \"%s\" is a "
+                                "VFIO device but not a PCI one (flags 0x%x)",
+                                address, info.flags));
+  }
+  if (!identity->sysfs_path.empty()) {
+    return std::unique_ptr<VfioDeviceIrqs>(new VfioDeviceIrqs(
+        std::move(device_fd), std::move(address), "sysfs path"));
+  }
+  // A kernel before 6.18 does not name a group-opened device fd: compare
+  // what the device says it is with what sysfs says `address` is.
+  const std::string sysfs_config =
+      absl::StrCat(paths.sys, "/bus/pci/devices/", address, "/config");
+  std::string host(0x30, '\0');
+  {
+    Fd config(::open(sysfs_config.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!config.valid()) {
+      return ErrnoError(errno == ENOENT ? ENODEV : errno,
+                        absl::StrFormat("device \"%s\": %s", address,
+                                        sysfs_config));
+    }
+    if (::pread(config.get(), host.data(), host.size(), 0) !=
+        static_cast<ssize_t>(host.size())) {
+      return ErrnoErrorWithMessage(
+          EIO, absl::StrCat("short read of ", sysfs_config));
+    }
+  }
+  struct vfio_region_info region;
+  std::memset(&region, 0, sizeof(region));
+  region.argsz = sizeof(region);
+  region.index = VFIO_PCI_CONFIG_REGION_INDEX;
+  std::string device(0x30, '\0');
+  if (::ioctl(device_fd.get(), VFIO_DEVICE_GET_REGION_INFO, &region) != 0) {
+    return ErrnoError(
+        errno, absl::StrFormat("VFIO_DEVICE_GET_REGION_INFO (config) of the "
+                               "fd handed over for device \"%s\"",
+                               address));
+  }
+  if (::pread(device_fd.get(), device.data(), device.size(),
+              static_cast<off_t>(region.offset)) !=
+      static_cast<ssize_t>(device.size())) {
+    return ErrnoError(errno, absl::StrFormat("reading the config space of the "
+                                             "fd handed over for device "
+                                             "\"%s\"",
+                                             address));
+  }
+  if (!SamePciIdentity(host, device)) {
+    return ErrnoErrorWithMessage(
+        EPERM, absl::StrFormat("the fd handed over for device \"%s\" is "
+                               "another kind of device (its vendor, device, "
+                               "class or subsystem id differ from %s)",
+                               address, sysfs_config));
+  }
+  return std::unique_ptr<VfioDeviceIrqs>(new VfioDeviceIrqs(
+      std::move(device_fd), std::move(address), "pci identity"));
 }
 
 absl::StatusOr<VfioIrqInfo> VfioDeviceIrqs::GetIrqInfo(uint32_t index) {

@@ -34,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "agent/kvm/fd.h"
+#include "agent/kvm/fd_identity.h"
 #include "common/mutex.h"
 #include "protos/irqbypass/v1/irqbypass.pb.h"
 
@@ -76,6 +77,12 @@ std::vector<uint8_t> EncodeVfioIrqSet(const VfioIrqSet& set);
 // and vfio-pci name devices.
 bool IsPciAddress(absl::string_view address);
 
+// Whether two PCI config space headers (at least 0x30 bytes each, as read
+// from sysfs's config file or VFIO's config region) name the same kind of
+// device: vendor and device id, revision and class, subsystem vendor and id.
+// False if either is shorter.
+bool SamePciIdentity(absl::string_view config_a, absl::string_view config_b);
+
 // VFIO_PCI_{INTX,MSI,MSIX}_IRQ_INDEX for the API's index (UNSPECIFIED is
 // MSIX, as irqbypass.proto says).
 uint32_t VfioIndexOf(v1::IrqIndex index);
@@ -102,10 +109,28 @@ class VfioIrqs {
 class VfioDeviceIrqs final : public VfioIrqs {
  public:
   // Takes a VFIO device fd (from VFIO_GROUP_GET_DEVICE_FD or
-  // /dev/vfio/devices/vfioN). Checks it with VFIO_DEVICE_GET_INFO: the errno
-  // of that ioctl (ENOTTY: not a VFIO device fd) otherwise.
+  // /dev/vfio/devices/vfioN) that a VMM says is device `address`, after
+  // checking, in this order (fd_identity.h), that it is:
+  //   1. a VFIO device fd by the kernel's name for it, before any ioctl on
+  //      it (ENOTTY naming what it is otherwise: "pipe:[..]", "/dev/null",
+  //      an O_PATH fd);
+  //   2. device `address`, when the kernel names the fd's device (fdinfo
+  //      since Linux 6.18, or the cdev's sysfs link): that sysfs path names
+  //      `address` (EPERM naming the device it is otherwise);
+  //   3. a PCI device: VFIO_DEVICE_GET_INFO answers with VFIO_DEVICE_FLAGS_PCI
+  //      (that ioctl's errno, or ENODEV);
+  //   4. device `address`, when the kernel does not name it (a kernel before
+  //      6.18 and a group-opened fd): the fd's PCI
+  //      identity (vendor, device, revision, class, subsystem: config space
+  //      bytes 0x00-0x03, 0x08-0x0b, 0x2c-0x2f, read through VFIO) must
+  //      equal that of `address` in sysfs (EPERM otherwise; ENODEV if
+  //      `address` is not on this host). That cannot tell apart two
+  //      identical devices; verified_by() says which check ran.
   static absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> Adopt(
-      Fd device_fd, std::string address);
+      Fd device_fd, std::string address, const FdIdentityPaths& paths = {});
+
+  // How the address was verified: "sysfs path" or "pci identity".
+  const std::string& verified_by() const { return verified_by_; }
 
   const std::string& address() const override { return address_; }
   bool fake() const override { return false; }
@@ -113,11 +138,14 @@ class VfioDeviceIrqs final : public VfioIrqs {
   absl::Status SetIrqs(const VfioIrqSet& set) override;
 
  private:
-  VfioDeviceIrqs(Fd device_fd, std::string address)
-      : device_fd_(std::move(device_fd)), address_(std::move(address)) {}
+  VfioDeviceIrqs(Fd device_fd, std::string address, std::string verified_by)
+      : device_fd_(std::move(device_fd)),
+        address_(std::move(address)),
+        verified_by_(std::move(verified_by)) {}
 
   const Fd device_fd_;
   const std::string address_;
+  const std::string verified_by_;
 };
 
 // A fake vfio-pci device: INTx (1 vector, maskable), MSI (32), MSI-X

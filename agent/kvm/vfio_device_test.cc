@@ -165,7 +165,29 @@ TEST(VfioDeviceIrqsTest, AdoptNonVfioFd_KernelErrno) {
   ASSERT_FALSE(device.ok());
   EXPECT_EQ(ErrnoOf(device.status()), ENOTTY) << device.status();
   EXPECT_THAT(std::string(device.status().message()),
-              HasSubstr("VFIO_DEVICE_GET_INFO"));
+              HasSubstr("anon_inode:[eventfd], not a VFIO device fd"));
+}
+
+TEST(VfioDeviceIrqsTest, SamePciIdentity_ComparesIdsClassAndSubsystem) {
+  std::string a(0x40, '\0');
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<char>(i * 7);
+  std::string b = a;
+  EXPECT_TRUE(SamePciIdentity(a, b));
+  // Command, status, BARs may differ (the device is in use; vfio-pci
+  // virtualises the BARs).
+  for (size_t offset : {0x04, 0x06, 0x0c, 0x10, 0x24, 0x30}) {
+    b = a;
+    b[offset] = static_cast<char>(~b[offset]);
+    EXPECT_TRUE(SamePciIdentity(a, b)) << offset;
+  }
+  // Vendor, device, revision, class, subsystem may not.
+  for (size_t offset : {0x00, 0x01, 0x02, 0x03, 0x08, 0x09, 0x0a, 0x0b, 0x2c,
+                        0x2d, 0x2e, 0x2f}) {
+    b = a;
+    b[offset] = static_cast<char>(~b[offset]);
+    EXPECT_FALSE(SamePciIdentity(a, b)) << offset;
+  }
+  EXPECT_FALSE(SamePciIdentity(a.substr(0, 0x2f), a));
 }
 
 }  // namespace
