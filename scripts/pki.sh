@@ -6,10 +6,11 @@
 #
 #   scripts/pki.sh ca DIR
 #       DIR/ca.pem, DIR/ca.key: a new CA (valid 10 years)
-#   scripts/pki.sh issue CA_DIR OUT_DIR NAME DAYS [URI...]
+#   scripts/pki.sh issue CA_DIR OUT_DIR NAME DAYS [SAN...]
 #       OUT_DIR/NAME.pem (signed by CA_DIR's CA) and OUT_DIR/NAME.key, with
-#       each URI as a subject alternative name; DAYS 0 makes a certificate
-#       that has expired a second later
+#       each SAN as a subject alternative name: a URI (the product's
+#       identities), or DNS:NAME / IP:ADDRESS as given (e.g. an etcd
+#       member's); DAYS 0 makes a certificate that has expired a second later
 #   scripts/pki.sh fleet DIR TRUST_DOMAIN NODE...
 #       a CA and what a local fleet needs: server (irqbypassd), agent-NODE
 #       for each node, orchestrator, reader and admin
@@ -45,7 +46,12 @@ issue() {
     echo "extendedKeyUsage=serverAuth,clientAuth"
     if [ $# -gt 0 ]; then
       local sans="" uri
-      for uri in "$@"; do sans="${sans:+$sans,}URI:$uri"; done
+      for uri in "$@"; do
+        case "$uri" in
+          DNS:* | IP:*) sans="${sans:+$sans,}$uri" ;;
+          *) sans="${sans:+$sans,}URI:$uri" ;;
+        esac
+      done
       echo "subjectAltName=$sans"
     fi
   } > "$tmp/ext"
@@ -70,7 +76,7 @@ case "${1:-}" in
     [ $# -eq 2 ] || die "usage: pki.sh ca DIR"
     new_ca "$2" ;;
   issue)
-    [ $# -ge 5 ] || die "usage: pki.sh issue CA_DIR OUT_DIR NAME DAYS [URI...]"
+    [ $# -ge 5 ] || die "usage: pki.sh issue CA_DIR OUT_DIR NAME DAYS [SAN...]"
     issue "${@:2}" ;;
   fleet)
     [ $# -ge 3 ] || die "usage: pki.sh fleet DIR TRUST_DOMAIN NODE..."

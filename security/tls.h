@@ -53,6 +53,36 @@ std::shared_ptr<grpc::ServerCredentials> ServerCredentials(
 std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(
     const TlsOptions& options);
 
+// TLS to etcd, whose certificates come from etcd's PKI, not the fleet's:
+// the members' certificates are verified against `ca_file`, and the one
+// answering must name one of `hosts` (the endpoints' hosts) in a DNS or IP
+// subject alternative name, as etcd's own clients require (no common-name
+// fallback). `cert_file` and `key_file` (both or neither) are the client
+// certificate a member started with --client-cert-auth asks for. All files
+// are re-read every `refresh`.
+struct EtcdTlsOptions {
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+  std::vector<std::string> hosts;
+  absl::Duration refresh = absl::Seconds(10);
+};
+
+// Reads the files now: the CA bundle holds a certificate; the client
+// certificate parses, is not expired and `key_file` is its key.
+// INVALID_ARGUMENT / FAILED_PRECONDITION naming the file otherwise.
+absl::Status CheckEtcdTlsFiles(const EtcdTlsOptions& options);
+
+// Whether a certificate's DNS and IP SANs name one of `hosts` (DNS names
+// case-insensitively, a "*." wildcard covering one label; IP addresses by
+// value, so "::1" names "0:0::1"). Exposed for tests.
+bool NamesAHost(const std::vector<std::string>& dns_names,
+                const std::vector<std::string>& ip_names,
+                const std::vector<std::string>& hosts);
+
+std::shared_ptr<grpc::ChannelCredentials> EtcdChannelCredentials(
+    const EtcdTlsOptions& options);
+
 // The identity of the peer of a call on a TLS connection (verified at the
 // handshake); UNAUTHENTICATED if it has none (a plaintext connection).
 absl::StatusOr<Identity> PeerIdentity(const grpc::AuthContext& auth,

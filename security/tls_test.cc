@@ -233,4 +233,22 @@ TEST(CheckOwnCertificateTest, NamesTheFileAndWhatIsWrong) {
 }
 
 }  // namespace
+TEST(EtcdHostCheckTest, NamesAHost) {
+  EXPECT_TRUE(NamesAHost({}, {"127.0.0.1"}, {"127.0.0.1"}));
+  EXPECT_TRUE(NamesAHost({}, {"0:0::1"}, {"::1"}));  // by value
+  EXPECT_TRUE(NamesAHost({}, {"::1"}, {"[::1]"}));
+  EXPECT_FALSE(NamesAHost({}, {"127.0.0.2"}, {"127.0.0.1"}));
+  // An IP host is matched only by IP SANs, a name only by DNS SANs.
+  EXPECT_FALSE(NamesAHost({"127.0.0.1"}, {}, {"127.0.0.1"}));
+  EXPECT_FALSE(NamesAHost({}, {"127.0.0.1"}, {"localhost"}));
+  EXPECT_TRUE(NamesAHost({"ETCD-0.example.net"}, {}, {"etcd-0.example.net"}));
+  EXPECT_TRUE(NamesAHost({"*.example.net"}, {}, {"etcd-0.example.net"}));
+  EXPECT_FALSE(NamesAHost({"*.example.net"}, {}, {"example.net"}));
+  EXPECT_FALSE(NamesAHost({"*.example.net"}, {}, {"a.b.example.net"}));
+  EXPECT_FALSE(NamesAHost({"*.example.net"}, {}, {".example.net"}));
+  // Any of several hosts (one per member).
+  EXPECT_TRUE(NamesAHost({}, {"10.0.0.2"}, {"10.0.0.1", "10.0.0.2"}));
+  EXPECT_FALSE(NamesAHost({}, {}, {"10.0.0.1"}));
+}
+
 }  // namespace irqbypass::security

@@ -34,8 +34,10 @@ absl::StatusOr<std::unique_ptr<EtcdElection>> EtcdElection::Create(
   }
   std::unique_ptr<EtcdElection> election(new EtcdElection(std::move(options)));
   // A channel of its own: keepalives do not queue behind bulk writes.
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(*target, grpc::InsecureChannelCredentials());
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> made =
+      EtcdChannel(election->options_.endpoints, election->options_.credentials);
+  if (!made.ok()) return made.status();
+  std::shared_ptr<grpc::Channel> channel = *std::move(made);
   election->kv_ = etcdserverpb::KV::NewStub(channel);
   election->lease_stub_ = etcdserverpb::Lease::NewStub(channel);
   return election;

@@ -32,12 +32,14 @@
 #include "absl/time/time.h"
 #include "common/mutex.h"
 #include "grpcpp/client_context.h"
+#include "grpcpp/security/credentials.h"
 #include "protos/etcd/rpc.grpc.pb.h"
 
 namespace irqbypass {
 
 struct EtcdElectionOptions {
   std::vector<std::string> endpoints;  // as EtcdStoreOptions
+  std::shared_ptr<grpc::ChannelCredentials> credentials;  // likewise
   std::string key = "/irqbypass/leader";
   // The leader key's value: where clients and agents reach this replica.
   std::string address;

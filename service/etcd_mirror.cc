@@ -27,8 +27,10 @@ absl::StatusOr<std::unique_ptr<EtcdMirror>> EtcdMirror::Start(
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  auto channel = grpc::CreateCustomChannel(
-      *target, grpc::InsecureChannelCredentials(), args);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> made = EtcdChannel(
+      mirror->options_.endpoints, mirror->options_.credentials, args);
+  if (!made.ok()) return made.status();
+  std::shared_ptr<grpc::Channel> channel = *std::move(made);
   mirror->kv_ = etcdserverpb::KV::NewStub(channel);
   mirror->watch_ = etcdserverpb::Watch::NewStub(channel);
   mirror->thread_ = std::thread([m = mirror.get()] { m->Run(); });

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "grpcpp/create_channel.h"
 #include "service/errors.h"
 #include "service/store_codec.h"
@@ -60,13 +61,21 @@ absl::StatusOr<std::string> EtcdTarget(
     return absl::InvalidArgumentError("etcd_endpoints: none given");
   }
   std::vector<std::string> addresses;
+  const bool tls = EtcdEndpointsUseTls(endpoints);
   for (std::string e : endpoints) {
+    const std::string given = e;
+    if (absl::StartsWith(e, "https://") != tls) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("etcd_endpoints: \"", given,
+                       "\": all endpoints must be http:// or all https://"));
+    }
     if (absl::StartsWith(e, "http://")) e = e.substr(7);
-    if (e.empty() || absl::StartsWith(e, "https://") ||
-        e.find('/') != std::string::npos || e.find(':') == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "etcd_endpoints: \"", e,
-          "\" is not http://HOST:PORT (TLS to etcd is not supported yet)"));
+    if (absl::StartsWith(e, "https://")) e = e.substr(8);
+    if (e.empty() || e.find('/') != std::string::npos ||
+        e.find(':') == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("etcd_endpoints: \"", given,
+                       "\" is not http://HOST:PORT or https://HOST:PORT"));
     }
     addresses.push_back(e);
   }
@@ -86,14 +95,57 @@ absl::StatusOr<std::string> EtcdTarget(
                   : addresses[0];
 }
 
+bool EtcdEndpointsUseTls(const std::vector<std::string>& endpoints) {
+  return !endpoints.empty() && absl::StartsWith(endpoints[0], "https://");
+}
+
+std::vector<std::string> EtcdEndpointHosts(
+    const std::vector<std::string>& endpoints) {
+  std::vector<std::string> hosts;
+  for (absl::string_view e : endpoints) {
+    absl::ConsumePrefix(&e, "http://") || absl::ConsumePrefix(&e, "https://");
+    const size_t colon = e.rfind(':');
+    absl::string_view host =
+        colon == absl::string_view::npos ? e : e.substr(0, colon);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);  // [::1]:2379
+    }
+    hosts.emplace_back(host);
+  }
+  return hosts;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> EtcdChannel(
+    const std::vector<std::string>& endpoints,
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+    const grpc::ChannelArguments& args) {
+  absl::StatusOr<std::string> target = EtcdTarget(endpoints);
+  if (!target.ok()) return target.status();
+  const bool tls = EtcdEndpointsUseTls(endpoints);
+  if (tls && credentials == nullptr) {
+    return absl::InvalidArgumentError(
+        "etcd_endpoints: https:// needs --etcd_cacert (the CA that signed "
+        "the etcd members' certificates)");
+  }
+  if (!tls && credentials != nullptr) {
+    return absl::InvalidArgumentError(
+        "etcd_endpoints: --etcd_cacert given, but the endpoints are "
+        "http://; use https://HOST:PORT");
+  }
+  return grpc::CreateCustomChannel(
+      *target, tls ? credentials : grpc::InsecureChannelCredentials(), args);
+}
+
 absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(
     const EtcdStoreOptions& options) {
   absl::StatusOr<std::string> target = EtcdTarget(options.endpoints);
   if (!target.ok()) return target.status();
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      EtcdChannel(options.endpoints, options.credentials);
+  if (!channel.ok()) return channel.status();
   std::unique_ptr<EtcdStore> store(new EtcdStore(options));
   store->target_ = *std::move(target);
-  store->kv_ = etcdserverpb::KV::NewStub(
-      grpc::CreateChannel(store->target_, grpc::InsecureChannelCredentials()));
+  store->kv_ = etcdserverpb::KV::NewStub(*std::move(channel));
   EtcdStore* const raw = store.get();
   store->batcher_ = std::make_unique<StoreBatcher>(
       kWriters, kChangesPerTxn, [raw](absl::Span<const StoreChange> changes) {

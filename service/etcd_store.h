@@ -48,6 +48,9 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 #include "protos/etcd/rpc.grpc.pb.h"
 #include "service/errors.h"
 #include "service/store.h"
@@ -56,8 +59,12 @@
 namespace irqbypass {
 
 struct EtcdStoreOptions {
-  // "http://host:port" or "host:port", one per member.
+  // "http://host:port" or "host:port", one per member; "https://host:port"
+  // with TLS (all the same scheme).
   std::vector<std::string> endpoints;
+  // TLS credentials for https:// endpoints (security/tls.h
+  // EtcdChannelCredentials); null for http://.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
   std::string prefix = "/irqbypass/";
   absl::Duration timeout = absl::Seconds(5);
   // Runs (once, on the writing thread) when a fenced write finds that this
@@ -69,11 +76,25 @@ struct EtcdStoreOptions {
   bool require_answer = true;
 };
 
-// The gRPC target for `endpoints` ("http://host:port" or "host:port"):
-// "ipv4:a,b,c" when all are IPv4 literals (gRPC then moves to the next
-// member when one fails), else the first. INVALID_ARGUMENT naming a bad one.
+// The gRPC target for `endpoints` ("http://host:port", "https://host:port"
+// or "host:port"): "ipv4:a,b,c" when all are IPv4 literals (gRPC then moves
+// to the next member when one fails), else the first. INVALID_ARGUMENT
+// naming a bad one, or if http:// and https:// are mixed.
 absl::StatusOr<std::string> EtcdTarget(
     const std::vector<std::string>& endpoints);
+// Whether `endpoints` are https:// (EtcdTarget accepted them).
+bool EtcdEndpointsUseTls(const std::vector<std::string>& endpoints);
+// Their hosts ("https://10.0.0.1:2379" -> "10.0.0.1"), which a member's
+// certificate must name.
+std::vector<std::string> EtcdEndpointHosts(
+    const std::vector<std::string>& endpoints);
+// A channel to the members of `endpoints`, with `credentials` (null:
+// plaintext). INVALID_ARGUMENT if the endpoints are https:// without
+// credentials or http:// with them.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> EtcdChannel(
+    const std::vector<std::string>& endpoints,
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+    const grpc::ChannelArguments& args = grpc::ChannelArguments());
 
 class EtcdStore final : public Store {
  public:

@@ -109,7 +109,17 @@ ABSL_FLAG(std::string, store, "embedded",
           "leader) or memory (nothing survives a restart; tests and "
           "benchmarks only)");
 ABSL_FLAG(std::string, etcd_endpoints, "http://127.0.0.1:2379",
-          "--store=etcd: the members, comma-separated http://HOST:PORT");
+          "--store=etcd: the members, comma-separated http://HOST:PORT, or "
+          "https://HOST:PORT (TLS: needs --etcd_cacert)");
+ABSL_FLAG(std::string, etcd_cacert, "",
+          "--store=etcd over https://: the CA bundle (PEM) that signed the "
+          "etcd members' certificates; a member's certificate must also name "
+          "its endpoint's host (DNS or IP SAN)");
+ABSL_FLAG(std::string, etcd_cert, "",
+          "--store=etcd over https://: a client certificate (PEM) to present "
+          "to members started with --client-cert-auth (with --etcd_key)");
+ABSL_FLAG(std::string, etcd_key, "",
+          "--store=etcd over https://: the key of --etcd_cert (PEM)");
 ABSL_FLAG(std::string, etcd_prefix, "/irqbypass/",
           "--store=etcd: the key prefix of this manager's state");
 ABSL_FLAG(absl::Duration, leader_lease_ttl, absl::Seconds(5),
@@ -215,6 +225,7 @@ int Run() {
   std::unique_ptr<RocksDbStore> rocks;
   std::unique_ptr<EtcdStore> etcd;
   std::unique_ptr<EtcdMirror> mirror;  // a standby's warm copy
+  std::shared_ptr<grpc::ChannelCredentials> etcd_credentials;  // null: http
   if (store_kind == "etcd") {
     EtcdStoreOptions etcd_options;
     etcd_options.endpoints = absl::StrSplit(absl::GetFlag(FLAGS_etcd_endpoints),
@@ -222,6 +233,25 @@ int Run() {
     etcd_options.prefix = absl::GetFlag(FLAGS_etcd_prefix);
     if (etcd_options.prefix.empty()) return Fail("--etcd_prefix: empty");
     etcd_options.on_step_down = RequestStepDown;
+    if (!absl::GetFlag(FLAGS_etcd_cacert).empty() ||
+        !absl::GetFlag(FLAGS_etcd_cert).empty() ||
+        !absl::GetFlag(FLAGS_etcd_key).empty()) {
+      security::EtcdTlsOptions etcd_tls;
+      etcd_tls.ca_file = absl::GetFlag(FLAGS_etcd_cacert);
+      etcd_tls.cert_file = absl::GetFlag(FLAGS_etcd_cert);
+      etcd_tls.key_file = absl::GetFlag(FLAGS_etcd_key);
+      etcd_tls.hosts = EtcdEndpointHosts(etcd_options.endpoints);
+      etcd_tls.refresh = tls.options.refresh;  // --tls_refresh
+      if (etcd_tls.ca_file.empty()) {
+        return Fail("--etcd_cert/--etcd_key: need --etcd_cacert");
+      }
+      if (absl::Status s = security::CheckEtcdTlsFiles(etcd_tls); !s.ok()) {
+        return Fail(absl::StrCat("--etcd_cacert/--etcd_cert/--etcd_key: ",
+                                 s.message()));
+      }
+      etcd_options.credentials = security::EtcdChannelCredentials(etcd_tls);
+    }
+    etcd_credentials = etcd_options.credentials;
     // A standby starts (and a deposed leader restarts) while etcd is away.
     etcd_options.require_answer = false;
     auto opened = EtcdStore::Open(etcd_options);
@@ -234,6 +264,7 @@ int Run() {
       EtcdMirrorOptions mirror_options;
       mirror_options.endpoints = etcd_options.endpoints;
       mirror_options.prefix = etcd_options.prefix;
+      mirror_options.credentials = etcd_options.credentials;
       auto started = EtcdMirror::Start(mirror_options);
       if (!started.ok()) {
         return Fail(
@@ -515,6 +546,7 @@ int Run() {
     EtcdElectionOptions election_options;
     election_options.endpoints = absl::StrSplit(
         absl::GetFlag(FLAGS_etcd_endpoints), ',', absl::SkipEmpty());
+    election_options.credentials = etcd_credentials;
     election_options.key = absl::GetFlag(FLAGS_etcd_prefix) + "leader";
     std::string advertise = absl::GetFlag(FLAGS_advertise_address);
     if (advertise.empty()) {

@@ -10,6 +10,7 @@
 #include "client/error_detail.h"
 #include "client/irqbypass_client.h"
 #include "gtest/gtest.h"
+#include "security/testing/pki.h"
 #include "tests/cluster.h"
 #include "tests/etcd_support.h"
 
@@ -809,6 +810,55 @@ TEST_F(EndToEndTest, EtcdStore_ManagerKilledAndRestarted_StateAndWiringKept) {
                       "disconnected=0 reconnected=0"),
             std::string::npos);
   EXPECT_NE(log.find("store=\"etcd endpoints="), std::string::npos);
+}
+
+// The same over TLS to etcd: members with certificates of etcd's own CA,
+// requiring client certificates; irqbypassd given --etcd_cacert,
+// --etcd_cert and --etcd_key. Without the client certificate it cannot
+// read its state and says so.
+TEST_F(EndToEndTest, EtcdStoreOverTls_ManagerKilledAndRestarted_StateKept) {
+  const security::testing::Pki pki(cluster_.dir() + "/etcd-pki");
+  const auto member = pki.Issue("member", {"IP:127.0.0.1"});
+  const auto client = pki.Issue("client", {});
+  ASSERT_FALSE(member.cert_file.empty() || client.cert_file.empty());
+  EtcdCluster etcd;
+  ASSERT_TRUE(etcd.Start(
+      1, EtcdTestTls{pki.ca_file(), member.cert_file, member.key_file,
+                     client.cert_file, client.key_file}));
+  ASSERT_EQ(etcd.endpoints()[0].rfind("https://", 0), 0u);
+  const std::vector<std::string> flags = {
+      "--store=etcd", "--etcd_endpoints=" + etcd.endpoints()[0],
+      "--etcd_cacert=" + pki.ca_file(), "--etcd_cert=" + client.cert_file,
+      "--etcd_key=" + client.key_file};
+  cluster_.manager().Signal(SIGKILL);
+  cluster_.manager().Wait();
+  ASSERT_TRUE(cluster_.StartManager(flags));
+  ASSERT_TRUE(cluster_.StartAgent("n1"));
+  ASSERT_TRUE(
+      api().RegisterConsumer(MakeConsumer("t1", "n1", "vm-a", 24)).ok());
+  auto p1 = api().RegisterProducer(MakeProducer("t1", "n1", "0000:3b:00.1"));
+  ASSERT_TRUE(p1.ok()) << p1.status();
+  const int reconciles = cluster_.Reconciles("n1");
+  cluster_.manager().Signal(SIGKILL);
+  cluster_.manager().Wait();
+  ASSERT_TRUE(cluster_.StartManager(flags));
+  // Elected once the killed one's lease ran out; then the agent reconciles.
+  ASSERT_TRUE(cluster_.WaitReconciles("n1", reconciles + 1));
+  auto t1 = api().GetBinding("t1");
+  ASSERT_TRUE(t1.ok()) << t1.status();
+  EXPECT_TRUE(t1->connected());
+  EXPECT_EQ(t1->producer_registration_id(), p1->registration_id);
+  // etcd holds it: read back with etcd's client certificate.
+  EtcdKv kv(etcd.endpoints()[0], etcd.tls());
+  EXPECT_GT(kv.Revision(), 0);
+
+  // An https:// endpoint without --etcd_cacert is a usage error at start.
+  const CommandResult bad =
+      RunCommand(BinaryPath("service/irqbypassd"),
+                 {"--listen=127.0.0.1:0", "--metrics_listen=", "--insecure",
+                  "--store=etcd", "--etcd_endpoints=" + etcd.endpoints()[0]});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--etcd_cacert"), std::string::npos) << bad.err;
 }
 
 TEST_F(EndToEndTest, MemoryStore_ManagerRestarted_StaleWiringRemoved) {

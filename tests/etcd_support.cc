@@ -1,6 +1,9 @@
 #include "tests/etcd_support.h"
 
+#include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include "absl/strings/strip.h"
@@ -10,30 +13,68 @@
 
 namespace irqbypass::testing {
 
-bool EtcdCluster::Start(int members) {
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::shared_ptr<grpc::ChannelCredentials> TestCredentials(
+    const EtcdTestTls& tls) {
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ReadFile(tls.ca_file);
+  ssl.pem_cert_chain = ReadFile(tls.client_cert);
+  ssl.pem_private_key = ReadFile(tls.client_key);
+  return grpc::SslCredentials(ssl);
+}
+
+}  // namespace
+
+bool EtcdCluster::Start(int members, std::optional<EtcdTestTls> tls) {
+  tls_ = std::move(tls);
+  const std::string scheme = tls_.has_value() ? "https://" : "http://";
   dir_ = MakeTempDir("etcd");
   initial_cluster_.clear();
   for (int i = 0; i < members; ++i) {
     client_ports_.push_back(FreeLoopbackPort());
     peer_ports_.push_back(FreeLoopbackPort());
-    endpoints_.push_back("http://127.0.0.1:" +
-                         std::to_string(client_ports_.back()));
+    endpoints_.push_back(scheme +
+                         "127.0.0.1:" + std::to_string(client_ports_.back()));
     if (i > 0) initial_cluster_ += ",";
-    initial_cluster_ += "m" + std::to_string(i) + "=http://127.0.0.1:" +
-                        std::to_string(peer_ports_.back());
+    initial_cluster_ += "m" + std::to_string(i) + "=" + scheme +
+                        "127.0.0.1:" + std::to_string(peer_ports_.back());
     members_.push_back(std::make_unique<Process>());
   }
   for (int i = 0; i < members; ++i) {
     if (!StartMember(i)) return false;
   }
-  // Up once every member answers its health endpoint.
+  // Up once every member answers its health endpoint (with TLS: a read,
+  // through a client certificate).
   for (int i = 0; i < members; ++i) {
     const int port = client_ports_[i];
-    if (!Eventually([&] {
-          auto body = HttpGet(port, "/health");
-          return body.has_value() &&
-                 body->find("\"true\"") != std::string::npos;
-        })) {
+    bool up;
+    if (tls_.has_value()) {
+      auto kv = etcdserverpb::KV::NewStub(grpc::CreateChannel(
+          "127.0.0.1:" + std::to_string(port), TestCredentials(*tls_)));
+      up = Eventually([&] {
+        etcdserverpb::RangeRequest request;
+        request.set_key("/none");
+        etcdserverpb::RangeResponse response;
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() +
+                             std::chrono::seconds(1));
+        return kv->Range(&context, request, &response).ok();
+      });
+    } else {
+      up = Eventually([&] {
+        auto body = HttpGet(port, "/health");
+        return body.has_value() && body->find("\"true\"") != std::string::npos;
+      });
+    }
+    if (!up) {
       DumpLogs();
       return false;
     }
@@ -43,18 +84,33 @@ bool EtcdCluster::Start(int members) {
 
 bool EtcdCluster::StartMember(int i) {
   const std::string name = "m" + std::to_string(i);
+  const std::string scheme = tls_.has_value() ? "https://" : "http://";
   const std::string client =
-      "http://127.0.0.1:" + std::to_string(client_ports_[i]);
-  const std::string peer = "http://127.0.0.1:" + std::to_string(peer_ports_[i]);
-  return members_[i]->Start(
-      "/usr/bin/etcd",
-      {"--name=" + name, "--data-dir=" + dir_ + "/" + name,
-       "--listen-client-urls=" + client, "--advertise-client-urls=" + client,
-       "--listen-peer-urls=" + peer, "--initial-advertise-peer-urls=" + peer,
-       "--initial-cluster=" + initial_cluster_, "--initial-cluster-state=new",
-       "--initial-cluster-token=irqbypass-test", "--heartbeat-interval=50",
-       "--election-timeout=500", "--log-level=warn"},
-      dir_ + "/" + name + ".log");
+      scheme + "127.0.0.1:" + std::to_string(client_ports_[i]);
+  const std::string peer =
+      scheme + "127.0.0.1:" + std::to_string(peer_ports_[i]);
+  std::vector<std::string> args = {"--name=" + name,
+                                   "--data-dir=" + dir_ + "/" + name,
+                                   "--listen-client-urls=" + client,
+                                   "--advertise-client-urls=" + client,
+                                   "--listen-peer-urls=" + peer,
+                                   "--initial-advertise-peer-urls=" + peer,
+                                   "--initial-cluster=" + initial_cluster_,
+                                   "--initial-cluster-state=new",
+                                   "--initial-cluster-token=irqbypass-test",
+                                   "--heartbeat-interval=50",
+                                   "--election-timeout=500",
+                                   "--log-level=warn"};
+  if (tls_.has_value()) {
+    for (const char* side : {"", "peer-"}) {
+      const std::string p = std::string("--") + side;
+      args.push_back(p + "cert-file=" + tls_->server_cert);
+      args.push_back(p + "key-file=" + tls_->server_key);
+      args.push_back(p + "trusted-ca-file=" + tls_->ca_file);
+      args.push_back(p + "client-cert-auth");
+    }
+  }
+  return members_[i]->Start("/usr/bin/etcd", args, dir_ + "/" + name + ".log");
 }
 
 bool EtcdCluster::Restart(int i) { return StartMember(i); }
@@ -66,11 +122,15 @@ void EtcdCluster::DumpLogs() const {
   }
 }
 
-EtcdKv::EtcdKv(absl::string_view endpoint) {
+EtcdKv::EtcdKv(absl::string_view endpoint,
+               const std::optional<EtcdTestTls>& tls) {
   absl::string_view target = endpoint;
   absl::ConsumePrefix(&target, "http://");
+  absl::ConsumePrefix(&target, "https://");
   kv_ = etcdserverpb::KV::NewStub(grpc::CreateChannel(
-      std::string(target), grpc::InsecureChannelCredentials()));
+      std::string(target), tls.has_value()
+                               ? TestCredentials(*tls)
+                               : grpc::InsecureChannelCredentials()));
 }
 
 int64_t EtcdKv::Revision() {

@@ -5,6 +5,7 @@
 #define IRQBYPASS_TESTS_ETCD_SUPPORT_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,12 +15,24 @@
 
 namespace irqbypass::testing {
 
+// TLS for an EtcdCluster: every member serves clients and peers with
+// `server` (its SANs must name 127.0.0.1) and verifies client and peer
+// certificates against `ca_file` (--client-cert-auth); `client` is what
+// the cluster's own health checks and EtcdKv present.
+struct EtcdTestTls {
+  std::string ca_file;
+  std::string server_cert, server_key;
+  std::string client_cert, client_key;
+};
+
 class EtcdCluster {
  public:
   // Starts `members` etcd members and waits until the cluster answers.
-  // False (with the logs on stderr) if it did not come up.
-  bool Start(int members = 1);
-  // "http://127.0.0.1:P" of each member, in order.
+  // False (with the logs on stderr) if it did not come up. With `tls`, the
+  // endpoints are https:// and need a client certificate.
+  bool Start(int members = 1, std::optional<EtcdTestTls> tls = std::nullopt);
+  const std::optional<EtcdTestTls>& tls() const { return tls_; }
+  // "http://127.0.0.1:P" (or https://) of each member, in order.
   const std::vector<std::string>& endpoints() const { return endpoints_; }
   Process& member(int i) { return *members_.at(i); }
   // Starts member `i` again after it was stopped (same data, same ports).
@@ -28,6 +41,7 @@ class EtcdCluster {
 
  private:
   bool StartMember(int i);
+  std::optional<EtcdTestTls> tls_;
   std::string dir_;
   std::string initial_cluster_;
   std::vector<int> client_ports_;
@@ -41,8 +55,10 @@ class EtcdCluster {
 // EXPECT) if etcd refuses it.
 class EtcdKv {
  public:
-  // `endpoint`: "http://127.0.0.1:P", as EtcdCluster::endpoints() gives.
-  explicit EtcdKv(absl::string_view endpoint);
+  // `endpoint`: "http://127.0.0.1:P", as EtcdCluster::endpoints() gives;
+  // https:// with `tls` (its CA and client certificate).
+  explicit EtcdKv(absl::string_view endpoint,
+                  const std::optional<EtcdTestTls>& tls = std::nullopt);
 
   // etcd's current revision (0 on failure).
   int64_t Revision();

@@ -73,14 +73,13 @@ absl::StatusOr<std::unique_ptr<HandoffServer>> HandoffServer::Start(
   // this one's place.
   {
     const size_t slash = options.path.rfind('/');
-    const std::string directory =
-        slash == std::string::npos ? "."
-        : slash == 0               ? "/"
-                                   : options.path.substr(0, slash);
+    const std::string directory = slash == std::string::npos ? "."
+                                  : slash == 0               ? "/"
+                                               : options.path.substr(0, slash);
     struct stat dir;
     if (::stat(directory.c_str(), &dir) != 0) {
-      return ErrnoError(errno, absl::StrCat("handoff socket directory ",
-                                            directory));
+      return ErrnoError(errno,
+                        absl::StrCat("handoff socket directory ", directory));
     }
     if (dir.st_uid != 0 && dir.st_uid != ::geteuid()) {
       return ErrnoErrorWithMessage(
@@ -178,10 +177,10 @@ void HandoffServer::AcceptLoop() {
       (void)SendHandoffPacket(
           socket.get(),
           EncodeHandoffReply(ErrnoErrorWithMessage(
-              EACCES,
-              absl::StrCat("uid ", peer.uid, " gid ", peer.gid,
-                           " is not allowed to hand over to this agent "
-                           "(--handoff_allowed_uids, --handoff_allowed_gids)"))),
+              EACCES, absl::StrCat(
+                          "uid ", peer.uid, " gid ", peer.gid,
+                          " is not allowed to hand over to this agent "
+                          "(--handoff_allowed_uids, --handoff_allowed_gids)"))),
           {});
       continue;
     }

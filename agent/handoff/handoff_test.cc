@@ -8,12 +8,11 @@
 #include <linux/kvm.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <unistd.h>
-
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -275,8 +274,7 @@ TEST_F(HandoffServerTest, SocketDirectoryWritableByOthers_Refused) {
   auto server = HandoffServer::Start(options, *backend_);
   ASSERT_FALSE(server.ok());
   EXPECT_EQ(ErrnoOf(server.status()), EPERM) << server.status();
-  EXPECT_THAT(std::string(server.status().message()),
-              HasSubstr("mode 0777"));
+  EXPECT_THAT(std::string(server.status().message()), HasSubstr("mode 0777"));
   // Sticky (as /tmp): nobody can remove another's file, so it is accepted.
   ASSERT_EQ(::chmod(dir_.c_str(), 01777), 0);
   server = HandoffServer::Start(options, *backend_);
@@ -321,9 +319,8 @@ TEST_F(HandoffServerTest, HostileMessages_RefusedAndEveryFdClosed) {
   std::filesystem::create_directories(cdev_dir);
   std::filesystem::create_directories(sys + "/dev/char");
   std::filesystem::create_directory_symlink(
-      cdev_dir, sys + "/dev/char/" +
-                    std::to_string(major(null_stat.st_rdev)) + ":" +
-                    std::to_string(minor(null_stat.st_rdev)));
+      cdev_dir, sys + "/dev/char/" + std::to_string(major(null_stat.st_rdev)) +
+                    ":" + std::to_string(minor(null_stat.st_rdev)));
   StartServer({}, sys);
 
   Fd event(::eventfd(0, EFD_CLOEXEC));
@@ -366,32 +363,54 @@ TEST_F(HandoffServerTest, HostileMessages_RefusedAndEveryFdClosed) {
       {"device: socket", kDev, {socket_a.get()}, ENOTTY, "socket:["},
       // The cdev of 0000:3b:00.2 offered as 0000:3b:00.1: refused by the
       // kernel's name for it, before any ioctl.
-      {"device: another device's cdev", kDev, {null.get()}, EPERM,
+      {"device: another device's cdev",
+       kDev,
+       {null.get()},
+       EPERM,
        "is device \"0000:3b:00.2\""},
       // Named right, but no VFIO device answers VFIO_DEVICE_GET_INFO.
-      {"device: right name, not VFIO", "DEVICE 0000:3b:00.2", {null.get()},
-       ENOTTY, "VFIO_DEVICE_GET_INFO"},
+      {"device: right name, not VFIO",
+       "DEVICE 0000:3b:00.2",
+       {null.get()},
+       ENOTTY,
+       "VFIO_DEVICE_GET_INFO"},
       {"device: two fds", kDev, {e, null.get()}, EINVAL, "want 1 fd, got 2"},
       {"device: no fd", kDev, {}, EINVAL, "want 1 fd, got 0"},
-      {"device: bad address", "DEVICE 0000:3b:00.9", {e}, EINVAL,
+      {"device: bad address",
+       "DEVICE 0000:3b:00.9",
+       {e},
+       EINVAL,
        "bad PCI address"},
       {"vm: eventfd", "VM vm-h vmm", {e}, ENOTTY, "not a KVM VM fd"},
-      {"vm: /dev/kvm", "VM vm-h agent", {kvm_system.get()}, ENOTTY,
-       "/dev/kvm"},
+      {"vm: /dev/kvm", "VM vm-h agent", {kvm_system.get()}, ENOTTY, "/dev/kvm"},
       {"vm: O_PATH", "VM vm-h vmm", {path_only.get()}, ENOTTY, "O_PATH"},
-      {"serve-vm with an fd", "SERVE-VM 1 vm-h", {e}, EINVAL,
+      {"serve-vm with an fd",
+       "SERVE-VM 1 vm-h",
+       {e},
+       EINVAL,
        "want 0 fd, got 1"},
-      {"release with fds", "RELEASE-VM vm-h", {e, e, e}, EINVAL,
+      {"release with fds",
+       "RELEASE-VM vm-h",
+       {e, e, e},
+       EINVAL,
        "want 0 fd, got 3"},
-      {"unknown verb with an fd", "EXEC /bin/sh", {e}, EINVAL,
+      {"unknown verb with an fd",
+       "EXEC /bin/sh",
+       {e},
+       EINVAL,
        "unknown request"},
       {"empty with an fd", "", {e}, EINVAL, "unknown request"},
-      {"name too long", "SERVE-VM 1 " + std::string(129, 'v'), {}, EINVAL,
+      {"name too long",
+       "SERVE-VM 1 " + std::string(129, 'v'),
+       {},
+       EINVAL,
        "bad VM name"},
-      {"5 fds (over the 4 a message may carry)", kDev, many, EMSGSIZE,
-       "4 fds"},
+      {"5 fds (over the 4 a message may carry)", kDev, many, EMSGSIZE, "4 fds"},
       {"250 fds", kDev, most, EMSGSIZE, "4 fds"},
-      {"2000 bytes with an fd", kDev + std::string(2000, 'x'), {e}, EMSGSIZE,
+      {"2000 bytes with an fd",
+       kDev + std::string(2000, 'x'),
+       {e},
+       EMSGSIZE,
        "1024 bytes"},
   };
   auto client = HandoffClient::Connect(path_);
@@ -423,9 +442,9 @@ TEST_F(HandoffServerTest, HostileMessages_RefusedAndEveryFdClosed) {
   EXPECT_EQ(backend_->FindIrqfdTarget("vm-h"), nullptr);
   EXPECT_EQ(backend_->FindDevice("0000:3b:00.2"), nullptr);
   // The fixture's (fake) device is still the one under its address.
-  EXPECT_EQ(backend_->FindDevice(::irqbypass::agent::testing::kFixtureDevice)
-                .get(),
-            device_);
+  EXPECT_EQ(
+      backend_->FindDevice(::irqbypass::agent::testing::kFixtureDevice).get(),
+      device_);
   // The connection is still served.
   EXPECT_TRUE((*client)->HandOverVm("vm-h", vm.get(), false).ok());
 }

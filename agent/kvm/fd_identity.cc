@@ -90,8 +90,8 @@ absl::StatusOr<FdIdentity> IdentifyFd(int fd, const FdIdentityPaths& paths) {
   const std::string link_path = absl::StrCat(paths.proc_self, "/fd/", fd);
   identity.description = ReadLink(link_path);
   if (identity.description.empty()) {
-    return ErrnoError(errno, absl::StrCat("readlink ", link_path,
-                                          " (is /proc mounted?)"));
+    return ErrnoError(
+        errno, absl::StrCat("readlink ", link_path, " (is /proc mounted?)"));
   }
   identity.kind = KindOfLink(identity.description);
   if (identity.path_only) return identity;

@@ -56,7 +56,8 @@ struct FdIdentity {
 };
 
 // Identifies `fd`. An error (with the errno) only if /proc cannot be read.
-absl::StatusOr<FdIdentity> IdentifyFd(int fd, const FdIdentityPaths& paths = {});
+absl::StatusOr<FdIdentity> IdentifyFd(int fd,
+                                      const FdIdentityPaths& paths = {});
 
 // The pure parts, exposed for tests.
 // The kind of an anonymous-inode link text ("anon_inode:[eventfd]");

@@ -93,8 +93,7 @@ TEST(FdIdentityTest, VfioCdev_ByDeviceNumberInSysfs) {
   // Not (yet) a vfio-dev device there: other.
   const std::string other = sys + "/devices/virtual/mem/null";
   std::filesystem::create_directories(other);
-  std::filesystem::create_directory_symlink(other,
-                                            sys + "/dev/char/" + number);
+  std::filesystem::create_directory_symlink(other, sys + "/dev/char/" + number);
   EXPECT_EQ(Identify(null.get(), {"/proc/self", sys}).kind, FdKind::kOther);
 
   std::filesystem::remove(sys + "/dev/char/" + number);

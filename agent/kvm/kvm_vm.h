@@ -80,9 +80,10 @@ class KvmVm final : public IrqfdTarget {
   // Adopts a VM fd. Checks that the kernel calls `vm_fd` a KVM VM
   // (fd_identity.h; ENOTTY naming what it is otherwise, before any ioctl on
   // it) and that this process may drive it (KVM_CHECK_EXTENSION(
-  // KVM_CAP_IRQFD) on it succeeds): EIO for a VM created by another process. The VM must already have
-  // its in-kernel irqchip (else KVM_IRQFD fails EINVAL later). With kAgent the
-  // first wiring replaces the VMM's routing table with the agent's.
+  // KVM_CAP_IRQFD) on it succeeds): EIO for a VM created by another process.
+  // The VM must already have its in-kernel irqchip (else KVM_IRQFD fails EINVAL
+  // later). With kAgent the first wiring replaces the VMM's routing table with
+  // the agent's.
   static absl::StatusOr<std::unique_ptr<KvmVm>> Adopt(Fd vm_fd,
                                                       std::string name,
                                                       RoutingOwner routing);

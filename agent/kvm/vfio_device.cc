@@ -133,9 +133,8 @@ bool SamePciIdentity(absl::string_view config_a, absl::string_view config_b) {
   constexpr size_t kHeader = 0x30;
   if (config_a.size() < kHeader || config_b.size() < kHeader) return false;
   // Vendor and device id; revision and class; subsystem vendor and id.
-  for (auto [offset, length] : {std::pair<size_t, size_t>{0x00, 4},
-                                {0x08, 4},
-                                {0x2c, 4}}) {
+  for (auto [offset, length] :
+       {std::pair<size_t, size_t>{0x00, 4}, {0x08, 4}, {0x2c, 4}}) {
     if (config_a.substr(offset, length) != config_b.substr(offset, length)) {
       return false;
     }
@@ -191,9 +190,9 @@ absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> VfioDeviceIrqs::Adopt(
   {
     Fd config(::open(sysfs_config.c_str(), O_RDONLY | O_CLOEXEC));
     if (!config.valid()) {
-      return ErrnoError(errno == ENOENT ? ENODEV : errno,
-                        absl::StrFormat("device \"%s\": %s", address,
-                                        sysfs_config));
+      return ErrnoError(
+          errno == ENOENT ? ENODEV : errno,
+          absl::StrFormat("device \"%s\": %s", address, sysfs_config));
     }
     if (::pread(config.get(), host.data(), host.size(), 0) !=
         static_cast<ssize_t>(host.size())) {

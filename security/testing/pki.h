@@ -22,7 +22,8 @@ class Pki {
   const std::string& dir() const { return dir_; }
   std::string ca_file() const { return dir_ + "/ca.pem"; }
 
-  // A certificate named `file_name` with `uris` as its URI SANs, valid for
+  // A certificate named `file_name` with `uris` as its URI SANs ("DNS:x"
+  // and "IP:x" entries are DNS and IP SANs: scripts/pki.sh), valid for
   // `days` (0: expired a second later): the TlsOptions to use it with this
   // CA. Empty cert_file if openssl failed.
   TlsOptions Issue(const std::string& file_name,
