@@ -100,7 +100,8 @@ ABSL_FLAG(std::string, handoff_allowed_uids, "",
           "SO_PEERCRED; empty: the agent's own uid).");
 ABSL_FLAG(std::string, handoff_allowed_gids, "",
           "kvm: comma-separated gids whose members may hand over fds too "
-          "(the peer's primary gid, SO_PEERCRED; empty: none).");
+          "(the peer's effective gid or a supplementary group, as of its "
+          "connect; empty: none).");
 ABSL_FLAG(std::string, device_plugin_resources, "",
           "Serve the kubelet's device plugin API: one extended resource per "
           "NAME=VENDOR:DEVICE[|VENDOR:DEVICE...], comma-separated, e.g. "

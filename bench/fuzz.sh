@@ -42,7 +42,7 @@ for t in "${list[@]}"; do
   if [ "$t" = handoff ]; then extra+=(-max_len=1024); fi
   rc=0
   start=$(date +%s.%N)
-  "$bin/fuzz/${t}_fuzzer" "${limit[@]}" "${extra[@]}" -print_final_stats=1 \
+  "$bin/fuzz/${t}_fuzzer" "${limit[@]}" ${extra[@]+"${extra[@]}"} -print_final_stats=1 \
     -artifact_prefix="$work/$t/crashes/" "$work/$t/corpus" \
     >"$work/$t/log" 2>&1 || rc=$?
   elapsed=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
@@ -50,7 +50,7 @@ for t in "${list[@]}"; do
   crashes=$(find "$work/$t/crashes" -type f | wc -l)
   if [ "$rc" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes=1; fi
   printf '%-16s %12s %8.0f %10.0f %8s\n' "$t" "$executed" "$elapsed" \
-    "$(awk -v n="$executed" -v s="$elapsed" 'BEGIN { print n / s }')" "$crashes"
+    "$(awk -v n="$executed" -v s="$elapsed" 'BEGIN { print (s > 0 ? n / s : 0) }')" "$crashes"
   if [ "$crashes" -ne 0 ]; then
     failed=1
     echo "  $t crashed: $(ls "$work/$t/crashes" 2>/dev/null | head -3); log: $work/$t/log" >&2

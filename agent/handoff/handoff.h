@@ -67,14 +67,19 @@
 // per (eventfd, gsi).
 //
 // Rules:
-//   * Access: the agent reads the peer's uid and gid with SO_PEERCRED when
-//     it accepts (not its pid: pids are reused) and serves only allow-listed
-//     uids (--handoff_allowed_uids, default: the agent's own) or gids
-//     (--handoff_allowed_gids, default none); see the greeting. The socket
-//     file itself is mode 0666: that check is the access control. The
-//     socket's directory must belong to root or the agent's user and not be
-//     writable by others unless sticky (the agent refuses to start
-//     otherwise), so nobody else can put a socket of theirs in its place.
+//   * Access: the agent reads the peer's credentials when it accepts
+//     (SO_PEERCRED, SO_PEERGROUPS: as of the peer's connect; never its pid,
+//     pids are reused) and serves only allow-listed uids
+//     (--handoff_allowed_uids, default: the agent's own) or members of
+//     allow-listed groups (--handoff_allowed_gids, default none); see the
+//     greeting. The socket file itself is mode 0666: that check is the
+//     access control. The agent refuses to start unless the socket's
+//     directory, resolved, and every directory above it belong to root or
+//     the agent's user, the directory is writable by nobody else and those
+//     above only if sticky (handoff_server.h SafeSocketPath): otherwise
+//     someone else could put a socket of theirs in its place while the
+//     agent is down. (A VMM that wants to be sure it talks to the agent can
+//     check the server's uid with SO_PEERCRED itself.)
 //   * Every received fd is checked to be what the request says before the
 //     agent sends it any ioctl (agent/kvm/fd_identity.h: by the kernel's
 //     own name for it, /proc/self/fd and fdinfo, and the sysfs link of a
@@ -83,8 +88,11 @@
 //       ERR 25 (ENOTTY)  the fd is not a VFIO device fd / KVM VM fd (the
 //                        reply names what it is: "pipe:[..]", "/dev/null",
 //                        an O_PATH fd)
-//       ERR 1 (EPERM)    a VFIO device fd of another device than named
-//       ERR 19 (ENODEV)  a VFIO device but not PCI, or no such address here
+//       ERR 1 (EPERM)    a VFIO device fd of another device than named, or
+//                        (a kernel before 6.18, a group-opened fd) one that
+//                        cannot be told from an identical device here
+//       ERR 19 (ENODEV)  a VFIO device but not PCI; or (before 6.18, a
+//                        group-opened fd) no device at that address here
 //     Fds are received close-on-exec (MSG_CMSG_CLOEXEC); a message over 1024
 //     bytes or with more than 4 fds is refused whole (ERR 90, EMSGSIZE:
 //     MSG_TRUNC/MSG_CTRUNC), and every fd that came with a refused request,

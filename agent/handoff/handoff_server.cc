@@ -1,6 +1,8 @@
 #include "agent/handoff/handoff_server.h"
 
+#include <limits.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -40,6 +42,58 @@ bool WaitReadable(int fd, int stop) {
 
 }  // namespace
 
+absl::StatusOr<std::string> SafeSocketPath(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string name =
+      slash == std::string::npos ? path : path.substr(slash + 1);
+  const std::string given_directory = slash == std::string::npos ? "."
+                                      : slash == 0               ? "/"
+                                                   : path.substr(0, slash);
+  if (name.empty() || name == "." || name == "..") {
+    return ErrnoErrorWithMessage(
+        EINVAL, absl::StrCat("handoff socket path \"", path,
+                             "\": want a file name at the end"));
+  }
+  char buffer[PATH_MAX];
+  if (::realpath(given_directory.c_str(), buffer) == nullptr) {
+    return ErrnoError(
+        errno, absl::StrCat("handoff socket directory ", given_directory));
+  }
+  const std::string directory = buffer;
+  const uid_t self = ::geteuid();
+  for (std::string d = directory;;) {
+    struct stat st;
+    if (::lstat(d.c_str(), &st) != 0) {
+      return ErrnoError(errno, absl::StrCat("handoff socket directory ", d));
+    }
+    if (st.st_uid != 0 && st.st_uid != self) {
+      return ErrnoErrorWithMessage(
+          EPERM, absl::StrFormat("handoff socket directory %s belongs to uid "
+                                 "%d, neither root nor this agent's (%d): "
+                                 "its owner could replace the socket",
+                                 d, st.st_uid, self));
+    }
+    const bool shared = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
+    // The socket's own directory: nobody else may write in it, sticky or
+    // not (anyone could make the socket there while the agent is down).
+    // Above it: a shared directory only with the sticky bit (as /tmp),
+    // where nobody can rename another's entry.
+    if (shared && (d == directory || (st.st_mode & S_ISVTX) == 0)) {
+      return ErrnoErrorWithMessage(
+          EPERM,
+          absl::StrFormat("handoff socket directory %s (mode %04o) is "
+                          "writable by group or others%s: they could put "
+                          "another socket in the agent's place",
+                          d, st.st_mode & 07777,
+                          d == directory ? "" : " without the sticky bit"));
+    }
+    if (d == "/") break;
+    const size_t up = d.rfind('/');
+    d = up == 0 ? "/" : d.substr(0, up);
+  }
+  return directory == "/" ? "/" + name : directory + "/" + name;
+}
+
 absl::StatusOr<absl::flat_hash_set<uid_t>> ParseUidList(
     absl::string_view list) {
   absl::flat_hash_set<uid_t> uids;
@@ -49,7 +103,7 @@ absl::StatusOr<absl::flat_hash_set<uid_t>> ParseUidList(
     uint32_t uid = 0;
     if (!absl::SimpleAtoi(part, &uid)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("bad uid \"", part, "\" (want a number)"));
+          absl::StrCat("bad id \"", part, "\" (want a number)"));
     }
     uids.insert(static_cast<uid_t>(uid));
   }
@@ -69,33 +123,20 @@ absl::StatusOr<std::unique_ptr<HandoffServer>> HandoffServer::Start(
   }
   std::memcpy(address.sun_path, options.path.data(), options.path.size());
 
-  // The directory: whoever may write in it could put another socket in
-  // this one's place.
-  {
-    const size_t slash = options.path.rfind('/');
-    const std::string directory = slash == std::string::npos ? "."
-                                  : slash == 0               ? "/"
-                                               : options.path.substr(0, slash);
-    struct stat dir;
-    if (::stat(directory.c_str(), &dir) != 0) {
-      return ErrnoError(errno,
-                        absl::StrCat("handoff socket directory ", directory));
-    }
-    if (dir.st_uid != 0 && dir.st_uid != ::geteuid()) {
-      return ErrnoErrorWithMessage(
-          EPERM, absl::StrFormat("handoff socket directory %s belongs to uid "
-                                 "%d, neither root nor this agent's (%d): "
-                                 "its owner could replace the socket",
-                                 directory, dir.st_uid, ::geteuid()));
-    }
-    if ((dir.st_mode & S_IWOTH) != 0 && (dir.st_mode & S_ISVTX) == 0) {
-      return ErrnoErrorWithMessage(
-          EPERM, absl::StrFormat("handoff socket directory %s (mode %04o) is "
-                                 "writable by others without the sticky bit: "
-                                 "anyone could replace the socket",
-                                 directory, dir.st_mode & 07777));
-    }
+  // Whoever may write in the socket's directory, or in a directory above
+  // it, could put another socket in its place.
+  absl::StatusOr<std::string> resolved = SafeSocketPath(options.path);
+  if (!resolved.ok()) return resolved.status();
+  if (resolved->size() >= sizeof(address.sun_path)) {
+    return ErrnoErrorWithMessage(
+        ENAMETOOLONG,
+        absl::StrFormat("handoff socket path \"%s\" (resolved): want 1..%d "
+                        "bytes",
+                        *resolved, sizeof(address.sun_path) - 1));
   }
+  options.path = *std::move(resolved);
+  std::memset(address.sun_path, 0, sizeof(address.sun_path));
+  std::memcpy(address.sun_path, options.path.data(), options.path.size());
   struct stat st;
   if (::lstat(options.path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
@@ -157,6 +198,29 @@ void HandoffServer::Stop() {
   ::unlink(options_.path.c_str());
 }
 
+bool HandoffServer::InAllowedGroup(int socket, gid_t gid) const {
+  if (options_.allowed_gids.empty()) return false;
+  if (options_.allowed_gids.contains(gid)) return true;
+  // The supplementary groups (Linux 4.13+), as of connect().
+  std::vector<gid_t> groups(64);
+  while (true) {
+    socklen_t length = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (::getsockopt(socket, SOL_SOCKET, SO_PEERGROUPS, groups.data(),
+                     &length) == 0) {
+      groups.resize(length / sizeof(gid_t));
+      break;
+    }
+    if (errno != ERANGE || length <= groups.size() * sizeof(gid_t)) {
+      return false;
+    }
+    groups.resize(length / sizeof(gid_t));
+  }
+  for (gid_t g : groups) {
+    if (options_.allowed_gids.contains(g)) return true;
+  }
+  return false;
+}
+
 void HandoffServer::AcceptLoop() {
   while (WaitReadable(listener_.get(), stop_.get())) {
     Fd socket(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
@@ -168,7 +232,7 @@ void HandoffServer::AcceptLoop() {
       continue;
     }
     if (!options_.allowed_uids.contains(peer.uid) &&
-        !options_.allowed_gids.contains(peer.gid)) {
+        !InAllowedGroup(socket.get(), peer.gid)) {
       LogWarn("handoff refused: uid not allowed",
               {{"node", options_.node},
                {"uid", absl::StrCat(peer.uid)},

@@ -47,9 +47,10 @@ struct HandoffServerOptions {
   // Where to listen. An existing socket file there is replaced (a stale one
   // from an earlier run); any other file is an error (EEXIST).
   std::string path;
-  // Peers served: those whose uid is in allowed_uids or whose gid (the
-  // primary group SO_PEERCRED reports) is in allowed_gids. allowed_uids
-  // empty: the agent's own effective uid.
+  // Peers served: those whose uid is in allowed_uids, or who are in a group
+  // in allowed_gids (the effective gid SO_PEERCRED reports, or one of the
+  // supplementary groups SO_PEERGROUPS reports, both as of connect()).
+  // allowed_uids empty: the agent's own effective uid.
   absl::flat_hash_set<uid_t> allowed_uids;
   absl::flat_hash_set<gid_t> allowed_gids;
   // Where the kernel's views of received fds are (tests: a fake sysfs).
@@ -65,10 +66,8 @@ class HandoffServer {
  public:
   // Binds and listens, then serves on its own threads. `backend` must
   // outlive the server. Errors carry the errno (socket, bind, listen). The
-  // socket's directory must exist, belong to root or the agent's user and
-  // not be writable by others unless sticky (EPERM naming its mode
-  // otherwise): whoever may write there could replace the socket, and VMMs
-  // would hand their fds to it.
+  // path must pass SafeSocketPath (and the socket is made at the path it
+  // returns).
   static absl::StatusOr<std::unique_ptr<HandoffServer>> Start(
       HandoffServerOptions options, KvmBackend& backend);
 
@@ -89,6 +88,9 @@ class HandoffServer {
                 Fd stop);
 
   void AcceptLoop();
+  // Whether a peer of effective gid `gid`, or of a supplementary group
+  // (SO_PEERGROUPS on `socket`), is in options_.allowed_gids.
+  bool InAllowedGroup(int socket, gid_t gid) const;
   void Serve(uint64_t connection, pid_t pid, Fd socket);
   // Handles one request from `connection`; the reply's status.
   absl::Status Handle(uint64_t connection,
@@ -111,6 +113,15 @@ class HandoffServer {
   absl::flat_hash_map<std::string, uint64_t> vm_owner_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> device_owner_ ABSL_GUARDED_BY(mu_);
 };
+
+// Whoever may write in the handoff socket's directory could put a socket of
+// theirs in its place, and VMMs would hand their fds to it. So: the path's
+// directory, resolved (realpath, no symlink left), and every directory
+// above it must belong to root or this process's user; the directory may
+// not be writable by group or others at all, those above it only if sticky
+// (as /tmp). The resolved socket path, or EPERM naming the directory and
+// its mode or owner (the errno of realpath/lstat if it does not exist).
+absl::StatusOr<std::string> SafeSocketPath(const std::string& path);
 
 // Parses "0,107,1000" into uids (or gids: the same type); INVALID_ARGUMENT
 // naming a bad entry.

@@ -266,19 +266,52 @@ TEST_F(HandoffServerTest, UidNotAllowedButGidAllowed_Served) {
   EXPECT_TRUE((*client)->HandOverVm("vm-a", vm.get(), false).ok());
 }
 
-TEST_F(HandoffServerTest, SocketDirectoryWritableByOthers_Refused) {
+TEST_F(HandoffServerTest, SocketDirectoryOthersCouldWriteIn_Refused) {
   server_.reset();
-  ASSERT_EQ(::chmod(dir_.c_str(), 0777), 0);
   HandoffServerOptions options;
   options.path = path_;
+  for (mode_t mode : {0777, 0775, 0770, 01777, 0757}) {
+    SCOPED_TRACE(mode);
+    ASSERT_EQ(::chmod(dir_.c_str(), mode), 0);
+    auto server = HandoffServer::Start(options, *backend_);
+    ASSERT_FALSE(server.ok());
+    EXPECT_EQ(ErrnoOf(server.status()), EPERM) << server.status();
+    EXPECT_THAT(std::string(server.status().message()),
+                HasSubstr("writable by group or others"));
+  }
+  ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
+  // Another user's directory (tests run as root, which may chown).
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown(dir_.c_str(), 4242, static_cast<gid_t>(-1)), 0);
+    auto server = HandoffServer::Start(options, *backend_);
+    ASSERT_FALSE(server.ok());
+    EXPECT_THAT(std::string(server.status().message()),
+                HasSubstr("belongs to uid 4242"));
+    ASSERT_EQ(::chown(dir_.c_str(), 0, static_cast<gid_t>(-1)), 0);
+  }
+  // A directory above that others may write in, without the sticky bit.
+  const std::string inner = dir_ + "/inner";
+  ASSERT_EQ(::mkdir(inner.c_str(), 0700), 0);
+  ASSERT_EQ(::chmod(dir_.c_str(), 0777), 0);
+  options.path = inner + "/handoff.sock";
   auto server = HandoffServer::Start(options, *backend_);
   ASSERT_FALSE(server.ok());
-  EXPECT_EQ(ErrnoOf(server.status()), EPERM) << server.status();
-  EXPECT_THAT(std::string(server.status().message()), HasSubstr("mode 0777"));
-  // Sticky (as /tmp): nobody can remove another's file, so it is accepted.
-  ASSERT_EQ(::chmod(dir_.c_str(), 01777), 0);
+  EXPECT_THAT(std::string(server.status().message()),
+              HasSubstr("without the sticky bit"));
+  ASSERT_EQ(::chmod(dir_.c_str(), 01777), 0);  // sticky above: accepted
   server = HandoffServer::Start(options, *backend_);
-  EXPECT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE(server.ok()) << server.status();
+  server->reset();
+  ASSERT_EQ(::chmod(dir_.c_str(), 0700), 0);
+  // Through a symlink: the socket is made in the directory it resolves to.
+  const std::string link = dir_ + "/link";
+  ASSERT_EQ(::symlink(inner.c_str(), link.c_str()), 0);
+  options.path = link + "/handoff.sock";
+  server = HandoffServer::Start(options, *backend_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  struct stat st;
+  EXPECT_EQ(::lstat((inner + "/handoff.sock").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
 }
 
 // sendmsg() of `text` with any number of fds (SendHandoffPacket caps them).
@@ -428,12 +461,39 @@ TEST_F(HandoffServerTest, HostileMessages_RefusedAndEveryFdClosed) {
     EXPECT_TRUE(reply->fds.empty());
     EXPECT_EQ(OpenFdCount(), before) << "an fd of the message stayed open";
   }
+  // Character devices against the real /sys too (no fake device numbers).
+  StartServer({}, "/sys");
+  auto real = HandoffClient::Connect(path_);
+  ASSERT_TRUE(real.ok()) << real.status();
+  const std::string spoof_name = dir_ + "/anon_inode:[vfio-device]";
+  Fd spoof(::open(spoof_name.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  ASSERT_TRUE(spoof.valid());
+  for (const auto& [fd, what] :
+       std::vector<std::pair<int, std::string>>{{null.get(), "/dev/null"},
+                                                {zero.get(), "/dev/zero"},
+                                                {kvm_system.get(), "/dev/kvm"},
+                                                {spoof.get(), spoof_name}}) {
+    SCOPED_TRACE(what);
+    const int before = OpenFdCount();
+    ASSERT_TRUE(SendRaw((*real)->socket(), kDev, {fd}).ok());
+    auto reply = ReceiveHandoffPacket((*real)->socket());
+    ASSERT_TRUE(reply.ok());
+    EXPECT_EQ(ErrnoOf(ParseHandoffReply(reply->text)), ENOTTY) << reply->text;
+    EXPECT_THAT(reply->text, HasSubstr(what + ", not a VFIO device fd"));
+    EXPECT_EQ(OpenFdCount(), before);
+  }
+  real->reset();
+  StartServer({}, sys);
+  client = HandoffClient::Connect(path_);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const int socket2 = (*client)->socket();
+
   // An IRQFD-REPLY (no reply is sent to one) carrying fds: closed too, as
   // the next request's answer shows.
   const int before = OpenFdCount();
-  ASSERT_TRUE(SendRaw(socket, "IRQFD-REPLY 1 77 0", {e, e}).ok());
-  ASSERT_TRUE(SendRaw(socket, "RELEASE-VM vm-h", {}).ok());
-  auto reply = ReceiveHandoffPacket(socket);
+  ASSERT_TRUE(SendRaw(socket2, "IRQFD-REPLY 1 77 0", {e, e}).ok());
+  ASSERT_TRUE(SendRaw(socket2, "RELEASE-VM vm-h", {}).ok());
+  auto reply = ReceiveHandoffPacket(socket2);
   ASSERT_TRUE(reply.ok());
   EXPECT_EQ(ErrnoOf(ParseHandoffReply(reply->text)), ENOENT) << reply->text;
   EXPECT_EQ(OpenFdCount(), before);

@@ -25,6 +25,7 @@ namespace {
 // readlink() of `path`; "" if it cannot be read.
 std::string ReadLink(const std::string& path) {
   char buffer[PATH_MAX];
+  errno = 0;
   const ssize_t n = ::readlink(path.c_str(), buffer, sizeof(buffer));
   if (n <= 0) return "";
   return std::string(buffer, static_cast<size_t>(n));
@@ -90,15 +91,23 @@ absl::StatusOr<FdIdentity> IdentifyFd(int fd, const FdIdentityPaths& paths) {
   const std::string link_path = absl::StrCat(paths.proc_self, "/fd/", fd);
   identity.description = ReadLink(link_path);
   if (identity.description.empty()) {
+    const int err = errno != 0 ? errno : EIO;
     return ErrnoError(
-        errno, absl::StrCat("readlink ", link_path, " (is /proc mounted?)"));
+        err, absl::StrCat("readlink ", link_path, " (is /proc mounted?)"));
   }
   identity.kind = KindOfLink(identity.description);
   if (identity.path_only) return identity;
   if (identity.kind == FdKind::kVfioDevice) {
-    std::ifstream in(absl::StrCat(paths.proc_self, "/fdinfo/", fd));
+    // Unreadable fdinfo is an error, not "the kernel does not say" (which
+    // would fall back to a weaker check).
+    const std::string fdinfo_path =
+        absl::StrCat(paths.proc_self, "/fdinfo/", fd);
+    std::ifstream in(fdinfo_path);
     std::stringstream text;
-    text << in.rdbuf();
+    if (!in || !(text << in.rdbuf()) || text.str().empty()) {
+      return ErrnoErrorWithMessage(
+          EIO, absl::StrCat(fdinfo_path, " cannot be read"));
+    }
     identity.sysfs_path = FdinfoField(text.str(), "vfio-device-syspath");
     return identity;
   }

@@ -55,7 +55,8 @@ struct FdIdentity {
   std::string sysfs_path;
 };
 
-// Identifies `fd`. An error (with the errno) only if /proc cannot be read.
+// Identifies `fd`. An error (with the errno) if `fd` is not open, or /proc
+// (its fd link, or a VFIO device fd's fdinfo) cannot be read.
 absl::StatusOr<FdIdentity> IdentifyFd(int fd,
                                       const FdIdentityPaths& paths = {});
 

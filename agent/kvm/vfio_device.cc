@@ -6,11 +6,20 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "agent/errno_status.h"
 
 namespace irqbypass {
@@ -129,17 +138,47 @@ std::string VfioIndexName(uint32_t vfio_index) {
 
 // ---- VfioDeviceIrqs ----
 
-bool SamePciIdentity(absl::string_view config_a, absl::string_view config_b) {
-  constexpr size_t kHeader = 0x30;
-  if (config_a.size() < kHeader || config_b.size() < kHeader) return false;
-  // Vendor and device id; revision and class; subsystem vendor and id.
-  for (auto [offset, length] :
-       {std::pair<size_t, size_t>{0x00, 4}, {0x08, 4}, {0x2c, 4}}) {
-    if (config_a.substr(offset, length) != config_b.substr(offset, length)) {
-      return false;
+std::optional<PciIdentity> PciIdentityOfConfig(absl::string_view config) {
+  if (config.size() < 0x30) return std::nullopt;
+  auto u8 = [&](size_t at) {
+    return static_cast<uint32_t>(static_cast<unsigned char>(config[at]));
+  };
+  auto u16 = [&](size_t at) { return u8(at) | (u8(at + 1) << 8); };
+  PciIdentity id;
+  id.vendor = u16(0x00);
+  id.device = u16(0x02);
+  id.revision = u8(0x08);
+  id.class_code = u8(0x09) | (u8(0x0a) << 8) | (u8(0x0b) << 16);
+  id.subsystem_vendor = u16(0x2c);
+  id.subsystem_device = u16(0x2e);
+  return id;
+}
+
+absl::StatusOr<PciIdentity> PciIdentityOfSysfs(const std::string& device_dir) {
+  PciIdentity id;
+  const std::pair<const char*, uint32_t*> files[] = {
+      {"vendor", &id.vendor},
+      {"device", &id.device},
+      {"revision", &id.revision},
+      {"class", &id.class_code},
+      {"subsystem_vendor", &id.subsystem_vendor},
+      {"subsystem_device", &id.subsystem_device}};
+  for (const auto& [file, value] : files) {
+    const std::string path = absl::StrCat(device_dir, "/", file);
+    std::ifstream in(path);
+    std::string text;
+    if (!(in >> text)) {
+      return ErrnoErrorWithMessage(ENODEV,
+                                   absl::StrCat(path, " cannot be read"));
+    }
+    absl::string_view hex = text;
+    absl::ConsumePrefix(&hex, "0x");
+    if (!absl::SimpleHexAtoi(hex, value)) {
+      return ErrnoErrorWithMessage(
+          EIO, absl::StrCat(path, ": \"", text, "\" is not hexadecimal"));
     }
   }
-  return true;
+  return id;
 }
 
 absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> VfioDeviceIrqs::Adopt(
@@ -156,7 +195,7 @@ absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> VfioDeviceIrqs::Adopt(
   }
   if (!identity->sysfs_path.empty()) {
     const std::string named = PciAddressOfSysfsPath(identity->sysfs_path);
-    if (named != address) {
+    if (!absl::EqualsIgnoreCase(named, address)) {
       return ErrnoErrorWithMessage(
           EPERM, absl::StrFormat("the fd handed over for device \"%s\" is "
                                  "device \"%s\" (%s)",
@@ -183,51 +222,72 @@ absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> VfioDeviceIrqs::Adopt(
         std::move(device_fd), std::move(address), "sysfs path"));
   }
   // A kernel before 6.18 does not name a group-opened device fd: compare
-  // what the device says it is with what sysfs says `address` is.
-  const std::string sysfs_config =
-      absl::StrCat(paths.sys, "/bus/pci/devices/", address, "/config");
-  std::string host(0x30, '\0');
-  {
-    Fd config(::open(sysfs_config.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!config.valid()) {
-      return ErrnoError(
-          errno == ENOENT ? ENODEV : errno,
-          absl::StrFormat("device \"%s\": %s", address, sysfs_config));
-    }
-    if (::pread(config.get(), host.data(), host.size(), 0) !=
-        static_cast<ssize_t>(host.size())) {
-      return ErrnoErrorWithMessage(
-          EIO, absl::StrCat("short read of ", sysfs_config));
-    }
+  // what the device says it is (through VFIO, which shows an SR-IOV virtual
+  // function's real ids) with what sysfs says `address` is, and refuse if
+  // another device on this host says the same (then the fd could be that
+  // one).
+  const std::string lower = absl::AsciiStrToLower(address);
+  const std::string devices = absl::StrCat(paths.sys, "/bus/pci/devices");
+  absl::StatusOr<PciIdentity> host =
+      PciIdentityOfSysfs(absl::StrCat(devices, "/", lower));
+  if (!host.ok()) {
+    return ErrnoErrorWithMessage(
+        ENODEV, absl::StrFormat("device \"%s\" is not on this host (%s)",
+                                address, host.status().message()));
   }
   struct vfio_region_info region;
   std::memset(&region, 0, sizeof(region));
   region.argsz = sizeof(region);
   region.index = VFIO_PCI_CONFIG_REGION_INDEX;
-  std::string device(0x30, '\0');
   if (::ioctl(device_fd.get(), VFIO_DEVICE_GET_REGION_INFO, &region) != 0) {
     return ErrnoError(
         errno, absl::StrFormat("VFIO_DEVICE_GET_REGION_INFO (config) of the "
                                "fd handed over for device \"%s\"",
                                address));
   }
-  if (::pread(device_fd.get(), device.data(), device.size(),
-              static_cast<off_t>(region.offset)) !=
-      static_cast<ssize_t>(device.size())) {
-    return ErrnoError(errno, absl::StrFormat("reading the config space of the "
-                                             "fd handed over for device "
-                                             "\"%s\"",
-                                             address));
+  std::string config(0x30, '\0');
+  const ssize_t n = ::pread(device_fd.get(), config.data(), config.size(),
+                            static_cast<off_t>(region.offset));
+  if (n != static_cast<ssize_t>(config.size())) {
+    const int err = n < 0 ? errno : EIO;
+    return ErrnoError(err, absl::StrFormat("reading the config space of the "
+                                           "fd handed over for device \"%s\"",
+                                           address));
   }
-  if (!SamePciIdentity(host, device)) {
+  const std::optional<PciIdentity> device = PciIdentityOfConfig(config);
+  if (!device.has_value() || !(*device == *host)) {
     return ErrnoErrorWithMessage(
         EPERM, absl::StrFormat("the fd handed over for device \"%s\" is "
                                "another kind of device (its vendor, device, "
-                               "class or subsystem id differ from %s)",
-                               address, sysfs_config));
+                               "revision, class or subsystem id differ from "
+                               "%s/%s)",
+                               address, devices, lower));
+  }
+  std::vector<std::string> alike;
+  std::error_code error;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(devices, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name == lower) continue;
+    absl::StatusOr<PciIdentity> other = PciIdentityOfSysfs(entry.path());
+    if (other.ok() && *other == *host) alike.push_back(name);
+  }
+  if (error) {
+    return ErrnoErrorWithMessage(
+        EIO, absl::StrCat("listing ", devices, ": ", error.message()));
+  }
+  if (!alike.empty()) {
+    return ErrnoErrorWithMessage(
+        EPERM,
+        absl::StrFormat("the fd handed over for device \"%s\" cannot be told "
+                        "from %d identical device(s) on this host (%s): this "
+                        "kernel does not name a group-opened VFIO device fd "
+                        "(Linux 6.18 does); hand over the device's cdev "
+                        "(/dev/vfio/devices/vfioN) instead",
+                        address, alike.size(), absl::StrJoin(alike, ", ")));
   }
   return std::unique_ptr<VfioDeviceIrqs>(new VfioDeviceIrqs(
-      std::move(device_fd), std::move(address), "pci identity"));
+      std::move(device_fd), std::move(address), "pci identity (unique)"));
 }
 
 absl::StatusOr<VfioIrqInfo> VfioDeviceIrqs::GetIrqInfo(uint32_t index) {

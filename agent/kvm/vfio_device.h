@@ -77,11 +77,26 @@ std::vector<uint8_t> EncodeVfioIrqSet(const VfioIrqSet& set);
 // and vfio-pci name devices.
 bool IsPciAddress(absl::string_view address);
 
-// Whether two PCI config space headers (at least 0x30 bytes each, as read
-// from sysfs's config file or VFIO's config region) name the same kind of
-// device: vendor and device id, revision and class, subsystem vendor and id.
-// False if either is shorter.
-bool SamePciIdentity(absl::string_view config_a, absl::string_view config_b);
+// What kind of PCI device a device is: vendor and device id, revision,
+// class, subsystem vendor and id.
+struct PciIdentity {
+  uint32_t vendor = 0, device = 0, revision = 0, class_code = 0;
+  uint32_t subsystem_vendor = 0, subsystem_device = 0;
+  friend bool operator==(const PciIdentity& a, const PciIdentity& b) {
+    return a.vendor == b.vendor && a.device == b.device &&
+           a.revision == b.revision && a.class_code == b.class_code &&
+           a.subsystem_vendor == b.subsystem_vendor &&
+           a.subsystem_device == b.subsystem_device;
+  }
+};
+// From a config space header (at least 0x30 bytes, as VFIO's config region
+// shows it); nullopt if shorter.
+std::optional<PciIdentity> PciIdentityOfConfig(absl::string_view config);
+// From a sysfs device directory's vendor, device, revision, class,
+// subsystem_vendor and subsystem_device files ("0x8086"); ENODEV if one
+// cannot be read. (Not its config file: an SR-IOV virtual function's raw
+// vendor and device registers read 0xffff.)
+absl::StatusOr<PciIdentity> PciIdentityOfSysfs(const std::string& device_dir);
 
 // VFIO_PCI_{INTX,MSI,MSIX}_IRQ_INDEX for the API's index (UNSPECIFIED is
 // MSIX, as irqbypass.proto says).
@@ -120,16 +135,16 @@ class VfioDeviceIrqs final : public VfioIrqs {
   //   3. a PCI device: VFIO_DEVICE_GET_INFO answers with VFIO_DEVICE_FLAGS_PCI
   //      (that ioctl's errno, or ENODEV);
   //   4. device `address`, when the kernel does not name it (a kernel before
-  //      6.18 and a group-opened fd): the fd's PCI
-  //      identity (vendor, device, revision, class, subsystem: config space
-  //      bytes 0x00-0x03, 0x08-0x0b, 0x2c-0x2f, read through VFIO) must
-  //      equal that of `address` in sysfs (EPERM otherwise; ENODEV if
-  //      `address` is not on this host). That cannot tell apart two
-  //      identical devices; verified_by() says which check ran.
+  //      6.18 and a group-opened fd): the fd's PciIdentity, read through
+  //      VFIO's config region, must equal that of `address` in sysfs (EPERM
+  //      otherwise; ENODEV if `address` is not on this host), and no other
+  //      device on the host may have the same (EPERM naming them: the fd
+  //      could be one of those; hand over the cdev instead).
+  // verified_by() says which check ran.
   static absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> Adopt(
       Fd device_fd, std::string address, const FdIdentityPaths& paths = {});
 
-  // How the address was verified: "sysfs path" or "pci identity".
+  // How the address was verified: "sysfs path" or "pci identity (unique)".
   const std::string& verified_by() const { return verified_by_; }
 
   const std::string& address() const override { return address_; }

@@ -3,11 +3,17 @@
 // real VfioDeviceIrqs is checked only for refusing a non-VFIO fd.
 #include "agent/kvm/vfio_device.h"
 
+#include <fcntl.h>
 #include <linux/vfio.h>
 #include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
 
 #include "agent/errno_status.h"
 #include "gmock/gmock.h"
@@ -158,7 +164,7 @@ TEST_F(FakeVfioTest, BadFd_Ebadf_FailNext_GivenErrno) {
           .ok());
 }
 
-TEST(VfioDeviceIrqsTest, AdoptNonVfioFd_KernelErrno) {
+TEST(VfioDeviceIrqsTest, AdoptNonVfioFd_EnottyWithoutIoctl) {
   Fd not_vfio(::eventfd(0, EFD_CLOEXEC));
   ASSERT_TRUE(not_vfio.valid());
   auto device = VfioDeviceIrqs::Adopt(std::move(not_vfio), "0000:3b:00.1");
@@ -168,26 +174,130 @@ TEST(VfioDeviceIrqsTest, AdoptNonVfioFd_KernelErrno) {
               HasSubstr("anon_inode:[eventfd], not a VFIO device fd"));
 }
 
-TEST(VfioDeviceIrqsTest, SamePciIdentity_ComparesIdsClassAndSubsystem) {
-  std::string a(0x40, '\0');
-  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<char>(i * 7);
-  std::string b = a;
-  EXPECT_TRUE(SamePciIdentity(a, b));
-  // Command, status, BARs may differ (the device is in use; vfio-pci
-  // virtualises the BARs).
-  for (size_t offset : {0x04, 0x06, 0x0c, 0x10, 0x24, 0x30}) {
-    b = a;
-    b[offset] = static_cast<char>(~b[offset]);
-    EXPECT_TRUE(SamePciIdentity(a, b)) << offset;
+TEST(VfioDeviceIrqsTest, PciIdentityOfConfig_IdsRevisionClassSubsystem) {
+  std::string config(0x40, '\0');
+  const unsigned char header[] = {0x86, 0x80, 0x3b, 0x15};  // 8086:153b
+  std::memcpy(config.data(), header, 4);
+  config[0x08] = 0x03;                                            // revision
+  config[0x09] = 0x00, config[0x0a] = 0x00, config[0x0b] = 0x02;  // class
+  config[0x2c] = 0x28, config[0x2d] = 0x10;                       // 1028
+  config[0x2e] = 0x5a, config[0x2f] = 0x06;                       // 065a
+  config[0x10] = 0x7f;  // a BAR: not part of the identity
+  auto id = PciIdentityOfConfig(config);
+  ASSERT_TRUE(id.has_value());
+  EXPECT_EQ(id->vendor, 0x8086u);
+  EXPECT_EQ(id->device, 0x153bu);
+  EXPECT_EQ(id->revision, 0x03u);
+  EXPECT_EQ(id->class_code, 0x020000u);
+  EXPECT_EQ(id->subsystem_vendor, 0x1028u);
+  EXPECT_EQ(id->subsystem_device, 0x065au);
+  EXPECT_FALSE(PciIdentityOfConfig(config.substr(0, 0x2f)).has_value());
+}
+
+// A fake sysfs and /proc: what the kernel would say about a received fd,
+// with /dev/null standing in for the fd (so any ioctl that did reach it
+// would answer ENOTTY).
+class VfioAdoptTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char dir[] = "/tmp/irqbypass-vfio-XXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr);
+    dir_ = dir;
+    paths_.proc_self = dir_ + "/proc";
+    paths_.sys = dir_ + "/sys";
+    fd_ = Fd(::open("/dev/null", O_RDWR | O_CLOEXEC));
+    ASSERT_TRUE(fd_.valid());
+    std::filesystem::create_directories(paths_.proc_self + "/fd");
+    std::filesystem::create_directories(paths_.proc_self + "/fdinfo");
+    // The kernel's name for a group-opened VFIO device fd.
+    std::filesystem::create_symlink(
+        "anon_inode:[vfio-device]",
+        paths_.proc_self + "/fd/" + std::to_string(fd_.get()));
   }
-  // Vendor, device, revision, class, subsystem may not.
-  for (size_t offset : {0x00, 0x01, 0x02, 0x03, 0x08, 0x09, 0x0a, 0x0b, 0x2c,
-                        0x2d, 0x2e, 0x2f}) {
-    b = a;
-    b[offset] = static_cast<char>(~b[offset]);
-    EXPECT_FALSE(SamePciIdentity(a, b)) << offset;
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void Fdinfo(const std::string& extra) {
+    std::ofstream(paths_.proc_self + "/fdinfo/" + std::to_string(fd_.get()))
+        << "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1057\n"
+        << extra;
   }
-  EXPECT_FALSE(SamePciIdentity(a.substr(0, 0x2f), a));
+  void Device(const std::string& address, const std::string& device_id) {
+    const std::string d = paths_.sys + "/bus/pci/devices/" + address;
+    std::filesystem::create_directories(d);
+    for (auto [file, value] : std::vector<std::pair<std::string, std::string>>{
+             {"vendor", "0x8086"},
+             {"device", device_id},
+             {"revision", "0x03"},
+             {"class", "0x020000"},
+             {"subsystem_vendor", "0x1028"},
+             {"subsystem_device", "0x065a"}}) {
+      std::ofstream(d + "/" + file) << value << "\n";
+    }
+  }
+  // Adopts fd_ (once per test: the fake /proc names its number).
+  absl::Status Adopt(const std::string& address) {
+    return VfioDeviceIrqs::Adopt(std::move(fd_), address, paths_).status();
+  }
+  std::string dir_;
+  FdIdentityPaths paths_;
+  Fd fd_;
+};
+
+TEST_F(VfioAdoptTest, KernelNamesAnotherDevice_EpermBeforeAnyIoctl) {
+  Fdinfo(
+      "vfio-device-syspath: /sys/devices/pci0000:e0/0000:e0:01.1/"
+      "0000:e8:00.0\n");
+  const absl::Status s = Adopt("0000:3b:00.1");
+  // EPERM, not the ENOTTY /dev/null answers any ioctl with.
+  EXPECT_EQ(ErrnoOf(s), EPERM) << s;
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("is device \"0000:e8:00.0\""));
+}
+
+TEST_F(VfioAdoptTest, KernelNamesThisDevice_ThenVfioDeviceGetInfo) {
+  Fdinfo("vfio-device-syspath: /sys/devices/pci0000:e0/0000:e8:00.0\n");
+  // Upper case names the same device.
+  const absl::Status s = Adopt("0000:E8:00.0");
+  EXPECT_EQ(ErrnoOf(s), ENOTTY) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("VFIO_DEVICE_GET_INFO"));
+}
+
+TEST_F(VfioAdoptTest, FdinfoUnreadable_Refused) {
+  // No fdinfo file at all: not "the kernel does not say".
+  const absl::Status s = Adopt("0000:3b:00.1");
+  EXPECT_EQ(ErrnoOf(s), EIO) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("cannot be read"));
+}
+
+TEST_F(VfioAdoptTest, KernelDoesNotSay_FallbackStartsWithVfioDeviceGetInfo) {
+  Fdinfo("");
+  Device("0000:3b:00.1", "0x153b");
+  const absl::Status s = Adopt("0000:3b:00.1");
+  EXPECT_EQ(ErrnoOf(s), ENOTTY) << s;
+}
+
+TEST(PciIdentityOfSysfsTest, ReadsTheAttributeFiles) {
+  char dir[] = "/tmp/irqbypass-pci-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string d = std::string(dir) + "/0000:3b:00.1";
+  std::filesystem::create_directories(d);
+  for (auto [file, value] : std::vector<std::pair<std::string, std::string>>{
+           {"vendor", "0x15b3"},
+           {"device", "0x101e"},
+           {"revision", "0x00"},
+           {"class", "0x020000"},
+           {"subsystem_vendor", "0x15b3"},
+           {"subsystem_device", "0x0062"}}) {
+    std::ofstream(d + "/" + file) << value << "\n";
+  }
+  auto id = PciIdentityOfSysfs(d);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(id->vendor, 0x15b3u);
+  EXPECT_EQ(id->device, 0x101eu);
+  EXPECT_EQ(id->class_code, 0x020000u);
+  EXPECT_EQ(id->subsystem_device, 0x0062u);
+  std::filesystem::remove(d + "/revision");
+  EXPECT_EQ(ErrnoOf(PciIdentityOfSysfs(d).status()), ENODEV);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
