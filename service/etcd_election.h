@@ -38,7 +38,7 @@
 namespace irqbypass {
 
 struct EtcdElectionOptions {
-  std::vector<std::string> endpoints;  // as EtcdStoreOptions
+  std::vector<std::string> endpoints;                     // as EtcdStoreOptions
   std::shared_ptr<grpc::ChannelCredentials> credentials;  // likewise
   std::string key = "/irqbypass/leader";
   // The leader key's value: where clients and agents reach this replica.

@@ -39,7 +39,7 @@
 namespace irqbypass {
 
 struct EtcdMirrorOptions {
-  std::vector<std::string> endpoints;  // as EtcdStoreOptions
+  std::vector<std::string> endpoints;                     // as EtcdStoreOptions
   std::shared_ptr<grpc::ChannelCredentials> credentials;  // likewise
   std::string prefix = "/irqbypass/";
   absl::Duration timeout = absl::Seconds(5);  // each Range page
