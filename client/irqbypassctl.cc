@@ -678,6 +678,12 @@ int Main(int argc, char** argv) {
                               security::Role::kReader, security::Role::kAdmin});
   if (!tls.ok()) return UsageError(tls.status(), *output);
 
+  if (tls->insecure) {
+    // On stderr, so that a JSON reply on stdout stays what it was.
+    std::fprintf(stderr,
+                 "irqbypassctl: warning: --insecure: plaintext, no "
+                 "certificate presented and the server not verified\n");
+  }
   client::ClientOptions options;
   options.call_timeout = timeout;
   if (!tls->insecure) {

@@ -168,6 +168,11 @@ class IrqbypassctlTest : public ::testing::Test {
   std::unique_ptr<FakeServer> server_;
 };
 
+// What every plaintext call prints first (the fake server is plaintext).
+const std::string kInsecureWarning =
+    "irqbypassctl: warning: --insecure: plaintext, no certificate presented "
+    "and the server not verified\n";
+
 // --- Usage ---
 
 TEST_F(IrqbypassctlTest, Help_ExitsZeroAndDocumentsCommandsAndExitCodes) {
@@ -358,7 +363,8 @@ TEST_F(IrqbypassctlTest, NotFound_Exit3_TextOnStderr) {
 
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_THAT(r.out, IsEmpty());
-  EXPECT_THAT(r.err, StartsWith("irqbypassctl: NOT_FOUND: "));
+  EXPECT_THAT(r.err, StartsWith(std::string(kInsecureWarning) +
+                                "irqbypassctl: NOT_FOUND: "));
 }
 
 TEST_F(IrqbypassctlTest, AlreadyExists_Exit4) {
@@ -380,8 +386,9 @@ TEST_F(IrqbypassctlTest, ConnectFailed_Exit5_HumanMessage) {
 
   EXPECT_EQ(r.exit_code, 5);
   EXPECT_EQ(r.err,
-            "irqbypassctl: FAILED_PRECONDITION: connect step add_producer "
-            "failed on node n1: ENOENT (vm \"vm-x\" not held)\n");
+            kInsecureWarning +
+                "irqbypassctl: FAILED_PRECONDITION: connect step add_producer "
+                "failed on node n1: ENOENT (vm \"vm-x\" not held)\n");
 }
 
 TEST_F(IrqbypassctlTest, ConnectFailed_JsonErrorOnStdout) {
@@ -393,7 +400,8 @@ TEST_F(IrqbypassctlTest, ConnectFailed_JsonErrorOnStdout) {
                      "--node=n1", "--vm=vm-x", "--gsi=1"});
 
   EXPECT_EQ(r.exit_code, 5);
-  EXPECT_THAT(r.err, IsEmpty());
+  // Only the warning that the call was plaintext (the fake server is).
+  EXPECT_EQ(r.err, kInsecureWarning);
   EXPECT_EQ(r.out,
             "{\"error\":{\"code\":\"FAILED_PRECONDITION\",\"message\":"
             "\"connect failed\",\"detail\":{\"reason\":\"CONNECT_FAILED\","
