@@ -26,6 +26,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -44,6 +45,9 @@
 #include "grpcpp/grpcpp.h"
 #include "protos/etcd/rpc.grpc.pb.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
+#include "security/identity.h"
+#include "security/testing/pki.h"
+#include "security/tls.h"
 #include "tests/etcd_support.h"
 #include "tests/metrics_support.h"
 #include "tests/process.h"
@@ -69,6 +73,10 @@ ABSL_FLAG(bool, slow_vm, false,
           "Run the register cycle against two managers, one whose agent has "
           "a slow VM (its add steps take --slow_vm_delay_ms) kept busy by one "
           "more caller: the other VMs' rate beside the manager without one");
+ABSL_FLAG(bool, tls, false,
+          "Measure what mutual TLS costs instead: irqbypassd and its agent "
+          "with certificates (a throwaway CA, scripts/pki.sh) against the "
+          "same with --insecure, in alternating windows");
 ABSL_FLAG(int, slow_vm_delay_ms, 500,
           "--slow_vm: how long each of the slow VM's add steps takes");
 ABSL_FLAG(std::string, json_out, "", "Write results as JSON to this file");
@@ -409,6 +417,22 @@ class EtcdCaller final : public LoadCaller {
       reader_;
 };
 
+// Client credentials of the targets that serve TLS (the --tls run); any
+// other target is reached in plaintext.
+std::map<std::string, std::shared_ptr<grpc::ChannelCredentials>>&
+TargetCredentials() {
+  static auto* credentials =
+      new std::map<std::string, std::shared_ptr<grpc::ChannelCredentials>>();
+  return *credentials;
+}
+
+std::shared_ptr<grpc::ChannelCredentials> CredentialsFor(
+    const std::string& target) {
+  auto it = TargetCredentials().find(target);
+  return it != TargetCredentials().end() ? it->second
+                                         : grpc::InsecureChannelCredentials();
+}
+
 struct LoadResult {
   double seconds = 0;
   uint64_t pairs = 0;
@@ -428,7 +452,7 @@ LoadResult RunLoad(const std::string& target, int callers, Caller::Mode mode,
   const bool raw_etcd = absl::StartsWith(target, kRawEtcdPrefix);
   auto channel = grpc::CreateCustomChannel(
       raw_etcd ? target.substr(sizeof(kRawEtcdPrefix) - 1) : target,
-      grpc::InsecureChannelCredentials(), args);
+      CredentialsFor(target), args);
   auto stub = v1::BypassManager::NewStub(channel);
   auto etcd_stub = etcdserverpb::KV::NewStub(channel);
   grpc::CompletionQueue cq;
@@ -483,10 +507,17 @@ LoadResult RunLoad(const std::string& target, int callers, Caller::Mode mode,
   return r;
 }
 
+// The certificates of a --tls run.
+struct TlsFiles {
+  security::TlsOptions server, agent, orchestrator;
+};
+
 // irqbypassd + one sim agent, or bare_server, as child processes.
 class Servers {
  public:
   Servers() : dir_(testing::MakeTempDir("e2e-bench")) {}
+  // Serving and calling with these certificates instead of --insecure.
+  void UseTls(const TlsFiles& tls) { tls_ = tls; }
 
   // `store`: irqbypassd's --store (the embedded one in this run's folder).
   bool StartManager(const std::string& store,
@@ -496,9 +527,21 @@ class Servers {
     std::vector<std::string> args = {
         "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
         "--port_file=" + port_file, "--store=" + store,
-        "--data_dir=" + dir_ + "/data",
-        // Plaintext, as the bare server it is measured against.
-        "--insecure"};
+        "--data_dir=" + dir_ + "/data"};
+    // Plaintext, as the bare server it is measured against, unless this is
+    // the --tls run's TLS side.
+    auto tls_flags = [&](const security::TlsOptions& o) {
+      return tls_.has_value()
+                 ? std::vector<std::string>{"--tls_cert=" + o.cert_file,
+                                            "--tls_key=" + o.key_file,
+                                            "--tls_ca=" + o.ca_file,
+                                            "--trust_domain=" + o.trust_domain}
+                 : std::vector<std::string>{"--insecure"};
+    };
+    for (std::string& f :
+         tls_flags(tls_ ? tls_->server : security::TlsOptions{})) {
+      args.push_back(std::move(f));
+    }
     args.insert(args.end(), extra.begin(), extra.end());
     if (!manager_.Start(testing::BinaryPath("service/irqbypassd"), args,
                         dir_ + "/irqbypassd.log")) {
@@ -510,9 +553,16 @@ class Servers {
         testing::ReadFile(dir_ + "/irqbypassd.log"), "metrics_port");
     std::vector<std::string> agent_args = {
         "--manager=127.0.0.1:" + std::to_string(manager_port_),
-        std::string("--node=") + kNode, "--backend=sim", "--log_level=warn",
-        "--insecure"};
+        std::string("--node=") + kNode, "--backend=sim", "--log_level=warn"};
+    for (std::string& f :
+         tls_flags(tls_ ? tls_->agent : security::TlsOptions{})) {
+      agent_args.push_back(std::move(f));
+    }
     agent_args.insert(agent_args.end(), agent_extra.begin(), agent_extra.end());
+    if (tls_.has_value()) {
+      TargetCredentials()[manager()] =
+          security::ChannelCredentials(tls_->orchestrator);
+    }
     if (!agent_.Start(testing::BinaryPath("agent/irqbypass-agent"), agent_args,
                       dir_ + "/agent.log")) {
       return false;
@@ -573,6 +623,7 @@ class Servers {
 
  private:
   std::string dir_;
+  std::optional<TlsFiles> tls_;
   Process manager_;
   Process agent_;
   Process bare_;
@@ -1093,6 +1144,65 @@ int RunSlowVm(int callers, absl::Duration duration) {
   return without_r.errors + with_r.errors + slow_errors.load() == 0 ? 0 : 1;
 }
 
+// What mutual TLS costs (issue #13): the same irqbypassd and sim agent
+// served plaintext (--insecure) and with mutual TLS (certificates from a
+// throwaway CA; the callers present an orchestrator's), for GetBinding and
+// the register cycle, in alternating windows. Each caller's calls share one
+// connection, so this is the cost per call (record encryption, the
+// identity and role checks), not of handshakes.
+int RunTls(int callers, absl::Duration duration) {
+  Servers plain, tls;
+  const security::testing::Pki pki(tls.dir() + "/pki");
+  TlsFiles files;
+  files.server = pki.For(security::Role::kServer, "irqbypassd");
+  files.agent = pki.For(security::Role::kAgent, kNode);
+  files.orchestrator = pki.For(security::Role::kOrchestrator, "bench");
+  if (files.server.cert_file.empty() || files.agent.cert_file.empty() ||
+      files.orchestrator.cert_file.empty()) {
+    std::fprintf(stderr, "could not make the certificates (openssl)\n");
+    return 1;
+  }
+  tls.UseTls(files);
+  const std::string store = absl::GetFlag(FLAGS_store);
+  if (!plain.StartManager(store) || !tls.StartManager(store)) {
+    std::fprintf(stderr, "could not start the servers\n");
+    return 1;
+  }
+  const std::vector<std::string> targets = {plain.manager(), tls.manager()};
+  uint64_t errors = 0;
+  for (const std::string& target : targets) {
+    errors += RunLoad(target, callers, Caller::Mode::kPreload,
+                      absl::ZeroDuration(), 0, static_cast<uint64_t>(callers))
+                  .errors;
+    RunLoad(target, callers, Caller::Mode::kCycle, absl::Seconds(1));
+  }
+  std::printf(
+      "mutual TLS: irqbypassd + sim agent, plaintext vs mutual TLS, %d "
+      "callers, %s each (alternating 1 s windows)\n"
+      "%-16s %10s %10s %10s %10s %10s %8s\n",
+      callers, absl::FormatDuration(duration).c_str(), "workload", "calls/s",
+      "calls", "p50", "p99", "p99.9", "errors");
+  std::string json = "{";
+  for (const auto& [name, mode] :
+       {std::pair<const char*, Caller::Mode>{"get_binding", Caller::Mode::kGet},
+        {"register_cycle", Caller::Mode::kCycle}}) {
+    const std::vector<LoadResult> r =
+        AlternateAmong(targets, callers, mode, duration);
+    PrintLoad(absl::StrCat(name, " plain").c_str(), r[0]);
+    PrintLoad(absl::StrCat(name, " mTLS").c_str(), r[1]);
+    std::printf("  %s: mutual TLS / plaintext %.1f%%\n", name,
+                Ratio(r[1], r[0]) * 100);
+    errors += r[0].errors + r[1].errors;
+    absl::StrAppend(&json, json.size() > 1 ? ", " : "", "\"", name,
+                    "\": {\"plaintext\": ", LoadJson(r[0]),
+                    ", \"tls\": ", LoadJson(r[1]),
+                    ", \"ratio\": ", Ratio(r[1], r[0]), "}");
+  }
+  const std::string json_out = absl::GetFlag(FLAGS_json_out);
+  if (!json_out.empty()) std::ofstream(json_out) << json << "}\n";
+  return errors == 0 ? 0 : 1;
+}
+
 }  // namespace
 }  // namespace irqbypass::bench
 
@@ -1123,6 +1233,9 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_slow_vm)) {
     return irqbypass::bench::RunSlowVm(callers, duration);
+  }
+  if (absl::GetFlag(FLAGS_tls)) {
+    return irqbypass::bench::RunTls(callers, duration);
   }
   return absl::GetFlag(FLAGS_scale)
              ? irqbypass::bench::RunScale(callers, duration)
