@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/security/auth_context.h"
 #include "grpcpp/security/credentials.h"
@@ -55,11 +56,12 @@ std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(
 
 // TLS to etcd, whose certificates come from etcd's PKI, not the fleet's:
 // the members' certificates are verified against `ca_file`, and the one
-// answering must name one of `hosts` (the endpoints' hosts) in a DNS or IP
-// subject alternative name, as etcd's own clients require (no common-name
-// fallback). `cert_file` and `key_file` (both or neither) are the client
-// certificate a member started with --client-cert-auth asks for. All files
-// are re-read every `refresh`.
+// answering must name one of `hosts` (the hosts dialled: service/
+// etcd_store.h EtcdDialledHosts) in a DNS or IP subject alternative name,
+// as etcd's own clients require (no common-name fallback); a refusal is
+// logged (at most a line a second). `cert_file` and `key_file` (both or
+// neither) are the client certificate a member started with --client-cert-auth
+// asks for. All files are re-read every `refresh`.
 struct EtcdTlsOptions {
   std::string ca_file;
   std::string cert_file;
@@ -73,12 +75,13 @@ struct EtcdTlsOptions {
 // INVALID_ARGUMENT / FAILED_PRECONDITION naming the file otherwise.
 absl::Status CheckEtcdTlsFiles(const EtcdTlsOptions& options);
 
-// Whether a certificate's DNS and IP SANs name one of `hosts` (DNS names
-// case-insensitively, a "*." wildcard covering one label; IP addresses by
-// value, so "::1" names "0:0::1"). Exposed for tests.
-bool NamesAHost(const std::vector<std::string>& dns_names,
-                const std::vector<std::string>& ip_names,
-                const std::vector<std::string>& hosts);
+// Whether the certificate in `pem` names one of `hosts` (an IP address, in
+// brackets or not, or a DNS name, a trailing dot ignored) in a subject
+// alternative name: by OpenSSL's X509_check_ip_asc / X509_check_host, IP
+// hosts only by IP SANs, names only by DNS SANs, a wildcard only as the
+// whole leftmost label, never by the common name. Exposed for tests.
+bool CertificateNamesAHost(absl::string_view pem,
+                           const std::vector<std::string>& hosts);
 
 std::shared_ptr<grpc::ChannelCredentials> EtcdChannelCredentials(
     const EtcdTlsOptions& options);

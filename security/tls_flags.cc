@@ -36,6 +36,13 @@ absl::StatusOr<TlsSetup> TlsFromFlags(const std::vector<Role>& own_roles) {
   const std::string key = absl::GetFlag(FLAGS_tls_key);
   const std::string ca = absl::GetFlag(FLAGS_tls_ca);
   const bool any = !cert.empty() || !key.empty() || !ca.empty();
+  // Read with --insecure too: other certificates (irqbypassd's to etcd)
+  // are refreshed as often.
+  setup.options.refresh = absl::GetFlag(FLAGS_tls_refresh);
+  if (setup.options.refresh < absl::Seconds(1)) {
+    return absl::InvalidArgumentError(
+        "--tls_refresh: want a duration of at least 1s");
+  }
   if (absl::GetFlag(FLAGS_insecure)) {
     if (any) {
       return absl::InvalidArgumentError(
@@ -64,11 +71,6 @@ absl::StatusOr<TlsSetup> TlsFromFlags(const std::vector<Role>& own_roles) {
   setup.options.key_file = key;
   setup.options.ca_file = ca;
   setup.options.trust_domain = absl::GetFlag(FLAGS_trust_domain);
-  setup.options.refresh = absl::GetFlag(FLAGS_tls_refresh);
-  if (setup.options.refresh < absl::Seconds(1)) {
-    return absl::InvalidArgumentError(
-        "--tls_refresh: want a duration of at least 1s");
-  }
   if (!ValidTrustDomain(setup.options.trust_domain)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--trust_domain: \"", setup.options.trust_domain,

@@ -15,7 +15,7 @@ namespace irqbypass::security {
 
 struct TlsSetup {
   bool insecure = false;
-  TlsOptions options;  // unset with insecure
+  TlsOptions options;  // unset with insecure, but for refresh
   Identity own;        // this process's identity (unset with insecure)
 };
 

@@ -4,7 +4,9 @@
 #include "security/tls.h"
 
 #include <filesystem>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "absl/time/time.h"
@@ -232,23 +234,46 @@ TEST(CheckOwnCertificateTest, NamesTheFileAndWhatIsWrong) {
             absl::StatusCode::kInvalidArgument);
 }
 
-}  // namespace
-TEST(EtcdHostCheckTest, NamesAHost) {
-  EXPECT_TRUE(NamesAHost({}, {"127.0.0.1"}, {"127.0.0.1"}));
-  EXPECT_TRUE(NamesAHost({}, {"0:0::1"}, {"::1"}));  // by value
-  EXPECT_TRUE(NamesAHost({}, {"::1"}, {"[::1]"}));
-  EXPECT_FALSE(NamesAHost({}, {"127.0.0.2"}, {"127.0.0.1"}));
-  // An IP host is matched only by IP SANs, a name only by DNS SANs.
-  EXPECT_FALSE(NamesAHost({"127.0.0.1"}, {}, {"127.0.0.1"}));
-  EXPECT_FALSE(NamesAHost({}, {"127.0.0.1"}, {"localhost"}));
-  EXPECT_TRUE(NamesAHost({"ETCD-0.example.net"}, {}, {"etcd-0.example.net"}));
-  EXPECT_TRUE(NamesAHost({"*.example.net"}, {}, {"etcd-0.example.net"}));
-  EXPECT_FALSE(NamesAHost({"*.example.net"}, {}, {"example.net"}));
-  EXPECT_FALSE(NamesAHost({"*.example.net"}, {}, {"a.b.example.net"}));
-  EXPECT_FALSE(NamesAHost({"*.example.net"}, {}, {".example.net"}));
-  // Any of several hosts (one per member).
-  EXPECT_TRUE(NamesAHost({}, {"10.0.0.2"}, {"10.0.0.1", "10.0.0.2"}));
-  EXPECT_FALSE(NamesAHost({}, {}, {"10.0.0.1"}));
+std::string ReadWhole(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
+TEST(EtcdHostCheckTest, CertificateNamesAHost) {
+  Pki pki(::testing::TempDir() + "/etcd-host-check");
+  const std::string ips = ReadWhole(
+      pki.Issue("ips", {"IP:127.0.0.1", "IP:::1", "IP:10.0.0.2"}).cert_file);
+  ASSERT_FALSE(ips.empty());
+  EXPECT_TRUE(CertificateNamesAHost(ips, {"127.0.0.1"}));
+  EXPECT_TRUE(CertificateNamesAHost(ips, {"0:0::1"}));  // by value
+  EXPECT_TRUE(CertificateNamesAHost(ips, {"[::1]"}));
+  EXPECT_FALSE(CertificateNamesAHost(ips, {"127.0.0.2"}));
+  EXPECT_FALSE(CertificateNamesAHost(ips, {"localhost"}));
+  EXPECT_TRUE(CertificateNamesAHost(ips, {"10.0.0.1", "10.0.0.2"}));
+  EXPECT_FALSE(CertificateNamesAHost(ips, {}));
+  EXPECT_FALSE(CertificateNamesAHost(ips, {""}));
+
+  const std::string names =
+      ReadWhole(pki.Issue("names", {"DNS:ETCD-0.example.org",
+                                    "DNS:*.example.net", "DNS:127.0.0.3"})
+                    .cert_file);
+  EXPECT_TRUE(CertificateNamesAHost(names, {"etcd-0.example.org"}));
+  EXPECT_TRUE(CertificateNamesAHost(names, {"etcd-0.example.org."}));
+  EXPECT_TRUE(CertificateNamesAHost(names, {"a.example.net"}));
+  EXPECT_FALSE(CertificateNamesAHost(names, {"example.net"}));
+  EXPECT_FALSE(CertificateNamesAHost(names, {"a.b.example.net"}));
+  EXPECT_FALSE(CertificateNamesAHost(names, {"etcd-1.example.org"}));
+  // An IP host is matched only by an IP SAN, not a DNS SAN spelling it.
+  EXPECT_FALSE(CertificateNamesAHost(names, {"127.0.0.3"}));
+
+  // The common name is never used (pki.sh puts the file name there).
+  const std::string cn_only =
+      ReadWhole(pki.Issue("etcd-0.example.org", {}).cert_file);
+  EXPECT_FALSE(CertificateNamesAHost(cn_only, {"etcd-0.example.org"}));
+  EXPECT_FALSE(CertificateNamesAHost("not a certificate", {"127.0.0.1"}));
+}
+
+}  // namespace
 }  // namespace irqbypass::security

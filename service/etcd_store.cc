@@ -1,5 +1,7 @@
 #include "service/etcd_store.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <chrono>
 
@@ -55,63 +57,117 @@ std::string EtcdRevisionValue(uint64_t revision) {
 
 EtcdStore::EtcdStore(EtcdStoreOptions options) : options_(std::move(options)) {}
 
-absl::StatusOr<std::string> EtcdTarget(
+absl::StatusOr<EtcdEndpoint> ParseEtcdEndpoint(absl::string_view given) {
+  absl::string_view e = absl::StripAsciiWhitespace(given);
+  EtcdEndpoint endpoint;
+  if (absl::ConsumePrefix(&e, "https://")) {
+    endpoint.tls = true;
+  } else {
+    absl::ConsumePrefix(&e, "http://");
+  }
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--etcd_endpoints: \"", given, "\": ", why,
+                     " (want http://HOST:PORT or https://HOST:PORT; an "
+                     "IPv6 address in brackets)"));
+  };
+  absl::string_view port;
+  if (absl::ConsumePrefix(&e, "[")) {
+    const size_t close = e.find(']');
+    if (close == absl::string_view::npos) return bad("no ']'");
+    endpoint.host = std::string(e.substr(0, close));
+    in6_addr v6;
+    if (::inet_pton(AF_INET6, endpoint.host.c_str(), &v6) != 1) {
+      return bad("not an IPv6 address in the brackets");
+    }
+    e.remove_prefix(close + 1);
+    if (!absl::ConsumePrefix(&e, ":")) return bad("no port");
+    port = e;
+  } else {
+    const size_t colon = e.rfind(':');
+    if (colon == absl::string_view::npos) return bad("no port");
+    endpoint.host = std::string(e.substr(0, colon));
+    port = e.substr(colon + 1);
+    if (endpoint.host.find(':') != std::string::npos) {
+      return bad("an IPv6 address must be in brackets");
+    }
+  }
+  if (endpoint.host.empty()) return bad("no host");
+  if (endpoint.host.find('/') != std::string::npos ||
+      port.find('/') != std::string::npos) {
+    return bad("a path");
+  }
+  if (!absl::SimpleAtoi(port, &endpoint.port) || endpoint.port < 1 ||
+      endpoint.port > 65535) {
+    return bad("port not 1..65535");
+  }
+  return endpoint;
+}
+
+std::string EtcdEndpoint::HostPort() const {
+  return host.find(':') != std::string::npos
+             ? absl::StrCat("[", host, "]:", port)
+             : absl::StrCat(host, ":", port);
+}
+
+namespace {
+
+absl::StatusOr<std::vector<EtcdEndpoint>> ParseEtcdEndpoints(
     const std::vector<std::string>& endpoints) {
   if (endpoints.empty()) {
-    return absl::InvalidArgumentError("etcd_endpoints: none given");
+    return absl::InvalidArgumentError("--etcd_endpoints: none given");
   }
-  std::vector<std::string> addresses;
-  const bool tls = EtcdEndpointsUseTls(endpoints);
-  for (std::string e : endpoints) {
-    const std::string given = e;
-    if (absl::StartsWith(e, "https://") != tls) {
+  std::vector<EtcdEndpoint> parsed;
+  for (const std::string& e : endpoints) {
+    absl::StatusOr<EtcdEndpoint> one = ParseEtcdEndpoint(e);
+    if (!one.ok()) return one.status();
+    if (!parsed.empty() && one->tls != parsed[0].tls) {
       return absl::InvalidArgumentError(
-          absl::StrCat("etcd_endpoints: \"", given,
+          absl::StrCat("--etcd_endpoints: \"", e,
                        "\": all endpoints must be http:// or all https://"));
     }
-    if (absl::StartsWith(e, "http://")) e = e.substr(7);
-    if (absl::StartsWith(e, "https://")) e = e.substr(8);
-    if (e.empty() || e.find('/') != std::string::npos ||
-        e.find(':') == std::string::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("etcd_endpoints: \"", given,
-                       "\" is not http://HOST:PORT or https://HOST:PORT"));
-    }
-    addresses.push_back(e);
+    parsed.push_back(*std::move(one));
   }
+  return parsed;
+}
+
+bool AllIpv4(const std::vector<EtcdEndpoint>& endpoints) {
+  for (const EtcdEndpoint& e : endpoints) {
+    in_addr v4;
+    if (::inet_pton(AF_INET, e.host.c_str(), &v4) != 1) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> EtcdTarget(
+    const std::vector<std::string>& endpoints) {
+  absl::StatusOr<std::vector<EtcdEndpoint>> parsed =
+      ParseEtcdEndpoints(endpoints);
+  if (!parsed.ok()) return parsed.status();
   // Several members: gRPC's ipv4 resolver with pick_first tries them in
-  // order and moves on when one fails.
-  bool all_ipv4 = true;
-  for (const std::string& a : addresses) {
-    const std::string host = a.substr(0, a.rfind(':'));
-    int octets = 0;
-    for (absl::string_view part : absl::StrSplit(host, '.')) {
-      int v;
-      if (absl::SimpleAtoi(part, &v) && v >= 0 && v <= 255) ++octets;
-    }
-    if (octets != 4) all_ipv4 = false;
-  }
-  return all_ipv4 ? absl::StrCat("ipv4:", absl::StrJoin(addresses, ","))
-                  : addresses[0];
+  // order and moves on when one fails. Otherwise the first only.
+  if (!AllIpv4(*parsed)) return (*parsed)[0].HostPort();
+  std::vector<std::string> addresses;
+  for (const EtcdEndpoint& e : *parsed) addresses.push_back(e.HostPort());
+  return absl::StrCat("ipv4:", absl::StrJoin(addresses, ","));
 }
 
 bool EtcdEndpointsUseTls(const std::vector<std::string>& endpoints) {
-  return !endpoints.empty() && absl::StartsWith(endpoints[0], "https://");
+  absl::StatusOr<std::vector<EtcdEndpoint>> parsed =
+      ParseEtcdEndpoints(endpoints);
+  return parsed.ok() && (*parsed)[0].tls;
 }
 
-std::vector<std::string> EtcdEndpointHosts(
+std::vector<std::string> EtcdDialledHosts(
     const std::vector<std::string>& endpoints) {
+  absl::StatusOr<std::vector<EtcdEndpoint>> parsed =
+      ParseEtcdEndpoints(endpoints);
+  if (!parsed.ok()) return {};
   std::vector<std::string> hosts;
-  for (absl::string_view e : endpoints) {
-    absl::ConsumePrefix(&e, "http://") || absl::ConsumePrefix(&e, "https://");
-    const size_t colon = e.rfind(':');
-    absl::string_view host =
-        colon == absl::string_view::npos ? e : e.substr(0, colon);
-    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-      host = host.substr(1, host.size() - 2);  // [::1]:2379
-    }
-    hosts.emplace_back(host);
-  }
+  if (!AllIpv4(*parsed)) return {(*parsed)[0].host};
+  for (const EtcdEndpoint& e : *parsed) hosts.push_back(e.host);
   return hosts;
 }
 
@@ -124,12 +180,12 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> EtcdChannel(
   const bool tls = EtcdEndpointsUseTls(endpoints);
   if (tls && credentials == nullptr) {
     return absl::InvalidArgumentError(
-        "etcd_endpoints: https:// needs --etcd_cacert (the CA that signed "
+        "--etcd_endpoints: https:// needs --etcd_cacert (the CA that signed "
         "the etcd members' certificates)");
   }
   if (!tls && credentials != nullptr) {
     return absl::InvalidArgumentError(
-        "etcd_endpoints: --etcd_cacert given, but the endpoints are "
+        "--etcd_endpoints: --etcd_cacert given, but the endpoints are "
         "http://; use https://HOST:PORT");
   }
   return grpc::CreateCustomChannel(
@@ -138,13 +194,11 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> EtcdChannel(
 
 absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(
     const EtcdStoreOptions& options) {
-  absl::StatusOr<std::string> target = EtcdTarget(options.endpoints);
-  if (!target.ok()) return target.status();
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
       EtcdChannel(options.endpoints, options.credentials);
   if (!channel.ok()) return channel.status();
   std::unique_ptr<EtcdStore> store(new EtcdStore(options));
-  store->target_ = *std::move(target);
+  store->target_ = *EtcdTarget(options.endpoints);  // EtcdChannel checked
   store->kv_ = etcdserverpb::KV::NewStub(*std::move(channel));
   EtcdStore* const raw = store.get();
   store->batcher_ = std::make_unique<StoreBatcher>(

@@ -46,6 +46,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
 #include "grpcpp/channel.h"
@@ -82,11 +83,22 @@ struct EtcdStoreOptions {
 // naming a bad one, or if http:// and https:// are mixed.
 absl::StatusOr<std::string> EtcdTarget(
     const std::vector<std::string>& endpoints);
-// Whether `endpoints` are https:// (EtcdTarget accepted them).
+// One endpoint: "http://HOST:PORT", "https://HOST:PORT" or "HOST:PORT"
+// (http), an IPv6 HOST in brackets, PORT 1..65535. INVALID_ARGUMENT naming
+// it otherwise.
+struct EtcdEndpoint {
+  bool tls = false;
+  std::string host;  // without brackets
+  int port = 0;
+  std::string HostPort() const;  // "10.0.0.1:2379", "[::1]:2379"
+};
+absl::StatusOr<EtcdEndpoint> ParseEtcdEndpoint(absl::string_view endpoint);
+// Whether `endpoints` are https:// (false if EtcdTarget refuses them).
 bool EtcdEndpointsUseTls(const std::vector<std::string>& endpoints);
-// Their hosts ("https://10.0.0.1:2379" -> "10.0.0.1"), which a member's
-// certificate must name.
-std::vector<std::string> EtcdEndpointHosts(
+// The hosts EtcdTarget's target dials ("https://10.0.0.1:2379" ->
+// "10.0.0.1"): every endpoint's when all are IPv4 literals, else the
+// first's. A member's certificate must name one of them.
+std::vector<std::string> EtcdDialledHosts(
     const std::vector<std::string>& endpoints);
 // A channel to the members of `endpoints`, with `credentials` (null:
 // plaintext). INVALID_ARGUMENT if the endpoints are https:// without

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
@@ -60,7 +61,7 @@ class EtcdTlsTest : public ::testing::Test {
     options.ca_file = pki_->ca_file();
     options.cert_file = etcd_->tls()->client_cert;
     options.key_file = etcd_->tls()->client_key;
-    options.hosts = EtcdEndpointHosts(etcd_->endpoints());
+    options.hosts = EtcdDialledHosts(etcd_->endpoints());
     return options;
   }
   static absl::StatusOr<std::unique_ptr<EtcdStore>> Open(
@@ -71,6 +72,13 @@ class EtcdTlsTest : public ::testing::Test {
     options.timeout = absl::Seconds(3);
     options.credentials = security::EtcdChannelCredentials(tls);
     return EtcdStore::Open(options);
+  }
+
+  // etcd is up and the good options still work: so a refusal just seen
+  // was the refused options' doing.
+  static void ExpectGoodStillOpens() {
+    auto store = Open(Good(), "control");
+    EXPECT_TRUE(store.ok()) << store.status();
   }
 
   static std::string* dir_;
@@ -113,6 +121,7 @@ TEST_F(EtcdTlsTest, NoClientCertificate_Refused) {
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable)
       << store.status();
+  ExpectGoodStillOpens();
 }
 
 TEST_F(EtcdTlsTest, ClientCertificateOfAnotherCa_Refused) {
@@ -123,6 +132,7 @@ TEST_F(EtcdTlsTest, ClientCertificateOfAnotherCa_Refused) {
   auto store = Open(tls, "stranger");
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable);
+  ExpectGoodStillOpens();
 }
 
 TEST_F(EtcdTlsTest, MembersOfAnotherCa_Refused) {
@@ -131,19 +141,86 @@ TEST_F(EtcdTlsTest, MembersOfAnotherCa_Refused) {
   auto store = Open(tls, "otherca");
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable);
+  ExpectGoodStillOpens();
 }
 
-// The member's certificate is etcd's CA's, but names 127.0.0.1 and
-// localhost, not the host the endpoints name.
+// A member whose certificate is etcd's CA's but names only
+// etcd-0.example.net, dialled at 127.0.0.1: refused, by the host check
+// alone (the same member is accepted when the host dialled is the name its
+// certificate has).
 TEST_F(EtcdTlsTest, MemberCertificateNamesAnotherHost_Refused) {
-  EtcdTlsOptions tls = Good();
-  tls.hosts = {"etcd-0.example.net"};
-  auto store = Open(tls, "otherhost");
+  const auto elsewhere = pki_->Issue("elsewhere", {"DNS:etcd-0.example.net"});
+  testing::EtcdTestTls tls = *etcd_->tls();
+  tls.server_cert = elsewhere.cert_file;
+  tls.server_key = elsewhere.key_file;
+  tls.server_name = "etcd-0.example.net";  // for its own health check
+  testing::EtcdCluster other;
+  ASSERT_TRUE(other.Start(1, tls));
+  EtcdTlsOptions options = Good();
+  options.hosts = EtcdDialledHosts(other.endpoints());
+  ASSERT_EQ(options.hosts, std::vector<std::string>{"127.0.0.1"});
+  EtcdStoreOptions store_options;
+  store_options.endpoints = other.endpoints();
+  store_options.prefix = "/tls/otherhost/";
+  store_options.timeout = absl::Seconds(3);
+  store_options.credentials = security::EtcdChannelCredentials(options);
+  auto store = EtcdStore::Open(store_options);
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable);
-  tls.hosts = {"localhost"};  // which it does name
-  auto named = Open(tls, "localhost");
+  // The same member, the host its certificate names: accepted.
+  options.hosts = {"etcd-0.example.net"};
+  store_options.credentials = security::EtcdChannelCredentials(options);
+  store_options.prefix = "/tls/named/";
+  auto named = EtcdStore::Open(store_options);
   EXPECT_TRUE(named.ok()) << named.status();
+}
+
+TEST(EtcdEndpointTest, Parse) {
+  auto e = ParseEtcdEndpoint("https://[::1]:2379");
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_TRUE(e->tls);
+  EXPECT_EQ(e->host, "::1");
+  EXPECT_EQ(e->port, 2379);
+  EXPECT_EQ(e->HostPort(), "[::1]:2379");
+  e = ParseEtcdEndpoint(" http://10.0.0.1:2379 ");
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_FALSE(e->tls);
+  EXPECT_EQ(e->HostPort(), "10.0.0.1:2379");
+  e = ParseEtcdEndpoint("etcd-0.example.net:2379");
+  ASSERT_TRUE(e.ok());
+  EXPECT_FALSE(e->tls);
+  EXPECT_EQ(e->host, "etcd-0.example.net");
+  for (const char* bad :
+       {"https://[::1]", "https://::1:2379", "https://etcd-0:", "https://:2379",
+        "https://etcd-0", "https://etcd-0:0", "https://etcd-0:65536",
+        "https://etcd-0:2379/x", "https://[nope]:2379", "https://[::1:2379"}) {
+    auto parsed = ParseEtcdEndpoint(bad);
+    EXPECT_FALSE(parsed.ok()) << bad;
+    EXPECT_NE(parsed.status().message().find("--etcd_endpoints"),
+              std::string::npos)
+        << parsed.status();
+  }
+}
+
+TEST(EtcdEndpointTest, TargetAndHostsDialled) {
+  const std::vector<std::string> ipv4 = {"https://10.0.0.1:2379",
+                                         "https://10.0.0.2:2379"};
+  EXPECT_EQ(*EtcdTarget(ipv4), "ipv4:10.0.0.1:2379,10.0.0.2:2379");
+  EXPECT_EQ(EtcdDialledHosts(ipv4),
+            (std::vector<std::string>{"10.0.0.1", "10.0.0.2"}));
+  // Not all IPv4: only the first is dialled, so only its host may answer.
+  const std::vector<std::string> names = {"https://etcd-0.example.net:2379",
+                                          "https://etcd-1.example.net:2379"};
+  EXPECT_EQ(*EtcdTarget(names), "etcd-0.example.net:2379");
+  EXPECT_EQ(EtcdDialledHosts(names),
+            std::vector<std::string>{"etcd-0.example.net"});
+  // "010.0.0.1" is no IPv4 literal to inet_pton: a name, dialled alone.
+  EXPECT_EQ(*EtcdTarget({"http://010.0.0.1:2379", "http://10.0.0.2:2379"}),
+            "010.0.0.1:2379");
+  EXPECT_EQ(*EtcdTarget({"https://[::1]:2379"}), "[::1]:2379");
+  EXPECT_FALSE(EtcdTarget({}).ok());
+  EXPECT_TRUE(EtcdEndpointsUseTls(ipv4));
+  EXPECT_FALSE(EtcdEndpointsUseTls({"10.0.0.1:2379"}));
 }
 
 TEST_F(EtcdTlsTest, SchemeAndCredentialsMustAgree) {

@@ -114,7 +114,8 @@ ABSL_FLAG(std::string, etcd_endpoints, "http://127.0.0.1:2379",
 ABSL_FLAG(std::string, etcd_cacert, "",
           "--store=etcd over https://: the CA bundle (PEM) that signed the "
           "etcd members' certificates; a member's certificate must also name "
-          "its endpoint's host (DNS or IP SAN)");
+          "a host dialled (DNS or IP SAN): the endpoint's, or with several "
+          "IPv4 endpoints any of theirs");
 ABSL_FLAG(std::string, etcd_cert, "",
           "--store=etcd over https://: a client certificate (PEM) to present "
           "to members started with --client-cert-auth (with --etcd_key)");
@@ -226,28 +227,41 @@ int Run() {
   std::unique_ptr<EtcdStore> etcd;
   std::unique_ptr<EtcdMirror> mirror;  // a standby's warm copy
   std::shared_ptr<grpc::ChannelCredentials> etcd_credentials;  // null: http
+  const bool etcd_tls_flags = !absl::GetFlag(FLAGS_etcd_cacert).empty() ||
+                              !absl::GetFlag(FLAGS_etcd_cert).empty() ||
+                              !absl::GetFlag(FLAGS_etcd_key).empty();
+  if (etcd_tls_flags && store_kind != "etcd") {
+    return Fail("--etcd_cacert/--etcd_cert/--etcd_key: only with --store=etcd");
+  }
   if (store_kind == "etcd") {
     EtcdStoreOptions etcd_options;
     etcd_options.endpoints = absl::StrSplit(absl::GetFlag(FLAGS_etcd_endpoints),
-                                            ',', absl::SkipEmpty());
+                                            ',', absl::SkipWhitespace());
     etcd_options.prefix = absl::GetFlag(FLAGS_etcd_prefix);
     if (etcd_options.prefix.empty()) return Fail("--etcd_prefix: empty");
     etcd_options.on_step_down = RequestStepDown;
-    if (!absl::GetFlag(FLAGS_etcd_cacert).empty() ||
-        !absl::GetFlag(FLAGS_etcd_cert).empty() ||
-        !absl::GetFlag(FLAGS_etcd_key).empty()) {
+    if (etcd_tls_flags) {
       security::EtcdTlsOptions etcd_tls;
       etcd_tls.ca_file = absl::GetFlag(FLAGS_etcd_cacert);
       etcd_tls.cert_file = absl::GetFlag(FLAGS_etcd_cert);
       etcd_tls.key_file = absl::GetFlag(FLAGS_etcd_key);
-      etcd_tls.hosts = EtcdEndpointHosts(etcd_options.endpoints);
+      etcd_tls.hosts = EtcdDialledHosts(etcd_options.endpoints);
       etcd_tls.refresh = tls.options.refresh;  // --tls_refresh
       if (etcd_tls.ca_file.empty()) {
-        return Fail("--etcd_cert/--etcd_key: need --etcd_cacert");
+        return Fail("--etcd_cacert: needed with --etcd_cert/--etcd_key");
       }
       if (absl::Status s = security::CheckEtcdTlsFiles(etcd_tls); !s.ok()) {
-        return Fail(absl::StrCat("--etcd_cacert/--etcd_cert/--etcd_key: ",
-                                 s.message()));
+        // Name the flag whose file is at fault.
+        const std::string message(s.message());
+        const char* flag =
+            message.find("\"" + etcd_tls.ca_file + "\"") != std::string::npos
+                ? "--etcd_cacert"
+            : !etcd_tls.key_file.empty() &&
+                    message.find("key file \"" + etcd_tls.key_file + "\"") !=
+                        std::string::npos
+                ? "--etcd_key"
+                : "--etcd_cert";
+        return Fail(absl::StrCat(flag, ": ", message));
       }
       etcd_options.credentials = security::EtcdChannelCredentials(etcd_tls);
     }
@@ -255,10 +269,7 @@ int Run() {
     // A standby starts (and a deposed leader restarts) while etcd is away.
     etcd_options.require_answer = false;
     auto opened = EtcdStore::Open(etcd_options);
-    if (!opened.ok()) {
-      return Fail(
-          absl::StrCat("--etcd_endpoints: ", opened.status().message()));
-    }
+    if (!opened.ok()) return Fail(std::string(opened.status().message()));
     etcd = *std::move(opened);
     if (absl::GetFlag(FLAGS_warm_standby)) {
       EtcdMirrorOptions mirror_options;
@@ -266,10 +277,7 @@ int Run() {
       mirror_options.prefix = etcd_options.prefix;
       mirror_options.credentials = etcd_options.credentials;
       auto started = EtcdMirror::Start(mirror_options);
-      if (!started.ok()) {
-        return Fail(
-            absl::StrCat("--etcd_endpoints: ", started.status().message()));
-      }
+      if (!started.ok()) return Fail(std::string(started.status().message()));
       mirror = *std::move(started);
     }
   } else if (store_kind == "embedded") {
@@ -545,7 +553,7 @@ int Run() {
   if (etcd != nullptr) {
     EtcdElectionOptions election_options;
     election_options.endpoints = absl::StrSplit(
-        absl::GetFlag(FLAGS_etcd_endpoints), ',', absl::SkipEmpty());
+        absl::GetFlag(FLAGS_etcd_endpoints), ',', absl::SkipWhitespace());
     election_options.credentials = etcd_credentials;
     election_options.key = absl::GetFlag(FLAGS_etcd_prefix) + "leader";
     std::string advertise = absl::GetFlag(FLAGS_advertise_address);

@@ -814,8 +814,8 @@ TEST_F(EndToEndTest, EtcdStore_ManagerKilledAndRestarted_StateAndWiringKept) {
 
 // The same over TLS to etcd: members with certificates of etcd's own CA,
 // requiring client certificates; irqbypassd given --etcd_cacert,
-// --etcd_cert and --etcd_key. Without the client certificate it cannot
-// read its state and says so.
+// --etcd_cert and --etcd_key. An https:// endpoint without --etcd_cacert
+// stops the start naming the flag.
 TEST_F(EndToEndTest, EtcdStoreOverTls_ManagerKilledAndRestarted_StateKept) {
   const security::testing::Pki pki(cluster_.dir() + "/etcd-pki");
   const auto member = pki.Issue("member", {"IP:127.0.0.1"});

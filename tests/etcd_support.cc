@@ -22,6 +22,9 @@ std::string ReadFile(const std::string& path) {
   return text.str();
 }
 
+std::shared_ptr<grpc::Channel> TestChannel(const std::string& target,
+                                           const EtcdTestTls& tls);
+
 std::shared_ptr<grpc::ChannelCredentials> TestCredentials(
     const EtcdTestTls& tls) {
   grpc::SslCredentialsOptions ssl;
@@ -29,6 +32,15 @@ std::shared_ptr<grpc::ChannelCredentials> TestCredentials(
   ssl.pem_cert_chain = ReadFile(tls.client_cert);
   ssl.pem_private_key = ReadFile(tls.client_key);
   return grpc::SslCredentials(ssl);
+}
+
+std::shared_ptr<grpc::Channel> TestChannel(const std::string& target,
+                                           const EtcdTestTls& tls) {
+  grpc::ChannelArguments args;
+  if (!tls.server_name.empty()) {
+    args.SetSslTargetNameOverride(tls.server_name);
+  }
+  return grpc::CreateCustomChannel(target, TestCredentials(tls), args);
 }
 
 }  // namespace
@@ -57,8 +69,8 @@ bool EtcdCluster::Start(int members, std::optional<EtcdTestTls> tls) {
     const int port = client_ports_[i];
     bool up;
     if (tls_.has_value()) {
-      auto kv = etcdserverpb::KV::NewStub(grpc::CreateChannel(
-          "127.0.0.1:" + std::to_string(port), TestCredentials(*tls_)));
+      auto kv = etcdserverpb::KV::NewStub(
+          TestChannel("127.0.0.1:" + std::to_string(port), *tls_));
       up = Eventually([&] {
         etcdserverpb::RangeRequest request;
         request.set_key("/none");
@@ -127,10 +139,11 @@ EtcdKv::EtcdKv(absl::string_view endpoint,
   absl::string_view target = endpoint;
   absl::ConsumePrefix(&target, "http://");
   absl::ConsumePrefix(&target, "https://");
-  kv_ = etcdserverpb::KV::NewStub(grpc::CreateChannel(
-      std::string(target), tls.has_value()
-                               ? TestCredentials(*tls)
-                               : grpc::InsecureChannelCredentials()));
+  kv_ = etcdserverpb::KV::NewStub(
+      tls.has_value()
+          ? TestChannel(std::string(target), *tls)
+          : grpc::CreateChannel(std::string(target),
+                                grpc::InsecureChannelCredentials()));
 }
 
 int64_t EtcdKv::Revision() {

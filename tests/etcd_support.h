@@ -23,6 +23,9 @@ struct EtcdTestTls {
   std::string ca_file;
   std::string server_cert, server_key;
   std::string client_cert, client_key;
+  // The name the health checks and EtcdKv expect `server` to carry (empty:
+  // 127.0.0.1, the address dialled).
+  std::string server_name;
 };
 
 class EtcdCluster {
