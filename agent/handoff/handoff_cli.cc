@@ -33,11 +33,14 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "agent/errno_status.h"
 #include "agent/handoff/handoff_client.h"
 #include "agent/kvm/fd.h"
@@ -55,6 +58,9 @@ ABSL_FLAG(std::string, serve_vm, "",
           "Create a VM on /dev/kvm (with an in-kernel irqchip) in this "
           "process under this name, offer it to the agent (SERVE-VM) and run "
           "the agent's irqfd requests on it until SIGTERM (demos, tests).");
+ABSL_FLAG(std::string, agent_uids, "",
+          "Comma-separated uids the agent may run as besides root and this "
+          "process's own; a socket served by any other uid gets nothing.");
 ABSL_FLAG(std::string, device, "", "PCI address of the device --device_fd.");
 ABSL_FLAG(int, device_fd, -1, "An inherited VFIO device fd.");
 
@@ -94,7 +100,18 @@ int Main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto client = HandoffClient::Connect(path);
+  std::vector<uid_t> agent_uids;
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_agent_uids),
+                                               ',', absl::SkipEmpty())) {
+    uint32_t uid = 0;
+    if (!absl::SimpleAtoi(part, &uid)) {
+      std::fprintf(stderr, "irqbypass-handoff: --agent_uids: bad uid \"%s\"\n",
+                   std::string(part).c_str());
+      return 2;
+    }
+    agent_uids.push_back(static_cast<uid_t>(uid));
+  }
+  auto client = HandoffClient::Connect(path, agent_uids);
   if (!client.ok()) return Fail("connect", client.status());
   (*client)->SetIrqfdObserver([](const IrqfdRequest& request, int err) {
     std::fprintf(stderr, "irqbypass-handoff: irqfd %s vm=%s gsi=%u errno=%s\n",

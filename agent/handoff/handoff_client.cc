@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -19,7 +20,7 @@ namespace agent {
 namespace {}  // namespace
 
 absl::StatusOr<std::unique_ptr<HandoffClient>> HandoffClient::Connect(
-    const std::string& path) {
+    const std::string& path, const std::vector<uid_t>& agent_uids) {
   sockaddr_un address;
   std::memset(&address, 0, sizeof(address));
   address.sun_family = AF_UNIX;
@@ -33,6 +34,25 @@ absl::StatusOr<std::unique_ptr<HandoffClient>> HandoffClient::Connect(
   if (::connect(socket.get(), reinterpret_cast<sockaddr*>(&address),
                 sizeof(address)) != 0) {
     return ErrnoError(errno, absl::StrCat("connect ", path));
+  }
+  // Who serves it, before a word (or an fd) goes out.
+  ucred agent;
+  socklen_t length = sizeof(agent);
+  if (::getsockopt(socket.get(), SOL_SOCKET, SO_PEERCRED, &agent, &length) !=
+      0) {
+    return ErrnoError(errno, "SO_PEERCRED of the agent's socket");
+  }
+  if (agent.uid != 0 && agent.uid != ::geteuid() &&
+      std::find(agent_uids.begin(), agent_uids.end(), agent.uid) ==
+          agent_uids.end()) {
+    return ErrnoErrorWithMessage(
+        EPERM,
+        absl::StrCat("the socket ", path, " is served by uid ", agent.uid,
+                     ", neither root nor this process's "
+                     "user (",
+                     ::geteuid(),
+                     "): not the agent; "
+                     "nothing was sent"));
   }
   // The greeting: OK, or the refusal (EACCES).
   absl::StatusOr<HandoffPacket> greeting = ReceiveHandoffPacket(socket.get());

@@ -34,9 +34,12 @@
 #ifndef IRQBYPASS_AGENT_HANDOFF_HANDOFF_CLIENT_H_
 #define IRQBYPASS_AGENT_HANDOFF_HANDOFF_CLIENT_H_
 
+#include <sys/types.h>
+
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -51,9 +54,13 @@ namespace agent {
 class HandoffClient {
  public:
   // Connects to the agent's socket at `path` and reads its greeting.
-  // connect(2)'s errno, or the refusal (EACCES: uid not allowed).
+  // connect(2)'s errno, or the refusal (EACCES: uid not allowed). Before
+  // anything is sent, the process serving the socket must run as root, as
+  // this process's user, or as one of `agent_uids` (SO_PEERCRED: whoever
+  // listened there): EPERM naming its uid otherwise, since whoever else
+  // serves that path is not the agent and would get the fds handed over.
   static absl::StatusOr<std::unique_ptr<HandoffClient>> Connect(
-      const std::string& path);
+      const std::string& path, const std::vector<uid_t>& agent_uids = {});
 
   // Offers VM `name`, which this process created and drives through
   // `vm_fd`, to the agent ("SERVE-VM 1 <name>"); from then on the agent's

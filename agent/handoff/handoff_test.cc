@@ -6,12 +6,15 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -312,6 +315,54 @@ TEST_F(HandoffServerTest, SocketDirectoryOthersCouldWriteIn_Refused) {
   struct stat st;
   EXPECT_EQ(::lstat((inner + "/handoff.sock").c_str(), &st), 0);
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
+}
+
+// A socket at the agent's path served by someone else (a process of
+// another uid that got there first): the client sends nothing to it.
+TEST_F(HandoffServerTest, ClientRefusesASocketServedByAnotherUid) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run as another uid";
+  server_.reset();
+  ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);  // uid 4242 may look inside
+  const std::string squat_dir = dir_ + "/squat";
+  ASSERT_EQ(::mkdir(squat_dir.c_str(), 0777), 0);
+  ASSERT_EQ(::chmod(squat_dir.c_str(), 0777), 0);
+  const std::string squat = squat_dir + "/handoff.sock";
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Only async-signal-safe calls from here on.
+    if (::setgid(4242) != 0 || ::setuid(4242) != 0) ::_exit(1);
+    const int listener = ::socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::memcpy(address.sun_path, squat.c_str(), squat.size());
+    if (::bind(listener, reinterpret_cast<sockaddr*>(&address),
+               sizeof(address)) != 0 ||
+        ::listen(listener, 4) != 0) {
+      ::_exit(2);
+    }
+    (void)!::write(ready[1], "x", 1);
+    while (true) {  // greets whoever connects, as an agent would
+      const int peer = ::accept(listener, nullptr, nullptr);
+      if (peer >= 0) (void)!::send(peer, "OK", 2, MSG_NOSIGNAL);
+    }
+  }
+  ::close(ready[1]);
+  char byte;
+  ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "the squatter did not listen";
+  ::close(ready[0]);
+  auto client = HandoffClient::Connect(squat);
+  EXPECT_FALSE(client.ok());
+  EXPECT_EQ(ErrnoOf(client.status()), EPERM) << client.status();
+  EXPECT_THAT(std::string(client.status().message()),
+              HasSubstr("served by uid 4242"));
+  // Unless that uid is named as the agent's.
+  auto named = HandoffClient::Connect(squat, {4242});
+  EXPECT_TRUE(named.ok()) << named.status();
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
 }
 
 // sendmsg() of `text` with any number of fds (SendHandoffPacket caps them).
