@@ -167,6 +167,57 @@ const std::vector<Role>& ClientRoles() {
   return *roles;
 }
 
+// The certificate in `cert_file`, whose key `key_file` holds, not expired;
+// INVALID_ARGUMENT / FAILED_PRECONDITION naming the file otherwise.
+absl::StatusOr<X509Ptr> LoadCertificateAndKey(const std::string& cert_file,
+                                              const std::string& key_file) {
+  BioPtr cert_bio(BIO_new_file(cert_file.c_str(), "r"));
+  if (cert_bio == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("certificate file \"", cert_file, "\" cannot be read"));
+  }
+  X509Ptr cert(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
+  if (cert == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "certificate file \"", cert_file, "\" holds no PEM certificate"));
+  }
+  BioPtr key_bio(BIO_new_file(key_file.c_str(), "r"));
+  if (key_bio == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("key file \"", key_file, "\" cannot be read"));
+  }
+  KeyPtr key(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
+  if (key == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key file \"", key_file, "\" holds no PEM private key"));
+  }
+  if (X509_check_private_key(cert.get(), key.get()) != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key file \"", key_file,
+                     "\" is not the key of certificate \"", cert_file, "\""));
+  }
+  if (X509_cmp_current_time(X509_get0_notAfter(cert.get())) < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("certificate \"", cert_file, "\" has expired"));
+  }
+  return cert;
+}
+
+// `ca_file` holds a PEM certificate.
+absl::Status CheckCaFile(const std::string& ca_file) {
+  BioPtr ca_bio(BIO_new_file(ca_file.c_str(), "r"));
+  if (ca_bio == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("CA file \"", ca_file, "\" cannot be read"));
+  }
+  X509Ptr ca(PEM_read_bio_X509(ca_bio.get(), nullptr, nullptr, nullptr));
+  if (ca == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CA file \"", ca_file, "\" holds no PEM certificate"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<Identity> CheckOwnCertificate(const TlsOptions& options,
@@ -176,48 +227,12 @@ absl::StatusOr<Identity> CheckOwnCertificate(const TlsOptions& options,
         absl::StrCat("trust domain \"", options.trust_domain,
                      "\": want 1..255 characters of [a-z0-9.-_]"));
   }
-  BioPtr cert_bio(BIO_new_file(options.cert_file.c_str(), "r"));
-  if (cert_bio == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "certificate file \"", options.cert_file, "\" cannot be read"));
-  }
-  X509Ptr cert(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
-  if (cert == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("certificate file \"", options.cert_file,
-                     "\" holds no PEM certificate"));
-  }
-  BioPtr key_bio(BIO_new_file(options.key_file.c_str(), "r"));
-  if (key_bio == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("key file \"", options.key_file, "\" cannot be read"));
-  }
-  KeyPtr key(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
-  if (key == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "key file \"", options.key_file, "\" holds no PEM private key"));
-  }
-  if (X509_check_private_key(cert.get(), key.get()) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "key file \"", options.key_file, "\" is not the key of certificate \"",
-        options.cert_file, "\""));
-  }
-  if (X509_cmp_current_time(X509_get0_notAfter(cert.get())) < 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("certificate \"", options.cert_file, "\" has expired"));
-  }
-  BioPtr ca_bio(BIO_new_file(options.ca_file.c_str(), "r"));
-  if (ca_bio == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("CA file \"", options.ca_file, "\" cannot be read"));
-  }
-  X509Ptr ca(PEM_read_bio_X509(ca_bio.get(), nullptr, nullptr, nullptr));
-  if (ca == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "CA file \"", options.ca_file, "\" holds no PEM certificate"));
-  }
+  absl::StatusOr<X509Ptr> cert =
+      LoadCertificateAndKey(options.cert_file, options.key_file);
+  if (!cert.ok()) return cert.status();
+  if (absl::Status s = CheckCaFile(options.ca_file); !s.ok()) return s;
   absl::StatusOr<Identity> id =
-      IdentityOf(UrisOf(cert.get()), options.trust_domain, roles);
+      IdentityOf(UrisOf(cert->get()), options.trust_domain, roles);
   if (!id.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "certificate \"", options.cert_file, "\": ", id.status().message()));
@@ -281,52 +296,13 @@ bool CertificateNamesAHost(absl::string_view pem,
 }
 
 absl::Status CheckEtcdTlsFiles(const EtcdTlsOptions& options) {
-  BioPtr ca_bio(BIO_new_file(options.ca_file.c_str(), "r"));
-  if (ca_bio == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("CA file \"", options.ca_file, "\" cannot be read"));
-  }
-  X509Ptr ca(PEM_read_bio_X509(ca_bio.get(), nullptr, nullptr, nullptr));
-  if (ca == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "CA file \"", options.ca_file, "\" holds no PEM certificate"));
-  }
+  if (absl::Status s = CheckCaFile(options.ca_file); !s.ok()) return s;
   if (options.cert_file.empty() != options.key_file.empty()) {
     return absl::InvalidArgumentError(
         "a client certificate needs both its certificate and its key file");
   }
   if (options.cert_file.empty()) return absl::OkStatus();
-  BioPtr cert_bio(BIO_new_file(options.cert_file.c_str(), "r"));
-  if (cert_bio == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "certificate file \"", options.cert_file, "\" cannot be read"));
-  }
-  X509Ptr cert(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
-  if (cert == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("certificate file \"", options.cert_file,
-                     "\" holds no PEM certificate"));
-  }
-  BioPtr key_bio(BIO_new_file(options.key_file.c_str(), "r"));
-  if (key_bio == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("key file \"", options.key_file, "\" cannot be read"));
-  }
-  KeyPtr key(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
-  if (key == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "key file \"", options.key_file, "\" holds no PEM private key"));
-  }
-  if (X509_check_private_key(cert.get(), key.get()) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "key file \"", options.key_file, "\" is not the key of certificate \"",
-        options.cert_file, "\""));
-  }
-  if (X509_cmp_current_time(X509_get0_notAfter(cert.get())) < 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("certificate \"", options.cert_file, "\" has expired"));
-  }
-  return absl::OkStatus();
+  return LoadCertificateAndKey(options.cert_file, options.key_file).status();
 }
 
 std::shared_ptr<grpc::ChannelCredentials> EtcdChannelCredentials(
