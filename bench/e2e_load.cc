@@ -77,6 +77,14 @@ ABSL_FLAG(bool, tls, false,
           "Measure what mutual TLS costs instead: irqbypassd and its agent "
           "with certificates (a throwaway CA, scripts/pki.sh) against the "
           "same with --insecure, in alternating windows");
+ABSL_FLAG(bool, abuse, false,
+          "Measure what hostile watchers cost instead: GetBinding callers "
+          "on a mutual-TLS irqbypassd before, while and after --abuse_"
+          "identities reader identities each open their cap of watches "
+          "that never read, plus --abuse_extra more each (refused)");
+ABSL_FLAG(int, abuse_identities, 20, "--abuse: reader identities");
+ABSL_FLAG(int, abuse_extra, 10,
+          "--abuse: watches past its cap each identity tries");
 ABSL_FLAG(int, slow_vm_delay_ms, 500,
           "--slow_vm: how long each of the slow VM's add steps takes");
 ABSL_FLAG(std::string, json_out, "", "Write results as JSON to this file");
@@ -605,6 +613,16 @@ class Servers {
       if (line.rfind(name + " ", 0) == 0) {
         return std::atof(line.c_str() + name.size() + 1);
       }
+    }
+    return -1;
+  }
+  // irqbypassd's threads (-1 if unknown).
+  int ManagerThreads() const {
+    std::istringstream in(testing::ReadFile(
+        "/proc/" + std::to_string(manager_.pid()) + "/status"));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("Threads:", 0) == 0) return std::atoi(line.c_str() + 8);
     }
     return -1;
   }
@@ -1203,6 +1221,137 @@ int RunTls(int callers, absl::Duration duration) {
   return errors == 0 ? 0 : 1;
 }
 
+// Hostile watchers (issue #13): a watcher that never reads used to hold a
+// thread and megabytes for as long as it stayed. GetBinding from
+// well-behaved callers on a mutual-TLS irqbypassd, in three windows:
+// before, while `identities` reader identities each hold their cap of
+// watches (--max_watches_per_identity, default 100) that never read and
+// try `extra` more (refused RESOURCE_EXHAUSTED), and after they are gone;
+// with irqbypassd's threads and resident memory in each.
+int RunAbuse(int callers, absl::Duration duration) {
+  const int identities = absl::GetFlag(FLAGS_abuse_identities);
+  const int extra = absl::GetFlag(FLAGS_abuse_extra);
+  constexpr int kCap = 100;
+  Servers servers;
+  const security::testing::Pki pki(servers.dir() + "/pki");
+  TlsFiles files;
+  files.server = pki.For(security::Role::kServer, "irqbypassd");
+  files.agent = pki.For(security::Role::kAgent, kNode);
+  files.orchestrator = pki.For(security::Role::kOrchestrator, "bench");
+  std::vector<security::TlsOptions> readers;
+  for (int i = 0; i < identities; ++i) {
+    readers.push_back(pki.For(security::Role::kReader, absl::StrCat("w", i)));
+    if (readers.back().cert_file.empty()) files.server.cert_file.clear();
+  }
+  if (files.server.cert_file.empty() || files.agent.cert_file.empty() ||
+      files.orchestrator.cert_file.empty()) {
+    std::fprintf(stderr, "could not make the certificates (openssl)\n");
+    return 1;
+  }
+  servers.UseTls(files);
+  if (!servers.StartManager(
+          absl::GetFlag(FLAGS_store),
+          {absl::StrCat("--max_watches_per_identity=", kCap)})) {
+    std::fprintf(stderr, "could not start the servers\n");
+    return 1;
+  }
+  const std::string target = servers.manager();
+  uint64_t errors =
+      RunLoad(target, callers, Caller::Mode::kPreload, absl::ZeroDuration(), 0,
+              static_cast<uint64_t>(callers))
+          .errors;
+  RunLoad(target, callers, Caller::Mode::kGet, absl::Seconds(1));
+  struct Window {
+    LoadResult load;
+    int threads;
+    int64_t rss;
+  };
+  auto window = [&] {
+    Window w;
+    w.load = RunLoad(target, callers, Caller::Mode::kGet, duration);
+    w.threads = servers.ManagerThreads();
+    w.rss = servers.ManagerRss();
+    return w;
+  };
+  const Window before = window();
+
+  struct Watch {
+    std::unique_ptr<grpc::ClientContext> context;
+    std::unique_ptr<grpc::ClientReader<v1::BindingEvent>> reader;
+  };
+  std::vector<std::unique_ptr<v1::BypassManager::Stub>> stubs;
+  std::vector<Watch> watches;
+  for (const security::TlsOptions& reader : readers) {
+    stubs.push_back(v1::BypassManager::NewStub(
+        grpc::CreateChannel(target, security::ChannelCredentials(reader))));
+    for (int i = 0; i < kCap + extra; ++i) {
+      Watch w;
+      w.context = std::make_unique<grpc::ClientContext>();
+      v1::WatchBindingsRequest request;
+      request.set_include_existing(true);
+      w.reader = stubs.back()->WatchBindings(w.context.get(), request);
+      watches.push_back(std::move(w));
+    }
+  }
+  absl::SleepFor(absl::Seconds(1));  // every stream opened (or refused)
+  const Window during = window();
+  int refused = 0, other = 0;
+  for (Watch& w : watches) w.context->TryCancel();
+  for (Watch& w : watches) {
+    const grpc::Status s = w.reader->Finish();
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++refused;
+    } else if (s.error_code() != grpc::StatusCode::CANCELLED) {
+      ++other;
+    }
+  }
+  watches.clear();
+  stubs.clear();
+  absl::SleepFor(absl::Seconds(1));
+  const Window after = window();
+
+  std::printf(
+      "hostile watchers: %d callers' GetBinding on a mutual-TLS irqbypassd, "
+      "%s per window; during: %d identities x %d watches that never read, "
+      "and %d more each past the cap\n"
+      "%-16s %10s %10s %10s %10s %10s %8s %8s %10s\n",
+      callers, absl::FormatDuration(duration).c_str(), identities, kCap, extra,
+      "window", "calls/s", "calls", "p50", "p99", "p99.9", "errors", "threads",
+      "RSS MiB");
+  for (const auto& [name, w] :
+       {std::pair<const char*, const Window&>{"before", before},
+        {"during", during},
+        {"after", after}}) {
+    std::printf("%-16s %10.0f %10lu %10s %10s %10s %8lu %8d %10.1f\n", name,
+                w.load.pairs_per_second(),
+                static_cast<unsigned long>(w.load.pairs),
+                HumanNs(static_cast<double>(w.load.latency.p50_ns)).c_str(),
+                HumanNs(static_cast<double>(w.load.latency.p99_ns)).c_str(),
+                HumanNs(static_cast<double>(w.load.latency.p999_ns)).c_str(),
+                static_cast<unsigned long>(w.load.errors), w.threads,
+                static_cast<double>(w.rss) / (1 << 20));
+    errors += w.load.errors;
+  }
+  const double base =
+      (before.load.pairs_per_second() + after.load.pairs_per_second()) / 2;
+  std::printf(
+      "during / mean(before, after): %.1f%%; watches refused at the cap: %d "
+      "of %d tried past it (other outcomes: %d)\n",
+      base > 0 ? during.load.pairs_per_second() / base * 100 : 0, refused,
+      identities * extra, other);
+  const std::string json_out = absl::GetFlag(FLAGS_json_out);
+  if (!json_out.empty()) {
+    std::ofstream(json_out)
+        << "{\"before\": " << LoadJson(before.load)
+        << ", \"during\": " << LoadJson(during.load)
+        << ", \"after\": " << LoadJson(after.load) << ", \"threads\": ["
+        << before.threads << ", " << during.threads << ", " << after.threads
+        << "], \"rss_bytes\": [" << before.rss << ", " << during.rss << ", "
+        << after.rss << "], \"refused\": " << refused << "}\n";
+  }
+  return errors == 0 && refused == identities * extra && other == 0 ? 0 : 1;
+}
+
 }  // namespace
 }  // namespace irqbypass::bench
 
@@ -1236,6 +1385,9 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_tls)) {
     return irqbypass::bench::RunTls(callers, duration);
+  }
+  if (absl::GetFlag(FLAGS_abuse)) {
+    return irqbypass::bench::RunAbuse(callers, duration);
   }
   return absl::GetFlag(FLAGS_scale)
              ? irqbypass::bench::RunScale(callers, duration)

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -88,6 +89,8 @@ absl::StatusOr<HandoffRequest> ParseHandoffRequest(absl::string_view text) {
   request.name = std::string(words[1]);
   const bool is_device = request.kind == HandoffRequest::Kind::kDevice ||
                          request.kind == HandoffRequest::Kind::kReleaseDevice;
+  // The kernel's spelling ("0000:3b:00.1"), so one device has one name.
+  if (is_device) absl::AsciiStrToLower(&request.name);
   if (is_device ? !IsPciAddress(request.name) : !ValidVmName(request.name)) {
     return Invalid(absl::StrCat(verb, ": bad ",
                                 is_device ? "PCI address" : "VM name", " \"",

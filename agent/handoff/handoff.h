@@ -20,6 +20,8 @@
 //                                This is how a VMM offers its VM: KVM serves
 //                                VM ioctls only to the VM's creator process.
 //   DEVICE <pci-address>       + exactly 1 fd (SCM_RIGHTS): the VFIO device
+//                                (the address in either case; the agent
+//                                keeps it in lower case, as sysfs names it)
 //                                fd (VFIO_GROUP_GET_DEVICE_FD or
 //                                /dev/vfio/devices/vfioN), e.g.
 //                                "DEVICE 0000:3b:00.1".
@@ -78,8 +80,9 @@
 //     the agent's user, the directory is writable by nobody else and those
 //     above only if sticky (handoff_server.h SafeSocketPath): otherwise
 //     someone else could put a socket of theirs in its place while the
-//     agent is down. (A VMM that wants to be sure it talks to the agent can
-//     check the server's uid with SO_PEERCRED itself.)
+//     agent is down. The other way round, HandoffClient (and
+//     irqbypass-handoff) send nothing to a socket whose listener's uid
+//     (SO_PEERCRED) is not root, their own or one named (--agent_uids).
 //   * Every received fd is checked to be what the request says before the
 //     agent sends it any ioctl (agent/kvm/fd_identity.h: by the kernel's
 //     own name for it, /proc/self/fd and fdinfo, and the sysfs link of a
@@ -93,6 +96,8 @@
 //                        cannot be told from an identical device here
 //       ERR 19 (ENODEV)  a VFIO device but not PCI; or (before 6.18, a
 //                        group-opened fd) no device at that address here
+//       ERR 5 (EIO)      what the kernel says could not be read (fdinfo,
+//                        the list of PCI devices)
 //     Fds are received close-on-exec (MSG_CMSG_CLOEXEC); a message over 1024
 //     bytes or with more than 4 fds is refused whole (ERR 90, EMSGSIZE:
 //     MSG_TRUNC/MSG_CTRUNC), and every fd that came with a refused request,

@@ -42,6 +42,48 @@ bool WaitReadable(int fd, int stop) {
 
 }  // namespace
 
+namespace {
+
+// Checks resolved directory `directory` and every one above it (see
+// SafeSocketPath); `strict`: `directory` itself may not be writable by
+// group or others even if sticky.
+absl::Status CheckDirectoryChain(const std::string& directory, bool strict) {
+  const uid_t self = ::geteuid();
+  for (std::string d = directory;;) {
+    struct stat st;
+    if (::lstat(d.c_str(), &st) != 0) {
+      return ErrnoError(errno, absl::StrCat("handoff socket directory ", d));
+    }
+    if (st.st_uid != 0 && st.st_uid != self) {
+      return ErrnoErrorWithMessage(
+          EPERM, absl::StrFormat("handoff socket directory %s belongs to uid "
+                                 "%d, neither root nor this agent's (%d): "
+                                 "its owner could replace the socket",
+                                 d, st.st_uid, self));
+    }
+    const bool shared = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
+    const bool own = strict && d == directory;
+    // The socket's own directory: nobody else may write in it, sticky or
+    // not (anyone could make the socket there while the agent is down).
+    // Above it: a shared directory only with the sticky bit (as /tmp),
+    // where nobody can rename another's entry.
+    if (shared && (own || (st.st_mode & S_ISVTX) == 0)) {
+      return ErrnoErrorWithMessage(
+          EPERM, absl::StrFormat("handoff socket directory %s (mode %04o) is "
+                                 "writable by group or others%s: they could "
+                                 "put another socket in the agent's place",
+                                 d, st.st_mode & 07777,
+                                 own ? "" : " without the sticky bit"));
+    }
+    if (d == "/") break;
+    const size_t up = d.rfind('/');
+    d = up == 0 ? "/" : d.substr(0, up);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> SafeSocketPath(const std::string& path) {
   const size_t slash = path.rfind('/');
   const std::string name =
@@ -60,36 +102,37 @@ absl::StatusOr<std::string> SafeSocketPath(const std::string& path) {
         errno, absl::StrCat("handoff socket directory ", given_directory));
   }
   const std::string directory = buffer;
-  const uid_t self = ::geteuid();
-  for (std::string d = directory;;) {
+  if (absl::Status s = CheckDirectoryChain(directory, /*strict=*/true);
+      !s.ok()) {
+    return s;
+  }
+  // VMMs connect through the path as configured: each symlink on it must be
+  // one only root or the agent's user can change (its owner, and the
+  // directory it is in, by the rules for the directories above).
+  std::string prefix = given_directory[0] == '/' ? "" : ".";
+  for (absl::string_view part :
+       absl::StrSplit(given_directory, '/', absl::SkipEmpty())) {
+    const std::string parent = prefix.empty() ? "/" : prefix;
+    prefix = absl::StrCat(prefix, "/", part);
     struct stat st;
-    if (::lstat(d.c_str(), &st) != 0) {
-      return ErrnoError(errno, absl::StrCat("handoff socket directory ", d));
-    }
-    if (st.st_uid != 0 && st.st_uid != self) {
+    if (::lstat(prefix.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) continue;
+    if (st.st_uid != 0 && st.st_uid != ::geteuid()) {
       return ErrnoErrorWithMessage(
-          EPERM, absl::StrFormat("handoff socket directory %s belongs to uid "
-                                 "%d, neither root nor this agent's (%d): "
-                                 "its owner could replace the socket",
-                                 d, st.st_uid, self));
+          EPERM, absl::StrFormat("handoff socket path: the symlink %s belongs "
+                                 "to uid %d, neither root nor this agent's: "
+                                 "its owner could point it elsewhere",
+                                 prefix, st.st_uid));
     }
-    const bool shared = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
-    // The socket's own directory: nobody else may write in it, sticky or
-    // not (anyone could make the socket there while the agent is down).
-    // Above it: a shared directory only with the sticky bit (as /tmp),
-    // where nobody can rename another's entry.
-    if (shared && (d == directory || (st.st_mode & S_ISVTX) == 0)) {
+    if (::realpath(parent.c_str(), buffer) == nullptr) {
+      return ErrnoError(errno, absl::StrCat("handoff socket path ", parent));
+    }
+    if (absl::Status s = CheckDirectoryChain(buffer, /*strict=*/false);
+        !s.ok()) {
       return ErrnoErrorWithMessage(
-          EPERM,
-          absl::StrFormat("handoff socket directory %s (mode %04o) is "
-                          "writable by group or others%s: they could put "
-                          "another socket in the agent's place",
-                          d, st.st_mode & 07777,
-                          d == directory ? "" : " without the sticky bit"));
+          EPERM, absl::StrCat(
+                     "handoff socket path: the symlink ", prefix,
+                     " is in a directory others could change: ", s.message()));
     }
-    if (d == "/") break;
-    const size_t up = d.rfind('/');
-    d = up == 0 ? "/" : d.substr(0, up);
   }
   return directory == "/" ? "/" + name : directory + "/" + name;
 }
@@ -211,6 +254,8 @@ bool HandoffServer::InAllowedGroup(int socket, gid_t gid) const {
       break;
     }
     if (errno != ERANGE || length <= groups.size() * sizeof(gid_t)) {
+      LogWarn("handoff: the peer's supplementary groups cannot be read",
+              {{"node", options_.node}, {"error", ErrnoName(errno)}});
       return false;
     }
     groups.resize(length / sizeof(gid_t));
@@ -233,7 +278,7 @@ void HandoffServer::AcceptLoop() {
     }
     if (!options_.allowed_uids.contains(peer.uid) &&
         !InAllowedGroup(socket.get(), peer.gid)) {
-      LogWarn("handoff refused: uid not allowed",
+      LogWarn("handoff refused: uid and groups not allowed",
               {{"node", options_.node},
                {"uid", absl::StrCat(peer.uid)},
                {"gid", absl::StrCat(peer.gid)},

@@ -1,10 +1,10 @@
 // HandoffServer: the agent's end of the handoff socket (wire format in
 // handoff.h). VMMs connect, offer the VMs they hold (SERVE-VM), pass their
 // VFIO device fds, and keep the connection open for as long as the agent
-// may use them. The server checks each peer's uid (SO_PEERCRED) against an
-// allow-list, puts what it receives into the KvmBackend (a RemoteVm per
-// SERVE-VM, VfioDeviceIrqs::Adopt, KvmVm::Adopt), and when a connection
-// closes releases everything that connection still owns
+// may use them. The server checks each peer's uid and groups (SO_PEERCRED,
+// SO_PEERGROUPS) against allow-lists, puts what it receives into the KvmBackend
+// (a RemoteVm per SERVE-VM, VfioDeviceIrqs::Adopt, KvmVm::Adopt), and when a
+// connection closes releases everything that connection still owns
 // (KvmBackend::RemoveVm / RemoveDevice, which tear down the wiring and
 // notify the manager).
 //
@@ -119,8 +119,13 @@ class HandoffServer {
 // directory, resolved (realpath, no symlink left), and every directory
 // above it must belong to root or this process's user; the directory may
 // not be writable by group or others at all, those above it only if sticky
-// (as /tmp). The resolved socket path, or EPERM naming the directory and
-// its mode or owner (the errno of realpath/lstat if it does not exist).
+// (as /tmp). A symlink on the path as given (VMMs connect through it) must
+// belong to root or this user and lie in a directory that passes the rules
+// for those above. What is checked can then be changed only by root or
+// this user, so nobody else can race the check. The resolved socket path,
+// or EPERM naming the directory or symlink and its mode or owner, EINVAL
+// for a path without a file name (the errno of realpath/lstat if a
+// directory does not exist).
 absl::StatusOr<std::string> SafeSocketPath(const std::string& path);
 
 // Parses "0,107,1000" into uids (or gids: the same type); INVALID_ARGUMENT

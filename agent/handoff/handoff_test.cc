@@ -5,6 +5,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
 #include <linux/kvm.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -55,6 +57,35 @@ TEST(HandoffWireTest, Requests_RoundTrip) {
     ASSERT_TRUE(request.ok()) << text << ": " << request.status();
     EXPECT_EQ(request->Encode(), text);
   }
+}
+
+TEST(HandoffWireTest, DeviceAddresses_KeptInLowerCase) {
+  for (const char* text :
+       {"DEVICE 0000:3B:00.1", "RELEASE-DEVICE 0000:3b:00.1"}) {
+    auto parsed = ParseHandoffRequest(text);
+    ASSERT_TRUE(parsed.ok()) << text;
+    EXPECT_EQ(parsed->name, "0000:3b:00.1") << text;
+  }
+  EXPECT_EQ(ParseHandoffRequest("SERVE-VM 1 VM-A")->name, "VM-A");
+}
+
+TEST(SafeSocketPathTest, Shapes) {
+  EXPECT_EQ(*SafeSocketPath("/x.sock"), "/x.sock");
+  EXPECT_EQ(*SafeSocketPath("//x.sock"), "/x.sock");
+  EXPECT_EQ(ErrnoOf(SafeSocketPath("a/b/").status()), EINVAL);
+  EXPECT_EQ(ErrnoOf(SafeSocketPath("/tmp/..").status()), EINVAL);
+  EXPECT_EQ(ErrnoOf(SafeSocketPath("/no/such/dir/x.sock").status()), ENOENT);
+  // Relative: resolved against the working directory.
+  char dir[] = "/tmp/irqbypass-ssp-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  char cwd[PATH_MAX];
+  ASSERT_NE(::getcwd(cwd, sizeof(cwd)), nullptr);
+  ASSERT_EQ(::chdir(dir), 0);
+  auto relative = SafeSocketPath("x.sock");
+  ASSERT_EQ(::chdir(cwd), 0);
+  ASSERT_TRUE(relative.ok()) << relative.status();
+  EXPECT_EQ(*relative, std::string(dir) + "/x.sock");
+  ::rmdir(dir);
 }
 
 TEST(HandoffWireTest, BadRequests_Einval) {
@@ -315,6 +346,27 @@ TEST_F(HandoffServerTest, SocketDirectoryOthersCouldWriteIn_Refused) {
   struct stat st;
   EXPECT_EQ(::lstat((inner + "/handoff.sock").c_str(), &st), 0);
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  server->reset();
+  // A symlink on the path that others could replace: in a directory they
+  // may write in, or their own.
+  const std::string open_dir = dir_ + "/open";
+  ASSERT_EQ(::mkdir(open_dir.c_str(), 0777), 0);
+  ASSERT_EQ(::chmod(open_dir.c_str(), 0777), 0);
+  const std::string open_link = open_dir + "/link";
+  ASSERT_EQ(::symlink(inner.c_str(), open_link.c_str()), 0);
+  options.path = open_link + "/handoff.sock";
+  server = HandoffServer::Start(options, *backend_);
+  ASSERT_FALSE(server.ok());
+  EXPECT_THAT(std::string(server.status().message()),
+              HasSubstr("the symlink " + open_link));
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::lchown(link.c_str(), 4242, static_cast<gid_t>(-1)), 0);
+    options.path = link + "/handoff.sock";
+    server = HandoffServer::Start(options, *backend_);
+    ASSERT_FALSE(server.ok());
+    EXPECT_THAT(std::string(server.status().message()),
+                HasSubstr("belongs to uid 4242"));
+  }
 }
 
 // A socket at the agent's path served by someone else (a process of
@@ -327,8 +379,9 @@ TEST_F(HandoffServerTest, ClientRefusesASocketServedByAnotherUid) {
   ASSERT_EQ(::mkdir(squat_dir.c_str(), 0777), 0);
   ASSERT_EQ(::chmod(squat_dir.c_str(), 0777), 0);
   const std::string squat = squat_dir + "/handoff.sock";
-  int ready[2];
+  int ready[2], heard[2];
   ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(heard), 0);
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
@@ -344,12 +397,31 @@ TEST_F(HandoffServerTest, ClientRefusesASocketServedByAnotherUid) {
       ::_exit(2);
     }
     (void)!::write(ready[1], "x", 1);
-    while (true) {  // greets whoever connects, as an agent would
+    // Greets whoever connects, as an agent would; reports on `heard` the
+    // size of whatever the first connection sends before it closes.
+    bool first = true;
+    while (true) {
       const int peer = ::accept(listener, nullptr, nullptr);
-      if (peer >= 0) (void)!::send(peer, "OK", 2, MSG_NOSIGNAL);
+      if (peer < 0) continue;
+      (void)!::send(peer, "OK", 2, MSG_NOSIGNAL);
+      if (first) {
+        first = false;
+        char buffer[64];
+        const ssize_t n = ::recv(peer, buffer, sizeof(buffer), 0);
+        const char got = n > 0 ? 'y' : 'n';
+        (void)!::write(heard[1], &got, 1);
+      }
     }
   }
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reap{child};
   ::close(ready[1]);
+  ::close(heard[1]);
   char byte;
   ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "the squatter did not listen";
   ::close(ready[0]);
@@ -358,11 +430,62 @@ TEST_F(HandoffServerTest, ClientRefusesASocketServedByAnotherUid) {
   EXPECT_EQ(ErrnoOf(client.status()), EPERM) << client.status();
   EXPECT_THAT(std::string(client.status().message()),
               HasSubstr("served by uid 4242"));
+  // The squatter saw the connection close with nothing sent.
+  ASSERT_EQ(::read(heard[0], &byte, 1), 1);
+  EXPECT_EQ(byte, 'n');
+  ::close(heard[0]);
   // Unless that uid is named as the agent's.
   auto named = HandoffClient::Connect(squat, {4242});
   EXPECT_TRUE(named.ok()) << named.status();
-  ::kill(child, SIGKILL);
+}
+
+// Connects to `path` from a child of uid and gid 4242 in `groups`: 'y' if
+// greeted OK, 'n' if refused, 'x' if the child failed.
+char GreetingAs(const std::string& path, const std::vector<gid_t>& groups) {
+  int result[2];
+  if (::pipe(result) != 0) return 'x';
+  const pid_t child = ::fork();
+  if (child < 0) return 'x';
+  if (child == 0) {
+    if (::setgroups(groups.size(), groups.data()) != 0 || ::setgid(4242) != 0 ||
+        ::setuid(4242) != 0) {
+      ::_exit(1);
+    }
+    const int socket = ::socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::memcpy(address.sun_path, path.c_str(), path.size());
+    char reply[64] = {};
+    if (::connect(socket, reinterpret_cast<sockaddr*>(&address),
+                  sizeof(address)) != 0 ||
+        ::recv(socket, reply, sizeof(reply) - 1, 0) <= 0) {
+      ::_exit(2);
+    }
+    const char got = reply[0] == 'O' && reply[1] == 'K' ? 'y' : 'n';
+    (void)!::write(result[1], &got, 1);
+    ::_exit(0);
+  }
+  ::close(result[1]);
+  char got = 'x';
+  if (::read(result[0], &got, 1) != 1) got = 'x';
+  ::close(result[0]);
   ::waitpid(child, nullptr, 0);
+  return got;
+}
+
+// A peer whose uid and effective gid are not allowed, but who is a member
+// of an allowed supplementary group (SO_PEERGROUPS; 90 groups, more than
+// the first getsockopt asks for, so it is retried with the size the kernel
+// says).
+TEST_F(HandoffServerTest, SupplementaryGroupAllowed_Served) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run as another uid";
+  ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
+  StartServer({::geteuid()}, "/sys", {4300});
+  std::vector<gid_t> groups;
+  for (gid_t g = 4211; g <= 4300; ++g) groups.push_back(g);  // 4300 last
+  EXPECT_EQ(GreetingAs(path_, groups), 'y');
+  groups.pop_back();  // without 4300
+  EXPECT_EQ(GreetingAs(path_, groups), 'n');
 }
 
 // sendmsg() of `text` with any number of fds (SendHandoffPacket caps them).

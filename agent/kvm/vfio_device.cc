@@ -165,20 +165,47 @@ absl::StatusOr<PciIdentity> PciIdentityOfSysfs(const std::string& device_dir) {
       {"subsystem_device", &id.subsystem_device}};
   for (const auto& [file, value] : files) {
     const std::string path = absl::StrCat(device_dir, "/", file);
-    std::ifstream in(path);
-    std::string text;
-    if (!(in >> text)) {
-      return ErrnoErrorWithMessage(ENODEV,
-                                   absl::StrCat(path, " cannot be read"));
-    }
-    absl::string_view hex = text;
-    absl::ConsumePrefix(&hex, "0x");
-    if (!absl::SimpleHexAtoi(hex, value)) {
+    Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return ErrnoError(errno, path);
+    char buffer[32];
+    const ssize_t n = ::read(fd.get(), buffer, sizeof(buffer) - 1);
+    if (n < 0) return ErrnoError(errno, path);
+    absl::string_view text =
+        absl::StripAsciiWhitespace(absl::string_view(buffer, n));
+    absl::ConsumePrefix(&text, "0x");
+    if (!absl::SimpleHexAtoi(text, value)) {
       return ErrnoErrorWithMessage(
-          EIO, absl::StrCat(path, ": \"", text, "\" is not hexadecimal"));
+          EIO, absl::StrCat(path, ": \"", absl::string_view(buffer, n),
+                            "\" is not hexadecimal"));
     }
   }
   return id;
+}
+
+absl::StatusOr<std::vector<std::string>> PciDevicesLike(
+    const std::string& sys, const std::string& address,
+    const PciIdentity& identity) {
+  const std::string lower = absl::AsciiStrToLower(address);
+  const std::string devices = absl::StrCat(sys, "/bus/pci/devices");
+  std::vector<std::string> alike;
+  std::error_code error;
+  std::filesystem::directory_iterator it(devices, error), end;
+  for (; !error && it != end; it.increment(error)) {
+    const std::string name = it->path().filename().string();
+    if (name == lower) continue;
+    absl::StatusOr<PciIdentity> other = PciIdentityOfSysfs(it->path());
+    if (!other.ok()) {
+      if (ErrnoOf(other.status()) == ENOENT) continue;  // unplugged meanwhile
+      return ErrnoErrorWithMessage(
+          EIO, absl::StrCat("reading ", name, ": ", other.status().message()));
+    }
+    if (*other == identity) alike.push_back(name);
+  }
+  if (error) {
+    return ErrnoErrorWithMessage(
+        EIO, absl::StrCat("listing ", devices, ": ", error.message()));
+  }
+  return alike;
 }
 
 absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> VfioDeviceIrqs::Adopt(
@@ -226,14 +253,21 @@ absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> VfioDeviceIrqs::Adopt(
   // function's real ids) with what sysfs says `address` is, and refuse if
   // another device on this host says the same (then the fd could be that
   // one).
+  if (!IsPciAddress(address)) {
+    return ErrnoErrorWithMessage(
+        EINVAL, absl::StrFormat("\"%s\" is not a PCI address", address));
+  }
   const std::string lower = absl::AsciiStrToLower(address);
   const std::string devices = absl::StrCat(paths.sys, "/bus/pci/devices");
   absl::StatusOr<PciIdentity> host =
       PciIdentityOfSysfs(absl::StrCat(devices, "/", lower));
   if (!host.ok()) {
-    return ErrnoErrorWithMessage(
-        ENODEV, absl::StrFormat("device \"%s\" is not on this host (%s)",
-                                address, host.status().message()));
+    if (ErrnoOf(host.status()) == ENOENT) {
+      return ErrnoErrorWithMessage(
+          ENODEV, absl::StrFormat("device \"%s\" is not on this host (%s)",
+                                  address, host.status().message()));
+    }
+    return host.status();
   }
   struct vfio_region_info region;
   std::memset(&region, 0, sizeof(region));
@@ -263,19 +297,10 @@ absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> VfioDeviceIrqs::Adopt(
                                "%s/%s)",
                                address, devices, lower));
   }
-  std::vector<std::string> alike;
-  std::error_code error;
-  for (const auto& entry :
-       std::filesystem::directory_iterator(devices, error)) {
-    const std::string name = entry.path().filename().string();
-    if (name == lower) continue;
-    absl::StatusOr<PciIdentity> other = PciIdentityOfSysfs(entry.path());
-    if (other.ok() && *other == *host) alike.push_back(name);
-  }
-  if (error) {
-    return ErrnoErrorWithMessage(
-        EIO, absl::StrCat("listing ", devices, ": ", error.message()));
-  }
+  absl::StatusOr<std::vector<std::string>> like =
+      PciDevicesLike(paths.sys, address, *host);
+  if (!like.ok()) return like.status();
+  const std::vector<std::string>& alike = *like;
   if (!alike.empty()) {
     return ErrnoErrorWithMessage(
         EPERM,

@@ -93,10 +93,17 @@ struct PciIdentity {
 // shows it); nullopt if shorter.
 std::optional<PciIdentity> PciIdentityOfConfig(absl::string_view config);
 // From a sysfs device directory's vendor, device, revision, class,
-// subsystem_vendor and subsystem_device files ("0x8086"); ENODEV if one
-// cannot be read. (Not its config file: an SR-IOV virtual function's raw
+// subsystem_vendor and subsystem_device files ("0x8086"); the errno of a
+// file that cannot be read (ENOENT: no such device), EIO for one that is
+// not hexadecimal. (Not its config file: an SR-IOV virtual function's raw
 // vendor and device registers read 0xffff.)
 absl::StatusOr<PciIdentity> PciIdentityOfSysfs(const std::string& device_dir);
+// The other devices in `sys`/bus/pci/devices with `identity` (not
+// `address` itself, in either case); devices that vanish meanwhile are
+// skipped; EIO if the list or a device cannot be read.
+absl::StatusOr<std::vector<std::string>> PciDevicesLike(
+    const std::string& sys, const std::string& address,
+    const PciIdentity& identity);
 
 // VFIO_PCI_{INTX,MSI,MSIX}_IRQ_INDEX for the API's index (UNSPECIFIED is
 // MSIX, as irqbypass.proto says).
@@ -139,7 +146,9 @@ class VfioDeviceIrqs final : public VfioIrqs {
   //      VFIO's config region, must equal that of `address` in sysfs (EPERM
   //      otherwise; ENODEV if `address` is not on this host), and no other
   //      device on the host may have the same (EPERM naming them: the fd
-  //      could be one of those; hand over the cdev instead).
+  //      could be one of those; hand over the cdev instead; the VFs of one
+  //      PF are alike, so a group-opened VF fd is refused there). EIO if
+  //      what the kernel says cannot be read.
   // verified_by() says which check ran.
   static absl::StatusOr<std::unique_ptr<VfioDeviceIrqs>> Adopt(
       Fd device_fd, std::string address, const FdIdentityPaths& paths = {});

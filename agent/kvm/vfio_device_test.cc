@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -220,19 +221,6 @@ class VfioAdoptTest : public ::testing::Test {
         << "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1057\n"
         << extra;
   }
-  void Device(const std::string& address, const std::string& device_id) {
-    const std::string d = paths_.sys + "/bus/pci/devices/" + address;
-    std::filesystem::create_directories(d);
-    for (auto [file, value] : std::vector<std::pair<std::string, std::string>>{
-             {"vendor", "0x8086"},
-             {"device", device_id},
-             {"revision", "0x03"},
-             {"class", "0x020000"},
-             {"subsystem_vendor", "0x1028"},
-             {"subsystem_device", "0x065a"}}) {
-      std::ofstream(d + "/" + file) << value << "\n";
-    }
-  }
   // Adopts fd_ (once per test: the fake /proc names its number).
   absl::Status Adopt(const std::string& address) {
     return VfioDeviceIrqs::Adopt(std::move(fd_), address, paths_).status();
@@ -270,9 +258,56 @@ TEST_F(VfioAdoptTest, FdinfoUnreadable_Refused) {
 
 TEST_F(VfioAdoptTest, KernelDoesNotSay_FallbackStartsWithVfioDeviceGetInfo) {
   Fdinfo("");
-  Device("0000:3b:00.1", "0x153b");
   const absl::Status s = Adopt("0000:3b:00.1");
   EXPECT_EQ(ErrnoOf(s), ENOTTY) << s;
+}
+
+// A fake sysfs laid out as the kernel does: /sys/bus/pci/devices/ADDR are
+// symlinks to the device directories.
+TEST(PciDevicesLikeTest, ListsIdenticalOthers) {
+  char dir[] = "/tmp/irqbypass-like-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string sys = dir;
+  std::filesystem::create_directories(sys + "/bus/pci/devices");
+  auto device = [&](const std::string& address, const std::string& id) {
+    const std::string d = sys + "/devices/pci0000:00/" + address;
+    std::filesystem::create_directories(d);
+    for (auto [file, value] : std::vector<std::pair<std::string, std::string>>{
+             {"vendor", "0x8086"},
+             {"device", id},
+             {"revision", "0x01"},
+             {"class", "0x020000"},
+             {"subsystem_vendor", "0x8086"},
+             {"subsystem_device", "0x0000"}}) {
+      std::ofstream(d + "/" + file) << value << "\n";
+    }
+    std::filesystem::create_directory_symlink(
+        "../../../devices/pci0000:00/" + address,
+        sys + "/bus/pci/devices/" + address);
+  };
+  device("0000:3b:00.1", "0x1889");  // the one handed over
+  device("0000:3b:00.2", "0x1889");  // a sibling VF: identical
+  device("0000:3b:00.3", "0x1889");
+  device("0000:5e:00.0", "0x1592");  // another kind
+  // A device that went away during the scan: its link dangles.
+  std::filesystem::create_directory_symlink(
+      "../../../devices/pci0000:00/0000:99:00.0",
+      sys + "/bus/pci/devices/0000:99:00.0");
+  auto self = PciIdentityOfSysfs(sys + "/bus/pci/devices/0000:3b:00.1");
+  ASSERT_TRUE(self.ok()) << self.status();
+  // Given in upper case, the device itself is still not counted.
+  auto like = PciDevicesLike(sys, "0000:3B:00.1", *self);
+  ASSERT_TRUE(like.ok()) << like.status();
+  std::sort(like->begin(), like->end());
+  EXPECT_EQ(*like, (std::vector<std::string>{"0000:3b:00.2", "0000:3b:00.3"}));
+  // One that cannot be read as hexadecimal: an error, not a skip.
+  std::ofstream(sys + "/devices/pci0000:00/0000:5e:00.0/vendor") << "zz\n";
+  EXPECT_EQ(ErrnoOf(PciDevicesLike(sys, "0000:3b:00.1", *self).status()), EIO);
+  // No device list at all.
+  EXPECT_EQ(
+      ErrnoOf(PciDevicesLike(sys + "/none", "0000:3b:00.1", *self).status()),
+      EIO);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(PciIdentityOfSysfsTest, ReadsTheAttributeFiles) {
@@ -296,7 +331,7 @@ TEST(PciIdentityOfSysfsTest, ReadsTheAttributeFiles) {
   EXPECT_EQ(id->class_code, 0x020000u);
   EXPECT_EQ(id->subsystem_device, 0x0062u);
   std::filesystem::remove(d + "/revision");
-  EXPECT_EQ(ErrnoOf(PciIdentityOfSysfs(d).status()), ENODEV);
+  EXPECT_EQ(ErrnoOf(PciIdentityOfSysfs(d).status()), ENOENT);
   std::filesystem::remove_all(dir);
 }
 
