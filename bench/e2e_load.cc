@@ -1281,10 +1281,18 @@ int RunAbuse(int callers, absl::Duration duration) {
   };
   std::vector<std::unique_ptr<v1::BypassManager::Stub>> stubs;
   std::vector<Watch> watches;
+  // At most 100 streams on a connection, like gRPC's default HTTP/2
+  // setting in many clients: each identity spreads its watches over
+  // connections of their own.
+  constexpr int kPerConnection = 50;
   for (const security::TlsOptions& reader : readers) {
-    stubs.push_back(v1::BypassManager::NewStub(
-        grpc::CreateChannel(target, security::ChannelCredentials(reader))));
     for (int i = 0; i < kCap + extra; ++i) {
+      if (i % kPerConnection == 0) {
+        grpc::ChannelArguments args;
+        args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+        stubs.push_back(v1::BypassManager::NewStub(grpc::CreateCustomChannel(
+            target, security::ChannelCredentials(reader), args)));
+      }
       Watch w;
       w.context = std::make_unique<grpc::ClientContext>();
       v1::WatchBindingsRequest request;
@@ -1295,13 +1303,24 @@ int RunAbuse(int callers, absl::Duration duration) {
   }
   absl::SleepFor(absl::Seconds(1));  // every stream opened (or refused)
   const Window during = window();
+  // Now (the window over) one read each tells the admitted (their first
+  // event) from the refused (the stream's end, and its status).
   int refused = 0, other = 0;
-  for (Watch& w : watches) w.context->TryCancel();
+  std::vector<Watch*> live;
   for (Watch& w : watches) {
+    v1::BindingEvent event;
+    if (w.reader->Read(&event)) {
+      live.push_back(&w);
+      continue;
+    }
+    // Ended: its status, before any cancel could replace it.
     const grpc::Status s = w.reader->Finish();
-    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
-      ++refused;
-    } else if (s.error_code() != grpc::StatusCode::CANCELLED) {
+    ++(s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ? refused
+                                                              : other);
+  }
+  for (Watch* w : live) w->context->TryCancel();
+  for (Watch* w : live) {
+    if (w->reader->Finish().error_code() != grpc::StatusCode::CANCELLED) {
       ++other;
     }
   }
