@@ -39,6 +39,7 @@
 #include "agent/kvm/vfio_device.h"
 #include "agent/metered_backend.h"
 #include "agent/sim/sim_backend.h"
+#include "common/allocator.h"
 #include "common/grpc_log.h"
 #include "common/log.h"
 #include "common/target_list.h"
@@ -548,7 +549,8 @@ int Main(int argc, char** argv) {
                             {"manager", manager},
                             {"backend", backend->Name()},
                             {"version", kAgentVersion},
-                            {"metrics_port", absl::StrCat(metrics_port)}});
+                            {"metrics_port", absl::StrCat(metrics_port)},
+                            {"allocator", AllocatorName()}});
   std::thread session_thread([&session] { session.Run(); });
 
   int signal_number = 0;

@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/allocator.h"
 #include "grpcpp/grpcpp.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
 #include "service/server_options.h"
@@ -204,6 +205,8 @@ int Main() {
   }
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) WritePortFile(port_file, port);
+  std::fprintf(stderr, "bare_server: serving, --api=%s, allocator %s\n",
+               api.c_str(), AllocatorName().c_str());
   int sig = 0;
   sigwait(&signals, &sig);
   server->Shutdown();

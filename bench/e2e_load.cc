@@ -42,6 +42,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "bench/latency_stats.h"
+#include "common/allocator.h"
 #include "grpcpp/grpcpp.h"
 #include "protos/etcd/rpc.grpc.pb.h"
 #include "protos/irqbypass/v1/irqbypass.grpc.pb.h"
@@ -666,12 +667,31 @@ std::string LoadJson(const LoadResult& r) {
       r.pairs_per_second(), r.pairs, r.errors, SummaryJson(r.latency));
 }
 
+// --target: the register cycle, or with --workloads=batch the batch
+// workload (--batch_callers callers).
 int RunAgainstTarget(const std::string& target, int callers,
                      absl::Duration duration) {
-  const LoadResult r = RunLoad(target, callers, Caller::Mode::kCycle, duration);
-  std::printf("%-16s %10s %10s %10s %10s %10s %8s\n", "server", "pairs/s",
-              "pairs", "p50", "p99", "p99.9", "errors");
+  const std::string workloads = absl::GetFlag(FLAGS_workloads);
+  const bool batch = workloads == "batch";
+  if (!batch && workloads != "register_cycle" &&
+      workloads != "get_binding,duplicate_register,register_cycle,batch") {
+    std::fprintf(stderr,
+                 "--target: --workloads is register_cycle (the default) or "
+                 "batch\n");
+    return 2;
+  }
+  const LoadResult r =
+      batch ? RunLoad(target, absl::GetFlag(FLAGS_batch_callers),
+                      Caller::Mode::kBatch, duration)
+            : RunLoad(target, callers, Caller::Mode::kCycle, duration);
+  std::printf("%-16s %10s %10s %10s %10s %10s %8s\n", "server",
+              batch ? "cycles/s" : "pairs/s", batch ? "cycles" : "pairs", "p50",
+              "p99", "p99.9", "errors");
   PrintLoad(target.c_str(), r);
+  if (batch) {
+    std::printf("registrations/s: %.0f\n",
+                r.pairs_per_second() * 2 * absl::GetFlag(FLAGS_batch_pairs));
+  }
   return r.errors == 0 ? 0 : 1;
 }
 
@@ -792,9 +812,10 @@ int RunThroughput(int callers, absl::Duration duration) {
       "end-to-end: %d callers, %s per server and workload (alternating 1 s "
       "windows among the three servers); cycle = register producer + "
       "register consumer (connect via sim agent) + unregister both; "
-      "irqbypassd --store=%s; %u cores\n",
+      "irqbypassd --store=%s; %u cores; allocator %s\n",
       callers, absl::FormatDuration(duration).c_str(),
-      absl::GetFlag(FLAGS_store).c_str(), std::thread::hardware_concurrency());
+      absl::GetFlag(FLAGS_store).c_str(), std::thread::hardware_concurrency(),
+      AllocatorName().c_str());
   uint64_t errors = preload.errors;
   std::ostringstream json;
   json << "{\"callers\": " << callers;

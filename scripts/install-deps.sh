@@ -18,6 +18,7 @@ packages=(
   libbenchmark-dev
   prometheus-cpp-dev
   librocksdb-dev  # the embedded durable store (service/rocksdb_store)
+  libjemalloc-dev  # the shipped binaries' allocator (common/allocator.h)
   libyaml-cpp-dev  # irqbypassctl apply -f reads YAML
   etcd-server     # the etcd store's tests run real members on loopback
   prometheus  # promtool and the server, for the observability tests

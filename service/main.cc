@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/allocator.h"
 #include "common/grpc_log.h"
 #include "common/log.h"
 #include "common/mutex.h"
@@ -542,7 +543,8 @@ int Run() {
            {"health_port", absl::StrCat(health_port)},
            {"tls", tls.insecure ? "off (--insecure)" : "mutual"},
            {"shards", absl::StrCat(shards)},
-           {"role", leadership.leading() ? "leader" : "standby"}});
+           {"role", leadership.leading() ? "leader" : "standby"},
+           {"allocator", AllocatorName()}});
 
   // --store=etcd: campaign; once elected, load the state, fence the store's
   // writes with the epoch and serve. A leader that finds itself deposed
