@@ -28,32 +28,50 @@ void CommandScheduler::Submit(std::vector<std::string> keys,
                               absl::AnyInvocable<void() &&> task) {
   std::sort(keys.begin(), keys.end());
   keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
-  auto* t = new Task{std::move(keys), std::move(task)};
+  auto* t = new Task{std::move(keys), {}, std::move(task)};
+  t->next.assign(t->keys.size(), nullptr);
   MutexLock lock(&mu_);
   t->generation = generation_;
   ++tasks_;
   for (const std::string& key : t->keys) {
-    std::deque<Task*>& queue = queues_[key];
-    if (!queue.empty()) ++t->blockers;
-    queue.push_back(t);
+    KeyQueue& queue = queues_[key];
+    if (queue.last == nullptr) {
+      queue.first = t;
+    } else {
+      ++t->blockers;
+      Task* last = queue.last;
+      const size_t at = std::find(last->keys.begin(), last->keys.end(), key) -
+                        last->keys.begin();
+      last->next[at] = t;
+    }
+    queue.last = t;
   }
-  if (t->blockers == 0) {
-    ready_.push_back(t);
+  if (t->blockers == 0) MakeReady(t);
+}
+
+void CommandScheduler::MakeReady(Task* task) {
+  ready_.push_back(task);
+  MaybeWake();
+}
+
+void CommandScheduler::MaybeWake() {
+  if (!ready_.empty() && waking_ == 0 && idle_ > 0) {
+    ++waking_;
     work_.Signal();
   }
 }
 
 void CommandScheduler::Retire(Task* task) {
-  for (const std::string& key : task->keys) {
-    auto it = queues_.find(key);
-    std::deque<Task*>& queue = it->second;
+  for (size_t i = 0; i < task->keys.size(); ++i) {
+    auto it = queues_.find(task->keys[i]);
+    KeyQueue& queue = it->second;
     // A task starts only when it is first in each of its queues.
-    queue.pop_front();
-    if (queue.empty()) {
+    Task* next = task->next[i];
+    if (next == nullptr) {
       queues_.erase(it);
-    } else if (--queue.front()->blockers == 0) {
-      ready_.push_back(queue.front());
-      work_.Signal();
+    } else {
+      queue.first = next;
+      if (--next->blockers == 0) MakeReady(next);
     }
   }
   delete task;
@@ -61,25 +79,34 @@ void CommandScheduler::Retire(Task* task) {
 }
 
 void CommandScheduler::WorkerLoop() {
+  Task* finished = nullptr;
   while (true) {
     Task* task = nullptr;
     absl::AnyInvocable<void() &&> run;
     {
       MutexLock lock(&mu_);
-      while (ready_.empty() && !stopping_) work_.Wait(&mu_);
-      if (ready_.empty()) return;  // stopping
-      task = ready_.front();
-      ready_.pop_front();
-      if (task->generation != generation_) {
-        Retire(task);  // dropped by a Drain
-        continue;
+      // The Unlock after retiring the last task wakes a Drain waiting.
+      if (finished != nullptr) Retire(std::exchange(finished, nullptr));
+      while (task == nullptr) {
+        while (ready_.empty() && !stopping_) {
+          ++idle_;
+          work_.Wait(&mu_);
+          --idle_;
+          if (waking_ > 0) --waking_;
+        }
+        if (ready_.empty()) return;  // stopping
+        task = ready_.front();
+        ready_.pop_front();
+        if (task->generation != generation_) {
+          Retire(std::exchange(task, nullptr));  // dropped by a Drain
+        }
       }
       run = std::move(task->run);
+      MaybeWake();  // more ready than this worker takes: the next worker
     }
     std::move(run)();
     run = nullptr;  // what it holds goes before the task is retired
-    MutexLock lock(&mu_);
-    Retire(task);  // the Unlock wakes a Drain waiting for the last task
+    finished = task;
   }
 }
 

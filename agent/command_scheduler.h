@@ -52,21 +52,37 @@ class CommandScheduler {
  private:
   struct Task {
     std::vector<std::string> keys;
+    // next[i]: the task behind this one in keys[i]'s queue (null: last).
+    std::vector<Task*> next;
     absl::AnyInvocable<void() &&> run;
     uint64_t generation = 0;  // Drain drops tasks of older generations
     int blockers = 0;         // keys whose queue it is not first in
   };
+  // The tasks that named a key, in order: the first is running or next.
+  struct KeyQueue {
+    Task* first = nullptr;
+    Task* last = nullptr;
+  };
   void WorkerLoop();
   // `task` has finished (or was dropped): the tasks it held back may start.
   void Retire(Task* task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MakeReady(Task* task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes one idle worker if ready tasks wait and none is on its way.
+  void MaybeWake() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   mutable Mutex mu_;
   CondVar work_;
   std::deque<Task*> ready_ ABSL_GUARDED_BY(mu_);
-  // Per key, the tasks that named it, oldest (running or next) first.
-  absl::flat_hash_map<std::string, std::deque<Task*>> queues_
-      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, KeyQueue> queues_ ABSL_GUARDED_BY(mu_);
   size_t tasks_ ABSL_GUARDED_BY(mu_) = 0;  // queued or running
+  // Workers waiting for work, and those signalled that have not yet taken
+  // the lock back. At most one worker is woken at a time; one that takes a
+  // task and leaves more ready wakes the next (a chain), so a burst of
+  // short commands is run by the few workers it needs instead of waking
+  // them all to contend for the lock, while commands that block (a slow
+  // VMM) still each get a worker of their own until all are busy.
+  int idle_ ABSL_GUARDED_BY(mu_) = 0;
+  int waking_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> workers_;

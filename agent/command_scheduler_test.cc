@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/mutex.h"
 #include "common/testing/eventually.h"
 #include "gtest/gtest.h"
@@ -81,6 +82,37 @@ TEST(CommandSchedulerTest, SlowTask_OthersWithOtherKeysRunMeanwhile) {
   for (int i = 0; i < 20; ++i) {
     EXPECT_EQ(log.entries()[i], "fast" + std::to_string(i));
   }
+}
+
+// Workers are woken one at a time (each that takes a task wakes the next
+// while more are ready), yet tasks that block, submitted in one burst,
+// still each get a worker: all `workers` of them are waiting at once, and
+// the rest queue until one finishes.
+TEST(CommandSchedulerTest, BlockingBurst_EveryWorkerTakesOne) {
+  constexpr int kWorkers = 8;
+  CommandScheduler scheduler(kWorkers);
+  Gate gate;
+  std::atomic<int> done{0};
+  // Held back by one task that names all their keys, they become ready
+  // together when it ends.
+  Gate first;
+  std::vector<std::string> all;
+  for (int i = 0; i < kWorkers + 3; ++i) all.push_back(absl::StrCat("t/", i));
+  scheduler.Submit(all, [&] { first.Wait(); });
+  for (int i = 0; i < kWorkers + 3; ++i) {
+    scheduler.Submit({all[i]}, [&] {
+      gate.Wait();
+      done.fetch_add(1);
+    });
+  }
+  ASSERT_TRUE(Eventually([&] { return first.waiting() == 1; }));
+  first.Open();
+  ASSERT_TRUE(Eventually([&] { return gate.waiting() == kWorkers; }));
+  EXPECT_EQ(done.load(), 0);
+  EXPECT_EQ(scheduler.pending(), static_cast<size_t>(kWorkers + 3));
+  gate.Open();
+  ASSERT_TRUE(Eventually([&] { return done.load() == kWorkers + 3; }));
+  ASSERT_TRUE(Eventually([&] { return scheduler.pending() == 0; }));
 }
 
 // Tasks sharing any key run one at a time, in submission order, even when
