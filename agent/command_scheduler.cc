@@ -35,9 +35,7 @@ void CommandScheduler::Submit(std::vector<std::string> keys,
   ++tasks_;
   for (const std::string& key : t->keys) {
     KeyQueue& queue = queues_[key];
-    if (queue.last == nullptr) {
-      queue.first = t;
-    } else {
+    if (queue.last != nullptr) {
       ++t->blockers;
       Task* last = queue.last;
       const size_t at = std::find(last->keys.begin(), last->keys.end(), key) -
@@ -64,14 +62,14 @@ void CommandScheduler::MaybeWake() {
 void CommandScheduler::Retire(Task* task) {
   for (size_t i = 0; i < task->keys.size(); ++i) {
     auto it = queues_.find(task->keys[i]);
-    KeyQueue& queue = it->second;
     // A task starts only when it is first in each of its queues.
     Task* next = task->next[i];
     if (next == nullptr) {
       queues_.erase(it);
     } else {
-      queue.first = next;
-      if (--next->blockers == 0) MakeReady(next);
+      // No wake-up: the worker retiring it takes a ready task next (and
+      // wakes another if more are left).
+      if (--next->blockers == 0) ready_.push_back(next);
     }
   }
   delete task;

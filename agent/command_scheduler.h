@@ -58,13 +58,14 @@ class CommandScheduler {
     uint64_t generation = 0;  // Drain drops tasks of older generations
     int blockers = 0;         // keys whose queue it is not first in
   };
-  // The tasks that named a key, in order: the first is running or next.
+  // The tasks that named a key, linked through Task::next from the first
+  // (running or next); the last is where the next one is added.
   struct KeyQueue {
-    Task* first = nullptr;
     Task* last = nullptr;
   };
   void WorkerLoop();
   // `task` has finished (or was dropped): the tasks it held back may start.
+  // Wakes no one: only a worker calls it, and takes a ready task next.
   void Retire(Task* task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MakeReady(Task* task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Wakes one idle worker if ready tasks wait and none is on its way.

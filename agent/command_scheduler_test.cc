@@ -115,6 +115,46 @@ TEST(CommandSchedulerTest, BlockingBurst_EveryWorkerTakesOne) {
   ASSERT_TRUE(Eventually([&] { return scheduler.pending() == 0; }));
 }
 
+// Tasks that can finish only when `workers` of them run at once finish,
+// whichever way they became ready: submitted in a burst, or freed together
+// by one task that ends.
+TEST(CommandSchedulerTest, EveryRouteToReady_WakesEnoughWorkers) {
+  for (int round = 0; round < 16; ++round) {
+    const int workers = 1 + round % 8;
+    const bool freed_together = round % 2 == 1;
+    CommandScheduler scheduler(workers);
+    std::atomic<bool> release{false};
+    std::vector<std::string> keys;
+    for (int i = 0; i < workers; ++i) keys.push_back(absl::StrCat("b", i));
+    if (freed_together) {
+      scheduler.Submit(keys, [&] {
+        while (!release.load()) std::this_thread::yield();
+      });
+    }
+    std::atomic<int> arrived{0};
+    std::atomic<int> timed_out{0};
+    for (int i = 0; i < workers; ++i) {
+      scheduler.Submit({keys[i]}, [&] {
+        arrived.fetch_add(1);
+        const auto give_up =
+            std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (arrived.load() < workers) {
+          if (std::chrono::steady_clock::now() > give_up) {
+            timed_out.fetch_add(1);
+            return;
+          }
+          std::this_thread::yield();
+        }
+      });
+    }
+    release = true;
+    ASSERT_TRUE(Eventually([&] { return arrived.load() == workers; }))
+        << "round " << round << ": " << arrived.load() << " of " << workers;
+    ASSERT_TRUE(Eventually([&] { return scheduler.pending() == 0; }));
+    EXPECT_EQ(timed_out.load(), 0) << "round " << round;
+  }
+}
+
 // Tasks sharing any key run one at a time, in submission order, even when
 // each shares a different key with the one before.
 TEST(CommandSchedulerTest, SharedKeys_RunInOrderOneAtATime) {
