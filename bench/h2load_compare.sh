@@ -64,7 +64,7 @@ done
 callback_port=$(wait_port "$dir/callback.port")
 sync_port=$(wait_port "$dir/sync.port")
 
-ctl() { "$bin/client/irqbypassctl" --server=127.0.0.1:$manager_port "$@" >/dev/null; }
+ctl() { "$bin/client/irqbypassctl" --insecure --server=127.0.0.1:$manager_port "$@" >/dev/null 2>&1; }
 for _ in $(seq 1 100); do
   ctl register-consumer --token=h2 --node=bench-node --vm=vm-a --gsi=24 2>/dev/null && break
   sleep 0.1
