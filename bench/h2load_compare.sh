@@ -11,13 +11,17 @@
 # Prints requests/s per server and irqbypassd's share of the callback
 # server's rate. Usage:
 #   bench/h2load_compare.sh [--requests=N] [--rounds=R] [--clients=C] [--streams=M]
+#                           [--bin_dir=DIR]
 # Defaults: 200000 requests per round, 3 rounds, 8 connections x 32 streams.
+# It builds the binaries with --config=opt, or (--bin_dir) takes them from
+# DIR (service/irqbypassd and so on under it: the smoke test's runfiles).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-requests=200000 rounds=3 clients=8 streams=32
+requests=200000 rounds=3 clients=8 streams=32 bin=""
 for arg in "$@"; do
   case "$arg" in
+    --bin_dir=*) bin=${arg#*=} ;;
     --requests=*) requests=${arg#*=} ;;
     --rounds=*) rounds=${arg#*=} ;;
     --clients=*) clients=${arg#*=} ;;
@@ -30,9 +34,11 @@ if ! command -v h2load >/dev/null || ! command -v nghttp >/dev/null; then
   echo "h2load or nghttp is missing: apt-get install nghttp2-client (scripts/install-deps.sh does)" >&2
   exit 1
 fi
-bazel build --config=opt --color=no --curses=no \
-  //service:irqbypassd //agent:irqbypass-agent //client:irqbypassctl //bench:bare_server >/dev/null
-bin=$(bazel info --config=opt bazel-bin 2>/dev/null)
+if [ -z "$bin" ]; then
+  bazel build --config=opt --color=no --curses=no \
+    //service:irqbypassd //agent:irqbypass-agent //client:irqbypassctl //bench:bare_server >/dev/null
+  bin=$(bazel info --config=opt bazel-bin 2>/dev/null)
+fi
 
 dir=$(mktemp -d /tmp/irqbypass-h2load.XXXXXX)
 pids=()

@@ -3,4 +3,4 @@
 set -euo pipefail
 out=$("$@")
 echo "$out"
-grep -q "design\|pairs/s\|per observation\|bytes\|latency\|p99" <<<"$out"
+grep -q "design\|pairs/s\|req/s\|per observation\|bytes\|latency\|p99" <<<"$out"
