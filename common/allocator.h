@@ -4,9 +4,9 @@
 // libjemalloc, 5.3): a registration allocates its operation, closures,
 // statuses and protobuf messages on one thread and frees many of them on
 // another, which glibc's malloc serves from contended arenas with frequent
-// consolidation. With jemalloc the batch workload ran 28-37% faster and a
+// consolidation. With jemalloc the batch workload ran 23-42% faster and a
 // million registered pairs took 454 bytes each instead of 634
-// (docs/performance.md, "The allocator").
+// (docs/performance.md, "The allocator and the agent's wake-ups").
 //
 // Builds with a sanitizer (--config=asan, tsan, fuzz) define
 // allocator=system and keep glibc's malloc, which the sanitizer replaces
