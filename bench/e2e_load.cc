@@ -24,7 +24,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -89,6 +91,10 @@ ABSL_FLAG(int, abuse_extra, 10,
 ABSL_FLAG(int, slow_vm_delay_ms, 500,
           "--slow_vm: how long each of the slow VM's add steps takes");
 ABSL_FLAG(std::string, json_out, "", "Write results as JSON to this file");
+ABSL_FLAG(bool, keep_dirs, false,
+          "Keep each server set's folder (its stores, logs and certificates, "
+          "under $TEST_TMPDIR or /tmp) instead of removing it at the end; "
+          "always kept when a server failed to start");
 ABSL_FLAG(std::string, workloads,
           "get_binding,duplicate_register,register_cycle,batch",
           "The throughput run's workloads, comma-separated (the batch row's "
@@ -525,6 +531,23 @@ struct TlsFiles {
 class Servers {
  public:
   Servers() : dir_(testing::MakeTempDir("e2e-bench")) {}
+  // Stops what it started and removes its folder (stores, logs,
+  // certificates: a --scale run's is over 100 MB), unless --keep_dirs or a
+  // server failed to start (then its logs are kept and named).
+  ~Servers() {
+    for (Process* p : {&agent_, &manager_, &bare_}) {
+      if (p->running() && p->Signal(SIGKILL)) p->Wait();
+    }
+    if (dir_.empty()) return;
+    if (keep_ || absl::GetFlag(FLAGS_keep_dirs)) {
+      std::fprintf(stderr, "logs and data kept in %s\n", dir_.c_str());
+      return;
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  Servers(const Servers&) = delete;
+  Servers& operator=(const Servers&) = delete;
   // Serving and calling with these certificates instead of --insecure.
   void UseTls(const TlsFiles& tls) { tls_ = tls; }
 
@@ -532,6 +555,66 @@ class Servers {
   bool StartManager(const std::string& store,
                     const std::vector<std::string>& extra = {},
                     const std::vector<std::string>& agent_extra = {}) {
+    if (StartManagerAndAgent(store, extra, agent_extra)) return true;
+    keep_ = true;
+    return false;
+  }
+
+  // `api`: bare_server's --api (callback or sync); `extra`: its other
+  // flags.
+  bool StartBare(const std::string& api,
+                 const std::vector<std::string>& extra = {}) {
+    if (StartBareServer(api, extra)) return true;
+    keep_ = true;
+    return false;
+  }
+
+  std::string manager() const {
+    return "127.0.0.1:" + std::to_string(manager_port_);
+  }
+  const std::string& dir() const { return dir_; }
+  std::string bare() const { return "127.0.0.1:" + std::to_string(bare_port_); }
+  // A counter's value on irqbypassd's /metrics (-1 if absent).
+  double ManagerCounter(const std::string& name) const {
+    const std::optional<std::string> body =
+        testing::HttpGet(metrics_port_, "/metrics");
+    if (!body.has_value()) return -1;
+    std::istringstream in(*body);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind(name + " ", 0) == 0) {
+        return std::atof(line.c_str() + name.size() + 1);
+      }
+    }
+    return -1;
+  }
+  // irqbypassd's threads (-1 if unknown).
+  int ManagerThreads() const {
+    std::istringstream in(testing::ReadFile(
+        "/proc/" + std::to_string(manager_.pid()) + "/status"));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("Threads:", 0) == 0) return std::atoi(line.c_str() + 8);
+    }
+    return -1;
+  }
+  // Resident set of irqbypassd, bytes.
+  int64_t ManagerRss() const {
+    std::istringstream in(testing::ReadFile(
+        "/proc/" + std::to_string(manager_.pid()) + "/status"));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("VmRSS:", 0) == 0) {
+        return std::atoll(line.c_str() + 6) * 1024;
+      }
+    }
+    return -1;
+  }
+
+ private:
+  bool StartManagerAndAgent(const std::string& store,
+                            const std::vector<std::string>& extra,
+                            const std::vector<std::string>& agent_extra) {
     const std::string port_file = dir_ + "/manager.port";
     std::vector<std::string> args = {
         "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
@@ -582,10 +665,8 @@ class Servers {
     });
   }
 
-  // `api`: bare_server's --api (callback or sync); `extra`: its other
-  // flags.
-  bool StartBare(const std::string& api,
-                 const std::vector<std::string>& extra = {}) {
+  bool StartBareServer(const std::string& api,
+                       const std::vector<std::string>& extra = {}) {
     const std::string port_file = dir_ + "/bare.port";
     std::vector<std::string> args = {
         "--listen=127.0.0.1:0", "--port_file=" + port_file, "--api=" + api};
@@ -598,50 +679,8 @@ class Servers {
     return bare_port_ != 0;
   }
 
-  std::string manager() const {
-    return "127.0.0.1:" + std::to_string(manager_port_);
-  }
-  const std::string& dir() const { return dir_; }
-  std::string bare() const { return "127.0.0.1:" + std::to_string(bare_port_); }
-  // A counter's value on irqbypassd's /metrics (-1 if absent).
-  double ManagerCounter(const std::string& name) const {
-    const std::optional<std::string> body =
-        testing::HttpGet(metrics_port_, "/metrics");
-    if (!body.has_value()) return -1;
-    std::istringstream in(*body);
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind(name + " ", 0) == 0) {
-        return std::atof(line.c_str() + name.size() + 1);
-      }
-    }
-    return -1;
-  }
-  // irqbypassd's threads (-1 if unknown).
-  int ManagerThreads() const {
-    std::istringstream in(testing::ReadFile(
-        "/proc/" + std::to_string(manager_.pid()) + "/status"));
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind("Threads:", 0) == 0) return std::atoi(line.c_str() + 8);
-    }
-    return -1;
-  }
-  // Resident set of irqbypassd, bytes.
-  int64_t ManagerRss() const {
-    std::istringstream in(testing::ReadFile(
-        "/proc/" + std::to_string(manager_.pid()) + "/status"));
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind("VmRSS:", 0) == 0) {
-        return std::atoll(line.c_str() + 6) * 1024;
-      }
-    }
-    return -1;
-  }
-
- private:
   std::string dir_;
+  bool keep_ = false;  // a server failed to start: keep its logs
   std::optional<TlsFiles> tls_;
   Process manager_;
   Process agent_;
