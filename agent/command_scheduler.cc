@@ -34,15 +34,14 @@ void CommandScheduler::Submit(std::vector<std::string> keys,
   t->generation = generation_;
   ++tasks_;
   for (const std::string& key : t->keys) {
-    KeyQueue& queue = queues_[key];
-    if (queue.last != nullptr) {
+    Task*& last = last_[key];
+    if (last != nullptr) {
       ++t->blockers;
-      Task* last = queue.last;
       const size_t at = std::find(last->keys.begin(), last->keys.end(), key) -
                         last->keys.begin();
       last->next[at] = t;
     }
-    queue.last = t;
+    last = t;
   }
   if (t->blockers == 0) MakeReady(t);
 }
@@ -61,11 +60,10 @@ void CommandScheduler::MaybeWake() {
 
 void CommandScheduler::Retire(Task* task) {
   for (size_t i = 0; i < task->keys.size(); ++i) {
-    auto it = queues_.find(task->keys[i]);
     // A task starts only when it is first in each of its queues.
     Task* next = task->next[i];
     if (next == nullptr) {
-      queues_.erase(it);
+      last_.erase(task->keys[i]);  // it was the last
     } else {
       // No wake-up: the worker retiring it takes a ready task next (and
       // wakes another if more are left).

@@ -58,11 +58,6 @@ class CommandScheduler {
     uint64_t generation = 0;  // Drain drops tasks of older generations
     int blockers = 0;         // keys whose queue it is not first in
   };
-  // The tasks that named a key, linked through Task::next from the first
-  // (running or next); the last is where the next one is added.
-  struct KeyQueue {
-    Task* last = nullptr;
-  };
   void WorkerLoop();
   // `task` has finished (or was dropped): the tasks it held back may start.
   // Wakes no one: only a worker calls it, and takes a ready task next.
@@ -74,7 +69,9 @@ class CommandScheduler {
   mutable Mutex mu_;
   CondVar work_;
   std::deque<Task*> ready_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, KeyQueue> queues_ ABSL_GUARDED_BY(mu_);
+  // Per key, the last task that named it. The tasks naming a key form a
+  // queue linked through Task::next from the first (running or next).
+  absl::flat_hash_map<std::string, Task*> last_ ABSL_GUARDED_BY(mu_);
   size_t tasks_ ABSL_GUARDED_BY(mu_) = 0;  // queued or running
   // Workers waiting for work, and those signalled that have not yet taken
   // the lock back. At most one worker is woken at a time; one that takes a

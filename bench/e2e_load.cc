@@ -555,18 +555,14 @@ class Servers {
   bool StartManager(const std::string& store,
                     const std::vector<std::string>& extra = {},
                     const std::vector<std::string>& agent_extra = {}) {
-    if (StartManagerAndAgent(store, extra, agent_extra)) return true;
-    keep_ = true;
-    return false;
+    return KeepIfFailed(StartManagerAndAgent(store, extra, agent_extra));
   }
 
   // `api`: bare_server's --api (callback or sync); `extra`: its other
   // flags.
   bool StartBare(const std::string& api,
                  const std::vector<std::string>& extra = {}) {
-    if (StartBareServer(api, extra)) return true;
-    keep_ = true;
-    return false;
+    return KeepIfFailed(StartBareServer(api, extra));
   }
 
   std::string manager() const {
@@ -612,6 +608,10 @@ class Servers {
   }
 
  private:
+  bool KeepIfFailed(bool started) {
+    if (!started) keep_ = true;
+    return started;
+  }
   bool StartManagerAndAgent(const std::string& store,
                             const std::vector<std::string>& extra,
                             const std::vector<std::string>& agent_extra) {

@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -167,38 +168,53 @@ const std::vector<Role>& ClientRoles() {
   return *roles;
 }
 
+constexpr absl::string_view kTlsFilePayload = "irqbypass/tls-file";
+
+// `status`, marked as being about `file` (TlsFileAtFault).
+absl::Status About(TlsFile file, absl::Status status) {
+  status.SetPayload(kTlsFilePayload,
+                    absl::Cord(std::string(1, static_cast<char>(file))));
+  return status;
+}
+
 // The certificate in `cert_file`, whose key `key_file` holds, not expired;
 // INVALID_ARGUMENT / FAILED_PRECONDITION naming the file otherwise.
 absl::StatusOr<X509Ptr> LoadCertificateAndKey(const std::string& cert_file,
                                               const std::string& key_file) {
   BioPtr cert_bio(BIO_new_file(cert_file.c_str(), "r"));
   if (cert_bio == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("certificate file \"", cert_file, "\" cannot be read"));
+    return About(TlsFile::kCertificate,
+                 absl::FailedPreconditionError(absl::StrCat(
+                     "certificate file \"", cert_file, "\" cannot be read")));
   }
   X509Ptr cert(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
   if (cert == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "certificate file \"", cert_file, "\" holds no PEM certificate"));
+    return About(TlsFile::kCertificate, absl::InvalidArgumentError(absl::StrCat(
+                                            "certificate file \"", cert_file,
+                                            "\" holds no PEM certificate")));
   }
   BioPtr key_bio(BIO_new_file(key_file.c_str(), "r"));
   if (key_bio == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("key file \"", key_file, "\" cannot be read"));
+    return About(TlsFile::kKey,
+                 absl::FailedPreconditionError(absl::StrCat(
+                     "key file \"", key_file, "\" cannot be read")));
   }
   KeyPtr key(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
   if (key == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("key file \"", key_file, "\" holds no PEM private key"));
+    return About(TlsFile::kKey,
+                 absl::InvalidArgumentError(absl::StrCat(
+                     "key file \"", key_file, "\" holds no PEM private key")));
   }
   if (X509_check_private_key(cert.get(), key.get()) != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("key file \"", key_file,
-                     "\" is not the key of certificate \"", cert_file, "\""));
+    return About(TlsFile::kKey,
+                 absl::InvalidArgumentError(absl::StrCat(
+                     "key file \"", key_file,
+                     "\" is not the key of certificate \"", cert_file, "\"")));
   }
   if (X509_cmp_current_time(X509_get0_notAfter(cert.get())) < 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("certificate \"", cert_file, "\" has expired"));
+    return About(TlsFile::kCertificate,
+                 absl::FailedPreconditionError(absl::StrCat(
+                     "certificate \"", cert_file, "\" has expired")));
   }
   return cert;
 }
@@ -207,13 +223,15 @@ absl::StatusOr<X509Ptr> LoadCertificateAndKey(const std::string& cert_file,
 absl::Status CheckCaFile(const std::string& ca_file) {
   BioPtr ca_bio(BIO_new_file(ca_file.c_str(), "r"));
   if (ca_bio == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("CA file \"", ca_file, "\" cannot be read"));
+    return About(TlsFile::kCa,
+                 absl::FailedPreconditionError(
+                     absl::StrCat("CA file \"", ca_file, "\" cannot be read")));
   }
   X509Ptr ca(PEM_read_bio_X509(ca_bio.get(), nullptr, nullptr, nullptr));
   if (ca == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("CA file \"", ca_file, "\" holds no PEM certificate"));
+    return About(TlsFile::kCa,
+                 absl::InvalidArgumentError(absl::StrCat(
+                     "CA file \"", ca_file, "\" holds no PEM certificate")));
   }
   return absl::OkStatus();
 }
@@ -293,6 +311,20 @@ bool CertificateNamesAHost(absl::string_view pem,
     }
   }
   return false;
+}
+
+std::optional<TlsFile> TlsFileAtFault(const absl::Status& status) {
+  const absl::optional<absl::Cord> file = status.GetPayload(kTlsFilePayload);
+  if (!file.has_value() || file->size() != 1) return std::nullopt;
+  switch (static_cast<TlsFile>(std::string(*file)[0])) {
+    case TlsFile::kCertificate:
+      return TlsFile::kCertificate;
+    case TlsFile::kKey:
+      return TlsFile::kKey;
+    case TlsFile::kCa:
+      return TlsFile::kCa;
+  }
+  return std::nullopt;
 }
 
 absl::Status CheckEtcdTlsFiles(const EtcdTlsOptions& options) {

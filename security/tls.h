@@ -12,6 +12,7 @@
 #define IRQBYPASS_SECURITY_TLS_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,12 @@ struct EtcdTlsOptions {
   std::vector<std::string> hosts;
   absl::Duration refresh = absl::Seconds(10);
 };
+
+// Which file a failed certificate check is about (its message names the
+// file too): callers map it to their flag.
+enum class TlsFile { kCertificate, kKey, kCa };
+// Null for a failure that is about no one file.
+std::optional<TlsFile> TlsFileAtFault(const absl::Status& status);
 
 // Reads the files now: the CA bundle holds a certificate; the client
 // certificate parses, is not expired and `key_file` is its key.

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
@@ -78,11 +79,12 @@ absl::StatusOr<TlsSetup> TlsFromFlags(const std::vector<Role>& own_roles) {
   }
   absl::StatusOr<Identity> own = CheckOwnCertificate(setup.options, own_roles);
   if (!own.ok()) {
-    const absl::string_view m = own.status().message();
-    const char* flag = absl::StartsWith(m, "key file")  ? "--tls_key"
-                       : absl::StartsWith(m, "CA file") ? "--tls_ca"
-                                                        : "--tls_cert";
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", m));
+    const std::optional<TlsFile> file = TlsFileAtFault(own.status());
+    const char* flag = file == TlsFile::kKey  ? "--tls_key"
+                       : file == TlsFile::kCa ? "--tls_ca"
+                                              : "--tls_cert";
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": ", own.status().message()));
   }
   setup.own = *std::move(own);
   return setup;

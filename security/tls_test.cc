@@ -234,6 +234,34 @@ TEST(CheckOwnCertificateTest, NamesTheFileAndWhatIsWrong) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Which file a refusal is about, for the caller to name its flag.
+TEST(CheckOwnCertificateTest, SaysWhichFileIsAtFault) {
+  Pki pki(TestDir("at-fault"));
+  const TlsOptions server = pki.For(Role::kServer, "irqbypassd");
+  TlsOptions bad = server;
+  bad.ca_file = pki.dir() + "/nothing.pem";
+  EXPECT_EQ(TlsFileAtFault(CheckOwnCertificate(bad, {Role::kServer}).status()),
+            TlsFile::kCa);
+  bad = server;
+  bad.key_file = pki.For(Role::kAgent, "n1").key_file;  // another's key
+  EXPECT_EQ(TlsFileAtFault(CheckOwnCertificate(bad, {Role::kServer}).status()),
+            TlsFile::kKey);
+  bad = server;
+  bad.cert_file = pki.dir() + "/nothing.pem";
+  EXPECT_EQ(TlsFileAtFault(CheckOwnCertificate(bad, {Role::kServer}).status()),
+            TlsFile::kCertificate);
+  // A refusal about no one file.
+  bad = server;
+  bad.trust_domain = "Bad Domain";
+  EXPECT_EQ(TlsFileAtFault(CheckOwnCertificate(bad, {Role::kServer}).status()),
+            std::nullopt);
+  EtcdTlsOptions etcd;
+  etcd.ca_file = server.ca_file;
+  etcd.cert_file = server.cert_file;
+  etcd.key_file = pki.dir() + "/nothing.pem";
+  EXPECT_EQ(TlsFileAtFault(CheckEtcdTlsFiles(etcd)), TlsFile::kKey);
+}
+
 std::string ReadWhole(const std::string& path) {
   std::ifstream in(path);
   std::stringstream text;

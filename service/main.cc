@@ -253,16 +253,12 @@ int Run() {
       }
       if (absl::Status s = security::CheckEtcdTlsFiles(etcd_tls); !s.ok()) {
         // Name the flag whose file is at fault.
-        const std::string message(s.message());
-        const char* flag =
-            message.find("\"" + etcd_tls.ca_file + "\"") != std::string::npos
-                ? "--etcd_cacert"
-            : !etcd_tls.key_file.empty() &&
-                    message.find("key file \"" + etcd_tls.key_file + "\"") !=
-                        std::string::npos
-                ? "--etcd_key"
-                : "--etcd_cert";
-        return Fail(absl::StrCat(flag, ": ", message));
+        const std::optional<security::TlsFile> file =
+            security::TlsFileAtFault(s);
+        const char* flag = file == security::TlsFile::kCa    ? "--etcd_cacert"
+                           : file == security::TlsFile::kKey ? "--etcd_key"
+                                                             : "--etcd_cert";
+        return Fail(absl::StrCat(flag, ": ", s.message()));
       }
       etcd_options.credentials = security::EtcdChannelCredentials(etcd_tls);
     }
