@@ -4,12 +4,16 @@
 // generator against bare_server (the same service with empty handlers, same
 // server options) on gRPC's callback API (the ceiling) and on its sync API.
 //
-// Three workloads, each reported for the three servers with throughput and
+// Four workloads, each reported for the three servers with throughput and
 // latency p50/p99/p99.9, and irqbypassd's throughput as a fraction of each
 // bare server's: GetBinding of a registered pair; a duplicate
-// RegisterProducer (ALREADY_EXISTS, no agent involved); and the register
+// RegisterProducer (ALREADY_EXISTS, no agent involved); the register
 // cycle = RegisterProducer, RegisterConsumer (connects through the agent),
-// UnregisterProducer (disconnects through the agent), UnregisterConsumer.
+// UnregisterProducer (disconnects through the agent), UnregisterConsumer;
+// and the batch (Batch calls registering and unregistering many pairs).
+// With the embedded store, the cycle and the batch also run against the bare
+// callback server appending each call to a synced log (--durable_dir), the
+// least a server that keeps what it answered must pay.
 //
 // --durability: the same cycle against irqbypassd without a store and with
 // the embedded store, and the store's fsyncs per durable write.
@@ -134,6 +138,7 @@ class LoadCaller {
   void Begin(uint64_t n) {
     n_ = n;
     step_ = 0;
+    cycle_failed_ = false;
     cycle_start_ = Clock::now();
     NewContext();
     Issue();
@@ -143,12 +148,16 @@ class LoadCaller {
   bool Complete() {
     if (!Expected(status_)) {
       ++errors_;
+      cycle_failed_ = true;
       if (errors_ <= 3) {
         std::fprintf(stderr, "%s %d step %d: %s\n", name_, id_, step_,
                      status_.error_message().c_str());
       }
     }
     if (++step_ == Steps()) {
+      // Only a cycle whose every call ended as it should counts (in the
+      // rate and the latency); a failed call is counted in errors().
+      if (cycle_failed_) return false;
       samples_.Add(std::chrono::duration_cast<std::chrono::nanoseconds>(
                        Clock::now() - cycle_start_)
                        .count());
@@ -189,6 +198,7 @@ class LoadCaller {
 
   const char* const name_;
   Clock::time_point cycle_start_;
+  bool cycle_failed_ = false;
   LatencySamples samples_;
   uint64_t errors_ = 0;
 };
@@ -796,6 +806,23 @@ int RunThroughput(int callers, absl::Duration duration) {
   for (const std::string& target : targets) {
     RunLoad(target, callers, Caller::Mode::kCycle, absl::Seconds(1));
   }
+  // With the embedded store, for the register cycle and the batch, a fifth
+  // server: the bare callback one appending each mutating call (a Batch as
+  // one record) to a synced log before answering it, so those rows also
+  // show irqbypassd against a server that pays for durability and nothing
+  // else.
+  Servers durable_servers;
+  std::string durable_target;
+  if (absl::GetFlag(FLAGS_store) == "embedded") {
+    if (!durable_servers.StartBare(
+            "callback",
+            {"--durable_dir=" + durable_servers.dir() + "/synced"})) {
+      std::fprintf(stderr, "could not start the bare durable server\n");
+      return 1;
+    }
+    durable_target = durable_servers.bare();
+    RunLoad(durable_target, callers, Caller::Mode::kCycle, absl::Seconds(1));
+  }
   // For the duplicate register, a fourth server: the bare callback one
   // answering with the very error irqbypassd gives (its status details, as
   // received), so the row shows what gRPC charges for sending that error
@@ -849,7 +876,7 @@ int RunThroughput(int callers, absl::Duration duration) {
   };
   std::printf(
       "end-to-end: %d callers, %s per server and workload (alternating 1 s "
-      "windows among the three servers); cycle = register producer + "
+      "windows among the servers); cycle = register producer + "
       "register consumer (connect via sim agent) + unregister both; "
       "irqbypassd --store=%s; %u cores; allocator %s\n",
       callers, absl::FormatDuration(duration).c_str(),
@@ -875,6 +902,10 @@ int RunThroughput(int callers, absl::Duration duration) {
     }
     std::vector<std::string> these = targets;
     if (w.mode == Caller::Mode::kDuplicate) these.push_back(error_target);
+    const bool with_durable =
+        !durable_target.empty() &&
+        (w.mode == Caller::Mode::kCycle || w.mode == Caller::Mode::kBatch);
+    if (with_durable) these.push_back(durable_target);
     std::vector<LoadResult> r =
         AlternateAmong(these, w.callers, w.mode, duration);
     for (LoadResult& each : r) {
@@ -900,7 +931,19 @@ int RunThroughput(int callers, absl::Duration duration) {
         "bare sync / bare callback: %.1f%%\n",
         Ratio(r[0], r[1]) * 100, Ratio(r[0], r[2]) * 100,
         Ratio(r[2], r[1]) * 100);
-    if (r.size() > 3) {
+    if (with_durable) {
+      const LoadResult& durable = r.back();
+      PrintLoad("bare, synced", durable);
+      std::printf(
+          "bare callback appending each call to a synced log / without: "
+          "%.1f%%; "
+          "irqbypassd / that: %.1f%%\n",
+          Ratio(durable, r[1]) * 100, Ratio(r[0], durable) * 100);
+      json << ", \"" << w.name
+           << "_synced\": {\"bare_synced\": " << LoadJson(durable)
+           << ", \"ratio\": " << Ratio(r[0], durable) << "}";
+    }
+    if (w.mode == Caller::Mode::kDuplicate) {
       PrintLoad("bare, same error", r[3]);
       std::printf(
           "bare callback answering irqbypassd's ALREADY_EXISTS (message and "
